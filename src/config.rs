@@ -1,0 +1,141 @@
+//! Configuration of an index: model shape, attention layout, retrieval ratios, defaults.
+
+use crate::attention::AttnParams;
+use crate::error::{Error, Result};
+use crate::rows::DType;
+use crate::search::{RatioPolicy, Ratios};
+use crate::shape::Shape;
+
+/// Sink tokens always attended (the reference uses 4-64).
+pub const DEFAULT_SINK: usize = 4;
+/// Local window always attended densely (the reference uses 256-512).
+pub const DEFAULT_LOCAL: usize = 512;
+/// Keys retrieved per KV head and step (the reference goes up to 2048).
+pub const DEFAULT_TOP_K: usize = 2048;
+/// Seed of the rotation's sign diagonal ("PARISKV1").
+pub const DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub head_dim: usize,
+    pub n_q_heads: usize,
+    pub n_kv_heads: usize,
+    pub n_sink: usize,
+    pub n_local: usize,
+    pub top_k: usize,
+    /// Contexts shorter than this attend densely (exact and cheap there).
+    pub dense_threshold: usize,
+    pub ratios: RatioPolicy,
+    pub seed: u64,
+    pub attn: AttnParams,
+    /// Element type the index handle stores K and V rows in.
+    pub kv_dtype: DType,
+}
+
+impl Config {
+    /// Paper defaults for a model shape; the dense threshold is sink + window + 2 top-k,
+    /// and the attention scale 1/sqrt(head_dim).
+    pub fn new(head_dim: usize, n_q_heads: usize, n_kv_heads: usize) -> Config {
+        Config {
+            head_dim,
+            n_q_heads,
+            n_kv_heads,
+            n_sink: DEFAULT_SINK,
+            n_local: DEFAULT_LOCAL,
+            top_k: DEFAULT_TOP_K,
+            dense_threshold: DEFAULT_SINK + DEFAULT_LOCAL + 2 * DEFAULT_TOP_K,
+            ratios: RatioPolicy::Adaptive,
+            seed: DEFAULT_SEED,
+            attn: AttnParams { scale: 1.0 / (head_dim.max(1) as f32).sqrt(), softcap: 0.0 },
+            kv_dtype: DType::F16,
+        }
+    }
+
+    /// Checks every field; returns the shape of the head dimension.
+    pub fn validate(&self) -> Result<Shape> {
+        let shape = Shape::new(self.head_dim)?;
+        if self.n_kv_heads == 0 || self.n_q_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
+            return Err(Error::invalid(format!(
+                "n_q_heads {} must be a positive multiple of n_kv_heads {}",
+                self.n_q_heads, self.n_kv_heads
+            )));
+        }
+        if self.n_q_heads > 4096 {
+            return Err(Error::unsupported(format!("n_q_heads {} is above 4096", self.n_q_heads)));
+        }
+        if self.top_k == 0 || self.top_k > u32::MAX as usize {
+            return Err(Error::invalid(format!("top_k {} must be in 1..=2^32-1", self.top_k)));
+        }
+        if self.n_sink.checked_add(self.n_local).is_none() {
+            return Err(Error::invalid("n_sink + n_local overflows"));
+        }
+        if let RatioPolicy::Fixed(r) = self.ratios {
+            r.validate()?;
+        }
+        self.attn.validate()?;
+        Ok(shape)
+    }
+
+    /// Query heads sharing one KV head.
+    pub fn group_size(&self) -> usize {
+        self.n_q_heads / self.n_kv_heads
+    }
+
+    /// Attention is dense below the threshold and whenever the retrieval zone is no larger
+    /// than top-k (retrieval would return all of it anyway).
+    pub fn is_dense(&self, n_total: usize) -> bool {
+        n_total < self.dense_threshold || self.zone(n_total).len() <= self.top_k
+    }
+
+    /// Positions of the retrieval zone in a sequence of `n_total` tokens: everything
+    /// between the sink and the local window.
+    pub fn zone(&self, n_total: usize) -> std::ops::Range<usize> {
+        let start = self.n_sink.min(n_total);
+        let end = n_total.saturating_sub(self.n_local).max(start);
+        start..end
+    }
+
+    /// The fixed-ratio policy from explicit values (for callers that do not want the
+    /// reference's adaptive table).
+    pub fn with_fixed_ratios(mut self, cand: f64, coll: f64) -> Config {
+        self.ratios = RatioPolicy::Fixed(Ratios { cand, coll });
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_zone_rules() {
+        let c = Config::new(128, 32, 8);
+        c.validate().unwrap();
+        assert_eq!(c.group_size(), 4);
+        assert_eq!(c.dense_threshold, 4612);
+        assert!(c.is_dense(4611));
+        assert!(!c.is_dense(100_000));
+        assert_eq!(c.zone(100_000), 4..99_488);
+        assert_eq!(c.zone(10), 4..4, "short sequences have an empty zone");
+        let mut small = c.clone();
+        small.dense_threshold = 0;
+        assert!(small.is_dense(2048 + 516), "zone == top_k is dense");
+        assert!(!small.is_dense(2049 + 516));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = Config::new(128, 6, 4);
+        assert!(c.validate().unwrap_err().message.contains("n_q_heads"));
+        c = Config::new(100, 4, 4);
+        assert!(c.validate().unwrap_err().message.contains("head_dim 100"));
+        c = Config::new(128, 4, 4).with_fixed_ratios(1.5, 0.2);
+        assert!(c.validate().unwrap_err().message.contains("rho_cand"));
+        c = Config::new(128, 4, 4);
+        c.top_k = 0;
+        assert!(c.validate().is_err());
+        c = Config::new(128, 4, 4);
+        c.attn.softcap = f32::NAN;
+        assert!(c.validate().is_err());
+    }
+}

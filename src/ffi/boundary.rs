@@ -1,0 +1,141 @@
+//! The ABI edge: the one panic boundary every exported function runs inside, the
+//! thread-local last-error message, and the checked conversions of C pointers into
+//! Rust references. All `unsafe` of the library lives here.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use half::{bf16, f16};
+
+use super::types::{pariskv_dtype, pariskv_status};
+use crate::error::{Error, ErrorKind, Result};
+use crate::rows::{DType, RowData};
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let c = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Pointer to this thread's last error message; valid until the next failing call on the
+/// same thread.
+pub fn last_error_ptr() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+impl From<ErrorKind> for pariskv_status {
+    fn from(kind: ErrorKind) -> pariskv_status {
+        match kind {
+            ErrorKind::InvalidArgument => pariskv_status::PARISKV_ERR_INVALID_ARGUMENT,
+            ErrorKind::Unsupported => pariskv_status::PARISKV_ERR_UNSUPPORTED,
+            ErrorKind::OutOfMemory => pariskv_status::PARISKV_ERR_OUT_OF_MEMORY,
+            ErrorKind::Internal => pariskv_status::PARISKV_ERR_INTERNAL,
+        }
+    }
+}
+
+/// Runs the body of an exported function: errors become a status and a message, and a
+/// panic never unwinds into C.
+pub fn boundary(function: &str, body: impl FnOnce() -> Result<()>) -> pariskv_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => pariskv_status::PARISKV_OK,
+        Ok(Err(e)) => {
+            set_last_error(&format!("{function}: {}", e.message));
+            e.kind.into()
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("{function}: internal error: {what}"));
+            pariskv_status::PARISKV_ERR_INTERNAL
+        }
+    }
+}
+
+/// The dtype a C caller named, or an error naming the value.
+/// `raw` is the C caller's `pariskv_dtype`, read as the `u32` it is.
+pub fn dtype(raw: u32, what: &str) -> Result<DType> {
+    const F32: u32 = pariskv_dtype::PARISKV_F32 as u32;
+    const F16: u32 = pariskv_dtype::PARISKV_F16 as u32;
+    const BF16: u32 = pariskv_dtype::PARISKV_BF16 as u32;
+    match raw {
+        F32 => Ok(DType::F32),
+        F16 => Ok(DType::F16),
+        BF16 => Ok(DType::BF16),
+        other => Err(Error::unsupported(format!("{what}: dtype {other} is not one of PARISKV_F32/F16/BF16"))),
+    }
+}
+
+pub fn raw_dtype(d: DType) -> u32 {
+    let raw = match d {
+        DType::F32 => pariskv_dtype::PARISKV_F32,
+        DType::F16 => pariskv_dtype::PARISKV_F16,
+        DType::BF16 => pariskv_dtype::PARISKV_BF16,
+    };
+    raw as u32
+}
+
+fn check_ptr<T>(ptr: *const T, len: usize, name: &str) -> Result<()> {
+    if len.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(Error::invalid(format!("{name}: {len} elements is too large")));
+    }
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL")));
+    }
+    if !ptr.is_aligned() {
+        return Err(Error::invalid(format!(
+            "{name} ({ptr:p}) is not aligned to {} bytes",
+            std::mem::align_of::<T>()
+        )));
+    }
+    Ok(())
+}
+
+/// `len` elements the caller passed as input. NULL is accepted only for `len == 0`.
+pub fn in_slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    check_ptr(ptr, len, name)?;
+    // SAFETY: non-null, aligned, size within isize::MAX (checked above); that `ptr` points
+    // at `len` readable elements that nothing writes during the call is the documented
+    // contract of every function taking it.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// `len` elements the caller passed for output.
+pub fn out_slice<'a, T>(ptr: *mut T, len: usize, name: &str) -> Result<&'a mut [T]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    check_ptr(ptr, len, name)?;
+    // SAFETY: as in `in_slice`, plus the contract that the caller's buffer is writable
+    // and not aliased by any input of the same call.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// `len` elements of `dtype` at `ptr`.
+pub fn in_rows<'a>(raw: u32, ptr: *const c_void, len: usize, name: &str) -> Result<RowData<'a>> {
+    Ok(match dtype(raw, name)? {
+        DType::F32 => RowData::F32(in_slice(ptr as *const f32, len, name)?),
+        DType::F16 => RowData::F16(in_slice(ptr as *const f16, len, name)?),
+        DType::BF16 => RowData::BF16(in_slice(ptr as *const bf16, len, name)?),
+    })
+}
+
+/// A single object the caller passed by pointer.
+pub fn in_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
+    Ok(&in_slice(ptr, 1, name)?[0])
+}
+
+/// A single object the caller passed for output.
+pub fn out_ref<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
+    Ok(&mut out_slice(ptr, 1, name)?[0])
+}

@@ -1,0 +1,91 @@
+//! `pariskv_config`, the C view of `crate::Config`, and the conversions between them.
+
+use super::boundary::{dtype, raw_dtype};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::search::{RatioPolicy, Ratios};
+
+/// `pariskv_dtype` as Rust reads it: a raw `u32`. Private, so cbindgen does not export it
+/// and resolves the name in the header to the enum in `types.rs`.
+type pariskv_dtype = u32;
+
+/// Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct pariskv_config {
+    /// Head dimension: a multiple of 8 up to 512 (64, 128, 256 in practice).
+    pub head_dim: u32,
+    pub n_q_heads: u32,
+    /// Must divide `n_q_heads` (GQA: query head h uses KV head h / (n_q_heads / n_kv_heads)).
+    pub n_kv_heads: u32,
+    /// First positions always attended.
+    pub n_sink: u32,
+    /// Last positions always attended densely.
+    pub n_local: u32,
+    /// Keys retrieved per KV head and step by `pariskv_index_attend`.
+    pub top_k: u32,
+    /// Sequences shorter than this attend densely.
+    pub dense_threshold: u32,
+    /// Nonzero: ratios from the reference's table by zone size; 0: `rho_cand`/`rho_coll`.
+    pub adaptive_ratios: u32,
+    /// Share of the zone kept as candidates for the rerank, in (0, 1].
+    pub rho_cand: f64,
+    /// Share of the zone covered by the widest collision tier, in (0, 1].
+    pub rho_coll: f64,
+    /// Attention scale (default 1/sqrt(head_dim)).
+    pub scale: f32,
+    /// Logit softcap, 0 = off.
+    pub softcap: f32,
+    /// Element type the index stores K and V rows in.
+    pub kv_dtype: pariskv_dtype,
+    /// Seed of the rotation's random sign diagonal.
+    pub seed: u64,
+}
+
+fn to_u32(v: usize, name: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::invalid(format!("{name} = {v} does not fit in 32 bits")))
+}
+
+impl pariskv_config {
+    pub(super) fn from_config(c: &Config) -> Result<pariskv_config> {
+        let (adaptive, fixed) = match c.ratios {
+            RatioPolicy::Adaptive => (1, Ratios::reference(usize::MAX)),
+            RatioPolicy::Fixed(r) => (0, r),
+        };
+        Ok(pariskv_config {
+            head_dim: to_u32(c.head_dim, "head_dim")?,
+            n_q_heads: to_u32(c.n_q_heads, "n_q_heads")?,
+            n_kv_heads: to_u32(c.n_kv_heads, "n_kv_heads")?,
+            n_sink: to_u32(c.n_sink, "n_sink")?,
+            n_local: to_u32(c.n_local, "n_local")?,
+            top_k: to_u32(c.top_k, "top_k")?,
+            dense_threshold: to_u32(c.dense_threshold, "dense_threshold")?,
+            adaptive_ratios: adaptive,
+            rho_cand: fixed.cand,
+            rho_coll: fixed.coll,
+            scale: c.attn.scale,
+            softcap: c.attn.softcap,
+            kv_dtype: raw_dtype(c.kv_dtype),
+            seed: c.seed,
+        })
+    }
+
+    pub(super) fn to_config(&self) -> Result<Config> {
+        let mut c = Config::new(self.head_dim as usize, self.n_q_heads as usize, self.n_kv_heads as usize);
+        c.n_sink = self.n_sink as usize;
+        c.n_local = self.n_local as usize;
+        c.top_k = self.top_k as usize;
+        c.dense_threshold = self.dense_threshold as usize;
+        c.ratios = match self.adaptive_ratios {
+            0 => RatioPolicy::Fixed(Ratios { cand: self.rho_cand, coll: self.rho_coll }),
+            _ => RatioPolicy::Adaptive,
+        };
+        c.seed = self.seed;
+        c.attn.scale = self.scale;
+        c.attn.softcap = self.softcap;
+        c.kv_dtype = dtype(self.kv_dtype, "config kv_dtype")?;
+        c.validate()?;
+        Ok(c)
+    }
+}
+

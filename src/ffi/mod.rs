@@ -1,0 +1,205 @@
+//! The C ABI. Thin and uniform: every function checks its arguments, runs inside
+//! `boundary`, and returns a `pariskv_status`.
+//!
+//! Ownership: a `pariskv_index` is created boxed by `pariskv_index_create` and owned by the
+//! caller until `pariskv_index_free`; calls on one handle from several threads are
+//! serialised by a lock inside it.
+#![allow(non_camel_case_types)]
+#![allow(non_camel_case_types)]
+
+mod boundary;
+mod config;
+pub mod types;
+
+use std::ffi::{c_char, c_void};
+use std::sync::{Mutex, MutexGuard};
+
+use boundary::{boundary, in_ref, in_rows, last_error_ptr, out_ref, out_slice};
+pub use config::pariskv_config;
+pub use types::{pariskv_stats, pariskv_status};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::index::Index;
+
+/// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
+type pariskv_dtype = u32;
+
+/// Opaque index handle.
+pub struct pariskv_index {
+    inner: Mutex<Index>,
+}
+
+impl pariskv_index {
+    fn lock(&self) -> Result<MutexGuard<'_, Index>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::internal("the index is unusable after an earlier internal error; free it"))
+    }
+}
+
+/// Message of the last failed call on this thread ("" if none). Valid until the next
+/// failing call on the same thread.
+#[no_mangle]
+pub extern "C" fn pariskv_last_error() -> *const c_char {
+    last_error_ptr()
+}
+
+/// Fills `cfg` with the paper's defaults for a model shape: sink 4, window 512, top-k
+/// 2048, adaptive ratios, dense threshold sink + window + 2 top-k, scale
+/// 1/sqrt(head_dim), no softcap, f16 storage. `cfg` is left untouched on error.
+#[no_mangle]
+pub extern "C" fn pariskv_config_init(
+    cfg: *mut pariskv_config,
+    head_dim: u32,
+    n_q_heads: u32,
+    n_kv_heads: u32,
+) -> pariskv_status {
+    boundary("pariskv_config_init", || {
+        let c = Config::new(head_dim as usize, n_q_heads as usize, n_kv_heads as usize);
+        c.validate()?;
+        let filled = pariskv_config::from_config(&c)?;
+        *out_ref(cfg, "cfg")? = filled;
+        Ok(())
+    })
+}
+
+/// Creates an index from a validated config. On error `*out` is set to NULL.
+#[no_mangle]
+pub extern "C" fn pariskv_index_create(cfg: *const pariskv_config, out: *mut *mut pariskv_index) -> pariskv_status {
+    boundary("pariskv_index_create", || {
+        let out = out_ref(out, "out")?;
+        *out = std::ptr::null_mut();
+        let config = in_ref(cfg, "cfg")?.to_config()?;
+        let index = Index::new(config)?;
+        *out = Box::into_raw(Box::new(pariskv_index { inner: Mutex::new(index) }));
+        Ok(())
+    })
+}
+
+/// Frees an index. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn pariskv_index_free(index: *mut pariskv_index) {
+    if index.is_null() {
+        return;
+    }
+    // `boundary` only to keep a panic in a destructor from unwinding into C.
+    boundary("pariskv_index_free", || {
+        // SAFETY: a non-null handle comes from `Box::into_raw` in `pariskv_index_create`
+        // and, by the API's contract, is freed once and not used afterwards.
+        drop(unsafe { Box::from_raw(index) });
+        Ok(())
+    });
+}
+
+fn with_index<T>(index: *const pariskv_index, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+    let handle = in_ref(index, "index")?;
+    let mut guard = handle.lock()?;
+    f(&mut guard)
+}
+
+/// Appends `n_tokens` keys and values, each laid out `[n_tokens][n_kv_heads][head_dim]`
+/// in `dtype`; positions continue from the current length. All or nothing.
+#[no_mangle]
+pub extern "C" fn pariskv_index_append(
+    index: *mut pariskv_index,
+    dtype: pariskv_dtype,
+    keys: *const c_void,
+    values: *const c_void,
+    n_tokens: usize,
+) -> pariskv_status {
+    boundary("pariskv_index_append", || {
+        with_index(index, |ix| {
+            let c = ix.config();
+            let n = n_tokens
+                .checked_mul(c.n_kv_heads * c.head_dim)
+                .ok_or_else(|| Error::invalid(format!("n_tokens {n_tokens} is too large")))?;
+            let k = in_rows(dtype, keys, n, "keys")?;
+            let v = in_rows(dtype, values, n, "values")?;
+            ix.append(k, v, n_tokens)
+        })
+    })
+}
+
+/// Number of tokens appended.
+#[no_mangle]
+pub extern "C" fn pariskv_index_len(index: *const pariskv_index, out: *mut usize) -> pariskv_status {
+    boundary("pariskv_index_len", || {
+        let out = out_ref(out, "out")?;
+        *out = with_index(index, |ix| Ok(ix.len()))?;
+        Ok(())
+    })
+}
+
+/// Memory use and the last step's retrieval work.
+#[no_mangle]
+pub extern "C" fn pariskv_index_stats(index: *const pariskv_index, out: *mut pariskv_stats) -> pariskv_status {
+    boundary("pariskv_index_stats", || {
+        let out = out_ref(out, "out")?;
+        let s = with_index(index, |ix| Ok(ix.stats()))?;
+        *out = pariskv_stats {
+            len: s.len,
+            index_bytes: s.index_bytes,
+            kv_bytes: s.kv_bytes,
+            last_zone: s.last_zone,
+            last_candidates: s.last_candidates,
+        };
+        Ok(())
+    })
+}
+
+/// Per KV head, the top-`k` positions of the retrieval zone (between the sink and the local
+/// window) for one decode query `[n_q_heads][head_dim]`, best first.
+/// `out_positions` is `[n_kv_heads][k]`, slots past `out_count[h]` are set to -1;
+/// `out_count` is `[n_kv_heads]`.
+#[no_mangle]
+pub extern "C" fn pariskv_index_search(
+    index: *mut pariskv_index,
+    dtype: pariskv_dtype,
+    queries: *const c_void,
+    k: u32,
+    out_positions: *mut i64,
+    out_count: *mut u32,
+) -> pariskv_status {
+    boundary("pariskv_index_search", || {
+        with_index(index, |ix| {
+            let c = ix.config();
+            let (nkv, k) = (c.n_kv_heads, k as usize);
+            let q = in_rows(dtype, queries, c.n_q_heads * c.head_dim, "queries")?;
+            let total = nkv
+                .checked_mul(k)
+                .ok_or_else(|| Error::invalid(format!("k {k} is too large")))?;
+            let positions = out_slice(out_positions, total, "out_positions")?;
+            let counts = out_slice(out_count, nkv, "out_count")?;
+            let found = ix.search(q, k)?;
+            for ((slots, count), cells) in positions.chunks_exact_mut(k.max(1)).zip(counts.iter_mut()).zip(found) {
+                slots.fill(-1);
+                for (slot, &cell) in slots.iter_mut().zip(&cells) {
+                    *slot = cell as i64;
+                }
+                *count = cells.len() as u32;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The ParisKV attention output `[n_q_heads][head_dim]` (f32) for one decode query: exact
+/// attention over sink ∪ top-k ∪ window, or dense below the threshold.
+#[no_mangle]
+pub extern "C" fn pariskv_index_attend(
+    index: *mut pariskv_index,
+    dtype: pariskv_dtype,
+    queries: *const c_void,
+    out: *mut f32,
+) -> pariskv_status {
+    boundary("pariskv_index_attend", || {
+        with_index(index, |ix| {
+            let c = ix.config();
+            let n = c.n_q_heads * c.head_dim;
+            let q = in_rows(dtype, queries, n, "queries")?;
+            let out = out_slice(out, n, "out")?;
+            ix.attend(q, out)
+        })
+    })
+}

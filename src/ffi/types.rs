@@ -1,0 +1,45 @@
+//! The C types of the public ABI. cbindgen writes them into `include/pariskv.h`.
+
+/// Result of every `pariskv_*` call. On anything but `PARISKV_OK`,
+/// `pariskv_last_error()` says what went wrong.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pariskv_status {
+    PARISKV_OK = 0,
+    /// A NULL or misaligned pointer, a size out of range, a config value out of its domain.
+    PARISKV_ERR_INVALID_ARGUMENT = 1,
+    /// Valid input this build does not handle (head dim, dtype).
+    PARISKV_ERR_UNSUPPORTED = 2,
+    PARISKV_ERR_OUT_OF_MEMORY = 3,
+    /// A bug in the library; the handle involved should be freed.
+    PARISKV_ERR_INTERNAL = 4,
+}
+
+// Rust code takes `pariskv_dtype` as a plain `u32` (see the alias in `config.rs` and
+// `mod.rs`) so that any value a C caller writes is a defined input, never an invalid enum.
+
+/// Element type of keys, values and queries: a `uint32_t` holding one of these values.
+/// Any other value is reported as `PARISKV_ERR_UNSUPPORTED`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pariskv_dtype {
+    PARISKV_F32 = 0,
+    PARISKV_F16 = 1,
+    PARISKV_BF16 = 2,
+}
+
+/// Memory use and the last search's work, summed over KV heads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct pariskv_stats {
+    /// Tokens appended.
+    pub len: usize,
+    /// Bytes of centroid codes, 4-bit codes and weights.
+    pub index_bytes: usize,
+    /// Bytes of stored K and V rows.
+    pub kv_bytes: usize,
+    /// Keys in the retrieval zones of the last search or attend.
+    pub last_zone: usize,
+    /// Candidates reranked by the last search or attend.
+    pub last_candidates: usize,
+}

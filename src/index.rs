@@ -1,0 +1,259 @@
+//! The stateful index handle for engines that do not manage their own KV cache: it owns
+//! the K/V rows of one layer (one sequence), encodes every key as it is appended, and
+//! answers search and attend for one decode query. Built from the stateless primitives.
+
+use crate::attention::{attend, AttnScratch};
+use crate::config::Config;
+use crate::encode::{encode_rows, CodeStore, EncodeScratch};
+use crate::error::{Error, Result};
+use crate::rotation::Rotation;
+use crate::rows::{RowBuf, RowData, Rows};
+use crate::search::{group_query, select_top_k, tally, SearchScratch, SearchStats, Selection, Tally};
+use crate::shape::{Shape, N_CENTROIDS};
+
+/// Everything stored for one KV head.
+#[derive(Clone, Debug)]
+struct Head {
+    codes: CodeStore,
+    /// Cluster sizes over every appended key, `[block][centroid]`.
+    hist: Vec<u32>,
+    keys: RowBuf,
+    values: RowBuf,
+}
+
+/// Per-call buffers, kept to avoid allocating on every step.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    encode: EncodeScratch,
+    search: SearchScratch,
+    attn: AttnScratch,
+    queries: Vec<f32>,
+    mean: Vec<f32>,
+    q_rot: Vec<f32>,
+    zone_hist: Vec<u32>,
+    cells: Vec<u32>,
+}
+
+/// Memory use and the last step's retrieval work, summed over KV heads.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct IndexStats {
+    pub len: usize,
+    /// Bytes of codes, 4-bit codes and weights.
+    pub index_bytes: usize,
+    /// Bytes of stored K and V rows.
+    pub kv_bytes: usize,
+    /// Keys in the retrieval zones of the last search (all heads).
+    pub last_zone: usize,
+    /// Candidates reranked by the last search (all heads).
+    pub last_candidates: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    cfg: Config,
+    shape: Shape,
+    rotation: Rotation,
+    len: usize,
+    heads: Vec<Head>,
+    last: Vec<SearchStats>,
+    scratch: Scratch,
+}
+
+impl Index {
+    pub fn new(cfg: Config) -> Result<Index> {
+        let shape = cfg.validate()?;
+        let heads = (0..cfg.n_kv_heads)
+            .map(|_| Head {
+                codes: CodeStore::default(),
+                hist: vec![0; shape.n_blocks * N_CENTROIDS],
+                keys: RowBuf::new(cfg.kv_dtype),
+                values: RowBuf::new(cfg.kv_dtype),
+            })
+            .collect();
+        Ok(Index {
+            rotation: Rotation::new(shape, cfg.seed),
+            shape,
+            len: 0,
+            last: vec![SearchStats::default(); cfg.n_kv_heads],
+            heads,
+            cfg,
+            scratch: Scratch::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        IndexStats {
+            len: self.len,
+            index_bytes: self.heads.iter().map(|h| h.codes.bytes()).sum(),
+            kv_bytes: self.heads.iter().map(|h| h.keys.bytes() + h.values.bytes()).sum(),
+            last_zone: self.last.iter().map(|s| s.n_zone).sum(),
+            last_candidates: self.last.iter().map(|s| s.n_candidates).sum(),
+        }
+    }
+
+    fn expect_len(&self, what: &str, data: &RowData, rows: usize) -> Result<()> {
+        let want = rows.checked_mul(self.cfg.head_dim).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
+        if data.len() != want {
+            return Err(Error::invalid(format!(
+                "{what}: {} elements given, expected {rows} rows of {} = {want}",
+                data.len(),
+                self.cfg.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends `n_tokens` keys and values laid out `[n_tokens][n_kv_heads][head_dim]`.
+    /// Either everything is appended or, on error, nothing is.
+    pub fn append(&mut self, keys: RowData, values: RowData, n_tokens: usize) -> Result<()> {
+        let (d, nkv) = (self.cfg.head_dim, self.cfg.n_kv_heads);
+        let rows = n_tokens.checked_mul(nkv).ok_or_else(|| Error::invalid("append: n_tokens too large"))?;
+        self.expect_len("append keys", &keys, rows)?;
+        self.expect_len("append values", &values, rows)?;
+        if self.len.checked_add(n_tokens).is_none_or(|n| n > u32::MAX as usize) {
+            return Err(Error::invalid(format!(
+                "append: {} + {n_tokens} tokens exceeds the 2^32-1 cells an index can hold",
+                self.len
+            )));
+        }
+        // Reserve everything first so that nothing below can fail half-way.
+        for h in &mut self.heads {
+            h.keys.reserve(n_tokens * d)?;
+            h.values.reserve(n_tokens * d)?;
+            h.codes.reserve(&self.shape, n_tokens)?;
+        }
+        let mut row = vec![0.0f32; d];
+        let new_cells: Vec<usize> = (self.len..self.len + n_tokens).collect();
+        for (h, head) in self.heads.iter_mut().enumerate() {
+            let k_in = Rows::head_of(keys, nkv, d, h, n_tokens)?;
+            let v_in = Rows::head_of(values, nkv, d, h, n_tokens)?;
+            for t in 0..n_tokens {
+                k_in.load(t, &mut row);
+                head.keys.extend_from_f32(&row);
+                v_in.load(t, &mut row);
+                head.values.extend_from_f32(&row);
+            }
+            // Encode the keys as stored: the rows attention will actually read.
+            head.codes.grow(&self.shape, n_tokens)?;
+            let stored = Rows::new(head.keys.data(), self.len * d, d, d, n_tokens)?;
+            encode_rows(&self.rotation, &stored, &new_cells, &mut head.codes.as_mut(), &mut self.scratch.encode)?;
+            tally(&self.shape, &head.codes.as_ref(), new_cells.iter().copied(), &mut head.hist, Tally::Add);
+        }
+        self.len += n_tokens;
+        Ok(())
+    }
+
+    /// Converts `n_q_heads` query rows to f32 into the scratch.
+    fn load_queries(&mut self, queries: RowData) -> Result<()> {
+        let (d, nq) = (self.cfg.head_dim, self.cfg.n_q_heads);
+        self.expect_len("queries", &queries, nq)?;
+        let rows = Rows::packed(queries, d)?;
+        self.scratch.queries.resize(nq * d, 0.0);
+        for (h, q) in self.scratch.queries.chunks_exact_mut(d).enumerate() {
+            rows.load(h, q);
+        }
+        Ok(())
+    }
+
+    /// Top-k cells of the retrieval zone for KV head `h`, best first, into `scratch.search.top`.
+    fn select(&mut self, h: usize, k: usize) -> Result<()> {
+        let (d, g) = (self.cfg.head_dim, self.cfg.group_size());
+        let s = &mut self.scratch;
+        s.q_rot.resize(self.shape.padded_dim, 0.0);
+        group_query(&self.rotation, &s.queries[h * g * d..][..g * d], &mut s.mean, &mut s.q_rot);
+        // Zone histogram: all keys minus the sink and the window.
+        let head = &self.heads[h];
+        let zone = self.cfg.zone(self.len);
+        s.zone_hist.clear();
+        s.zone_hist.extend_from_slice(&head.hist);
+        let codes = head.codes.as_ref();
+        tally(&self.shape, &codes, (0..zone.start).chain(zone.end..self.len), &mut s.zone_hist, Tally::Remove);
+        let sel = Selection {
+            shape: self.shape,
+            codes,
+            q_rot: &s.q_rot,
+            cells: zone,
+            valid: |_| true,
+            zone_hist: Some(&s.zone_hist),
+            policy: self.cfg.ratios,
+            k,
+        };
+        self.last[h] = select_top_k(&sel, &mut s.search)?;
+        Ok(())
+    }
+
+    /// Per KV head, the top-k token positions of the retrieval zone, best first.
+    pub fn search(&mut self, queries: RowData, k: usize) -> Result<Vec<Vec<u32>>> {
+        if k == 0 {
+            return Err(Error::invalid("search: k must be at least 1"));
+        }
+        self.load_queries(queries)?;
+        (0..self.cfg.n_kv_heads)
+            .map(|h| {
+                self.select(h, k)?;
+                Ok(self.scratch.search.top.iter().map(|&(_, cell)| cell).collect())
+            })
+            .collect()
+    }
+
+    /// ParisKV attention output `[n_q_heads][head_dim]` for one decode query: dense below
+    /// the threshold, else exact attention over sink ∪ top-k ∪ window, in position order.
+    pub fn attend(&mut self, queries: RowData, out: &mut [f32]) -> Result<()> {
+        let (d, g) = (self.cfg.head_dim, self.cfg.group_size());
+        if out.len() != self.cfg.n_q_heads * d {
+            return Err(Error::invalid(format!(
+                "attend: output has {} values, expected {}",
+                out.len(),
+                self.cfg.n_q_heads * d
+            )));
+        }
+        if self.len == 0 {
+            return Err(Error::invalid("attend: the index is empty"));
+        }
+        self.load_queries(queries)?;
+        let dense = self.cfg.is_dense(self.len);
+        let zone = self.cfg.zone(self.len);
+        for h in 0..self.cfg.n_kv_heads {
+            let mut cells = std::mem::take(&mut self.scratch.cells);
+            cells.clear();
+            if dense {
+                cells.extend(0..self.len as u32);
+            } else {
+                self.select(h, self.cfg.top_k)?;
+                cells.extend(0..zone.start as u32);
+                let first_retrieved = cells.len();
+                cells.extend(self.scratch.search.top.iter().map(|&(_, c)| c));
+                cells[first_retrieved..].sort_unstable();
+                cells.extend(zone.end as u32..self.len as u32);
+            }
+            let head = &self.heads[h];
+            let k = Rows::packed(head.keys.data(), d)?;
+            let v = Rows::packed(head.values.data(), d)?;
+            let result = attend(
+                &self.scratch.queries[h * g * d..][..g * d],
+                g,
+                &k,
+                &v,
+                &cells,
+                self.cfg.attn,
+                &mut self.scratch.attn,
+                &mut out[h * g * d..][..g * d],
+            );
+            self.scratch.cells = cells;
+            result?;
+        }
+        Ok(())
+    }
+}

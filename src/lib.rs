@@ -1,0 +1,27 @@
+//! ParisKV top-k KV-cache retrieval (Qi et al., arXiv 2602.07721) on the CPU, behind a C
+//! ABI (`include/pariskv.h`). This implementation is the oracle every GPU kernel is
+//! tested against.
+//!
+//! Two layers over the same code:
+//! - stateless primitives over caller-owned buffers: [`encode::encode_rows`],
+//!   [`search::select_top_k`], [`attention::attend`] (what the ggml op calls);
+//! - the stateful [`index::Index`] handle (what an embedding C/C++ program calls).
+
+pub mod attention;
+pub mod codebook;
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod ffi;
+pub mod index;
+pub mod rank;
+pub mod rotation;
+pub mod rows;
+pub mod search;
+pub mod shape;
+pub mod synth;
+
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use index::{Index, IndexStats};
+pub use rows::{DType, RowData, Rows};

@@ -1,0 +1,225 @@
+//! Element types and strided views of K, V and Q rows in caller memory, plus owned row
+//! storage for the index handle. Every row is read into f32 before any arithmetic.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+use crate::error::{try_reserve, Error, Result};
+
+/// Element type of keys, values and queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// Borrowed elements of one dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum RowData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+impl RowData<'_> {
+    pub fn dtype(&self) -> DType {
+        match self {
+            RowData::F32(_) => DType::F32,
+            RowData::F16(_) => DType::F16,
+            RowData::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            RowData::F32(s) => s.len(),
+            RowData::F16(s) => s.len(),
+            RowData::BF16(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `n` rows of `dim` elements, row `i` starting at element `offset + i * stride`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    data: RowData<'a>,
+    offset: usize,
+    dim: usize,
+    stride: usize,
+    n: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// Checks that every row lies inside `data`.
+    pub fn new(data: RowData<'a>, offset: usize, dim: usize, stride: usize, n: usize) -> Result<Self> {
+        let end = match n {
+            0 => Some(offset),
+            _ => (n - 1).checked_mul(stride).and_then(|x| x.checked_add(offset + dim)),
+        };
+        match end {
+            Some(end) if end <= data.len() && (n <= 1 || stride >= dim) => {
+                Ok(Rows { data, offset, dim, stride, n })
+            }
+            _ => Err(Error::invalid(format!(
+                "{n} rows of {dim} elements at offset {offset}, stride {stride} do not fit in \
+                 {} elements (or the rows overlap)",
+                data.len()
+            ))),
+        }
+    }
+
+    /// Packed rows: row `i` at `i * dim`.
+    pub fn packed(data: RowData<'a>, dim: usize) -> Result<Self> {
+        if dim == 0 || data.len() % dim != 0 {
+            return Err(Error::invalid(format!(
+                "{} elements are not a whole number of rows of {dim}",
+                data.len()
+            )));
+        }
+        Rows::new(data, 0, dim, dim, data.len() / dim)
+    }
+
+    /// Rows of head `h` in a `[n][n_heads][dim]` layout.
+    pub fn head_of(data: RowData<'a>, n_heads: usize, dim: usize, h: usize, n: usize) -> Result<Self> {
+        if h >= n_heads {
+            return Err(Error::invalid(format!("head {h} out of range for {n_heads} heads")));
+        }
+        Rows::new(data, h * dim, dim, n_heads * dim, n)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// Row `i` converted to f32 into `out` (`dim` values).
+    #[inline]
+    pub fn load(&self, i: usize, out: &mut [f32]) {
+        assert!(i < self.n, "row {i} of {}", self.n);
+        let start = self.offset + i * self.stride;
+        let range = start..start + self.dim;
+        match self.data {
+            RowData::F32(s) => out.copy_from_slice(&s[range]),
+            RowData::F16(s) => s[range].convert_to_f32_slice(out),
+            RowData::BF16(s) => s[range].convert_to_f32_slice(out),
+        }
+    }
+}
+
+/// Owned rows of one dtype, appended in f32 and stored in that dtype (round to nearest).
+#[derive(Clone, Debug)]
+pub enum RowBuf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl RowBuf {
+    pub fn new(dtype: DType) -> RowBuf {
+        match dtype {
+            DType::F32 => RowBuf::F32(Vec::new()),
+            DType::F16 => RowBuf::F16(Vec::new()),
+            DType::BF16 => RowBuf::BF16(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len() * self.data().dtype().size()
+    }
+
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        match self {
+            RowBuf::F32(v) => try_reserve(v, additional, "f32 rows"),
+            RowBuf::F16(v) => try_reserve(v, additional, "f16 rows"),
+            RowBuf::BF16(v) => try_reserve(v, additional, "bf16 rows"),
+        }
+    }
+
+    /// Appends f32 values, converting to the stored dtype.
+    pub fn extend_from_f32(&mut self, values: &[f32]) {
+        match self {
+            RowBuf::F32(v) => v.extend_from_slice(values),
+            RowBuf::F16(v) => v.extend(values.iter().map(|&x| f16::from_f32(x))),
+            RowBuf::BF16(v) => v.extend(values.iter().map(|&x| bf16::from_f32(x))),
+        }
+    }
+
+    pub fn data(&self) -> RowData<'_> {
+        match self {
+            RowBuf::F32(v) => RowData::F32(v),
+            RowBuf::F16(v) => RowData::F16(v),
+            RowBuf::BF16(v) => RowData::BF16(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_heads_and_conversion() {
+        // [n=2][heads=2][dim=3]
+        let v: Vec<f16> = (0..12).map(|i| f16::from_f32(i as f32)).collect();
+        let rows = Rows::head_of(RowData::F16(&v), 2, 3, 1, 2).unwrap();
+        let mut out = [0.0; 3];
+        rows.load(1, &mut out);
+        assert_eq!(out, [9.0, 10.0, 11.0]);
+        assert!(Rows::head_of(RowData::F16(&v), 2, 3, 1, 3).is_err());
+        assert!(Rows::head_of(RowData::F16(&v), 2, 3, 2, 1).is_err());
+        assert!(Rows::new(RowData::F16(&v), 0, 3, 2, 2).is_err(), "overlapping rows");
+        assert!(Rows::packed(RowData::F16(&v[..11]), 3).is_err());
+    }
+
+    #[test]
+    fn rowbuf_rounds_to_its_dtype() {
+        let mut b = RowBuf::new(DType::BF16);
+        b.extend_from_f32(&[1.0 + 1.0 / 256.0, 3.0]);
+        let rows = Rows::packed(b.data(), 2).unwrap();
+        let mut out = [0.0; 2];
+        rows.load(0, &mut out);
+        assert_eq!(out, [1.0, 3.0], "bf16 keeps 8 bits of mantissa");
+        assert_eq!(b.bytes(), 4);
+    }
+}
