@@ -20,7 +20,10 @@ impl AttnParams {
             return Err(Error::invalid(format!("attention scale {} must be finite and > 0", self.scale)));
         }
         if !(self.softcap.is_finite() && self.softcap >= 0.0) {
-            return Err(Error::invalid(format!("softcap {} must be finite and >= 0 (0 = off)", self.softcap)));
+            return Err(Error::invalid(format!(
+                "softcap {} must be finite and >= 0 (0 = off)",
+                self.softcap
+            )));
         }
         Ok(())
     }
@@ -62,12 +65,11 @@ pub struct AttnScratch {
     inv_sums: Vec<f32>,
 }
 
-/// Attention of `n_heads` query heads (`queries`, `[n_heads][dk]`) over the cells listed in
-/// `cells`, with keys and values read from `k` and `v`; writes `[n_heads][dv]` into `out`.
-/// An empty cell list yields zeros.
+/// Attention of a group of query heads (`queries`, `[n_heads][dk]`) over the cells listed
+/// in `cells`, with keys and values read from `k` and `v`; writes `[n_heads][dv]` into
+/// `out`. An empty cell list yields zeros.
 pub fn attend(
     queries: &[f32],
-    n_heads: usize,
     k: &Rows,
     v: &Rows,
     cells: &[u32],
@@ -76,9 +78,10 @@ pub fn attend(
     out: &mut [f32],
 ) -> Result<()> {
     let (dk, dv) = (k.dim(), v.dim());
+    let n_heads = queries.len() / dk.max(1);
     if queries.len() != n_heads * dk || out.len() != n_heads * dv {
         return Err(Error::invalid(format!(
-            "attend: {} query values and {} outputs for {n_heads} heads of dims {dk}/{dv}",
+            "attend: {} query values and {} outputs do not make whole heads of dims {dk}/{dv}",
             queries.len(),
             out.len()
         )));
@@ -176,7 +179,7 @@ mod tests {
         let vr = Rows::packed(RowData::F32(&vf), d).unwrap();
         for params in [AttnParams { scale: 0.125, softcap: 0.0 }, AttnParams { scale: 0.125, softcap: 2.0 }] {
             let mut out = vec![0.0; heads * d];
-            attend(&q, heads, &kr, &vr, &cells, params, &mut AttnScratch::default(), &mut out).unwrap();
+            attend(&q, &kr, &vr, &cells, params, &mut AttnScratch::default(), &mut out).unwrap();
             let ks: Vec<Vec<f32>> = cells.iter().map(|&c| keys[c as usize].clone()).collect();
             let vs: Vec<Vec<f32>> = cells.iter().map(|&c| vals[c as usize].clone()).collect();
             for h in 0..heads {
@@ -195,8 +198,8 @@ mod tests {
         let p = AttnParams { scale: 1.0, softcap: 0.0 };
         let mut out = vec![7.0; 8];
         let mut s = AttnScratch::default();
-        assert!(attend(&[0.0; 8], 1, &kr, &kr, &[2], p, &mut s, &mut out).is_err());
-        attend(&[0.0; 8], 1, &kr, &kr, &[], p, &mut s, &mut out).unwrap();
+        assert!(attend(&[0.0; 8], &kr, &kr, &[2], p, &mut s, &mut out).is_err());
+        attend(&[0.0; 8], &kr, &kr, &[], p, &mut s, &mut out).unwrap();
         assert!(out.iter().all(|&x| x == 0.0));
         assert!(AttnParams { scale: 0.0, softcap: 0.0 }.validate().is_err());
         assert!(AttnParams { scale: 1.0, softcap: -1.0 }.validate().is_err());

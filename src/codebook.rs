@@ -8,27 +8,12 @@ use crate::shape::{BLOCK, N_CENTROIDS, N_LEVELS};
 /// Lloyd-Max reconstruction levels for |u_1|, u uniform on S^7 (density proportional to
 /// (1 - x^2)^(5/2) on [0, 1]), fully converged. `tests::lloyd_max_rederived` derives them
 /// again from the density and checks these digits.
-pub const LEVELS: [f32; N_LEVELS] = [
-    0.042_508_667,
-    0.128_043_65,
-    0.215_201_22,
-    0.305_323_82,
-    0.400_271_27,
-    0.503_022_06,
-    0.619_347_65,
-    0.764_835_1,
-];
+pub const LEVELS: [f32; N_LEVELS] =
+    [0.042508665, 0.12804365, 0.21520121, 0.3053238, 0.40027127, 0.5030221, 0.61934763, 0.76483506];
 
 /// Decision thresholds between consecutive levels (their midpoints, as Lloyd-Max requires).
-pub const THRESHOLDS: [f32; N_LEVELS - 1] = [
-    0.085_276_16,
-    0.171_622_43,
-    0.260_262_52,
-    0.352_797_55,
-    0.451_646_67,
-    0.561_184_85,
-    0.692_091_4,
-];
+pub const THRESHOLDS: [f32; N_LEVELS - 1] =
+    [0.08527616, 0.17162244, 0.26026252, 0.35279754, 0.45164666, 0.5611849, 0.69209135];
 
 /// Magnitude index of a normalised coordinate |u_j|: the number of thresholds at or below
 /// it. NaN maps to 0 (every comparison is false).
@@ -82,9 +67,7 @@ pub fn centroid_order(scores: &[f32; N_CENTROIDS], order: &mut [u8; N_CENTROIDS]
     for (c, o) in order.iter_mut().enumerate() {
         *o = c as u8;
     }
-    order.sort_unstable_by(|&a, &b| {
-        rank_order(scores[a as usize], a as u32, scores[b as usize], b as u32)
-    });
+    order.sort_unstable_by(|&a, &b| rank_order(scores[a as usize], a as u32, scores[b as usize], b as u32));
 }
 
 #[cfg(test)]
@@ -174,9 +157,9 @@ mod tests {
         let q = [0.3f32, -1.0, 0.25, 2.0, -0.5, 0.0, 1.5, -0.125];
         let mut scores = [0.0; N_CENTROIDS];
         centroid_scores(&q, &mut scores);
-        for c in 0..N_CENTROIDS {
-            let exact: f32 = (0..8).map(|j| if c >> j & 1 != 0 { q[j] } else { -q[j] }).sum();
-            assert!((scores[c] - exact).abs() < 1e-6);
+        for (c, score) in scores.iter().enumerate() {
+            let exact: f32 = q.iter().enumerate().map(|(j, &x)| if c >> j & 1 != 0 { x } else { -x }).sum();
+            assert!((score - exact).abs() < 1e-6);
         }
         let mut order = [0u8; N_CENTROIDS];
         centroid_order(&scores, &mut order);

@@ -48,6 +48,16 @@ pub struct IndexStats {
     pub last_candidates: usize,
 }
 
+/// One KV head's selection, with its coarse stage.
+#[derive(Clone, Debug)]
+pub struct Retrieved {
+    /// Top-k positions, best first.
+    pub top: Vec<u32>,
+    /// Candidate positions passed to the rerank, in position order.
+    pub candidates: Vec<u32>,
+    pub stats: SearchStats,
+}
+
 #[derive(Clone, Debug)]
 pub struct Index {
     cfg: Config,
@@ -104,7 +114,9 @@ impl Index {
     }
 
     fn expect_len(&self, what: &str, data: &RowData, rows: usize) -> Result<()> {
-        let want = rows.checked_mul(self.cfg.head_dim).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
+        let want = rows
+            .checked_mul(self.cfg.head_dim)
+            .ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
         if data.len() != want {
             return Err(Error::invalid(format!(
                 "{what}: {} elements given, expected {rows} rows of {} = {want}",
@@ -128,6 +140,9 @@ impl Index {
                 self.len
             )));
         }
+        if n_tokens == 0 {
+            return Ok(());
+        }
         // Reserve everything first so that nothing below can fail half-way.
         for h in &mut self.heads {
             h.keys.reserve(n_tokens * d)?;
@@ -148,7 +163,13 @@ impl Index {
             // Encode the keys as stored: the rows attention will actually read.
             head.codes.grow(&self.shape, n_tokens)?;
             let stored = Rows::new(head.keys.data(), self.len * d, d, d, n_tokens)?;
-            encode_rows(&self.rotation, &stored, &new_cells, &mut head.codes.as_mut(), &mut self.scratch.encode)?;
+            encode_rows(
+                &self.rotation,
+                &stored,
+                &new_cells,
+                &mut head.codes.as_mut(),
+                &mut self.scratch.encode,
+            )?;
             tally(&self.shape, &head.codes.as_ref(), new_cells.iter().copied(), &mut head.hist, Tally::Add);
         }
         self.len += n_tokens;
@@ -179,7 +200,13 @@ impl Index {
         s.zone_hist.clear();
         s.zone_hist.extend_from_slice(&head.hist);
         let codes = head.codes.as_ref();
-        tally(&self.shape, &codes, (0..zone.start).chain(zone.end..self.len), &mut s.zone_hist, Tally::Remove);
+        tally(
+            &self.shape,
+            &codes,
+            (0..zone.start).chain(zone.end..self.len),
+            &mut s.zone_hist,
+            Tally::Remove,
+        );
         let sel = Selection {
             shape: self.shape,
             codes,
@@ -196,6 +223,11 @@ impl Index {
 
     /// Per KV head, the top-k token positions of the retrieval zone, best first.
     pub fn search(&mut self, queries: RowData, k: usize) -> Result<Vec<Vec<u32>>> {
+        Ok(self.search_detailed(queries, k)?.into_iter().map(|r| r.top).collect())
+    }
+
+    /// `search`, also returning each head's candidates (to measure the coarse stage).
+    pub fn search_detailed(&mut self, queries: RowData, k: usize) -> Result<Vec<Retrieved>> {
         if k == 0 {
             return Err(Error::invalid("search: k must be at least 1"));
         }
@@ -203,9 +235,24 @@ impl Index {
         (0..self.cfg.n_kv_heads)
             .map(|h| {
                 self.select(h, k)?;
-                Ok(self.scratch.search.top.iter().map(|&(_, cell)| cell).collect())
+                let s = &self.scratch.search;
+                Ok(Retrieved {
+                    top: s.top.iter().map(|&(_, cell)| cell).collect(),
+                    candidates: s.candidates.clone(),
+                    stats: self.last[h],
+                })
             })
             .collect()
+    }
+
+    /// Stored keys of KV head `h` (for exact baselines).
+    pub fn keys(&self, h: usize) -> Result<Rows<'_>> {
+        Rows::packed(self.heads[h].keys.data(), self.cfg.head_dim)
+    }
+
+    /// Stored values of KV head `h`.
+    pub fn values(&self, h: usize) -> Result<Rows<'_>> {
+        Rows::packed(self.heads[h].values.data(), self.cfg.head_dim)
     }
 
     /// ParisKV attention output `[n_q_heads][head_dim]` for one decode query: dense below
@@ -243,7 +290,6 @@ impl Index {
             let v = Rows::packed(head.values.data(), d)?;
             let result = attend(
                 &self.scratch.queries[h * g * d..][..g * d],
-                g,
                 &k,
                 &v,
                 &cells,

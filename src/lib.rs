@@ -12,6 +12,7 @@ pub mod codebook;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod eval;
 pub mod ffi;
 pub mod index;
 pub mod rank;
@@ -23,5 +24,5 @@ pub mod synth;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
-pub use index::{Index, IndexStats};
+pub use index::{Index, IndexStats, Retrieved};
 pub use rows::{DType, RowData, Rows};

@@ -75,7 +75,7 @@ impl<'a> Rows<'a> {
     /// Checks that every row lies inside `data`.
     pub fn new(data: RowData<'a>, offset: usize, dim: usize, stride: usize, n: usize) -> Result<Self> {
         let end = match n {
-            0 => Some(offset),
+            0 => Some(0),
             _ => (n - 1).checked_mul(stride).and_then(|x| x.checked_add(offset + dim)),
         };
         match end {

@@ -85,7 +85,13 @@ pub enum Tally {
 }
 
 /// Adds or removes the codes of `cells` in a `[block][centroid]` histogram.
-pub fn tally(shape: &Shape, codes: &Codes, cells: impl IntoIterator<Item = usize>, hist: &mut [u32], op: Tally) {
+pub fn tally(
+    shape: &Shape,
+    codes: &Codes,
+    cells: impl IntoIterator<Item = usize>,
+    hist: &mut [u32],
+    op: Tally,
+) {
     for cell in cells {
         for (b, &c) in codes.cell_codes(shape, cell).iter().enumerate() {
             let n = &mut hist[b * N_CENTROIDS + c as usize];
@@ -213,14 +219,7 @@ pub fn candidates(
 }
 
 /// Scores `cands` with the 4-bit estimator and keeps the best `k` in rank order.
-pub fn rerank(
-    shape: &Shape,
-    codes: &Codes,
-    lut: &[f32],
-    cands: &[u32],
-    k: usize,
-    out: &mut Vec<(f32, u32)>,
-) {
+pub fn rerank(shape: &Shape, codes: &Codes, lut: &[f32], cands: &[u32], k: usize, out: &mut Vec<(f32, u32)>) {
     out.clear();
     out.extend(cands.iter().map(|&cell| {
         let cell_usize = cell as usize;
@@ -237,7 +236,12 @@ pub fn rerank(
 
 /// The retrieval query of one KV head: the mean of its query heads (the reference's GQA
 /// policy), rotated. `group` holds the heads' queries back to back.
-pub fn group_query(rotation: &crate::rotation::Rotation, group: &[f32], mean: &mut Vec<f32>, out: &mut [f32]) {
+pub fn group_query(
+    rotation: &crate::rotation::Rotation,
+    group: &[f32],
+    mean: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let d = rotation.shape().head_dim;
     let heads = group.len() / d;
     mean.clear();
@@ -296,14 +300,14 @@ pub struct Selection<'a, F: Fn(usize) -> bool> {
 }
 
 /// Runs every stage; the top-k lands in `scratch.top`, best first.
-pub fn select_top_k<F: Fn(usize) -> bool>(sel: &Selection<F>, scratch: &mut SearchScratch) -> Result<SearchStats> {
+pub fn select_top_k<F: Fn(usize) -> bool>(
+    sel: &Selection<F>,
+    scratch: &mut SearchScratch,
+) -> Result<SearchStats> {
     let shape = &sel.shape;
     let n_cells = sel.codes.n_cells(shape)?;
     if sel.cells.start > sel.cells.end || sel.cells.end > n_cells {
-        return Err(Error::invalid(format!(
-            "search: cells {:?} out of range ({n_cells} cells)",
-            sel.cells
-        )));
+        return Err(Error::invalid(format!("search: cells {:?} out of range ({n_cells} cells)", sel.cells)));
     }
     if sel.q_rot.len() != shape.padded_dim {
         return Err(Error::invalid(format!(

@@ -50,7 +50,8 @@ impl Rng {
 /// Pearson correlation.
 pub fn correlation(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len() as f64;
-    let (ma, mb) = (a.iter().map(|&x| x as f64).sum::<f64>() / n, b.iter().map(|&x| x as f64).sum::<f64>() / n);
+    let (ma, mb) =
+        (a.iter().map(|&x| x as f64).sum::<f64>() / n, b.iter().map(|&x| x as f64).sum::<f64>() / n);
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
     for (&x, &y) in a.iter().zip(b) {
         let (dx, dy) = (x as f64 - ma, y as f64 - mb);
@@ -70,8 +71,11 @@ pub struct SynthSpec {
     pub n_clusters: usize,
     /// Tokens per topic: each topic draws from a few clusters only.
     pub topic_len: usize,
-    /// Channels 10-50x larger than the rest, with a large shared offset.
+    /// Channels 10-50x larger than the rest.
     pub n_outlier_channels: usize,
+    /// Offset shared by every key in an outlier channel, in units of that channel's scale
+    /// (the "massive activation" keys of real models; 0 = zero-mean outliers).
+    pub outlier_offset: f32,
     /// How far each centre moves from the start to the end of the sequence (in units of
     /// its own norm).
     pub drift: f32,
@@ -86,6 +90,7 @@ impl SynthSpec {
             n_clusters: 64,
             topic_len: 2048,
             n_outlier_channels: 4,
+            outlier_offset: 2.0,
             drift: 1.0,
             seed,
         }
@@ -115,7 +120,8 @@ impl SynthCache {
         for _ in 0..spec.n_outlier_channels {
             let ch = rng.below(d);
             channel_scale[ch] = 10.0 + 40.0 * rng.uniform();
-            channel_offset[ch] = channel_scale[ch] * 2.0 * (rng.normal().abs() + 1.0);
+            let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+            channel_offset[ch] = sign * spec.outlier_offset * channel_scale[ch] * (rng.normal().abs() + 1.0);
         }
         let mut keys = Vec::with_capacity(n * d);
         let mut values = Vec::with_capacity(n * d);

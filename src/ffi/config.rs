@@ -70,7 +70,7 @@ impl pariskv_config {
         })
     }
 
-    pub(super) fn to_config(&self) -> Result<Config> {
+    pub(super) fn into_config(self) -> Result<Config> {
         let mut c = Config::new(self.head_dim as usize, self.n_q_heads as usize, self.n_kv_heads as usize);
         c.n_sink = self.n_sink as usize;
         c.n_local = self.n_local as usize;
@@ -88,4 +88,3 @@ impl pariskv_config {
         Ok(c)
     }
 }
-

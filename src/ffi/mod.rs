@@ -5,7 +5,6 @@
 //! caller until `pariskv_index_free`; calls on one handle from several threads are
 //! serialised by a lock inside it.
 #![allow(non_camel_case_types)]
-#![allow(non_camel_case_types)]
 
 mod boundary;
 mod config;
@@ -66,11 +65,14 @@ pub extern "C" fn pariskv_config_init(
 
 /// Creates an index from a validated config. On error `*out` is set to NULL.
 #[no_mangle]
-pub extern "C" fn pariskv_index_create(cfg: *const pariskv_config, out: *mut *mut pariskv_index) -> pariskv_status {
+pub extern "C" fn pariskv_index_create(
+    cfg: *const pariskv_config,
+    out: *mut *mut pariskv_index,
+) -> pariskv_status {
     boundary("pariskv_index_create", || {
         let out = out_ref(out, "out")?;
         *out = std::ptr::null_mut();
-        let config = in_ref(cfg, "cfg")?.to_config()?;
+        let config = in_ref(cfg, "cfg")?.into_config()?;
         let index = Index::new(config)?;
         *out = Box::into_raw(Box::new(pariskv_index { inner: Mutex::new(index) }));
         Ok(())
@@ -78,6 +80,9 @@ pub extern "C" fn pariskv_index_create(cfg: *const pariskv_config, out: *mut *mu
 }
 
 /// Frees an index. NULL is a no-op.
+// A C entry point cannot be `unsafe` to its caller; the handle's validity is the API's
+// documented contract, as for every pointer argument.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[no_mangle]
 pub extern "C" fn pariskv_index_free(index: *mut pariskv_index) {
     if index.is_null() {
@@ -133,7 +138,10 @@ pub extern "C" fn pariskv_index_len(index: *const pariskv_index, out: *mut usize
 
 /// Memory use and the last step's retrieval work.
 #[no_mangle]
-pub extern "C" fn pariskv_index_stats(index: *const pariskv_index, out: *mut pariskv_stats) -> pariskv_status {
+pub extern "C" fn pariskv_index_stats(
+    index: *const pariskv_index,
+    out: *mut pariskv_stats,
+) -> pariskv_status {
     boundary("pariskv_index_stats", || {
         let out = out_ref(out, "out")?;
         let s = with_index(index, |ix| Ok(ix.stats()))?;
@@ -166,13 +174,13 @@ pub extern "C" fn pariskv_index_search(
             let c = ix.config();
             let (nkv, k) = (c.n_kv_heads, k as usize);
             let q = in_rows(dtype, queries, c.n_q_heads * c.head_dim, "queries")?;
-            let total = nkv
-                .checked_mul(k)
-                .ok_or_else(|| Error::invalid(format!("k {k} is too large")))?;
+            let total = nkv.checked_mul(k).ok_or_else(|| Error::invalid(format!("k {k} is too large")))?;
             let positions = out_slice(out_positions, total, "out_positions")?;
             let counts = out_slice(out_count, nkv, "out_count")?;
             let found = ix.search(q, k)?;
-            for ((slots, count), cells) in positions.chunks_exact_mut(k.max(1)).zip(counts.iter_mut()).zip(found) {
+            for ((slots, count), cells) in
+                positions.chunks_exact_mut(k.max(1)).zip(counts.iter_mut()).zip(found)
+            {
                 slots.fill(-1);
                 for (slot, &cell) in slots.iter_mut().zip(&cells) {
                     *slot = cell as i64;

@@ -1,0 +1,80 @@
+//! Exact baselines and retrieval metrics: the brute-force top-k every claim about
+//! recall is measured against, recall@k, and the softmax mass a selection covers.
+
+use crate::attention::dot;
+use crate::rank::top_k_in_place;
+use crate::rows::Rows;
+
+/// Exact inner products `<q, k_cell>` for `cells`.
+pub fn exact_scores(keys: &Rows, q: &[f32], cells: &[u32]) -> Vec<f32> {
+    let mut row = vec![0.0; keys.dim()];
+    cells
+        .iter()
+        .map(|&c| {
+            keys.load(c as usize, &mut row);
+            dot(q, &row)
+        })
+        .collect()
+}
+
+/// The exact top-k of `cells` by inner product with `q`, best first.
+pub fn exact_top_k(keys: &Rows, q: &[f32], cells: &[u32], k: usize) -> Vec<u32> {
+    let mut scored: Vec<(f32, u32)> =
+        exact_scores(keys, q, cells).into_iter().zip(cells.iter().copied()).collect();
+    top_k_in_place(&mut scored, k);
+    scored.into_iter().map(|(_, c)| c).collect()
+}
+
+/// Share of `exact` that `found` contains (1.0 for an empty `exact`).
+pub fn recall(found: &[u32], exact: &[u32]) -> f64 {
+    if exact.is_empty() {
+        return 1.0;
+    }
+    let set: std::collections::HashSet<u32> = found.iter().copied().collect();
+    exact.iter().filter(|c| set.contains(c)).count() as f64 / exact.len() as f64
+}
+
+/// Share of the softmax mass over `zone` (logits `scale * <q, k>`) that `selected` covers.
+/// Computed in f64 from the exact scores.
+pub fn attention_mass(keys: &Rows, q: &[f32], zone: &[u32], selected: &[u32], scale: f32) -> f64 {
+    let scores = exact_scores(keys, q, zone);
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) as f64;
+    let weight = |s: f32| ((s as f64 - max) * scale as f64).exp();
+    let total: f64 = scores.iter().map(|&s| weight(s)).sum();
+    let chosen: std::collections::HashSet<u32> = selected.iter().copied().collect();
+    let covered: f64 =
+        zone.iter().zip(&scores).filter(|(c, _)| chosen.contains(c)).map(|(_, &s)| weight(s)).sum();
+    covered / total
+}
+
+/// Largest relative difference `|a - b| / max(|b|, floor)` over two outputs.
+pub fn max_relative_error(a: &[f32], b: &[f32], floor: f32) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(floor)).fold(0.0, f32::max)
+}
+
+/// `||a - b|| / ||b||`.
+pub fn relative_l2_error(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::RowData;
+
+    #[test]
+    fn metrics_on_a_small_case() {
+        let keys = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0, -1.0, 0.0];
+        let rows = Rows::packed(RowData::F32(&keys), 2).unwrap();
+        let q = [2.0, 1.0];
+        assert_eq!(exact_top_k(&rows, &q, &[0, 1, 2, 3], 2), vec![2, 0]);
+        assert_eq!(recall(&[0, 3], &[2, 0]), 0.5);
+        let all = attention_mass(&rows, &q, &[0, 1, 2, 3], &[0, 1, 2, 3], 1.0);
+        assert!((all - 1.0).abs() < 1e-12);
+        let top = attention_mass(&rows, &q, &[0, 1, 2, 3], &[2], 1.0);
+        let e = |x: f64| x.exp();
+        assert!((top - e(3.0) / (e(2.0) + e(1.0) + e(3.0) + e(-2.0))).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,232 @@
+/* Exercises the whole public C API of libpariskv and at least 15 bad inputs.
+ * Built and run by tests/c_api.rs; exits non-zero on any failed check. */
+#include "pariskv.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond, ...)                                   \
+    do {                                                   \
+        checks++;                                          \
+        if (!(cond)) {                                     \
+            failures++;                                    \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);    \
+            printf(__VA_ARGS__);                           \
+            printf("\n");                                  \
+        }                                                  \
+    } while (0)
+
+/* A bad call must return `want` and leave a message naming `needle`. */
+static int bad_cases = 0;
+static void expect_error(const char *what, pariskv_status got, pariskv_status want, const char *needle) {
+    bad_cases++;
+    const char *msg = pariskv_last_error();
+    CHECK(got == want, "%s: status %d, expected %d (%s)", what, (int)got, (int)want, msg);
+    CHECK(msg != NULL && strstr(msg, needle) != NULL, "%s: message '%s' lacks '%s'", what, msg, needle);
+    printf("bad input %2d: %-44s -> status %d: %s\n", bad_cases, what, (int)got, msg);
+}
+
+static uint64_t rng_state = 12345;
+static float randn(void) {
+    /* Sum of 12 uniforms minus 6: close enough to a standard normal for test data. */
+    float s = 0.0f;
+    for (int i = 0; i < 12; i++) {
+        rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+        s += (float)(rng_state >> 40) / (float)(1ULL << 24);
+    }
+    return s - 6.0f;
+}
+
+static uint16_t to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16); /* round to nearest even */
+}
+
+/* Dense softmax attention of one head over n keys, in double. */
+static void dense_head(const float *q, const float *k, const float *v, size_t n, size_t stride,
+                       size_t d, float scale, double *out) {
+    double *w = malloc(n * sizeof(double));
+    double max = -INFINITY, sum = 0.0;
+    for (size_t t = 0; t < n; t++) {
+        double s = 0.0;
+        for (size_t j = 0; j < d; j++) s += (double)q[j] * k[t * stride + j];
+        w[t] = s * scale;
+        if (w[t] > max) max = w[t];
+    }
+    for (size_t t = 0; t < n; t++) sum += (w[t] = exp(w[t] - max));
+    for (size_t j = 0; j < d; j++) {
+        double acc = 0.0;
+        for (size_t t = 0; t < n; t++) acc += w[t] * v[t * stride + j];
+        out[j] = acc / sum;
+    }
+    free(w);
+}
+
+int main(void) {
+    enum { D = 128, NQ = 8, NKV = 2, N = 6000 };
+    pariskv_config cfg;
+    CHECK(pariskv_config_init(&cfg, D, NQ, NKV) == PARISKV_OK, "config_init: %s", pariskv_last_error());
+    CHECK(cfg.n_sink == 4 && cfg.n_local == 512 && cfg.top_k == 2048, "defaults");
+    CHECK(cfg.dense_threshold == 4 + 512 + 2 * 2048, "dense threshold default");
+    CHECK(cfg.adaptive_ratios != 0 && cfg.kv_dtype == PARISKV_F16, "ratios and dtype defaults");
+    CHECK(fabsf(cfg.scale - 1.0f / sqrtf((float)D)) < 1e-7f, "scale default");
+    cfg.kv_dtype = PARISKV_F32;
+    cfg.top_k = 256;
+    cfg.dense_threshold = 0;
+
+    pariskv_index *ix = NULL;
+    CHECK(pariskv_index_create(&cfg, &ix) == PARISKV_OK && ix != NULL, "create: %s", pariskv_last_error());
+
+    float *keys = malloc(sizeof(float) * N * NKV * D);
+    float *vals = malloc(sizeof(float) * N * NKV * D);
+    for (size_t i = 0; i < (size_t)N * NKV * D; i++) {
+        keys[i] = randn();
+        vals[i] = randn();
+    }
+    /* Append in two calls, the second in bf16 to exercise another dtype. */
+    enum { N1 = 4000, N2 = N - N1 };
+    CHECK(pariskv_index_append(ix, PARISKV_F32, keys, vals, N1) == PARISKV_OK, "append f32: %s", pariskv_last_error());
+    uint16_t *kb = malloc(2 * (size_t)N2 * NKV * D), *vb = malloc(2 * (size_t)N2 * NKV * D);
+    for (size_t i = 0; i < (size_t)N2 * NKV * D; i++) {
+        kb[i] = to_bf16(keys[(size_t)N1 * NKV * D + i]);
+        vb[i] = to_bf16(vals[(size_t)N1 * NKV * D + i]);
+        /* Keep the f32 copy equal to what the index stores, for the dense reference. */
+        uint32_t u = (uint32_t)kb[i] << 16, w = (uint32_t)vb[i] << 16;
+        memcpy(&keys[(size_t)N1 * NKV * D + i], &u, 4);
+        memcpy(&vals[(size_t)N1 * NKV * D + i], &w, 4);
+    }
+    CHECK(pariskv_index_append(ix, PARISKV_BF16, kb, vb, N2) == PARISKV_OK, "append bf16: %s", pariskv_last_error());
+    CHECK(pariskv_index_append(ix, PARISKV_F32, NULL, NULL, 0) == PARISKV_OK, "empty append: %s", pariskv_last_error());
+
+    size_t len = 0;
+    CHECK(pariskv_index_len(ix, &len) == PARISKV_OK && len == N, "len %zu", len);
+
+    /* A query aimed at key 2500 of KV head 0 (query heads 0-3) and key 1234 of KV head 1
+     * (heads 4-7), strongly enough that attention concentrates on them. */
+    float q[NQ * D];
+    for (int i = 0; i < NQ * D; i++) q[i] = 0.1f * randn();
+    for (int h = 0; h < 8; h++) {
+        size_t target = h < 4 ? (size_t)2500 * NKV : (size_t)1234 * NKV + 1;
+        for (int j = 0; j < D; j++) q[h * D + j] += 2.0f * keys[target * D + j];
+    }
+
+    int64_t pos[NKV * 300];
+    uint32_t count[NKV];
+    CHECK(pariskv_index_search(ix, PARISKV_F32, q, 300, pos, count) == PARISKV_OK, "search: %s", pariskv_last_error());
+    CHECK(count[0] == 300 && count[1] == 300, "counts %u %u", count[0], count[1]);
+    CHECK(pos[0] == 2500 && pos[300] == 1234, "planted keys first: %lld %lld", (long long)pos[0], (long long)pos[300]);
+    int in_zone = 1;
+    for (int i = 0; i < NKV * 300; i++) in_zone &= pos[i] >= 4 && pos[i] < N - 512;
+    CHECK(in_zone, "positions inside the retrieval zone");
+
+    int64_t many[NKV * 6000];
+    uint32_t cnt2[NKV];
+    CHECK(pariskv_index_search(ix, PARISKV_F32, q, 6000, many, cnt2) == PARISKV_OK, "search all");
+    CHECK(cnt2[0] == N - 4 - 512 && many[N - 4 - 512] == -1, "k beyond the zone: %u, tail %lld", cnt2[0],
+          (long long)many[N - 4 - 512]);
+
+    pariskv_stats st;
+    CHECK(pariskv_index_stats(ix, &st) == PARISKV_OK, "stats");
+    CHECK(st.len == N && st.index_bytes == (size_t)N * NKV * 112 && st.kv_bytes == (size_t)N * NKV * D * 4 * 2,
+          "stats: len %zu index %zu kv %zu", st.len, st.index_bytes, st.kv_bytes);
+    CHECK(st.last_zone == (size_t)NKV * (N - 516), "last_zone %zu", st.last_zone);
+
+    /* Attention: retrieval path vs dense; then dense path vs the C reference. */
+    float out[NQ * D];
+    CHECK(pariskv_index_attend(ix, PARISKV_F32, q, out) == PARISKV_OK, "attend: %s", pariskv_last_error());
+    double ref[D], worst = 0.0;
+    for (int h = 0; h < NQ; h++) {
+        dense_head(q + h * D, keys + (h / 4) * D, vals + (h / 4) * D, N, NKV * D, D, cfg.scale, ref);
+        for (int j = 0; j < D; j++) worst = fmax(worst, fabs(out[h * D + j] - ref[j]));
+    }
+    printf("retrieval path: max |ParisKV - dense| = %.3g\n", worst);
+    CHECK(worst < 1e-3, "retrieval-path attention far from dense: %g", worst);
+
+    pariskv_config dense_cfg = cfg;
+    dense_cfg.dense_threshold = 1u << 30;
+    pariskv_index *dx = NULL;
+    CHECK(pariskv_index_create(&dense_cfg, &dx) == PARISKV_OK, "create dense");
+    CHECK(pariskv_index_append(dx, PARISKV_F32, keys, vals, N) == PARISKV_OK, "append dense");
+    CHECK(pariskv_index_attend(dx, PARISKV_F32, q, out) == PARISKV_OK, "attend dense");
+    worst = 0.0;
+    for (int h = 0; h < NQ; h++) {
+        dense_head(q + h * D, keys + (h / 4) * D, vals + (h / 4) * D, N, NKV * D, D, cfg.scale, ref);
+        for (int j = 0; j < D; j++) worst = fmax(worst, fabs(out[h * D + j] - ref[j]));
+    }
+    printf("dense path: max |out - C reference| = %.3g\n", worst);
+    CHECK(worst < 2e-4, "dense path differs from the reference: %g", worst); /* f32 rounding */
+
+    /* ---- bad inputs ---- */
+    pariskv_config bad;
+    expect_error("config_init(NULL)", pariskv_config_init(NULL, D, NQ, NKV), PARISKV_ERR_INVALID_ARGUMENT, "cfg");
+    memset(&bad, 0x5A, sizeof bad);
+    pariskv_config untouched = bad;
+    expect_error("config_init head_dim 100", pariskv_config_init(&bad, 100, NQ, NKV), PARISKV_ERR_UNSUPPORTED, "head_dim 100");
+    CHECK(memcmp(&bad, &untouched, sizeof bad) == 0, "failed config_init left cfg untouched");
+    expect_error("config_init head_dim 1024", pariskv_config_init(&bad, 1024, NQ, NKV), PARISKV_ERR_UNSUPPORTED, "head_dim");
+    expect_error("config_init 6 q heads / 4 kv heads", pariskv_config_init(&bad, D, 6, 4), PARISKV_ERR_INVALID_ARGUMENT, "n_q_heads");
+    expect_error("config_init 0 kv heads", pariskv_config_init(&bad, D, NQ, 0), PARISKV_ERR_INVALID_ARGUMENT, "n_kv_heads");
+
+    pariskv_index *nx = (pariskv_index *)0x1;
+    expect_error("create(NULL cfg)", pariskv_index_create(NULL, &nx), PARISKV_ERR_INVALID_ARGUMENT, "cfg");
+    CHECK(nx == NULL, "failed create sets *out to NULL");
+    expect_error("create(cfg, NULL out)", pariskv_index_create(&cfg, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    bad = cfg; bad.adaptive_ratios = 0; bad.rho_cand = 2.0;
+    expect_error("create rho_cand 2.0", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "rho_cand");
+    bad = cfg; bad.adaptive_ratios = 0; bad.rho_coll = NAN;
+    expect_error("create rho_coll NaN", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "rho_coll");
+    bad = cfg; bad.kv_dtype = 99;
+    expect_error("create kv_dtype 99", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "dtype 99");
+    bad = cfg; bad.top_k = 0;
+    expect_error("create top_k 0", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "top_k");
+    bad = cfg; bad.scale = -1.0f;
+    expect_error("create scale -1", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "scale");
+    bad = cfg; bad.softcap = INFINITY;
+    expect_error("create softcap inf", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "softcap");
+    bad = cfg; bad.head_dim = 12;
+    expect_error("create head_dim 12", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "head_dim 12");
+
+    expect_error("append(NULL index)", pariskv_index_append(NULL, PARISKV_F32, keys, vals, 1), PARISKV_ERR_INVALID_ARGUMENT, "index");
+    expect_error("append dtype 7", pariskv_index_append(ix, 7, keys, vals, 1), PARISKV_ERR_UNSUPPORTED, "dtype 7");
+    expect_error("append NULL keys", pariskv_index_append(ix, PARISKV_F32, NULL, vals, 1), PARISKV_ERR_INVALID_ARGUMENT, "keys");
+    expect_error("append NULL values", pariskv_index_append(ix, PARISKV_F32, keys, NULL, 1), PARISKV_ERR_INVALID_ARGUMENT, "values");
+    expect_error("append misaligned f32 keys", pariskv_index_append(ix, PARISKV_F32, (const char *)keys + 1, vals, 1),
+                 PARISKV_ERR_INVALID_ARGUMENT, "aligned");
+    expect_error("append SIZE_MAX/2 tokens", pariskv_index_append(ix, PARISKV_F32, keys, vals, SIZE_MAX / 2),
+                 PARISKV_ERR_INVALID_ARGUMENT, "too large");
+    CHECK(pariskv_index_len(ix, &len) == PARISKV_OK && len == N, "failed appends left the length at %zu", len);
+
+    expect_error("len(NULL index)", pariskv_index_len(NULL, &len), PARISKV_ERR_INVALID_ARGUMENT, "index");
+    expect_error("len(index, NULL)", pariskv_index_len(ix, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    expect_error("stats(index, NULL)", pariskv_index_stats(ix, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    expect_error("search k = 0", pariskv_index_search(ix, PARISKV_F32, q, 0, pos, count), PARISKV_ERR_INVALID_ARGUMENT, "k must");
+    expect_error("search NULL queries", pariskv_index_search(ix, PARISKV_F32, NULL, 8, pos, count), PARISKV_ERR_INVALID_ARGUMENT, "queries");
+    expect_error("search NULL out_positions", pariskv_index_search(ix, PARISKV_F32, q, 8, NULL, count), PARISKV_ERR_INVALID_ARGUMENT, "out_positions");
+    expect_error("search NULL out_count", pariskv_index_search(ix, PARISKV_F32, q, 8, pos, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out_count");
+    expect_error("search misaligned out_positions", pariskv_index_search(ix, PARISKV_F32, q, 8, (int64_t *)((char *)pos + 4), count),
+                 PARISKV_ERR_INVALID_ARGUMENT, "aligned");
+    expect_error("search dtype 3", pariskv_index_search(ix, 3, q, 8, pos, count), PARISKV_ERR_UNSUPPORTED, "dtype 3");
+    expect_error("attend NULL out", pariskv_index_attend(ix, PARISKV_F32, q, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    expect_error("attend(NULL index)", pariskv_index_attend(NULL, PARISKV_F32, q, out), PARISKV_ERR_INVALID_ARGUMENT, "index");
+    pariskv_index *empty = NULL;
+    CHECK(pariskv_index_create(&cfg, &empty) == PARISKV_OK, "create empty");
+    expect_error("attend on an empty index", pariskv_index_attend(empty, PARISKV_F32, q, out), PARISKV_ERR_INVALID_ARGUMENT, "empty");
+    pariskv_index_free(empty);
+    pariskv_index_free(NULL);
+
+    /* The index still works after all of that. */
+    CHECK(pariskv_index_search(ix, PARISKV_F32, q, 300, pos, count) == PARISKV_OK && pos[300] == 1234, "index intact");
+
+    pariskv_index_free(ix);
+    pariskv_index_free(dx);
+    free(keys); free(vals); free(kb); free(vb);
+    printf("%d checks, %d bad-input cases, %d failures\n", checks, bad_cases, failures);
+    return failures == 0 && bad_cases >= 15 ? 0 : 1;
+}

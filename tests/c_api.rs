@@ -1,0 +1,66 @@
+//! Builds the static library, compiles `tests/c/api_test.c` against `include/pariskv.h`
+//! and it with the system C compiler (`$CC`, default `cc`), and runs it. Also checks that
+//! the header compiles as C99 and as C++.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// `target/<profile>/libpariskv.a`, built for the profile this test was built with.
+fn static_library(root: &Path) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.current_dir(root).args(["build", "--lib", "--quiet"]);
+    if release {
+        cargo.arg("--release");
+    }
+    run(&mut cargo);
+    let lib = profile_dir.join("libpariskv.a");
+    assert!(lib.exists(), "{} was not built", lib.display());
+    lib
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".into())
+}
+
+#[test]
+fn c_program_uses_the_whole_api() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = static_library(root);
+    let dir = std::env::temp_dir().join(format!("pariskv-c-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("api_test");
+    run(Command::new(cc())
+        .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg(root.join("tests/c/api_test.c"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe));
+    let output = run(&mut Command::new(&exe));
+    println!("{output}");
+    assert!(output.contains(" 0 failures"), "{output}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn header_compiles_as_c99_and_cpp() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = root.join("include/pariskv.h");
+    run(Command::new(cc())
+        .args(["-std=c99", "-pedantic", "-Wall", "-Werror", "-fsyntax-only", "-x", "c"])
+        .arg(&header));
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    run(Command::new(cxx)
+        .args(["-std=c++11", "-Wall", "-Werror", "-fsyntax-only", "-x", "c++"])
+        .arg(&header));
+}
