@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod ffi;
 pub mod index;
+pub mod prefetch;
 pub mod rank;
 pub mod rotation;
 pub mod rows;

@@ -5,6 +5,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::error::{try_reserve, Error, Result};
+use crate::prefetch::prefetch;
 
 /// Element type of keys, values and queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +124,20 @@ impl<'a> Rows<'a> {
 
     pub fn dtype(&self) -> DType {
         self.data.dtype()
+    }
+
+    /// Hints that row `i` will be read soon (no-op past the end).
+    #[inline]
+    pub fn prefetch(&self, i: usize) {
+        if i >= self.n {
+            return;
+        }
+        let range = self.offset + i * self.stride..self.offset + i * self.stride + self.dim;
+        match self.data {
+            RowData::F32(s) => prefetch(&s[range]),
+            RowData::F16(s) => prefetch(&s[range]),
+            RowData::BF16(s) => prefetch(&s[range]),
+        }
     }
 
     /// Row `i` converted to f32 into `out` (`dim` values).

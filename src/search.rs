@@ -8,6 +8,7 @@ use std::ops::Range;
 use crate::codebook::{centroid_order, centroid_scores};
 use crate::encode::{estimate, estimator_lut, Codes};
 use crate::error::{Error, Result};
+use crate::prefetch;
 use crate::rank::top_k_in_place;
 use crate::shape::{Shape, BLOCK, N_CENTROIDS, N_TIERS, TIER_FRACTIONS};
 
@@ -221,16 +222,15 @@ pub fn candidates(
 /// Scores `cands` with the 4-bit estimator and keeps the best `k` in rank order.
 pub fn rerank(shape: &Shape, codes: &Codes, lut: &[f32], cands: &[u32], k: usize, out: &mut Vec<(f32, u32)>) {
     out.clear();
-    out.extend(cands.iter().map(|&cell| {
-        let cell_usize = cell as usize;
-        let score = estimate(
-            shape,
-            lut,
-            codes.cell_nibbles(shape, cell_usize),
-            codes.cell_weights(shape, cell_usize),
-        );
-        (score, cell)
-    }));
+    for (i, &cell) in cands.iter().enumerate() {
+        if let Some(&ahead) = cands.get(i + prefetch::DISTANCE) {
+            prefetch::prefetch(codes.cell_nibbles(shape, ahead as usize));
+            prefetch::prefetch(codes.cell_weights(shape, ahead as usize));
+        }
+        let cell = cell as usize;
+        let score = estimate(lut, codes.cell_nibbles(shape, cell), codes.cell_weights(shape, cell));
+        out.push((score, cell as u32));
+    }
     top_k_in_place(out, k);
 }
 
