@@ -32,24 +32,41 @@ fn cc() -> String {
     std::env::var("CC").unwrap_or_else(|_| "cc".into())
 }
 
-#[test]
-fn c_program_uses_the_whole_api() {
+/// Compiles `tests/c/<name>.c` against the header and the static library, runs it and
+/// returns what it printed.
+fn build_and_run(name: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = static_library(root);
-    let dir = std::env::temp_dir().join(format!("pariskv-c-api-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pariskv-c-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("api_test");
+    let exe = dir.join(name);
     run(Command::new(cc())
         .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(root.join("include"))
-        .arg(root.join("tests/c/api_test.c"))
+        .arg(root.join(format!("tests/c/{name}.c")))
         .arg(&lib)
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe));
     let output = run(&mut Command::new(&exe));
+    std::fs::remove_dir_all(&dir).ok();
+    output
+}
+
+#[test]
+fn c_program_uses_the_whole_api() {
+    let output = build_and_run("api_test");
     println!("{output}");
     assert!(output.contains(" 0 failures"), "{output}");
-    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn readme_example_builds_runs_and_is_quoted_verbatim() {
+    let output = build_and_run("readme_example");
+    assert!(output.starts_with("out[0] = "), "{output}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("tests/c/readme_example.c")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains(&example), "README.md must quote tests/c/readme_example.c verbatim");
 }
 
 #[test]
