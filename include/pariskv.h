@@ -97,6 +97,76 @@ typedef struct pariskv_stats {
   size_t last_candidates;
 } pariskv_stats;
 
+// Sizes of the index for one head dimension, per cell and KV head.
+typedef struct pariskv_layout {
+  uint32_t head_dim;
+  // Head dim rounded up to a power of two (the transform's size).
+  uint32_t padded_dim;
+  uint32_t n_blocks;
+  // Bytes of centroid codes per cell (`codes`).
+  uint32_t code_bytes;
+  // Bytes of packed 4-bit codes per cell (`nibbles`).
+  uint32_t nibble_bytes;
+  // f16 weights per cell (`weights`).
+  uint32_t n_weights;
+} pariskv_layout;
+
+// The index of one KV head over `n_cells` cells, in caller memory: `codes`
+// `[n_cells][code_bytes]`, `nibbles` `[n_cells][nibble_bytes]`, `weights`
+// `[n_cells][n_weights]` (f16 bit patterns).
+typedef struct pariskv_codes {
+  uint8_t *codes;
+  uint8_t *nibbles;
+  uint16_t *weights;
+  size_t n_cells;
+} pariskv_codes;
+
+// Settings of a decode step.
+typedef struct pariskv_step {
+  uint32_t head_dim;
+  uint32_t v_dim;
+  // Query heads sharing the KV head.
+  uint32_t n_heads;
+  uint32_t top_k;
+  uint32_t n_sink;
+  uint32_t n_local;
+  // Nonzero: the reference's ratio table; 0: `rho_cand` / `rho_coll`.
+  uint32_t adaptive_ratios;
+  double rho_cand;
+  double rho_coll;
+  float scale;
+  float softcap;
+  uint64_t seed;
+} pariskv_step;
+
+// K and V rows of one KV head: the row of cell c at `k + c * k_stride` bytes (same for V).
+typedef struct pariskv_kv {
+  pariskv_dtype k_dtype;
+  const void *k;
+  size_t k_stride;
+  pariskv_dtype v_dtype;
+  const void *v;
+  size_t v_stride;
+  size_t n_cells;
+} pariskv_kv;
+
+// Which cells the query sees and their positions: cell c is visible when `mask[c]`
+// (f32 or f16, as `mask_dtype`) is not -inf or NaN (a 0 / -inf mask as llama.cpp builds it
+// without ALiBi); `pos[c]` is its position.
+typedef struct pariskv_visibility {
+  pariskv_dtype mask_dtype;
+  const void *mask;
+  const int32_t *pos;
+} pariskv_visibility;
+
+// What a decode step did.
+typedef struct pariskv_step_stats {
+  size_t n_visible;
+  size_t n_zone;
+  size_t n_candidates;
+  size_t n_attended;
+} pariskv_step_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -152,6 +222,35 @@ enum pariskv_status pariskv_index_attend(struct pariskv_index *index,
                                          pariskv_dtype dtype,
                                          const void *queries,
                                          float *out);
+
+// Fills `out` with the index layout for `head_dim`.
+enum pariskv_status pariskv_layout_for(uint32_t head_dim, struct pariskv_layout *out);
+
+// Encodes the keys of `cells` (row of cell c at `keys + c * key_stride` bytes, `dst->n_cells`
+// rows readable) into the same cells of `dst`, overwriting them. Concurrent calls must
+// name disjoint cells.
+enum pariskv_status pariskv_encode_cells(uint32_t head_dim,
+                                         uint64_t seed,
+                                         pariskv_dtype key_dtype,
+                                         const void *keys,
+                                         size_t key_stride,
+                                         const int64_t *cells,
+                                         size_t n,
+                                         const struct pariskv_codes *dst);
+
+// One decode step for the `step->n_heads` query heads sharing one KV head: `q` holds
+// them as f32 rows `q_stride` bytes apart, `out` receives f32 rows `out_stride` bytes
+// apart. Attends exactly over sink ∪ top-k of the zone ∪ window of the visible cells, or
+// over every visible cell when the zone is no larger than top-k. `stats` may be NULL.
+enum pariskv_status pariskv_attend_cache(const struct pariskv_step *step,
+                                         const float *q,
+                                         size_t q_stride,
+                                         const struct pariskv_kv *kv,
+                                         const struct pariskv_codes *codes,
+                                         const struct pariskv_visibility *visibility,
+                                         float *out,
+                                         size_t out_stride,
+                                         struct pariskv_step_stats *stats);
 
 #ifdef __cplusplus
 }  // extern "C"

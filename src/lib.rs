@@ -4,10 +4,12 @@
 //!
 //! Two layers over the same code:
 //! - stateless primitives over caller-owned buffers: [`encode::encode_rows`],
-//!   [`search::select_top_k`], [`attention::attend`] (what the ggml op calls);
+//!   [`search::select_top_k`], [`attention::attend`], and [`cache_step::attend_cache`],
+//!   one decode step over an engine's own KV cache (what the ggml op calls);
 //! - the stateful [`index::Index`] handle (what an embedding C/C++ program calls).
 
 pub mod attention;
+pub mod cache_step;
 pub mod codebook;
 pub mod config;
 pub mod encode;

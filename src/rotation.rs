@@ -44,6 +44,7 @@ pub fn fwht(x: &mut [f32]) {
 #[derive(Clone, Debug)]
 pub struct Rotation {
     shape: Shape,
+    seed: u64,
     signs: Vec<f32>,
     scale: f32,
 }
@@ -52,6 +53,7 @@ impl Rotation {
     pub fn new(shape: Shape, seed: u64) -> Rotation {
         Rotation {
             shape,
+            seed,
             signs: sign_diagonal(seed, shape.padded_dim),
             // 1/sqrt(d) with IEEE sqrt and division: the GPU computes the same bits.
             scale: 1.0 / (shape.padded_dim as f32).sqrt(),
@@ -60,6 +62,10 @@ impl Rotation {
 
     pub fn shape(&self) -> Shape {
         self.shape
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// The sign diagonal, for kernels that need it as a table.

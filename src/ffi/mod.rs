@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+pub mod cache;
 mod config;
 pub mod types;
 

@@ -1,0 +1,339 @@
+//! C ABI over a KV cache the caller owns (llama.cpp's ggml op uses it): the index layout,
+//! encoding the keys of given cells, and one decode step for one query group and KV head.
+//! Concurrent calls are allowed when they write disjoint cells and outputs.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+
+use half::f16;
+
+use super::boundary::{boundary, dtype, in_ref, in_rows, in_slice, out_ref, out_slice};
+use super::types::pariskv_status;
+use crate::attention::AttnParams;
+use crate::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
+use crate::encode::{encode_rotated, Codes};
+use crate::error::{Error, Result};
+use crate::rotation::Rotation;
+use crate::rows::{RowData, Rows};
+use crate::search::{RatioPolicy, Ratios};
+use crate::shape::Shape;
+
+/// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
+type pariskv_dtype = u32;
+
+/// Sizes of the index for one head dimension, per cell and KV head.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct pariskv_layout {
+    pub head_dim: u32,
+    /// Head dim rounded up to a power of two (the transform's size).
+    pub padded_dim: u32,
+    pub n_blocks: u32,
+    /// Bytes of centroid codes per cell (`codes`).
+    pub code_bytes: u32,
+    /// Bytes of packed 4-bit codes per cell (`nibbles`).
+    pub nibble_bytes: u32,
+    /// f16 weights per cell (`weights`).
+    pub n_weights: u32,
+}
+
+/// The index of one KV head over `n_cells` cells, in caller memory: `codes`
+/// `[n_cells][code_bytes]`, `nibbles` `[n_cells][nibble_bytes]`, `weights`
+/// `[n_cells][n_weights]` (f16 bit patterns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_codes {
+    pub codes: *mut u8,
+    pub nibbles: *mut u8,
+    pub weights: *mut u16,
+    pub n_cells: usize,
+}
+
+/// K and V rows of one KV head: the row of cell c at `k + c * k_stride` bytes (same for V).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_kv {
+    pub k_dtype: pariskv_dtype,
+    pub k: *const c_void,
+    pub k_stride: usize,
+    pub v_dtype: pariskv_dtype,
+    pub v: *const c_void,
+    pub v_stride: usize,
+    pub n_cells: usize,
+}
+
+/// Which cells the query sees and their positions: cell c is visible when `mask[c]`
+/// (f32 or f16, as `mask_dtype`) is not -inf or NaN (a 0 / -inf mask as llama.cpp builds it
+/// without ALiBi); `pos[c]` is its position.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_visibility {
+    pub mask_dtype: pariskv_dtype,
+    pub mask: *const c_void,
+    pub pos: *const i32,
+}
+
+/// Settings of a decode step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_step {
+    pub head_dim: u32,
+    pub v_dim: u32,
+    /// Query heads sharing the KV head.
+    pub n_heads: u32,
+    pub top_k: u32,
+    pub n_sink: u32,
+    pub n_local: u32,
+    /// Nonzero: the reference's ratio table; 0: `rho_cand` / `rho_coll`.
+    pub adaptive_ratios: u32,
+    pub rho_cand: f64,
+    pub rho_coll: f64,
+    pub scale: f32,
+    pub softcap: f32,
+    pub seed: u64,
+}
+
+/// What a decode step did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct pariskv_step_stats {
+    pub n_visible: usize,
+    pub n_zone: usize,
+    pub n_candidates: usize,
+    pub n_attended: usize,
+}
+
+#[derive(Default)]
+struct ThreadScratch {
+    rotations: Vec<Rotation>,
+    key: Vec<f32>,
+    rotated: Vec<f32>,
+    queries: Vec<f32>,
+    result: Vec<f32>,
+    step: StepScratch,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<ThreadScratch> = RefCell::new(ThreadScratch::default());
+}
+
+/// This thread's rotation for (shape, seed), created on first use.
+fn rotation(cache: &mut Vec<Rotation>, shape: Shape, seed: u64) -> &Rotation {
+    match cache.iter().position(|r| r.shape() == shape && r.seed() == seed) {
+        Some(i) => &cache[i],
+        None => {
+            cache.push(Rotation::new(shape, seed));
+            cache.last().unwrap()
+        }
+    }
+}
+
+fn layout(shape: &Shape) -> pariskv_layout {
+    pariskv_layout {
+        head_dim: shape.head_dim as u32,
+        padded_dim: shape.padded_dim as u32,
+        n_blocks: shape.n_blocks as u32,
+        code_bytes: shape.code_bytes() as u32,
+        nibble_bytes: shape.nibble_bytes() as u32,
+        n_weights: shape.n_weights() as u32,
+    }
+}
+
+/// Rows of `n` cells of `dim` elements at `ptr`, `stride` bytes apart.
+fn rows_at<'a>(raw: pariskv_dtype, ptr: *const c_void, stride: usize, dim: usize, n: usize, name: &str) -> Result<Rows<'a>> {
+    let size = dtype(raw, name)?.size();
+    if stride % size != 0 {
+        return Err(Error::invalid(format!("{name}: stride {stride} is not a multiple of the element size {size}")));
+    }
+    let stride = stride / size;
+    let len = match n {
+        0 => Some(0),
+        _ => (n - 1).checked_mul(stride).and_then(|x| x.checked_add(dim)),
+    }
+    .ok_or_else(|| Error::invalid(format!("{name}: {n} rows of stride {stride} overflow")))?;
+    Rows::new(in_rows(raw, ptr, len, name)?, 0, dim, stride, n)
+}
+
+/// Read-only view of caller index storage.
+fn codes_ref<'a>(c: &pariskv_codes, shape: &Shape) -> Result<Codes<'a>> {
+    let n = c.n_cells;
+    let weights: &[u16] = in_slice(c.weights, n * shape.n_weights(), "codes.weights")?;
+    Ok(Codes {
+        codes: in_slice(c.codes, n * shape.code_bytes(), "codes.codes")?,
+        nibbles: in_slice(c.nibbles, n * shape.nibble_bytes(), "codes.nibbles")?,
+        // f16 is a transparent wrapper of its u16 bit pattern.
+        weights: bytemuck_f16(weights),
+    })
+}
+
+fn bytemuck_f16(bits: &[u16]) -> &[f16] {
+    // SAFETY: `half::f16` is `#[repr(transparent)]` over `u16`: same size, alignment and
+    // validity for every bit pattern, so the slice can be viewed as f16 unchanged.
+    unsafe { std::slice::from_raw_parts(bits.as_ptr() as *const f16, bits.len()) }
+}
+
+/// Fills `out` with the index layout for `head_dim`.
+#[no_mangle]
+pub extern "C" fn pariskv_layout_for(head_dim: u32, out: *mut pariskv_layout) -> pariskv_status {
+    boundary("pariskv_layout_for", || {
+        let shape = Shape::new(head_dim as usize)?;
+        *out_ref(out, "out")? = layout(&shape);
+        Ok(())
+    })
+}
+
+/// Encodes the keys of `cells` (row of cell c at `keys + c * key_stride` bytes, `dst->n_cells`
+/// rows readable) into the same cells of `dst`, overwriting them. Concurrent calls must
+/// name disjoint cells.
+#[allow(clippy::too_many_arguments)]
+#[no_mangle]
+pub extern "C" fn pariskv_encode_cells(
+    head_dim: u32,
+    seed: u64,
+    key_dtype: pariskv_dtype,
+    keys: *const c_void,
+    key_stride: usize,
+    cells: *const i64,
+    n: usize,
+    dst: *const pariskv_codes,
+) -> pariskv_status {
+    boundary("pariskv_encode_cells", || {
+        let shape = Shape::new(head_dim as usize)?;
+        let dst = in_ref(dst, "dst")?;
+        let rows = rows_at(key_dtype, keys, key_stride, shape.head_dim, dst.n_cells, "keys")?;
+        let cells = in_slice(cells, n, "cells")?;
+        if let Some(&bad) = cells.iter().find(|&&c| c < 0 || c as usize >= dst.n_cells) {
+            return Err(Error::invalid(format!("cell {bad} out of range ({} cells)", dst.n_cells)));
+        }
+        // Validate the destination once over its whole extent.
+        codes_ref(dst, &shape)?;
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let rot = rotation(&mut s.rotations, shape, seed);
+            s.key.resize(shape.head_dim, 0.0);
+            s.rotated.resize(shape.padded_dim, 0.0);
+            for &cell in cells {
+                let c = cell as usize;
+                rows.load(c, &mut s.key);
+                rot.apply(&s.key, &mut s.rotated);
+                // SAFETY: `dst` was checked to hold `n_cells` cells (non-null, aligned,
+                // in-bounds above) and `c < n_cells`; these slices cover exactly cell c, which
+                // by the documented contract no other concurrent call writes.
+                let (codes, nibbles, weights) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(dst.codes.add(c * shape.code_bytes()), shape.code_bytes()),
+                        std::slice::from_raw_parts_mut(dst.nibbles.add(c * shape.nibble_bytes()), shape.nibble_bytes()),
+                        std::slice::from_raw_parts_mut(
+                            (dst.weights as *mut f16).add(c * shape.n_weights()),
+                            shape.n_weights(),
+                        ),
+                    )
+                };
+                encode_rotated(&shape, &s.rotated, codes, nibbles, weights);
+            }
+        });
+        Ok(())
+    })
+}
+
+impl pariskv_step {
+    fn params(&self) -> Result<StepParams> {
+        let ratios = match self.adaptive_ratios {
+            0 => RatioPolicy::Fixed(Ratios { cand: self.rho_cand, coll: self.rho_coll }),
+            _ => RatioPolicy::Adaptive,
+        };
+        if let RatioPolicy::Fixed(r) = ratios {
+            r.validate()?;
+        }
+        let attn = AttnParams { scale: self.scale, softcap: self.softcap };
+        attn.validate()?;
+        if self.top_k == 0 || self.n_heads == 0 || self.v_dim == 0 {
+            return Err(Error::invalid(format!(
+                "top_k {}, n_heads {} and v_dim {} must be positive",
+                self.top_k, self.n_heads, self.v_dim
+            )));
+        }
+        Ok(StepParams {
+            top_k: self.top_k as usize,
+            n_sink: self.n_sink as usize,
+            n_local: self.n_local as usize,
+            ratios,
+            attn,
+        })
+    }
+}
+
+/// One decode step for the `step->n_heads` query heads sharing one KV head: `q` holds
+/// them as f32 rows `q_stride` bytes apart, `out` receives f32 rows `out_stride` bytes
+/// apart. Attends exactly over sink ∪ top-k of the zone ∪ window of the visible cells, or
+/// over every visible cell when the zone is no larger than top-k. `stats` may be NULL.
+#[allow(clippy::too_many_arguments)]
+#[no_mangle]
+pub extern "C" fn pariskv_attend_cache(
+    step: *const pariskv_step,
+    q: *const f32,
+    q_stride: usize,
+    kv: *const pariskv_kv,
+    codes: *const pariskv_codes,
+    visibility: *const pariskv_visibility,
+    out: *mut f32,
+    out_stride: usize,
+    stats: *mut pariskv_step_stats,
+) -> pariskv_status {
+    boundary("pariskv_attend_cache", || {
+        let step = in_ref(step, "step")?;
+        let params = step.params()?;
+        let shape = Shape::new(step.head_dim as usize)?;
+        let (dk, dv, heads) = (shape.head_dim, step.v_dim as usize, step.n_heads as usize);
+        let kv = in_ref(kv, "kv")?;
+        let codes = in_ref(codes, "codes")?;
+        let vis = in_ref(visibility, "visibility")?;
+        let n = kv.n_cells;
+        if codes.n_cells < n {
+            return Err(Error::invalid(format!("codes hold {} cells, the cache view {n}", codes.n_cells)));
+        }
+        let keys = rows_at(kv.k_dtype, kv.k, kv.k_stride, dk, n, "kv.k")?;
+        let values = rows_at(kv.v_dtype, kv.v, kv.v_stride, dv, n, "kv.v")?;
+        let index = codes_ref(&pariskv_codes { n_cells: n, ..*codes }, &shape)?;
+        let pos = in_slice(vis.pos, n, "visibility.pos")?;
+        let mask = in_rows(vis.mask_dtype, vis.mask, n, "visibility.mask")?;
+        let f32 = super::types::pariskv_dtype::PARISKV_F32 as u32;
+        let q_rows = rows_at(f32, q as *const c_void, q_stride, dk, heads, "q")?;
+        let out_stride_f = match out_stride % 4 {
+            0 if out_stride / 4 >= dv => out_stride / 4,
+            _ => return Err(Error::invalid(format!("out_stride {out_stride} must be a multiple of 4, >= 4 * v_dim"))),
+        };
+        let out = out_slice(out, (heads - 1) * out_stride_f + dv, "out")?;
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            s.queries.resize(heads * dk, 0.0);
+            for (h, row) in s.queries.chunks_exact_mut(dk).enumerate() {
+                q_rows.load(h, row);
+            }
+            let rot = rotation(&mut s.rotations, shape, step.seed);
+            let visible = |c: usize| {
+                let m = match mask {
+                    RowData::F32(m) => m[c],
+                    RowData::F16(m) => m[c].to_f32(),
+                    RowData::BF16(m) => m[c].to_f32(),
+                };
+                m > f32::NEG_INFINITY
+            };
+            let cache = CacheView { keys, values, codes: index, visible, pos };
+            s.result.resize(heads * dv, 0.0);
+            let st = attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?;
+            for (h, r) in s.result.chunks_exact(dv).enumerate() {
+                out[h * out_stride_f..][..dv].copy_from_slice(r);
+            }
+            if !stats.is_null() {
+                *out_ref(stats, "stats")? = pariskv_step_stats {
+                    n_visible: st.n_visible,
+                    n_zone: st.n_zone,
+                    n_candidates: st.n_candidates,
+                    n_attended: st.n_attended,
+                };
+            }
+            Ok(())
+        })
+    })
+}
