@@ -17,6 +17,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
+// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
+#define PARISKV_DEFAULT_SEED 5782993871403963953
+
 // Result of every `pariskv_*` call. On anything but `PARISKV_OK`,
 // `pariskv_last_error()` says what went wrong.
 typedef enum pariskv_status {

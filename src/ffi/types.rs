@@ -28,6 +28,10 @@ pub enum pariskv_dtype {
     PARISKV_BF16 = 2,
 }
 
+/// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
+/// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
+pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
+
 /// Memory use and the last search's work, summed over KV heads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,4 +46,12 @@ pub struct pariskv_stats {
     pub last_zone: usize,
     /// Candidates reranked by the last search or attend.
     pub last_candidates: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_seed_is_the_config_default() {
+        assert_eq!(super::PARISKV_DEFAULT_SEED, crate::config::DEFAULT_SEED);
+    }
 }

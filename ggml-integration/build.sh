@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Obtains the pinned llama.cpp, applies patches/ and builds it with -DGGML_PARISKV=ON into
+# $PARISKV_WORK/build-cpu. Re-running rebuilds only what changed.
+#   ggml-integration/build.sh [target ...]     (default: the tools the README and tests use)
+# Environment: LLAMA_CPP_DIR (use your checkout of the pinned commit), PARISKV_JOBS,
+# PARISKV_CMAKE_ARGS (extra cmake arguments), PARISKV_DEV=1 (build the working tree as it
+# is, for patch development; see regen.sh).
+source "$(dirname "$0")/common.sh"
+
+ensure_venv
+if [ "${PARISKV_DEV:-0}" = 1 ]; then
+    log "PARISKV_DEV=1: building $LLAMA_TREE as it is"
+else
+    "$REPO_ROOT/ggml-integration/apply.sh"
+fi
+
+build_dir=$PARISKV_WORK/build-cpu
+jobs=${PARISKV_JOBS:-$(nproc)}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench test-backend-ops)
+
+# CPU features from this machine, passed explicitly: GGML_NATIVE=ON with GCC 12 dies with
+# SIGILL in the AMX path on CPUs that report AMX (LLAMA_CPP_MAP.md §10).
+isa=()
+flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+for f in avx avx2 fma f16c bmi2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx_vnni; do
+    opt=$(echo "$f" | tr a-z A-Z)
+    case "$f" in avx512_vnni) opt=AVX512_VNNI;; avx512_bf16) opt=AVX512_BF16;; avx_vnni) opt=AVX_VNNI;; avx512f) opt=AVX512;; esac
+    if [[ " $flags " == *" $f "* ]]; then isa+=("-DGGML_$opt=ON"); else isa+=("-DGGML_$opt=OFF"); fi
+done
+
+log "configuring $build_dir"
+cmake -S "$LLAMA_TREE" -B "$build_dir" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_PARISKV=ON -DGGML_PARISKV_DIR="$REPO_ROOT" \
+    -DGGML_NATIVE=OFF "${isa[@]}" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    ${PARISKV_CMAKE_ARGS:-} >"$PARISKV_WORK/cmake-configure.log" 2>&1 \
+    || { tail -30 "$PARISKV_WORK/cmake-configure.log"; die "cmake configure failed (log: $PARISKV_WORK/cmake-configure.log)"; }
+
+log "building ${targets[*]} with $jobs jobs"
+cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
+log "built into $build_dir/bin"
