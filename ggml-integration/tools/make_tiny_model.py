@@ -16,7 +16,10 @@ output quality.
 
 Same seed and arguments give a byte-identical file.
 
-  usage: make_tiny_model.py OUT.gguf [--seed S] [--n-ctx 8192]
+  usage: make_tiny_model.py OUT.gguf [--seed S] [--n-ctx 8192] [--head-dim 64]
+
+--head-dim changes the attention heads' size (e.g. 20, which ParisKV does not
+support, to test its fallback to dense attention).
 """
 
 import argparse
@@ -25,7 +28,7 @@ import os
 import numpy as np
 from gguf import GGUFWriter, TokenType
 
-N_EMBD, N_LAYER, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF = 256, 2, 4, 2, 64, 512
+N_EMBD, N_LAYER, N_HEAD, N_HEAD_KV, N_FF = 256, 2, 4, 2, 512
 
 # A few SentencePiece merges (each one's parts are tokens too), so that the
 # tokenizer's merge path is used; listed from the highest score down.
@@ -49,7 +52,9 @@ def main():
     ap.add_argument("out", help="output .gguf path")
     ap.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     ap.add_argument("--n-ctx", type=int, default=8192, help="context_length (default 8192)")
+    ap.add_argument("--head-dim", type=int, default=64, help="attention head size (default 64)")
     args = ap.parse_args()
+    HEAD_DIM = args.head_dim
 
     tokens, scores, types = vocab()
     n_vocab = len(tokens)
@@ -67,6 +72,8 @@ def main():
     gw.add_feed_forward_length(N_FF)
     gw.add_head_count(N_HEAD)
     gw.add_head_count_kv(N_HEAD_KV)
+    gw.add_key_length(HEAD_DIM)
+    gw.add_value_length(HEAD_DIM)
     gw.add_rope_dimension_count(HEAD_DIM)
     gw.add_rope_freq_base(10000.0)
     gw.add_layer_norm_rms_eps(1e-5)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Integration tests of the patched llama.cpp (CPU): builds it (build.sh), runs the op-level
+# test against the pariskv library and dense attention, then the end-to-end tests on a tiny
+# model and on Gemma 3 270M (passkey at ~8K tokens).
+#   ggml-integration/test.sh            (PARISKV_E2E_ARGS="--only test_identity" to narrow)
+source "$(dirname "$0")/common.sh"
+
+"$REPO_ROOT/ggml-integration/build.sh"
+bin=$PARISKV_WORK/build-cpu/bin
+models=$PARISKV_WORK/models
+mkdir -p "$models"
+
+log "op-level test: ggml ops vs the pariskv library, exact dense attention and flash_attn_ext"
+op_test=$PARISKV_WORK/test-pariskv-op
+c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/tests/test-pariskv-op.cpp" \
+    -I "$LLAMA_TREE/ggml/include" -I "$REPO_ROOT/include" \
+    -L "$bin" -lggml -lggml-base -lggml-cpu -Wl,-rpath,"$bin"
+"$op_test"
+
+log "end-to-end tests"
+"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$models/tiny.gguf" >/dev/null
+"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$models/tiny-hd20.gguf" --head-dim 20 >/dev/null
+gemma=$(ensure_gemma)
+"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/e2e.py" --bin "$bin" \
+    --tiny "$models/tiny.gguf" --tiny-hd20 "$models/tiny-hd20.gguf" --gemma "$gemma" ${PARISKV_E2E_ARGS:-}

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""End-to-end tests of llama.cpp patched with ParisKV (CPU build), against dense attention.
+
+Runs the patched tools from BUILD/bin on a tiny random-weights model written with the gguf
+package (and, with --gemma, on Gemma 3 270M): greedy generations with ParisKV must equal
+the dense ones wherever the design says they must, and run wherever they may differ.
+
+  e2e.py --bin build/build-cpu/bin --tiny build/models/tiny.gguf [--tiny-hd20 M] [--gemma M]
+
+Each test prints what it compared; the script exits non-zero if any failed.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import passkey  # noqa: E402
+from server import LOG_DIR, Server  # noqa: E402
+
+FAILURES = []
+
+
+def check(ok, what):
+    print(("  ok    " if ok else "  FAIL  ") + what, flush=True)
+    if not ok:
+        FAILURES.append(what)
+
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "In a hole in the ground there lived a hobbit, not a nasty, dirty, wet hole.",
+    "Once upon a time",
+]
+
+# ParisKV settings where the op runs (n_kv = 256 > sink 4 + window 16 + top-k 200) but
+# every visible cell is attended while a sequence holds at most 220 tokens: its output
+# must then equal dense attention's.
+FULL_COVERAGE = ["--pariskv-topk", "200", "--pariskv-window", "16", "--pariskv-sink", "4"]
+
+
+def generations(server, n_predict, prompts=PROMPTS):
+    return [server.complete(p, n_predict)[0] for p in prompts]
+
+
+def test_identity(a):
+    print("tiny model: ParisKV with full coverage generates exactly what dense attention does")
+    with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
+        dense = generations(s, 150)
+    for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
+        with Server(a.bin, a.tiny, ["-c", "4096", *args], name="pariskv") as s:
+            got = generations(s, 150)
+            log = s.log_text()
+        check("ParisKV: top-k" in log, f"{name}: the server logged its ParisKV settings")
+        check(got == dense, f"{name}: {len(dense)} greedy generations of 150 tokens identical to dense")
+
+
+def test_small_topk_prefix(a):
+    print("tiny model: with a small top-k, tokens before retrieval begins equal dense")
+    sink, window, k = 4, 16, 16
+    args = ["--pariskv-topk", str(k), "--pariskv-window", str(window), "--pariskv-sink", str(sink)]
+    with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
+        dense = generations(s, 300)
+        n_prompt = [len(s.tokenize(p)) for p in PROMPTS]
+    with Server(a.bin, a.tiny, ["-c", "4096", *args], name="small") as s:
+        got = generations(s, 300)
+    for g, d, n in zip(got, dense, n_prompt):
+        # generated token i is computed over n + i cells; all are attended while
+        # n + i - sink - window <= k
+        exact_until = max(0, sink + window + k - n + 1)
+        same = next((i for i, (x, y) in enumerate(zip(g, d)) if x != y), len(d))
+        check(len(g) == 300, f"prompt of {n} tokens: all 300 tokens generated")
+        check(same >= exact_until,
+              f"prompt of {n} tokens: identical for the first {same} tokens (required: {exact_until})")
+
+
+def test_two_slots(a):
+    print("llama-server, 2 parallel slots, unified KV: concurrent answers equal the dense server's")
+    base = ["-c", "4096", "-np", "2", "-kvu"]
+
+    def both(server):
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            futs = [ex.submit(server.complete, p, 120) for p in PROMPTS[:2]]
+            return [f.result()[0] for f in futs]
+
+    with Server(a.bin, a.tiny, base, name="dense2") as s:
+        dense = both(s)
+    for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
+        with Server(a.bin, a.tiny, [*base, *args], name="pariskv2") as s:
+            got = both(s)
+        check(got == dense, f"{name}: both concurrent answers identical to dense")
+
+
+def test_context_shift_and_cache_reuse(a):
+    print("cells rewritten in place (context shift, prompt-cache reuse) keep answers equal to dense")
+    shift = ["-c", "256", "-np", "1", "--context-shift"]
+    with Server(a.bin, a.tiny, shift, name="dense-shift") as s:
+        dense = s.complete(PROMPTS[1], 600)[0]
+    with Server(a.bin, a.tiny, [*shift, "--pariskv-topk", "8192"], name="pk-shift") as s:
+        got = s.complete(PROMPTS[1], 600)[0]
+        log = s.log_text()
+    check(len(dense) == 600 and got == dense, "context shift (600 tokens in 256 cells), top-k >= context: identical")
+    check("ParisKV: top-k" in log, "the shifting server ran with ParisKV on")
+    small = [*shift, "--pariskv-topk", "32", "--pariskv-window", "32"]
+    with Server(a.bin, a.tiny, small, name="pk-shift-small") as s:
+        got = s.complete(PROMPTS[1], 600)[0]
+    check(len(got) == 600, "context shift with a small top-k (the index re-encoded after each shift): completes")
+
+    reuse = ["-c", "4096", "-np", "1"]
+    first, second = PROMPTS[0] + " and then", PROMPTS[0] + " but later"
+
+    def pair(server):
+        server.complete(first, 40, cache_prompt=True)
+        return server.complete(second, 120, cache_prompt=True)[0]
+
+    with Server(a.bin, a.tiny, reuse, name="dense-reuse") as s:
+        dense = pair(s)
+    for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
+        with Server(a.bin, a.tiny, [*reuse, *args], name="pk-reuse") as s:
+            got = pair(s)
+        check(got == dense, f"prompt-cache reuse, {name}: identical")
+
+
+def test_fallbacks(a):
+    print("unsupported configurations fall back to dense attention with one log line")
+    with Server(a.bin, a.tiny, ["-c", "4096", "-fa", "off"], name="dense-nofa") as s:
+        dense = generations(s, 60)
+    with Server(a.bin, a.tiny, ["-c", "4096", "-fa", "off", "--pariskv-topk", "16"], name="pk-nofa") as s:
+        got = generations(s, 60)
+        log = s.log_text()
+    lines = [l for l in log.splitlines() if "ParisKV not used" in l]
+    check(len(lines) == 1 and "transposed" in lines[0], f"-fa off: one log line ({lines[:1]})")
+    check(got == dense, "-fa off: output identical to dense")
+    if a.tiny_hd20:
+        with Server(a.bin, a.tiny_hd20, ["-c", "4096", "--pariskv-topk", "16"], name="pk-hd20") as s:
+            tokens = s.complete(PROMPTS[2], 40)[0]
+            log = s.log_text()
+        lines = [l for l in log.splitlines() if "ParisKV not used" in l]
+        check(len(lines) == 1 and "head size" in lines[0], f"head_dim 20: one log line ({lines[:1]})")
+        check(len(tokens) == 40, "head_dim 20: generates")
+
+
+def test_flags(a):
+    print("flags: registered for every tool, environment variables, llama-bench column")
+    for tool in ["llama-cli", "llama-server", "llama-completion", "llama-perplexity", "llama-batched-bench"]:
+        out = subprocess.run([os.path.join(a.bin, tool), "--help"], capture_output=True, text=True).stdout
+        names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold"]
+        check(all(n in out for n in names) and "LLAMA_ARG_PARISKV_TOPK" in out, f"{tool} --help lists the ParisKV flags")
+    with Server(a.bin, a.tiny, ["-c", "4096"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64"},
+                name="env") as s:
+        log = s.log_text()
+    check("ParisKV: top-k 48, sink 4, window 64" in log, "LLAMA_ARG_PARISKV_TOPK / _WINDOW reach the context")
+    out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "16", "-d", "300",
+                          "-pkt", "0,32", "-r", "1", "-t", "2", "-o", "json"], capture_output=True, text=True)
+    try:
+        rows = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        rows = []
+    check([r.get("pariskv_topk") for r in rows] == [0, 32], f"llama-bench -pkt 0,32 sweeps it ({len(rows)} rows)")
+    out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "4", "-pkt", "0,32",
+                          "-r", "1", "-t", "2"], capture_output=True, text=True).stdout
+    check("pkt" in out, "llama-bench prints the pkt column")
+
+
+def test_gemma_passkey(a):
+    print("Gemma 3 270M: passkey at ~8K tokens, dense vs ParisKV top-k 256")
+    prompt, key = passkey.make_prompt(8000, 0.5, seed=7)
+    answers = {}
+    for name, args in [("dense", []), ("pariskv", ["--pariskv-topk", "256"])]:
+        with Server(a.bin, a.gemma, ["-c", "9216", "-b", "2048", "-ub", "512", *args], name=f"gemma-{name}") as s:
+            t0 = time.time()
+            _, text = s.complete(prompt, 12)
+            answers[name] = text
+            print(f"  {name}: {text.strip()!r} ({time.time() - t0:.0f} s)")
+    check(key in answers["dense"], f"dense answers the pass key {key}")
+    check(answers["pariskv"] == answers["dense"], "ParisKV (top-k 256) gives the same answer as dense")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", required=True, help="directory of the patched llama.cpp binaries")
+    ap.add_argument("--tiny", required=True, help="tiny model (make_tiny_model.py)")
+    ap.add_argument("--tiny-hd20", help="tiny model with head_dim 20 (unsupported by ParisKV)")
+    ap.add_argument("--gemma", help="Gemma 3 270M GGUF: adds the passkey test")
+    ap.add_argument("--only", help="comma-separated test names to run")
+    a = ap.parse_args()
+    tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
+             test_fallbacks, test_flags] + ([test_gemma_passkey] if a.gemma else [])
+    only = set(a.only.split(",")) if a.only else None
+    for t in tests:
+        if only and t.__name__ not in only:
+            continue
+        t0 = time.time()
+        try:
+            t(a)
+        except Exception as e:  # a crash of a tool is a failure of its test, not of the harness
+            check(False, f"{t.__name__} raised {e!r}")
+        print(f"  ({time.time() - t0:.0f} s; logs in {LOG_DIR})", flush=True)
+    print(f"{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
+    for f in FAILURES:
+        print("  - " + f)
+    sys.exit(1 if FAILURES else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A llama-server process on loopback for tests and demos: start, wait until healthy,
+greedy /completion requests, log kept on disk for checks."""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+LOG_DIR = tempfile.mkdtemp(prefix="pariskv-")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A llama-server process on loopback; its log is kept for checks."""
+
+    def __init__(self, bin_dir, model, args, env=None, name="server"):
+        self.port = free_port()
+        self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
+        cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1",
+               "--port", str(self.port), "-t", "2", "--no-webui", *args]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.time() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited ({self.proc.returncode}); log: {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"llama-server did not come up; log: {self.log_path}")
+            time.sleep(0.2)
+
+    def post(self, path, body):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            return json.loads(r.read())
+
+    def completion(self, prompt, n_predict, **extra):
+        """The whole greedy /completion response (tokens, content, timings, ...)."""
+        body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0.0, "top_k": 1,
+                "seed": 1, "return_tokens": True, "cache_prompt": False, **extra}
+        return self.post("/completion", body)
+
+    def complete(self, prompt, n_predict, **extra):
+        """Greedy completion: (token ids, text)."""
+        res = self.completion(prompt, n_predict, **extra)
+        return res["tokens"], res["content"]
+
+    def tokenize(self, text):
+        return self.post("/tokenize", {"content": text, "add_special": True})["tokens"]
+
+    def log_text(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
