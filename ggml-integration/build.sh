@@ -17,7 +17,7 @@ fi
 build_dir=$PARISKV_WORK/build-cpu
 jobs=${PARISKV_JOBS:-$(nproc)}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench test-backend-ops)
+[ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench)
 
 # CPU features from this machine, passed explicitly: GGML_NATIVE=ON with GCC 12 dies with
 # SIGILL in the AMX path on CPUs that report AMX (LLAMA_CPP_MAP.md §10).

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command: every Rust test (unit, recall, dense equivalence, index,
-# header freshness) and the C program against include/pariskv.h and libpariskv.a.
-# Needs cargo and a C/C++ compiler (cc, c++); .ci/run installs them where missing.
+# header freshness, the C API program), then the llama.cpp integration: the patch series
+# applied to the pinned tree and built (CPU), the op-level test and the end-to-end tests on
+# a tiny model and on Gemma 3 270M (ggml-integration/test.sh).
+# Needs cargo, a C/C++ compiler and python3 with venv; .ci/run installs what is missing.
+# PARISKV_SKIP_LLAMA=1 runs the Rust tests only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release --all-targets "$@"
 # Print the measured recall table into the log (the floors are asserted above).
 cargo test --release --test recall -- --nocapture --test-threads 1 2>&1 | grep -E '(clustered|outliers)[^:]* seed [0-9]+ k'
+if [ "${PARISKV_SKIP_LLAMA:-0}" != 1 ]; then
+    ggml-integration/test.sh
+fi

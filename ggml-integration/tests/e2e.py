@@ -14,6 +14,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,10 +39,29 @@ PROMPTS = [
     "Once upon a time",
 ]
 
-# ParisKV settings where the op runs (n_kv = 256 > sink 4 + window 16 + top-k 200) but
-# every visible cell is attended while a sequence holds at most 220 tokens: its output
-# must then equal dense attention's.
-FULL_COVERAGE = ["--pariskv-topk", "200", "--pariskv-window", "16", "--pariskv-sink", "4"]
+# ParisKV settings where the op runs (n_kv >= 256 > dense threshold 220 = sink 4 + window 16
+# + top-k 200) but every visible cell is attended while a sequence holds at most 220 tokens
+# (the tests keep prompt + generation below that): its output must then equal dense
+# attention's.
+FULL_COVERAGE = ["--pariskv-topk", "200", "--pariskv-window", "16", "--pariskv-sink", "4",
+                 "--pariskv-dense-threshold", "220"]
+
+
+STATS = {"GGML_PARISKV_STATS": "1"}
+
+
+def op_calls(log):
+    """The attention op's calls, from its GGML_PARISKV_STATS lines."""
+    pat = re.compile(r"pariskv_attn: token \d+, KV head \d+: (\d+) cells visible, (\d+) in the zone, "
+                     r"(\d+) candidates, (\d+) attended")
+    return [dict(zip(["visible", "zone", "candidates", "attended"], map(int, m.groups())))
+            for m in pat.finditer(log)]
+
+
+def check_full_coverage(name, log):
+    calls = op_calls(log)
+    check(len(calls) > 0 and all(c["attended"] == c["visible"] for c in calls),
+          f"{name}: the op ran ({len(calls)} calls) and attended every visible cell each time")
 
 
 def generations(server, n_predict, prompts=PROMPTS):
@@ -51,13 +71,19 @@ def generations(server, n_predict, prompts=PROMPTS):
 def test_identity(a):
     print("tiny model: ParisKV with full coverage generates exactly what dense attention does")
     with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
-        dense = generations(s, 150)
+        dense = generations(s, 90)
     for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
-        with Server(a.bin, a.tiny, ["-c", "4096", *args], name="pariskv") as s:
-            got = generations(s, 150)
+        # -lv 4 shows llama.cpp's info lines: the ParisKV settings and, with GGML_PARISKV_STATS,
+        # one line per call of the attention op
+        with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", *args], env=STATS, name="pariskv") as s:
+            got = generations(s, 90)
             log = s.log_text()
         check("ParisKV: top-k" in log, f"{name}: the server logged its ParisKV settings")
-        check(got == dense, f"{name}: {len(dense)} greedy generations of 150 tokens identical to dense")
+        if args == FULL_COVERAGE:
+            check_full_coverage(name, log)
+        else:
+            check(not op_calls(log), f"{name}: the op never ran (the graph stays dense)")
+        check(got == dense, f"{name}: {len(dense)} greedy generations of 90 tokens identical to dense")
 
 
 def test_small_topk_prefix(a):
@@ -67,8 +93,12 @@ def test_small_topk_prefix(a):
     with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
         dense = generations(s, 300)
         n_prompt = [len(s.tokenize(p)) for p in PROMPTS]
-    with Server(a.bin, a.tiny, ["-c", "4096", *args], name="small") as s:
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", *args], env=STATS, name="small") as s:
         got = generations(s, 300)
+        calls = op_calls(s.log_text())
+    retrieving = [c for c in calls if c["zone"] > k]
+    check(len(retrieving) > 0 and all(c["attended"] == sink + window + k for c in retrieving),
+          f"retrieval ran ({len(retrieving)} calls attended sink + window + top-k = {sink + window + k} cells)")
     for g, d, n in zip(got, dense, n_prompt):
         # generated token i is computed over n + i cells; all are attended while
         # n + i - sink - window <= k
@@ -85,14 +115,17 @@ def test_two_slots(a):
 
     def both(server):
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            futs = [ex.submit(server.complete, p, 120) for p in PROMPTS[:2]]
+            futs = [ex.submit(server.complete, p, 90) for p in PROMPTS[:2]]
             return [f.result()[0] for f in futs]
 
     with Server(a.bin, a.tiny, base, name="dense2") as s:
         dense = both(s)
     for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
-        with Server(a.bin, a.tiny, [*base, *args], name="pariskv2") as s:
+        with Server(a.bin, a.tiny, [*base, "-lv", "4", *args], env=STATS, name="pariskv2") as s:
             got = both(s)
+            log = s.log_text()
+        if args == FULL_COVERAGE:
+            check_full_coverage(name, log)
         check(got == dense, f"{name}: both concurrent answers identical to dense")
 
 
@@ -101,11 +134,11 @@ def test_context_shift_and_cache_reuse(a):
     shift = ["-c", "256", "-np", "1", "--context-shift"]
     with Server(a.bin, a.tiny, shift, name="dense-shift") as s:
         dense = s.complete(PROMPTS[1], 600)[0]
-    with Server(a.bin, a.tiny, [*shift, "--pariskv-topk", "8192"], name="pk-shift") as s:
+    with Server(a.bin, a.tiny, [*shift, "-lv", "4", "--pariskv-topk", "8192"], name="pk-shift") as s:
         got = s.complete(PROMPTS[1], 600)[0]
         log = s.log_text()
     check(len(dense) == 600 and got == dense, "context shift (600 tokens in 256 cells), top-k >= context: identical")
-    check("ParisKV: top-k" in log, "the shifting server ran with ParisKV on")
+    check("ParisKV: top-k" in log and "slot context shift" in log, "the server shifted the context with ParisKV on")
     small = [*shift, "--pariskv-topk", "32", "--pariskv-window", "32"]
     with Server(a.bin, a.tiny, small, name="pk-shift-small") as s:
         got = s.complete(PROMPTS[1], 600)[0]
@@ -116,14 +149,40 @@ def test_context_shift_and_cache_reuse(a):
 
     def pair(server):
         server.complete(first, 40, cache_prompt=True)
-        return server.complete(second, 120, cache_prompt=True)[0]
+        res = server.completion(second, 60, cache_prompt=True)
+        return res["tokens"], res.get("tokens_cached", 0)
 
     with Server(a.bin, a.tiny, reuse, name="dense-reuse") as s:
-        dense = pair(s)
+        dense, _ = pair(s)
     for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
-        with Server(a.bin, a.tiny, [*reuse, *args], name="pk-reuse") as s:
-            got = pair(s)
-        check(got == dense, f"prompt-cache reuse, {name}: identical")
+        with Server(a.bin, a.tiny, [*reuse, "-lv", "4", *args], env=STATS, name="pk-reuse") as s:
+            got, cached = pair(s)
+            log = s.log_text()
+        if args == FULL_COVERAGE:
+            check_full_coverage(f"prompt-cache reuse, {name}", log)
+        check(cached > 0 and got == dense, f"prompt-cache reuse ({cached} cells reused), {name}: identical")
+
+
+def test_state_restore(a):
+    print("slot save / erase / restore (a state load): the index is rebuilt, generation equals an uninterrupted run")
+    args = ["-c", "4096", "-np", "1", "--pariskv-topk", "16", "--pariskv-window", "16", "--slot-save-path", LOG_DIR + "/"]
+    prompt = PROMPTS[0] * 3  # long enough that retrieval, not full coverage, decides
+    with Server(a.bin, a.tiny, args, name="pk-fresh") as s:
+        fresh = s.complete(prompt, 80, cache_prompt=True)[0]
+    with Server(a.bin, a.tiny, [*args, "-lv", "4"], env=STATS, name="pk-restore") as s:
+        s.complete(prompt, 1, cache_prompt=True)
+        s.post("/slots/0?action=save", {"filename": "pariskv-slot.bin"})
+        s.post("/slots/0?action=erase", {})
+        # other keys into the same cells, so that only a re-encode makes the index right again
+        s.complete(PROMPTS[1] * 6, 1)
+        s.post("/slots/0?action=erase", {})
+        s.post("/slots/0?action=restore", {"filename": "pariskv-slot.bin"})
+        restored = s.completion(prompt, 80, cache_prompt=True)
+        calls = op_calls(s.log_text())
+    reused = restored.get("tokens_cached", 0)
+    check(reused > 0, f"the restored cells were reused ({reused} cached tokens)")
+    check(any(c["zone"] > 16 for c in calls), "retrieval (not full coverage) decided after the restore")
+    check(restored["tokens"] == fresh, "80 tokens after the restore equal the uninterrupted run's (small top-k)")
 
 
 def test_fallbacks(a):
@@ -151,7 +210,7 @@ def test_flags(a):
         out = subprocess.run([os.path.join(a.bin, tool), "--help"], capture_output=True, text=True).stdout
         names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold"]
         check(all(n in out for n in names) and "LLAMA_ARG_PARISKV_TOPK" in out, f"{tool} --help lists the ParisKV flags")
-    with Server(a.bin, a.tiny, ["-c", "4096"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64"},
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64"},
                 name="env") as s:
         log = s.log_text()
     check("ParisKV: top-k 48, sink 4, window 64" in log, "LLAMA_ARG_PARISKV_TOPK / _WINDOW reach the context")
@@ -190,7 +249,7 @@ def main():
     ap.add_argument("--only", help="comma-separated test names to run")
     a = ap.parse_args()
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_fallbacks, test_flags] + ([test_gemma_passkey] if a.gemma else [])
+             test_state_restore, test_fallbacks, test_flags] + ([test_gemma_passkey] if a.gemma else [])
     only = set(a.only.split(",")) if a.only else None
     for t in tests:
         if only and t.__name__ not in only:
