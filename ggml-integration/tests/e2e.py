@@ -110,23 +110,24 @@ def test_small_topk_prefix(a):
 
 
 def test_two_slots(a):
-    print("llama-server, 2 parallel slots, unified KV: concurrent answers equal the dense server's")
-    base = ["-c", "4096", "-np", "2", "-kvu"]
+    print("llama-server, 2 parallel slots: concurrent answers equal the dense server's")
 
     def both(server):
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             futs = [ex.submit(server.complete, p, 90) for p in PROMPTS[:2]]
             return [f.result()[0] for f in futs]
 
-    with Server(a.bin, a.tiny, base, name="dense2") as s:
-        dense = both(s)
-    for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
-        with Server(a.bin, a.tiny, [*base, "-lv", "4", *args], env=STATS, name="pariskv2") as s:
-            got = both(s)
-            log = s.log_text()
-        if args == FULL_COVERAGE:
-            check_full_coverage(name, log)
-        check(got == dense, f"{name}: both concurrent answers identical to dense")
+    for cache, kv in [("unified KV cache", "-kvu"), ("one KV stream per slot", "-no-kvu")]:
+        base = ["-c", "4096", "-np", "2", kv]
+        with Server(a.bin, a.tiny, base, name="dense2") as s:
+            dense = both(s)
+        for name, args in [("top-k >= context", ["--pariskv-topk", "8192"]), ("op with full coverage", FULL_COVERAGE)]:
+            with Server(a.bin, a.tiny, [*base, "-lv", "4", *args], env=STATS, name="pariskv2") as s:
+                got = both(s)
+                log = s.log_text()
+            if args == FULL_COVERAGE:
+                check_full_coverage(f"{cache}, {name}", log)
+            check(got == dense, f"{cache}, {name}: both concurrent answers identical to dense")
 
 
 def test_context_shift_and_cache_reuse(a):
