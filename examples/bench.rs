@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use pariskv::attention::{attend, AttnScratch};
 use pariskv::encode::{encode_rows, estimator_lut, CodeStore, EncodeScratch};
+use pariskv::gqa::GqaPolicy;
 use pariskv::rotation::Rotation;
 use pariskv::search::{
     candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets, tier_levels,
@@ -38,8 +39,8 @@ fn main() {
     let sizes: Vec<usize> =
         std::env::args().skip(1).map(|a| a.parse().expect("N must be a number")).collect();
     let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
-    println!("| N | encode keys/s | hist ms | tiers ms | collisions ms | candidates ms | rerank ms | search ms | ParisKV attend ms | dense ms | dense / ParisKV |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | encode keys/s | hist ms | tiers ms | collisions ms | candidates ms | rerank ms | search ms | ParisKV attend ms (mean) | dense ms | dense / ParisKV | ParisKV attend ms (per-head) | dense / per-head |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         bench(n);
     }
@@ -87,12 +88,18 @@ fn bench(n: usize) {
     estimator_lut(&q_rot, &mut s.lut);
     let t_rerank = time(reps, || rerank(&shape, &codes, &s.lut, &s.candidates, cfg.top_k, &mut s.top));
 
-    // End to end through the index handle, against dense attention over all N.
+    // End to end through the index handle, against dense attention over all N: the
+    // paper's group-mean retrieval, then one retrieval per query head (the default).
+    cfg.gqa = GqaPolicy::Mean;
     let mut index = Index::new(cfg.clone()).unwrap();
     index.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
     let t_search = time(reps, || drop(black_box(index.search(RowData::F32(&q), cfg.top_k).unwrap())));
     let mut out = vec![0.0; GROUP * D];
     let t_paris = time(reps, || index.attend(RowData::F32(&q), &mut out).unwrap());
+    cfg.gqa = GqaPolicy::PerHead;
+    let mut per_head = Index::new(cfg.clone()).unwrap();
+    per_head.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
+    let t_per_head = time(reps, || per_head.attend(RowData::F32(&q), &mut out).unwrap());
     let all: Vec<u32> = (0..n as u32).collect();
     let (k, v) = (index.keys(0).unwrap(), index.values(0).unwrap());
     let mut scratch = AttnScratch::default();
@@ -100,7 +107,7 @@ fn bench(n: usize) {
 
     let ms = |t: f64| t * 1e3;
     println!(
-        "| {n} | {:.2e} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x |",
+        "| {n} | {:.2e} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {:.2} | {:.1}x |",
         n as f64 / t_encode,
         ms(t_hist),
         ms(t_tiers),
@@ -110,6 +117,8 @@ fn bench(n: usize) {
         ms(t_search),
         ms(t_paris),
         ms(t_dense),
-        t_dense / t_paris
+        t_dense / t_paris,
+        ms(t_per_head),
+        t_dense / t_per_head
     );
 }

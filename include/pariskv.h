@@ -53,6 +53,26 @@ typedef uint32_t pariskv_dtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// How the query heads sharing a KV head choose its rows (a `uint32_t` holding one of
+// these; any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+enum pariskv_gqa
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Each query head retrieves its share of top-k; the group attends over the union.
+  PARISKV_GQA_PER_HEAD = 0,
+  // One retrieval with the mean of the group's queries (the paper's reference).
+  PARISKV_GQA_MEAN = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pariskv_gqa pariskv_gqa;
+#else
+typedef uint32_t pariskv_gqa;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // Opaque index handle.
 typedef struct pariskv_index pariskv_index;
 
@@ -83,6 +103,8 @@ typedef struct pariskv_config {
   float softcap;
   // Element type the index stores K and V rows in.
   pariskv_dtype kv_dtype;
+  // How query heads sharing a KV head choose its rows (default PARISKV_GQA_PER_HEAD).
+  pariskv_gqa gqa_policy;
   // Seed of the rotation's random sign diagonal.
   uint64_t seed;
 } pariskv_config;
@@ -136,6 +158,8 @@ typedef struct pariskv_step {
   uint32_t n_local;
   // Nonzero: the reference's ratio table; 0: `rho_cand` / `rho_coll`.
   uint32_t adaptive_ratios;
+  // How the `n_heads` query heads choose the rows they share.
+  pariskv_gqa gqa_policy;
   double rho_cand;
   double rho_coll;
   float scale;
@@ -179,9 +203,10 @@ extern "C" {
 // failing call on the same thread.
 const char *pariskv_last_error(void);
 
-// Fills `cfg` with the paper's defaults for a model shape: sink 4, window 512, top-k
-// 2048, adaptive ratios, dense threshold sink + window + 2 top-k, scale
-// 1/sqrt(head_dim), no softcap, f16 storage. `cfg` is left untouched on error.
+// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512, top-k
+// 2048 and adaptive ratios, dense threshold sink + window + 2 top-k, scale
+// 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA retrieval. `cfg` is left
+// untouched on error.
 enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
                                         uint32_t head_dim,
                                         uint32_t n_q_heads,

@@ -10,9 +10,10 @@
 use crate::attention::{attend, AttnParams, AttnScratch};
 use crate::encode::Codes;
 use crate::error::{Error, Result};
+use crate::gqa::{select_group, GqaPolicy, GroupScratch};
 use crate::rotation::Rotation;
 use crate::rows::Rows;
-use crate::search::{group_query, select_top_k, RatioPolicy, SearchScratch, Selection};
+use crate::search::RatioPolicy;
 use crate::shape::Shape;
 
 /// Settings of a step (static per layer).
@@ -22,6 +23,7 @@ pub struct StepParams {
     pub n_sink: usize,
     pub n_local: usize,
     pub ratios: RatioPolicy,
+    pub gqa: GqaPolicy,
     pub attn: AttnParams,
 }
 
@@ -47,9 +49,8 @@ pub struct StepStats {
 pub struct StepScratch {
     class: Vec<Class>,
     cells: Vec<u32>,
-    mean: Vec<f32>,
-    q_rot: Vec<f32>,
-    search: SearchScratch,
+    retrieved: Vec<u32>,
+    group: GroupScratch,
     attn: AttnScratch,
 }
 
@@ -120,23 +121,23 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
         if stats.n_zone <= p.top_k {
             scratch.cells.extend((0..n as u32).filter(|&c| scratch.class[c as usize] != Class::Hidden));
         } else {
-            scratch.q_rot.resize(shape.padded_dim, 0.0);
-            group_query(rotation, queries, &mut scratch.mean, &mut scratch.q_rot);
             let class = &scratch.class;
-            let sel = Selection {
-                shape,
-                codes: cache.codes,
-                q_rot: &scratch.q_rot,
-                cells: 0..n,
-                valid: |c: usize| class[c] == Class::Zone,
-                zone_hist: None,
-                policy: p.ratios,
-                k: p.top_k,
-            };
-            let s = select_top_k(&sel, &mut scratch.search)?;
+            let s = select_group(
+                rotation,
+                p.gqa,
+                queries,
+                cache.codes,
+                0..n,
+                |c: usize| class[c] == Class::Zone,
+                None,
+                p.ratios,
+                p.top_k,
+                &mut scratch.group,
+                &mut scratch.retrieved,
+            )?;
             stats.n_candidates = s.n_candidates;
             scratch.cells.extend((0..n as u32).filter(|&c| class[c as usize] == Class::Fixed));
-            scratch.cells.extend(scratch.search.top.iter().map(|&(_, c)| c));
+            scratch.cells.extend_from_slice(&scratch.retrieved);
             scratch.cells.sort_unstable();
         }
     }
@@ -176,6 +177,7 @@ mod tests {
             n_sink: 4,
             n_local: 64,
             ratios: RatioPolicy::Adaptive,
+            gqa: GqaPolicy::PerHead,
             attn: AttnParams { scale: 0.125, softcap: 0.0 },
         }
     }
@@ -189,14 +191,19 @@ mod tests {
         let pos: Vec<i32> = (0..n as i32).map(|c| c / 2).collect();
         let keys = Rows::packed(RowData::F32(&f.cache.keys), d).unwrap();
         let values = Rows::packed(RowData::F32(&f.cache.values), d).unwrap();
-        let view = CacheView { keys, values, codes: f.store.as_ref(), visible: |c: usize| c % 2 == 0, pos: &pos };
+        let view =
+            CacheView { keys, values, codes: f.store.as_ref(), visible: |c: usize| c % 2 == 0, pos: &pos };
         let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0.0; 2 * d];
         let mut s = StepScratch::default();
-        let stats = attend_cache(&f.rotation, &params(100), &view, &q, &mut s, &mut out).unwrap();
+        let mean = StepParams { gqa: GqaPolicy::Mean, ..params(100) };
+        let stats = attend_cache(&f.rotation, &mean, &view, &q, &mut s, &mut out).unwrap();
         assert_eq!(stats.n_visible, 1000);
         assert_eq!(stats.n_zone, 1000 - 4 - 64);
         assert_eq!(stats.n_attended, 4 + 64 + 100);
+        // Per head: 50 each, so at most 100 retrieved rows in the union.
+        let per_head = attend_cache(&f.rotation, &params(100), &view, &q, &mut s, &mut out).unwrap();
+        assert!((4 + 64 + 50..=4 + 64 + 100).contains(&per_head.n_attended), "{per_head:?}");
         assert!(s.cells.iter().all(|&c| c % 2 == 0), "only visible cells");
         assert!((0..4).all(|p| s.cells.contains(&(2 * p))), "sink = the first positions");
         assert!((936..1000).all(|p| s.cells.contains(&(2 * p))), "window = the last positions");
@@ -214,7 +221,9 @@ mod tests {
         let mut rng = Rng::new(2);
         let q: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
         let (mut out, mut dense) = (vec![0.0; d], vec![0.0; d]);
-        let stats = attend_cache(&f.rotation, &params(1000), &view, &q, &mut StepScratch::default(), &mut out).unwrap();
+        let stats =
+            attend_cache(&f.rotation, &params(1000), &view, &q, &mut StepScratch::default(), &mut out)
+                .unwrap();
         assert_eq!(stats.n_attended, 300);
         let all: Vec<u32> = (0..300).collect();
         attend(&q, &keys, &values, &all, params(0).attn, &mut AttnScratch::default(), &mut dense).unwrap();
@@ -230,10 +239,18 @@ mod tests {
         let values = Rows::packed(RowData::F32(&f.cache.values), d).unwrap();
         let view = CacheView { keys, values, codes: f.store.as_ref(), visible: |_| false, pos: &pos };
         let mut out = vec![1.0; d];
-        attend_cache(&f.rotation, &params(8), &view, &vec![1.0; d], &mut StepScratch::default(), &mut out).unwrap();
+        attend_cache(&f.rotation, &params(8), &view, &vec![1.0; d], &mut StepScratch::default(), &mut out)
+            .unwrap();
         assert!(out.iter().all(|&x| x == 0.0));
         let short = CacheView { pos: &pos[..50], ..view };
-        assert!(attend_cache(&f.rotation, &params(8), &short, &vec![1.0; d], &mut StepScratch::default(), &mut out)
-            .is_err());
+        assert!(attend_cache(
+            &f.rotation,
+            &params(8),
+            &short,
+            &vec![1.0; d],
+            &mut StepScratch::default(),
+            &mut out
+        )
+        .is_err());
     }
 }

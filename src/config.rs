@@ -2,6 +2,7 @@
 
 use crate::attention::AttnParams;
 use crate::error::{Error, Result};
+use crate::gqa::GqaPolicy;
 use crate::rows::DType;
 use crate::search::{RatioPolicy, Ratios};
 use crate::shape::Shape;
@@ -26,6 +27,8 @@ pub struct Config {
     /// Contexts shorter than this attend densely (exact and cheap there).
     pub dense_threshold: usize,
     pub ratios: RatioPolicy,
+    /// How query heads sharing a KV head choose its rows (see `gqa`).
+    pub gqa: GqaPolicy,
     pub seed: u64,
     pub attn: AttnParams,
     /// Element type the index handle stores K and V rows in.
@@ -45,6 +48,7 @@ impl Config {
             top_k: DEFAULT_TOP_K,
             dense_threshold: DEFAULT_SINK + DEFAULT_LOCAL + 2 * DEFAULT_TOP_K,
             ratios: RatioPolicy::Adaptive,
+            gqa: GqaPolicy::default(),
             seed: DEFAULT_SEED,
             attn: AttnParams { scale: 1.0 / (head_dim.max(1) as f32).sqrt(), softcap: 0.0 },
             kv_dtype: DType::F16,

@@ -6,9 +6,10 @@ use crate::attention::{attend, AttnScratch};
 use crate::config::Config;
 use crate::encode::{encode_rows, CodeStore, EncodeScratch};
 use crate::error::{Error, Result};
+use crate::gqa::{select_group, GroupScratch};
 use crate::rotation::Rotation;
 use crate::rows::{RowBuf, RowData, Rows};
-use crate::search::{group_query, select_top_k, tally, SearchScratch, SearchStats, Selection, Tally};
+use crate::search::{tally, SearchStats, Tally};
 use crate::shape::{Shape, N_CENTROIDS};
 
 /// Everything stored for one KV head.
@@ -25,12 +26,12 @@ struct Head {
 #[derive(Clone, Debug, Default)]
 struct Scratch {
     encode: EncodeScratch,
-    search: SearchScratch,
+    group: GroupScratch,
     attn: AttnScratch,
     queries: Vec<f32>,
-    mean: Vec<f32>,
-    q_rot: Vec<f32>,
     zone_hist: Vec<u32>,
+    /// Retrieved cells of the last selection, best first.
+    top: Vec<u32>,
     cells: Vec<u32>,
 }
 
@@ -53,7 +54,7 @@ pub struct IndexStats {
 pub struct Retrieved {
     /// Top-k positions, best first.
     pub top: Vec<u32>,
-    /// Candidate positions passed to the rerank, in position order.
+    /// Candidate positions passed to the reranks (of every head of the group), in position order.
     pub candidates: Vec<u32>,
     pub stats: SearchStats,
 }
@@ -192,8 +193,6 @@ impl Index {
     fn select(&mut self, h: usize, k: usize) -> Result<()> {
         let (d, g) = (self.cfg.head_dim, self.cfg.group_size());
         let s = &mut self.scratch;
-        s.q_rot.resize(self.shape.padded_dim, 0.0);
-        group_query(&self.rotation, &s.queries[h * g * d..][..g * d], &mut s.mean, &mut s.q_rot);
         // Zone histogram: all keys minus the sink and the window.
         let head = &self.heads[h];
         let zone = self.cfg.zone(self.len);
@@ -207,17 +206,19 @@ impl Index {
             &mut s.zone_hist,
             Tally::Remove,
         );
-        let sel = Selection {
-            shape: self.shape,
+        self.last[h] = select_group(
+            &self.rotation,
+            self.cfg.gqa,
+            &s.queries[h * g * d..][..g * d],
             codes,
-            q_rot: &s.q_rot,
-            cells: zone,
-            valid: |_| true,
-            zone_hist: Some(&s.zone_hist),
-            policy: self.cfg.ratios,
+            zone,
+            |_| true,
+            Some(&s.zone_hist),
+            self.cfg.ratios,
             k,
-        };
-        self.last[h] = select_top_k(&sel, &mut s.search)?;
+            &mut s.group,
+            &mut s.top,
+        )?;
         Ok(())
     }
 
@@ -235,10 +236,10 @@ impl Index {
         (0..self.cfg.n_kv_heads)
             .map(|h| {
                 self.select(h, k)?;
-                let s = &self.scratch.search;
+                let s = &self.scratch;
                 Ok(Retrieved {
-                    top: s.top.iter().map(|&(_, cell)| cell).collect(),
-                    candidates: s.candidates.clone(),
+                    top: s.top.clone(),
+                    candidates: s.group.candidates.clone(),
                     stats: self.last[h],
                 })
             })
@@ -281,7 +282,7 @@ impl Index {
                 self.select(h, self.cfg.top_k)?;
                 cells.extend(0..zone.start as u32);
                 let first_retrieved = cells.len();
-                cells.extend(self.scratch.search.top.iter().map(|&(_, c)| c));
+                cells.extend_from_slice(&self.scratch.top);
                 cells[first_retrieved..].sort_unstable();
                 cells.extend(zone.end as u32..self.len as u32);
             }

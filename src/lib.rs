@@ -16,6 +16,7 @@ pub mod encode;
 pub mod error;
 pub mod eval;
 pub mod ffi;
+pub mod gqa;
 pub mod index;
 pub mod prefetch;
 pub mod rank;

@@ -5,6 +5,7 @@
 //! why each floor is where it is).
 
 use pariskv::eval::{attention_mass, exact_top_k, recall};
+use pariskv::gqa::GqaPolicy;
 use pariskv::search::{RatioPolicy, Ratios};
 use pariskv::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, DType, Index, RowData};
@@ -27,6 +28,8 @@ fn index_over(cache: &SynthCache, ratios: RatioPolicy) -> Index {
     let mut cfg = Config::new(D, GROUP, 1);
     cfg.kv_dtype = DType::F32;
     cfg.ratios = ratios;
+    // The faithful algorithm: one retrieval with the group-mean query.
+    cfg.gqa = GqaPolicy::Mean;
     let mut index = Index::new(cfg).unwrap();
     index.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), N).unwrap();
     index

@@ -209,12 +209,13 @@ def test_flags(a):
     print("flags: registered for every tool, environment variables, llama-bench column")
     for tool in ["llama-cli", "llama-server", "llama-completion", "llama-perplexity", "llama-batched-bench"]:
         out = subprocess.run([os.path.join(a.bin, tool), "--help"], capture_output=True, text=True).stdout
-        names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold"]
+        names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold", "--pariskv-gqa"]
         check(all(n in out for n in names) and "LLAMA_ARG_PARISKV_TOPK" in out, f"{tool} --help lists the ParisKV flags")
-    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64"},
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64", "LLAMA_ARG_PARISKV_GQA": "mean"},
                 name="env") as s:
         log = s.log_text()
-    check("ParisKV: top-k 48, sink 4, window 64" in log, "LLAMA_ARG_PARISKV_TOPK / _WINDOW reach the context")
+    check("ParisKV: top-k 48 (group-mean query), sink 4, window 64" in log,
+          "LLAMA_ARG_PARISKV_TOPK / _WINDOW / _GQA reach the context")
     out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "16", "-d", "300",
                           "-pkt", "0,32", "-r", "1", "-t", "2", "-o", "json"], capture_output=True, text=True)
     try:

@@ -25,6 +25,7 @@ struct test_case {
     ggml_type type_k;
     int32_t top_k, n_sink, n_local;
     bool interleaved; // two sequences sharing one stream, cells alternating between them
+    int32_t gqa_mean; // 1: one retrieval with the group-mean query, 0: per query head
 };
 
 static int n_failures = 0;
@@ -77,9 +78,10 @@ static pariskv_dtype dtype_of(ggml_type t) {
 }
 
 static void run(const test_case & tc) {
-    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d\n",
+    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s)\n",
            tc.name, (long long) tc.D, (long long) tc.n_head, (long long) tc.n_head_kv, (long long) tc.kv_size,
-           (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k);
+           (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k,
+           tc.gqa_mean ? "group-mean query" : "per query head");
 
     const int64_t D = tc.D, H = tc.n_head, HKV = tc.n_head_kv, S = tc.n_stream;
     const int64_t n_tokens = S*tc.n_tps;
@@ -134,7 +136,7 @@ static void run(const test_case & tc) {
     ggml_tensor * enc = ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights);
     const float scale = 1.0f/sqrtf((float) D);
     ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights,
-                                          scale, 0.0f, tc.top_k, tc.n_sink, tc.n_local);
+                                          scale, 0.0f, tc.top_k, tc.n_sink, tc.n_local, tc.gqa_mean);
 
     // dense flash attention on the same inputs, for the full-coverage comparison
     ggml_tensor * qp = ggml_permute(ctx, ggml_view_4d(ctx, q, D, H, tc.n_tps, S, q->nb[1], q->nb[2], q->nb[2]*tc.n_tps, 0), 0, 2, 1, 3);
@@ -182,6 +184,7 @@ static void run(const test_case & tc) {
             step.head_dim = (uint32_t) D; step.v_dim = (uint32_t) D; step.n_heads = (uint32_t) g;
             step.top_k = (uint32_t) tc.top_k; step.n_sink = (uint32_t) tc.n_sink; step.n_local = (uint32_t) tc.n_local;
             step.adaptive_ratios = 1; step.scale = scale; step.softcap = 0.0f; step.seed = PARISKV_DEFAULT_SEED;
+            step.gqa_policy = tc.gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
             const size_t row_k = HKV*D*ggml_type_size(tc.type_k), row_v = HKV*D*sizeof(ggml_fp16_t);
             pariskv_kv kv = {
                 dtype_of(tc.type_k), (const char *) k_store->data + (s*tc.kv_size*HKV + hk)*D*ggml_type_size(tc.type_k), row_k,
@@ -251,13 +254,15 @@ static void run(const test_case & tc) {
 
 int main() {
     const test_case cases[] = {
-        // name                     D    H  HKV kv_size n_kv  S  tps type            top-k sink local interleaved
-        { "gqa4 f16 retrieval",     128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false },
-        { "gqa4 f16 full",          128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,  4096,  4,  64, false },
-        { "gqa8 bf16 2 streams",    256,  8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,   32,  4,  32, false },
-        { "gqa8 bf16 2 streams full", 256, 8, 1, 1024, 777, 2, 1, GGML_TYPE_BF16, 4096,  4,  32, false },
-        { "gqa1 f32 unified 2 seqs", 64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,    16,  2,  16, true  },
-        { "gqa1 f32 unified full",   64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,  4096,  2,  16, true  },
+        // name                       D    H  HKV kv_size n_kv  S  tps type            top-k sink local interleaved gqa_mean
+        { "gqa4 f16 retrieval",       128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0 },
+        { "gqa4 f16 retrieval mean",  128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 1 },
+        { "gqa4 f16 full",            128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,  4096,  4,  64, false, 0 },
+        { "gqa8 bf16 2 streams",      256,  8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,   32,  4,  32, false, 0 },
+        { "gqa8 bf16 2 streams mean", 256,  8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,   32,  4,  32, false, 1 },
+        { "gqa8 bf16 2 streams full", 256,  8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16, 4096,  4,  32, false, 0 },
+        { "gqa1 f32 unified 2 seqs",   64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,    16,  2,  16, true,  0 },
+        { "gqa1 f32 unified full",     64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,  4096,  2,  16, true,  1 },
     };
     for (const auto & tc : cases) {
         run(tc);

@@ -8,8 +8,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use half::{bf16, f16};
 
-use super::types::{pariskv_dtype, pariskv_status};
+use super::types::{pariskv_dtype, pariskv_gqa, pariskv_status};
 use crate::error::{Error, ErrorKind, Result};
+use crate::gqa::GqaPolicy;
 use crate::rows::{DType, RowData};
 
 thread_local! {
@@ -78,6 +79,27 @@ pub fn raw_dtype(d: DType) -> u32 {
         DType::F32 => pariskv_dtype::PARISKV_F32,
         DType::F16 => pariskv_dtype::PARISKV_F16,
         DType::BF16 => pariskv_dtype::PARISKV_BF16,
+    };
+    raw as u32
+}
+
+/// `raw` is the C caller's `pariskv_gqa`, read as the `u32` it is.
+pub fn gqa(raw: u32, what: &str) -> Result<GqaPolicy> {
+    const PER_HEAD: u32 = pariskv_gqa::PARISKV_GQA_PER_HEAD as u32;
+    const MEAN: u32 = pariskv_gqa::PARISKV_GQA_MEAN as u32;
+    match raw {
+        PER_HEAD => Ok(GqaPolicy::PerHead),
+        MEAN => Ok(GqaPolicy::Mean),
+        other => Err(Error::unsupported(format!(
+            "{what}: GQA policy {other} is not PARISKV_GQA_PER_HEAD or PARISKV_GQA_MEAN"
+        ))),
+    }
+}
+
+pub fn raw_gqa(g: GqaPolicy) -> u32 {
+    let raw = match g {
+        GqaPolicy::PerHead => pariskv_gqa::PARISKV_GQA_PER_HEAD,
+        GqaPolicy::Mean => pariskv_gqa::PARISKV_GQA_MEAN,
     };
     raw as u32
 }

@@ -7,7 +7,7 @@ use std::ffi::c_void;
 
 use half::f16;
 
-use super::boundary::{boundary, dtype, in_ref, in_rows, in_slice, out_ref, out_slice};
+use super::boundary::{boundary, dtype, gqa, in_ref, in_rows, in_slice, out_ref, out_slice};
 use super::types::pariskv_status;
 use crate::attention::AttnParams;
 use crate::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
@@ -20,6 +20,8 @@ use crate::shape::Shape;
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
+/// Likewise for `pariskv_gqa`.
+type pariskv_gqa = u32;
 
 /// Sizes of the index for one head dimension, per cell and KV head.
 #[repr(C)]
@@ -86,6 +88,8 @@ pub struct pariskv_step {
     pub n_local: u32,
     /// Nonzero: the reference's ratio table; 0: `rho_cand` / `rho_coll`.
     pub adaptive_ratios: u32,
+    /// How the `n_heads` query heads choose the rows they share.
+    pub gqa_policy: pariskv_gqa,
     pub rho_cand: f64,
     pub rho_coll: f64,
     pub scale: f32,
@@ -140,10 +144,19 @@ fn layout(shape: &Shape) -> pariskv_layout {
 }
 
 /// Rows of `n` cells of `dim` elements at `ptr`, `stride` bytes apart.
-fn rows_at<'a>(raw: pariskv_dtype, ptr: *const c_void, stride: usize, dim: usize, n: usize, name: &str) -> Result<Rows<'a>> {
+fn rows_at<'a>(
+    raw: pariskv_dtype,
+    ptr: *const c_void,
+    stride: usize,
+    dim: usize,
+    n: usize,
+    name: &str,
+) -> Result<Rows<'a>> {
     let size = dtype(raw, name)?.size();
     if stride % size != 0 {
-        return Err(Error::invalid(format!("{name}: stride {stride} is not a multiple of the element size {size}")));
+        return Err(Error::invalid(format!(
+            "{name}: stride {stride} is not a multiple of the element size {size}"
+        )));
     }
     let stride = stride / size;
     let len = match n {
@@ -221,8 +234,14 @@ pub extern "C" fn pariskv_encode_cells(
                 // by the documented contract no other concurrent call writes.
                 let (codes, nibbles, weights) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(dst.codes.add(c * shape.code_bytes()), shape.code_bytes()),
-                        std::slice::from_raw_parts_mut(dst.nibbles.add(c * shape.nibble_bytes()), shape.nibble_bytes()),
+                        std::slice::from_raw_parts_mut(
+                            dst.codes.add(c * shape.code_bytes()),
+                            shape.code_bytes(),
+                        ),
+                        std::slice::from_raw_parts_mut(
+                            dst.nibbles.add(c * shape.nibble_bytes()),
+                            shape.nibble_bytes(),
+                        ),
                         std::slice::from_raw_parts_mut(
                             (dst.weights as *mut f16).add(c * shape.n_weights()),
                             shape.n_weights(),
@@ -258,6 +277,7 @@ impl pariskv_step {
             n_sink: self.n_sink as usize,
             n_local: self.n_local as usize,
             ratios,
+            gqa: gqa(self.gqa_policy, "step gqa_policy")?,
             attn,
         })
     }
@@ -301,7 +321,11 @@ pub extern "C" fn pariskv_attend_cache(
         let q_rows = rows_at(f32, q as *const c_void, q_stride, dk, heads, "q")?;
         let out_stride_f = match out_stride % 4 {
             0 if out_stride / 4 >= dv => out_stride / 4,
-            _ => return Err(Error::invalid(format!("out_stride {out_stride} must be a multiple of 4, >= 4 * v_dim"))),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "out_stride {out_stride} must be a multiple of 4, >= 4 * v_dim"
+                )))
+            }
         };
         let out = out_slice(out, (heads - 1) * out_stride_f + dv, "out")?;
         SCRATCH.with(|s| {

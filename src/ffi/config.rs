@@ -1,6 +1,6 @@
 //! `pariskv_config`, the C view of `crate::Config`, and the conversions between them.
 
-use super::boundary::{dtype, raw_dtype};
+use super::boundary::{dtype, gqa, raw_dtype, raw_gqa};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::search::{RatioPolicy, Ratios};
@@ -8,6 +8,8 @@ use crate::search::{RatioPolicy, Ratios};
 /// `pariskv_dtype` as Rust reads it: a raw `u32`. Private, so cbindgen does not export it
 /// and resolves the name in the header to the enum in `types.rs`.
 type pariskv_dtype = u32;
+/// Likewise for `pariskv_gqa`.
+type pariskv_gqa = u32;
 
 /// Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
 #[repr(C)]
@@ -38,6 +40,8 @@ pub struct pariskv_config {
     pub softcap: f32,
     /// Element type the index stores K and V rows in.
     pub kv_dtype: pariskv_dtype,
+    /// How query heads sharing a KV head choose its rows (default PARISKV_GQA_PER_HEAD).
+    pub gqa_policy: pariskv_gqa,
     /// Seed of the rotation's random sign diagonal.
     pub seed: u64,
 }
@@ -66,6 +70,7 @@ impl pariskv_config {
             scale: c.attn.scale,
             softcap: c.attn.softcap,
             kv_dtype: raw_dtype(c.kv_dtype),
+            gqa_policy: raw_gqa(c.gqa),
             seed: c.seed,
         })
     }
@@ -84,6 +89,7 @@ impl pariskv_config {
         c.attn.scale = self.scale;
         c.attn.softcap = self.softcap;
         c.kv_dtype = dtype(self.kv_dtype, "config kv_dtype")?;
+        c.gqa = gqa(self.gqa_policy, "config gqa_policy")?;
         c.validate()?;
         Ok(c)
     }

@@ -28,6 +28,17 @@ pub enum pariskv_dtype {
     PARISKV_BF16 = 2,
 }
 
+/// How the query heads sharing a KV head choose its rows (a `uint32_t` holding one of
+/// these; any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pariskv_gqa {
+    /// Each query head retrieves its share of top-k; the group attends over the union.
+    PARISKV_GQA_PER_HEAD = 0,
+    /// One retrieval with the mean of the group's queries (the paper's reference).
+    PARISKV_GQA_MEAN = 1,
+}
+
 /// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
 /// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;

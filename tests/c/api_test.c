@@ -76,6 +76,9 @@ int main(void) {
     CHECK(cfg.n_sink == 4 && cfg.n_local == 512 && cfg.top_k == 2048, "defaults");
     CHECK(cfg.dense_threshold == 4 + 512 + 2 * 2048, "dense threshold default");
     CHECK(cfg.adaptive_ratios != 0 && cfg.kv_dtype == PARISKV_F16, "ratios and dtype defaults");
+    CHECK(cfg.gqa_policy == PARISKV_GQA_PER_HEAD, "GQA default: per head");
+    /* One retrieval per KV head with the group-mean query: exactly k positions per head. */
+    cfg.gqa_policy = PARISKV_GQA_MEAN;
     CHECK(fabsf(cfg.scale - 1.0f / sqrtf((float)D)) < 1e-7f, "scale default");
     cfg.kv_dtype = PARISKV_F32;
     cfg.top_k = 256;
@@ -123,7 +126,8 @@ int main(void) {
     CHECK(count[0] == 300 && count[1] == 300, "counts %u %u", count[0], count[1]);
     CHECK(pos[0] == 2500 && pos[300] == 1234, "planted keys first: %lld %lld", (long long)pos[0], (long long)pos[300]);
     int in_zone = 1;
-    for (int i = 0; i < NKV * 300; i++) in_zone &= pos[i] >= 4 && pos[i] < N - 512;
+    for (int h = 0; h < NKV; h++)
+        for (uint32_t i = 0; i < count[h]; i++) in_zone &= pos[h * 300 + i] >= 4 && pos[h * 300 + i] < N - 512;
     CHECK(in_zone, "positions inside the retrieval zone");
 
     int64_t many[NKV * 6000];
@@ -137,6 +141,21 @@ int main(void) {
     CHECK(st.len == N && st.index_bytes == (size_t)N * NKV * 112 && st.kv_bytes == (size_t)N * NKV * D * 4 * 2,
           "stats: len %zu index %zu kv %zu", st.len, st.index_bytes, st.kv_bytes);
     CHECK(st.last_zone == (size_t)NKV * (N - 516), "last_zone %zu", st.last_zone);
+
+    /* Per-head retrieval: each of the 4 query heads of a group retrieves its share of k and
+     * the group gets the union, at most k positions, its planted key first. */
+    {
+        pariskv_config ph = cfg;
+        ph.gqa_policy = PARISKV_GQA_PER_HEAD;
+        pariskv_index *px = NULL;
+        CHECK(pariskv_index_create(&ph, &px) == PARISKV_OK, "create per-head: %s", pariskv_last_error());
+        CHECK(pariskv_index_append(px, PARISKV_F32, keys, vals, N) == PARISKV_OK, "append per-head");
+        CHECK(pariskv_index_search(px, PARISKV_F32, q, 300, pos, count) == PARISKV_OK, "search per-head");
+        CHECK(count[0] > 0 && count[0] <= 300 && count[1] > 0 && count[1] <= 300, "per-head counts %u %u", count[0], count[1]);
+        CHECK(pos[0] == 2500 && pos[300] == 1234, "per-head: planted keys first: %lld %lld", (long long)pos[0], (long long)pos[300]);
+        CHECK(count[0] == 300 || pos[count[0]] == -1, "per-head: unused slots are -1");
+        pariskv_index_free(px);
+    }
 
     /* Attention: retrieval path vs dense; then dense path vs the C reference. */
     float out[NQ * D];
@@ -184,6 +203,8 @@ int main(void) {
     expect_error("create rho_coll NaN", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "rho_coll");
     bad = cfg; bad.kv_dtype = 99;
     expect_error("create kv_dtype 99", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "dtype 99");
+    bad = cfg; bad.gqa_policy = 7;
+    expect_error("create gqa_policy 7", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "GQA policy 7");
     bad = cfg; bad.top_k = 0;
     expect_error("create top_k 0", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "top_k");
     bad = cfg; bad.scale = -1.0f;
