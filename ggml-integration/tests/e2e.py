@@ -97,8 +97,8 @@ def test_small_topk_prefix(a):
         got = generations(s, 300)
         calls = op_calls(s.log_text())
     retrieving = [c for c in calls if c["zone"] > k]
-    check(len(retrieving) > 0 and all(c["attended"] == sink + window + k for c in retrieving),
-          f"retrieval ran ({len(retrieving)} calls attended sink + window + top-k = {sink + window + k} cells)")
+    check(len(retrieving) > 0 and all(sink + window < c["attended"] <= sink + window + k for c in retrieving),
+          f"retrieval ran ({len(retrieving)} calls attended at most sink + window + top-k = {sink + window + k} cells)")
     for g, d, n in zip(got, dense, n_prompt):
         # generated token i is computed over n + i cells; all are attended while
         # n + i - sink - window <= k
