@@ -15,7 +15,9 @@ use std::ops::Range;
 use crate::encode::Codes;
 use crate::error::{Error, Result};
 use crate::rotation::Rotation;
-use crate::search::{group_query, select_top_k, RatioPolicy, SearchScratch, SearchStats, Selection};
+use crate::search::{
+    group_query, histogram, select_top_k, RatioPolicy, SearchScratch, SearchStats, Selection,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GqaPolicy {
@@ -28,6 +30,7 @@ pub enum GqaPolicy {
 #[derive(Clone, Debug, Default)]
 pub struct GroupScratch {
     pub search: SearchScratch,
+    hist: Vec<u32>,
     mean: Vec<f32>,
     q_rot: Vec<f32>,
     lists: Vec<Vec<u32>>,
@@ -65,6 +68,15 @@ pub fn select_group<F: Fn(usize) -> bool>(
     let g = heads.len();
     scratch.lists.resize_with(g, Vec::new);
     scratch.candidates.clear();
+    // The zone is the same for every head: count its clusters once.
+    let zone_hist = match zone_hist {
+        Some(h) => Some(h),
+        None if g > 1 => {
+            histogram(&shape, &codes, cells.clone(), &valid, &mut scratch.hist);
+            Some(&scratch.hist[..])
+        }
+        None => None,
+    };
     let mut total = SearchStats::default();
     for (h, q) in heads.iter().enumerate() {
         let k_h = k / g + usize::from(h < k % g);
