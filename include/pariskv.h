@@ -32,6 +32,9 @@ typedef enum pariskv_status {
   PARISKV_ERR_OUT_OF_MEMORY = 3,
   // A bug in the library; the handle involved should be freed.
   PARISKV_ERR_INTERNAL = 4,
+  // The CUDA driver failed (its message is in `pariskv_last_error()`), or no CUDA driver or
+  // GPU is available.
+  PARISKV_ERR_CUDA = 5,
 } pariskv_status;
 
 // Element type of keys, values and queries: a `uint32_t` holding one of these values.

@@ -5,15 +5,7 @@
 use crate::rank::rank_order;
 use crate::shape::{BLOCK, N_CENTROIDS, N_LEVELS};
 
-/// Lloyd-Max reconstruction levels for |u_1|, u uniform on S^7 (density proportional to
-/// (1 - x^2)^(5/2) on [0, 1]), fully converged. `tests::lloyd_max_rederived` derives them
-/// again from the density and checks these digits.
-pub const LEVELS: [f32; N_LEVELS] =
-    [0.042508665, 0.12804365, 0.21520121, 0.3053238, 0.40027127, 0.5030221, 0.61934763, 0.76483506];
-
-/// Decision thresholds between consecutive levels (their midpoints, as Lloyd-Max requires).
-pub const THRESHOLDS: [f32; N_LEVELS - 1] =
-    [0.08527616, 0.17162244, 0.26026252, 0.35279754, 0.45164666, 0.5611849, 0.69209135];
+pub use crate::constants::{LEVELS, THRESHOLDS};
 
 /// Magnitude index of a normalised coordinate |u_j|: the number of thresholds at or below
 /// it. NaN maps to 0 (every comparison is false).

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     OutOfMemory,
     /// A bug: a broken invariant or a panic caught at the ABI boundary.
     Internal,
+    /// The CUDA driver failed (its message is kept), or no driver or GPU is there.
+    Cuda,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +44,10 @@ impl Error {
 
     pub fn internal(message: impl Into<String>) -> Error {
         Error { kind: ErrorKind::Internal, message: message.into() }
+    }
+
+    pub fn cuda(message: impl Into<String>) -> Error {
+        Error { kind: ErrorKind::Cuda, message: message.into() }
     }
 }
 

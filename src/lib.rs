@@ -12,6 +12,10 @@ pub mod attention;
 pub mod cache_step;
 pub mod codebook;
 pub mod config;
+/// The algorithm's numeric constants, shared with the CUDA kernels through `build.rs`.
+pub mod constants;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod encode;
 pub mod error;
 pub mod eval;

@@ -3,19 +3,7 @@
 
 use crate::error::{Error, Result};
 
-/// Coordinates per block (m in the paper).
-pub const BLOCK: usize = 8;
-/// Centroids per block: the 2^m sign patterns.
-pub const N_CENTROIDS: usize = 1 << BLOCK;
-/// Magnitude levels of the 4-bit code (3 bits of magnitude, 1 bit of sign).
-pub const N_LEVELS: usize = 8;
-/// Nested tiers of the collision stage.
-pub const N_TIERS: usize = TIER_FRACTIONS.len();
-/// Tier budget fractions tau_t: tier t holds the best centroids covering
-/// `ceil(N * rho_coll * tau_t)` keys.
-pub const TIER_FRACTIONS: [f64; 6] = [0.05, 0.15, 0.30, 0.50, 0.75, 1.0];
-/// Largest supported head dimension.
-pub const MAX_HEAD_DIM: usize = 512;
+pub use crate::constants::{BLOCK, MAX_HEAD_DIM, N_CENTROIDS, N_LEVELS, N_TIERS, TIER_FRACTIONS};
 
 /// Sizes derived from one head dimension. Head dims that are not a power of two are
 /// zero-padded up to one for the Walsh-Hadamard transform; codes cover the padded dim.

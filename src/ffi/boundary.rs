@@ -35,6 +35,7 @@ impl From<ErrorKind> for pariskv_status {
             ErrorKind::Unsupported => pariskv_status::PARISKV_ERR_UNSUPPORTED,
             ErrorKind::OutOfMemory => pariskv_status::PARISKV_ERR_OUT_OF_MEMORY,
             ErrorKind::Internal => pariskv_status::PARISKV_ERR_INTERNAL,
+            ErrorKind::Cuda => pariskv_status::PARISKV_ERR_CUDA,
         }
     }
 }

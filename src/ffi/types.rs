@@ -13,6 +13,9 @@ pub enum pariskv_status {
     PARISKV_ERR_OUT_OF_MEMORY = 3,
     /// A bug in the library; the handle involved should be freed.
     PARISKV_ERR_INTERNAL = 4,
+    /// The CUDA driver failed (its message is in `pariskv_last_error()`), or no CUDA driver or
+    /// GPU is available.
+    PARISKV_ERR_CUDA = 5,
 }
 
 // Rust code takes `pariskv_dtype` as a plain `u32` (see the alias in `config.rs` and

@@ -1,0 +1,93 @@
+// Encode (rotation + centroid codes + 4-bit codes + weights) of the keys of given cells:
+// the CUDA twin of encode::encode_rows, bitwise equal to it.
+#pragma once
+
+#include "common.cuh"
+
+// Where the keys and the index of (global cell g, KV head h) live: a cache of n_stream
+// streams of kv_size cells; g = stream * kv_size + cell.
+struct pk_encode_args {
+    const char * keys;          // key of (g, h) at keys + g*key_row_stride + h*key_head_stride
+    int          key_dtype;
+    long long    key_row_stride;
+    long long    key_head_stride;
+    const long long * cells;    // global cells to encode
+    const int *  n_cells;       // how many of them (read on the device)
+    unsigned char * codes;      // index of (g, h) at ((stream*n_heads + h)*kv_size + cell) rows
+    unsigned char * nibbles;
+    __half *     weights;
+    long long    kv_size;
+    int          n_heads;
+    const float * signs;        // the rotation's sign diagonal, padded_dim values
+    float        scale;         // 1/sqrt(padded_dim)
+    int          head_dim;
+    int          padded_dim;
+};
+
+#define PK_ENCODE_WARPS 4
+
+// One warp per (cell, head); blockIdx.y = head. Dynamic shared memory: padded_dim floats
+// per warp.
+extern "C" __global__ void pk_encode(pk_encode_args a) {
+    extern __shared__ float pk_encode_smem[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long i = (long long) blockIdx.x * PK_ENCODE_WARPS + warp;
+    const int h = blockIdx.y;
+    if (i >= *a.n_cells) {
+        return;
+    }
+    const int d = a.head_dim, dp = a.padded_dim, nb = dp / PK_BLOCK;
+    float * y = pk_encode_smem + warp * dp;
+    const long long g = a.cells[i];
+    const char * key = a.keys + g * a.key_row_stride + h * a.key_head_stride;
+
+    // D x, zero-padded
+    for (int j = lane; j < dp; j += 32) {
+        y[j] = j < d ? pk_load(key, a.key_dtype, j) * a.signs[j] : 0.0f;
+    }
+    __syncwarp();
+    // H, the same butterflies in the same stages as rotation::fwht
+    for (int half = 1; half < dp; half *= 2) {
+        for (int p = lane; p < dp / 2; p += 32) {
+            const int lo = (p / half) * 2 * half + p % half, hi = lo + half;
+            const float x0 = y[lo], x1 = y[hi];
+            y[lo] = __fadd_rn(x0, x1);
+            y[hi] = __fsub_rn(x0, x1);
+        }
+        __syncwarp();
+    }
+    for (int j = lane; j < dp; j += 32) {
+        y[j] = __fmul_rn(y[j], a.scale);
+    }
+    __syncwarp();
+
+    const long long s = g / a.kv_size, cell = g % a.kv_size;
+    const long long row = (s * a.n_heads + h) * a.kv_size + cell;
+    for (int b = lane; b < nb; b += 32) {
+        const float * yb = y + b * PK_BLOCK;
+        unsigned int code = 0;
+        float r2 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PK_BLOCK; ++j) {
+            code |= (unsigned int) (yb[j] >= 0.0f) << j;
+            r2 = __fadd_rn(r2, __fmul_rn(yb[j], yb[j]));
+        }
+        const float r = __fsqrt_rn(r2);
+        float alpha = 0.0f;
+        unsigned int packed = 0;
+#pragma unroll
+        for (int j = 0; j < PK_BLOCK; ++j) {
+            const float u = __fdiv_rn(fabsf(yb[j]), r);
+            const int t = pk_magnitude_index(u);
+            alpha = __fadd_rn(alpha, __fmul_rn(PK_LEVELS[t], u));
+            packed |= (unsigned int) (t | ((yb[j] >= 0.0f) << 3)) << (4 * j);
+        }
+        a.codes[row * nb + b] = (unsigned char) code;
+        unsigned char * nib = a.nibbles + row * (dp / 2) + b * (PK_BLOCK / 2);
+#pragma unroll
+        for (int k = 0; k < PK_BLOCK / 2; ++k) {
+            nib[k] = (unsigned char) (packed >> (8 * k));
+        }
+        a.weights[row * nb + b] = pk_store_weight(__fdiv_rn(r, alpha));
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the test suite with feature `cuda` here and stages it for a GPU machine:
+#   scripts/gpu-tests.sh           -> build/gpu-carry/ (the GPU test binary and the library's
+#                                     unit tests, stripped, + run script; the other suites
+#                                     need the source tree and run in CI)
+#   build/gpu-carry/run.sh OUTDIR  (on the GPU machine) runs every test binary, GPU tests
+#                                  included, logs to OUTDIR; PARISKV_SANITIZE=memcheck|racecheck
+#                                  runs the GPU tests under compute-sanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/cuda-toolchain.sh)"
+carry=build/gpu-carry
+rm -rf "$carry" && mkdir -p "$carry"
+cargo test --release --features cuda --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])' > "$carry/list"
+while read -r exe; do
+    name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
+    case "$name" in gpu|pariskv) strip -o "$carry/$name" "$exe" ;; esac
+done < "$carry/list"
+rm "$carry/list"
+cat > "$carry/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs the staged test binaries; exit status non-zero if any failed.
+out=${1:-.}; here=$(cd "$(dirname "$0")" && pwd); rc=0
+for t in "$here"/*; do
+    [ "$t" = "$here/run.sh" ] && continue
+    name=$(basename "$t")
+    if [ -n "${PARISKV_SANITIZE:-}" ] && [ "$name" = gpu ]; then
+        compute-sanitizer --tool "$PARISKV_SANITIZE" --error-exitcode 9 "$t" --test-threads 1 --nocapture \
+            > "$out/$name-$PARISKV_SANITIZE.log" 2>&1 || rc=1
+        tail -5 "$out/$name-$PARISKV_SANITIZE.log"
+    else
+        (cd "$here" && "$t" --test-threads 1 --nocapture) > "$out/$name.log" 2>&1 || rc=1
+        echo "$name: $(grep -E '^test result' "$out/$name.log" | tail -1)"
+    fi
+done
+exit $rc
+RUN
+chmod +x "$carry/run.sh"
+du -sh "$carry"; ls "$carry"

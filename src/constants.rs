@@ -1,0 +1,28 @@
+// The algorithm's numeric constants, in one place for every implementation: the Rust code
+// uses them directly, and `build.rs` includes this file to write them into the header the
+// CUDA kernels compile against. Plain items only (no `use`, no inner doc comments), so that
+// it can be included anywhere.
+
+/// Coordinates per block (m in the paper).
+pub const BLOCK: usize = 8;
+/// Centroids per block: the 2^m sign patterns.
+pub const N_CENTROIDS: usize = 1 << BLOCK;
+/// Magnitude levels of the 4-bit code (3 bits of magnitude, 1 bit of sign).
+pub const N_LEVELS: usize = 8;
+/// Nested tiers of the collision stage.
+pub const N_TIERS: usize = TIER_FRACTIONS.len();
+/// Tier budget fractions tau_t: tier t holds the best centroids covering
+/// `ceil(N * rho_coll * tau_t)` keys.
+pub const TIER_FRACTIONS: [f64; 6] = [0.05, 0.15, 0.30, 0.50, 0.75, 1.0];
+/// Largest supported head dimension.
+pub const MAX_HEAD_DIM: usize = 512;
+
+/// Lloyd-Max reconstruction levels for |u_1|, u uniform on S^7 (density proportional to
+/// (1 - x^2)^(5/2) on [0, 1]), fully converged. `codebook::tests::lloyd_max_rederived` derives them
+/// again from the density and checks these digits.
+pub const LEVELS: [f32; N_LEVELS] =
+    [0.042508665, 0.12804365, 0.21520121, 0.3053238, 0.40027127, 0.5030221, 0.61934763, 0.76483506];
+
+/// Decision thresholds between consecutive levels (their midpoints, as Lloyd-Max requires).
+pub const THRESHOLDS: [f32; N_LEVELS - 1] =
+    [0.08527616, 0.17162244, 0.26026252, 0.35279754, 0.45164666, 0.5611849, 0.69209135];

@@ -1,0 +1,285 @@
+//! The CUDA driver, loaded at run time (cudarc, dynamic loading): checked calls, the
+//! kernels' module per context, launches on a caller's stream, device buffers. All raw
+//! driver calls of the library are here, each in a small `unsafe` block.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::sync::{Mutex, OnceLock};
+
+use cudarc::driver::sys;
+
+use super::kernels::{Kernel, ALL_KERNELS};
+use crate::error::{Error, Result};
+
+pub use sys::{CUcontext, CUdeviceptr, CUstream};
+
+/// A CUDA stream to launch on (ggml's `cudaStream_t` is a `CUstream`). Creating one from a
+/// raw handle is the unsafe step; everything that takes a `Stream` can then rely on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Stream(CUstream);
+
+impl Stream {
+    /// The legacy default stream of the thread's current context.
+    pub fn null() -> Stream {
+        Stream(std::ptr::null_mut())
+    }
+
+    /// # Safety
+    /// `raw` must be a live stream (or null) and stay alive while work launched on it runs.
+    pub unsafe fn from_raw(raw: CUstream) -> Stream {
+        Stream(raw)
+    }
+
+    pub fn raw(&self) -> CUstream {
+        self.0
+    }
+}
+
+/// The embedded fatbin (build.rs).
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pariskv.fatbin"));
+
+/// Turns a driver result into an error carrying the driver's own name and message.
+pub fn check(result: sys::CUresult, what: &str) -> Result<()> {
+    if result == sys::CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
+    let (mut name, mut text) = (std::ptr::null(), std::ptr::null());
+    // SAFETY: both calls only write a pointer to a static string owned by the driver.
+    unsafe {
+        sys::cuGetErrorName(result, &mut name);
+        sys::cuGetErrorString(result, &mut text);
+    }
+    let show = |p: *const std::ffi::c_char| {
+        // SAFETY: non-null results point at NUL-terminated static strings of the driver.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
+    Err(Error::cuda(format!(
+        "{what}: {} ({})",
+        show(name).unwrap_or_else(|| format!("{result:?}")),
+        show(text).unwrap_or_default()
+    )))
+}
+
+/// Whether a CUDA driver can be loaded and initialised, and sees a GPU.
+pub fn available() -> bool {
+    init().is_ok()
+}
+
+/// Loads and initialises the driver once; later calls return the first outcome.
+pub fn init() -> Result<()> {
+    static INIT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        // SAFETY: probing for the library has no preconditions.
+        if !unsafe { sys::is_culib_present() } {
+            return Err("no CUDA driver library (libcuda.so) could be loaded".into());
+        }
+        // SAFETY: cuInit may be called any number of times from any thread.
+        check(unsafe { sys::cuInit(0) }, "cuInit").map_err(|e| e.message)?;
+        let mut n = 0;
+        // SAFETY: writes the device count into `n`.
+        check(unsafe { sys::cuDeviceGetCount(&mut n) }, "cuDeviceGetCount").map_err(|e| e.message)?;
+        if n == 0 {
+            return Err("the CUDA driver sees no GPU".into());
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(Error::cuda)
+}
+
+/// The kernels loaded into one context.
+pub struct Module {
+    functions: HashMap<&'static str, sys::CUfunction>,
+}
+
+// SAFETY: a CUfunction is a handle valid in every thread for the context's lifetime; the
+// map is never written after construction.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+impl Module {
+    pub fn function(&self, k: Kernel) -> sys::CUfunction {
+        self.functions[k.name]
+    }
+}
+
+/// The module of the context `stream` belongs to (the null stream: the current context),
+/// loaded on first use in each context and kept for the process's life.
+pub fn module_for(stream: &Stream) -> Result<&'static Module> {
+    let stream = stream.raw();
+    static MODULES: OnceLock<Mutex<HashMap<usize, &'static Module>>> = OnceLock::new();
+    init()?;
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    if stream.is_null() {
+        // SAFETY: writes the calling thread's current context (null if none).
+        check(unsafe { sys::cuCtxGetCurrent(&mut ctx) }, "cuCtxGetCurrent")?;
+    } else {
+        // SAFETY: `stream` is a live stream by the caller's contract; writes its context.
+        check(unsafe { sys::cuStreamGetCtx(stream, &mut ctx) }, "cuStreamGetCtx")?;
+    }
+    if ctx.is_null() {
+        return Err(Error::cuda("no CUDA context is current on this thread"));
+    }
+    let mut modules = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = modules.get(&(ctx as usize)) {
+        return Ok(m);
+    }
+    let _guard = CurrentContext::push(ctx)?;
+    // The driver wants the image 8-byte aligned; include_bytes! promises nothing.
+    let mut image = vec![0u64; FATBIN.len().div_ceil(8)];
+    // SAFETY: `image` has at least FATBIN.len() bytes; plain byte copy.
+    unsafe { std::ptr::copy_nonoverlapping(FATBIN.as_ptr(), image.as_mut_ptr() as *mut u8, FATBIN.len()) };
+    let mut module: sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: `image` is a complete fatbin produced by nvcc, alive during the call.
+    check(
+        unsafe { sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void) },
+        "cuModuleLoadData",
+    )?;
+    let mut functions = HashMap::new();
+    for k in ALL_KERNELS {
+        let name = CString::new(k.name).unwrap();
+        let mut f: sys::CUfunction = std::ptr::null_mut();
+        // SAFETY: `module` was loaded above; `name` is NUL-terminated.
+        check(unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) }, k.name)?;
+        if k.dynamic_smem > 48 * 1024 {
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            // SAFETY: `f` is a function of the loaded module.
+            check(unsafe { sys::cuFuncSetAttribute(f, attr, k.dynamic_smem as i32) }, k.name)?;
+        }
+        functions.insert(k.name, f);
+    }
+    let m: &'static Module = Box::leak(Box::new(Module { functions }));
+    modules.insert(ctx as usize, m);
+    Ok(m)
+}
+
+/// Makes a context current for a scope and restores the previous one after.
+struct CurrentContext {
+    pushed: bool,
+}
+
+impl CurrentContext {
+    /// `ctx` comes from the driver (a stream's context), so it is live.
+    fn push(ctx: CUcontext) -> Result<CurrentContext> {
+        let mut cur: CUcontext = std::ptr::null_mut();
+        // SAFETY: writes the current context.
+        check(unsafe { sys::cuCtxGetCurrent(&mut cur) }, "cuCtxGetCurrent")?;
+        if cur == ctx {
+            return Ok(CurrentContext { pushed: false });
+        }
+        // SAFETY: `ctx` is a live context (it owns a stream the caller passed, or is primary).
+        check(unsafe { sys::cuCtxPushCurrent_v2(ctx) }, "cuCtxPushCurrent")?;
+        Ok(CurrentContext { pushed: true })
+    }
+}
+
+impl Drop for CurrentContext {
+    fn drop(&mut self) {
+        if self.pushed {
+            let mut popped: CUcontext = std::ptr::null_mut();
+            // SAFETY: pops the context pushed in `push` on this thread.
+            unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+        }
+    }
+}
+
+/// Launches `k` on `stream` with kernel parameters `args` (pointers to each argument).
+pub fn launch(
+    module: &Module,
+    k: Kernel,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    stream: &Stream,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    // SAFETY: `args` holds one pointer per kernel parameter, each to a live value of the
+    // parameter's type (the callers in this module build them next to the launch); the
+    // grid and block fit the kernel's limits; `stream` is live (the promise of `Stream`).
+    let r = unsafe {
+        sys::cuLaunchKernel(
+            module.function(k),
+            grid.0,
+            grid.1,
+            grid.2,
+            block,
+            1,
+            1,
+            smem,
+            stream.raw(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    check(r, k.name)
+}
+
+/// Device memory owned by Rust, freed on drop (for tests, tools and the index handle).
+pub struct DeviceBuffer {
+    pub ptr: CUdeviceptr,
+    pub bytes: usize,
+}
+
+impl DeviceBuffer {
+    pub fn new(bytes: usize) -> Result<DeviceBuffer> {
+        let mut ptr: CUdeviceptr = 0;
+        // SAFETY: allocates in the current context; `ptr` receives the address.
+        check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(1)) }, "cuMemAlloc")?;
+        Ok(DeviceBuffer { ptr, bytes })
+    }
+
+    pub fn from_slice<T: Copy>(data: &[T]) -> Result<DeviceBuffer> {
+        let b = DeviceBuffer::new(std::mem::size_of_val(data))?;
+        b.write(data)?;
+        Ok(b)
+    }
+
+    pub fn write<T: Copy>(&self, data: &[T]) -> Result<()> {
+        let n = std::mem::size_of_val(data);
+        assert!(n <= self.bytes, "write of {n} bytes into {}", self.bytes);
+        // SAFETY: `data` is `n` readable bytes; the buffer holds at least `n`.
+        check(unsafe { sys::cuMemcpyHtoD_v2(self.ptr, data.as_ptr() as *const c_void, n) }, "cuMemcpyHtoD")
+    }
+
+    pub fn read<T: Copy + Default>(&self, n: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); n];
+        let bytes = std::mem::size_of_val(&out[..]);
+        assert!(bytes <= self.bytes, "read of {bytes} bytes from {}", self.bytes);
+        // SAFETY: `out` has `bytes` writable bytes; the buffer holds at least that many.
+        check(
+            unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, self.ptr, bytes) },
+            "cuMemcpyDtoH",
+        )?;
+        Ok(out)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // SAFETY: frees the allocation made in `new`, once.
+        unsafe { sys::cuMemFree_v2(self.ptr) };
+    }
+}
+
+/// The primary context of a device made current on this thread (for tests and tools that
+/// own no context of their own).
+pub fn use_primary_context(ordinal: i32) -> Result<CUcontext> {
+    init()?;
+    let (mut dev, mut ctx) = (0, std::ptr::null_mut());
+    // SAFETY: plain getters/retain on a valid ordinal (checked by the driver).
+    unsafe {
+        check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;
+        check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+        check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
+    }
+    Ok(ctx)
+}
+
+/// Waits for all work in the current context (tests and tools only: never inside a step).
+pub fn synchronize() -> Result<()> {
+    // SAFETY: no preconditions beyond a current context.
+    check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
+}

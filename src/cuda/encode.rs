@@ -1,0 +1,109 @@
+//! GPU encode of the keys of given cells: the twin of `encode::encode_rows`, bitwise equal.
+
+use std::ffi::c_void;
+
+use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
+use super::kernels::{ENCODE, ENCODE_WARPS};
+use crate::error::Result;
+use crate::rotation::Rotation;
+use crate::rows::DType;
+use crate::shape::Shape;
+
+/// The rotation's sign diagonal on the device.
+pub struct GpuRotation {
+    pub shape: Shape,
+    signs: DeviceBuffer,
+    scale: f32,
+}
+
+impl GpuRotation {
+    pub fn new(rotation: &Rotation) -> Result<GpuRotation> {
+        let shape = rotation.shape();
+        Ok(GpuRotation {
+            shape,
+            signs: DeviceBuffer::from_slice(rotation.signs())?,
+            scale: 1.0 / (shape.padded_dim as f32).sqrt(),
+        })
+    }
+}
+
+/// Where the keys and the index live (device or UVA addresses): a cache of streams of
+/// `kv_size` cells with `n_heads` KV heads; global cell g = stream * kv_size + cell.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeTarget {
+    pub keys: CUdeviceptr,
+    pub key_dtype: DType,
+    /// Bytes from one cell's keys to the next, and from one head's key to the next.
+    pub key_row_stride: usize,
+    pub key_head_stride: usize,
+    pub codes: CUdeviceptr,
+    pub nibbles: CUdeviceptr,
+    pub weights: CUdeviceptr,
+    pub kv_size: usize,
+    pub n_heads: usize,
+}
+
+/// `pk_encode_args` of kernels/encode.cuh, field for field.
+#[repr(C)]
+struct EncodeArgs {
+    keys: u64,
+    key_dtype: i32,
+    key_row_stride: i64,
+    key_head_stride: i64,
+    cells: u64,
+    n_cells: u64,
+    codes: u64,
+    nibbles: u64,
+    weights: u64,
+    kv_size: i64,
+    n_heads: i32,
+    signs: u64,
+    scale: f32,
+    head_dim: i32,
+    padded_dim: i32,
+}
+
+pub fn dtype_code(d: DType) -> i32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+    }
+}
+
+/// Encodes the keys of the global cells `cells` (I64, on the device; `*n_cells`, an i32 on
+/// the device, of them, at most `max_cells`) into the index, on `stream`. No host reads:
+/// the grid covers `max_cells` and the kernel stops at the count it reads.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    module: &Module,
+    rotation: &GpuRotation,
+    target: &EncodeTarget,
+    cells: CUdeviceptr,
+    n_cells: CUdeviceptr,
+    max_cells: usize,
+    stream: &Stream,
+) -> Result<()> {
+    let shape = rotation.shape;
+    let mut args = EncodeArgs {
+        keys: target.keys,
+        key_dtype: dtype_code(target.key_dtype),
+        key_row_stride: target.key_row_stride as i64,
+        key_head_stride: target.key_head_stride as i64,
+        cells,
+        n_cells,
+        codes: target.codes,
+        nibbles: target.nibbles,
+        weights: target.weights,
+        kv_size: target.kv_size as i64,
+        n_heads: target.n_heads as i32,
+        signs: rotation.signs.ptr,
+        scale: rotation.scale,
+        head_dim: shape.head_dim as i32,
+        padded_dim: shape.padded_dim as i32,
+    };
+    let grid = (max_cells.div_ceil(ENCODE_WARPS as usize) as u32, target.n_heads as u32, 1);
+    let smem = ENCODE_WARPS as usize * shape.padded_dim * 4;
+    let mut params = [&mut args as *mut EncodeArgs as *mut c_void];
+    launch(module, ENCODE, grid, ENCODE_WARPS * 32, smem as u32, stream, &mut params)
+}
