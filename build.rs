@@ -79,11 +79,33 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_N_LEVELS {N_LEVELS}").unwrap();
     writeln!(h, "#define PK_N_TIERS {N_TIERS}").unwrap();
     writeln!(h, "#define PK_MAX_HEAD_DIM {MAX_HEAD_DIM}").unwrap();
+    writeln!(h, "#define PK_CHUNK {GPU_CHUNK}").unwrap();
+    writeln!(h, "#define PK_CHUNK_THREADS {GPU_CHUNK_THREADS}").unwrap();
+    writeln!(h, "#define PK_ATT_ROWS {GPU_ATT_ROWS}").unwrap();
+    writeln!(h, "#define PK_ATT_WARPS {GPU_ATT_WARPS}").unwrap();
+    writeln!(h, "#define PK_ENCODE_WARPS {GPU_ENCODE_WARPS}").unwrap();
     writeln!(h, "__constant__ const float PK_LEVELS[{N_LEVELS}] = {{{}}};", list(&LEVELS)).unwrap();
     writeln!(h, "__constant__ const float PK_THRESHOLDS[{}] = {{{}}};", N_LEVELS - 1, list(&THRESHOLDS))
         .unwrap();
     let tiers = TIER_FRACTIONS.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
     writeln!(h, "__constant__ const double PK_TIER_FRACTIONS[{N_TIERS}] = {{{tiers}}};").unwrap();
+    // The ratio table; the last row has no bound (usize::MAX), written as -1.
+    let rows: Vec<String> = REFERENCE_RATIOS
+        .iter()
+        .map(|&(below, cand, coll)| {
+            let below = if below == usize::MAX { -1 } else { below as i64 };
+            format!("{{{below}, {cand:?}, {coll:?}}}")
+        })
+        .collect();
+    writeln!(h, "struct pk_ratio_row {{ long long below; double cand, coll; }};").unwrap();
+    writeln!(h, "#define PK_N_RATIO_ROWS {}", rows.len()).unwrap();
+    writeln!(
+        h,
+        "__constant__ const pk_ratio_row PK_REFERENCE_RATIOS[{}] = {{{}}};",
+        rows.len(),
+        rows.join(", ")
+    )
+    .unwrap();
     h
 }
 

@@ -24,7 +24,6 @@ struct pk_encode_args {
     int          padded_dim;
 };
 
-#define PK_ENCODE_WARPS 4
 
 // One warp per (cell, head); blockIdx.y = head. Dynamic shared memory: padded_dim floats
 // per warp.

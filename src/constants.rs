@@ -26,3 +26,21 @@ pub const LEVELS: [f32; N_LEVELS] =
 /// Decision thresholds between consecutive levels (their midpoints, as Lloyd-Max requires).
 pub const THRESHOLDS: [f32; N_LEVELS - 1] =
     [0.08527616, 0.17162244, 0.26026252, 0.35279754, 0.45164666, 0.5611849, 0.69209135];
+
+/// The reference implementation's ratio table: for a retrieval zone of fewer than
+/// `REFERENCE_RATIOS[i].0` keys (the first row that fits), rho_cand and rho_coll.
+pub const REFERENCE_RATIOS: [(usize, f64, f64); 4] =
+    [(5_000, 0.5, 0.5), (10_000, 0.25, 0.3), (30_000, 0.2, 0.25), (usize::MAX, 0.1, 0.2)];
+
+// Launch shapes of the CUDA kernels, fixed here so that the kernels and their callers agree.
+
+/// Cells per block of the cell-parallel kernels.
+pub const GPU_CHUNK: usize = 1024;
+/// Threads per block of the cell-parallel kernels.
+pub const GPU_CHUNK_THREADS: usize = 256;
+/// Rows per block of the attention kernel.
+pub const GPU_ATT_ROWS: usize = 64;
+/// Warps per block of the attention kernel.
+pub const GPU_ATT_WARPS: usize = 4;
+/// Warps (one key each) per block of the encode kernel.
+pub const GPU_ENCODE_WARPS: usize = 4;

@@ -6,6 +6,7 @@
 use std::ops::Range;
 
 use crate::codebook::{centroid_order, centroid_scores};
+use crate::constants::REFERENCE_RATIOS;
 use crate::encode::{estimate, estimator_lut, Codes};
 use crate::error::{Error, Result};
 use crate::prefetch;
@@ -22,12 +23,8 @@ pub struct Ratios {
 impl Ratios {
     /// The reference implementation's table, by retrieval-zone size.
     pub fn reference(n_zone: usize) -> Ratios {
-        let (cand, coll) = match n_zone {
-            n if n < 5_000 => (0.5, 0.5),
-            n if n < 10_000 => (0.25, 0.3),
-            n if n < 30_000 => (0.2, 0.25),
-            _ => (0.1, 0.2),
-        };
+        let &(_, cand, coll) =
+            REFERENCE_RATIOS.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(&REFERENCE_RATIOS[3]);
         Ratios { cand, coll }
     }
 

@@ -108,3 +108,302 @@ fn encode_is_bitwise_equal_to_the_cpu() {
     }
     println!("encode: {checked} keys bitwise equal to the CPU");
 }
+
+mod step {
+    use super::*;
+    use pariskv::attention::{attend, AttnParams, AttnScratch};
+    use pariskv::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
+    use pariskv::cuda::step::{run, GpuCache, GpuQueries, Retrieval, StepBuffers, StepHeader};
+    use pariskv::encode::estimator_lut;
+    use pariskv::gqa::GqaPolicy;
+    use pariskv::search::{
+        candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets,
+        tier_levels, RatioPolicy, NOT_IN_ZONE,
+    };
+    use std::collections::BTreeSet;
+
+    struct Case {
+        d: usize,
+        g: usize,
+        n: usize,
+        gqa: GqaPolicy,
+        top_k: usize,
+        dtype: DType,
+        /// every other cell belongs to another sequence (hidden), as in a unified cache
+        interleaved: bool,
+    }
+
+    /// The CPU's stages for one retrieval, for stage-by-stage comparison.
+    struct CpuRetrieval {
+        levels: Vec<u8>,
+        counts: Vec<u16>,
+        cutoff: u16,
+        candidates: BTreeSet<u32>,
+        top: BTreeSet<u32>,
+    }
+
+    fn check_case(c: &Case) {
+        let module = driver::module_for(&Stream::null()).unwrap();
+        let (d, n, g) = (c.d, c.n, c.g);
+        let shape = Shape::new(d).unwrap();
+        let rot = Rotation::new(shape, 77);
+        let mut spec = SynthSpec::new(n, d, (d * 31 + n) as u64);
+        spec.n_outlier_channels = 0;
+        spec.topic_len = 513;
+        let cache = SynthCache::generate(&spec);
+        let (kb, kf) = keys_in(c.dtype, &cache.keys);
+        let (vb, vf) = keys_in(c.dtype, &cache.values);
+        // CPU index of the keys as stored
+        let krows = Rows::packed(RowData::F32(&kf), d).unwrap();
+        let vrows = Rows::packed(RowData::F32(&vf), d).unwrap();
+        let mut store = CodeStore::default();
+        store.grow(&shape, n).unwrap();
+        let all: Vec<usize> = (0..n).collect();
+        encode_rows(&rot, &krows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        let visible = |cell: usize| !c.interleaved || cell % 2 == 0;
+        let pos: Vec<i32> = (0..n as i32).map(|x| if c.interleaved { x / 2 } else { x }).collect();
+        let mask: Vec<f32> = (0..n).map(|x| if visible(x) { 0.0 } else { f32::NEG_INFINITY }).collect();
+        let mut rng = pariskv::synth::Rng::new(n as u64 + 3);
+        let targets: Vec<usize> = (0..4).map(|_| 2 * rng.below(n / 2 + 1).min((n - 1) / 2)).collect();
+        let q: Vec<f32> = (0..g).flat_map(|_| cache.planted_query(&targets, 8.0, &mut rng)).collect();
+        let params = StepParams {
+            top_k: c.top_k,
+            n_sink: 4,
+            n_local: 64,
+            ratios: RatioPolicy::Adaptive,
+            gqa: c.gqa,
+            attn: AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
+        };
+
+        // CPU: the whole step, then its stages one by one
+        let view = CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible, pos: &pos };
+        let mut cpu_out = vec![0.0f32; g * d];
+        let mut scratch = StepScratch::default();
+        let stats = attend_cache(&rot, &params, &view, &q, &mut scratch, &mut cpu_out).unwrap();
+        let (mut p_min, mut p_max) = (i64::MAX, i64::MIN);
+        for x in (0..n).filter(|&x| visible(x)) {
+            p_min = p_min.min(pos[x] as i64);
+            p_max = p_max.max(pos[x] as i64);
+        }
+        let class: Vec<u8> = (0..n)
+            .map(|x| match (visible(x), (pos[x] as i64) < p_min + 4 || (pos[x] as i64) > p_max - 64) {
+                (false, _) => 0,
+                (true, true) => 2,
+                (true, false) => 1,
+            })
+            .collect();
+        let zone = |x: usize| class[x] == 1;
+        let mut hist = Vec::new();
+        let n_zone = histogram(&shape, &store.as_ref(), 0..n, zone, &mut hist);
+        let heads: Vec<&[f32]> = match c.gqa {
+            GqaPolicy::Mean => vec![&q[..]],
+            GqaPolicy::PerHead => q.chunks_exact(d).collect(),
+        };
+        let n_ret = heads.len();
+        let ratios = RatioPolicy::Adaptive.ratios(n_zone);
+        let mut cpu = Vec::new();
+        for (r, qh) in heads.iter().enumerate() {
+            let k =
+                if n_zone <= c.top_k { n_zone } else { c.top_k / n_ret + usize::from(r < c.top_k % n_ret) };
+            let mut q_rot = vec![0.0; shape.padded_dim];
+            group_query(&rot, qh, &mut Vec::new(), &mut q_rot);
+            let mut levels = Vec::new();
+            tier_levels(&shape, &q_rot, &hist, &tier_budgets(n_zone, ratios.coll), &mut levels);
+            let mut counts = Vec::new();
+            collision_counts(&shape, &store.as_ref(), 0..n, zone, &levels, &mut counts);
+            let m = candidate_count(n_zone, ratios.cand, k);
+            let (mut ch, mut cand) = (Vec::new(), Vec::new());
+            let cutoff = candidates(&shape, &counts, 0, m, &mut ch, &mut cand);
+            let mut lut = Vec::new();
+            estimator_lut(&q_rot, &mut lut);
+            let mut top = Vec::new();
+            rerank(&shape, &store.as_ref(), &lut, &cand, k, &mut top);
+            cpu.push(CpuRetrieval {
+                levels,
+                counts,
+                cutoff,
+                candidates: cand.into_iter().collect(),
+                top: top.into_iter().map(|(_, x)| x).collect(),
+            });
+        }
+
+        // GPU
+        let up = |b: &[u8]| DeviceBuffer::from_slice(b).unwrap();
+        let (gk, gv) = (up(&kb), up(&vb));
+        let gcodes = up(&store.codes);
+        let gnib = up(&store.nibbles);
+        let wbits: Vec<u16> = store.weights.iter().map(|w| w.to_bits()).collect();
+        let gw = DeviceBuffer::from_slice(&wbits).unwrap();
+        let gmask = DeviceBuffer::from_slice(&mask).unwrap();
+        let gpos = DeviceBuffer::from_slice(&pos).unwrap();
+        let gq = DeviceBuffer::from_slice(&q).unwrap();
+        let gout = DeviceBuffer::new(g * d * 4).unwrap();
+        let buf = StepBuffers::new(shape, d, n + 7, g).unwrap();
+        let gcache = GpuCache {
+            n,
+            k: gk.ptr,
+            k_dtype: c.dtype,
+            k_stride: d * c.dtype.size(),
+            v: gv.ptr,
+            v_dtype: c.dtype,
+            v_stride: d * c.dtype.size(),
+            codes: gcodes.ptr,
+            nibbles: gnib.ptr,
+            weights: gw.ptr,
+            mask: gmask.ptr,
+            mask_dtype: DType::F32,
+            pos: gpos.ptr,
+        };
+        let gqueries = GpuQueries { q: gq.ptr, q_stride: d, n_heads: g, out: gout.ptr, out_stride: d };
+        let grot = GpuRotation::new(&rot).unwrap();
+        // twice: the second step must not see the first's marks
+        for _ in 0..2 {
+            run(module, &grot, &params, &gcache, &gqueries, &buf, &Stream::null()).unwrap();
+        }
+        driver::synchronize().unwrap();
+
+        let what = format!(
+            "d={d} g={g} n={n} {:?} k={} {:?} interleaved={}",
+            c.gqa, c.top_k, c.dtype, c.interleaved
+        );
+        let header: Vec<u8> = buf.state.read(std::mem::size_of::<StepHeader>() + n_ret * 32).unwrap();
+        // SAFETY (test): the buffer holds a StepHeader followed by n_ret Retrievals.
+        let h: StepHeader = unsafe { std::ptr::read_unaligned(header.as_ptr() as *const StepHeader) };
+        assert_eq!(h.n_zone as usize, n_zone, "{what}: zone size");
+        assert_eq!(buf.klass.read::<u8>(n).unwrap(), class, "{what}: classes");
+        assert_eq!(buf.hist.read::<u32>(hist.len()).unwrap(), hist, "{what}: histogram");
+        let levels: Vec<u8> = buf.levels.read(n_ret * shape.n_blocks * 256).unwrap();
+        let counts: Vec<u16> = buf.counts.read(n_ret * n).unwrap();
+        let keys: Vec<u64> = buf.keys.read(n_ret * n).unwrap();
+        for (r, x) in cpu.iter().enumerate() {
+            let ret: Retrieval = unsafe {
+                std::ptr::read_unaligned(
+                    header.as_ptr().add(std::mem::size_of::<StepHeader>() + r * 32) as *const Retrieval
+                )
+            };
+            assert_eq!(
+                levels[r * x.levels.len()..][..x.levels.len()],
+                x.levels[..],
+                "{what}: tier levels {r}"
+            );
+            assert_eq!(counts[r * n..][..n], x.counts[..], "{what}: collision counts {r}");
+            assert_eq!(ret.cutoff as u16, x.cutoff, "{what}: cutoff {r}");
+            let rk = &keys[r * n..][..n];
+            let gpu_cand: BTreeSet<u32> = (0..n as u32).filter(|&i| rk[i as usize] != u64::MAX).collect();
+            if ret.k > 0 {
+                assert_eq!(gpu_cand, x.candidates, "{what}: candidates {r}");
+            }
+            let gpu_top: BTreeSet<u32> =
+                (0..n as u32).filter(|&i| ret.k > 0 && rk[i as usize] <= ret.prefix).collect();
+            assert_eq!(gpu_top, x.top, "{what}: top-k {r}");
+            let _ = NOT_IN_ZONE;
+        }
+        let rows: Vec<i32> = buf.rows.read(h.n_rows as usize).unwrap();
+        let rows: BTreeSet<u32> = rows.into_iter().map(|x| x as u32).collect();
+        let cpu_rows: BTreeSet<u32> = scratch_rows(&class, &cpu);
+        assert_eq!(rows, cpu_rows, "{what}: attended rows");
+        assert_eq!(h.n_rows as usize, stats.n_attended, "{what}: row count");
+        let out: Vec<f32> = gout.read(g * d).unwrap();
+        let scale = cpu_out.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let worst = out.iter().zip(&cpu_out).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "{what}: attention output off by {worst} (relative to its largest value)");
+        // and the CPU attention over the GPU's rows gives the same output
+        let mut again = vec![0.0f32; g * d];
+        let rows_v: Vec<u32> = rows.iter().copied().collect();
+        attend(&q, &krows, &vrows, &rows_v, params.attn, &mut AttnScratch::default(), &mut again).unwrap();
+        assert_eq!(again, cpu_out, "{what}: same rows, same CPU output");
+        println!("step {what}: {} rows, worst relative error {worst:.2e}", rows.len());
+    }
+
+    fn scratch_rows(class: &[u8], cpu: &[CpuRetrieval]) -> BTreeSet<u32> {
+        let mut s: BTreeSet<u32> = (0..class.len() as u32).filter(|&x| class[x as usize] == 2).collect();
+        for r in cpu {
+            s.extend(r.top.iter().copied());
+        }
+        s
+    }
+
+    #[test]
+    fn step_matches_the_cpu_stage_by_stage() {
+        if gpu().is_none() {
+            return;
+        }
+        let cases = [
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: GqaPolicy::PerHead,
+                top_k: 256,
+                dtype: DType::F16,
+                interleaved: false,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: GqaPolicy::Mean,
+                top_k: 256,
+                dtype: DType::F16,
+                interleaved: false,
+            },
+            Case {
+                d: 64,
+                g: 1,
+                n: 1,
+                gqa: GqaPolicy::PerHead,
+                top_k: 16,
+                dtype: DType::F32,
+                interleaved: false,
+            },
+            Case {
+                d: 64,
+                g: 1,
+                n: 100,
+                gqa: GqaPolicy::PerHead,
+                top_k: 16,
+                dtype: DType::F32,
+                interleaved: true,
+            },
+            Case {
+                d: 256,
+                g: 8,
+                n: 12_345,
+                gqa: GqaPolicy::PerHead,
+                top_k: 1000,
+                dtype: DType::BF16,
+                interleaved: true,
+            },
+            Case {
+                d: 256,
+                g: 4,
+                n: 2000,
+                gqa: GqaPolicy::PerHead,
+                top_k: 4096,
+                dtype: DType::F16,
+                interleaved: false,
+            },
+            Case {
+                d: 128,
+                g: 8,
+                n: 70_001,
+                gqa: GqaPolicy::Mean,
+                top_k: 2048,
+                dtype: DType::F16,
+                interleaved: false,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 1 << 20,
+                gqa: GqaPolicy::PerHead,
+                top_k: 2048,
+                dtype: DType::F16,
+                interleaved: false,
+            },
+        ];
+        for c in &cases {
+            check_case(c);
+        }
+    }
+}

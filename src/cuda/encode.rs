@@ -25,6 +25,14 @@ impl GpuRotation {
             scale: 1.0 / (shape.padded_dim as f32).sqrt(),
         })
     }
+
+    pub fn signs_ptr(&self) -> CUdeviceptr {
+        self.signs.ptr
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
 }
 
 /// Where the keys and the index live (device or UVA addresses): a cache of streams of

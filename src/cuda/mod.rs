@@ -6,3 +6,4 @@
 pub mod driver;
 pub mod encode;
 pub mod kernels;
+pub mod step;
