@@ -76,6 +76,9 @@ typedef uint32_t pariskv_gqa;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// Scratch of a GPU decode step, allocated once in the context current at creation.
+typedef struct pariskv_cuda_step pariskv_cuda_step;
+
 // Opaque index handle.
 typedef struct pariskv_index pariskv_index;
 
@@ -198,6 +201,52 @@ typedef struct pariskv_step_stats {
   size_t n_attended;
 } pariskv_step_stats;
 
+// Where an engine's KV cache and its index live on the device, for `pariskv_cuda_encode`:
+// a cache of streams of `kv_size` cells with `n_heads` KV heads; global cell
+// g = stream * kv_size + cell. The key of (g, head h) is at
+// `keys + g * key_row_stride + h * key_head_stride` bytes; the index of (g, h) is row
+// `(stream * n_heads + h) * kv_size + cell` of `codes`, `nibbles` and `weights`.
+typedef struct pariskv_cuda_encode_target {
+  uint64_t keys;
+  pariskv_dtype key_dtype;
+  size_t key_row_stride;
+  size_t key_head_stride;
+  uint64_t codes;
+  uint64_t nibbles;
+  uint64_t weights;
+  size_t kv_size;
+  uint32_t n_heads;
+} pariskv_cuda_encode_target;
+
+// One KV head's cache view on the device for `pariskv_cuda_step_run`: `n_cells` cells of K
+// and V (row of cell c at `k + c * k_stride` bytes, likewise V), their index, and per cell
+// the mask value (0 or -inf, `mask_dtype`) and the position (int32).
+typedef struct pariskv_cuda_cache {
+  size_t n_cells;
+  uint64_t k;
+  pariskv_dtype k_dtype;
+  size_t k_stride;
+  uint64_t v;
+  pariskv_dtype v_dtype;
+  size_t v_stride;
+  uint64_t codes;
+  uint64_t nibbles;
+  uint64_t weights;
+  uint64_t mask;
+  pariskv_dtype mask_dtype;
+  uint64_t pos;
+} pariskv_cuda_cache;
+
+// The query heads of one group on the device (f32 rows `q_stride` floats apart) and where
+// their outputs go (f32 rows `out_stride` floats apart).
+typedef struct pariskv_cuda_queries {
+  uint64_t q;
+  size_t q_stride;
+  uint32_t n_heads;
+  uint64_t out;
+  size_t out_stride;
+} pariskv_cuda_queries;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -283,6 +332,50 @@ enum pariskv_status pariskv_attend_cache(const struct pariskv_step *step,
                                          float *out,
                                          size_t out_stride,
                                          struct pariskv_step_stats *stats);
+
+// `*out` = 1 when a CUDA driver and a GPU are available to this build, else 0.
+enum pariskv_status pariskv_cuda_available(uint32_t *out);
+
+// Allocates `bytes` of pinned host memory mapped into the device address space
+// (cuMemHostAlloc DEVICEMAP | PORTABLE, not write-combined), in the current context:
+// `*host` for the CPU, `*device` for kernels (equal on UVA systems). A failure is an error,
+// never pageable memory.
+enum pariskv_status pariskv_host_alloc(size_t bytes, void **host, uint64_t *device);
+
+// Frees memory from `pariskv_host_alloc`. NULL is a no-op.
+enum pariskv_status pariskv_host_free(void *host);
+
+// Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
+// count is the int32 at device address `n_cells`, at most `max_cells`) into the index of
+// `target`, like `pariskv_encode_cells`, bitwise. No host synchronisation.
+enum pariskv_status pariskv_cuda_encode(uint32_t head_dim,
+                                        uint64_t seed,
+                                        const struct pariskv_cuda_encode_target *target,
+                                        uint64_t cells,
+                                        uint64_t n_cells,
+                                        size_t max_cells,
+                                        void *stream);
+
+// Allocates the scratch of a GPU decode step for caches of up to `max_cells` cells and
+// groups of up to `max_heads` query heads, in the current context. On error `*out` = NULL.
+enum pariskv_status pariskv_cuda_step_create(uint32_t head_dim,
+                                             uint32_t v_dim,
+                                             uint64_t seed,
+                                             size_t max_cells,
+                                             uint32_t max_heads,
+                                             struct pariskv_cuda_step **out);
+
+// Frees a step's scratch (its context must still exist). NULL is a no-op.
+void pariskv_cuda_step_free(struct pariskv_cuda_step *step);
+
+// Launches one decode step on `stream`: the GPU twin of `pariskv_attend_cache` for the
+// query group in `queries` over the cache view `cache`. Graph-safe: no allocation, no
+// host synchronisation, no device-to-host read.
+enum pariskv_status pariskv_cuda_step_run(struct pariskv_cuda_step *step,
+                                          const struct pariskv_step *params,
+                                          const struct pariskv_cuda_cache *cache,
+                                          const struct pariskv_cuda_queries *queries,
+                                          void *stream);
 
 #ifdef __cplusplus
 }  // extern "C"

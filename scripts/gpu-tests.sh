@@ -23,15 +23,19 @@ while read -r exe; do
     case "$name" in gpu|pariskv) strip -o "$carry/$name" "$exe" ;; esac
 done < "$carry/list"
 rm "$carry/list"
+cargo build --release --features cuda --example gpu_bench 2>/dev/null
+mkdir -p "$carry/bench"
+strip -o "$carry/bench/gpu_bench" target/release/examples/gpu_bench
 cat > "$carry/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the staged test binaries; exit status non-zero if any failed.
 out=${1:-.}; here=$(cd "$(dirname "$0")" && pwd); rc=0
 for t in "$here"/*; do
-    [ "$t" = "$here/run.sh" ] && continue
+    [ -f "$t" ] && [ "$t" != "$here/run.sh" ] || continue
     name=$(basename "$t")
-    if [ -n "${PARISKV_SANITIZE:-}" ] && [ "$name" = gpu ]; then
-        compute-sanitizer --tool "$PARISKV_SANITIZE" --error-exitcode 9 "$t" --test-threads 1 --nocapture \
+    if [ -n "${PARISKV_SANITIZE:-}" ]; then
+        [ "$name" = gpu ] || continue
+        PARISKV_GPU_TEST_SMALL=1 compute-sanitizer --tool "$PARISKV_SANITIZE" --error-exitcode 9 "$t" --test-threads 1 --nocapture \
             > "$out/$name-$PARISKV_SANITIZE.log" 2>&1 || rc=1
         tail -5 "$out/$name-$PARISKV_SANITIZE.log"
     else

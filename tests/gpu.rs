@@ -402,8 +402,149 @@ mod step {
                 interleaved: false,
             },
         ];
-        for c in &cases {
+        // Under compute-sanitizer (PARISKV_GPU_TEST_SMALL=1) the largest case would take too long.
+        let small = std::env::var_os("PARISKV_GPU_TEST_SMALL").is_some();
+        for c in cases.iter().filter(|c| !small || c.n <= 100_000) {
             check_case(c);
         }
     }
+}
+
+/// Through the C ABI, with K and V in pinned host memory read by the kernels through UVA:
+/// encode on the GPU, one step, output equal to the CPU step's.
+#[test]
+fn c_abi_step_with_kv_in_host_memory() {
+    use pariskv::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
+    use pariskv::ffi::cache::{pariskv_step, pariskv_step_stats};
+    use pariskv::ffi::cuda::*;
+    use pariskv::ffi::pariskv_status;
+    use pariskv::gqa::GqaPolicy;
+    use pariskv::search::RatioPolicy;
+    if gpu().is_none() {
+        return;
+    }
+    let (n, d, g) = (20_000usize, 128usize, 4usize);
+    let shape = Shape::new(d).unwrap();
+    let seed = pariskv::config::DEFAULT_SEED;
+    let mut spec = SynthSpec::new(n, d, 5);
+    spec.n_outlier_channels = 0;
+    let cache = SynthCache::generate(&spec);
+    let (kb, kf) = keys_in(DType::F16, &cache.keys);
+    let (vb, vf) = keys_in(DType::F16, &cache.values);
+    // K and V in pinned, device-mapped host memory
+    let host = |bytes: &[u8]| {
+        let (mut h, mut dptr) = (std::ptr::null_mut(), 0u64);
+        assert_eq!(pariskv_host_alloc(bytes.len(), &mut h, &mut dptr), pariskv_status::PARISKV_OK);
+        // SAFETY (test): `h` holds bytes.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), h as *mut u8, bytes.len()) };
+        (h, dptr)
+    };
+    let ((kh, kd), (vh, vd)) = (host(&kb), host(&vb));
+    let codes = DeviceBuffer::new(n * shape.code_bytes()).unwrap();
+    let nibbles = DeviceBuffer::new(n * shape.nibble_bytes()).unwrap();
+    let weights = DeviceBuffer::new(n * shape.n_weights() * 2).unwrap();
+    let cells: Vec<i64> = (0..n as i64).collect();
+    let gcells = DeviceBuffer::from_slice(&cells).unwrap();
+    let gn = DeviceBuffer::from_slice(&[n as i32]).unwrap();
+    let target = pariskv_cuda_encode_target {
+        keys: kd,
+        key_dtype: 1,
+        key_row_stride: d * 2,
+        key_head_stride: 0,
+        codes: codes.ptr,
+        nibbles: nibbles.ptr,
+        weights: weights.ptr,
+        kv_size: n,
+        n_heads: 1,
+    };
+    let null = std::ptr::null_mut();
+    assert_eq!(
+        pariskv_cuda_encode(d as u32, seed, &target, gcells.ptr, gn.ptr, n, null),
+        pariskv_status::PARISKV_OK
+    );
+    let pos: Vec<i32> = (0..n as i32).collect();
+    let mask = vec![0.0f32; n];
+    let (gpos, gmask) = (DeviceBuffer::from_slice(&pos).unwrap(), DeviceBuffer::from_slice(&mask).unwrap());
+    let mut rng = pariskv::synth::Rng::new(3);
+    let q: Vec<f32> = (0..g).flat_map(|_| cache.planted_query(&[100, 9000, 15000], 8.0, &mut rng)).collect();
+    let gq = DeviceBuffer::from_slice(&q).unwrap();
+    let gout = DeviceBuffer::new(g * d * 4).unwrap();
+    let mut step = std::ptr::null_mut();
+    assert_eq!(
+        pariskv_cuda_step_create(d as u32, d as u32, seed, n, g as u32, &mut step),
+        pariskv_status::PARISKV_OK
+    );
+    let params = pariskv_step {
+        head_dim: d as u32,
+        v_dim: d as u32,
+        n_heads: g as u32,
+        top_k: 512,
+        n_sink: 4,
+        n_local: 256,
+        adaptive_ratios: 1,
+        gqa_policy: 0,
+        rho_cand: 0.0,
+        rho_coll: 0.0,
+        scale: 1.0 / (d as f32).sqrt(),
+        softcap: 0.0,
+        seed,
+    };
+    let gc = pariskv_cuda_cache {
+        n_cells: n,
+        k: kd,
+        k_dtype: 1,
+        k_stride: d * 2,
+        v: vd,
+        v_dtype: 1,
+        v_stride: d * 2,
+        codes: codes.ptr,
+        nibbles: nibbles.ptr,
+        weights: weights.ptr,
+        mask: gmask.ptr,
+        mask_dtype: 0,
+        pos: gpos.ptr,
+    };
+    let gqs =
+        pariskv_cuda_queries { q: gq.ptr, q_stride: d, n_heads: g as u32, out: gout.ptr, out_stride: d };
+    assert_eq!(pariskv_cuda_step_run(step, &params, &gc, &gqs, null), pariskv_status::PARISKV_OK);
+    driver::synchronize().unwrap();
+    let got: Vec<f32> = gout.read(g * d).unwrap();
+
+    // the CPU oracle
+    let rot = Rotation::new(shape, seed);
+    let krows = Rows::packed(RowData::F32(&kf), d).unwrap();
+    let vrows = Rows::packed(RowData::F32(&vf), d).unwrap();
+    let mut store = CodeStore::default();
+    store.grow(&shape, n).unwrap();
+    let all: Vec<usize> = (0..n).collect();
+    encode_rows(&rot, &krows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+    let view = CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible: |_| true, pos: &pos };
+    let sp = StepParams {
+        top_k: 512,
+        n_sink: 4,
+        n_local: 256,
+        ratios: RatioPolicy::Adaptive,
+        gqa: GqaPolicy::PerHead,
+        attn: pariskv::attention::AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
+    };
+    let mut want = vec![0.0f32; g * d];
+    attend_cache(&rot, &sp, &view, &q, &mut StepScratch::default(), &mut want).unwrap();
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
+    println!("C ABI step, K/V in pinned host memory (UVA): worst relative error {worst:.2e}");
+    assert!(worst < 1e-3, "{worst}");
+    // bad input is an error with a message, not a crash
+    let bad = pariskv_step { seed: 1, ..params };
+    assert_eq!(
+        pariskv_cuda_step_run(step, &bad, &gc, &gqs, null),
+        pariskv_status::PARISKV_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        pariskv_cuda_step_run(null as _, &params, &gc, &gqs, null),
+        pariskv_status::PARISKV_ERR_INVALID_ARGUMENT
+    );
+    pariskv_cuda_step_free(step);
+    assert_eq!(pariskv_host_free(kh), pariskv_status::PARISKV_OK);
+    assert_eq!(pariskv_host_free(vh), pariskv_status::PARISKV_OK);
+    let _ = pariskv_step_stats::default();
 }

@@ -106,20 +106,8 @@ impl Module {
 /// The module of the context `stream` belongs to (the null stream: the current context),
 /// loaded on first use in each context and kept for the process's life.
 pub fn module_for(stream: &Stream) -> Result<&'static Module> {
-    let stream = stream.raw();
     static MODULES: OnceLock<Mutex<HashMap<usize, &'static Module>>> = OnceLock::new();
-    init()?;
-    let mut ctx: CUcontext = std::ptr::null_mut();
-    if stream.is_null() {
-        // SAFETY: writes the calling thread's current context (null if none).
-        check(unsafe { sys::cuCtxGetCurrent(&mut ctx) }, "cuCtxGetCurrent")?;
-    } else {
-        // SAFETY: `stream` is a live stream by the caller's contract; writes its context.
-        check(unsafe { sys::cuStreamGetCtx(stream, &mut ctx) }, "cuStreamGetCtx")?;
-    }
-    if ctx.is_null() {
-        return Err(Error::cuda("no CUDA context is current on this thread"));
-    }
+    let ctx = context_of(stream)?;
     let mut modules = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = modules.get(&(ctx as usize)) {
         return Ok(m);
@@ -282,4 +270,123 @@ pub fn use_primary_context(ordinal: i32) -> Result<CUcontext> {
 pub fn synchronize() -> Result<()> {
     // SAFETY: no preconditions beyond a current context.
     check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
+}
+
+/// Pinned host memory mapped into the device address space (DEVICEMAP | PORTABLE, not
+/// write-combined: the GPU reads it through UVA, the CPU reads and writes it normally).
+pub struct PinnedHost {
+    pub host: *mut c_void,
+    pub device: CUdeviceptr,
+    pub bytes: usize,
+}
+
+// SAFETY: the allocation is plain memory; ownership moves with the value.
+unsafe impl Send for PinnedHost {}
+
+impl PinnedHost {
+    pub fn new(bytes: usize) -> Result<PinnedHost> {
+        init()?;
+        let mut host = std::ptr::null_mut();
+        let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
+        // SAFETY: allocates `bytes` of pinned memory in the current context; fails cleanly.
+        check(unsafe { sys::cuMemHostAlloc(&mut host, bytes.max(1), flags) }, "cuMemHostAlloc")?;
+        let mut device = 0;
+        // SAFETY: `host` was just allocated with DEVICEMAP.
+        let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) };
+        if let Err(e) = check(r, "cuMemHostGetDevicePointer") {
+            // SAFETY: frees the allocation made above.
+            unsafe { sys::cuMemFreeHost(host) };
+            return Err(e);
+        }
+        Ok(PinnedHost { host, device, bytes })
+    }
+
+    /// Gives up ownership (the C ABI's caller frees it with `free_raw`).
+    pub fn into_raw(self) -> (*mut c_void, CUdeviceptr) {
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.host, me.device)
+    }
+
+    /// # Safety
+    /// `host` must come from `PinnedHost::new(..).into_raw()` and not be freed yet.
+    pub unsafe fn free_raw(host: *mut c_void) -> Result<()> {
+        // SAFETY: by the contract above.
+        check(unsafe { sys::cuMemFreeHost(host) }, "cuMemFreeHost")
+    }
+}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        // SAFETY: frees the allocation made in `new`, once.
+        unsafe { sys::cuMemFreeHost(self.host) };
+    }
+}
+
+/// The context current on this thread, or the one `stream` belongs to.
+pub fn context_of(stream: &Stream) -> Result<CUcontext> {
+    init()?;
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    if stream.raw().is_null() {
+        // SAFETY: writes the current context.
+        check(unsafe { sys::cuCtxGetCurrent(&mut ctx) }, "cuCtxGetCurrent")?;
+    } else {
+        // SAFETY: the stream is live (the promise of `Stream`).
+        check(unsafe { sys::cuStreamGetCtx(stream.raw(), &mut ctx) }, "cuStreamGetCtx")?;
+    }
+    if ctx.is_null() {
+        return Err(Error::cuda("no CUDA context is current on this thread"));
+    }
+    Ok(ctx)
+}
+
+/// A scope in which `stream`'s context is current (device allocations land there).
+pub fn with_stream_context<T>(stream: &Stream, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let ctx = context_of(stream)?;
+    let _guard = CurrentContext::push(ctx)?;
+    f()
+}
+
+/// Times work on a stream with two events (benchmarks only: it synchronises).
+pub struct Timer {
+    start: sys::CUevent,
+    stop: sys::CUevent,
+}
+
+impl Timer {
+    pub fn new() -> Result<Timer> {
+        let (mut start, mut stop) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: creates two events in the current context.
+        unsafe {
+            check(sys::cuEventCreate(&mut start, 0), "cuEventCreate")?;
+            check(sys::cuEventCreate(&mut stop, 0), "cuEventCreate")?;
+        }
+        Ok(Timer { start, stop })
+    }
+
+    pub fn start(&self, stream: &Stream) -> Result<()> {
+        // SAFETY: live event and stream.
+        check(unsafe { sys::cuEventRecord(self.start, stream.raw()) }, "cuEventRecord")
+    }
+
+    /// Milliseconds since `start`, waiting for the stream.
+    pub fn stop(&self, stream: &Stream) -> Result<f32> {
+        let mut ms = 0.0;
+        // SAFETY: live events and stream.
+        unsafe {
+            check(sys::cuEventRecord(self.stop, stream.raw()), "cuEventRecord")?;
+            check(sys::cuEventSynchronize(self.stop), "cuEventSynchronize")?;
+            check(sys::cuEventElapsedTime_v2(&mut ms, self.start, self.stop), "cuEventElapsedTime")?;
+        }
+        Ok(ms)
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: destroys the events created in `new`.
+        unsafe {
+            sys::cuEventDestroy_v2(self.start);
+            sys::cuEventDestroy_v2(self.stop);
+        }
+    }
 }

@@ -115,3 +115,20 @@ pub fn encode(
     let mut params = [&mut args as *mut EncodeArgs as *mut c_void];
     launch(module, ENCODE, grid, ENCODE_WARPS * 32, smem as u32, stream, &mut params)
 }
+
+/// The rotation for (shape, seed) on the device of `stream`'s context, uploaded once per
+/// context and kept for the process's life (a few KiB each).
+pub fn rotation_for(stream: &Stream, shape: Shape, seed: u64) -> Result<&'static GpuRotation> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<(usize, usize, u64), &'static GpuRotation>>> = OnceLock::new();
+    let ctx = super::driver::context_of(stream)? as usize;
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache.get(&(ctx, shape.head_dim, seed)) {
+        return Ok(r);
+    }
+    let rot = super::driver::with_stream_context(stream, || GpuRotation::new(&Rotation::new(shape, seed)))?;
+    let rot: &'static GpuRotation = Box::leak(Box::new(rot));
+    cache.insert((ctx, shape.head_dim, seed), rot);
+    Ok(rot)
+}

@@ -195,6 +195,20 @@ fn zero(module: &Module, ptr: CUdeviceptr, words: usize, stream: &Stream) -> Res
     launch(module, ZERO_U32, (blocks, 1, 1), 256, 0, stream, &mut params)
 }
 
+/// Receives the end of each stage of a step (benchmarks record an event there).
+pub trait StageMarks {
+    fn mark(&mut self, stage: &'static str, stream: &Stream) -> Result<()>;
+}
+
+/// No stage marks (the normal case).
+pub struct NoMarks;
+
+impl StageMarks for NoMarks {
+    fn mark(&mut self, _: &'static str, _: &Stream) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Launches one step on `stream`.
 pub fn run(
     module: &Module,
@@ -204,6 +218,21 @@ pub fn run(
     queries: &GpuQueries,
     buf: &StepBuffers,
     stream: &Stream,
+) -> Result<()> {
+    run_marked(module, rotation, params, cache, queries, buf, stream, &mut NoMarks)
+}
+
+/// `run`, telling `marks` where each stage ends.
+#[allow(clippy::too_many_arguments)]
+pub fn run_marked(
+    module: &Module,
+    rotation: &GpuRotation,
+    params: &StepParams,
+    cache: &GpuCache,
+    queries: &GpuQueries,
+    buf: &StepBuffers,
+    stream: &Stream,
+    marks: &mut dyn StageMarks,
 ) -> Result<()> {
     let shape = rotation.shape;
     if shape != buf.shape
@@ -268,6 +297,7 @@ pub fn run(
     zero(module, buf.hist.ptr, shape.n_blocks * N_CENTROIDS, stream)?;
     let hist_smem = (shape.n_blocks * N_CENTROIDS * 4) as u32;
     launch(module, HISTOGRAM, (n_chunks as u32, 1, 1), THREADS, hist_smem, stream, &mut p)?;
+    marks.mark("validity + histogram", stream)?;
 
     // rotated retrieval queries
     let (mut q, mut qs, mut nh, mut mean) =
@@ -296,11 +326,13 @@ pub fn run(
     zero(module, buf.count_hist.ptr, n_ret * (shape.max_collisions() + 1), stream)?;
     launch(module, COLLISIONS, per_ret, THREADS, (shape.n_blocks * N_CENTROIDS) as u32, stream, &mut p)?;
     launch(module, CUTOFF, (n_ret as u32, 1, 1), 32, 0, stream, &mut p)?;
+    marks.mark("query + tiers + collision counts", stream)?;
     launch(module, TIE_CHUNKS, per_ret, THREADS, 0, stream, &mut p)?;
     let mut nc = n_chunks as i32;
     let mut sp = [ap, &mut nc as *mut i32 as *mut c_void];
     launch(module, SCAN_CHUNKS, (n_ret as u32, 1, 1), 32, 0, stream, &mut sp)?;
     launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
+    marks.mark("candidates + rerank", stream)?;
     for pass in (0..8).rev() {
         zero(module, buf.radix.ptr, n_ret * 256, stream)?;
         let mut ps: i32 = pass;
@@ -310,13 +342,38 @@ pub fn run(
     }
     launch(module, MARK, per_ret, THREADS, 0, stream, &mut p)?;
     launch(module, ROWS, cells, THREADS, 0, stream, &mut p)?;
+    marks.mark("top-k + rows", stream)?;
+    attend(module, buf, cache, queries, params, buf.rows.ptr, buf.n_rows_ptr(), n, stream)?;
+    marks.mark("attention", stream)
+}
 
-    // exact attention over the rows
-    let max_chunks = n.div_ceil(ATT_ROWS);
+/// Exact attention of `queries` over the cells listed at `rows` (device i32; the count is
+/// the i32 at `n_rows`, at most `max_rows`): the last stage of a step, and dense attention
+/// when the rows are every cell.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    module: &Module,
+    buf: &StepBuffers,
+    cache: &GpuCache,
+    queries: &GpuQueries,
+    params: &StepParams,
+    rows: CUdeviceptr,
+    n_rows: CUdeviceptr,
+    max_rows: usize,
+    stream: &Stream,
+) -> Result<()> {
+    if max_rows > buf.max_cells || queries.n_heads > buf.max_heads {
+        return Err(Error::invalid(format!(
+            "attention over {max_rows} rows for buffers of {}",
+            buf.max_cells
+        )));
+    }
+    let shape = buf.shape;
+    let max_chunks = max_rows.div_ceil(ATT_ROWS).max(1);
     let mut att = AttendArgs {
-        rows: buf.rows.ptr,
-        n_rows: buf.n_rows_ptr(),
-        max_rows: n as i32,
+        rows,
+        n_rows,
+        max_rows: max_rows as i32,
         q: queries.q,
         q_stride: queries.q_stride as i64,
         k: cache.k,

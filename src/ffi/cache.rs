@@ -256,7 +256,7 @@ pub extern "C" fn pariskv_encode_cells(
 }
 
 impl pariskv_step {
-    fn params(&self) -> Result<StepParams> {
+    pub(super) fn params(&self) -> Result<StepParams> {
         let ratios = match self.adaptive_ratios {
             0 => RatioPolicy::Fixed(Ratios { cand: self.rho_cand, coll: self.rho_coll }),
             _ => RatioPolicy::Adaptive,

@@ -9,6 +9,7 @@
 mod boundary;
 pub mod cache;
 mod config;
+pub mod cuda;
 pub mod types;
 
 use std::ffi::{c_char, c_void};

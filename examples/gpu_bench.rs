@@ -1,0 +1,201 @@
+//! GPU benchmark (feature `cuda`): one decode step as llama.cpp would run it for an
+//! 8B-shaped model (d = 128, 8 KV heads of 4 query heads each, 32 layers; top-k 2048,
+//! sink 4, window 512), at N cells, with K/V in device memory and in pinned host memory
+//! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
+//!
+//!   cargo run --release --features cuda --example gpu_bench -- [N ...]
+
+use pariskv::attention::AttnParams;
+use pariskv::cache_step::StepParams;
+use pariskv::cuda::driver::{self, DeviceBuffer, PinnedHost, Stream, Timer};
+use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
+use pariskv::cuda::step::{attend, run_marked, GpuCache, GpuQueries, StageMarks, StepBuffers};
+use pariskv::gqa::GqaPolicy;
+use pariskv::rotation::Rotation;
+use pariskv::rows::DType;
+use pariskv::search::RatioPolicy;
+use pariskv::shape::Shape;
+use pariskv::synth::Rng;
+
+const D: usize = 128;
+const KV_HEADS: usize = 8;
+const GROUP: usize = 4;
+const LAYERS: usize = 32;
+
+/// Events at each stage's end, summed over the steps of a layer.
+struct Events {
+    start: Timer,
+    stages: Vec<(&'static str, Timer)>,
+    totals: Vec<(&'static str, f64)>,
+}
+
+impl StageMarks for Events {
+    fn mark(&mut self, stage: &'static str, stream: &Stream) -> pariskv::Result<()> {
+        // Each stage's time: from the previous mark (or the step's start) to this one.
+        let idx = self.stages.iter().position(|(s, _)| *s == stage).unwrap_or_else(|| {
+            self.stages.push((stage, Timer::new().unwrap()));
+            self.totals.push((stage, 0.0));
+            self.stages.len() - 1
+        });
+        let ms = if idx == 0 { self.start.stop(stream)? } else { self.stages[idx - 1].1.stop(stream)? };
+        self.totals[idx].1 += ms as f64;
+        self.stages[idx].1.start(stream)
+    }
+}
+
+fn main() -> pariskv::Result<()> {
+    let sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("N")).collect();
+    let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
+    driver::use_primary_context(0)?;
+    let stream = Stream::null();
+    let module = driver::module_for(&stream)?;
+    let shape = Shape::new(D)?;
+    let rot = Rotation::new(shape, pariskv::config::DEFAULT_SEED);
+    let grot = GpuRotation::new(&rot)?;
+    println!("decode step for d={D}, {KV_HEADS} KV heads x {GROUP} query heads, {LAYERS} layers, top-k 2048, sink 4, window 512");
+    for n in sizes {
+        bench(n, module, &grot, &stream)?;
+    }
+    Ok(())
+}
+
+fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream) -> pariskv::Result<()> {
+    let shape = grot.shape;
+    let mut rng = Rng::new(n as u64);
+    // one layer's cache: [N][KV_HEADS][D] f16 K and V, random
+    let kv: Vec<u16> = (0..n * KV_HEADS * D).map(|_| half::f16::from_f32(rng.normal()).to_bits()).collect();
+    let k_dev = DeviceBuffer::from_slice(&kv)?;
+    let v_dev = DeviceBuffer::from_slice(&kv)?;
+    let bytes = kv.len() * 2;
+    let (k_host, v_host) = (PinnedHost::new(bytes)?, PinnedHost::new(bytes)?);
+    // SAFETY (bench): both pinned buffers hold `bytes` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(kv.as_ptr() as *const u8, k_host.host as *mut u8, bytes);
+        std::ptr::copy_nonoverlapping(kv.as_ptr() as *const u8, v_host.host as *mut u8, bytes);
+    }
+    let (cb, nb, nw) = (shape.code_bytes(), shape.nibble_bytes(), shape.n_weights() * 2);
+    let codes = DeviceBuffer::new(KV_HEADS * n * cb)?;
+    let nibbles = DeviceBuffer::new(KV_HEADS * n * nb)?;
+    let weights = DeviceBuffer::new(KV_HEADS * n * nw)?;
+    let cells: Vec<i64> = (0..n as i64).collect();
+    let (gcells, gn) = (DeviceBuffer::from_slice(&cells)?, DeviceBuffer::from_slice(&[n as i32])?);
+    let target = EncodeTarget {
+        keys: k_dev.ptr,
+        key_dtype: DType::F16,
+        key_row_stride: KV_HEADS * D * 2,
+        key_head_stride: D * 2,
+        codes: codes.ptr,
+        nibbles: nibbles.ptr,
+        weights: weights.ptr,
+        kv_size: n,
+        n_heads: KV_HEADS,
+    };
+    let t = Timer::new()?;
+    t.start(stream)?;
+    encode(module, grot, &target, gcells.ptr, gn.ptr, n, stream)?;
+    let enc_ms = t.stop(stream)?;
+
+    let pos: Vec<i32> = (0..n as i32).collect();
+    let (gpos, gmask) = (DeviceBuffer::from_slice(&pos)?, DeviceBuffer::from_slice(&vec![0.0f32; n])?);
+    let q: Vec<f32> = (0..KV_HEADS * GROUP * D).map(|_| rng.normal()).collect();
+    let gq = DeviceBuffer::from_slice(&q)?;
+    let gout = DeviceBuffer::new(q.len() * 4)?;
+    let buf = StepBuffers::new(shape, D, n, GROUP)?;
+    let iota = DeviceBuffer::from_slice(&(0..n as i32).collect::<Vec<_>>())?;
+    let gall = DeviceBuffer::from_slice(&[n as i32])?;
+    let attn = AttnParams { scale: 1.0 / (D as f32).sqrt(), softcap: 0.0 };
+    println!(
+        "\nN = {n}: encode {:.2} ms for {} keys ({:.1} M keys/s)",
+        enc_ms,
+        n * KV_HEADS,
+        (n * KV_HEADS) as f64 / enc_ms as f64 / 1e3
+    );
+    for (where_, kptr, vptr) in
+        [("K/V in HBM", k_dev.ptr, v_dev.ptr), ("K/V in host RAM (UVA)", k_host.device, v_host.device)]
+    {
+        let cache_of = |h: usize| GpuCache {
+            n,
+            k: kptr + (h * D * 2) as u64,
+            k_dtype: DType::F16,
+            k_stride: KV_HEADS * D * 2,
+            v: vptr + (h * D * 2) as u64,
+            v_dtype: DType::F16,
+            v_stride: KV_HEADS * D * 2,
+            codes: codes.ptr + (h * n * cb) as u64,
+            nibbles: nibbles.ptr + (h * n * nb) as u64,
+            weights: weights.ptr + (h * n * nw) as u64,
+            mask: gmask.ptr,
+            mask_dtype: DType::F32,
+            pos: gpos.ptr,
+        };
+        let queries_of = |h: usize| GpuQueries {
+            q: gq.ptr + (h * GROUP * D * 4) as u64,
+            q_stride: D,
+            n_heads: GROUP,
+            out: gout.ptr + (h * GROUP * D * 4) as u64,
+            out_stride: D,
+        };
+        for gqa in [GqaPolicy::Mean, GqaPolicy::PerHead] {
+            let params =
+                StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios: RatioPolicy::Adaptive, gqa, attn };
+            // warm up, then one layer's steps timed with stage events
+            for h in 0..KV_HEADS {
+                run_marked(module, grot, &params, &cache_of(h), &queries_of(h), &buf, stream, &mut NoOp)?;
+            }
+            driver::synchronize()?;
+            // the whole layer, launched back to back
+            let whole = Timer::new()?;
+            whole.start(stream)?;
+            for h in 0..KV_HEADS {
+                run_marked(module, grot, &params, &cache_of(h), &queries_of(h), &buf, stream, &mut NoOp)?;
+            }
+            let layer_ms = whole.stop(stream)? as f64;
+            // again, waiting at each stage's end to time it
+            let mut ev = Events { start: Timer::new()?, stages: Vec::new(), totals: Vec::new() };
+            for h in 0..KV_HEADS {
+                ev.start.start(stream)?;
+                run_marked(module, grot, &params, &cache_of(h), &queries_of(h), &buf, stream, &mut ev)?;
+            }
+            let stages: Vec<String> =
+                ev.totals.iter().map(|(s, ms)| format!("{s} {:.1} ms", ms * LAYERS as f64)).collect();
+            println!(
+                "  {where_:<22} ParisKV ({gqa:?}): {:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads); stages: {}",
+                layer_ms * LAYERS as f64,
+                stages.join(", ")
+            );
+        }
+        // dense attention over all N, same kernel, same run
+        let params = StepParams {
+            top_k: n,
+            n_sink: 0,
+            n_local: 0,
+            ratios: RatioPolicy::Adaptive,
+            gqa: GqaPolicy::Mean,
+            attn,
+        };
+        for h in 0..KV_HEADS {
+            attend(module, &buf, &cache_of(h), &queries_of(h), &params, iota.ptr, gall.ptr, n, stream)?;
+        }
+        driver::synchronize()?;
+        let whole = Timer::new()?;
+        whole.start(stream)?;
+        for h in 0..KV_HEADS {
+            attend(module, &buf, &cache_of(h), &queries_of(h), &params, iota.ptr, gall.ptr, n, stream)?;
+        }
+        let dense_ms = whole.stop(stream)? as f64 * LAYERS as f64;
+        let kv_bytes = (n * KV_HEADS * D * 2 * 2 * LAYERS) as f64;
+        println!(
+            "  {where_:<22} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V)",
+            kv_bytes / (dense_ms / 1e3) / 1e9
+        );
+    }
+    Ok(())
+}
+
+struct NoOp;
+
+impl StageMarks for NoOp {
+    fn mark(&mut self, _: &'static str, _: &Stream) -> pariskv::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! C ABI of the CUDA path: kernels launched on the caller's stream (ggml's `cudaStream_t`),
+//! in the stream's context, over device (or UVA) addresses the caller owns; and pinned,
+//! device-mapped host memory for K/V rows kept in host RAM. In a build without the `cuda`
+//! feature every call returns PARISKV_ERR_UNSUPPORTED.
+
+use std::ffi::c_void;
+
+use super::boundary::{boundary, out_ref};
+#[cfg(feature = "cuda")]
+use super::boundary::{dtype, in_ref};
+use super::cache::pariskv_step;
+use super::types::pariskv_status;
+#[cfg(feature = "cuda")]
+use crate::error::Error;
+#[cfg(not(feature = "cuda"))]
+use crate::error::Result;
+
+/// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
+type pariskv_dtype = u32;
+
+/// Where an engine's KV cache and its index live on the device, for `pariskv_cuda_encode`:
+/// a cache of streams of `kv_size` cells with `n_heads` KV heads; global cell
+/// g = stream * kv_size + cell. The key of (g, head h) is at
+/// `keys + g * key_row_stride + h * key_head_stride` bytes; the index of (g, h) is row
+/// `(stream * n_heads + h) * kv_size + cell` of `codes`, `nibbles` and `weights`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_cuda_encode_target {
+    pub keys: u64,
+    pub key_dtype: pariskv_dtype,
+    pub key_row_stride: usize,
+    pub key_head_stride: usize,
+    pub codes: u64,
+    pub nibbles: u64,
+    pub weights: u64,
+    pub kv_size: usize,
+    pub n_heads: u32,
+}
+
+/// One KV head's cache view on the device for `pariskv_cuda_step_run`: `n_cells` cells of K
+/// and V (row of cell c at `k + c * k_stride` bytes, likewise V), their index, and per cell
+/// the mask value (0 or -inf, `mask_dtype`) and the position (int32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_cuda_cache {
+    pub n_cells: usize,
+    pub k: u64,
+    pub k_dtype: pariskv_dtype,
+    pub k_stride: usize,
+    pub v: u64,
+    pub v_dtype: pariskv_dtype,
+    pub v_stride: usize,
+    pub codes: u64,
+    pub nibbles: u64,
+    pub weights: u64,
+    pub mask: u64,
+    pub mask_dtype: pariskv_dtype,
+    pub pos: u64,
+}
+
+/// The query heads of one group on the device (f32 rows `q_stride` floats apart) and where
+/// their outputs go (f32 rows `out_stride` floats apart).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_cuda_queries {
+    pub q: u64,
+    pub q_stride: usize,
+    pub n_heads: u32,
+    pub out: u64,
+    pub out_stride: usize,
+}
+
+/// Scratch of a GPU decode step, allocated once in the context current at creation.
+pub struct pariskv_cuda_step {
+    #[cfg(feature = "cuda")]
+    buffers: crate::cuda::step::StepBuffers,
+    #[cfg(feature = "cuda")]
+    seed: u64,
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda<T>() -> Result<T> {
+    Err(crate::error::Error::unsupported("this build of pariskv has no CUDA support (feature `cuda`)"))
+}
+
+/// `*out` = 1 when a CUDA driver and a GPU are available to this build, else 0.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_available(out: *mut u32) -> pariskv_status {
+    boundary("pariskv_cuda_available", || {
+        #[cfg(feature = "cuda")]
+        let yes = crate::cuda::driver::available();
+        #[cfg(not(feature = "cuda"))]
+        let yes = false;
+        *out_ref(out, "out")? = yes as u32;
+        Ok(())
+    })
+}
+
+/// Allocates `bytes` of pinned host memory mapped into the device address space
+/// (cuMemHostAlloc DEVICEMAP | PORTABLE, not write-combined), in the current context:
+/// `*host` for the CPU, `*device` for kernels (equal on UVA systems). A failure is an error,
+/// never pageable memory.
+#[no_mangle]
+pub extern "C" fn pariskv_host_alloc(
+    bytes: usize,
+    host: *mut *mut c_void,
+    device: *mut u64,
+) -> pariskv_status {
+    boundary("pariskv_host_alloc", || {
+        let host = out_ref(host, "host")?;
+        let device = out_ref(device, "device")?;
+        #[cfg(feature = "cuda")]
+        {
+            let (h, d) = crate::cuda::driver::PinnedHost::new(bytes)?.into_raw();
+            *host = h;
+            *device = d;
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (bytes, host, device);
+            no_cuda()
+        }
+    })
+}
+
+/// Frees memory from `pariskv_host_alloc`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn pariskv_host_free(host: *mut c_void) -> pariskv_status {
+    boundary("pariskv_host_free", || {
+        if host.is_null() {
+            return Ok(());
+        }
+        #[cfg(feature = "cuda")]
+        {
+            // SAFETY: by the API's contract `host` came from `pariskv_host_alloc`.
+            unsafe { crate::cuda::driver::PinnedHost::free_raw(host) }
+        }
+        #[cfg(not(feature = "cuda"))]
+        no_cuda()
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn stream_of(raw: *mut c_void) -> crate::cuda::driver::Stream {
+    // SAFETY: the C caller passes a live CUstream / cudaStream_t (or NULL), the documented
+    // contract of every function taking `stream`.
+    unsafe { crate::cuda::driver::Stream::from_raw(raw as crate::cuda::driver::CUstream) }
+}
+
+/// Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
+/// count is the int32 at device address `n_cells`, at most `max_cells`) into the index of
+/// `target`, like `pariskv_encode_cells`, bitwise. No host synchronisation.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_encode(
+    head_dim: u32,
+    seed: u64,
+    target: *const pariskv_cuda_encode_target,
+    cells: u64,
+    n_cells: u64,
+    max_cells: usize,
+    stream: *mut c_void,
+) -> pariskv_status {
+    boundary("pariskv_cuda_encode", || {
+        #[cfg(feature = "cuda")]
+        {
+            use crate::cuda::encode::{encode, rotation_for, EncodeTarget};
+            let shape = crate::shape::Shape::new(head_dim as usize)?;
+            let t = in_ref(target, "target")?;
+            if t.keys == 0 || t.codes == 0 || t.nibbles == 0 || t.weights == 0 || cells == 0 || n_cells == 0 {
+                return Err(Error::invalid("a device address in target, cells or n_cells is 0"));
+            }
+            let stream = stream_of(stream);
+            let module = crate::cuda::driver::module_for(&stream)?;
+            let rot = rotation_for(&stream, shape, seed)?;
+            let target = EncodeTarget {
+                keys: t.keys,
+                key_dtype: dtype(t.key_dtype, "target.key_dtype")?,
+                key_row_stride: t.key_row_stride,
+                key_head_stride: t.key_head_stride,
+                codes: t.codes,
+                nibbles: t.nibbles,
+                weights: t.weights,
+                kv_size: t.kv_size,
+                n_heads: t.n_heads as usize,
+            };
+            encode(module, rot, &target, cells, n_cells, max_cells, &stream)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (head_dim, seed, target, cells, n_cells, max_cells, stream);
+            no_cuda()
+        }
+    })
+}
+
+/// Allocates the scratch of a GPU decode step for caches of up to `max_cells` cells and
+/// groups of up to `max_heads` query heads, in the current context. On error `*out` = NULL.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_step_create(
+    head_dim: u32,
+    v_dim: u32,
+    seed: u64,
+    max_cells: usize,
+    max_heads: u32,
+    out: *mut *mut pariskv_cuda_step,
+) -> pariskv_status {
+    boundary("pariskv_cuda_step_create", || {
+        let out = out_ref(out, "out")?;
+        *out = std::ptr::null_mut();
+        #[cfg(feature = "cuda")]
+        {
+            let shape = crate::shape::Shape::new(head_dim as usize)?;
+            if v_dim == 0 || v_dim as usize > crate::shape::MAX_HEAD_DIM {
+                return Err(Error::unsupported(format!("v_dim {v_dim} must be in 1..=512")));
+            }
+            crate::cuda::driver::init()?;
+            let buffers =
+                crate::cuda::step::StepBuffers::new(shape, v_dim as usize, max_cells, max_heads as usize)?;
+            *out = Box::into_raw(Box::new(pariskv_cuda_step { buffers, seed }));
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (head_dim, v_dim, seed, max_cells, max_heads);
+            no_cuda()
+        }
+    })
+}
+
+/// Frees a step's scratch (its context must still exist). NULL is a no-op.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_step_free(step: *mut pariskv_cuda_step) {
+    if step.is_null() {
+        return;
+    }
+    boundary("pariskv_cuda_step_free", || {
+        // SAFETY: a non-null step comes from `pariskv_cuda_step_create` and is freed once.
+        drop(unsafe { Box::from_raw(step) });
+        Ok(())
+    });
+}
+
+/// Launches one decode step on `stream`: the GPU twin of `pariskv_attend_cache` for the
+/// query group in `queries` over the cache view `cache`. Graph-safe: no allocation, no
+/// host synchronisation, no device-to-host read.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_step_run(
+    step: *mut pariskv_cuda_step,
+    params: *const pariskv_step,
+    cache: *const pariskv_cuda_cache,
+    queries: *const pariskv_cuda_queries,
+    stream: *mut c_void,
+) -> pariskv_status {
+    boundary("pariskv_cuda_step_run", || {
+        #[cfg(feature = "cuda")]
+        {
+            use crate::cuda::step::{run, GpuCache, GpuQueries};
+            let step = in_ref(step as *const pariskv_cuda_step, "step")?;
+            let p = in_ref(params, "params")?;
+            let c = in_ref(cache, "cache")?;
+            let q = in_ref(queries, "queries")?;
+            let shape = step.buffers.shape;
+            if p.head_dim as usize != shape.head_dim
+                || p.v_dim as usize != step.buffers.dv
+                || p.seed != step.seed
+            {
+                return Err(Error::invalid(format!(
+                    "params (head_dim {}, v_dim {}, seed {:#x}) differ from the step's ({}, {}, {:#x})",
+                    p.head_dim, p.v_dim, p.seed, shape.head_dim, step.buffers.dv, step.seed
+                )));
+            }
+            if p.n_heads != q.n_heads {
+                return Err(Error::invalid(format!(
+                    "params.n_heads {} != queries.n_heads {}",
+                    p.n_heads, q.n_heads
+                )));
+            }
+            let params = p.params()?;
+            let stream = stream_of(stream);
+            let module = crate::cuda::driver::module_for(&stream)?;
+            let rot = crate::cuda::encode::rotation_for(&stream, shape, p.seed)?;
+            let gc = GpuCache {
+                n: c.n_cells,
+                k: c.k,
+                k_dtype: dtype(c.k_dtype, "cache.k_dtype")?,
+                k_stride: c.k_stride,
+                v: c.v,
+                v_dtype: dtype(c.v_dtype, "cache.v_dtype")?,
+                v_stride: c.v_stride,
+                codes: c.codes,
+                nibbles: c.nibbles,
+                weights: c.weights,
+                mask: c.mask,
+                mask_dtype: dtype(c.mask_dtype, "cache.mask_dtype")?,
+                pos: c.pos,
+            };
+            let gq = GpuQueries {
+                q: q.q,
+                q_stride: q.q_stride,
+                n_heads: q.n_heads as usize,
+                out: q.out,
+                out_stride: q.out_stride,
+            };
+            run(module, rot, &params, &gc, &gq, &step.buffers, &stream)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (step, params, cache, queries, stream);
+            no_cuda()
+        }
+    })
+}
