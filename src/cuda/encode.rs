@@ -121,7 +121,8 @@ pub fn encode(
 pub fn rotation_for(stream: &Stream, shape: Shape, seed: u64) -> Result<&'static GpuRotation> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<(usize, usize, u64), &'static GpuRotation>>> = OnceLock::new();
+    type ByContextDimSeed = HashMap<(usize, usize, u64), &'static GpuRotation>;
+    static CACHE: OnceLock<Mutex<ByContextDimSeed>> = OnceLock::new();
     let ctx = super::driver::context_of(stream)? as usize;
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = cache.get(&(ctx, shape.head_dim, seed)) {

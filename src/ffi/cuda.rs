@@ -125,6 +125,8 @@ pub extern "C" fn pariskv_host_alloc(
 }
 
 /// Frees memory from `pariskv_host_alloc`. NULL is a no-op.
+// A C entry point cannot be `unsafe` to its caller; the pointer's origin is the contract.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[no_mangle]
 pub extern "C" fn pariskv_host_free(host: *mut c_void) -> pariskv_status {
     boundary("pariskv_host_free", || {
