@@ -84,6 +84,8 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_ATT_ROWS {GPU_ATT_ROWS}").unwrap();
     writeln!(h, "#define PK_ATT_WARPS {GPU_ATT_WARPS}").unwrap();
     writeln!(h, "#define PK_ENCODE_WARPS {GPU_ENCODE_WARPS}").unwrap();
+    writeln!(h, "#define PK_TOPK_THREADS_ {GPU_TOPK_THREADS}").unwrap();
+    writeln!(h, "#define PK_MAX_GROUP {GPU_MAX_GROUP}").unwrap();
     writeln!(h, "__constant__ const float PK_LEVELS[{N_LEVELS}] = {{{}}};", list(&LEVELS)).unwrap();
     writeln!(h, "__constant__ const float PK_THRESHOLDS[{}] = {{{}}};", N_LEVELS - 1, list(&THRESHOLDS))
         .unwrap();

@@ -9,7 +9,7 @@ use pariskv::attention::AttnParams;
 use pariskv::cache_step::StepParams;
 use pariskv::cuda::driver::{self, DeviceBuffer, PinnedHost, Stream, Timer};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
-use pariskv::cuda::step::{attend, run_marked, GpuCache, GpuQueries, StageMarks, StepBuffers};
+use pariskv::cuda::step::{attend, run_marked, GpuLayer, Rows, StageMarks, StepBuffers, UnitLayout};
 use pariskv::gqa::GqaPolicy;
 use pariskv::rotation::Rotation;
 use pariskv::rows::DType;
@@ -100,7 +100,7 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
     let q: Vec<f32> = (0..KV_HEADS * GROUP * D).map(|_| rng.normal()).collect();
     let gq = DeviceBuffer::from_slice(&q)?;
     let gout = DeviceBuffer::new(q.len() * 4)?;
-    let buf = StepBuffers::new(shape, D, n, GROUP)?;
+    let buf = StepBuffers::new(shape, D, n, GROUP, KV_HEADS)?;
     let iota = DeviceBuffer::from_slice(&(0..n as i32).collect::<Vec<_>>())?;
     let gall = DeviceBuffer::from_slice(&[n as i32])?;
     let attn = AttnParams { scale: 1.0 / (D as f32).sqrt(), softcap: 0.0 };
@@ -113,54 +113,60 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
     for (where_, kptr, vptr) in
         [("K/V in HBM", k_dev.ptr, v_dev.ptr), ("K/V in host RAM (UVA)", k_host.device, v_host.device)]
     {
-        let cache_of = |h: usize| GpuCache {
+        // one layer: the 8 KV heads of one token are the units
+        let layer = GpuLayer {
+            layout: UnitLayout {
+                n_units: KV_HEADS as i32,
+                n_h: KV_HEADS as i32,
+                k_h: (D * 2) as i64,
+                v_h: (D * 2) as i64,
+                codes_h: (n * cb) as i64,
+                nib_h: (n * nb) as i64,
+                w_h: (n * nw) as i64,
+                q_h: (GROUP * D * 4) as i64,
+                out_h: (GROUP * D * 4) as i64,
+                ..UnitLayout::default()
+            },
             n,
-            k: kptr + (h * D * 2) as u64,
+            k: kptr,
             k_dtype: DType::F16,
             k_stride: KV_HEADS * D * 2,
-            v: vptr + (h * D * 2) as u64,
+            v: vptr,
             v_dtype: DType::F16,
             v_stride: KV_HEADS * D * 2,
-            codes: codes.ptr + (h * n * cb) as u64,
-            nibbles: nibbles.ptr + (h * n * nb) as u64,
-            weights: weights.ptr + (h * n * nw) as u64,
+            codes: codes.ptr,
+            nibbles: nibbles.ptr,
+            weights: weights.ptr,
             mask: gmask.ptr,
             mask_dtype: DType::F32,
             pos: gpos.ptr,
-        };
-        let queries_of = |h: usize| GpuQueries {
-            q: gq.ptr + (h * GROUP * D * 4) as u64,
-            q_stride: D,
+            q: gq.ptr,
+            q_stride: D * 4,
             n_heads: GROUP,
-            out: gout.ptr + (h * GROUP * D * 4) as u64,
-            out_stride: D,
+            out: gout.ptr,
+            out_stride: D * 4,
         };
         for gqa in [GqaPolicy::Mean, GqaPolicy::PerHead] {
             let params =
                 StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios: RatioPolicy::Adaptive, gqa, attn };
-            // warm up, then one layer's steps timed with stage events
-            for h in 0..KV_HEADS {
-                run_marked(module, grot, &params, &cache_of(h), &queries_of(h), &buf, stream, &mut NoOp)?;
-            }
+            run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             driver::synchronize()?;
-            // the whole layer, launched back to back
+            // 32 layers back to back
             let whole = Timer::new()?;
             whole.start(stream)?;
-            for h in 0..KV_HEADS {
-                run_marked(module, grot, &params, &cache_of(h), &queries_of(h), &buf, stream, &mut NoOp)?;
+            for _ in 0..LAYERS {
+                run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             }
-            let layer_ms = whole.stop(stream)? as f64;
+            let step_ms = whole.stop(stream)? as f64;
             // again, waiting at each stage's end to time it
             let mut ev = Events { start: Timer::new()?, stages: Vec::new(), totals: Vec::new() };
-            for h in 0..KV_HEADS {
+            for _ in 0..LAYERS {
                 ev.start.start(stream)?;
-                run_marked(module, grot, &params, &cache_of(h), &queries_of(h), &buf, stream, &mut ev)?;
+                run_marked(module, grot, &params, &layer, &buf, stream, &mut ev)?;
             }
-            let stages: Vec<String> =
-                ev.totals.iter().map(|(s, ms)| format!("{s} {:.1} ms", ms * LAYERS as f64)).collect();
+            let stages: Vec<String> = ev.totals.iter().map(|(s, ms)| format!("{s} {ms:.2} ms")).collect();
             println!(
-                "  {where_:<22} ParisKV ({gqa:?}): {:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads); stages: {}",
-                layer_ms * LAYERS as f64,
+                "  {where_:<22} ParisKV ({gqa:?}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads); stages: {}",
                 stages.join(", ")
             );
         }
@@ -173,16 +179,15 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             gqa: GqaPolicy::Mean,
             attn,
         };
-        for h in 0..KV_HEADS {
-            attend(module, &buf, &cache_of(h), &queries_of(h), &params, iota.ptr, gall.ptr, n, stream)?;
-        }
+        let all = Rows { rows: iota.ptr, row_stride: 0, n_rows: gall.ptr, n_rows_stride: 0 };
+        attend(module, &buf, &layer, &params, &all, n, stream)?;
         driver::synchronize()?;
         let whole = Timer::new()?;
         whole.start(stream)?;
-        for h in 0..KV_HEADS {
-            attend(module, &buf, &cache_of(h), &queries_of(h), &params, iota.ptr, gall.ptr, n, stream)?;
+        for _ in 0..LAYERS {
+            attend(module, &buf, &layer, &params, &all, n, stream)?;
         }
-        let dense_ms = whole.stop(stream)? as f64 * LAYERS as f64;
+        let dense_ms = whole.stop(stream)? as f64;
         let kv_bytes = (n * KV_HEADS * D * 2 * 2 * LAYERS) as f64;
         println!(
             "  {where_:<22} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V)",

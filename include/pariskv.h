@@ -218,34 +218,51 @@ typedef struct pariskv_cuda_encode_target {
   uint32_t n_heads;
 } pariskv_cuda_encode_target;
 
-// One KV head's cache view on the device for `pariskv_cuda_step_run`: `n_cells` cells of K
-// and V (row of cell c at `k + c * k_stride` bytes, likewise V), their index, and per cell
-// the mask value (0 or -inf, `mask_dtype`) and the position (int32).
-typedef struct pariskv_cuda_cache {
+// One layer's decode step on the device, for `pariskv_cuda_step_run`: `n_units` units, unit
+// u = a * n_kv_heads + h being KV head h of token (or sequence) a, with `n_heads` query heads
+// sharing it. Every per-unit address is the base plus `a * *_token_stride + h * *_head_stride`
+// bytes. Within a unit: cell c's K row at `+ c * k_row_stride` (likewise V, `n_cells` cells),
+// its index rows (codes, nibbles, weights as in `pariskv_codes`), mask value (0 or -inf,
+// `mask_dtype`) and int32 position at element c; query head i at `+ i * q_row_stride`
+// (f32), its output at `+ i * out_row_stride` (f32).
+typedef struct pariskv_cuda_layer {
+  uint32_t n_units;
+  uint32_t n_kv_heads;
+  uint32_t n_heads;
   size_t n_cells;
   uint64_t k;
   pariskv_dtype k_dtype;
-  size_t k_stride;
+  size_t k_row_stride;
+  int64_t k_token_stride;
+  int64_t k_head_stride;
   uint64_t v;
   pariskv_dtype v_dtype;
-  size_t v_stride;
+  size_t v_row_stride;
+  int64_t v_token_stride;
+  int64_t v_head_stride;
   uint64_t codes;
   uint64_t nibbles;
   uint64_t weights;
+  int64_t index_token_stride_codes;
+  int64_t index_head_stride_codes;
+  int64_t index_token_stride_nibbles;
+  int64_t index_head_stride_nibbles;
+  int64_t index_token_stride_weights;
+  int64_t index_head_stride_weights;
   uint64_t mask;
   pariskv_dtype mask_dtype;
+  int64_t mask_token_stride;
   uint64_t pos;
-} pariskv_cuda_cache;
-
-// The query heads of one group on the device (f32 rows `q_stride` floats apart) and where
-// their outputs go (f32 rows `out_stride` floats apart).
-typedef struct pariskv_cuda_queries {
+  int64_t pos_token_stride;
   uint64_t q;
-  size_t q_stride;
-  uint32_t n_heads;
+  size_t q_row_stride;
+  int64_t q_token_stride;
+  int64_t q_head_stride;
   uint64_t out;
-  size_t out_stride;
-} pariskv_cuda_queries;
+  size_t out_row_stride;
+  int64_t out_token_stride;
+  int64_t out_head_stride;
+} pariskv_cuda_layer;
 
 #ifdef __cplusplus
 extern "C" {
@@ -356,25 +373,26 @@ enum pariskv_status pariskv_cuda_encode(uint32_t head_dim,
                                         size_t max_cells,
                                         void *stream);
 
-// Allocates the scratch of a GPU decode step for caches of up to `max_cells` cells and
-// groups of up to `max_heads` query heads, in the current context. On error `*out` = NULL.
+// Allocates the scratch of a GPU decode step for layers of up to `max_units` units (KV
+// heads x tokens) of up to `max_heads` query heads each, over up to `max_cells` cells, in
+// the current context. On error `*out` = NULL.
 enum pariskv_status pariskv_cuda_step_create(uint32_t head_dim,
                                              uint32_t v_dim,
                                              uint64_t seed,
                                              size_t max_cells,
                                              uint32_t max_heads,
+                                             uint32_t max_units,
                                              struct pariskv_cuda_step **out);
 
 // Frees a step's scratch (its context must still exist). NULL is a no-op.
 void pariskv_cuda_step_free(struct pariskv_cuda_step *step);
 
-// Launches one decode step on `stream`: the GPU twin of `pariskv_attend_cache` for the
-// query group in `queries` over the cache view `cache`. Graph-safe: no allocation, no
-// host synchronisation, no device-to-host read.
+// Launches one layer's decode step on `stream`: for every unit, the GPU twin of
+// `pariskv_attend_cache`. Graph-safe: no allocation, no host synchronisation, no
+// device-to-host read.
 enum pariskv_status pariskv_cuda_step_run(struct pariskv_cuda_step *step,
                                           const struct pariskv_step *params,
-                                          const struct pariskv_cuda_cache *cache,
-                                          const struct pariskv_cuda_queries *queries,
+                                          const struct pariskv_cuda_layer *layer,
                                           void *stream);
 
 #ifdef __cplusplus

@@ -1,104 +1,157 @@
-// Exact softmax attention of the query heads of a group over a list of rows (the CUDA twin
-// of attention::attend): rows are gathered by cell from K and V (device memory, or pinned
-// host memory through UVA), in chunks of PK_ATT_ROWS per block with an online softmax, then
-// the chunks are combined. The row count is read on the device.
+// Exact softmax attention of each unit's query heads over the unit's rows (the CUDA twin of
+// attention::attend): rows are gathered by cell from K and V (device memory, or pinned host
+// memory through UVA), each row loaded once for all the group's heads, PK_ATT_ROWS rows per
+// block with an online softmax per warp, then the blocks are combined. Row counts are read
+// on the device.
 #pragma once
 
 #include "common.cuh"
-
+#include "search.cuh"
 
 struct pk_attend_args {
-    const int * rows;           // cells to attend
-    const int * n_rows;         // how many (on the device)
+    pk_unit_layout L;
+    const int * rows;           // [units][row_stride] cells to attend
+    long long row_stride;
+    const int * n_rows;         // the count of unit u at n_rows[u * n_rows_stride] (ints)
+    int n_rows_stride;
     int max_rows;               // upper bound, fixes the grid
-    const float * q;            // query head h at q + h*q_stride floats
+    const char * q;             // query head h of unit u at q + off(u) + h*q_stride bytes
     long long q_stride;
-    const char * k; int k_dtype; long long k_stride;  // row of cell c at k + c*k_stride bytes
+    int n_heads;
+    const char * k; int k_dtype; long long k_stride;  // row of cell c at k + off(u) + c*k_stride
     const char * v; int v_dtype; long long v_stride;
     int dk, dv;
     float scale, softcap;
-    float * partial;            // [heads][chunks][2 + dv]: max, sum, accumulator
-    float * out;                // head h at out + h*out_stride floats
+    float * partial;            // [units][chunks][heads][2 + dv]: max, sum, accumulator
+    char * out;                 // head h of unit u at out + off(u) + h*out_stride bytes (f32)
     long long out_stride;
 };
+
+__device__ __forceinline__ long long pk_att_off(const pk_attend_args & a, int u, long long sa, long long sh) {
+    return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
+}
+
+// four consecutive elements j..j+3 of a row as floats
+__device__ __forceinline__ float4 pk_load4(const char * row, int dtype, int j) {
+    if (dtype == PK_F32) return *(const float4 *) (row + 4 * j);
+    const uint2 raw = *(const uint2 *) (row + 2 * j);
+    if (dtype == PK_F16) {
+        const float2 lo = __half22float2(*(const __half2 *) &raw.x), hi = __half22float2(*(const __half2 *) &raw.y);
+        return make_float4(lo.x, lo.y, hi.x, hi.y);
+    }
+    const float2 lo = __bfloat1622float2(*(const __nv_bfloat162 *) &raw.x);
+    const float2 hi = __bfloat1622float2(*(const __nv_bfloat162 *) &raw.y);
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
 
 __device__ __forceinline__ float pk_logit(const pk_attend_args & a, float dot) {
     const float s = dot * a.scale;
     return a.softcap > 0.0f ? a.softcap * tanhf(s / a.softcap) : s;
 }
 
-// grid (chunks, heads), PK_ATT_WARPS warps
+// grid (chunks, 1, units), PK_ATT_WARPS warps; dynamic shared memory: the heads' queries
+// (n_heads*dk floats) and per warp the heads' running max, sum and accumulator
 extern "C" __global__ void pk_attend_partial(pk_attend_args a) {
-    __shared__ float wm[PK_ATT_WARPS], wl[PK_ATT_WARPS];
-    __shared__ float wacc[PK_ATT_WARPS][PK_MAX_HEAD_DIM];
-    const int h = blockIdx.y, chunk = blockIdx.x, n_chunks = gridDim.x;
+    extern __shared__ float sm[];
+    const int u = blockIdx.z, chunk = blockIdx.x, n_chunks = gridDim.x, H = a.n_heads;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n_rows = *a.n_rows;
-    const int r0 = chunk * PK_ATT_ROWS, r1 = min(n_rows, r0 + PK_ATT_ROWS);
-    const float * q = a.q + h * a.q_stride;
-    float m = -INFINITY, l = 0.0f;
-    float acc[PK_MAX_HEAD_DIM / 32];
-    for (int i = 0; i < PK_MAX_HEAD_DIM / 32; ++i) acc[i] = 0.0f;
-    for (int r = r0 + warp; r < r1; r += PK_ATT_WARPS) {
-        const long long cell = a.rows[r];
-        const char * krow = a.k + cell * a.k_stride;
-        float dot = 0.0f;
-        for (int j = lane; j < a.dk; j += 32) dot += q[j] * pk_load(krow, a.k_dtype, j);
-        for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xFFFFFFFFu, dot, o);
-        const float s = pk_logit(a, dot);
-        const float m_new = fmaxf(m, s);
-        const float corr = __expf(m - m_new), p = __expf(s - m_new);
-        l = l * corr + p;
-        const char * vrow = a.v + cell * a.v_stride;
-        for (int i = 0, j = lane; j < a.dv; ++i, j += 32) acc[i] = acc[i] * corr + p * pk_load(vrow, a.v_dtype, j);
-        m = m_new;
+    float * qs = sm;                                  // [H][dk]
+    float * wst = sm + H * a.dk;                      // [warps][H][2 + dv]
+    float * mine = wst + warp * H * (2 + a.dv);
+    const char * q = a.q + pk_att_off(a, u, a.L.q_a, a.L.q_h);
+    for (int i = threadIdx.x; i < H * a.dk; i += blockDim.x) {
+        qs[i] = ((const float *) (q + (i / a.dk) * a.q_stride))[i % a.dk];
     }
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
-    for (int i = 0, j = lane; j < a.dv; ++i, j += 32) wacc[warp][j] = acc[i];
+    for (int i = lane; i < H * (2 + a.dv); i += 32) mine[i] = (i % (2 + a.dv)) == 0 ? -INFINITY : 0.0f;
     __syncthreads();
-    float * part = a.partial + ((long long) h * n_chunks + chunk) * (2 + a.dv);
-    float mm = -INFINITY;
-    for (int w = 0; w < PK_ATT_WARPS; ++w) mm = fmaxf(mm, wm[w]);
-    for (int j = threadIdx.x; j < a.dv; j += blockDim.x) {
-        float s = 0.0f;
-        for (int w = 0; w < PK_ATT_WARPS; ++w) {
-            if (wl[w] > 0.0f) s += wacc[w][j] * __expf(wm[w] - mm);
+    const int n_rows = a.n_rows[u * a.n_rows_stride];
+    const int r0 = chunk * PK_ATT_ROWS, r1 = min(n_rows, r0 + PK_ATT_ROWS);
+    const int * rows = a.rows + u * a.row_stride;
+    const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);
+    const char * vb = a.v + pk_att_off(a, u, a.L.v_a, a.L.v_h);
+    for (int r = r0 + warp; r < r1; r += PK_ATT_WARPS) {
+        const long long cell = rows[r];
+        const char * krow = kb + cell * a.k_stride;
+        const char * vrow = vb + cell * a.v_stride;
+        float dots[PK_MAX_GROUP];
+        for (int h = 0; h < H; ++h) dots[h] = 0.0f;
+        for (int j = 4 * lane; j < a.dk; j += 128) {
+            const float4 k4 = pk_load4(krow, a.k_dtype, j);
+            for (int h = 0; h < H; ++h) {
+                const float * qh = qs + h * a.dk + j;
+                dots[h] += qh[0] * k4.x + qh[1] * k4.y + qh[2] * k4.z + qh[3] * k4.w;
+            }
         }
-        part[2 + j] = s;
+        for (int h = 0; h < H; ++h) {
+            float d = dots[h];
+            for (int o = 16; o > 0; o /= 2) d += __shfl_xor_sync(0xFFFFFFFFu, d, o);
+            dots[h] = d;
+        }
+        for (int j = 4 * lane; j < a.dv; j += 128) {
+            const float4 v4 = pk_load4(vrow, a.v_dtype, j);
+            for (int h = 0; h < H; ++h) {
+                float * st = mine + h * (2 + a.dv);
+                const float s = pk_logit(a, dots[h]);
+                const float m_new = fmaxf(st[0], s);
+                const float corr = __expf(st[0] - m_new), p = __expf(s - m_new);
+                float * acc = st + 2 + j;
+                acc[0] = acc[0] * corr + p * v4.x;
+                acc[1] = acc[1] * corr + p * v4.y;
+                acc[2] = acc[2] * corr + p * v4.z;
+                acc[3] = acc[3] * corr + p * v4.w;
+            }
+        }
+        __syncwarp();
+        if (lane == 0) {
+            for (int h = 0; h < H; ++h) {
+                float * st = mine + h * (2 + a.dv);
+                const float s = pk_logit(a, dots[h]);
+                const float m_new = fmaxf(st[0], s);
+                st[1] = st[1] * __expf(st[0] - m_new) + __expf(s - m_new);
+                st[0] = m_new;
+            }
+        }
+        __syncwarp();
     }
-    if (threadIdx.x == 0) {
-        float ls = 0.0f;
+    __syncthreads();
+    // combine the warps into this block's partial result
+    for (int h = 0; h < H; ++h) {
+        float mm = -INFINITY;
         for (int w = 0; w < PK_ATT_WARPS; ++w) {
-            if (wl[w] > 0.0f) ls += wl[w] * __expf(wm[w] - mm);
+            const float * st = wst + (w * H + h) * (2 + a.dv);
+            if (st[1] > 0.0f) mm = fmaxf(mm, st[0]);
         }
-        part[0] = mm;
-        part[1] = ls;
+        float * part = a.partial + (((long long) u * n_chunks + chunk) * H + h) * (2 + a.dv);
+        for (int j = threadIdx.x; j < a.dv + 1; j += blockDim.x) {
+            float sum = 0.0f;
+            for (int w = 0; w < PK_ATT_WARPS; ++w) {
+                const float * st = wst + (w * H + h) * (2 + a.dv);
+                if (st[1] > 0.0f) sum += (j == 0 ? st[1] : st[1 + j]) * __expf(st[0] - mm);
+            }
+            part[1 + j] = sum;
+        }
+        if (threadIdx.x == 0) part[0] = mm;
     }
 }
 
-// grid (heads), combines the chunks that hold rows
+// grid (heads, 1, units): combines the blocks that hold rows
 extern "C" __global__ void pk_attend_combine(pk_attend_args a, int n_chunks) {
-    const int h = blockIdx.x;
-    const int used = min(n_chunks, (*a.n_rows + PK_ATT_ROWS - 1) / PK_ATT_ROWS);
-    const float * part = a.partial + (long long) h * n_chunks * (2 + a.dv);
+    const int h = blockIdx.x, u = blockIdx.z, H = a.n_heads;
+    const int used = min(n_chunks, (a.n_rows[u * a.n_rows_stride] + PK_ATT_ROWS - 1) / PK_ATT_ROWS);
+    auto part = [&](int c) { return a.partial + (((long long) u * n_chunks + c) * H + h) * (2 + a.dv); };
     float mm = -INFINITY;
     for (int c = 0; c < used; ++c) {
-        if (part[c * (2 + a.dv) + 1] > 0.0f) mm = fmaxf(mm, part[c * (2 + a.dv)]);
+        if (part(c)[1] > 0.0f) mm = fmaxf(mm, part(c)[0]);
     }
     float l = 0.0f;
     for (int c = 0; c < used; ++c) {
-        const float * p = part + c * (2 + a.dv);
-        if (p[1] > 0.0f) l += p[1] * __expf(p[0] - mm);
+        if (part(c)[1] > 0.0f) l += part(c)[1] * __expf(part(c)[0] - mm);
     }
-    float * out = a.out + h * a.out_stride;
+    float * out = (float *) (a.out + pk_att_off(a, u, a.L.out_a, a.L.out_h) + h * a.out_stride);
     for (int j = threadIdx.x; j < a.dv; j += blockDim.x) {
         float s = 0.0f;
         for (int c = 0; c < used; ++c) {
-            const float * p = part + c * (2 + a.dv);
-            if (p[1] > 0.0f) s += p[2 + j] * __expf(p[0] - mm);
+            if (part(c)[1] > 0.0f) s += part(c)[2 + j] * __expf(part(c)[0] - mm);
         }
         out[j] = l > 0.0f ? s / l : 0.0f;
     }

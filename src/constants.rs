@@ -44,3 +44,7 @@ pub const GPU_ATT_ROWS: usize = 64;
 pub const GPU_ATT_WARPS: usize = 4;
 /// Warps (one key each) per block of the encode kernel.
 pub const GPU_ENCODE_WARPS: usize = 4;
+/// Threads of the one-block top-k selection.
+pub const GPU_TOPK_THREADS: usize = 1024;
+/// Most query heads per KV head the attention kernel takes at once.
+pub const GPU_MAX_GROUP: usize = 16;

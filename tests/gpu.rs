@@ -113,24 +113,26 @@ mod step {
     use super::*;
     use pariskv::attention::{attend, AttnParams, AttnScratch};
     use pariskv::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
-    use pariskv::cuda::step::{run, GpuCache, GpuQueries, Retrieval, StepBuffers, StepHeader};
+    use pariskv::cuda::step::{run, state_stride, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState};
     use pariskv::encode::estimator_lut;
     use pariskv::gqa::GqaPolicy;
     use pariskv::search::{
         candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets,
-        tier_levels, RatioPolicy, NOT_IN_ZONE,
+        tier_levels, RatioPolicy,
     };
     use std::collections::BTreeSet;
 
-    struct Case {
-        d: usize,
-        g: usize,
-        n: usize,
-        gqa: GqaPolicy,
-        top_k: usize,
-        dtype: DType,
-        /// every other cell belongs to another sequence (hidden), as in a unified cache
-        interleaved: bool,
+    pub struct Case {
+        pub d: usize,
+        pub g: usize,
+        pub n: usize,
+        pub gqa: GqaPolicy,
+        pub top_k: usize,
+        pub dtype: DType,
+        /// KV heads per token (units = tokens x kv)
+        pub kv: usize,
+        /// two tokens of two sequences sharing the cache, cells alternating between them
+        pub two_sequences: bool,
     }
 
     /// The CPU's stages for one retrieval, for stage-by-stage comparison.
@@ -142,30 +144,43 @@ mod step {
         top: BTreeSet<u32>,
     }
 
-    fn check_case(c: &Case) {
+    pub fn check_case(c: &Case) {
         let module = driver::module_for(&Stream::null()).unwrap();
-        let (d, n, g) = (c.d, c.n, c.g);
+        let (d, n, g, kv) = (c.d, c.n, c.g, c.kv);
+        let tokens = if c.two_sequences { 2 } else { 1 };
+        let units = tokens * kv;
         let shape = Shape::new(d).unwrap();
         let rot = Rotation::new(shape, 77);
-        let mut spec = SynthSpec::new(n, d, (d * 31 + n) as u64);
+        // K/V storage [n][kv][d]
+        let mut spec = SynthSpec::new(n * kv, d, (d * 31 + n) as u64);
         spec.n_outlier_channels = 0;
         spec.topic_len = 513;
         let cache = SynthCache::generate(&spec);
         let (kb, kf) = keys_in(c.dtype, &cache.keys);
         let (vb, vf) = keys_in(c.dtype, &cache.values);
-        // CPU index of the keys as stored
-        let krows = Rows::packed(RowData::F32(&kf), d).unwrap();
-        let vrows = Rows::packed(RowData::F32(&vf), d).unwrap();
-        let mut store = CodeStore::default();
-        store.grow(&shape, n).unwrap();
-        let all: Vec<usize> = (0..n).collect();
-        encode_rows(&rot, &krows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
-        let visible = |cell: usize| !c.interleaved || cell % 2 == 0;
-        let pos: Vec<i32> = (0..n as i32).map(|x| if c.interleaved { x / 2 } else { x }).collect();
-        let mask: Vec<f32> = (0..n).map(|x| if visible(x) { 0.0 } else { f32::NEG_INFINITY }).collect();
+        let (cb, nbb, nw) = (shape.code_bytes(), shape.nibble_bytes(), shape.n_weights());
+        let mut stores = Vec::new();
+        for h in 0..kv {
+            let rows = Rows::head_of(RowData::F32(&kf), kv, d, h, n).unwrap();
+            let mut store = CodeStore::default();
+            store.grow(&shape, n).unwrap();
+            let all: Vec<usize> = (0..n).collect();
+            encode_rows(&rot, &rows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+            stores.push(store);
+        }
+        let visible = |t: usize, cell: usize| !c.two_sequences || cell % 2 == t;
+        let pos: Vec<i32> = (0..n as i32).map(|x| if c.two_sequences { x / 2 } else { x }).collect();
+        let mask: Vec<f32> = (0..tokens)
+            .flat_map(|t| (0..n).map(move |x| if visible(t, x) { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
         let mut rng = pariskv::synth::Rng::new(n as u64 + 3);
-        let targets: Vec<usize> = (0..4).map(|_| 2 * rng.below(n / 2 + 1).min((n - 1) / 2)).collect();
-        let q: Vec<f32> = (0..g).flat_map(|_| cache.planted_query(&targets, 8.0, &mut rng)).collect();
+        let mut q = Vec::new();
+        for _ in 0..units {
+            let targets: Vec<usize> = (0..4).map(|_| rng.below(n * kv)).collect();
+            for _ in 0..g {
+                q.extend(cache.planted_query(&targets, 8.0, &mut rng));
+            }
+        }
         let params = StepParams {
             top_k: c.top_k,
             n_sink: 4,
@@ -175,152 +190,191 @@ mod step {
             attn: AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
         };
 
-        // CPU: the whole step, then its stages one by one
-        let view = CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible, pos: &pos };
-        let mut cpu_out = vec![0.0f32; g * d];
-        let mut scratch = StepScratch::default();
-        let stats = attend_cache(&rot, &params, &view, &q, &mut scratch, &mut cpu_out).unwrap();
-        let (mut p_min, mut p_max) = (i64::MAX, i64::MIN);
-        for x in (0..n).filter(|&x| visible(x)) {
-            p_min = p_min.min(pos[x] as i64);
-            p_max = p_max.max(pos[x] as i64);
-        }
-        let class: Vec<u8> = (0..n)
-            .map(|x| match (visible(x), (pos[x] as i64) < p_min + 4 || (pos[x] as i64) > p_max - 64) {
-                (false, _) => 0,
-                (true, true) => 2,
-                (true, false) => 1,
-            })
-            .collect();
-        let zone = |x: usize| class[x] == 1;
-        let mut hist = Vec::new();
-        let n_zone = histogram(&shape, &store.as_ref(), 0..n, zone, &mut hist);
-        let heads: Vec<&[f32]> = match c.gqa {
-            GqaPolicy::Mean => vec![&q[..]],
-            GqaPolicy::PerHead => q.chunks_exact(d).collect(),
-        };
-        let n_ret = heads.len();
-        let ratios = RatioPolicy::Adaptive.ratios(n_zone);
-        let mut cpu = Vec::new();
-        for (r, qh) in heads.iter().enumerate() {
-            let k =
-                if n_zone <= c.top_k { n_zone } else { c.top_k / n_ret + usize::from(r < c.top_k % n_ret) };
-            let mut q_rot = vec![0.0; shape.padded_dim];
-            group_query(&rot, qh, &mut Vec::new(), &mut q_rot);
-            let mut levels = Vec::new();
-            tier_levels(&shape, &q_rot, &hist, &tier_budgets(n_zone, ratios.coll), &mut levels);
-            let mut counts = Vec::new();
-            collision_counts(&shape, &store.as_ref(), 0..n, zone, &levels, &mut counts);
-            let m = candidate_count(n_zone, ratios.cand, k);
-            let (mut ch, mut cand) = (Vec::new(), Vec::new());
-            let cutoff = candidates(&shape, &counts, 0, m, &mut ch, &mut cand);
-            let mut lut = Vec::new();
-            estimator_lut(&q_rot, &mut lut);
-            let mut top = Vec::new();
-            rerank(&shape, &store.as_ref(), &lut, &cand, k, &mut top);
-            cpu.push(CpuRetrieval {
-                levels,
-                counts,
-                cutoff,
-                candidates: cand.into_iter().collect(),
-                top: top.into_iter().map(|(_, x)| x).collect(),
-            });
-        }
-
-        // GPU
+        // GPU, all units in one step (twice: the second must not see the first's marks)
         let up = |b: &[u8]| DeviceBuffer::from_slice(b).unwrap();
         let (gk, gv) = (up(&kb), up(&vb));
-        let gcodes = up(&store.codes);
-        let gnib = up(&store.nibbles);
-        let wbits: Vec<u16> = store.weights.iter().map(|w| w.to_bits()).collect();
-        let gw = DeviceBuffer::from_slice(&wbits).unwrap();
+        let codes_all: Vec<u8> = stores.iter().flat_map(|s| s.codes.clone()).collect();
+        let nib_all: Vec<u8> = stores.iter().flat_map(|s| s.nibbles.clone()).collect();
+        let w_all: Vec<u16> = stores.iter().flat_map(|s| s.weights.iter().map(|w| w.to_bits())).collect();
+        let (gcodes, gnib, gw) = (up(&codes_all), up(&nib_all), DeviceBuffer::from_slice(&w_all).unwrap());
         let gmask = DeviceBuffer::from_slice(&mask).unwrap();
         let gpos = DeviceBuffer::from_slice(&pos).unwrap();
         let gq = DeviceBuffer::from_slice(&q).unwrap();
-        let gout = DeviceBuffer::new(g * d * 4).unwrap();
-        let buf = StepBuffers::new(shape, d, n + 7, g).unwrap();
-        let gcache = GpuCache {
+        let gout = DeviceBuffer::new(units * g * d * 4).unwrap();
+        let buf = StepBuffers::new(shape, d, n + 7, g, units).unwrap();
+        let el = c.dtype.size();
+        let layer = GpuLayer {
+            layout: UnitLayout {
+                n_units: units as i32,
+                n_h: kv as i32,
+                k_a: 0,
+                k_h: (d * el) as i64,
+                v_a: 0,
+                v_h: (d * el) as i64,
+                codes_a: 0,
+                codes_h: (n * cb) as i64,
+                nib_a: 0,
+                nib_h: (n * nbb) as i64,
+                w_a: 0,
+                w_h: (n * nw * 2) as i64,
+                mask_a: (n * 4) as i64,
+                pos_a: 0,
+                q_a: (kv * g * d * 4) as i64,
+                q_h: (g * d * 4) as i64,
+                out_a: (kv * g * d * 4) as i64,
+                out_h: (g * d * 4) as i64,
+            },
             n,
             k: gk.ptr,
             k_dtype: c.dtype,
-            k_stride: d * c.dtype.size(),
+            k_stride: kv * d * el,
             v: gv.ptr,
             v_dtype: c.dtype,
-            v_stride: d * c.dtype.size(),
+            v_stride: kv * d * el,
             codes: gcodes.ptr,
             nibbles: gnib.ptr,
             weights: gw.ptr,
             mask: gmask.ptr,
             mask_dtype: DType::F32,
             pos: gpos.ptr,
+            q: gq.ptr,
+            q_stride: d * 4,
+            n_heads: g,
+            out: gout.ptr,
+            out_stride: d * 4,
         };
-        let gqueries = GpuQueries { q: gq.ptr, q_stride: d, n_heads: g, out: gout.ptr, out_stride: d };
         let grot = GpuRotation::new(&rot).unwrap();
-        // twice: the second step must not see the first's marks
         for _ in 0..2 {
-            run(module, &grot, &params, &gcache, &gqueries, &buf, &Stream::null()).unwrap();
+            run(module, &grot, &params, &layer, &buf, &Stream::null()).unwrap();
         }
         driver::synchronize().unwrap();
+        let n_ret = if c.gqa == GqaPolicy::Mean { 1 } else { g };
+        let stride = state_stride(n_ret);
+        let state: Vec<u8> = buf.state.read(units * stride).unwrap();
+        let klass: Vec<u8> = buf.klass.read(units * n).unwrap();
+        let hist_all: Vec<u32> = buf.hist.read(units * shape.n_blocks * 256).unwrap();
+        let levels: Vec<u8> = buf.levels.read(units * n_ret * shape.n_blocks * 256).unwrap();
+        let counts: Vec<u16> = buf.counts.read(units * n_ret * n).unwrap();
+        let cand: Vec<u64> = buf.cand.read(units * n_ret * n).unwrap();
+        let rows_all: Vec<i32> = buf.rows.read(units * n).unwrap();
+        let out: Vec<f32> = gout.read(units * g * d).unwrap();
 
-        let what = format!(
-            "d={d} g={g} n={n} {:?} k={} {:?} interleaved={}",
-            c.gqa, c.top_k, c.dtype, c.interleaved
-        );
-        let header: Vec<u8> = buf.state.read(std::mem::size_of::<StepHeader>() + n_ret * 32).unwrap();
-        // SAFETY (test): the buffer holds a StepHeader followed by n_ret Retrievals.
-        let h: StepHeader = unsafe { std::ptr::read_unaligned(header.as_ptr() as *const StepHeader) };
-        assert_eq!(h.n_zone as usize, n_zone, "{what}: zone size");
-        assert_eq!(buf.klass.read::<u8>(n).unwrap(), class, "{what}: classes");
-        assert_eq!(buf.hist.read::<u32>(hist.len()).unwrap(), hist, "{what}: histogram");
-        let levels: Vec<u8> = buf.levels.read(n_ret * shape.n_blocks * 256).unwrap();
-        let counts: Vec<u16> = buf.counts.read(n_ret * n).unwrap();
-        let keys: Vec<u64> = buf.keys.read(n_ret * n).unwrap();
-        for (r, x) in cpu.iter().enumerate() {
-            let ret: Retrieval = unsafe {
-                std::ptr::read_unaligned(
-                    header.as_ptr().add(std::mem::size_of::<StepHeader>() + r * 32) as *const Retrieval
-                )
-            };
-            assert_eq!(
-                levels[r * x.levels.len()..][..x.levels.len()],
-                x.levels[..],
-                "{what}: tier levels {r}"
-            );
-            assert_eq!(counts[r * n..][..n], x.counts[..], "{what}: collision counts {r}");
-            assert_eq!(ret.cutoff as u16, x.cutoff, "{what}: cutoff {r}");
-            let rk = &keys[r * n..][..n];
-            let gpu_cand: BTreeSet<u32> = (0..n as u32).filter(|&i| rk[i as usize] != u64::MAX).collect();
-            if ret.k > 0 {
-                assert_eq!(gpu_cand, x.candidates, "{what}: candidates {r}");
+        for u in 0..units {
+            let (t, h) = (u / kv, u % kv);
+            let what =
+                format!("d={d} g={g} n={n} {:?} k={} {:?} unit {u} of {units}", c.gqa, c.top_k, c.dtype);
+            // the CPU: the whole step, then its stages one by one
+            let krows = Rows::head_of(RowData::F32(&kf), kv, d, h, n).unwrap();
+            let vrows = Rows::head_of(RowData::F32(&vf), kv, d, h, n).unwrap();
+            let store = &stores[h];
+            let vis = |x: usize| visible(t, x);
+            let view =
+                CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible: vis, pos: &pos };
+            let qu = &q[u * g * d..][..g * d];
+            let mut cpu_out = vec![0.0f32; g * d];
+            let stats =
+                attend_cache(&rot, &params, &view, qu, &mut StepScratch::default(), &mut cpu_out).unwrap();
+            let (mut p_min, mut p_max) = (i64::MAX, i64::MIN);
+            for x in (0..n).filter(|&x| vis(x)) {
+                p_min = p_min.min(pos[x] as i64);
+                p_max = p_max.max(pos[x] as i64);
             }
-            let gpu_top: BTreeSet<u32> =
-                (0..n as u32).filter(|&i| ret.k > 0 && rk[i as usize] <= ret.prefix).collect();
-            assert_eq!(gpu_top, x.top, "{what}: top-k {r}");
-            let _ = NOT_IN_ZONE;
-        }
-        let rows: Vec<i32> = buf.rows.read(h.n_rows as usize).unwrap();
-        let rows: BTreeSet<u32> = rows.into_iter().map(|x| x as u32).collect();
-        let cpu_rows: BTreeSet<u32> = scratch_rows(&class, &cpu);
-        assert_eq!(rows, cpu_rows, "{what}: attended rows");
-        assert_eq!(h.n_rows as usize, stats.n_attended, "{what}: row count");
-        let out: Vec<f32> = gout.read(g * d).unwrap();
-        let scale = cpu_out.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-        let worst = out.iter().zip(&cpu_out).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
-        assert!(worst < 1e-3, "{what}: attention output off by {worst} (relative to its largest value)");
-        // and the CPU attention over the GPU's rows gives the same output
-        let mut again = vec![0.0f32; g * d];
-        let rows_v: Vec<u32> = rows.iter().copied().collect();
-        attend(&q, &krows, &vrows, &rows_v, params.attn, &mut AttnScratch::default(), &mut again).unwrap();
-        assert_eq!(again, cpu_out, "{what}: same rows, same CPU output");
-        println!("step {what}: {} rows, worst relative error {worst:.2e}", rows.len());
-    }
+            let class: Vec<u8> = (0..n)
+                .map(|x| match (vis(x), (pos[x] as i64) < p_min + 4 || (pos[x] as i64) > p_max - 64) {
+                    (false, _) => 0,
+                    (true, true) => 2,
+                    (true, false) => 1,
+                })
+                .collect();
+            let zone = |x: usize| class[x] == 1;
+            let mut hist = Vec::new();
+            let n_zone = histogram(&shape, &store.as_ref(), 0..n, zone, &mut hist);
+            let heads: Vec<&[f32]> = match c.gqa {
+                GqaPolicy::Mean => vec![qu],
+                GqaPolicy::PerHead => qu.chunks_exact(d).collect(),
+            };
+            let ratios = RatioPolicy::Adaptive.ratios(n_zone);
+            let mut cpu = Vec::new();
+            for (r, qh) in heads.iter().enumerate() {
+                let k = if n_zone <= c.top_k {
+                    n_zone
+                } else {
+                    c.top_k / n_ret + usize::from(r < c.top_k % n_ret)
+                };
+                let mut q_rot = vec![0.0; shape.padded_dim];
+                group_query(&rot, qh, &mut Vec::new(), &mut q_rot);
+                let mut levels = Vec::new();
+                tier_levels(&shape, &q_rot, &hist, &tier_budgets(n_zone, ratios.coll), &mut levels);
+                let mut counts = Vec::new();
+                collision_counts(&shape, &store.as_ref(), 0..n, zone, &levels, &mut counts);
+                let m = candidate_count(n_zone, ratios.cand, k);
+                let (mut ch, mut cand) = (Vec::new(), Vec::new());
+                let cutoff = candidates(&shape, &counts, 0, m, &mut ch, &mut cand);
+                let mut lut = Vec::new();
+                estimator_lut(&q_rot, &mut lut);
+                let mut top = Vec::new();
+                rerank(&shape, &store.as_ref(), &lut, &cand, k, &mut top);
+                cpu.push(CpuRetrieval {
+                    levels,
+                    counts,
+                    cutoff,
+                    candidates: if k > 0 { cand.into_iter().collect() } else { BTreeSet::new() },
+                    top: top.into_iter().map(|(_, x)| x).collect(),
+                });
+            }
 
-    fn scratch_rows(class: &[u8], cpu: &[CpuRetrieval]) -> BTreeSet<u32> {
-        let mut s: BTreeSet<u32> = (0..class.len() as u32).filter(|&x| class[x as usize] == 2).collect();
-        for r in cpu {
-            s.extend(r.top.iter().copied());
+            // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
+            let us: UnitState =
+                unsafe { std::ptr::read_unaligned(state[u * stride..].as_ptr() as *const UnitState) };
+            assert_eq!(us.n_zone as usize, n_zone, "{what}: zone size");
+            assert_eq!(&klass[u * n..][..n], &class[..], "{what}: classes");
+            assert_eq!(&hist_all[u * hist.len()..][..hist.len()], &hist[..], "{what}: histogram");
+            let mut rows_cpu: BTreeSet<u32> = (0..n as u32).filter(|&x| class[x as usize] == 2).collect();
+            for (r, x) in cpu.iter().enumerate() {
+                let ur = u * n_ret + r;
+                let ret: Retrieval = unsafe {
+                    std::ptr::read_unaligned(
+                        state[u * stride
+                            + std::mem::size_of::<UnitState>()
+                            + r * std::mem::size_of::<Retrieval>()..]
+                            .as_ptr() as *const Retrieval,
+                    )
+                };
+                assert_eq!(
+                    levels[ur * x.levels.len()..][..x.levels.len()],
+                    x.levels[..],
+                    "{what}: tier levels {r}"
+                );
+                assert_eq!(counts[ur * n..][..n], x.counts[..], "{what}: collision counts {r}");
+                assert_eq!(ret.cutoff as u16, x.cutoff, "{what}: cutoff {r}");
+                let keys = &cand[ur * n..][..ret.n_cand as usize];
+                let gpu_cand: BTreeSet<u32> = keys.iter().map(|k| (k & 0xFFFF_FFFF) as u32).collect();
+                assert_eq!(gpu_cand, x.candidates, "{what}: candidates {r}");
+                // the top-k: the k smallest keys
+                let mut sorted = keys.to_vec();
+                sorted.sort_unstable();
+                let gpu_top: BTreeSet<u32> =
+                    sorted.iter().take(ret.k.max(0) as usize).map(|k| (k & 0xFFFF_FFFF) as u32).collect();
+                assert_eq!(gpu_top, x.top, "{what}: top-k {r}");
+                rows_cpu.extend(x.top.iter().copied());
+            }
+            let rows: BTreeSet<u32> =
+                rows_all[u * n..][..us.n_rows as usize].iter().map(|&x| x as u32).collect();
+            assert_eq!(rows, rows_cpu, "{what}: attended rows");
+            assert_eq!(us.n_rows as usize, stats.n_attended, "{what}: row count");
+            let got = &out[u * g * d..][..g * d];
+            let scale = cpu_out.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let worst = got.iter().zip(&cpu_out).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "{what}: attention output off by {worst} (relative to its largest value)");
+            let mut again = vec![0.0f32; g * d];
+            let rows_v: Vec<u32> = rows.iter().copied().collect();
+            attend(qu, &krows, &vrows, &rows_v, params.attn, &mut AttnScratch::default(), &mut again)
+                .unwrap();
+            assert_eq!(again, cpu_out, "{what}: same rows, same CPU output");
+            if u == 0 {
+                println!("step {what}: {} rows, worst relative error {worst:.2e}", rows.len());
+            }
         }
-        s
     }
 
     #[test]
@@ -328,78 +382,43 @@ mod step {
         if gpu().is_none() {
             return;
         }
+        use DType::*;
+        use GqaPolicy::*;
         let cases = [
-            Case {
-                d: 128,
-                g: 4,
-                n: 5000,
-                gqa: GqaPolicy::PerHead,
-                top_k: 256,
-                dtype: DType::F16,
-                interleaved: false,
-            },
-            Case {
-                d: 128,
-                g: 4,
-                n: 5000,
-                gqa: GqaPolicy::Mean,
-                top_k: 256,
-                dtype: DType::F16,
-                interleaved: false,
-            },
-            Case {
-                d: 64,
-                g: 1,
-                n: 1,
-                gqa: GqaPolicy::PerHead,
-                top_k: 16,
-                dtype: DType::F32,
-                interleaved: false,
-            },
-            Case {
-                d: 64,
-                g: 1,
-                n: 100,
-                gqa: GqaPolicy::PerHead,
-                top_k: 16,
-                dtype: DType::F32,
-                interleaved: true,
-            },
+            Case { d: 128, g: 4, n: 5000, gqa: PerHead, top_k: 256, dtype: F16, kv: 2, two_sequences: false },
+            Case { d: 128, g: 4, n: 5000, gqa: Mean, top_k: 256, dtype: F16, kv: 2, two_sequences: true },
+            Case { d: 64, g: 1, n: 1, gqa: PerHead, top_k: 16, dtype: F32, kv: 1, two_sequences: false },
+            Case { d: 64, g: 1, n: 100, gqa: PerHead, top_k: 16, dtype: F32, kv: 3, two_sequences: true },
             Case {
                 d: 256,
                 g: 8,
                 n: 12_345,
-                gqa: GqaPolicy::PerHead,
+                gqa: PerHead,
                 top_k: 1000,
-                dtype: DType::BF16,
-                interleaved: true,
+                dtype: BF16,
+                kv: 1,
+                two_sequences: true,
             },
             Case {
                 d: 256,
                 g: 4,
                 n: 2000,
-                gqa: GqaPolicy::PerHead,
+                gqa: PerHead,
                 top_k: 4096,
-                dtype: DType::F16,
-                interleaved: false,
+                dtype: F16,
+                kv: 1,
+                two_sequences: false,
             },
-            Case {
-                d: 128,
-                g: 8,
-                n: 70_001,
-                gqa: GqaPolicy::Mean,
-                top_k: 2048,
-                dtype: DType::F16,
-                interleaved: false,
-            },
+            Case { d: 128, g: 8, n: 70_001, gqa: Mean, top_k: 2048, dtype: F16, kv: 2, two_sequences: false },
             Case {
                 d: 128,
                 g: 4,
                 n: 1 << 20,
-                gqa: GqaPolicy::PerHead,
+                gqa: PerHead,
                 top_k: 2048,
-                dtype: DType::F16,
-                interleaved: false,
+                dtype: F16,
+                kv: 1,
+                two_sequences: false,
             },
         ];
         // Under compute-sanitizer (PARISKV_GPU_TEST_SMALL=1) the largest case would take too long.
@@ -471,7 +490,7 @@ fn c_abi_step_with_kv_in_host_memory() {
     let gout = DeviceBuffer::new(g * d * 4).unwrap();
     let mut step = std::ptr::null_mut();
     assert_eq!(
-        pariskv_cuda_step_create(d as u32, d as u32, seed, n, g as u32, &mut step),
+        pariskv_cuda_step_create(d as u32, d as u32, seed, n, g as u32, 1, &mut step),
         pariskv_status::PARISKV_OK
     );
     let params = pariskv_step {
@@ -489,24 +508,45 @@ fn c_abi_step_with_kv_in_host_memory() {
         softcap: 0.0,
         seed,
     };
-    let gc = pariskv_cuda_cache {
+    let layer = pariskv_cuda_layer {
+        n_units: 1,
+        n_kv_heads: 1,
+        n_heads: g as u32,
         n_cells: n,
         k: kd,
         k_dtype: 1,
-        k_stride: d * 2,
+        k_row_stride: d * 2,
+        k_token_stride: 0,
+        k_head_stride: 0,
         v: vd,
         v_dtype: 1,
-        v_stride: d * 2,
+        v_row_stride: d * 2,
+        v_token_stride: 0,
+        v_head_stride: 0,
         codes: codes.ptr,
         nibbles: nibbles.ptr,
         weights: weights.ptr,
+        index_token_stride_codes: 0,
+        index_head_stride_codes: 0,
+        index_token_stride_nibbles: 0,
+        index_head_stride_nibbles: 0,
+        index_token_stride_weights: 0,
+        index_head_stride_weights: 0,
         mask: gmask.ptr,
         mask_dtype: 0,
+        mask_token_stride: 0,
         pos: gpos.ptr,
+        pos_token_stride: 0,
+        q: gq.ptr,
+        q_row_stride: d * 4,
+        q_token_stride: 0,
+        q_head_stride: 0,
+        out: gout.ptr,
+        out_row_stride: d * 4,
+        out_token_stride: 0,
+        out_head_stride: 0,
     };
-    let gqs =
-        pariskv_cuda_queries { q: gq.ptr, q_stride: d, n_heads: g as u32, out: gout.ptr, out_stride: d };
-    assert_eq!(pariskv_cuda_step_run(step, &params, &gc, &gqs, null), pariskv_status::PARISKV_OK);
+    assert_eq!(pariskv_cuda_step_run(step, &params, &layer, null), pariskv_status::PARISKV_OK);
     driver::synchronize().unwrap();
     let got: Vec<f32> = gout.read(g * d).unwrap();
 
@@ -535,12 +575,9 @@ fn c_abi_step_with_kv_in_host_memory() {
     assert!(worst < 1e-3, "{worst}");
     // bad input is an error with a message, not a crash
     let bad = pariskv_step { seed: 1, ..params };
+    assert_eq!(pariskv_cuda_step_run(step, &bad, &layer, null), pariskv_status::PARISKV_ERR_INVALID_ARGUMENT);
     assert_eq!(
-        pariskv_cuda_step_run(step, &bad, &gc, &gqs, null),
-        pariskv_status::PARISKV_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        pariskv_cuda_step_run(null as _, &params, &gc, &gqs, null),
+        pariskv_cuda_step_run(null as _, &params, &layer, null),
         pariskv_status::PARISKV_ERR_INVALID_ARGUMENT
     );
     pariskv_cuda_step_free(step);

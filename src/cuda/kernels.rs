@@ -3,7 +3,8 @@
 //! shapes from `constants` that the kernels are compiled with.
 
 use crate::constants::{
-    GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, MAX_HEAD_DIM,
+    GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, GPU_MAX_GROUP,
+    GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -18,18 +19,23 @@ pub const THREADS: u32 = GPU_CHUNK_THREADS as u32;
 pub const ATT_ROWS: usize = GPU_ATT_ROWS;
 pub const ATT_WARPS: u32 = GPU_ATT_WARPS as u32;
 pub const ENCODE_WARPS: u32 = GPU_ENCODE_WARPS as u32;
+pub const TOPK_THREADS: u32 = GPU_TOPK_THREADS as u32;
+pub const MAX_GROUP: usize = GPU_MAX_GROUP;
+
+/// Dynamic shared memory of the attention kernel for `heads` heads of dims dk, dv.
+pub const fn attend_smem(heads: usize, dk: usize, dv: usize) -> usize {
+    (heads * dk + GPU_ATT_WARPS * heads * (2 + dv)) * 4
+}
 
 const fn k(name: &'static str) -> Kernel {
     Kernel { name, dynamic_smem: 0 }
 }
 
 pub const ENCODE: Kernel = Kernel { name: "pk_encode", dynamic_smem: GPU_ENCODE_WARPS * MAX_HEAD_DIM * 4 };
-pub const ZERO_U32: Kernel = k("pk_zero_u32");
-pub const STEP_BEGIN: Kernel = k("pk_step_begin");
+pub const BEGIN: Kernel = k("pk_begin");
 pub const VISIBILITY: Kernel = k("pk_visibility");
-pub const CLASSIFY: Kernel = k("pk_classify");
-pub const HISTOGRAM: Kernel =
-    Kernel { name: "pk_histogram", dynamic_smem: MAX_HEAD_DIM / BLOCK * N_CENTROIDS * 4 };
+pub const CLASSIFY: Kernel =
+    Kernel { name: "pk_classify", dynamic_smem: MAX_HEAD_DIM / BLOCK * N_CENTROIDS * 4 };
 pub const QUERY_ROT: Kernel = Kernel { name: "pk_query_rot", dynamic_smem: MAX_HEAD_DIM * 4 };
 pub const TIERS: Kernel = k("pk_tiers");
 pub const COLLISIONS: Kernel =
@@ -38,20 +44,18 @@ pub const CUTOFF: Kernel = k("pk_cutoff");
 pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
 pub const SCAN_CHUNKS: Kernel = k("pk_scan_chunks");
 pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
-pub const RADIX_HIST: Kernel = k("pk_radix_hist");
-pub const RADIX_PICK: Kernel = k("pk_radix_pick");
-pub const MARK: Kernel = k("pk_mark");
-pub const ROWS: Kernel = k("pk_rows");
-pub const ATTEND_PARTIAL: Kernel = k("pk_attend_partial");
+pub const TOPK: Kernel = k("pk_topk");
+pub const ATTEND_PARTIAL: Kernel = Kernel {
+    name: "pk_attend_partial",
+    dynamic_smem: attend_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM),
+};
 pub const ATTEND_COMBINE: Kernel = k("pk_attend_combine");
 
 pub const ALL_KERNELS: &[Kernel] = &[
     ENCODE,
-    ZERO_U32,
-    STEP_BEGIN,
+    BEGIN,
     VISIBILITY,
     CLASSIFY,
-    HISTOGRAM,
     QUERY_ROT,
     TIERS,
     COLLISIONS,
@@ -59,10 +63,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TIE_CHUNKS,
     SCAN_CHUNKS,
     SELECT_RERANK,
-    RADIX_HIST,
-    RADIX_PICK,
-    MARK,
-    ROWS,
+    TOPK,
     ATTEND_PARTIAL,
     ATTEND_COMBINE,
 ];

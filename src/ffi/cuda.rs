@@ -37,37 +37,52 @@ pub struct pariskv_cuda_encode_target {
     pub n_heads: u32,
 }
 
-/// One KV head's cache view on the device for `pariskv_cuda_step_run`: `n_cells` cells of K
-/// and V (row of cell c at `k + c * k_stride` bytes, likewise V), their index, and per cell
-/// the mask value (0 or -inf, `mask_dtype`) and the position (int32).
+/// One layer's decode step on the device, for `pariskv_cuda_step_run`: `n_units` units, unit
+/// u = a * n_kv_heads + h being KV head h of token (or sequence) a, with `n_heads` query heads
+/// sharing it. Every per-unit address is the base plus `a * *_token_stride + h * *_head_stride`
+/// bytes. Within a unit: cell c's K row at `+ c * k_row_stride` (likewise V, `n_cells` cells),
+/// its index rows (codes, nibbles, weights as in `pariskv_codes`), mask value (0 or -inf,
+/// `mask_dtype`) and int32 position at element c; query head i at `+ i * q_row_stride`
+/// (f32), its output at `+ i * out_row_stride` (f32).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct pariskv_cuda_cache {
+pub struct pariskv_cuda_layer {
+    pub n_units: u32,
+    pub n_kv_heads: u32,
+    pub n_heads: u32,
     pub n_cells: usize,
     pub k: u64,
     pub k_dtype: pariskv_dtype,
-    pub k_stride: usize,
+    pub k_row_stride: usize,
+    pub k_token_stride: i64,
+    pub k_head_stride: i64,
     pub v: u64,
     pub v_dtype: pariskv_dtype,
-    pub v_stride: usize,
+    pub v_row_stride: usize,
+    pub v_token_stride: i64,
+    pub v_head_stride: i64,
     pub codes: u64,
     pub nibbles: u64,
     pub weights: u64,
+    pub index_token_stride_codes: i64,
+    pub index_head_stride_codes: i64,
+    pub index_token_stride_nibbles: i64,
+    pub index_head_stride_nibbles: i64,
+    pub index_token_stride_weights: i64,
+    pub index_head_stride_weights: i64,
     pub mask: u64,
     pub mask_dtype: pariskv_dtype,
+    pub mask_token_stride: i64,
     pub pos: u64,
-}
-
-/// The query heads of one group on the device (f32 rows `q_stride` floats apart) and where
-/// their outputs go (f32 rows `out_stride` floats apart).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct pariskv_cuda_queries {
+    pub pos_token_stride: i64,
     pub q: u64,
-    pub q_stride: usize,
-    pub n_heads: u32,
+    pub q_row_stride: usize,
+    pub q_token_stride: i64,
+    pub q_head_stride: i64,
     pub out: u64,
-    pub out_stride: usize,
+    pub out_row_stride: usize,
+    pub out_token_stride: i64,
+    pub out_head_stride: i64,
 }
 
 /// Scratch of a GPU decode step, allocated once in the context current at creation.
@@ -196,8 +211,9 @@ pub extern "C" fn pariskv_cuda_encode(
     })
 }
 
-/// Allocates the scratch of a GPU decode step for caches of up to `max_cells` cells and
-/// groups of up to `max_heads` query heads, in the current context. On error `*out` = NULL.
+/// Allocates the scratch of a GPU decode step for layers of up to `max_units` units (KV
+/// heads x tokens) of up to `max_heads` query heads each, over up to `max_cells` cells, in
+/// the current context. On error `*out` = NULL.
 #[no_mangle]
 pub extern "C" fn pariskv_cuda_step_create(
     head_dim: u32,
@@ -205,6 +221,7 @@ pub extern "C" fn pariskv_cuda_step_create(
     seed: u64,
     max_cells: usize,
     max_heads: u32,
+    max_units: u32,
     out: *mut *mut pariskv_cuda_step,
 ) -> pariskv_status {
     boundary("pariskv_cuda_step_create", || {
@@ -217,14 +234,19 @@ pub extern "C" fn pariskv_cuda_step_create(
                 return Err(Error::unsupported(format!("v_dim {v_dim} must be in 1..=512")));
             }
             crate::cuda::driver::init()?;
-            let buffers =
-                crate::cuda::step::StepBuffers::new(shape, v_dim as usize, max_cells, max_heads as usize)?;
+            let buffers = crate::cuda::step::StepBuffers::new(
+                shape,
+                v_dim as usize,
+                max_cells,
+                max_heads as usize,
+                max_units as usize,
+            )?;
             *out = Box::into_raw(Box::new(pariskv_cuda_step { buffers, seed }));
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (head_dim, v_dim, seed, max_cells, max_heads);
+            let _ = (head_dim, v_dim, seed, max_cells, max_heads, max_units);
             no_cuda()
         }
     })
@@ -244,25 +266,23 @@ pub extern "C" fn pariskv_cuda_step_free(step: *mut pariskv_cuda_step) {
     });
 }
 
-/// Launches one decode step on `stream`: the GPU twin of `pariskv_attend_cache` for the
-/// query group in `queries` over the cache view `cache`. Graph-safe: no allocation, no
-/// host synchronisation, no device-to-host read.
+/// Launches one layer's decode step on `stream`: for every unit, the GPU twin of
+/// `pariskv_attend_cache`. Graph-safe: no allocation, no host synchronisation, no
+/// device-to-host read.
 #[no_mangle]
 pub extern "C" fn pariskv_cuda_step_run(
     step: *mut pariskv_cuda_step,
     params: *const pariskv_step,
-    cache: *const pariskv_cuda_cache,
-    queries: *const pariskv_cuda_queries,
+    layer: *const pariskv_cuda_layer,
     stream: *mut c_void,
 ) -> pariskv_status {
     boundary("pariskv_cuda_step_run", || {
         #[cfg(feature = "cuda")]
         {
-            use crate::cuda::step::{run, GpuCache, GpuQueries};
+            use crate::cuda::step::{run, GpuLayer, UnitLayout};
             let step = in_ref(step as *const pariskv_cuda_step, "step")?;
             let p = in_ref(params, "params")?;
-            let c = in_ref(cache, "cache")?;
-            let q = in_ref(queries, "queries")?;
+            let l = in_ref(layer, "layer")?;
             let shape = step.buffers.shape;
             if p.head_dim as usize != shape.head_dim
                 || p.v_dim as usize != step.buffers.dv
@@ -273,43 +293,61 @@ pub extern "C" fn pariskv_cuda_step_run(
                     p.head_dim, p.v_dim, p.seed, shape.head_dim, step.buffers.dv, step.seed
                 )));
             }
-            if p.n_heads != q.n_heads {
+            if p.n_heads != l.n_heads || l.n_kv_heads == 0 || l.n_units % l.n_kv_heads != 0 {
                 return Err(Error::invalid(format!(
-                    "params.n_heads {} != queries.n_heads {}",
-                    p.n_heads, q.n_heads
+                    "params.n_heads {} / layer.n_heads {}, {} units of {} KV heads",
+                    p.n_heads, l.n_heads, l.n_units, l.n_kv_heads
                 )));
             }
             let params = p.params()?;
             let stream = stream_of(stream);
             let module = crate::cuda::driver::module_for(&stream)?;
             let rot = crate::cuda::encode::rotation_for(&stream, shape, p.seed)?;
-            let gc = GpuCache {
-                n: c.n_cells,
-                k: c.k,
-                k_dtype: dtype(c.k_dtype, "cache.k_dtype")?,
-                k_stride: c.k_stride,
-                v: c.v,
-                v_dtype: dtype(c.v_dtype, "cache.v_dtype")?,
-                v_stride: c.v_stride,
-                codes: c.codes,
-                nibbles: c.nibbles,
-                weights: c.weights,
-                mask: c.mask,
-                mask_dtype: dtype(c.mask_dtype, "cache.mask_dtype")?,
-                pos: c.pos,
+            let layer = GpuLayer {
+                layout: UnitLayout {
+                    n_units: l.n_units as i32,
+                    n_h: l.n_kv_heads as i32,
+                    k_a: l.k_token_stride,
+                    k_h: l.k_head_stride,
+                    v_a: l.v_token_stride,
+                    v_h: l.v_head_stride,
+                    codes_a: l.index_token_stride_codes,
+                    codes_h: l.index_head_stride_codes,
+                    nib_a: l.index_token_stride_nibbles,
+                    nib_h: l.index_head_stride_nibbles,
+                    w_a: l.index_token_stride_weights,
+                    w_h: l.index_head_stride_weights,
+                    mask_a: l.mask_token_stride,
+                    pos_a: l.pos_token_stride,
+                    q_a: l.q_token_stride,
+                    q_h: l.q_head_stride,
+                    out_a: l.out_token_stride,
+                    out_h: l.out_head_stride,
+                },
+                n: l.n_cells,
+                k: l.k,
+                k_dtype: dtype(l.k_dtype, "layer.k_dtype")?,
+                k_stride: l.k_row_stride,
+                v: l.v,
+                v_dtype: dtype(l.v_dtype, "layer.v_dtype")?,
+                v_stride: l.v_row_stride,
+                codes: l.codes,
+                nibbles: l.nibbles,
+                weights: l.weights,
+                mask: l.mask,
+                mask_dtype: dtype(l.mask_dtype, "layer.mask_dtype")?,
+                pos: l.pos,
+                q: l.q,
+                q_stride: l.q_row_stride,
+                n_heads: l.n_heads as usize,
+                out: l.out,
+                out_stride: l.out_row_stride,
             };
-            let gq = GpuQueries {
-                q: q.q,
-                q_stride: q.q_stride,
-                n_heads: q.n_heads as usize,
-                out: q.out,
-                out_stride: q.out_stride,
-            };
-            run(module, rot, &params, &gc, &gq, &step.buffers, &stream)
+            run(module, rot, &params, &layer, &step.buffers, &stream)
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (step, params, cache, queries, stream);
+            let _ = (step, params, layer, stream);
             no_cuda()
         }
     })
