@@ -55,6 +55,10 @@ extern "C" __global__ void pk_attend_partial(pk_attend_args a) {
     extern __shared__ float sm[];
     const int u = blockIdx.z, chunk = blockIdx.x, n_chunks = gridDim.x, H = a.n_heads;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n_rows = a.n_rows[u * a.n_rows_stride];
+    if (chunk * PK_ATT_ROWS >= n_rows) {
+        return; // the grid covers the bound; the combine reads only the blocks that hold rows
+    }
     float * qs = sm;                                  // [H][dk]
     float * wst = sm + H * a.dk;                      // [warps][H][2 + dv]
     float * mine = wst + warp * H * (2 + a.dv);
@@ -64,7 +68,6 @@ extern "C" __global__ void pk_attend_partial(pk_attend_args a) {
     }
     for (int i = lane; i < H * (2 + a.dv); i += 32) mine[i] = (i % (2 + a.dv)) == 0 ? -INFINITY : 0.0f;
     __syncthreads();
-    const int n_rows = a.n_rows[u * a.n_rows_stride];
     const int r0 = chunk * PK_ATT_ROWS, r1 = min(n_rows, r0 + PK_ATT_ROWS);
     const int * rows = a.rows + u * a.row_stride;
     const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);

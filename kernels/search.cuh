@@ -192,7 +192,14 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
         } else if (k == PK_ZONE) {
             zone++;
             const unsigned char * code = codes + (long long) c * a.nb;
-            for (int b = 0; b < a.nb; ++b) atomicAdd(&pk_hist_smem[b * PK_N_CENTROIDS + code[b]], 1u);
+            if (a.nb % 4 == 0) {
+                for (int i = 0; i < a.nb / 4; ++i) {
+                    const unsigned int x = ((const unsigned int *) code)[i];
+                    for (int j = 0; j < 4; ++j) atomicAdd(&pk_hist_smem[(4 * i + j) * PK_N_CENTROIDS + (x >> (8 * j) & 255)], 1u);
+                }
+            } else {
+                for (int b = 0; b < a.nb; ++b) atomicAdd(&pk_hist_smem[b * PK_N_CENTROIDS + code[b]], 1u);
+            }
         }
     }
     for (int o = 16; o > 0; o /= 2) zone += __shfl_xor_sync(0xFFFFFFFFu, zone, o);
@@ -281,29 +288,54 @@ extern "C" __global__ void pk_tiers(pk_step_args a) {
     }
 }
 
-// collision counts per cell and their histogram; grid (chunks, retrievals, units), dynamic
-// shared memory nb*256 levels
-extern "C" __global__ void pk_collisions(pk_step_args a) {
+// collision counts per cell and their histogram, for `r_batch` retrievals per block (each
+// cell's codes loaded once for all of them); grid (chunks, retrieval batches, units),
+// dynamic shared memory: r_batch * nb*256 levels, then r_batch * (max_collisions + 1) counters
+extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     extern __shared__ unsigned char pk_lv_smem[];
-    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
-    const unsigned char * lv = a.levels + (long long) ur * a.nb * PK_N_CENTROIDS;
-    for (int i = threadIdx.x; i < a.nb * PK_N_CENTROIDS; i += blockDim.x) pk_lv_smem[i] = lv[i];
+    const int u = blockIdx.z, r0 = blockIdx.y * r_batch, nr = min(r_batch, a.n_ret - r0);
+    const int n_lv = a.nb * PK_N_CENTROIDS, n_ch = a.max_collisions + 1;
+    unsigned int * local = (unsigned int *) (pk_lv_smem + r_batch * n_lv);
+    const unsigned char * lv = a.levels + ((long long) u * a.n_ret + r0) * n_lv;
+    for (int i = threadIdx.x; i < nr * n_lv; i += blockDim.x) pk_lv_smem[i] = lv[i];
+    for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) local[i] = 0;
     __syncthreads();
     const unsigned char * codes = pk_codes_of(a, u);
     const unsigned char * klass = a.klass + (long long) u * a.n;
-    unsigned short * counts = a.counts + (long long) ur * a.n;
-    unsigned int * ch = a.count_hist + (long long) ur * (a.max_collisions + 1);
     const int c1 = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
     for (int c = blockIdx.x * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
-        if (klass[c] != PK_ZONE) {
-            counts[c] = PK_NOT_IN_ZONE;
-            continue;
-        }
+        const bool in_zone = klass[c] == PK_ZONE;
+        unsigned int words[PK_MAX_HEAD_DIM / PK_BLOCK / 4];
         const unsigned char * code = codes + (long long) c * a.nb;
-        int total = 0;
-        for (int b = 0; b < a.nb; ++b) total += pk_lv_smem[b * PK_N_CENTROIDS + code[b]];
-        counts[c] = (unsigned short) total;
-        atomicAdd(&ch[total], 1u);
+        if (in_zone && a.nb % 4 == 0) {
+            for (int i = 0; i < a.nb / 4; ++i) words[i] = ((const unsigned int *) code)[i];
+        }
+        for (int j = 0; j < nr; ++j) {
+            unsigned short * counts = a.counts + ((long long) u * a.n_ret + r0 + j) * a.n;
+            if (!in_zone) {
+                counts[c] = PK_NOT_IN_ZONE;
+                continue;
+            }
+            const unsigned char * L = pk_lv_smem + j * n_lv;
+            int total = 0;
+            if (a.nb % 4 == 0) {
+                for (int i = 0; i < a.nb / 4; ++i) {
+                    const unsigned int x = words[i];
+                    const int b = 4 * i;
+                    total += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
+                           + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                }
+            } else {
+                for (int b = 0; b < a.nb; ++b) total += L[b * PK_N_CENTROIDS + code[b]];
+            }
+            counts[c] = (unsigned short) total;
+            atomicAdd(&local[j * n_ch + total], 1u);
+        }
+    }
+    __syncthreads();
+    unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r0) * n_ch;
+    for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {
+        if (local[i]) atomicAdd(&ch[i], local[i]);
     }
 }
 
@@ -421,6 +453,7 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
             base += t;
         }
         const bool chosen = count != PK_NOT_IN_ZONE && (count > x.cutoff || (tie && rank < x.ties_left));
+        unsigned long long key = 0;
         if (chosen && x.k > 0) {
             const unsigned char * nib = nibbles + (long long) c * (a.dp / 2);
             const __half * w = weights + (long long) c * a.nb;
@@ -436,9 +469,15 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
                 const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
                 acc[b % 4] = __fadd_rn(acc[b % 4], __fmul_rn(__half2float(w[b]), dot));
             }
-            const float score = __fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3]));
-            cand[atomicAdd(&x.n_cand, 1)] = pk_key(score, c);
+            key = pk_key(__fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3])), c);
         }
+        // one atomic per warp for the warp's candidates
+        const bool emit = chosen && x.k > 0;
+        const unsigned int votes = __ballot_sync(0xFFFFFFFFu, emit);
+        int slot = 0;
+        if (lane == 0 && votes) slot = atomicAdd(&x.n_cand, __popc(votes));
+        slot = __shfl_sync(0xFFFFFFFFu, slot, 0);
+        if (emit) cand[slot + __popc(votes & ((1u << lane) - 1))] = key;
         __syncthreads();
     }
 }
@@ -450,6 +489,7 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
     __shared__ unsigned int h[256];
     __shared__ unsigned long long prefix;
     __shared__ int remaining;
+    __shared__ int done;
     const int r = blockIdx.x, u = blockIdx.z, ur = u * a.n_ret + r;
     pk_retrieval & x = pk_ret(a, u, r);
     const int n = x.n_cand, k = x.k;
@@ -460,8 +500,10 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
         if (threadIdx.x == 0) {
             prefix = 0;
             remaining = k;
+            done = 0;
         }
-        for (int pass = 7; pass >= 0; --pass) {
+        __syncthreads();
+        for (int pass = 7; pass >= 0 && !done; --pass) {
             for (int i = threadIdx.x; i < 256; i += blockDim.x) h[i] = 0;
             __syncthreads();
             const int shift = 8 * pass;
@@ -478,6 +520,12 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
                     if (below + h[dgt] >= (unsigned int) remaining) {
                         prefix |= (unsigned long long) dgt << shift;
                         remaining -= below;
+                        // once the score bits are settled and every key with them is
+                        // needed, the cell bits need no passes of their own
+                        if (pass == 4 && h[dgt] == (unsigned int) remaining) {
+                            prefix |= 0xFFFFFFFFull;
+                            done = 1;
+                        }
                         break;
                     }
                     below += h[dgt];

@@ -38,8 +38,21 @@ pub const CLASSIFY: Kernel =
     Kernel { name: "pk_classify", dynamic_smem: MAX_HEAD_DIM / BLOCK * N_CENTROIDS * 4 };
 pub const QUERY_ROT: Kernel = Kernel { name: "pk_query_rot", dynamic_smem: MAX_HEAD_DIM * 4 };
 pub const TIERS: Kernel = k("pk_tiers");
-pub const COLLISIONS: Kernel =
-    Kernel { name: "pk_collisions", dynamic_smem: MAX_HEAD_DIM / BLOCK * N_CENTROIDS };
+/// Most shared memory a collision block asks for; retrievals are batched to fit.
+pub const COLLISIONS_SMEM: usize = 96 * 1024;
+pub const COLLISIONS: Kernel = Kernel { name: "pk_collisions", dynamic_smem: COLLISIONS_SMEM };
+
+/// Dynamic shared memory of the collision kernel for `r_batch` retrievals of `n_blocks`
+/// blocks per key: their levels, then their count histograms (6 tiers per block + 1).
+pub const fn collisions_smem(r_batch: usize, n_blocks: usize) -> usize {
+    r_batch * (n_blocks * N_CENTROIDS + (crate::shape::N_TIERS * n_blocks + 1) * 4)
+}
+
+/// How many retrievals one collision block handles at once.
+pub fn collisions_batch(n_ret: usize, n_blocks: usize) -> usize {
+    (COLLISIONS_SMEM / collisions_smem(1, n_blocks)).clamp(1, n_ret.max(1))
+}
+
 pub const CUTOFF: Kernel = k("pk_cutoff");
 pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
 pub const SCAN_CHUNKS: Kernel = k("pk_scan_chunks");

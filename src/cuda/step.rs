@@ -356,7 +356,12 @@ pub fn run_marked(
     ];
     launch(module, QUERY_ROT, one_per_ret, 32, (shape.padded_dim * 4) as u32, stream, &mut qp)?;
     launch(module, TIERS, (shape.n_blocks as u32, n_ret as u32, u), N_CENTROIDS as u32, 0, stream, &mut p)?;
-    launch(module, COLLISIONS, per_ret, THREADS, (shape.n_blocks * N_CENTROIDS) as u32, stream, &mut p)?;
+    let r_batch = collisions_batch(n_ret, shape.n_blocks);
+    let mut rb = r_batch as i32;
+    let mut cp = [ap, &mut rb as *mut i32 as *mut c_void];
+    let batches = (n_chunks as u32, n_ret.div_ceil(r_batch) as u32, u);
+    let smem = collisions_smem(r_batch, shape.n_blocks) as u32;
+    launch(module, COLLISIONS, batches, THREADS, smem, stream, &mut cp)?;
     launch(module, CUTOFF, one_per_ret, 32, 0, stream, &mut p)?;
     marks.mark("query + tiers + collision counts", stream)?;
     launch(module, TIE_CHUNKS, per_ret, THREADS, 0, stream, &mut p)?;
