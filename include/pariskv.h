@@ -111,6 +111,12 @@ typedef struct pariskv_config {
   pariskv_dtype kv_dtype;
   // How query heads sharing a KV head choose its rows (default PARISKV_GQA_PER_HEAD).
   pariskv_gqa gqa_policy;
+  // Where the index lives: -1 (default) host memory and the CPU; n >= 0 CUDA device n
+  // (needs a library built with feature `cuda`, else PARISKV_ERR_UNSUPPORTED).
+  int32_t device;
+  // With a CUDA device, nonzero keeps the K/V rows in pinned host memory that the GPU
+  // reads through UVA (only the index takes device memory); must be 0 on the CPU.
+  uint32_t kv_in_host;
   // Seed of the rotation's random sign diagonal.
   uint64_t seed;
 } pariskv_config;
@@ -274,14 +280,16 @@ const char *pariskv_last_error(void);
 
 // Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512, top-k
 // 2048 and adaptive ratios, dense threshold sink + window + 2 top-k, scale
-// 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA retrieval. `cfg` is left
-// untouched on error.
+// 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA retrieval, on the CPU (device
+// -1). `cfg` is left untouched on error.
 enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
                                         uint32_t head_dim,
                                         uint32_t n_q_heads,
                                         uint32_t n_kv_heads);
 
-// Creates an index from a validated config. On error `*out` is set to NULL.
+// Creates an index from a validated config, on the device `cfg->device` names (a CUDA
+// device fails with PARISKV_ERR_UNSUPPORTED in a build without feature `cuda`, with
+// PARISKV_ERR_CUDA when the driver or device cannot be used). On error `*out` is NULL.
 enum pariskv_status pariskv_index_create(const struct pariskv_config *cfg,
                                          struct pariskv_index **out);
 

@@ -53,6 +53,7 @@ struct pk_step_args {
     int adaptive;               // the reference ratio table, else rho_cand / rho_coll
     double rho_cand, rho_coll;
     int max_collisions;
+    int dense_zone;             // zones up to this size are attended whole (top_k in a step)
     const char * q;             // query heads of unit 0 (f32 rows q_stride bytes apart)
     long long q_stride;
     int n_heads;                // query heads per unit
@@ -347,7 +348,7 @@ extern "C" __global__ void pk_cutoff(pk_step_args a) {
     const int n_zone = pk_unit(a, u).n_zone;
     pk_retrieval & x = pk_ret(a, u, r);
     // small zones: everything (cache_step attends every visible cell)
-    int k = n_zone <= a.top_k ? n_zone : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
+    int k = n_zone <= a.dense_zone ? n_zone : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
     k = min(k, n_zone);
     double cand, coll;
     pk_ratios(a, n_zone, cand, coll);

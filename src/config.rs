@@ -16,6 +16,18 @@ pub const DEFAULT_TOP_K: usize = 2048;
 /// Seed of the rotation's sign diagonal ("PARISKV1").
 pub const DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
 
+/// Where an index handle lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// Everything in host memory, computed on the CPU.
+    #[default]
+    Cpu,
+    /// The index and the search on CUDA device `ordinal`; K/V rows in its memory, or with
+    /// `kv_in_host` in pinned host memory the GPU reads through UVA (contexts that do not
+    /// fit in device memory).
+    Cuda { ordinal: u32, kv_in_host: bool },
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub head_dim: usize,
@@ -33,6 +45,8 @@ pub struct Config {
     pub attn: AttnParams,
     /// Element type the index handle stores K and V rows in.
     pub kv_dtype: DType,
+    /// Where the index handle lives (the stateless primitives take no notice).
+    pub device: Device,
 }
 
 impl Config {
@@ -52,6 +66,7 @@ impl Config {
             seed: DEFAULT_SEED,
             attn: AttnParams { scale: 1.0 / (head_dim.max(1) as f32).sqrt(), softcap: 0.0 },
             kv_dtype: DType::F16,
+            device: Device::Cpu,
         }
     }
 
@@ -77,6 +92,11 @@ impl Config {
             r.validate()?;
         }
         self.attn.validate()?;
+        if let Device::Cuda { ordinal, .. } = self.device {
+            if ordinal > i32::MAX as u32 {
+                return Err(Error::invalid(format!("CUDA device ordinal {ordinal} is out of range")));
+            }
+        }
         Ok(shape)
     }
 

@@ -101,23 +101,29 @@ pub fn select_group<F: Fn(usize) -> bool>(
         scratch.candidates.extend_from_slice(&scratch.search.candidates);
         total = SearchStats { n_candidates: total.n_candidates + s.n_candidates, ..s };
     }
-    out.clear();
-    scratch.seen.clear();
-    let longest = scratch.lists.iter().map(Vec::len).max().unwrap_or(0);
-    for rank in 0..longest {
-        for list in &scratch.lists[..g] {
-            if let Some(&c) = list.get(rank) {
-                if scratch.seen.insert(c) {
-                    out.push(c);
-                }
-            }
-        }
-    }
+    merge_ranks(&scratch.lists[..g], &mut scratch.seen, out);
     if g > 1 {
         scratch.candidates.sort_unstable();
         scratch.candidates.dedup();
     }
     Ok(total)
+}
+
+/// The group's per-head lists (each best first) merged rank by rank without repeats: every
+/// head's best, then every head's second, ...
+pub fn merge_ranks(lists: &[Vec<u32>], seen: &mut HashSet<u32>, out: &mut Vec<u32>) {
+    out.clear();
+    seen.clear();
+    let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
+    for rank in 0..longest {
+        for list in lists {
+            if let Some(&c) = list.get(rank) {
+                if seen.insert(c) {
+                    out.push(c);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

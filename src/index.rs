@@ -1,9 +1,10 @@
 //! The stateful index handle for engines that do not manage their own KV cache: it owns
 //! the K/V rows of one layer (one sequence), encodes every key as it is appended, and
 //! answers search and attend for one decode query. Built from the stateless primitives.
+//! [`open`] picks the CPU [`Index`] or, for a CUDA device, `cuda::index::GpuIndex`.
 
 use crate::attention::{attend, AttnScratch};
-use crate::config::Config;
+use crate::config::{Config, Device};
 use crate::encode::{encode_rows, CodeStore, EncodeScratch};
 use crate::error::{Error, Result};
 use crate::gqa::{select_group, GroupScratch};
@@ -59,6 +60,82 @@ pub struct Retrieved {
     pub stats: SearchStats,
 }
 
+/// What every index handle answers, wherever it lives.
+pub trait KvIndex: Send {
+    fn config(&self) -> &Config;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn stats(&self) -> IndexStats;
+    /// Appends `n_tokens` keys and values laid out `[n_tokens][n_kv_heads][head_dim]`.
+    /// Either everything is appended or, on error, nothing is.
+    fn append(&mut self, keys: RowData, values: RowData, n_tokens: usize) -> Result<()>;
+    /// Per KV head, the top-k token positions of the retrieval zone, best first.
+    fn search(&mut self, queries: RowData, k: usize) -> Result<Vec<Vec<u32>>>;
+    /// ParisKV attention output `[n_q_heads][head_dim]` for one decode query.
+    fn attend(&mut self, queries: RowData, out: &mut [f32]) -> Result<()>;
+}
+
+/// An index on the device `cfg.device` names.
+pub fn open(cfg: Config) -> Result<Box<dyn KvIndex>> {
+    match cfg.device {
+        Device::Cpu => Ok(Box::new(Index::new(cfg)?)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda { .. } => Ok(Box::new(crate::cuda::index::GpuIndex::new(cfg)?)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda { ordinal, .. } => Err(Error::unsupported(format!(
+            "CUDA device {ordinal} asked for, but this build of pariskv has no CUDA support (feature `cuda`)"
+        ))),
+    }
+}
+
+/// Checks an append of `n_tokens` to an index of `len` tokens (shared by every handle).
+pub(crate) fn check_append(
+    cfg: &Config,
+    len: usize,
+    keys: &RowData,
+    values: &RowData,
+    n_tokens: usize,
+) -> Result<()> {
+    let rows =
+        n_tokens.checked_mul(cfg.n_kv_heads).ok_or_else(|| Error::invalid("append: n_tokens too large"))?;
+    expect_len(cfg, "append keys", keys, rows)?;
+    expect_len(cfg, "append values", values, rows)?;
+    if len.checked_add(n_tokens).is_none_or(|n| n > u32::MAX as usize) {
+        return Err(Error::invalid(format!(
+            "append: {len} + {n_tokens} tokens exceeds the 2^32-1 cells an index can hold"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `data` holds `rows` rows of `head_dim`.
+pub(crate) fn expect_len(cfg: &Config, what: &str, data: &RowData, rows: usize) -> Result<()> {
+    let want =
+        rows.checked_mul(cfg.head_dim).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
+    if data.len() != want {
+        return Err(Error::invalid(format!(
+            "{what}: {} elements given, expected {rows} rows of {} = {want}",
+            data.len(),
+            cfg.head_dim
+        )));
+    }
+    Ok(())
+}
+
+/// `n_q_heads` query rows converted to f32 into `out`.
+pub(crate) fn load_queries(cfg: &Config, queries: RowData, out: &mut Vec<f32>) -> Result<()> {
+    let (d, nq) = (cfg.head_dim, cfg.n_q_heads);
+    expect_len(cfg, "queries", &queries, nq)?;
+    let rows = Rows::packed(queries, d)?;
+    out.resize(nq * d, 0.0);
+    for (h, q) in out.chunks_exact_mut(d).enumerate() {
+        rows.load(h, q);
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Index {
     cfg: Config,
@@ -73,6 +150,12 @@ pub struct Index {
 impl Index {
     pub fn new(cfg: Config) -> Result<Index> {
         let shape = cfg.validate()?;
+        if cfg.device != Device::Cpu {
+            return Err(Error::invalid(format!(
+                "Index is the CPU index; {:?} needs index::open (a build with feature `cuda`)",
+                cfg.device
+            )));
+        }
         let heads = (0..cfg.n_kv_heads)
             .map(|_| Head {
                 codes: CodeStore::default(),
@@ -114,33 +197,11 @@ impl Index {
         }
     }
 
-    fn expect_len(&self, what: &str, data: &RowData, rows: usize) -> Result<()> {
-        let want = rows
-            .checked_mul(self.cfg.head_dim)
-            .ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
-        if data.len() != want {
-            return Err(Error::invalid(format!(
-                "{what}: {} elements given, expected {rows} rows of {} = {want}",
-                data.len(),
-                self.cfg.head_dim
-            )));
-        }
-        Ok(())
-    }
-
     /// Appends `n_tokens` keys and values laid out `[n_tokens][n_kv_heads][head_dim]`.
     /// Either everything is appended or, on error, nothing is.
     pub fn append(&mut self, keys: RowData, values: RowData, n_tokens: usize) -> Result<()> {
         let (d, nkv) = (self.cfg.head_dim, self.cfg.n_kv_heads);
-        let rows = n_tokens.checked_mul(nkv).ok_or_else(|| Error::invalid("append: n_tokens too large"))?;
-        self.expect_len("append keys", &keys, rows)?;
-        self.expect_len("append values", &values, rows)?;
-        if self.len.checked_add(n_tokens).is_none_or(|n| n > u32::MAX as usize) {
-            return Err(Error::invalid(format!(
-                "append: {} + {n_tokens} tokens exceeds the 2^32-1 cells an index can hold",
-                self.len
-            )));
-        }
+        check_append(&self.cfg, self.len, &keys, &values, n_tokens)?;
         if n_tokens == 0 {
             return Ok(());
         }
@@ -179,14 +240,7 @@ impl Index {
 
     /// Converts `n_q_heads` query rows to f32 into the scratch.
     fn load_queries(&mut self, queries: RowData) -> Result<()> {
-        let (d, nq) = (self.cfg.head_dim, self.cfg.n_q_heads);
-        self.expect_len("queries", &queries, nq)?;
-        let rows = Rows::packed(queries, d)?;
-        self.scratch.queries.resize(nq * d, 0.0);
-        for (h, q) in self.scratch.queries.chunks_exact_mut(d).enumerate() {
-            rows.load(h, q);
-        }
-        Ok(())
+        load_queries(&self.cfg, queries, &mut self.scratch.queries)
     }
 
     /// Top-k cells of the retrieval zone for KV head `h`, best first, into `scratch.search.top`.
@@ -302,5 +356,31 @@ impl Index {
             result?;
         }
         Ok(())
+    }
+}
+
+impl KvIndex for Index {
+    fn config(&self) -> &Config {
+        Index::config(self)
+    }
+
+    fn len(&self) -> usize {
+        Index::len(self)
+    }
+
+    fn stats(&self) -> IndexStats {
+        Index::stats(self)
+    }
+
+    fn append(&mut self, keys: RowData, values: RowData, n_tokens: usize) -> Result<()> {
+        Index::append(self, keys, values, n_tokens)
+    }
+
+    fn search(&mut self, queries: RowData, k: usize) -> Result<Vec<Vec<u32>>> {
+        Index::search(self, queries, k)
+    }
+
+    fn attend(&mut self, queries: RowData, out: &mut [f32]) -> Result<()> {
+        Index::attend(self, queries, out)
     }
 }

@@ -60,6 +60,18 @@ impl RowData<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The elements as raw bytes (native endianness), for copies to the device.
+    pub fn as_bytes(&self) -> &[u8] {
+        let (ptr, bytes) = match self {
+            RowData::F32(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
+            RowData::F16(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
+            RowData::BF16(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
+        };
+        // SAFETY: f32, f16 and bf16 are plain data without padding; the slice covers
+        // exactly the borrowed elements for the borrow's lifetime.
+        unsafe { std::slice::from_raw_parts(ptr, bytes) }
+    }
 }
 
 /// `n` rows of `dim` elements, row `i` starting at element `offset + i * stride`.

@@ -585,3 +585,159 @@ fn c_abi_step_with_kv_in_host_memory() {
     assert_eq!(pariskv_host_free(vh), pariskv_status::PARISKV_OK);
     let _ = pariskv_step_stats::default();
 }
+
+mod index {
+    use super::*;
+    use pariskv::config::{Config, Device};
+    use pariskv::gqa::GqaPolicy;
+    use pariskv::index::{open, Index};
+    use pariskv::rows::RowBuf;
+
+    struct Case {
+        d: usize,
+        nq: usize,
+        nkv: usize,
+        dtype: DType,
+        gqa: GqaPolicy,
+        kv_in_host: bool,
+    }
+
+    /// Largest difference relative to the largest CPU value.
+    fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+        got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max)
+    }
+
+    fn check(c: &Case) {
+        let mut cfg = Config::new(c.d, c.nq, c.nkv);
+        cfg.top_k = 96;
+        cfg.n_sink = 4;
+        cfg.n_local = 32;
+        cfg.dense_threshold = 0;
+        cfg.kv_dtype = c.dtype;
+        cfg.gqa = c.gqa;
+        let mut cpu = Index::new(cfg.clone()).unwrap();
+        cfg.device = Device::Cuda { ordinal: 0, kv_in_host: c.kv_in_host };
+        let mut gpu = open(cfg.clone()).unwrap();
+        // Appends that grow the GPU storage past its first capacity (1024) twice.
+        let chunks = [1usize, 90, 900, 1500, 2600];
+        let total: usize = chunks.iter().sum();
+        let mut spec = SynthSpec::new(total * c.nkv, c.d, (c.d * 7 + c.nq) as u64);
+        spec.topic_len = 301;
+        let cache = SynthCache::generate(&spec);
+        let mut rng = pariskv::synth::Rng::new(c.nq as u64);
+        let mut at = 0;
+        for n in chunks {
+            let rows = at * c.nkv * c.d..(at + n) * c.nkv * c.d;
+            let (_, kf) = keys_in(c.dtype, &cache.keys[rows.clone()]);
+            let (_, vf) = keys_in(c.dtype, &cache.values[rows]);
+            // the GPU index gets the keys in the caller's dtype, the CPU index the same
+            // values in f32
+            let mut k_in = RowBuf::new(c.dtype);
+            k_in.extend_from_f32(&kf);
+            gpu.append(k_in.data(), RowData::F32(&vf), n).unwrap();
+            cpu.append(RowData::F32(&kf), RowData::F32(&vf), n).unwrap();
+            at += n;
+            let what = format!(
+                "d={} {}q/{}kv {:?} {:?} host={} len={at}",
+                c.d, c.nq, c.nkv, c.dtype, c.gqa, c.kv_in_host
+            );
+            assert_eq!(gpu.len(), cpu.len(), "{what}: length");
+            let targets: Vec<usize> = (0..3).map(|_| rng.below(at * c.nkv)).collect();
+            let q: Vec<f32> = (0..c.nq).flat_map(|_| cache.planted_query(&targets, 8.0, &mut rng)).collect();
+            for k in [1, 40, 96, 5000] {
+                let want = cpu.search(RowData::F32(&q), k).unwrap();
+                let got = gpu.search(RowData::F32(&q), k).unwrap();
+                assert_eq!(got, want, "{what}: search k={k}");
+                assert_eq!(gpu.stats(), cpu.stats(), "{what}: stats after search k={k}");
+            }
+            let mut want = vec![0.0f32; c.nq * c.d];
+            let mut got = vec![0.0f32; c.nq * c.d];
+            cpu.attend(RowData::F32(&q), &mut want).unwrap();
+            gpu.attend(RowData::F32(&q), &mut got).unwrap();
+            let err = rel_err(&got, &want);
+            assert!(err < 1e-3, "{what}: attention off by {err} relative");
+            assert_eq!(gpu.stats(), cpu.stats(), "{what}: stats after attend");
+            if n == *chunks.last().unwrap() {
+                println!("index {what}: search equal, attention within {err:.2e}");
+            }
+        }
+    }
+
+    /// The GPU index answers as the CPU index does: the same ranked search lists and stats,
+    /// attention within 1e-3 relative, across appends that grow its storage; K/V in device
+    /// memory or in pinned host memory (UVA); head dims 64/128/256, GQA 1/4/8.
+    #[test]
+    fn gpu_index_matches_the_cpu_index() {
+        if gpu().is_none() {
+            return;
+        }
+        use DType::*;
+        use GqaPolicy::*;
+        for c in [
+            Case { d: 128, nq: 8, nkv: 2, dtype: F16, gqa: PerHead, kv_in_host: false },
+            Case { d: 64, nq: 4, nkv: 4, dtype: BF16, gqa: Mean, kv_in_host: false },
+            Case { d: 256, nq: 8, nkv: 1, dtype: F32, gqa: PerHead, kv_in_host: true },
+            Case { d: 128, nq: 32, nkv: 4, dtype: F16, gqa: Mean, kv_in_host: true },
+        ] {
+            check(&c);
+        }
+    }
+
+    /// A device that does not exist is a clean error, not a crash.
+    #[test]
+    fn missing_device_is_an_error() {
+        if gpu().is_none() {
+            return;
+        }
+        let mut cfg = Config::new(128, 8, 2);
+        cfg.device = Device::Cuda { ordinal: 1000, kv_in_host: false };
+        let err = open(cfg).err().expect("device 1000 opened");
+        assert!(err.to_string().contains("1000"), "{err}");
+    }
+
+    /// Through the C ABI: `device` and `kv_in_host` in the config give a GPU index whose
+    /// attention matches the CPU handle's.
+    #[test]
+    fn c_abi_index_on_the_gpu() {
+        use pariskv::ffi::*;
+        if gpu().is_none() {
+            return;
+        }
+        let (d, nq, nkv, n) = (128usize, 8usize, 2usize, 6000usize);
+        let mut cfg = std::mem::MaybeUninit::<pariskv_config>::uninit();
+        assert_eq!(
+            pariskv_config_init(cfg.as_mut_ptr(), d as u32, nq as u32, nkv as u32),
+            pariskv_status::PARISKV_OK
+        );
+        // SAFETY (test): filled by config_init.
+        let mut cfg = unsafe { cfg.assume_init() };
+        cfg.top_k = 256;
+        cfg.dense_threshold = 0;
+        let spec = SynthSpec::new(n * nkv, d, 11);
+        let cache = SynthCache::generate(&spec);
+        let mut rng = pariskv::synth::Rng::new(5);
+        let q: Vec<f32> =
+            (0..nq).flat_map(|_| cache.planted_query(&[7, 3000, 11000], 8.0, &mut rng)).collect();
+        let mut outs = Vec::new();
+        for (device, kv_in_host) in [(-1, 0), (0, 0), (0, 1)] {
+            cfg.device = device;
+            cfg.kv_in_host = kv_in_host;
+            let mut ix = std::ptr::null_mut();
+            assert_eq!(pariskv_index_create(&cfg, &mut ix), pariskv_status::PARISKV_OK);
+            let (k, v) = (cache.keys.as_ptr().cast(), cache.values.as_ptr().cast());
+            assert_eq!(pariskv_index_append(ix, 0, k, v, n), pariskv_status::PARISKV_OK);
+            let mut out = vec![0.0f32; nq * d];
+            assert_eq!(
+                pariskv_index_attend(ix, 0, q.as_ptr().cast(), out.as_mut_ptr()),
+                pariskv_status::PARISKV_OK
+            );
+            pariskv_index_free(ix);
+            outs.push(out);
+        }
+        for (i, out) in outs.iter().enumerate().skip(1) {
+            let err = rel_err(out, &outs[0]);
+            assert!(err < 1e-3, "C ABI GPU index {i}: attention off by {err} relative");
+        }
+    }
+}

@@ -233,15 +233,44 @@ impl DeviceBuffer {
     }
 
     pub fn read<T: Copy + Default>(&self, n: usize) -> Result<Vec<T>> {
+        self.read_at(0, n)
+    }
+
+    /// `data` written `offset` bytes into the buffer.
+    pub fn write_at<T: Copy>(&self, offset: usize, data: &[T]) -> Result<()> {
+        let n = std::mem::size_of_val(data);
+        assert!(offset + n <= self.bytes, "write of {n} bytes at {offset} into {}", self.bytes);
+        // SAFETY: `data` is `n` readable bytes; the buffer holds `offset + n`.
+        let r = unsafe { sys::cuMemcpyHtoD_v2(self.ptr + offset as u64, data.as_ptr() as *const c_void, n) };
+        check(r, "cuMemcpyHtoD")
+    }
+
+    /// `n` values read from `offset` bytes into the buffer.
+    pub fn read_at<T: Copy + Default>(&self, offset: usize, n: usize) -> Result<Vec<T>> {
         let mut out = vec![T::default(); n];
         let bytes = std::mem::size_of_val(&out[..]);
-        assert!(bytes <= self.bytes, "read of {bytes} bytes from {}", self.bytes);
-        // SAFETY: `out` has `bytes` writable bytes; the buffer holds at least that many.
+        assert!(offset + bytes <= self.bytes, "read of {bytes} bytes at {offset} from {}", self.bytes);
+        // SAFETY: `out` has `bytes` writable bytes; the buffer holds `offset + bytes`.
         check(
-            unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, self.ptr, bytes) },
+            unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, self.ptr + offset as u64, bytes) },
             "cuMemcpyDtoH",
         )?;
         Ok(out)
+    }
+
+    /// Copies `bytes` from `src` at `src_offset` to this buffer at `offset`, in order with
+    /// the null stream's work.
+    pub fn copy_from(
+        &self,
+        offset: usize,
+        src: &DeviceBuffer,
+        src_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        assert!(offset + bytes <= self.bytes && src_offset + bytes <= src.bytes, "device copy out of range");
+        // SAFETY: both ranges lie inside live allocations (checked above).
+        let r = unsafe { sys::cuMemcpyDtoD_v2(self.ptr + offset as u64, src.ptr + src_offset as u64, bytes) };
+        check(r, "cuMemcpyDtoD")
     }
 }
 
@@ -264,6 +293,47 @@ pub fn use_primary_context(ordinal: i32) -> Result<CUcontext> {
         check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
     }
     Ok(ctx)
+}
+
+/// A device's primary context, retained for the owner's life (the index handle's). Work
+/// runs inside `enter`, which makes it current on the calling thread for the scope.
+pub struct PrimaryContext {
+    ctx: CUcontext,
+    dev: sys::CUdevice,
+}
+
+// SAFETY: a context handle may be made current on any thread.
+unsafe impl Send for PrimaryContext {}
+
+impl PrimaryContext {
+    pub fn retain(ordinal: u32) -> Result<PrimaryContext> {
+        init()?;
+        let mut n = 0;
+        // SAFETY: writes the device count into `n`.
+        check(unsafe { sys::cuDeviceGetCount(&mut n) }, "cuDeviceGetCount")?;
+        if ordinal as i64 >= n as i64 {
+            return Err(Error::invalid(format!("CUDA device {ordinal} does not exist ({n} devices)")));
+        }
+        let (mut dev, mut ctx) = (0, std::ptr::null_mut());
+        // SAFETY: plain getter and retain on an ordinal checked above.
+        unsafe {
+            check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
+            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+        }
+        Ok(PrimaryContext { ctx, dev })
+    }
+
+    /// Makes the context current until the guard drops (the previous one comes back).
+    pub fn enter(&self) -> Result<impl Drop> {
+        CurrentContext::push(self.ctx)
+    }
+}
+
+impl Drop for PrimaryContext {
+    fn drop(&mut self) {
+        // SAFETY: releases the retain made in `retain`, once.
+        unsafe { sys::cuDevicePrimaryCtxRelease_v2(self.dev) };
+    }
 }
 
 /// Waits for all work in the current context (tests and tools only: never inside a step).

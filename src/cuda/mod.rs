@@ -5,5 +5,6 @@
 
 pub mod driver;
 pub mod encode;
+pub mod index;
 pub mod kernels;
 pub mod step;

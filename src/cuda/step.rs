@@ -108,6 +108,7 @@ struct StepArgs {
     rho_cand: f64,
     rho_coll: f64,
     max_collisions: i32,
+    dense_zone: i32,
     q: u64,
     q_stride: i64,
     n_heads: i32,
@@ -272,6 +273,42 @@ pub fn run_marked(
     stream: &Stream,
     marks: &mut dyn StageMarks,
 ) -> Result<()> {
+    let n_ret = search(module, rotation, params, layer, buf, stream, marks, params.top_k)?;
+    let (n, stride) = (layer.n, state_stride(n_ret));
+    let rows =
+        Rows { rows: buf.rows.ptr, row_stride: n, n_rows: buf.state.ptr + 8, n_rows_stride: stride / 4 };
+    attend(module, buf, layer, params, &rows, n, stream)?;
+    marks.mark("attention", stream)
+}
+
+/// The search stages of a step alone, each retrieval taking its share of `params.top_k`
+/// whatever the zone's size (a step attends zones up to top-k whole instead): for callers
+/// that read the candidates' keys (`cand`) and counts back, like the index handle's search.
+/// Returns the retrievals per unit.
+pub fn select(
+    module: &Module,
+    rotation: &GpuRotation,
+    params: &StepParams,
+    layer: &GpuLayer,
+    buf: &StepBuffers,
+    stream: &Stream,
+) -> Result<usize> {
+    search(module, rotation, params, layer, buf, stream, &mut NoMarks, 0)
+}
+
+/// Launches the stages up to the top-k and the rows; zones of up to `dense_zone` cells are
+/// taken whole.
+#[allow(clippy::too_many_arguments)]
+fn search(
+    module: &Module,
+    rotation: &GpuRotation,
+    params: &StepParams,
+    layer: &GpuLayer,
+    buf: &StepBuffers,
+    stream: &Stream,
+    marks: &mut dyn StageMarks,
+    dense_zone: usize,
+) -> Result<usize> {
     let shape = rotation.shape;
     let units = layer.layout.n_units as usize;
     if shape != buf.shape
@@ -309,6 +346,7 @@ pub fn run_marked(
         rho_cand,
         rho_coll,
         max_collisions: shape.max_collisions() as i32,
+        dense_zone: clamp(dense_zone),
         q: layer.q,
         q_stride: layer.q_stride as i64,
         n_heads: layer.n_heads as i32,
@@ -372,11 +410,7 @@ pub fn run_marked(
     marks.mark("candidates + rerank", stream)?;
     launch(module, TOPK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
     marks.mark("top-k + rows", stream)?;
-    let stride = state_stride(n_ret);
-    let rows =
-        Rows { rows: buf.rows.ptr, row_stride: n, n_rows: buf.state.ptr + 8, n_rows_stride: stride / 4 };
-    attend(module, buf, layer, params, &rows, n, stream)?;
-    marks.mark("attention", stream)
+    Ok(n_ret)
 }
 
 /// The rows each unit attends: unit u's cells at `rows + u * row_stride` (i32), its count

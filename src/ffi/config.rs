@@ -1,7 +1,7 @@
 //! `pariskv_config`, the C view of `crate::Config`, and the conversions between them.
 
 use super::boundary::{dtype, gqa, raw_dtype, raw_gqa};
-use crate::config::Config;
+use crate::config::{Config, Device};
 use crate::error::{Error, Result};
 use crate::search::{RatioPolicy, Ratios};
 
@@ -42,6 +42,12 @@ pub struct pariskv_config {
     pub kv_dtype: pariskv_dtype,
     /// How query heads sharing a KV head choose its rows (default PARISKV_GQA_PER_HEAD).
     pub gqa_policy: pariskv_gqa,
+    /// Where the index lives: -1 (default) host memory and the CPU; n >= 0 CUDA device n
+    /// (needs a library built with feature `cuda`, else PARISKV_ERR_UNSUPPORTED).
+    pub device: i32,
+    /// With a CUDA device, nonzero keeps the K/V rows in pinned host memory that the GPU
+    /// reads through UVA (only the index takes device memory); must be 0 on the CPU.
+    pub kv_in_host: u32,
     /// Seed of the rotation's random sign diagonal.
     pub seed: u64,
 }
@@ -71,6 +77,12 @@ impl pariskv_config {
             softcap: c.attn.softcap,
             kv_dtype: raw_dtype(c.kv_dtype),
             gqa_policy: raw_gqa(c.gqa),
+            device: match c.device {
+                Device::Cpu => -1,
+                Device::Cuda { ordinal, .. } => i32::try_from(ordinal)
+                    .map_err(|_| Error::invalid(format!("CUDA device {ordinal} does not fit in 31 bits")))?,
+            },
+            kv_in_host: matches!(c.device, Device::Cuda { kv_in_host: true, .. }) as u32,
             seed: c.seed,
         })
     }
@@ -90,6 +102,14 @@ impl pariskv_config {
         c.attn.softcap = self.softcap;
         c.kv_dtype = dtype(self.kv_dtype, "config kv_dtype")?;
         c.gqa = gqa(self.gqa_policy, "config gqa_policy")?;
+        c.device = match (self.device, self.kv_in_host) {
+            (-1, 0) => Device::Cpu,
+            (-1, _) => return Err(Error::invalid("config kv_in_host needs a CUDA device (device >= 0)")),
+            (n, in_host) if n >= 0 => Device::Cuda { ordinal: n as u32, kv_in_host: in_host != 0 },
+            (n, _) => {
+                return Err(Error::invalid(format!("config device {n}: -1 (CPU) or a CUDA ordinal >= 0")))
+            }
+        };
         c.validate()?;
         Ok(c)
     }

@@ -21,18 +21,18 @@ pub use types::{pariskv_stats, pariskv_status};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::index::Index;
+use crate::index::{self, KvIndex};
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
 
 /// Opaque index handle.
 pub struct pariskv_index {
-    inner: Mutex<Index>,
+    inner: Mutex<Box<dyn KvIndex>>,
 }
 
 impl pariskv_index {
-    fn lock(&self) -> Result<MutexGuard<'_, Index>> {
+    fn lock(&self) -> Result<MutexGuard<'_, Box<dyn KvIndex>>> {
         self.inner
             .lock()
             .map_err(|_| Error::internal("the index is unusable after an earlier internal error; free it"))
@@ -48,8 +48,8 @@ pub extern "C" fn pariskv_last_error() -> *const c_char {
 
 /// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512, top-k
 /// 2048 and adaptive ratios, dense threshold sink + window + 2 top-k, scale
-/// 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA retrieval. `cfg` is left
-/// untouched on error.
+/// 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA retrieval, on the CPU (device
+/// -1). `cfg` is left untouched on error.
 #[no_mangle]
 pub extern "C" fn pariskv_config_init(
     cfg: *mut pariskv_config,
@@ -66,7 +66,9 @@ pub extern "C" fn pariskv_config_init(
     })
 }
 
-/// Creates an index from a validated config. On error `*out` is set to NULL.
+/// Creates an index from a validated config, on the device `cfg->device` names (a CUDA
+/// device fails with PARISKV_ERR_UNSUPPORTED in a build without feature `cuda`, with
+/// PARISKV_ERR_CUDA when the driver or device cannot be used). On error `*out` is NULL.
 #[no_mangle]
 pub extern "C" fn pariskv_index_create(
     cfg: *const pariskv_config,
@@ -76,7 +78,7 @@ pub extern "C" fn pariskv_index_create(
         let out = out_ref(out, "out")?;
         *out = std::ptr::null_mut();
         let config = in_ref(cfg, "cfg")?.into_config()?;
-        let index = Index::new(config)?;
+        let index = index::open(config)?;
         *out = Box::into_raw(Box::new(pariskv_index { inner: Mutex::new(index) }));
         Ok(())
     })
@@ -100,10 +102,10 @@ pub extern "C" fn pariskv_index_free(index: *mut pariskv_index) {
     });
 }
 
-fn with_index<T>(index: *const pariskv_index, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+fn with_index<T>(index: *const pariskv_index, f: impl FnOnce(&mut dyn KvIndex) -> Result<T>) -> Result<T> {
     let handle = in_ref(index, "index")?;
     let mut guard = handle.lock()?;
-    f(&mut guard)
+    f(guard.as_mut())
 }
 
 /// Appends `n_tokens` keys and values, each laid out `[n_tokens][n_kv_heads][head_dim]`

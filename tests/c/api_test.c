@@ -213,6 +213,21 @@ int main(void) {
     expect_error("create softcap inf", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "softcap");
     bad = cfg; bad.head_dim = 12;
     expect_error("create head_dim 12", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "head_dim 12");
+    CHECK(cfg.device == -1 && cfg.kv_in_host == 0, "default device is the CPU");
+    bad = cfg; bad.kv_in_host = 1;
+    expect_error("create kv_in_host on the CPU", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "kv_in_host");
+    bad = cfg; bad.device = -2;
+    expect_error("create device -2", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "device -2");
+    uint32_t has_cuda = 1;
+    CHECK(pariskv_cuda_available(&has_cuda) == PARISKV_OK, "cuda_available");
+    if (!has_cuda) {
+        /* this library has no CUDA (or no GPU): a device index is a clean error */
+        bad = cfg; bad.device = 0;
+        pariskv_status got = pariskv_index_create(&bad, &nx);
+        CHECK((got == PARISKV_ERR_UNSUPPORTED || got == PARISKV_ERR_CUDA) && nx == NULL,
+              "create on CUDA device 0 without CUDA: status %d, %s", (int)got, pariskv_last_error());
+        CHECK(strstr(pariskv_last_error(), "CUDA") != NULL, "the message names CUDA: %s", pariskv_last_error());
+    }
 
     expect_error("append(NULL index)", pariskv_index_append(NULL, PARISKV_F32, keys, vals, 1), PARISKV_ERR_INVALID_ARGUMENT, "index");
     expect_error("append dtype 7", pariskv_index_append(ix, 7, keys, vals, 1), PARISKV_ERR_UNSUPPORTED, "dtype 7");
