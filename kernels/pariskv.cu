@@ -2,4 +2,5 @@
 // header per family of kernels; their extern "C" names are listed in src/cuda/kernels.rs.
 #include "attention.cuh"
 #include "encode.cuh"
+#include "gather.cuh"
 #include "search.cuh"

@@ -113,7 +113,9 @@ mod step {
     use super::*;
     use pariskv::attention::{attend, AttnParams, AttnScratch};
     use pariskv::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
-    use pariskv::cuda::step::{run, state_stride, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState};
+    use pariskv::cuda::step::{
+        gather, run, state_stride, Gathered, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState,
+    };
     use pariskv::encode::estimator_lut;
     use pariskv::gqa::GqaPolicy;
     use pariskv::search::{
@@ -258,6 +260,24 @@ mod step {
         let cand: Vec<u64> = buf.cand.read(units * n_ret * n).unwrap();
         let rows_all: Vec<i32> = buf.rows.read(units * n).unwrap();
         let out: Vec<f32> = gout.read(units * g * d).unwrap();
+        // the standalone gather of the same rows: raw bytes equal to the stored rows
+        let row_bytes = d * el;
+        let (gath_k, gath_v) = (
+            DeviceBuffer::new(units * n * row_bytes).unwrap(),
+            DeviceBuffer::new(units * n * row_bytes).unwrap(),
+        );
+        let to =
+            Gathered { k: gath_k.ptr, k_bytes: row_bytes, v: gath_v.ptr, v_bytes: row_bytes, max_rows: n };
+        let step_rows = pariskv::cuda::step::Rows {
+            rows: buf.rows.ptr,
+            row_stride: n,
+            n_rows: buf.state.ptr + 8,
+            n_rows_stride: stride / 4,
+        };
+        gather(module, &layer, &step_rows, &to, &Stream::null()).unwrap();
+        driver::synchronize().unwrap();
+        let (gathered_k, gathered_v): (Vec<u8>, Vec<u8>) =
+            (gath_k.read(units * n * row_bytes).unwrap(), gath_v.read(units * n * row_bytes).unwrap());
 
         for u in 0..units {
             let (t, h) = (u / kv, u % kv);
@@ -362,6 +382,20 @@ mod step {
                 rows_all[u * n..][..us.n_rows as usize].iter().map(|&x| x as u32).collect();
             assert_eq!(rows, rows_cpu, "{what}: attended rows");
             assert_eq!(us.n_rows as usize, stats.n_attended, "{what}: row count");
+            for (i, &cell) in rows_all[u * n..][..us.n_rows as usize].iter().enumerate() {
+                let src = (cell as usize * kv + h) * row_bytes;
+                let dst = (u * n + i) * row_bytes;
+                assert_eq!(
+                    gathered_k[dst..][..row_bytes],
+                    kb[src..][..row_bytes],
+                    "{what}: gathered K row {i}"
+                );
+                assert_eq!(
+                    gathered_v[dst..][..row_bytes],
+                    vb[src..][..row_bytes],
+                    "{what}: gathered V row {i}"
+                );
+            }
             let got = &out[u * g * d..][..g * d];
             let scale = cpu_out.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
             let worst = got.iter().zip(&cpu_out).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);

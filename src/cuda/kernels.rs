@@ -3,8 +3,8 @@
 //! shapes from `constants` that the kernels are compiled with.
 
 use crate::constants::{
-    GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, GPU_MAX_GROUP,
-    GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS,
+    GPU_MAX_GROUP, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -19,6 +19,7 @@ pub const THREADS: u32 = GPU_CHUNK_THREADS as u32;
 pub const ATT_ROWS: usize = GPU_ATT_ROWS;
 pub const ATT_WARPS: u32 = GPU_ATT_WARPS as u32;
 pub const ENCODE_WARPS: u32 = GPU_ENCODE_WARPS as u32;
+pub const GATHER_WARPS: u32 = GPU_GATHER_WARPS as u32;
 pub const TOPK_THREADS: u32 = GPU_TOPK_THREADS as u32;
 pub const MAX_GROUP: usize = GPU_MAX_GROUP;
 
@@ -63,6 +64,7 @@ pub const ATTEND_PARTIAL: Kernel = Kernel {
     dynamic_smem: attend_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM),
 };
 pub const ATTEND_COMBINE: Kernel = k("pk_attend_combine");
+pub const GATHER: Kernel = k("pk_gather");
 
 pub const ALL_KERNELS: &[Kernel] = &[
     ENCODE,
@@ -79,4 +81,5 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TOPK,
     ATTEND_PARTIAL,
     ATTEND_COMBINE,
+    GATHER,
 ];

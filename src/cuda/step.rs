@@ -475,3 +475,69 @@ pub fn attend(
     let mut p2 = [attp, &mut mc as *mut i32 as *mut c_void];
     launch(module, ATTEND_COMBINE, (layer.n_heads as u32, 1, u), 128, 0, stream, &mut p2)
 }
+
+/// `pk_gather_args` of kernels/gather.cuh, field for field.
+#[repr(C)]
+struct GatherArgs {
+    layout: UnitLayout,
+    rows: u64,
+    row_stride: i64,
+    n_rows: u64,
+    n_rows_stride: i32,
+    max_rows: i32,
+    k: u64,
+    k_stride: i64,
+    k_bytes: i32,
+    v: u64,
+    v_stride: i64,
+    v_bytes: i32,
+    out_k: u64,
+    out_v: u64,
+}
+
+/// Where `gather` writes: unit u's i-th row of K at `k + (u * max_rows + i) * k_bytes`,
+/// likewise V; rows are copied as raw bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Gathered {
+    pub k: CUdeviceptr,
+    pub k_bytes: usize,
+    pub v: CUdeviceptr,
+    pub v_bytes: usize,
+    pub max_rows: usize,
+}
+
+/// Copies each unit's rows (at most `to.max_rows`) of the layer's K and V into compact
+/// buffers, on `stream`; graph-safe like `run`. The attention of a step reads its rows
+/// itself, so a step never needs this: it is for callers with their own attention.
+pub fn gather(module: &Module, layer: &GpuLayer, rows: &Rows, to: &Gathered, stream: &Stream) -> Result<()> {
+    let units = layer.layout.n_units.max(0) as usize;
+    let fits = |x: usize| i32::try_from(x).is_ok();
+    if units == 0 || layer.layout.n_h <= 0 || !fits(to.max_rows) || !fits(to.k_bytes) || !fits(to.v_bytes) {
+        return Err(Error::invalid(format!(
+            "gather: {units} units, {} rows of {} / {} bytes",
+            to.max_rows, to.k_bytes, to.v_bytes
+        )));
+    }
+    if to.max_rows == 0 {
+        return Ok(());
+    }
+    let mut args = GatherArgs {
+        layout: layer.layout,
+        rows: rows.rows,
+        row_stride: rows.row_stride as i64,
+        n_rows: rows.n_rows,
+        n_rows_stride: rows.n_rows_stride as i32,
+        max_rows: to.max_rows as i32,
+        k: layer.k,
+        k_stride: layer.k_stride as i64,
+        k_bytes: to.k_bytes as i32,
+        v: layer.v,
+        v_stride: layer.v_stride as i64,
+        v_bytes: to.v_bytes as i32,
+        out_k: to.k,
+        out_v: to.v,
+    };
+    let grid = (to.max_rows.div_ceil(GATHER_WARPS as usize) as u32, 1, units as u32);
+    let mut p = [&mut args as *mut GatherArgs as *mut c_void];
+    launch(module, GATHER, grid, GATHER_WARPS * 32, 0, stream, &mut p)
+}
