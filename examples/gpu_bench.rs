@@ -21,6 +21,10 @@ const D: usize = 128;
 const KV_HEADS: usize = 8;
 const GROUP: usize = 4;
 const LAYERS: usize = 32;
+/// Graph replays timed per configuration: about 200 ms of them, 1 to 10.
+fn graph_replays(step_ms: f64) -> usize {
+    ((200.0 / step_ms) as usize).clamp(1, 10)
+}
 
 /// Events at each stage's end, summed over the steps of a layer.
 struct Events {
@@ -158,6 +162,20 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
                 run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             }
             let step_ms = whole.stop(stream)? as f64;
+            // the same 32 layers captured once in a CUDA graph and replayed (no launch gaps)
+            let owned = driver::OwnedStream::new()?;
+            let gs = owned.stream();
+            let graph = driver::Graph::capture(&gs, || {
+                (0..LAYERS).try_for_each(|_| run_marked(module, grot, &params, &layer, &buf, &gs, &mut NoOp))
+            })?;
+            graph.launch(&gs)?;
+            let replay = Timer::new()?;
+            replay.start(&gs)?;
+            let replays = graph_replays(step_ms);
+            for _ in 0..replays {
+                graph.launch(&gs)?;
+            }
+            let graph_ms = replay.stop(&gs)? as f64 / replays as f64;
             // again, waiting at each stage's end to time it
             let mut ev = Events { start: Timer::new()?, stages: Vec::new(), totals: Vec::new() };
             for _ in 0..LAYERS {
@@ -166,7 +184,7 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             }
             let stages: Vec<String> = ev.totals.iter().map(|(s, ms)| format!("{s} {ms:.2} ms")).collect();
             println!(
-                "  {where_:<22} ParisKV ({gqa:?}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads); stages: {}",
+                "  {where_:<22} ParisKV ({gqa:?}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
                 stages.join(", ")
             );
         }
@@ -188,9 +206,22 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             attend(module, &buf, &layer, &params, &all, n, stream)?;
         }
         let dense_ms = whole.stop(stream)? as f64;
+        let owned = driver::OwnedStream::new()?;
+        let gs = owned.stream();
+        let graph = driver::Graph::capture(&gs, || {
+            (0..LAYERS).try_for_each(|_| attend(module, &buf, &layer, &params, &all, n, &gs))
+        })?;
+        graph.launch(&gs)?;
+        let replay = Timer::new()?;
+        replay.start(&gs)?;
+        let replays = graph_replays(dense_ms);
+        for _ in 0..replays {
+            graph.launch(&gs)?;
+        }
+        let dense_graph_ms = replay.stop(&gs)? as f64 / replays as f64;
         let kv_bytes = (n * KV_HEADS * D * 2 * 2 * LAYERS) as f64;
         println!(
-            "  {where_:<22} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V)",
+            "  {where_:<22} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V), {dense_graph_ms:.2} ms as a CUDA graph",
             kv_bytes / (dense_ms / 1e3) / 1e9
         );
     }

@@ -409,6 +409,41 @@ mod step {
                 println!("step {what}: {} rows, worst relative error {worst:.2e}", rows.len());
             }
         }
+
+        // The same step captured once in a CUDA graph and replayed twice (as llama.cpp's CUDA
+        // backend replays a decode step): the same rows, the same output up to the order in
+        // which rows are summed.
+        let owned = driver::OwnedStream::new().unwrap();
+        let stream = owned.stream();
+        let graph =
+            driver::Graph::capture(&stream, || run(module, &grot, &params, &layer, &buf, &stream)).unwrap();
+        gout.write(&vec![0.0f32; units * g * d]).unwrap();
+        for _ in 0..2 {
+            graph.launch(&stream).unwrap();
+        }
+        driver::synchronize().unwrap();
+        let replay_state: Vec<u8> = buf.state.read(units * stride).unwrap();
+        let replay_rows: Vec<i32> = buf.rows.read(units * n).unwrap();
+        let replay_out: Vec<f32> = gout.read(units * g * d).unwrap();
+        for u in 0..units {
+            // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
+            let (a, b): (UnitState, UnitState) = unsafe {
+                (
+                    std::ptr::read_unaligned(state[u * stride..].as_ptr() as *const UnitState),
+                    std::ptr::read_unaligned(replay_state[u * stride..].as_ptr() as *const UnitState),
+                )
+            };
+            let set = |r: &[i32], m: i32| r[u * n..][..m as usize].iter().copied().collect::<BTreeSet<i32>>();
+            assert_eq!(
+                set(&replay_rows, b.n_rows),
+                set(&rows_all, a.n_rows),
+                "graph replay: rows of unit {u}"
+            );
+            let (got, want) = (&replay_out[u * g * d..][..g * d], &out[u * g * d..][..g * d]);
+            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "graph replay: output of unit {u} off by {worst}");
+        }
     }
 
     #[test]

@@ -35,6 +35,84 @@ impl Stream {
     }
 }
 
+/// A stream created here, destroyed on drop (graph capture needs one: the legacy default
+/// stream cannot be captured).
+pub struct OwnedStream(CUstream);
+
+impl OwnedStream {
+    pub fn new() -> Result<OwnedStream> {
+        let mut s = std::ptr::null_mut();
+        let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
+        // SAFETY: creates a stream in the current context into `s`.
+        check(unsafe { sys::cuStreamCreate(&mut s, flags) }, "cuStreamCreate")?;
+        Ok(OwnedStream(s))
+    }
+
+    pub fn stream(&self) -> Stream {
+        Stream(self.0)
+    }
+}
+
+impl Drop for OwnedStream {
+    fn drop(&mut self) {
+        // SAFETY: destroys the stream created in `new`, once.
+        unsafe { sys::cuStreamDestroy_v2(self.0) };
+    }
+}
+
+/// Launches recorded once from a stream and replayed as a CUDA graph, as llama.cpp's CUDA
+/// backend does with a decode step: whatever is captured must not allocate, synchronise or
+/// read back, and replays see only what changed in device memory.
+pub struct Graph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+impl Graph {
+    /// Captures the launches `record` makes on `stream` (not the null stream).
+    pub fn capture(stream: &Stream, record: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        // SAFETY: the stream is live (the promise of `Stream`).
+        check(unsafe { sys::cuStreamBeginCapture_v2(stream.raw(), mode) }, "cuStreamBeginCapture")?;
+        let recorded = record();
+        let mut graph = std::ptr::null_mut();
+        // SAFETY: ends the capture begun above (always, so the stream stays usable).
+        let ended = check(unsafe { sys::cuStreamEndCapture(stream.raw(), &mut graph) }, "cuStreamEndCapture");
+        if let Err(e) = recorded.and(ended) {
+            if !graph.is_null() {
+                // SAFETY: destroys the graph the capture made.
+                unsafe { sys::cuGraphDestroy(graph) };
+            }
+            return Err(e);
+        }
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: `graph` is the captured graph; `exec` receives its executable form.
+        if let Err(e) =
+            check(unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }, "cuGraphInstantiate")
+        {
+            // SAFETY: as above.
+            unsafe { sys::cuGraphDestroy(graph) };
+            return Err(e);
+        }
+        Ok(Graph { graph, exec })
+    }
+
+    pub fn launch(&self, stream: &Stream) -> Result<()> {
+        // SAFETY: live executable graph and stream.
+        check(unsafe { sys::cuGraphLaunch(self.exec, stream.raw()) }, "cuGraphLaunch")
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: destroys what `capture` created, once.
+        unsafe {
+            sys::cuGraphExecDestroy(self.exec);
+            sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
+
 /// The embedded fatbin (build.rs).
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pariskv.fatbin"));
 
