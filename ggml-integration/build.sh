@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Obtains the pinned llama.cpp, applies patches/ and builds it with -DGGML_PARISKV=ON into
-# $PARISKV_WORK/build-cpu. Re-running rebuilds only what changed.
+# $PARISKV_WORK/build-cpu, or with PARISKV_CUDA=1 also -DGGML_CUDA=ON into
+# $PARISKV_WORK/build-cuda. Re-running rebuilds only what changed.
 #   ggml-integration/build.sh [target ...]     (default: the tools the README and tests use)
 # Environment: LLAMA_CPP_DIR (use your checkout of the pinned commit), PARISKV_JOBS,
 # PARISKV_CMAKE_ARGS (extra cmake arguments), PARISKV_DEV=1 (build the working tree as it
-# is, for patch development; see regen.sh).
+# is, for patch development; see regen.sh), PARISKV_CUDA=1 (the CUDA backend: nvcc and
+# cuBLAS of a CUDA toolkit, found through CUDACXX, PATH or /usr/local/cuda; the pariskv
+# library is then built with its CUDA kernels), PARISKV_CUDA_ARCHS (default 90-real;80-virtual:
+# SASS for sm_90 and PTX that newer GPUs compile), PARISKV_SYSTEM_TOOLS=1 (cmake and ninja
+# from PATH instead of the pinned venv, for machines without network).
 source "$(dirname "$0")/common.sh"
 
-ensure_venv
+if [ "${PARISKV_SYSTEM_TOOLS:-0}" = 1 ]; then
+    command -v cmake >/dev/null && command -v ninja >/dev/null || die "PARISKV_SYSTEM_TOOLS=1 needs cmake and ninja on PATH"
+else
+    ensure_venv
+fi
 if [ "${PARISKV_DEV:-0}" = 1 ]; then
     log "PARISKV_DEV=1: building $LLAMA_TREE as it is"
 else
@@ -15,6 +24,15 @@ else
 fi
 
 build_dir=$PARISKV_WORK/build-cpu
+cuda=()
+if [ "${PARISKV_CUDA:-0}" = 1 ]; then
+    build_dir=$PARISKV_WORK/build-cuda
+    nvcc=${CUDACXX:-$(command -v nvcc || true)}
+    [ -n "$nvcc" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || nvcc=/usr/local/cuda/bin/nvcc
+    [ -n "$nvcc" ] && [ -x "$nvcc" ] || die "PARISKV_CUDA=1 needs a CUDA toolkit (nvcc and cuBLAS): set CUDACXX or put nvcc on PATH"
+    log "CUDA backend with $nvcc"
+    cuda=(-DGGML_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" "-DCMAKE_CUDA_ARCHITECTURES=${PARISKV_CUDA_ARCHS:-90-real;80-virtual}")
+fi
 jobs=${PARISKV_JOBS:-$(nproc)}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench)
@@ -32,7 +50,7 @@ done
 log "configuring $build_dir"
 cmake -S "$LLAMA_TREE" -B "$build_dir" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_PARISKV=ON -DGGML_PARISKV_DIR="$REPO_ROOT" \
+    -DGGML_PARISKV=ON -DGGML_PARISKV_DIR="$REPO_ROOT" "${cuda[@]}" \
     -DGGML_NATIVE=OFF "${isa[@]}" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     ${PARISKV_CMAKE_ARGS:-} >"$PARISKV_WORK/cmake-configure.log" 2>&1 \

@@ -371,7 +371,8 @@ enum pariskv_status pariskv_host_alloc(size_t bytes, void **host, uint64_t *devi
 enum pariskv_status pariskv_host_free(void *host);
 
 // Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
-// count is the int32 at device address `n_cells`, at most `max_cells`) into the index of
+// count is the int32 at device address `n_cells`, at most `max_cells`, or when `n_cells`
+// is 0 exactly `max_cells`, a count fixed when a graph is captured) into the index of
 // `target`, like `pariskv_encode_cells`, bitwise. No host synchronisation.
 enum pariskv_status pariskv_cuda_encode(uint32_t head_dim,
                                         uint64_t seed,
@@ -402,6 +403,14 @@ enum pariskv_status pariskv_cuda_step_run(struct pariskv_cuda_step *step,
                                           const struct pariskv_step *params,
                                           const struct pariskv_cuda_layer *layer,
                                           void *stream);
+
+// What the last `pariskv_cuda_step_run` on `step` did, per unit (for logs and tests): fills
+// `out[0..n]`, n = min(`n_out`, units of that run), and sets `*n_written`. Waits for the
+// device (never call it while a graph is being captured).
+enum pariskv_status pariskv_cuda_step_stats(const struct pariskv_cuda_step *step,
+                                            struct pariskv_step_stats *out,
+                                            size_t n_out,
+                                            size_t *n_written);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -12,7 +12,8 @@ struct pk_encode_args {
     long long    key_row_stride;
     long long    key_head_stride;
     const long long * cells;    // global cells to encode
-    const int *  n_cells;       // how many of them (read on the device)
+    const int *  n_cells;       // how many of them (read on the device), or null: max_cells
+    long long    max_cells;     // the grid's bound
     unsigned char * codes;      // index of (g, h) at ((stream*n_heads + h)*kv_size + cell) rows
     unsigned char * nibbles;
     __half *     weights;
@@ -32,7 +33,7 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long i = (long long) blockIdx.x * PK_ENCODE_WARPS + warp;
     const int h = blockIdx.y;
-    if (i >= *a.n_cells) {
+    if (i >= (a.n_cells ? (long long) *a.n_cells : a.max_cells)) {
         return;
     }
     const int d = a.head_dim, dp = a.padded_dim, nb = dp / PK_BLOCK;

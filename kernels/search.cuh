@@ -29,7 +29,7 @@ struct pk_retrieval {
 struct pk_unit_state {
     int n_visible, n_zone, n_rows;
     int p_min, p_max;
-    unsigned int tag;           // this step's mark value
+    unsigned int tag;           // the mark value (1): marks are cleared after every step
 };
 
 // Unit u = a * n_h + h: `a` the token (or group of heads), `h` the KV head. Every per-unit
@@ -127,7 +127,8 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
         s.n_rows = 0;
         s.p_min = 0x7FFFFFFF;
         s.p_max = -0x7FFFFFFF - 1;
-        s.tag += 1;
+        // marks are 0 between steps (pk_unmark), whatever layout the last step had
+        s.tag = 1;
     }
     for (int r = threadIdx.x; r < a.n_ret; r += blockDim.x) pk_ret(a, u, r).n_cand = 0;
     unsigned int * h = a.hist + (long long) u * a.nb * PK_N_CENTROIDS;
@@ -546,5 +547,17 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
             const int c = (int) (key & 0xFFFFFFFFull);
             if (atomicExch(&mark[c], tag) != tag) rows[atomicAdd(&s.n_rows, 1)] = c;
         }
+    }
+}
+
+// clears the marks the top-k set, so that the next step, whatever its cell count or unit
+// layout, starts from zero marks; grid (chunks, 1, units)
+extern "C" __global__ void pk_unmark(pk_step_args a) {
+    const int u = blockIdx.z;
+    const int n_rows = pk_unit(a, u).n_rows;
+    unsigned int * mark = a.mark + (long long) u * a.n;
+    const int * rows = a.rows + (long long) u * a.n;
+    for (int i = blockIdx.x * PK_CHUNK + threadIdx.x; i < min(n_rows, (blockIdx.x + 1) * PK_CHUNK); i += blockDim.x) {
+        mark[rows[i]] = 0;
     }
 }

@@ -147,6 +147,11 @@ mod step {
     }
 
     pub fn check_case(c: &Case) {
+        check_case_with(c, None)
+    }
+
+    /// `check_case` on `shared` buffers (left as earlier steps left them) or fresh ones.
+    pub fn check_case_with(c: &Case, shared: Option<&StepBuffers>) {
         let module = driver::module_for(&Stream::null()).unwrap();
         let (d, n, g, kv) = (c.d, c.n, c.g, c.kv);
         let tokens = if c.two_sequences { 2 } else { 1 };
@@ -203,7 +208,14 @@ mod step {
         let gpos = DeviceBuffer::from_slice(&pos).unwrap();
         let gq = DeviceBuffer::from_slice(&q).unwrap();
         let gout = DeviceBuffer::new(units * g * d * 4).unwrap();
-        let buf = StepBuffers::new(shape, d, n + 7, g, units).unwrap();
+        let own;
+        let buf = match shared {
+            Some(b) => b,
+            None => {
+                own = StepBuffers::new(shape, d, n + 7, g, units).unwrap();
+                &own
+            }
+        };
         let el = c.dtype.size();
         let layer = GpuLayer {
             layout: UnitLayout {
@@ -247,7 +259,7 @@ mod step {
         };
         let grot = GpuRotation::new(&rot).unwrap();
         for _ in 0..2 {
-            run(module, &grot, &params, &layer, &buf, &Stream::null()).unwrap();
+            run(module, &grot, &params, &layer, buf, &Stream::null()).unwrap();
         }
         driver::synchronize().unwrap();
         let n_ret = if c.gqa == GqaPolicy::Mean { 1 } else { g };
@@ -416,7 +428,7 @@ mod step {
         let owned = driver::OwnedStream::new().unwrap();
         let stream = owned.stream();
         let graph =
-            driver::Graph::capture(&stream, || run(module, &grot, &params, &layer, &buf, &stream)).unwrap();
+            driver::Graph::capture(&stream, || run(module, &grot, &params, &layer, buf, &stream)).unwrap();
         gout.write(&vec![0.0f32; units * g * d]).unwrap();
         for _ in 0..2 {
             graph.launch(&stream).unwrap();
@@ -490,6 +502,27 @@ mod step {
                 two_sequences: false,
             },
         ];
+        // One set of buffers for steps of different cell counts, group sizes, GQA policies and
+        // unit counts, one after another (as the ggml op shares them between layers and calls).
+        let shared = StepBuffers::new(Shape::new(128).unwrap(), 128, 6000, 8, 4).unwrap();
+        for c in [
+            Case { d: 128, g: 8, n: 5000, gqa: PerHead, top_k: 256, dtype: F16, kv: 2, two_sequences: false },
+            Case { d: 128, g: 4, n: 3001, gqa: PerHead, top_k: 256, dtype: F32, kv: 2, two_sequences: false },
+            Case { d: 128, g: 4, n: 4000, gqa: Mean, top_k: 256, dtype: F16, kv: 2, two_sequences: true },
+            Case {
+                d: 128,
+                g: 1,
+                n: 5999,
+                gqa: PerHead,
+                top_k: 512,
+                dtype: BF16,
+                kv: 1,
+                two_sequences: false,
+            },
+            Case { d: 128, g: 8, n: 2500, gqa: PerHead, top_k: 128, dtype: F16, kv: 2, two_sequences: true },
+        ] {
+            check_case_with(&c, Some(&shared));
+        }
         // Under compute-sanitizer (PARISKV_GPU_TEST_SMALL=1) the largest case would take too long.
         let small = std::env::var_os("PARISKV_GPU_TEST_SMALL").is_some();
         for c in cases.iter().filter(|c| !small || c.n <= 100_000) {
@@ -637,7 +670,16 @@ fn c_abi_step_with_kv_in_host_memory() {
         attn: pariskv::attention::AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
     };
     let mut want = vec![0.0f32; g * d];
-    attend_cache(&rot, &sp, &view, &q, &mut StepScratch::default(), &mut want).unwrap();
+    let cpu = attend_cache(&rot, &sp, &view, &q, &mut StepScratch::default(), &mut want).unwrap();
+    // what the step did, read back through the C ABI, as the CPU step counts it
+    let (mut st, mut written) = ([pariskv_step_stats::default(); 2], 0usize);
+    assert_eq!(pariskv_cuda_step_stats(step, st.as_mut_ptr(), 2, &mut written), pariskv_status::PARISKV_OK);
+    assert_eq!(written, 1, "one unit ran");
+    assert_eq!(
+        (st[0].n_visible, st[0].n_zone, st[0].n_candidates, st[0].n_attended),
+        (cpu.n_visible, cpu.n_zone, cpu.n_candidates, cpu.n_attended),
+        "step stats"
+    );
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
     println!("C ABI step, K/V in pinned host memory (UVA): worst relative error {worst:.2e}");
@@ -652,7 +694,6 @@ fn c_abi_step_with_kv_in_host_memory() {
     pariskv_cuda_step_free(step);
     assert_eq!(pariskv_host_free(kh), pariskv_status::PARISKV_OK);
     assert_eq!(pariskv_host_free(vh), pariskv_status::PARISKV_OK);
-    let _ = pariskv_step_stats::default();
 }
 
 mod index {

@@ -15,6 +15,7 @@ import concurrent.futures
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import passkey  # noqa: E402
+import server  # noqa: E402
 from server import LOG_DIR, Server  # noqa: E402
 
 FAILURES = []
@@ -249,7 +251,10 @@ def main():
     ap.add_argument("--tiny-hd20", help="tiny model with head_dim 20 (unsupported by ParisKV)")
     ap.add_argument("--gemma", help="Gemma 3 270M GGUF: adds the passkey test")
     ap.add_argument("--only", help="comma-separated test names to run")
+    ap.add_argument("--server-args", default="", help="arguments added to every llama-server, e.g. '-ngl 99' "
+                    "to run the tests on a GPU build (the KV cache, index and ops on the GPU)")
     a = ap.parse_args()
+    server.EXTRA_ARGS = shlex.split(a.server_args)
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
              test_state_restore, test_fallbacks, test_flags] + ([test_gemma_passkey] if a.gemma else [])
     only = set(a.only.split(",")) if a.only else None

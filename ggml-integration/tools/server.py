@@ -11,6 +11,9 @@ import urllib.request
 
 LOG_DIR = tempfile.mkdtemp(prefix="pariskv-")
 
+# Arguments added to every server (e.g. ["-ngl", "99"] to run the tests on a GPU build).
+EXTRA_ARGS = []
+
 
 def free_port():
     with socket.socket() as s:
@@ -25,7 +28,7 @@ class Server:
         self.port = free_port()
         self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
         cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1",
-               "--port", str(self.port), "-t", "2", "--no-webui", *args]
+               "--port", str(self.port), "-t", "2", "--no-webui", *EXTRA_ARGS, *args]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

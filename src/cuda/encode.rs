@@ -60,6 +60,7 @@ struct EncodeArgs {
     key_head_stride: i64,
     cells: u64,
     n_cells: u64,
+    max_cells: i64,
     codes: u64,
     nibbles: u64,
     weights: u64,
@@ -80,8 +81,9 @@ pub fn dtype_code(d: DType) -> i32 {
 }
 
 /// Encodes the keys of the global cells `cells` (I64, on the device; `*n_cells`, an i32 on
-/// the device, of them, at most `max_cells`) into the index, on `stream`. No host reads:
-/// the grid covers `max_cells` and the kernel stops at the count it reads.
+/// the device, of them, at most `max_cells`; or exactly `max_cells` when `n_cells` is 0)
+/// into the index, on `stream`. No host reads: the grid covers `max_cells` and the kernel
+/// stops at the count it reads.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     module: &Module,
@@ -100,6 +102,7 @@ pub fn encode(
         key_head_stride: target.key_head_stride as i64,
         cells,
         n_cells,
+        max_cells: max_cells as i64,
         codes: target.codes,
         nibbles: target.nibbles,
         weights: target.weights,

@@ -342,8 +342,7 @@ impl GpuIndex {
             }
         }
         let cells: Vec<i64> = (self.len as i64..(self.len + n_tokens) as i64).collect();
-        let (cells_dev, n_dev) =
-            (DeviceBuffer::from_slice(&cells)?, DeviceBuffer::from_slice(&[n_tokens as i32])?);
+        let cells_dev = DeviceBuffer::from_slice(&cells)?;
         let target = EncodeTarget {
             keys: s.keys.ptr(),
             key_dtype: self.cfg.kv_dtype,
@@ -355,7 +354,8 @@ impl GpuIndex {
             kv_size: s.cap,
             n_heads: nkv,
         };
-        encode(s.module, &s.rotation, &target, cells_dev.ptr, n_dev.ptr, n_tokens, &Stream::null())?;
+        // count 0: exactly `n_tokens` cells
+        encode(s.module, &s.rotation, &target, cells_dev.ptr, 0, n_tokens, &Stream::null())?;
         driver::synchronize()?;
         self.len += n_tokens;
         Ok(())

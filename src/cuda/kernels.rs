@@ -59,6 +59,7 @@ pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
 pub const SCAN_CHUNKS: Kernel = k("pk_scan_chunks");
 pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
 pub const TOPK: Kernel = k("pk_topk");
+pub const UNMARK: Kernel = k("pk_unmark");
 pub const ATTEND_PARTIAL: Kernel = Kernel {
     name: "pk_attend_partial",
     dynamic_smem: attend_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM),
@@ -79,6 +80,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     SCAN_CHUNKS,
     SELECT_RERANK,
     TOPK,
+    UNMARK,
     ATTEND_PARTIAL,
     ATTEND_COMBINE,
     GATHER,

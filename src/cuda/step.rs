@@ -2,7 +2,7 @@
 //! one token, with the query heads sharing it): the twin of `cache_step::attend_cache`.
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
-//! device-to-host read, so it can be captured in a CUDA graph. 11 launches plus 2 for the
+//! device-to-host read, so it can be captured in a CUDA graph. 12 launches plus 2 for the
 //! attention, whatever the number of units.
 
 use std::ffi::c_void;
@@ -409,6 +409,7 @@ fn search(
     launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
     marks.mark("candidates + rerank", stream)?;
     launch(module, TOPK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+    launch(module, UNMARK, cells, THREADS, 0, stream, &mut p)?;
     marks.mark("top-k + rows", stream)?;
     Ok(n_ret)
 }

@@ -91,6 +91,9 @@ pub struct pariskv_cuda_step {
     buffers: crate::cuda::step::StepBuffers,
     #[cfg(feature = "cuda")]
     seed: u64,
+    /// Units and retrievals per unit of the last run, to read its state back.
+    #[cfg(feature = "cuda")]
+    last: std::sync::Mutex<(usize, usize)>,
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -166,7 +169,8 @@ fn stream_of(raw: *mut c_void) -> crate::cuda::driver::Stream {
 }
 
 /// Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
-/// count is the int32 at device address `n_cells`, at most `max_cells`) into the index of
+/// count is the int32 at device address `n_cells`, at most `max_cells`, or when `n_cells`
+/// is 0 exactly `max_cells`, a count fixed when a graph is captured) into the index of
 /// `target`, like `pariskv_encode_cells`, bitwise. No host synchronisation.
 #[no_mangle]
 pub extern "C" fn pariskv_cuda_encode(
@@ -184,8 +188,8 @@ pub extern "C" fn pariskv_cuda_encode(
             use crate::cuda::encode::{encode, rotation_for, EncodeTarget};
             let shape = crate::shape::Shape::new(head_dim as usize)?;
             let t = in_ref(target, "target")?;
-            if t.keys == 0 || t.codes == 0 || t.nibbles == 0 || t.weights == 0 || cells == 0 || n_cells == 0 {
-                return Err(Error::invalid("a device address in target, cells or n_cells is 0"));
+            if t.keys == 0 || t.codes == 0 || t.nibbles == 0 || t.weights == 0 || cells == 0 {
+                return Err(Error::invalid("a device address in target or cells is 0"));
             }
             let stream = stream_of(stream);
             let module = crate::cuda::driver::module_for(&stream)?;
@@ -241,7 +245,7 @@ pub extern "C" fn pariskv_cuda_step_create(
                 max_heads as usize,
                 max_units as usize,
             )?;
-            *out = Box::into_raw(Box::new(pariskv_cuda_step { buffers, seed }));
+            *out = Box::into_raw(Box::new(pariskv_cuda_step { buffers, seed, last: Default::default() }));
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
@@ -343,11 +347,72 @@ pub extern "C" fn pariskv_cuda_step_run(
                 out: l.out,
                 out_stride: l.out_row_stride,
             };
-            run(module, rot, &params, &layer, &step.buffers, &stream)
+            run(module, rot, &params, &layer, &step.buffers, &stream)?;
+            let n_ret = match params.gqa {
+                crate::gqa::GqaPolicy::Mean => 1,
+                crate::gqa::GqaPolicy::PerHead => layer.n_heads,
+            };
+            *step.last.lock().unwrap_or_else(|e| e.into_inner()) = (layer.layout.n_units as usize, n_ret);
+            Ok(())
         }
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (step, params, layer, stream);
+            no_cuda()
+        }
+    })
+}
+
+/// What the last `pariskv_cuda_step_run` on `step` did, per unit (for logs and tests): fills
+/// `out[0..n]`, n = min(`n_out`, units of that run), and sets `*n_written`. Waits for the
+/// device (never call it while a graph is being captured).
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_step_stats(
+    step: *const pariskv_cuda_step,
+    out: *mut super::cache::pariskv_step_stats,
+    n_out: usize,
+    n_written: *mut usize,
+) -> pariskv_status {
+    boundary("pariskv_cuda_step_stats", || {
+        let n_written = out_ref(n_written, "n_written")?;
+        *n_written = 0;
+        #[cfg(feature = "cuda")]
+        {
+            use crate::cuda::step::{state_stride, Retrieval, UnitState};
+            let step = in_ref(step, "step")?;
+            let (units, n_ret) = *step.last.lock().unwrap_or_else(|e| e.into_inner());
+            let n = units.min(n_out);
+            if n == 0 {
+                return Ok(());
+            }
+            let out = super::boundary::out_slice(out, n, "out")?;
+            crate::cuda::driver::synchronize()?;
+            let stride = state_stride(n_ret);
+            let raw: Vec<u8> = step.buffers.state.read(n * stride)?;
+            for (o, u) in out.iter_mut().zip(raw.chunks_exact(stride)) {
+                // SAFETY: a unit's state is a `pk_unit_state` and `n_ret` `pk_retrieval`,
+                // plain i32 structs that these Rust types mirror.
+                let state = unsafe { std::ptr::read_unaligned(u.as_ptr() as *const UnitState) };
+                let candidates: i64 = u[std::mem::size_of::<UnitState>()..]
+                    .chunks_exact(std::mem::size_of::<Retrieval>())
+                    // SAFETY: as above.
+                    .map(
+                        |r| unsafe { std::ptr::read_unaligned(r.as_ptr() as *const Retrieval) }.n_cand as i64,
+                    )
+                    .sum();
+                *o = super::cache::pariskv_step_stats {
+                    n_visible: state.n_visible.max(0) as usize,
+                    n_zone: state.n_zone.max(0) as usize,
+                    n_candidates: candidates.max(0) as usize,
+                    n_attended: state.n_rows.max(0) as usize,
+                };
+            }
+            *n_written = n;
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (step, out, n_out);
             no_cuda()
         }
     })
