@@ -22,6 +22,7 @@ pub mod eval;
 pub mod ffi;
 pub mod gqa;
 pub mod index;
+pub mod npy;
 pub mod prefetch;
 pub mod rank;
 pub mod rotation;

@@ -2,7 +2,7 @@
 """Long-context passkey demo: the same prompt answered by Gemma 3 270M with dense attention
 and with ParisKV, side by side, with the answers and the prefill and decode speeds.
 
-  demo.py --bin DIR --model GGUF [--tokens 8000] [--depth 0.5] [--topk 256] [--threads N]
+  demo.py --bin DIR --model GGUF [--tokens 8000] [--depth 0.5] [--topk 256] [--threads N] [--ngl N]
 """
 
 import argparse
@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--topk", type=int, default=256, help="ParisKV top-k")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     ap.add_argument("--predict", type=int, default=48, help="tokens to generate")
+    ap.add_argument("--ngl", type=int, default=0, help="layers on the GPU (a CUDA build)")
     a = ap.parse_args()
 
     prompt, key = passkey.make_prompt(a.tokens, a.depth, seed=11)
@@ -30,7 +31,7 @@ def main():
     rows = []
     for name, args in [("dense", []), (f"ParisKV top-k {a.topk}", ["--pariskv-topk", str(a.topk)])]:
         print(f"running {name} ...", flush=True)
-        with Server(a.bin, a.model, ["-c", ctx, "-t", str(a.threads), *args], name="demo") as s:
+        with Server(a.bin, a.model, ["-c", ctx, "-t", str(a.threads), "-ngl", str(a.ngl), *args], name="demo") as s:
             n_prompt = len(s.tokenize(prompt))
             res = s.completion(prompt, a.predict)
             log = s.log_text()
@@ -41,7 +42,7 @@ def main():
         if pk:
             print("  " + pk[-1])
     print(f"\nprompt: {n_prompt} tokens, pass key {key} at depth {a.depth:.0%}; "
-          f"{a.threads} CPU threads; greedy, {a.predict} tokens generated\n")
+          f"{a.threads} CPU threads, {a.ngl} layers on the GPU; greedy, {a.predict} tokens generated\n")
     print(f"{'mode':<22} {'answer':<42} {'correct':<8} {'prefill tok/s':>13} {'decode tok/s':>13}")
     for name, answer, ok, pp, tg in rows:
         print(f"{name:<22} {answer!r:<42} {'yes' if ok else 'no':<8} {pp:>13.1f} {tg:>13.1f}")

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Plots of a `pariskv-fidelity --json` report: recall@k and attention mass against k, per
+layer and GQA policy (beside the exact top-k's mass), and recall along the sequence.
+
+  plot_fidelity.py REPORT.json OUT_PREFIX [--title TEXT]
+
+writes OUT_PREFIX-vs-k.png and OUT_PREFIX-along.png (needs matplotlib).
+"""
+
+import argparse
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("report")
+    ap.add_argument("out_prefix")
+    ap.add_argument("--title", default="")
+    a = ap.parse_args()
+    rows = json.load(open(a.report))
+    layers = sorted({r["layer"] for r in rows})
+    policies = sorted({r["gqa"] for r in rows})
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for layer in layers:
+        for policy in policies:
+            sel = sorted((r for r in rows if r["layer"] == layer and r["gqa"] == policy), key=lambda r: r["k"])
+            ks = [r["k"] for r in sel]
+            style = "-" if policy == "per-head" else "--"
+            axes[0].plot(ks, [r["recall"] for r in sel], style, marker="o", label=f"layer {layer}, {policy}")
+            axes[1].plot(ks, [r["mass"] for r in sel], style, marker="o", label=f"layer {layer}, {policy}")
+            axes[1].plot(ks, [r["mass_exact"] for r in sel], ":", color=axes[1].lines[-1].get_color(), alpha=0.6)
+    axes[0].set(xscale="log", xlabel="k", ylabel="recall@k (vs exact top-k, same policy)", ylim=(0, 1.02))
+    axes[1].set(xscale="log", xlabel="k", ylabel="softmax mass of the zone covered", ylim=(0, 1.02))
+    axes[1].set_title("dotted: the exact top-k's mass", fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(a.title)
+    fig.tight_layout()
+    fig.savefig(f"{a.out_prefix}-vs-k.png", dpi=110)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    k = max(r["k"] for r in rows if r["k"] <= 256) if any(r["k"] <= 256 for r in rows) else min(r["k"] for r in rows)
+    for r in rows:
+        if r["k"] != k:
+            continue
+        pts = r["recall_along"]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-" if r["gqa"] == "per-head" else "--", marker=".",
+                label=f"layer {r['layer']}, {r['gqa']}")
+    ax.set(xlabel="decode position (keys in the index)", ylabel=f"recall@{k}", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{a.title}: recall@{k} along the sequence", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(f"{a.out_prefix}-along.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+//! Fidelity of ParisKV retrieval on captured queries and keys (`capture-qkv`), against the
+//! exact top-k with the same k and the same GQA policy, per layer and overall:
+//! recall@k, the coarse stage's recall (exact keys among the candidates), attention-mass
+//! recall (softmax mass over the retrieval zone that the selection covers, beside the exact
+//! top-k's), and the relative error of the attention output against dense attention.
+//!
+//!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean]
+//!       [--positions 16] [--min-pos 1024] [--sink 4] [--window 512] [--scale S]
+//!       [--ratios adaptive|CAND:COLL] [--json OUT]
+//!
+//! Decode steps are replayed causally: the index holds keys 0..=t when position t's query
+//! is asked, for `--positions` positions evenly spaced from `--min-pos` to the end. Keys and
+//! values are stored in f16, as llama.cpp's default cache does.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use pariskv::attention::{attend, AttnScratch};
+use pariskv::eval::{attention_mass, exact_top_k, recall, relative_l2_error};
+use pariskv::gqa::{merge_ranks, GqaPolicy};
+use pariskv::npy;
+use pariskv::search::{RatioPolicy, Ratios};
+use pariskv::{Config, DType, Index, Result, RowData};
+
+struct Args {
+    capture: PathBuf,
+    layers: Option<Vec<usize>>,
+    ks: Vec<usize>,
+    policies: Vec<GqaPolicy>,
+    positions: usize,
+    min_pos: usize,
+    sink: usize,
+    window: usize,
+    scale: Option<f32>,
+    ratios: RatioPolicy,
+    json: Option<PathBuf>,
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("pariskv-fidelity: {why}");
+    eprintln!(
+        "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean] \
+         [--positions 16] [--min-pos 1024] [--sink 4] [--window 512] [--scale S] [--ratios adaptive|CAND:COLL] [--json OUT]"
+    );
+    std::process::exit(2)
+}
+
+fn list<T: std::str::FromStr>(s: &str, what: &str) -> Vec<T> {
+    s.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| usage(&format!("bad {what} {x:?}")))).collect()
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        capture: PathBuf::new(),
+        layers: None,
+        ks: vec![64, 128, 256, 512, 1024, 2048],
+        policies: vec![GqaPolicy::PerHead, GqaPolicy::Mean],
+        positions: 16,
+        min_pos: 1024,
+        sink: 4,
+        window: 512,
+        scale: None,
+        ratios: RatioPolicy::Adaptive,
+        json: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--capture" => a.capture = PathBuf::from(val),
+            "--layers" => a.layers = Some(list(val, "layer")),
+            "--k" => a.ks = list(val, "k"),
+            "--gqa" => {
+                a.policies = val
+                    .split(',')
+                    .map(|p| match p {
+                        "per-head" => GqaPolicy::PerHead,
+                        "mean" => GqaPolicy::Mean,
+                        _ => usage(&format!("--gqa {p:?}: per-head or mean")),
+                    })
+                    .collect()
+            }
+            "--positions" => a.positions = list(val, "count")[0],
+            "--min-pos" => a.min_pos = list(val, "position")[0],
+            "--sink" => a.sink = list(val, "sink")[0],
+            "--window" => a.window = list(val, "window")[0],
+            "--scale" => a.scale = Some(list(val, "scale")[0]),
+            "--ratios" => {
+                a.ratios = match val.split_once(':') {
+                    None if val == "adaptive" => RatioPolicy::Adaptive,
+                    Some((c, l)) => {
+                        RatioPolicy::Fixed(Ratios { cand: list(c, "ratio")[0], coll: list(l, "ratio")[0] })
+                    }
+                    None => usage("--ratios: adaptive or CAND:COLL"),
+                }
+            }
+            "--json" => a.json = Some(PathBuf::from(val)),
+            _ => usage(&format!("unknown flag {flag}")),
+        }
+    }
+    if a.capture.as_os_str().is_empty() {
+        usage("--capture is required");
+    }
+    if a.ks.contains(&0) || a.positions == 0 {
+        usage("k and --positions must be positive");
+    }
+    a
+}
+
+/// One layer's capture: `[n][heads][dim]` arrays.
+struct Layer {
+    il: usize,
+    q: npy::Array,
+    k: npy::Array,
+    v: npy::Array,
+}
+
+fn load_layer(dir: &Path, il: usize) -> Result<Layer> {
+    let read = |w: &str| npy::read(&dir.join(format!("{w}_l{il}.npy")));
+    let (q, k, v) = (read("q")?, read("k")?, read("v")?);
+    let ok = q.shape.len() == 3
+        && k.shape.len() == 3
+        && v.shape.len() == 3
+        && q.shape[0] == k.shape[0]
+        && k.shape[0] == v.shape[0]
+        && q.shape[2] == k.shape[2]
+        && k.shape[1] == v.shape[1]
+        && k.shape[1] > 0
+        && q.shape[1] % k.shape[1] == 0;
+    if !ok {
+        return Err(pariskv::Error::invalid(format!(
+            "layer {il}: shapes q {:?}, k {:?}, v {:?} do not form [n, heads, dim] with GQA",
+            q.shape, k.shape, v.shape
+        )));
+    }
+    Ok(Layer { il, q, k, v })
+}
+
+/// The layers listed in meta.json ("layers": [..]).
+fn meta_layers(dir: &Path) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(dir.join("meta.json"))
+        .map_err(|e| pariskv::Error::invalid(format!("{}/meta.json: {e}", dir.display())))?;
+    let at = text.find("\"layers\"").ok_or_else(|| pariskv::Error::invalid("meta.json has no \"layers\""))?;
+    let open = text[at..].find('[').map(|i| at + i + 1);
+    let close = text[at..].find(']').map(|i| at + i);
+    match (open, close) {
+        (Some(o), Some(c)) if o <= c => {
+            Ok(text[o..c].split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        }
+        _ => Err(pariskv::Error::invalid("meta.json: malformed \"layers\"")),
+    }
+}
+
+/// Sums of one (layer, policy, k) configuration over positions and KV heads.
+#[derive(Default, Clone)]
+struct Sums {
+    n: usize,
+    recall: f64,
+    coarse: f64,
+    mass: f64,
+    mass_exact: f64,
+    out_err: f64,
+    zone: f64,
+    candidates: f64,
+    /// Recall@k per sampled position (the sequence plot).
+    along: Vec<(usize, f64)>,
+}
+
+impl Sums {
+    fn mean(&self, x: f64) -> f64 {
+        x / self.n.max(1) as f64
+    }
+}
+
+fn policy_name(p: GqaPolicy) -> &'static str {
+    match p {
+        GqaPolicy::PerHead => "per-head",
+        GqaPolicy::Mean => "mean",
+    }
+}
+
+/// Replays one layer under one GQA policy, for every k.
+fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
+    let (n, nq, d) = (layer.q.shape[0], layer.q.shape[1], layer.q.shape[2]);
+    let (nkv, dv) = (layer.k.shape[1], layer.v.shape[2]);
+    let g = nq / nkv;
+    let mut cfg = Config::new(d, nq, nkv);
+    cfg.n_sink = a.sink;
+    cfg.n_local = a.window;
+    cfg.dense_threshold = 0;
+    cfg.ratios = a.ratios;
+    cfg.gqa = policy;
+    cfg.kv_dtype = DType::F16;
+    if let Some(s) = a.scale {
+        cfg.attn.scale = s;
+    }
+    let scale = cfg.attn.scale;
+    let mut index = Index::new(cfg.clone())?;
+    let first = a.min_pos.min(n.saturating_sub(1));
+    let positions: Vec<usize> = (0..a.positions)
+        .map(|i| first + (n - 1 - first) * i / (a.positions - 1).max(1))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut sums = vec![Sums::default(); a.ks.len()];
+    let (mut seen, mut dense, mut sparse, mut scratch) =
+        (HashSet::new(), vec![0.0f32; g * dv], vec![0.0f32; g * dv], AttnScratch::default());
+    let mut appended = 0;
+    for &t in &positions {
+        let rows = t + 1 - appended;
+        let kv = |arr: &npy::Array, dim: usize| -> Vec<f32> {
+            arr.data[appended * nkv * dim..(t + 1) * nkv * dim].to_vec()
+        };
+        index.append(RowData::F32(&kv(&layer.k, d)), RowData::F32(&kv(&layer.v, dv)), rows)?;
+        appended = t + 1;
+        let q = &layer.q.data[t * nq * d..(t + 1) * nq * d];
+        let zone = cfg.zone(t + 1);
+        let zone_cells: Vec<u32> = (zone.start as u32..zone.end as u32).collect();
+        let all: Vec<u32> = (0..=t as u32).collect();
+        for (ki, &k) in a.ks.iter().enumerate() {
+            let found = index.search_detailed(RowData::F32(q), k)?;
+            for (h, r) in found.iter().enumerate() {
+                let (keys, values) = (index.keys(h)?, index.values(h)?);
+                let qs = &q[h * g * d..(h + 1) * g * d];
+                // a zone of at most k keys is attended whole (as the index and the op do)
+                let whole = zone_cells.len() <= k;
+                let top = if whole { &zone_cells } else { &r.top };
+                // the exact selection under the same policy and k
+                let exact: Vec<u32> = match policy {
+                    _ if whole => zone_cells.clone(),
+                    GqaPolicy::Mean => {
+                        let mean: Vec<f32> = (0..d)
+                            .map(|j| qs.chunks_exact(d).map(|qh| qh[j]).sum::<f32>() / g as f32)
+                            .collect();
+                        exact_top_k(&keys, &mean, &zone_cells, k)
+                    }
+                    GqaPolicy::PerHead => {
+                        let lists: Vec<Vec<u32>> = qs
+                            .chunks_exact(d)
+                            .enumerate()
+                            .map(|(i, qh)| {
+                                exact_top_k(&keys, qh, &zone_cells, k / g + usize::from(i < k % g))
+                            })
+                            .collect();
+                        let mut merged = Vec::new();
+                        merge_ranks(&lists, &mut seen, &mut merged);
+                        merged
+                    }
+                };
+                let s = &mut sums[ki];
+                let rec = recall(top, &exact);
+                s.recall += rec;
+                s.coarse += if whole { 1.0 } else { recall(&r.candidates, &exact) };
+                for qh in qs.chunks_exact(d) {
+                    s.mass += attention_mass(&keys, qh, &zone_cells, top, scale) / g as f64;
+                    s.mass_exact += attention_mass(&keys, qh, &zone_cells, &exact, scale) / g as f64;
+                }
+                // output: sink ∪ top-k ∪ window against every cell
+                let mut cells: Vec<u32> = (0..zone.start as u32).chain(top.iter().copied()).collect();
+                cells.extend(zone.end as u32..=t as u32);
+                cells.sort_unstable();
+                attend(qs, &keys, &values, &cells, cfg.attn, &mut scratch, &mut sparse)?;
+                attend(qs, &keys, &values, &all, cfg.attn, &mut scratch, &mut dense)?;
+                s.out_err += relative_l2_error(&sparse, &dense);
+                s.zone += r.stats.n_zone as f64;
+                s.candidates += if whole { 0.0 } else { r.candidates.len() as f64 };
+                s.n += 1;
+                if h == 0 {
+                    s.along.push((t, 0.0));
+                }
+                s.along.last_mut().expect("pushed above").1 += rec / nkv as f64;
+            }
+        }
+        eprint!("\r  layer {} ({}): position {t} of {n}   ", layer.il, policy_name(policy));
+    }
+    eprintln!();
+    Ok(sums)
+}
+
+fn main() {
+    let a = parse_args();
+    if let Err(e) = run(&a) {
+        eprintln!("pariskv-fidelity: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: &Args) -> Result<()> {
+    let layers = match &a.layers {
+        Some(l) => l.clone(),
+        None => meta_layers(&a.capture)?,
+    };
+    println!(
+        "capture {}; sink {}, window {}, ratios {:?}, {} positions from {}",
+        a.capture.display(),
+        a.sink,
+        a.window,
+        a.ratios,
+        a.positions,
+        a.min_pos
+    );
+    println!(
+        "{:>5} {:>8} {:>5} | {:>8} {:>8} | {:>9} {:>9} | {:>8} | {:>8} {:>8}",
+        "layer", "gqa", "k", "recall", "coarse", "mass", "mass(ex)", "out err", "zone", "cands"
+    );
+    let mut json = String::from("[\n");
+    let mut overall: Vec<((GqaPolicy, usize), Sums)> = Vec::new();
+    for &il in &layers {
+        let layer = load_layer(&a.capture, il)?;
+        for &policy in &a.policies {
+            for (ki, s) in replay(a, &layer, policy)?.into_iter().enumerate() {
+                let k = a.ks[ki];
+                println!(
+                    "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0}",
+                    il,
+                    policy_name(policy),
+                    k,
+                    s.mean(s.recall),
+                    s.mean(s.coarse),
+                    s.mean(s.mass),
+                    s.mean(s.mass_exact),
+                    s.mean(s.out_err),
+                    s.mean(s.zone),
+                    s.mean(s.candidates)
+                );
+                let along: Vec<String> = s.along.iter().map(|(t, r)| format!("[{t}, {r:.5}]")).collect();
+                let _ = writeln!(
+                    json,
+                    "  {{\"layer\": {il}, \"gqa\": \"{}\", \"k\": {k}, \"recall\": {:.6}, \"coarse_recall\": {:.6}, \
+                     \"mass\": {:.6}, \"mass_exact\": {:.6}, \"out_rel_err\": {:.6e}, \"zone\": {:.1}, \
+                     \"candidates\": {:.1}, \"recall_along\": [{}]}},",
+                    policy_name(policy),
+                    s.mean(s.recall),
+                    s.mean(s.coarse),
+                    s.mean(s.mass),
+                    s.mean(s.mass_exact),
+                    s.mean(s.out_err),
+                    s.mean(s.zone),
+                    s.mean(s.candidates),
+                    along.join(", ")
+                );
+                match overall.iter_mut().find(|(key, _)| *key == (policy, k)) {
+                    Some((_, o)) => {
+                        o.n += s.n;
+                        o.recall += s.recall;
+                        o.coarse += s.coarse;
+                        o.mass += s.mass;
+                        o.mass_exact += s.mass_exact;
+                        o.out_err += s.out_err;
+                        o.zone += s.zone;
+                        o.candidates += s.candidates;
+                    }
+                    None => overall.push(((policy, k), s)),
+                }
+            }
+        }
+    }
+    for ((policy, k), s) in &overall {
+        println!(
+            "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0}",
+            "all",
+            policy_name(*policy),
+            k,
+            s.mean(s.recall),
+            s.mean(s.coarse),
+            s.mean(s.mass),
+            s.mean(s.mass_exact),
+            s.mean(s.out_err),
+            s.mean(s.zone),
+            s.mean(s.candidates)
+        );
+    }
+    if let Some(path) = &a.json {
+        if json.ends_with(",\n") {
+            json.truncate(json.len() - 2);
+            json.push('\n');
+        }
+        json.push_str("]\n");
+        std::fs::write(path, json)
+            .map_err(|e| pariskv::Error::invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
