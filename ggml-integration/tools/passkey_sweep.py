@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Passkey sweep: the same generated prompts answered by llama-server with dense attention
-and with each given ParisKV setting; prints one line per (depth, setting) and a summary.
+"""Passkey suite: the same generated prompts (each length and depth) answered greedily by
+llama-server with dense attention and with each given ParisKV setting; prints one line per
+(length, depth, setting), a summary, and optionally writes the grid as JSON (for
+plot_passkey.py).
 
-  passkey_sweep.py --bin DIR --model GGUF [--tokens 8000] [--depths 0.25,0.5,0.75]
-                   [--seed 7] [SETTING ...]
+  passkey_sweep.py --bin DIR --model GGUF [--lengths 4000,8000] [--depths 0.25,0.5,0.75]
+                   [--seed 7] [--json OUT] [SETTING ...]
 A SETTING is the extra server arguments in one string, e.g. "--pariskv-topk 256"; the
-default sweep compares the GQA policies at top-k 256 and 1024.
+default compares the GQA policies at top-k 256 and 1024. Lengths are in tokens (about).
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -29,26 +32,37 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--tokens", type=int, default=8000)
+    ap.add_argument("--lengths", default="8000", help="prompt lengths in tokens (about), comma-separated")
     ap.add_argument("--depths", default="0.25,0.5,0.75")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--server-args", default="", help="arguments for every server, e.g. '-ngl 99'")
     ap.add_argument("settings", nargs="*", default=DEFAULT_SETTINGS)
     a = ap.parse_args()
-    ctx = str((a.tokens + 1023) // 1024 * 1024 + 1024)
-    correct = {s: 0 for s in a.settings}
+    lengths = [int(x) for x in a.lengths.split(",")]
     depths = [float(d) for d in a.depths.split(",")]
-    for depth in depths:
-        prompt, key = passkey.make_prompt(a.tokens, depth, seed=a.seed)
-        for setting in a.settings:
-            with Server(a.bin, a.model, ["-c", ctx, "-b", "2048", "-ub", "512", *setting.split()], name="sweep") as s:
-                _, text = s.complete(prompt, 8)
-            ok = key in text
-            correct[setting] += ok
-            print(f"depth {depth:.2f} | {setting or 'dense':<42} | {text.strip()[:14]!r:<18} | key {key} | "
-                  f"{'right' if ok else 'WRONG'}", flush=True)
+    results = []
+    for tokens in lengths:
+        ctx = str((tokens + 1023) // 1024 * 1024 + 1024)
+        for depth in depths:
+            prompt, key = passkey.make_prompt(tokens, depth, seed=a.seed)
+            for setting in a.settings:
+                args = ["-c", ctx, "-b", "2048", "-ub", "512", *a.server_args.split(), *setting.split()]
+                with Server(a.bin, a.model, args, name="sweep") as s:
+                    _, text = s.complete(prompt, 8)
+                ok = key in text
+                results.append({"tokens": tokens, "depth": depth, "setting": setting or "dense",
+                                "answer": text.strip()[:14], "key": key, "right": ok})
+                print(f"{tokens:>6} | depth {depth:.2f} | {setting or 'dense':<42} | {text.strip()[:14]!r:<18} | "
+                      f"key {key} | {'right' if ok else 'WRONG'}", flush=True)
     print()
-    for setting, n in correct.items():
-        print(f"{setting or 'dense':<44} {n}/{len(depths)} right")
+    for setting in a.settings:
+        name = setting or "dense"
+        rows = [r for r in results if r["setting"] == name]
+        print(f"{name:<44} {sum(r['right'] for r in rows)}/{len(rows)} right")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
