@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""The fidelity suite's CI subset: capture-qkv on the tiny model over a short text, then
-pariskv-fidelity on the capture. With top-k at least the retrieval zone every visible key is
-attended: recall, the coarse stage's recall and the attention mass must be exactly 1 and the
-output equal to dense attention's; with a small top-k the report must still hold sane values.
+"""The fidelity suite's CI subset on the tiny model over a short text: capture-qkv, then
+pariskv-fidelity on the capture, then kl-vs-dense. With top-k at least the retrieval zone
+every visible key is attended: recall, the coarse stage's recall and the attention mass must
+be exactly 1, the output equal to dense attention's, the next-token KL 0 and every greedy
+token the same; with a small top-k the numbers must be sane (and the KL above 0: ParisKV ran).
 
-  fidelity_ci.py --capture-tool BIN --fidelity BIN --model TINY.gguf --text FILE --work DIR
+  fidelity_ci.py --capture-tool BIN --fidelity BIN --kl-tool BIN --model TINY.gguf --text FILE --work DIR
 """
 
 import argparse
@@ -16,7 +17,7 @@ import sys
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for flag in ["--capture-tool", "--fidelity", "--model", "--text", "--work"]:
+    for flag in ["--capture-tool", "--fidelity", "--kl-tool", "--model", "--text", "--work"]:
         ap.add_argument(flag, required=True)
     a = ap.parse_args()
     cap = os.path.join(a.work, "capture")
@@ -46,6 +47,16 @@ def main():
             check(0.0 < r["recall"] <= 1.0 and 0.0 < r["mass"] <= 1.0 + 1e-9 and r["zone"] > r["k"]
                   and len(r["recall_along"]) == 6,
                   f"{name}: recall {r['recall']:.3f}, mass {r['mass']:.3f} over a zone of {r['zone']:.0f}")
+
+    kl_json = os.path.join(a.work, "kl.json")
+    out = subprocess.run([a.kl_tool, "-m", a.model, "-f", a.text, "-n", "1200", "--prefill", "600", "--topk", "16,4096",
+                          "--window", "32", "-t", "2", "--json", kl_json], check=True, capture_output=True, text=True).stdout
+    print(out)
+    kl = {r["topk"]: r for r in json.load(open(kl_json))}
+    check(kl[4096]["mean_kl"] == 0.0 and kl[4096]["max_kl"] == 0.0 and kl[4096]["greedy_agreement"] == 1.0,
+          "KL, top-k >= context: 0 at every position, every greedy token the same")
+    check(0.0 < kl[16]["mean_kl"] < 10.0 and 0.0 < kl[16]["greedy_agreement"] <= 1.0,
+          f"KL, top-k 16: mean {kl[16]['mean_kl']:.3g} nats, greedy agreement {kl[16]['greedy_agreement']:.1%}")
     print(f"{'FAILED' if failures else 'OK'}: {len(failures)} failure(s)")
     sys.exit(1 if failures else 0)
 
