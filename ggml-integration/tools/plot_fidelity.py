@@ -3,12 +3,16 @@
 layer and GQA policy (beside the exact top-k's mass), and recall along the sequence.
 
   plot_fidelity.py REPORT.json OUT_PREFIX [--title TEXT]
+  plot_fidelity.py --drift OUT.png --k K REPORT.json:LABEL ...
 
-writes OUT_PREFIX-vs-k.png and OUT_PREFIX-along.png (needs matplotlib).
+The first form writes OUT_PREFIX-vs-k.png and OUT_PREFIX-along.png; the second draws
+recall@K along the sequence for several reports (e.g. synthetic caches of several drifts)
+in one figure. Needs matplotlib.
 """
 
 import argparse
 import json
+import sys
 
 import matplotlib
 
@@ -16,7 +20,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def drift_figure(out, k, reports, title):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec in reports:
+        path, label = spec.rsplit(":", 1)
+        for r in json.load(open(path)):
+            if r["k"] != k:
+                continue
+            pts = r["recall_along"]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-" if r["gqa"] == "per-head" else "--", marker=".",
+                    label=f"{label}, {r['gqa']}")
+    ax.set(xlabel="decode position (keys in the index)", ylabel=f"recall@{k}", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--drift":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--drift", required=True)
+        ap.add_argument("--k", type=int, required=True)
+        ap.add_argument("--title", default="")
+        ap.add_argument("reports", nargs="+")
+        a = ap.parse_args()
+        drift_figure(a.drift, a.k, a.reports, a.title)
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("report")
     ap.add_argument("out_prefix")

@@ -11,6 +11,12 @@
 //! Decode steps are replayed causally: the index holds keys 0..=t when position t's query
 //! is asked, for `--positions` positions evenly spaced from `--min-pos` to the end. Keys and
 //! values are stored in f16, as llama.cpp's default cache does.
+//!
+//! `--synthetic N:DRIFT` replaces the capture by a synthetic layer (`synth`, as in
+//! tests/recall.rs: clustered keys without outlier channels): N keys of d = 128 whose
+//! cluster centres move by DRIFT (in units of their norm) from the first token to the last,
+//! one KV head of 4 query heads aimed at 8 random earlier keys: how recall holds along a
+//! drifting sequence with the fixed codebook.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -25,6 +31,7 @@ use pariskv::{Config, DType, Index, Result, RowData};
 
 struct Args {
     capture: PathBuf,
+    synthetic: Option<(usize, f32)>,
     layers: Option<Vec<usize>>,
     ks: Vec<usize>,
     policies: Vec<GqaPolicy>,
@@ -53,6 +60,7 @@ fn list<T: std::str::FromStr>(s: &str, what: &str) -> Vec<T> {
 fn parse_args() -> Args {
     let mut a = Args {
         capture: PathBuf::new(),
+        synthetic: None,
         layers: None,
         ks: vec![64, 128, 256, 512, 1024, 2048],
         policies: vec![GqaPolicy::PerHead, GqaPolicy::Mean],
@@ -70,6 +78,10 @@ fn parse_args() -> Args {
         let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--capture" => a.capture = PathBuf::from(val),
+            "--synthetic" => {
+                let (n, drift) = val.split_once(':').unwrap_or_else(|| usage("--synthetic N:DRIFT"));
+                a.synthetic = Some((list(n, "N")[0], list(drift, "drift")[0]));
+            }
             "--layers" => a.layers = Some(list(val, "layer")),
             "--k" => a.ks = list(val, "k"),
             "--gqa" => {
@@ -100,8 +112,8 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
-    if a.capture.as_os_str().is_empty() {
-        usage("--capture is required");
+    if a.capture.as_os_str().is_empty() == a.synthetic.is_none() {
+        usage("give --capture or --synthetic");
     }
     if a.ks.contains(&0) || a.positions == 0 {
         usage("k and --positions must be positive");
@@ -136,6 +148,32 @@ fn load_layer(dir: &Path, il: usize) -> Result<Layer> {
         )));
     }
     Ok(Layer { il, q, k, v })
+}
+
+/// A synthetic layer with drifting keys and planted queries (see the module docs).
+fn synthetic_layer(n: usize, drift: f32) -> Layer {
+    use pariskv::synth::{Rng, SynthCache, SynthSpec};
+    const D: usize = 128;
+    const GROUP: usize = 4;
+    let mut spec = SynthSpec::new(n, D, 2026);
+    spec.drift = drift;
+    spec.n_outlier_channels = 0;
+    let cache = SynthCache::generate(&spec);
+    let mut rng = Rng::new(7);
+    let mut q = Vec::with_capacity(n * GROUP * D);
+    for t in 0..n {
+        let targets: Vec<usize> = (0..8).map(|_| rng.below(t + 1)).collect();
+        for _ in 0..GROUP {
+            q.extend(cache.planted_query(&targets, 6.0, &mut rng));
+        }
+    }
+    let array = |shape: Vec<usize>, data: Vec<f32>| npy::Array { shape, data };
+    Layer {
+        il: 0,
+        q: array(vec![n, GROUP, D], q),
+        k: array(vec![n, 1, D], cache.keys),
+        v: array(vec![n, 1, D], cache.values),
+    }
 }
 
 /// The layers listed in meta.json ("layers": [..]).
@@ -288,18 +326,18 @@ fn main() {
 }
 
 fn run(a: &Args) -> Result<()> {
-    let layers = match &a.layers {
-        Some(l) => l.clone(),
-        None => meta_layers(&a.capture)?,
+    let layers = match (&a.layers, a.synthetic) {
+        (_, Some(_)) => vec![0],
+        (Some(l), None) => l.clone(),
+        (None, None) => meta_layers(&a.capture)?,
+    };
+    let source = match a.synthetic {
+        Some((n, drift)) => format!("synthetic: {n} keys, drift {drift}"),
+        None => format!("capture {}", a.capture.display()),
     };
     println!(
-        "capture {}; sink {}, window {}, ratios {:?}, {} positions from {}",
-        a.capture.display(),
-        a.sink,
-        a.window,
-        a.ratios,
-        a.positions,
-        a.min_pos
+        "{source}; sink {}, window {}, ratios {:?}, {} positions from {}",
+        a.sink, a.window, a.ratios, a.positions, a.min_pos
     );
     println!(
         "{:>5} {:>8} {:>5} | {:>8} {:>8} | {:>9} {:>9} | {:>8} | {:>8} {:>8}",
@@ -308,7 +346,10 @@ fn run(a: &Args) -> Result<()> {
     let mut json = String::from("[\n");
     let mut overall: Vec<((GqaPolicy, usize), Sums)> = Vec::new();
     for &il in &layers {
-        let layer = load_layer(&a.capture, il)?;
+        let layer = match a.synthetic {
+            Some((n, drift)) => synthetic_layer(n, drift),
+            None => load_layer(&a.capture, il)?,
+        };
         for &policy in &a.policies {
             for (ki, s) in replay(a, &layer, policy)?.into_iter().enumerate() {
                 let k = a.ks[ki];
