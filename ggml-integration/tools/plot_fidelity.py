@@ -4,6 +4,7 @@ layer and GQA policy (beside the exact top-k's mass), and recall along the seque
 
   plot_fidelity.py REPORT.json OUT_PREFIX [--title TEXT]
   plot_fidelity.py --drift OUT.png --k K REPORT.json:LABEL ...
+  plot_fidelity.py --kl OUT.png KL.json           (a kl-vs-dense --json output, or several merged)
 
 The first form writes OUT_PREFIX-vs-k.png and OUT_PREFIX-along.png; the second draws
 recall@K along the sequence for several reports (e.g. synthetic caches of several drifts)
@@ -38,7 +39,31 @@ def drift_figure(out, k, reports, title):
     fig.savefig(out, dpi=110)
 
 
+def kl_figure(out, path, title):
+    rows = json.load(open(path))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy in sorted({r["gqa"] for r in rows}):
+        sel = sorted((r for r in rows if r["gqa"] == policy), key=lambda r: r["topk"])
+        ax.plot([r["topk"] for r in sel], [r["mean_kl"] for r in sel], "-" if policy == "per-head" else "--",
+                marker="o", label=f"{policy}: mean")
+        ax.plot([r["topk"] for r in sel], [r["p99_kl"] for r in sel], ":", marker="x", label=f"{policy}: p99")
+    ax.set(xscale="log", yscale="log", xlabel="top-k", ylabel="KL(dense || ParisKV), nats")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--kl":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--kl", required=True)
+        ap.add_argument("--title", default="")
+        ap.add_argument("report")
+        a = ap.parse_args()
+        kl_figure(a.kl, a.report, a.title)
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--drift":
         ap = argparse.ArgumentParser()
         ap.add_argument("--drift", required=True)
