@@ -1,6 +1,7 @@
 //! The index handle: append semantics, dtypes, GQA grouping, all-or-nothing errors.
 
 use half::{bf16, f16};
+use pariskv::gqa::GqaPolicy;
 use pariskv::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, DType, ErrorKind, Index, RowData};
 
@@ -153,4 +154,69 @@ fn search_respects_sink_window_and_k() {
     assert!(top.iter().all(|&p| (10..900).contains(&p)), "only zone positions");
     let all = &ix.search(RowData::F32(&q), 5000).unwrap()[0];
     assert_eq!(all.len(), 890, "k beyond the zone returns the whole zone");
+}
+
+/// NaN and infinities in keys, values and queries never crash the index nor yield a position
+/// outside the zone, whatever the dtype and GQA policy; finite queries over a cache with a few
+/// bad keys still return as many distinct positions as the policy promises.
+#[test]
+fn nan_and_inf_never_crash_or_escape_bounds() {
+    let (d, nq, nkv, n) = (64, 4, 2, 3000);
+    let (mut keys, mut values) = interleaved(n, d, nkv, 9);
+    for (i, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::NAN].into_iter().enumerate() {
+        // whole poisoned keys, single poisoned channels, a poisoned value row
+        let t = 700 + 500 * i;
+        keys[t * nkv * d..(t + 1) * nkv * d].fill(bad);
+        keys[((t + 1) * nkv + 1) * d + 5] = bad;
+        values[(t + 2) * nkv * d] = bad;
+    }
+    let mut rng = Rng::new(3);
+    let finite: Vec<f32> = (0..nq * d).map(|_| rng.normal()).collect();
+    let mut poisoned = finite.clone();
+    poisoned[7] = f32::NAN;
+    poisoned[d + 3] = f32::INFINITY;
+    let g = nq / nkv;
+    for (dtype, gqa) in [
+        (DType::F32, GqaPolicy::PerHead),
+        (DType::F16, GqaPolicy::Mean),
+        (DType::BF16, GqaPolicy::PerHead),
+        (DType::F32, GqaPolicy::Mean),
+    ] {
+        let mut cfg = config(d, nq, nkv);
+        cfg.kv_dtype = dtype;
+        cfg.gqa = gqa;
+        let mut ix = Index::new(cfg.clone()).unwrap();
+        ix.append(RowData::F32(&keys), RowData::F32(&values), n).unwrap();
+        let zone = cfg.zone(n);
+        for (name, q) in [("finite query", &finite), ("NaN/Inf query", &poisoned)] {
+            for k in [1, 64, 4096] {
+                let top = ix.search(RowData::F32(q), k).unwrap();
+                for list in &top {
+                    assert!(
+                        list.iter().all(|&c| zone.contains(&(c as usize))),
+                        "{dtype:?} {gqa:?} {name} k={k}: outside the zone"
+                    );
+                    let mut uniq = list.clone();
+                    uniq.sort_unstable();
+                    uniq.dedup();
+                    assert_eq!(uniq.len(), list.len(), "{dtype:?} {gqa:?} {name} k={k}: repeated positions");
+                    if q == &finite {
+                        // mean: one list of k; per-head: the union of each head's k/g
+                        let (lo, hi) = match gqa {
+                            GqaPolicy::Mean => (k.min(zone.len()), k.min(zone.len())),
+                            GqaPolicy::PerHead => ((k / g).min(zone.len()), k.min(zone.len())),
+                        };
+                        assert!(
+                            (lo..=hi).contains(&list.len()),
+                            "{dtype:?} {gqa:?} {name} k={k}: {} positions",
+                            list.len()
+                        );
+                    }
+                }
+            }
+            let mut out = vec![0.0f32; nq * d];
+            // attention over poisoned rows may be NaN (as dense attention would be), but returns
+            ix.attend(RowData::F32(q), &mut out).unwrap();
+        }
+    }
 }
