@@ -210,6 +210,35 @@ impl Sums {
     fn mean(&self, x: f64) -> f64 {
         x / self.n.max(1) as f64
     }
+
+    /// Adds another configuration's sums (for the overall rows; `along` stays per layer).
+    fn add(&mut self, o: &Sums) {
+        self.n += o.n;
+        self.recall += o.recall;
+        self.coarse += o.coarse;
+        self.mass += o.mass;
+        self.mass_exact += o.mass_exact;
+        self.out_err += o.out_err;
+        self.zone += o.zone;
+        self.candidates += o.candidates;
+    }
+
+    /// One table row: `layer` (a number or "all"), policy, k and the means.
+    fn print_row(&self, layer: &str, policy: GqaPolicy, k: usize) {
+        println!(
+            "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0}",
+            layer,
+            policy_name(policy),
+            k,
+            self.mean(self.recall),
+            self.mean(self.coarse),
+            self.mean(self.mass),
+            self.mean(self.mass_exact),
+            self.mean(self.out_err),
+            self.mean(self.zone),
+            self.mean(self.candidates)
+        );
+    }
 }
 
 fn policy_name(p: GqaPolicy) -> &'static str {
@@ -353,19 +382,7 @@ fn run(a: &Args) -> Result<()> {
         for &policy in &a.policies {
             for (ki, s) in replay(a, &layer, policy)?.into_iter().enumerate() {
                 let k = a.ks[ki];
-                println!(
-                    "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0}",
-                    il,
-                    policy_name(policy),
-                    k,
-                    s.mean(s.recall),
-                    s.mean(s.coarse),
-                    s.mean(s.mass),
-                    s.mean(s.mass_exact),
-                    s.mean(s.out_err),
-                    s.mean(s.zone),
-                    s.mean(s.candidates)
-                );
+                s.print_row(&il.to_string(), policy, k);
                 let along: Vec<String> = s.along.iter().map(|(t, r)| format!("[{t}, {r:.5}]")).collect();
                 let _ = writeln!(
                     json,
@@ -383,35 +400,14 @@ fn run(a: &Args) -> Result<()> {
                     along.join(", ")
                 );
                 match overall.iter_mut().find(|(key, _)| *key == (policy, k)) {
-                    Some((_, o)) => {
-                        o.n += s.n;
-                        o.recall += s.recall;
-                        o.coarse += s.coarse;
-                        o.mass += s.mass;
-                        o.mass_exact += s.mass_exact;
-                        o.out_err += s.out_err;
-                        o.zone += s.zone;
-                        o.candidates += s.candidates;
-                    }
+                    Some((_, o)) => o.add(&s),
                     None => overall.push(((policy, k), s)),
                 }
             }
         }
     }
     for ((policy, k), s) in &overall {
-        println!(
-            "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0}",
-            "all",
-            policy_name(*policy),
-            k,
-            s.mean(s.recall),
-            s.mean(s.coarse),
-            s.mean(s.mass),
-            s.mean(s.mass_exact),
-            s.mean(s.out_err),
-            s.mean(s.zone),
-            s.mean(s.candidates)
-        );
+        s.print_row("all", *policy, *k);
     }
     if let Some(path) = &a.json {
         if json.ends_with(",\n") {
