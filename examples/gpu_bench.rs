@@ -162,20 +162,8 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
                 run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             }
             let step_ms = whole.stop(stream)? as f64;
-            // the same 32 layers captured once in a CUDA graph and replayed (no launch gaps)
-            let owned = driver::OwnedStream::new()?;
-            let gs = owned.stream();
-            let graph = driver::Graph::capture(&gs, || {
-                (0..LAYERS).try_for_each(|_| run_marked(module, grot, &params, &layer, &buf, &gs, &mut NoOp))
-            })?;
-            graph.launch(&gs)?;
-            let replay = Timer::new()?;
-            replay.start(&gs)?;
-            let replays = graph_replays(step_ms);
-            for _ in 0..replays {
-                graph.launch(&gs)?;
-            }
-            let graph_ms = replay.stop(&gs)? as f64 / replays as f64;
+            let graph_ms =
+                graph_ms(step_ms, |gs| run_marked(module, grot, &params, &layer, &buf, gs, &mut NoOp))?;
             // again, waiting at each stage's end to time it
             let mut ev = Events { start: Timer::new()?, stages: Vec::new(), totals: Vec::new() };
             for _ in 0..LAYERS {
@@ -206,19 +194,7 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             attend(module, &buf, &layer, &params, &all, n, stream)?;
         }
         let dense_ms = whole.stop(stream)? as f64;
-        let owned = driver::OwnedStream::new()?;
-        let gs = owned.stream();
-        let graph = driver::Graph::capture(&gs, || {
-            (0..LAYERS).try_for_each(|_| attend(module, &buf, &layer, &params, &all, n, &gs))
-        })?;
-        graph.launch(&gs)?;
-        let replay = Timer::new()?;
-        replay.start(&gs)?;
-        let replays = graph_replays(dense_ms);
-        for _ in 0..replays {
-            graph.launch(&gs)?;
-        }
-        let dense_graph_ms = replay.stop(&gs)? as f64 / replays as f64;
+        let dense_graph_ms = graph_ms(dense_ms, |gs| attend(module, &buf, &layer, &params, &all, n, gs))?;
         let kv_bytes = (n * KV_HEADS * D * 2 * 2 * LAYERS) as f64;
         println!(
             "  {where_:<22} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V), {dense_graph_ms:.2} ms as a CUDA graph",
@@ -226,6 +202,22 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
         );
     }
     Ok(())
+}
+
+/// Milliseconds per step when the `LAYERS` launches of `layer` are captured once in a CUDA
+/// graph on a created stream and replayed (no launch gaps); `step_ms` sizes the replays.
+fn graph_ms(step_ms: f64, layer: impl Fn(&Stream) -> pariskv::Result<()>) -> pariskv::Result<f64> {
+    let owned = driver::OwnedStream::new()?;
+    let gs = owned.stream();
+    let graph = driver::Graph::capture(&gs, || (0..LAYERS).try_for_each(|_| layer(&gs)))?;
+    graph.launch(&gs)?;
+    let replay = Timer::new()?;
+    replay.start(&gs)?;
+    let replays = graph_replays(step_ms);
+    for _ in 0..replays {
+        graph.launch(&gs)?;
+    }
+    Ok(replay.stop(&gs)? as f64 / replays as f64)
 }
 
 struct NoOp;

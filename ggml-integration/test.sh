@@ -17,24 +17,26 @@ c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/test
     -L "$bin" -lggml -lggml-base -lggml-cpu -Wl,-rpath,"$bin"
 "$op_test"
 
-log "end-to-end tests"
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$models/tiny.gguf" >/dev/null
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$models/tiny-hd20.gguf" --head-dim 20 >/dev/null
+
+# A C++ tool of ggml-integration/tools/ linked against the patched libllama: $1 its name.
+llama_tool() {
+    c++ -std=c++17 -O2 -Wall -Wextra -o "$PARISKV_WORK/$1" "$REPO_ROOT/ggml-integration/tools/$1.cpp" \
+        -I "$LLAMA_TREE/include" -I "$LLAMA_TREE/ggml/include" \
+        -L "$bin" -lllama -lggml -lggml-base -Wl,-rpath,"$bin"
+}
+
 log "fidelity suite, CI subset: capture, report and next-token KL on the tiny model"
-capture=$PARISKV_WORK/capture-qkv
-c++ -std=c++17 -O2 -Wall -Wextra -o "$capture" "$REPO_ROOT/ggml-integration/tools/capture-qkv.cpp" \
-    -I "$LLAMA_TREE/include" -I "$LLAMA_TREE/ggml/include" \
-    -L "$bin" -lllama -lggml -lggml-base -Wl,-rpath,"$bin"
-kl_tool=$PARISKV_WORK/kl-vs-dense
-c++ -std=c++17 -O2 -Wall -Wextra -o "$kl_tool" "$REPO_ROOT/ggml-integration/tools/kl-vs-dense.cpp" \
-    -I "$LLAMA_TREE/include" -I "$LLAMA_TREE/ggml/include" \
-    -L "$bin" -lllama -lggml -lggml-base -Wl,-rpath,"$bin"
+llama_tool capture-qkv
+llama_tool kl-vs-dense
 (cd "$REPO_ROOT" && cargo build --release --quiet --bin pariskv-fidelity)
 rm -rf "$PARISKV_WORK/fidelity-ci" && mkdir -p "$PARISKV_WORK/fidelity-ci"
-"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/fidelity_ci.py" --capture-tool "$capture" \
-    --fidelity "$REPO_ROOT/target/release/pariskv-fidelity" --kl-tool "$kl_tool" --model "$models/tiny.gguf" \
-    --text "$REPO_ROOT/README.md" --work "$PARISKV_WORK/fidelity-ci"
+"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/fidelity_ci.py" --capture-tool "$PARISKV_WORK/capture-qkv" \
+    --fidelity "$REPO_ROOT/target/release/pariskv-fidelity" --kl-tool "$PARISKV_WORK/kl-vs-dense" \
+    --model "$models/tiny.gguf" --text "$REPO_ROOT/README.md" --work "$PARISKV_WORK/fidelity-ci"
 
+log "end-to-end tests"
 gemma=$(ensure_gemma)
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/e2e.py" --bin "$bin" \
     --tiny "$models/tiny.gguf" --tiny-hd20 "$models/tiny-hd20.gguf" --gemma "$gemma" ${PARISKV_E2E_ARGS:-}

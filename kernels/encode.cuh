@@ -46,16 +46,7 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
         y[j] = j < d ? pk_load(key, a.key_dtype, j) * a.signs[j] : 0.0f;
     }
     __syncwarp();
-    // H, the same butterflies in the same stages as rotation::fwht
-    for (int half = 1; half < dp; half *= 2) {
-        for (int p = lane; p < dp / 2; p += 32) {
-            const int lo = (p / half) * 2 * half + p % half, hi = lo + half;
-            const float x0 = y[lo], x1 = y[hi];
-            y[lo] = __fadd_rn(x0, x1);
-            y[hi] = __fsub_rn(x0, x1);
-        }
-        __syncwarp();
-    }
+    pk_fwht_warp(y, dp, lane);
     for (int j = lane; j < dp; j += 32) {
         y[j] = __fmul_rn(y[j], a.scale);
     }

@@ -235,15 +235,7 @@ extern "C" __global__ void pk_query_rot(pk_step_args a, int mean, const float * 
         y[j] = v;
     }
     __syncwarp();
-    for (int half = 1; half < dp; half *= 2) {
-        for (int p = lane; p < dp / 2; p += 32) {
-            const int lo = (p / half) * 2 * half + p % half, hi = lo + half;
-            const float x0 = y[lo], x1 = y[hi];
-            y[lo] = __fadd_rn(x0, x1);
-            y[hi] = __fsub_rn(x0, x1);
-        }
-        __syncwarp();
-    }
+    pk_fwht_warp(y, dp, lane);
     float * out = a.q_rot + ((long long) u * a.n_ret + r) * dp;
     for (int j = lane; j < dp; j += 32) out[j] = __fmul_rn(y[j], scale);
 }

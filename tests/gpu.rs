@@ -280,12 +280,7 @@ mod step {
         );
         let to =
             Gathered { k: gath_k.ptr, k_bytes: row_bytes, v: gath_v.ptr, v_bytes: row_bytes, max_rows: n };
-        let step_rows = pariskv::cuda::step::Rows {
-            rows: buf.rows.ptr,
-            row_stride: n,
-            n_rows: buf.state.ptr + 8,
-            n_rows_stride: stride / 4,
-        };
+        let step_rows = buf.rows_of(n, n_ret);
         gather(module, &layer, &step_rows, &to, &Stream::null()).unwrap();
         driver::synchronize().unwrap();
         let (gathered_k, gathered_v): (Vec<u8>, Vec<u8>) =

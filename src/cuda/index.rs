@@ -13,7 +13,7 @@ use super::step::{self, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState}
 use crate::cache_step::StepParams;
 use crate::config::{Config, Device};
 use crate::error::{Error, Result};
-use crate::gqa::{merge_ranks, GqaPolicy};
+use crate::gqa::merge_ranks;
 use crate::index::{check_append, load_queries, IndexStats, KvIndex};
 use crate::rotation::Rotation;
 use crate::rows::{DType, RowBuf, RowData, Rows};
@@ -284,33 +284,14 @@ impl GpuIndex {
     }
 
     fn n_retrievals(&self) -> usize {
-        match self.cfg.gqa {
-            GqaPolicy::Mean => 1,
-            GqaPolicy::PerHead => self.cfg.group_size(),
-        }
+        step::n_retrievals(self.cfg.gqa, self.cfg.group_size())
     }
 
     /// Each unit's state and retrievals after a step (synchronises), noted as the last
     /// search's stats.
     fn read_state(&mut self) -> Result<Vec<(UnitState, Vec<Retrieval>)>> {
         driver::synchronize()?;
-        let n_ret = self.n_retrievals();
-        let stride = step::state_stride(n_ret);
-        let raw: Vec<u8> = self.store()?.step.state.read(self.cfg.n_kv_heads * stride)?;
-        let units: Vec<(UnitState, Vec<Retrieval>)> = raw
-            .chunks_exact(stride)
-            .map(|u| {
-                // SAFETY: the bytes are the kernels' `pk_unit_state` followed by `n_ret`
-                // `pk_retrieval`, plain i32 structs that the Rust types mirror.
-                let state = unsafe { std::ptr::read_unaligned(u.as_ptr() as *const UnitState) };
-                let rets = u[std::mem::size_of::<UnitState>()..]
-                    .chunks_exact(std::mem::size_of::<Retrieval>())
-                    // SAFETY: as above.
-                    .map(|r| unsafe { std::ptr::read_unaligned(r.as_ptr() as *const Retrieval) })
-                    .collect();
-                (state, rets)
-            })
-            .collect();
+        let units = self.store()?.step.read_state(self.cfg.n_kv_heads, self.n_retrievals())?;
         for (last, (state, rets)) in self.last.iter_mut().zip(&units) {
             *last = (state.n_zone.max(0) as usize, rets.iter().map(|r| r.n_cand.max(0) as usize).sum());
         }

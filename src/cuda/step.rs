@@ -188,7 +188,46 @@ pub fn state_stride(n_ret: usize) -> usize {
     std::mem::size_of::<UnitState>() + n_ret * std::mem::size_of::<Retrieval>()
 }
 
+/// Retrievals per unit: one with the group-mean query, else one per query head.
+pub fn n_retrievals(gqa: GqaPolicy, n_heads: usize) -> usize {
+    match gqa {
+        GqaPolicy::Mean => 1,
+        GqaPolicy::PerHead => n_heads,
+    }
+}
+
 impl StepBuffers {
+    /// The rows the last step over `n` cells with `n_ret` retrievals per unit selected.
+    pub fn rows_of(&self, n: usize, n_ret: usize) -> Rows {
+        Rows {
+            rows: self.rows.ptr,
+            row_stride: n,
+            n_rows: self.state.ptr + std::mem::offset_of!(UnitState, n_rows) as u64,
+            n_rows_stride: state_stride(n_ret) / 4,
+        }
+    }
+
+    /// Each of the first `units` units' state and retrievals after a step with `n_ret`
+    /// retrievals per unit. A synchronous copy: call it after the step's stream is done.
+    pub fn read_state(&self, units: usize, n_ret: usize) -> Result<Vec<(UnitState, Vec<Retrieval>)>> {
+        let stride = state_stride(n_ret);
+        let raw: Vec<u8> = self.state.read(units * stride)?;
+        Ok(raw
+            .chunks_exact(stride)
+            .map(|u| {
+                // SAFETY: the bytes are the kernels' `pk_unit_state` followed by `n_ret`
+                // `pk_retrieval`, plain i32 structs that the Rust types mirror.
+                let state = unsafe { std::ptr::read_unaligned(u.as_ptr() as *const UnitState) };
+                let rets = u[std::mem::size_of::<UnitState>()..]
+                    .chunks_exact(std::mem::size_of::<Retrieval>())
+                    // SAFETY: as above.
+                    .map(|r| unsafe { std::ptr::read_unaligned(r.as_ptr() as *const Retrieval) })
+                    .collect();
+                (state, rets)
+            })
+            .collect())
+    }
+
     pub fn new(
         shape: Shape,
         dv: usize,
@@ -256,13 +295,6 @@ pub fn run(
     run_marked(module, rotation, params, layer, buf, stream, &mut NoMarks)
 }
 
-fn n_retrievals(params: &StepParams, n_heads: usize) -> usize {
-    match params.gqa {
-        GqaPolicy::Mean => 1,
-        GqaPolicy::PerHead => n_heads,
-    }
-}
-
 /// `run`, telling `marks` where each stage ends.
 pub fn run_marked(
     module: &Module,
@@ -274,10 +306,7 @@ pub fn run_marked(
     marks: &mut dyn StageMarks,
 ) -> Result<()> {
     let n_ret = search(module, rotation, params, layer, buf, stream, marks, params.top_k)?;
-    let (n, stride) = (layer.n, state_stride(n_ret));
-    let rows =
-        Rows { rows: buf.rows.ptr, row_stride: n, n_rows: buf.state.ptr + 8, n_rows_stride: stride / 4 };
-    attend(module, buf, layer, params, &rows, n, stream)?;
+    attend(module, buf, layer, params, &buf.rows_of(layer.n, n_ret), layer.n, stream)?;
     marks.mark("attention", stream)
 }
 
@@ -324,7 +353,7 @@ fn search(
             layer.n, layer.n_heads, units, buf.max_cells, buf.max_heads, buf.max_units, shape, buf.shape
         )));
     }
-    let n_ret = n_retrievals(params, layer.n_heads);
+    let n_ret = n_retrievals(params.gqa, layer.n_heads);
     let (adaptive, rho_cand, rho_coll) = match params.ratios {
         RatioPolicy::Adaptive => (1, 0.0, 0.0),
         RatioPolicy::Fixed(r) => (0, r.cand, r.coll),

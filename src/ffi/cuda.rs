@@ -348,10 +348,7 @@ pub extern "C" fn pariskv_cuda_step_run(
                 out_stride: l.out_row_stride,
             };
             run(module, rot, &params, &layer, &step.buffers, &stream)?;
-            let n_ret = match params.gqa {
-                crate::gqa::GqaPolicy::Mean => 1,
-                crate::gqa::GqaPolicy::PerHead => layer.n_heads,
-            };
+            let n_ret = crate::cuda::step::n_retrievals(params.gqa, layer.n_heads);
             *step.last.lock().unwrap_or_else(|e| e.into_inner()) = (layer.layout.n_units as usize, n_ret);
             Ok(())
         }
@@ -378,7 +375,6 @@ pub extern "C" fn pariskv_cuda_step_stats(
         *n_written = 0;
         #[cfg(feature = "cuda")]
         {
-            use crate::cuda::step::{state_stride, Retrieval, UnitState};
             let step = in_ref(step, "step")?;
             let (units, n_ret) = *step.last.lock().unwrap_or_else(|e| e.into_inner());
             let n = units.min(n_out);
@@ -387,19 +383,8 @@ pub extern "C" fn pariskv_cuda_step_stats(
             }
             let out = super::boundary::out_slice(out, n, "out")?;
             crate::cuda::driver::synchronize()?;
-            let stride = state_stride(n_ret);
-            let raw: Vec<u8> = step.buffers.state.read(n * stride)?;
-            for (o, u) in out.iter_mut().zip(raw.chunks_exact(stride)) {
-                // SAFETY: a unit's state is a `pk_unit_state` and `n_ret` `pk_retrieval`,
-                // plain i32 structs that these Rust types mirror.
-                let state = unsafe { std::ptr::read_unaligned(u.as_ptr() as *const UnitState) };
-                let candidates: i64 = u[std::mem::size_of::<UnitState>()..]
-                    .chunks_exact(std::mem::size_of::<Retrieval>())
-                    // SAFETY: as above.
-                    .map(
-                        |r| unsafe { std::ptr::read_unaligned(r.as_ptr() as *const Retrieval) }.n_cand as i64,
-                    )
-                    .sum();
+            for (o, (state, rets)) in out.iter_mut().zip(step.buffers.read_state(n, n_ret)?) {
+                let candidates: i64 = rets.iter().map(|r| r.n_cand as i64).sum();
                 *o = super::cache::pariskv_step_stats {
                     n_visible: state.n_visible.max(0) as usize,
                     n_zone: state.n_zone.max(0) as usize,
