@@ -211,7 +211,8 @@ def test_flags(a):
     print("flags: registered for every tool, environment variables, llama-bench column")
     for tool in ["llama-cli", "llama-server", "llama-completion", "llama-perplexity", "llama-batched-bench"]:
         out = subprocess.run([os.path.join(a.bin, tool), "--help"], capture_output=True, text=True).stdout
-        names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold", "--pariskv-gqa"]
+        names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold", "--pariskv-gqa",
+                 "--pariskv-offload"]
         check(all(n in out for n in names) and "LLAMA_ARG_PARISKV_TOPK" in out, f"{tool} --help lists the ParisKV flags")
     with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64", "LLAMA_ARG_PARISKV_GQA": "mean"},
                 name="env") as s:
@@ -228,6 +229,45 @@ def test_flags(a):
     out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "4", "-pkt", "0,32",
                           "-r", "1", "-t", "2"], capture_output=True, text=True).stdout
     check("pkt" in out, "llama-bench prints the pkt column")
+
+
+def test_offload(a):
+    print("--pariskv-offload: K/V in pinned host memory read in place by the GPU, answers equal dense")
+    with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
+        dense = generations(s, 90)
+    # GGML_SCHED_DEBUG=2 logs every graph split with its inputs (what the scheduler copies
+    # between backends) and the backend of every node
+    env = {**STATS, "GGML_SCHED_DEBUG": "2"}
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "5", "--pariskv-offload", *FULL_COVERAGE], env=env,
+                name="offload") as s:
+        got = generations(s, 90)
+        log = s.log_text()
+    check_full_coverage("offload", log)
+    check(got == dense, f"offload, op with full coverage: {len(dense)} greedy generations identical to dense")
+    if "_PKV_Host" not in log:  # a CPU build: the cache is in host memory already
+        lines = [l for l in log.splitlines() if "ParisKV offload not used" in l]
+        check(len(lines) > 0 and all("host memory already" in l for l in lines), f"CPU build: logged ({lines[:1]})")
+        return
+    check(re.search(r"ParisKV offload: K/V of 2 layer\(s\) in pinned host memory", log) is not None,
+          "both layers' K/V in the pinned host buffer type (CUDA0_PKV_Host)")
+    splits, on = sched_debug(log)
+    copied = [i for _, inputs in splits for i in inputs if i.startswith("cache_")]
+    check(len(splits) > 0 and not copied,
+          f"GGML_SCHED_DEBUG: {len(splits)} graph splits, no K/V cache view among their inputs ({copied[:3]})")
+    check(on.get("PARISKV_AT") == {"CUDA0"} and on.get("PARISKV_EN") == {"CUDA0"},
+          f"both ParisKV ops run on the GPU ({on.get('PARISKV_AT')}, {on.get('PARISKV_EN')})")
+
+
+def sched_debug(log):
+    """From a GGML_SCHED_DEBUG=2 log at -lv 5: the graph splits as (backend, input names), and
+    for each op (its name cut to 10 characters, as printed) the backends its nodes ran on."""
+    text = re.sub(r"\d+\.\d+\.\d+\.\d+ [A-Z] ", "", log)  # one timestamp per debug print
+    splits = [(b, re.findall(r"\[(\S+) \(", inputs or ""))
+              for b, inputs in re.findall(r"## SPLIT #\d+: (\S+) # \d+ inputs(?:: ([^\n]*))?", text)]
+    on = {}
+    for op, backend in re.findall(r"node #\s*\d+ \(\s*([^)]+)\): .{20} \( *[^)]*\) \[ *(\w+)", text):
+        on.setdefault(op, set()).add(backend)
+    return splits, on
 
 
 def test_gemma_passkey(a):
@@ -256,7 +296,7 @@ def main():
     a = ap.parse_args()
     server.EXTRA_ARGS = shlex.split(a.server_args)
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_state_restore, test_fallbacks, test_flags] + ([test_gemma_passkey] if a.gemma else [])
+             test_state_restore, test_fallbacks, test_flags, test_offload] + ([test_gemma_passkey] if a.gemma else [])
     only = set(a.only.split(",")) if a.only else None
     for t in tests:
         if only and t.__name__ not in only:

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The CUDA integration on a GPU machine without Rust or network (like the lent H200), from the
+# repository root, with what stage-device.sh staged in build/device-carry/ (the pariskv library
+# with its CUDA kernels, the patched llama.cpp tree, the tiny test models):
+#
+#   ggml-integration/device-run.sh build OUT         llama.cpp with -DGGML_CUDA=ON -DGGML_PARISKV=ON
+#   ggml-integration/device-run.sh check OUT         test-backend-ops (CUDA vs CPU) and the end-to-end
+#                                                    tests with every layer on the GPU, then again
+#                                                    with --pariskv-offload on every server
+#   ggml-integration/device-run.sh bench OUT [DEPTHS] llama-bench tg128 on a random-weights 8B-shaped
+#                                                    Q4_0 model made here: dense flash attention vs
+#                                                    ParisKV vs ParisKV offload, same run
+#   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
+#                                                    vs ParisKV (GPU KV) vs ParisKV (offload)
+#
+# Builds and models go to PARISKV_WORK (default /tmp/pariskv-work) and are reused by later
+# calls while the machine stays up; logs go to OUT.
+set -uo pipefail
+cmd=${1:?usage: device-run.sh build|check|bench|passkey OUT [...]}
+out=${2:?OUT directory}
+mkdir -p "$out"
+carry=build/device-carry
+export PARISKV_WORK=${PARISKV_WORK:-/tmp/pariskv-work}
+bin=$PARISKV_WORK/build-cuda/bin
+export PYTHONPATH=$PARISKV_WORK/llama.cpp/gguf-py${PYTHONPATH:+:$PYTHONPATH}
+
+case $cmd in
+build)
+    rm -rf "$PARISKV_WORK/llama.cpp" && mkdir -p "$PARISKV_WORK/llama.cpp"
+    tar -xzf "$carry/llama.tar.gz" -C "$PARISKV_WORK/llama.cpp"
+    cp "$carry/libpariskv.a" "$PARISKV_WORK/libpariskv.a"  # the carried copy is replaced by later calls
+    start=$(date +%s)
+    PARISKV_DEV=1 PARISKV_CUDA=1 PARISKV_SYSTEM_TOOLS=1 PARISKV_CMAKE_ARGS="-DGGML_PARISKV_LIB=$PARISKV_WORK/libpariskv.a" \
+        ggml-integration/build.sh test-backend-ops llama-server llama-cli llama-completion llama-perplexity \
+        llama-batched-bench llama-bench > "$out/build-cuda.log" 2>&1 || { tail -40 "$out/build-cuda.log"; exit 1; }
+    echo "built in $(( $(date +%s) - start )) s"
+    ;;
+check)
+    rc=0
+    "$bin/test-backend-ops" -b CUDA0 -o PARISKV_ATTN > "$out/test-backend-ops.log" 2>&1 || rc=1
+    grep -E "passed|FAIL" "$out/test-backend-ops.log" | tail -5
+    for mode in gpu offload; do
+        args="-ngl 99"; [ $mode = offload ] && args="-ngl 99 --pariskv-offload"
+        python3 ggml-integration/tests/e2e.py --bin "$bin" --tiny "$carry/tiny.gguf" --tiny-hd20 "$carry/tiny-hd20.gguf" \
+            --server-args "$args" > "$out/e2e-cuda-$mode.log" 2>&1 || rc=1
+        echo "e2e ($args): $(tail -n +1 "$out/e2e-cuda-$mode.log" | grep -E '^(OK|FAILED)')"
+    done
+    grep -E "FAIL|offload|GGML_SCHED_DEBUG|on the GPU" "$out/e2e-cuda-gpu.log"
+    exit $rc
+    ;;
+bench)
+    depths=${3:-32768,131072}
+    model=$PARISKV_WORK/bench-8b-q4_0.gguf
+    [ -f "$model" ] || python3 ggml-integration/tools/make_bench_model.py "$model" || exit 1
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+    # one llama-bench per mode, each at every depth; -ub 2048 for every mode (prefill only)
+    common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b 2048 -ub 2048 -r "${PARISKV_BENCH_REPS:-2}" -o md)
+    rc=0
+    for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0" "offload:-pkt 2048 -pko 1"; do
+        name=${mode%%:*}
+        echo "## $name: llama-bench ${common[*]} ${mode#*:}" | tee -a "$out/bench.md"
+        "$bin/llama-bench" "${common[@]}" ${mode#*:} 2> "$out/bench-$name.err" | tee -a "$out/bench.md" || rc=1
+    done
+    grep -hE "ParisKV|PKV_Host|error" "$out"/bench-*.err | sort | uniq -c | head -20
+    exit $rc
+    ;;
+passkey)
+    gguf=${3:?the Gemma 3 270M GGUF}
+    python3 ggml-integration/tools/passkey_sweep.py --bin "$bin" --model "$gguf" --lengths 8000,16000,32000 \
+        --depths 0.25,0.5,0.75 --server-args "-ngl 99" --json "$out/passkey-cuda.json" \
+        "" "--pariskv-topk 256" "--pariskv-topk 256 --pariskv-offload" 2>&1 | tee "$out/passkey-cuda.log"
+    ;;
+*)
+    echo "unknown command $cmd" >&2; exit 2
+    ;;
+esac
