@@ -13,10 +13,12 @@ Same arguments give the same prompt.
 
   usage: passkey.py --tokens N --depth D --seed S [--key K] > prompt.txt
   python: from passkey import make_prompt; prompt, key = make_prompt(8000, 0.5, 1)
+          passkey.answers(completion, key) judges an answer (its first number is the key)
 """
 
 import argparse
 import random
+import re
 import sys
 
 HEADER = ("There is an important piece of information hidden inside a lot of irrelevant "
@@ -93,6 +95,13 @@ def make_prompt(n_tokens, depth, seed, key=None, chars_per_token=4.0):
         pos, at = pos + len(s) + 1, i + 1
     body = " ".join(filler[:at] + [needle] + filler[at:])
     return HEADER + body + QUESTION, key
+
+
+def answers(text, key):
+    """Whether a completion answers key: its first number is exactly the key ("152445" is not
+    "52445")."""
+    m = re.search(r"\d+", text)
+    return m is not None and m.group() == key
 
 
 def main():

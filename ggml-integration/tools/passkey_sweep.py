@@ -50,7 +50,7 @@ def main():
                 args = ["-c", ctx, "-b", "2048", "-ub", "512", *a.server_args.split(), *setting.split()]
                 with Server(a.bin, a.model, args, name="sweep") as s:
                     _, text = s.complete(prompt, 8)
-                ok = key in text
+                ok = passkey.answers(text, key)
                 results.append({"tokens": tokens, "depth": depth, "setting": setting or "dense",
                                 "answer": text.strip()[:14], "key": key, "right": ok})
                 print(f"{tokens:>6} | depth {depth:.2f} | {setting or 'dense':<42} | {text.strip()[:14]!r:<18} | "

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The passkey grid of a `passkey_sweep.py --json` run as a PNG: one panel per setting,
-prompt length against depth, green where the answer holds the key, red where not.
+prompt length against depth, green where the answer is the key, red where not.
 
   plot_passkey.py RESULTS.json OUT.png [--title TEXT]
 """

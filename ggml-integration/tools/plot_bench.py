@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Decode speed against context depth from llama-bench markdown tables (-o md), as a PNG with
+one line per mode: dense (pkt 0), ParisKV with K/V in GPU memory (pkt > 0), ParisKV offload
+(pkt > 0, pko 1). Rows are tg tests ("tg128 @ d32768"); a table's pkt/pko columns, when
+absent, take llama-bench's defaults (0). Prints the points and the ParisKV/dense ratios.
+
+  plot_bench.py OUT.png TABLE.md [TABLE.md ...] [--title TEXT]
+"""
+
+import argparse
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODES = ["dense (flash attention)", "ParisKV, K/V in GPU memory", "ParisKV offload, K/V in host RAM"]
+
+
+def rows(path):
+    """(mode, depth, tok/s, stddev) of each tg row of the tables in a file."""
+    header = None
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if "test" in cells and "t/s" in cells:
+            header = cells
+            continue
+        if header is None or len(cells) != len(header) or cells[0].startswith("-"):
+            continue
+        r = dict(zip(header, cells))
+        m = re.fullmatch(r"tg\d+(?: @ d(\d+))?", r["test"])
+        if not m:
+            continue
+        pkt, pko = int(r.get("pkt", 0)), int(r.get("pko", 0))
+        mode = MODES[0] if pkt == 0 else MODES[2] if pko else MODES[1]
+        ts, sd = (float(x) for x in r["t/s"].split("±"))
+        yield mode, int(m.group(1) or 0), ts, sd
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("tables", nargs="+")
+    ap.add_argument("--title", default="")
+    a = ap.parse_args()
+    points = {}
+    for path in a.tables:
+        for mode, depth, ts, sd in rows(path):
+            points.setdefault(mode, {})[depth] = (ts, sd)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for mode in MODES:
+        if mode not in points:
+            continue
+        depths = sorted(points[mode])
+        ax.errorbar([max(d, 1024) for d in depths], [points[mode][d][0] for d in depths],
+                    yerr=[points[mode][d][1] for d in depths], marker="o", capsize=3, label=mode)
+        for d in depths:
+            ratio = points[mode][d][0] / points[MODES[0]][d][0] if d in points.get(MODES[0], {}) else None
+            print(f"{mode:<34} depth {d:>8}: {points[mode][d][0]:8.2f} tok/s"
+                  + (f"  ({ratio:.2f}x dense)" if ratio and mode != MODES[0] else ""))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context depth (tokens; depth 0 drawn at 1K)")
+    ax.set_ylabel("decode tok/s (tg128)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(a.title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
