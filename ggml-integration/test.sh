@@ -40,3 +40,6 @@ log "end-to-end tests"
 gemma=$(ensure_gemma)
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/e2e.py" --bin "$bin" \
     --tiny "$models/tiny.gguf" --tiny-hd20 "$models/tiny-hd20.gguf" --gemma "$gemma" ${PARISKV_E2E_ARGS:-}
+
+log "load test: llama-server, 4 slots, concurrent long requests, cancellations, shifts, restores"
+"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/load.py" --bin "$bin"

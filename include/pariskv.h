@@ -79,7 +79,7 @@ typedef uint32_t pariskv_gqa;
 // Scratch of a GPU decode step, allocated once in the context current at creation.
 typedef struct pariskv_cuda_step pariskv_cuda_step;
 
-// Opaque index handle.
+// Opaque index handle: what C holds is its id in `HANDLES`, not its address.
 typedef struct pariskv_index pariskv_index;
 
 // Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
@@ -293,7 +293,8 @@ enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
 enum pariskv_status pariskv_index_create(const struct pariskv_config *cfg,
                                          struct pariskv_index **out);
 
-// Frees an index. NULL is a no-op.
+// Frees an index. NULL is a no-op; so is a handle already freed or never created, which
+// sets `pariskv_last_error`. Calls still running on the handle finish first.
 void pariskv_index_free(struct pariskv_index *index);
 
 // Appends `n_tokens` keys and values, each laid out `[n_tokens][n_kv_heads][head_dim]`

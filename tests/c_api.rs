@@ -1,6 +1,7 @@
 //! Builds the static library, compiles `tests/c/api_test.c` against `include/pariskv.h`
-//! and it with the system C compiler (`$CC`, default `cc`), and runs it. Also checks that
-//! the header compiles as C99 and as C++.
+//! and it with the system C compiler (`$CC`, default `cc`), and runs it (under
+//! `$PARISKV_C_RUNNER` when set, e.g. valgrind). Also checks that the header compiles as
+//! C99 and as C++.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,9 +48,24 @@ fn build_and_run(name: &str) -> String {
         .arg(&lib)
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe));
-    let output = run(&mut Command::new(&exe));
+    let output = run(&mut runner(&exe));
     std::fs::remove_dir_all(&dir).ok();
     output
+}
+
+/// The command that runs a compiled C program: the program itself, or under the tool
+/// `PARISKV_C_RUNNER` names with its arguments (scripts/sanitize.sh runs them under valgrind).
+fn runner(exe: &Path) -> Command {
+    let tool = std::env::var("PARISKV_C_RUNNER").unwrap_or_default();
+    let mut words = tool.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    }
 }
 
 #[test]

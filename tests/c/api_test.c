@@ -1,8 +1,10 @@
-/* Exercises the whole public C API of libpariskv and at least 15 bad inputs.
+/* Exercises the whole public C API of libpariskv, its bad inputs (null, misaligned and
+ * stale pointers, sizes, dtypes and settings out of range) and calls from several threads.
  * Built and run by tests/c_api.rs; exits non-zero on any failed check. */
 #include "pariskv.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +69,58 @@ static void dense_head(const float *q, const float *k, const float *v, size_t n,
         out[j] = acc / sum;
     }
     free(w);
+}
+
+/* Searches one handle `rounds` times (0: until a call fails), from a thread. */
+typedef struct {
+    pariskv_index *ix;
+    const float *q;
+    uint32_t k;
+    int rounds;
+    int64_t *pos;
+    uint32_t *count;
+    pariskv_status last;
+    long calls;
+    char message[200];
+} search_job;
+
+static void *run_search(void *arg) {
+    search_job *j = arg;
+    j->last = PARISKV_OK;
+    for (long c = 0; j->rounds == 0 ? c < 100000000L : c < j->rounds; c++) {
+        j->last = pariskv_index_search(j->ix, PARISKV_F32, j->q, j->k, j->pos, j->count);
+        if (j->last != PARISKV_OK) {
+            snprintf(j->message, sizeof j->message, "%s", pariskv_last_error());
+            break;
+        }
+        __atomic_store_n(&j->calls, c + 1, __ATOMIC_RELEASE); /* read by the thread that frees */
+    }
+    return NULL;
+}
+
+/* Appends `rounds` blocks of `n` tokens to one handle, from a thread. */
+typedef struct {
+    pariskv_index *ix;
+    const float *keys, *vals;
+    size_t n;
+    int rounds;
+    pariskv_status last;
+} append_job;
+
+static void *run_append(void *arg) {
+    append_job *j = arg;
+    j->last = PARISKV_OK;
+    for (int r = 0; r < j->rounds && j->last == PARISKV_OK; r++) {
+        j->last = pariskv_index_append(j->ix, PARISKV_F32, j->keys, j->vals, j->n);
+    }
+    return NULL;
+}
+
+static int thread_cases = 0;
+static void thread_case(const char *what, int ok, const char *detail) {
+    thread_cases++;
+    CHECK(ok, "%s: %s", what, detail);
+    printf("threads %d: %-52s -> %s\n", thread_cases, what, ok ? "as required" : detail);
 }
 
 int main(void) {
@@ -257,12 +311,164 @@ int main(void) {
     pariskv_index_free(empty);
     pariskv_index_free(NULL);
 
+    /* ---- the cache entry points (caller-owned index memory) ---- */
+    enum { NC = 64 };
+    pariskv_layout lay;
+    CHECK(pariskv_layout_for(D, &lay) == PARISKV_OK && lay.code_bytes == 16 && lay.nibble_bytes == 64, "layout_for");
+    uint8_t *cb = malloc((size_t)NC * lay.code_bytes), *nb = malloc((size_t)NC * lay.nibble_bytes);
+    uint16_t *wb = malloc(2 * (size_t)NC * lay.n_weights);
+    pariskv_codes dst = {cb, nb, wb, NC};
+    int64_t cells[NC];
+    for (int c = 0; c < NC; c++) cells[c] = c;
+    const size_t kstride = sizeof(float) * NKV * D; /* KV head 0's rows of the interleaved keys */
+    CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_F32, keys, kstride, cells, NC, &dst) == PARISKV_OK,
+          "encode_cells: %s", pariskv_last_error());
+    pariskv_step step = {D, D, 4, 16, 4, 8, 1, PARISKV_GQA_PER_HEAD, 0.3, 0.3, cfg.scale, 0.0f, cfg.seed};
+    pariskv_kv kv = {PARISKV_F32, keys, kstride, PARISKV_F32, vals, kstride, NC};
+    float mask[NC];
+    int32_t cpos[NC];
+    for (int c = 0; c < NC; c++) { mask[c] = 0.0f; cpos[c] = c; }
+    pariskv_visibility vis = {PARISKV_F32, mask, cpos};
+    pariskv_step_stats sst;
+    float cout[4 * D];
+    /* per-head: sink + window + the union of the 4 heads' 16/4 retrieved rows */
+    CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &dst, &vis, cout, D * 4, &sst) == PARISKV_OK &&
+              sst.n_visible == NC && sst.n_attended >= 4 + 8 + 4 && sst.n_attended <= 4 + 8 + 16,
+          "attend_cache: %s (%zu visible, %zu attended)", pariskv_last_error(), sst.n_visible, sst.n_attended);
+    expect_error("layout_for(D, NULL)", pariskv_layout_for(D, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    expect_error("layout_for head_dim 12", pariskv_layout_for(12, &lay), PARISKV_ERR_UNSUPPORTED, "head_dim 12");
+    expect_error("encode_cells NULL dst", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, cells, NC, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "dst");
+    expect_error("encode_cells NULL keys", pariskv_encode_cells(D, 1, PARISKV_F32, NULL, kstride, cells, NC, &dst),
+                 PARISKV_ERR_INVALID_ARGUMENT, "keys");
+    expect_error("encode_cells key dtype 9", pariskv_encode_cells(D, 1, 9, keys, kstride, cells, NC, &dst),
+                 PARISKV_ERR_UNSUPPORTED, "dtype 9");
+    int64_t outside[2] = {3, NC};
+    expect_error("encode_cells cell == n_cells", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, outside, 2, &dst),
+                 PARISKV_ERR_INVALID_ARGUMENT, "out of range");
+    outside[1] = -1;
+    expect_error("encode_cells cell -1", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, outside, 2, &dst),
+                 PARISKV_ERR_INVALID_ARGUMENT, "out of range");
+    expect_error("attend_cache NULL step", pariskv_attend_cache(NULL, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "step");
+    pariskv_step bad_step = step;
+    bad_step.top_k = 0;
+    expect_error("attend_cache top_k 0", pariskv_attend_cache(&bad_step, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "top_k");
+    bad_step = step;
+    bad_step.head_dim = 12;
+    expect_error("attend_cache head_dim 12", pariskv_attend_cache(&bad_step, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
+                 PARISKV_ERR_UNSUPPORTED, "head_dim 12");
+    pariskv_codes short_codes = dst;
+    short_codes.n_cells = NC - 1;
+    expect_error("attend_cache codes shorter than the cache",
+                 pariskv_attend_cache(&step, q, D * 4, &kv, &short_codes, &vis, cout, D * 4, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "codes hold");
+    expect_error("attend_cache out_stride 6", pariskv_attend_cache(&step, q, D * 4, &kv, &dst, &vis, cout, 6, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "out_stride");
+    pariskv_visibility no_pos = {PARISKV_F32, mask, NULL};
+    expect_error("attend_cache NULL positions", pariskv_attend_cache(&step, q, D * 4, &kv, &dst, &no_pos, cout, D * 4, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "visibility.pos");
+    free(cb); free(nb); free(wb);
+
+    /* ---- stale and forged handles ---- */
+    size_t dummy = 0;
+    expect_error("len on a freed handle", pariskv_index_len(empty, &dummy), PARISKV_ERR_INVALID_ARGUMENT, "not a live handle");
+    expect_error("search on a freed handle", pariskv_index_search(empty, PARISKV_F32, q, 8, pos, count),
+                 PARISKV_ERR_INVALID_ARGUMENT, "not a live handle");
+    pariskv_index_free(empty); /* a double free is a no-op that says so */
+    bad_cases++;
+    CHECK(strstr(pariskv_last_error(), "not a live handle") != NULL, "double free: %s", pariskv_last_error());
+    printf("bad input %2d: %-44s -> no-op: %s\n", bad_cases, "free twice", pariskv_last_error());
+    expect_error("append on a forged handle", pariskv_index_append((pariskv_index *)(uintptr_t)0x1230, PARISKV_F32, keys, vals, 1),
+                 PARISKV_ERR_INVALID_ARGUMENT, "not a live handle");
+
+    /* ---- several threads ---- */
+    {
+        enum { T = 4, K = 300 };
+        int64_t ref_pos[NKV * K];
+        uint32_t ref_count[NKV];
+        CHECK(pariskv_index_search(ix, PARISKV_F32, q, K, ref_pos, ref_count) == PARISKV_OK, "reference search");
+        static int64_t tpos[T][NKV * K];
+        static uint32_t tcount[T][NKV];
+        search_job jobs[T];
+        pthread_t th[T];
+        pariskv_index *own[T];
+
+        /* one handle, four threads searching it at once: every answer the single-threaded one */
+        for (int t = 0; t < T; t++) {
+            jobs[t] = (search_job){ix, q, K, 20, tpos[t], tcount[t], PARISKV_OK, 0, ""};
+            pthread_create(&th[t], NULL, run_search, &jobs[t]);
+        }
+        int same = 1;
+        for (int t = 0; t < T; t++) {
+            pthread_join(th[t], NULL);
+            same &= jobs[t].last == PARISKV_OK && memcmp(tpos[t], ref_pos, sizeof ref_pos) == 0;
+        }
+        thread_case("4 threads x 20 searches on one handle", same, "an answer differs from the single-threaded one");
+
+        /* four handles, one thread each */
+        for (int t = 0; t < T; t++) {
+            own[t] = NULL;
+            CHECK(pariskv_index_create(&cfg, &own[t]) == PARISKV_OK, "create %d", t);
+            CHECK(pariskv_index_append(own[t], PARISKV_F32, keys, vals, N) == PARISKV_OK, "append %d", t);
+            jobs[t] = (search_job){own[t], q, K, 20, tpos[t], tcount[t], PARISKV_OK, 0, ""};
+            pthread_create(&th[t], NULL, run_search, &jobs[t]);
+        }
+        same = 1;
+        for (int t = 0; t < T; t++) {
+            pthread_join(th[t], NULL);
+            same &= jobs[t].last == PARISKV_OK && memcmp(tpos[t], ref_pos, sizeof ref_pos) == 0;
+        }
+        thread_case("4 threads x 20 searches, one handle each", same, "an answer differs from the single-threaded one");
+
+        /* appends racing searches on one handle: all succeed, no token lost */
+        append_job aj = {own[0], keys, vals, 100, 10, PARISKV_OK};
+        pthread_t at;
+        pthread_create(&at, NULL, run_append, &aj);
+        for (int t = 1; t < 3; t++) {
+            jobs[t] = (search_job){own[0], q, K, 20, tpos[t], tcount[t], PARISKV_OK, 0, ""};
+            pthread_create(&th[t], NULL, run_search, &jobs[t]);
+        }
+        pthread_join(at, NULL);
+        int ok = aj.last == PARISKV_OK;
+        for (int t = 1; t < 3; t++) {
+            pthread_join(th[t], NULL);
+            ok &= jobs[t].last == PARISKV_OK;
+        }
+        size_t grown = 0;
+        ok &= pariskv_index_len(own[0], &grown) == PARISKV_OK && grown == (size_t)N + 1000;
+        thread_case("1 thread appending, 2 searching one handle", ok, "a call failed or tokens were lost");
+
+        /* a free racing a thread that searches the handle until a call fails */
+        jobs[1] = (search_job){own[1], q, K, 0, tpos[1], tcount[1], PARISKV_OK, 0, ""};
+        pthread_create(&th[1], NULL, run_search, &jobs[1]);
+        while (__atomic_load_n(&jobs[1].calls, __ATOMIC_ACQUIRE) < 3) {
+        } /* searches are under way */
+        pariskv_index_free(own[1]);
+        pthread_join(th[1], NULL);
+        ok = jobs[1].last == PARISKV_ERR_INVALID_ARGUMENT && strstr(jobs[1].message, "not a live handle") != NULL;
+        thread_case("free while another thread searches the handle", ok, jobs[1].message);
+        printf("  (the searching thread made %ld calls before the free)\n", jobs[1].calls);
+
+        /* each thread keeps its own last error */
+        pariskv_status mine = pariskv_index_len(NULL, &dummy);
+        jobs[2] = (search_job){own[2], q, 0, 1, tpos[2], tcount[2], PARISKV_OK, 0, ""}; /* k = 0: fails */
+        pthread_create(&th[2], NULL, run_search, &jobs[2]);
+        pthread_join(th[2], NULL);
+        ok = mine == PARISKV_ERR_INVALID_ARGUMENT && strstr(pariskv_last_error(), "NULL") != NULL &&
+             strstr(jobs[2].message, "k must") != NULL;
+        thread_case("error messages are per thread", ok, pariskv_last_error());
+
+        for (int t = 0; t < T; t++) pariskv_index_free(t == 1 ? NULL : own[t]);
+    }
+
     /* The index still works after all of that. */
     CHECK(pariskv_index_search(ix, PARISKV_F32, q, 300, pos, count) == PARISKV_OK && pos[300] == 1234, "index intact");
 
     pariskv_index_free(ix);
     pariskv_index_free(dx);
     free(keys); free(vals); free(kb); free(vb);
-    printf("%d checks, %d bad-input cases, %d failures\n", checks, bad_cases, failures);
-    return failures == 0 && bad_cases >= 15 ? 0 : 1;
+    printf("%d checks, %d bad-input cases, %d thread cases, %d failures\n", checks, bad_cases, thread_cases, failures);
+    return failures == 0 && bad_cases >= 30 && thread_cases >= 5 ? 0 : 1;
 }
