@@ -371,6 +371,26 @@ int main(void) {
                  PARISKV_ERR_INVALID_ARGUMENT, "visibility.pos");
     free(cb); free(nb); free(wb);
 
+    /* ---- the CUDA entry points' argument checks (any build, with or without a GPU) ---- */
+    expect_error("cuda_available(NULL)", pariskv_cuda_available(NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    void *hbuf = NULL;
+    uint64_t dptr = 0;
+    expect_error("host_alloc NULL host", pariskv_host_alloc(64, NULL, &dptr), PARISKV_ERR_INVALID_ARGUMENT, "host");
+    expect_error("host_alloc NULL device", pariskv_host_alloc(64, &hbuf, NULL), PARISKV_ERR_INVALID_ARGUMENT, "device");
+    expect_error("cuda_step_create NULL out", pariskv_cuda_step_create(D, D, 1, 1024, 4, 8, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "out");
+    CHECK(pariskv_host_free(NULL) == PARISKV_OK, "host_free(NULL) is a no-op");
+    pariskv_cuda_step_free(NULL);
+    if (!has_cuda) {
+        pariskv_status got = pariskv_host_alloc(64, &hbuf, &dptr);
+        CHECK((got == PARISKV_ERR_UNSUPPORTED || got == PARISKV_ERR_CUDA) && strstr(pariskv_last_error(), "CUDA"),
+              "host_alloc without CUDA: status %d, %s", (int)got, pariskv_last_error());
+        pariskv_cuda_step *cs = (pariskv_cuda_step *)0x1;
+        got = pariskv_cuda_step_create(D, D, 1, 1024, 4, 8, &cs);
+        CHECK((got == PARISKV_ERR_UNSUPPORTED || got == PARISKV_ERR_CUDA) && cs == NULL,
+              "cuda_step_create without CUDA: status %d, %s", (int)got, pariskv_last_error());
+    }
+
     /* ---- stale and forged handles ---- */
     size_t dummy = 0;
     expect_error("len on a freed handle", pariskv_index_len(empty, &dummy), PARISKV_ERR_INVALID_ARGUMENT, "not a live handle");
