@@ -789,6 +789,80 @@ mod index {
         }
     }
 
+    /// NaN and infinities in keys, values and queries on the GPU index: no crash, no fault
+    /// (compute-sanitizer runs this too), every position inside the retrieval zone without
+    /// repeats and at most k of them, K/V in device and in host memory, both GQA policies;
+    /// for finite queries the lists equal the CPU index's.
+    #[test]
+    fn nan_and_inf_stay_in_bounds_on_the_gpu() {
+        if gpu().is_none() {
+            return;
+        }
+        let (d, nq, nkv, n) = (64usize, 4usize, 2usize, 3000usize);
+        let spec = SynthSpec::new(n * nkv, d, 9);
+        let cache = SynthCache::generate(&spec);
+        let (mut keys, mut values) = (cache.keys.clone(), cache.values.clone());
+        for (i, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::NAN].into_iter().enumerate() {
+            // whole poisoned keys, single poisoned channels, a poisoned value row
+            let t = 700 + 500 * i;
+            keys[t * nkv * d..(t + 1) * nkv * d].fill(bad);
+            keys[((t + 1) * nkv + 1) * d + 5] = bad;
+            values[(t + 2) * nkv * d] = bad;
+        }
+        let mut rng = pariskv::synth::Rng::new(3);
+        let finite: Vec<f32> = (0..nq * d).map(|_| rng.normal()).collect();
+        let mut poisoned = finite.clone();
+        poisoned[7] = f32::NAN;
+        poisoned[d + 3] = f32::INFINITY;
+        for (gqa, kv_in_host) in [
+            (GqaPolicy::PerHead, false),
+            (GqaPolicy::Mean, true),
+            (GqaPolicy::Mean, false),
+            (GqaPolicy::PerHead, true),
+        ] {
+            let mut cfg = Config::new(d, nq, nkv);
+            cfg.top_k = 64;
+            cfg.n_local = 32;
+            cfg.dense_threshold = 0;
+            cfg.kv_dtype = DType::F16;
+            cfg.gqa = gqa;
+            let mut cpu = Index::new(cfg.clone()).unwrap();
+            cfg.device = Device::Cuda { ordinal: 0, kv_in_host };
+            let mut gpu = open(cfg.clone()).unwrap();
+            cpu.append(RowData::F32(&keys), RowData::F32(&values), n).unwrap();
+            gpu.append(RowData::F32(&keys), RowData::F32(&values), n).unwrap();
+            let zone = cfg.zone(n);
+            for (name, q) in [("finite query", &finite), ("NaN/Inf query", &poisoned)] {
+                for k in [1, 64, 4096] {
+                    let what = format!("{gqa:?} host={kv_in_host} {name} k={k}");
+                    let got = gpu.search(RowData::F32(q), k).unwrap();
+                    for list in &got {
+                        assert!(list.len() <= k, "{what}: {} positions", list.len());
+                        assert!(
+                            list.iter().all(|&c| zone.contains(&(c as usize))),
+                            "{what}: outside the zone"
+                        );
+                        let mut uniq = list.clone();
+                        uniq.sort_unstable();
+                        uniq.dedup();
+                        assert_eq!(uniq.len(), list.len(), "{what}: repeated positions");
+                    }
+                    if q == &finite {
+                        assert_eq!(
+                            got,
+                            cpu.search(RowData::F32(q), k).unwrap(),
+                            "{what}: GPU and CPU lists differ"
+                        );
+                    }
+                }
+                let mut out = vec![0.0f32; nq * d];
+                // attention over poisoned rows may be NaN (as dense attention would be), but returns
+                gpu.attend(RowData::F32(q), &mut out).unwrap();
+            }
+            println!("NaN/Inf on the GPU ({gqa:?}, K/V in host memory: {kv_in_host}): in bounds");
+        }
+    }
+
     /// A device that does not exist is a clean error, not a crash.
     #[test]
     fn missing_device_is_an_error() {
