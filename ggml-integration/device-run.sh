@@ -11,7 +11,8 @@
 #                                                    Q4_0 model made here: dense flash attention vs
 #                                                    ParisKV vs ParisKV offload, same run
 #   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
-#                                                    vs ParisKV (GPU KV) vs ParisKV (offload)
+#                                                    vs ParisKV (GPU KV) vs ParisKV (offload), top-k
+#                                                    256; at 32K also top-k 1024
 #
 # Builds and models go to PARISKV_WORK (default /tmp/pariskv-work) and are reused by later
 # calls while the machine stays up; logs go to OUT.
@@ -43,7 +44,7 @@ check)
         args="-ngl 99"; [ $mode = offload ] && args="-ngl 99 --pariskv-offload"
         python3 ggml-integration/tests/e2e.py --bin "$bin" --tiny "$carry/tiny.gguf" --tiny-hd20 "$carry/tiny-hd20.gguf" \
             --server-args "$args" > "$out/e2e-cuda-$mode.log" 2>&1 || rc=1
-        echo "e2e ($args): $(tail -n +1 "$out/e2e-cuda-$mode.log" | grep -E '^(OK|FAILED)')"
+        echo "e2e ($args): $(grep -E '^(OK|FAILED)' "$out/e2e-cuda-$mode.log")"
     done
     grep -E "FAIL|offload|GGML_SCHED_DEBUG|on the GPU" "$out/e2e-cuda-gpu.log"
     exit $rc
@@ -53,7 +54,8 @@ bench)
     model=$PARISKV_WORK/bench-8b-q4_0.gguf
     [ -f "$model" ] || python3 ggml-integration/tools/make_bench_model.py "$model" || exit 1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-    # one llama-bench per mode, each at every depth; -ub 2048 for every mode (prefill only)
+    # one llama-bench per mode, each at every depth; the same -b/-ub for every mode (they
+    # matter only for the prefill to the depth, which is dense in every mode)
     common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b 2048 -ub 2048 -r "${PARISKV_BENCH_REPS:-2}" -o md)
     rc=0
     for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0" "offload:-pkt 2048 -pko 1"; do
@@ -69,6 +71,9 @@ passkey)
     python3 ggml-integration/tools/passkey_sweep.py --bin "$bin" --model "$gguf" --lengths 8000,16000,32000 \
         --depths 0.25,0.5,0.75 --server-args "-ngl 99" --json "$out/passkey-cuda.json" \
         "" "--pariskv-topk 256" "--pariskv-topk 256 --pariskv-offload" 2>&1 | tee "$out/passkey-cuda.log"
+    python3 ggml-integration/tools/passkey_sweep.py --bin "$bin" --model "$gguf" --lengths 32000 \
+        --depths 0.25,0.5,0.75 --server-args "-ngl 99" --json "$out/passkey-cuda-k1024.json" \
+        "--pariskv-topk 1024" "--pariskv-topk 1024 --pariskv-offload" 2>&1 | tee "$out/passkey-cuda-k1024.log"
     ;;
 *)
     echo "unknown command $cmd" >&2; exit 2

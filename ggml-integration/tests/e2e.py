@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""End-to-end tests of llama.cpp patched with ParisKV (CPU build), against dense attention.
+"""End-to-end tests of llama.cpp patched with ParisKV, against dense attention (CPU build; a
+CUDA build with --server-args "-ngl 99", with or without --pariskv-offload).
 
 Runs the patched tools from BUILD/bin on a tiny random-weights model written with the gguf
 package (and, with --gemma, on Gemma 3 270M): greedy generations with ParisKV must equal
