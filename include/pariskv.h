@@ -294,7 +294,8 @@ enum pariskv_status pariskv_index_create(const struct pariskv_config *cfg,
                                          struct pariskv_index **out);
 
 // Frees an index. NULL is a no-op; so is a handle already freed or never created, which
-// sets `pariskv_last_error`. Calls still running on the handle finish first.
+// sets `pariskv_last_error`. A call still running on the handle in another thread finishes
+// normally; the index is released when it returns.
 void pariskv_index_free(struct pariskv_index *index);
 
 // Appends `n_tokens` keys and values, each laid out `[n_tokens][n_kv_heads][head_dim]`

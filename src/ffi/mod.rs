@@ -117,7 +117,8 @@ pub extern "C" fn pariskv_index_create(
 }
 
 /// Frees an index. NULL is a no-op; so is a handle already freed or never created, which
-/// sets `pariskv_last_error`. Calls still running on the handle finish first.
+/// sets `pariskv_last_error`. A call still running on the handle in another thread finishes
+/// normally; the index is released when it returns.
 #[no_mangle]
 pub extern "C" fn pariskv_index_free(index: *mut pariskv_index) {
     if index.is_null() {
