@@ -34,6 +34,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import server  # noqa: E402
+from e2e import STATS, op_calls  # noqa: E402
 from server import LOG_DIR, Server  # noqa: E402
 
 # 4 slots share a unified cache of 8192 cells; each may use up to the model's training
@@ -103,7 +104,8 @@ def run(bin_dir, model, args, rounds, clients, name):
     """Runs the rounds against one server, then the comparison requests one at a time:
     {id: tokens} of those, RSS after each round, failures, the server's log."""
     out, rss, failures = {}, [], []
-    with Server(bin_dir, model, [*BASE, *args], name=name) as s:
+    # GGML_PARISKV_STATS=1: one log line per call of the attention op (what it attended)
+    with Server(bin_dir, model, [*BASE, *args], env=STATS if args else None, name=name) as s:
         for r in range(rounds):
             def one(job):
                 jid, kind, prompt, n = job
@@ -157,6 +159,15 @@ def main():
         results[name] = out
         if args and "ParisKV: top-k" not in log:
             failures.append(f"{name}: the server did not log its ParisKV settings")
+        calls = op_calls(log)
+        full = sum(c["attended"] == c["visible"] for c in calls)
+        if args:
+            print(f"  {name}: {len(calls)} calls of the attention op, {full} of them over every visible cell",
+                  flush=True)
+        if name == "pariskv-full" and not (calls and full == len(calls)):
+            failures.append(f"{name}: the op did not run at full coverage ({full} of {len(calls)} calls)")
+        if name == "pariskv-small" and full == len(calls):
+            failures.append(f"{name}: retrieval never narrowed the attended cells ({len(calls)} calls)")
         if "slot context shift" not in log:
             failures.append(f"{name}: no context shift happened")
         # flat from the second round on (the first one warms the allocators up): growth under
