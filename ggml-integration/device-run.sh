@@ -10,6 +10,7 @@
 #   ggml-integration/device-run.sh bench OUT [DEPTHS] llama-bench tg128 on a random-weights 8B-shaped
 #                                                    Q4_0 model made here: dense flash attention vs
 #                                                    ParisKV vs ParisKV offload, same run
+#                                                    (PARISKV_BENCH_MODES, PARISKV_BENCH_REPS)
 #   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
 #                                                    vs ParisKV (GPU KV) vs ParisKV (offload), top-k
 #                                                    256; at 32K also top-k 1024
@@ -60,6 +61,8 @@ bench)
     rc=0
     for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0" "offload:-pkt 2048 -pko 1"; do
         name=${mode%%:*}
+        # PARISKV_BENCH_MODES picks some (deep contexts need one device call per mode)
+        [[ " ${PARISKV_BENCH_MODES:-dense pariskv offload} " == *" $name "* ]] || continue
         echo "## $name: llama-bench ${common[*]} ${mode#*:}" | tee -a "$out/bench.md"
         "$bin/llama-bench" "${common[@]}" ${mode#*:} 2> "$out/bench-$name.err" | tee -a "$out/bench.md" || rc=1
     done
