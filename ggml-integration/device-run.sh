@@ -10,7 +10,9 @@
 #   ggml-integration/device-run.sh bench OUT [DEPTHS] llama-bench tg128 on a random-weights 8B-shaped
 #                                                    Q4_0 model made here: dense flash attention vs
 #                                                    ParisKV vs ParisKV offload, same run
-#                                                    (PARISKV_BENCH_MODES, PARISKV_BENCH_REPS)
+#                                                    (PARISKV_BENCH_MODES, PARISKV_BENCH_REPS,
+#                                                    PARISKV_BENCH_UBATCH)
+# PARISKV_BUILD_TARGETS replaces build's list of targets (e.g. llama-bench alone).
 #   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
 #                                                    vs ParisKV (GPU KV) vs ParisKV (offload), top-k
 #                                                    256; at 32K also top-k 1024
@@ -33,8 +35,8 @@ build)
     cp "$carry/libpariskv.a" "$PARISKV_WORK/libpariskv.a"  # the carried copy is replaced by later calls
     start=$(date +%s)
     PARISKV_DEV=1 PARISKV_CUDA=1 PARISKV_SYSTEM_TOOLS=1 PARISKV_CMAKE_ARGS="-DGGML_PARISKV_LIB=$PARISKV_WORK/libpariskv.a" \
-        ggml-integration/build.sh test-backend-ops llama-server llama-cli llama-completion llama-perplexity \
-        llama-batched-bench llama-bench > "$out/build-cuda.log" 2>&1 || { tail -40 "$out/build-cuda.log"; exit 1; }
+        ggml-integration/build.sh ${PARISKV_BUILD_TARGETS:-test-backend-ops llama-server llama-cli llama-completion \
+        llama-perplexity llama-batched-bench llama-bench} > "$out/build-cuda.log" 2>&1 || { tail -40 "$out/build-cuda.log"; exit 1; }
     echo "built in $(( $(date +%s) - start )) s"
     ;;
 check)
@@ -57,7 +59,8 @@ bench)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
     # one llama-bench per mode, each at every depth; the same -b/-ub for every mode (they
     # matter only for the prefill to the depth, which is dense in every mode)
-    common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b 2048 -ub 2048 -r "${PARISKV_BENCH_REPS:-2}" -o md)
+    ub=${PARISKV_BENCH_UBATCH:-2048}
+    common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b "$ub" -ub "$ub" -r "${PARISKV_BENCH_REPS:-2}" -o md)
     rc=0
     for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0" "offload:-pkt 2048 -pko 1"; do
         name=${mode%%:*}
