@@ -3,6 +3,9 @@
 //! sink 4, window 512), at N cells, with K/V in device memory and in pinned host memory
 //! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
 //!
+//! Settings: the paper's (reference ratio table; group-mean and per-head query) and the
+//! library's defaults one change at a time (tuned ratios, then refine 2).
+//!
 //!   cargo run --release --features cuda --example gpu_bench -- [N ...]
 
 use pariskv::attention::AttnParams;
@@ -150,9 +153,15 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             out: gout.ptr,
             out_stride: D * 4,
         };
-        for gqa in [GqaPolicy::Mean, GqaPolicy::PerHead] {
-            let params =
-                StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios: RatioPolicy::Adaptive, gqa, attn };
+        // the paper's settings (reference ratios, group-mean or per-head query), then the
+        // defaults (tuned ratios, refine) one change at a time
+        for (gqa, ratios, refine) in [
+            (GqaPolicy::Mean, RatioPolicy::Adaptive, 1),
+            (GqaPolicy::PerHead, RatioPolicy::Adaptive, 1),
+            (GqaPolicy::PerHead, RatioPolicy::Tuned, 1),
+            (GqaPolicy::PerHead, RatioPolicy::Tuned, 2),
+        ] {
+            let params = StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios, gqa, refine, attn };
             run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             driver::synchronize()?;
             // 32 layers back to back
@@ -172,7 +181,7 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             }
             let stages: Vec<String> = ev.totals.iter().map(|(s, ms)| format!("{s} {ms:.2} ms")).collect();
             println!(
-                "  {where_:<22} ParisKV ({gqa:?}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
+                "  {where_:<22} ParisKV ({gqa:?}, {ratios:?}, refine {refine}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
                 stages.join(", ")
             );
         }
@@ -183,6 +192,7 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             n_local: 0,
             ratios: RatioPolicy::Adaptive,
             gqa: GqaPolicy::Mean,
+            refine: 1,
             attn,
         };
         let all = Rows { rows: iota.ptr, row_stride: 0, n_rows: gall.ptr, n_rows_stride: 0 };

@@ -21,6 +21,9 @@
 // cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 #define PARISKV_DEFAULT_SEED 5782993871403963953
 
+// Refine factor that `pariskv_config_init` sets (exact rescoring of twice k estimates).
+#define PARISKV_DEFAULT_REFINE 2
+
 // Result of every `pariskv_*` call. On anything but `PARISKV_OK`,
 // `pariskv_last_error()` says what went wrong.
 typedef enum pariskv_status {
@@ -36,6 +39,29 @@ typedef enum pariskv_status {
   // GPU is available.
   PARISKV_ERR_CUDA = 5,
 } pariskv_status;
+
+// How the candidate and collision ratios are chosen (a `uint32_t` holding one of these;
+// any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+enum pariskv_ratios
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // `rho_cand` / `rho_coll` as given.
+  PARISKV_RATIOS_FIXED = 0,
+  // The reference implementation's table by zone size (the paper's setting).
+  PARISKV_RATIOS_REFERENCE = 1,
+  // The reference's candidate shares with collision tiers over the whole zone, chosen
+  // from measurements on real keys (the default).
+  PARISKV_RATIOS_TUNED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pariskv_ratios pariskv_ratios;
+#else
+typedef uint32_t pariskv_ratios;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 // Element type of keys, values and queries: a `uint32_t` holding one of these values.
 // Any other value is reported as `PARISKV_ERR_UNSUPPORTED`.
@@ -97,8 +123,9 @@ typedef struct pariskv_config {
   uint32_t top_k;
   // Sequences shorter than this attend densely.
   uint32_t dense_threshold;
-  // Nonzero: ratios from the reference's table by zone size; 0: `rho_cand`/`rho_coll`.
-  uint32_t adaptive_ratios;
+  // How the ratios are chosen (`pariskv_ratios`, default PARISKV_RATIOS_TUNED); with
+  // PARISKV_RATIOS_FIXED, `rho_cand` and `rho_coll`.
+  pariskv_ratios ratio_table;
   // Share of the zone kept as candidates for the rerank, in (0, 1].
   double rho_cand;
   // Share of the zone covered by the widest collision tier, in (0, 1].
@@ -119,6 +146,9 @@ typedef struct pariskv_config {
   uint32_t kv_in_host;
   // Seed of the rotation's random sign diagonal.
   uint64_t seed;
+  // Each retrieval's `refine * k` best cells by the 4-bit estimate are rescored exactly
+  // from their key rows and the k best kept; 0 or 1 = off (at most 64).
+  uint32_t refine;
 } pariskv_config;
 
 // Memory use and the last search's work, summed over KV heads.
@@ -168,8 +198,9 @@ typedef struct pariskv_step {
   uint32_t top_k;
   uint32_t n_sink;
   uint32_t n_local;
-  // Nonzero: the reference's ratio table; 0: `rho_cand` / `rho_coll`.
-  uint32_t adaptive_ratios;
+  // How the ratios are chosen (`pariskv_ratios`); with PARISKV_RATIOS_FIXED, `rho_cand`
+  // and `rho_coll`.
+  pariskv_ratios ratio_table;
   // How the `n_heads` query heads choose the rows they share.
   pariskv_gqa gqa_policy;
   double rho_cand;
@@ -177,6 +208,9 @@ typedef struct pariskv_step {
   float scale;
   float softcap;
   uint64_t seed;
+  // Exact rescoring of each retrieval's `refine * top_k` best estimates; 0 or 1 = off
+  // (at most 64).
+  uint32_t refine;
 } pariskv_step;
 
 // K and V rows of one KV head: the row of cell c at `k + c * k_stride` bytes (same for V).
@@ -205,6 +239,8 @@ typedef struct pariskv_step_stats {
   size_t n_zone;
   size_t n_candidates;
   size_t n_attended;
+  // Cells rescored exactly (refine).
+  size_t n_refined;
 } pariskv_step_stats;
 
 // Where an engine's KV cache and its index live on the device, for `pariskv_cuda_encode`:
@@ -278,10 +314,10 @@ extern "C" {
 // failing call on the same thread.
 const char *pariskv_last_error(void);
 
-// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512, top-k
-// 2048 and adaptive ratios, dense threshold sink + window + 2 top-k, scale
-// 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA retrieval, on the CPU (device
-// -1). `cfg` is left untouched on error.
+// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
+// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
+// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA
+// retrieval, on the CPU (device -1). `cfg` is left untouched on error.
 enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
                                         uint32_t head_dim,
                                         uint32_t n_q_heads,

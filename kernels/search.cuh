@@ -5,7 +5,8 @@
 // setup. blockIdx.z is the unit everywhere.
 //
 // Launches (src/cuda/step.rs): begin, visibility, classify, query_rot, tiers, collisions,
-// cutoff, tie_chunks, scan_chunks, select_rerank, topk; then attention.cuh.
+// cutoff, tie_chunks, scan_chunks, select_rerank, topk (which also refines); then
+// attention.cuh.
 #pragma once
 
 #include "common.cuh"
@@ -17,12 +18,13 @@ enum pk_class : unsigned char { PK_HIDDEN = 0, PK_ZONE = 1, PK_FIXED = 2 };
 
 // Per retrieval (one per query head, or one for the group's mean query).
 struct pk_retrieval {
-    int k;                      // its share of top-k, or the whole zone when that is small
+    int k;                      // best estimates kept: its share of top-k (or the whole zone
+                                // when that is small), times the refine factor
     int m;                      // candidates wanted
     int cutoff;                 // collision count at the candidate cutoff
     int ties_left;              // cells at the cutoff still taken, lowest cells first
     int n_cand;                 // candidates written
-    int pad;
+    int keep;                   // cells it contributes: its share; < k when refining
 };
 
 // Per unit, followed by its retrievals.
@@ -50,7 +52,7 @@ struct pk_step_args {
     int dp;                     // padded head dim
     int n_ret;                  // retrievals per unit
     int top_k, n_sink, n_local;
-    int adaptive;               // the reference ratio table, else rho_cand / rho_coll
+    int adaptive;               // ratio table: 1 the reference's, 2 the tuned one; 0 rho_cand / rho_coll
     double rho_cand, rho_coll;
     int max_collisions;
     int dense_zone;             // zones up to this size are attended whole (top_k in a step)
@@ -72,6 +74,11 @@ struct pk_step_args {
     unsigned long long * cand;  // [units][n_ret][n]: keys of the candidates
     unsigned int * mark;        // [units][n]
     int * rows;                 // [units][n]
+    int refine;                 // shortlist factor of the exact rescoring (<= 1: off)
+    int d;                      // head dim (unpadded)
+    const char * k;             // key row of cell c of unit u at k + off(u) + c*k_stride
+    int k_dtype;
+    long long k_stride;
 };
 
 __device__ __forceinline__ size_t pk_state_stride(const pk_step_args & a) {
@@ -102,8 +109,9 @@ __device__ __forceinline__ void pk_ratios(const pk_step_args & a, int n_zone, do
         coll = a.rho_coll;
         return;
     }
+    const pk_ratio_row * table = a.adaptive == 2 ? PK_TUNED_RATIOS : PK_REFERENCE_RATIOS;
     for (int i = 0; i < PK_N_RATIO_ROWS; ++i) {
-        const pk_ratio_row & row = PK_REFERENCE_RATIOS[i];
+        const pk_ratio_row & row = table[i];
         if (row.below < 0 || n_zone < row.below) {
             cand = row.cand;
             coll = row.coll;
@@ -343,6 +351,9 @@ extern "C" __global__ void pk_cutoff(pk_step_args a) {
     // small zones: everything (cache_step attends every visible cell)
     int k = n_zone <= a.dense_zone ? n_zone : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
     k = min(k, n_zone);
+    const int keep = k;
+    // a shortlist of refine * k estimates (gqa::select_group); a zone taken whole is not
+    if (a.refine > 1 && n_zone > a.dense_zone) k = (int) min((long long) n_zone, (long long) k * a.refine);
     double cand, coll;
     pk_ratios(a, n_zone, cand, coll);
     long long m = pk_ceil_count(n_zone, cand, 1.0);
@@ -358,6 +369,7 @@ extern "C" __global__ void pk_cutoff(pk_step_args a) {
         above += ch[c];
     }
     x.k = k;
+    x.keep = keep;
     x.m = (int) m;
     x.cutoff = cutoff;
     x.ties_left = (int) max(0ll, m - above);
@@ -476,58 +488,105 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
     }
 }
 
-// the k best candidates of each retrieval (radix select in one block over its list), marked
-// with the step's tag and appended, once per unit, to the unit's rows;
+// The key of rank k (1-based) among n keys, or ~0 when k >= n: a radix select, 8 bits per
+// pass from the top, by the whole block (h, prefix, remaining, done in shared memory).
+__device__ unsigned long long pk_threshold(const unsigned long long * cand, int n, int k, unsigned int * h,
+                                           unsigned long long & prefix, int & remaining, int & done) {
+    if (k >= n) return ~0ull;
+    if (threadIdx.x == 0) {
+        prefix = 0;
+        remaining = k;
+        done = 0;
+    }
+    __syncthreads();
+    for (int pass = 7; pass >= 0 && !done; --pass) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) h[i] = 0;
+        __syncthreads();
+        const int shift = 8 * pass;
+        const unsigned long long hi_mask = pass == 7 ? 0ull : (~0ull << (shift + 8));
+        const unsigned long long want = prefix & hi_mask;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const unsigned long long key = cand[i];
+            if ((key & hi_mask) == want) atomicAdd(&h[(key >> shift) & 255], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned int below = 0;
+            for (int dgt = 0; dgt < 256; ++dgt) {
+                if (below + h[dgt] >= (unsigned int) remaining) {
+                    prefix |= (unsigned long long) dgt << shift;
+                    remaining -= below;
+                    // once the score bits are settled and every key with them is
+                    // needed, the cell bits need no passes of their own
+                    if (pass == 4 && h[dgt] == (unsigned int) remaining) {
+                        prefix |= 0xFFFFFFFFull;
+                        done = 1;
+                    }
+                    break;
+                }
+                below += h[dgt];
+            }
+        }
+        __syncthreads();
+    }
+    const unsigned long long t = prefix;
+    __syncthreads(); // every thread has read it before a next call rewrites it
+    return t;
+}
+
+// <q, key> over d values, summed as attention::dot: eight running sums of lanes j % 8,
+// combined pairwise, plus the (empty: d is a multiple of 8) tail
+__device__ __forceinline__ float pk_exact_dot(const float * q, const char * row, int dtype, int d) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = 0; j < d; j += 8) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(q[j + i], pk_load(row, dtype, j + i)));
+    }
+    const float lo = __fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5]));
+    const float hi = __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7]));
+    return __fadd_rn(__fadd_rn(lo, hi), 0.0f);
+}
+
+// the k best candidates of each retrieval (radix select in one block over its list); when
+// refining (keep < k) their exact scores replace the estimates in the list (the rest become
+// ~0, never chosen) and the keep best of those are chosen (gqa::select_group). The chosen
+// are marked with the step's tag and appended, once per unit, to the unit's rows;
 // grid (retrievals, 1, units), PK_TOPK_THREADS threads
 extern "C" __global__ void pk_topk(pk_step_args a) {
     __shared__ unsigned int h[256];
     __shared__ unsigned long long prefix;
     __shared__ int remaining;
     __shared__ int done;
+    __shared__ float qs[PK_MAX_HEAD_DIM];
     const int r = blockIdx.x, u = blockIdx.z, ur = u * a.n_ret + r;
     pk_retrieval & x = pk_ret(a, u, r);
     const int n = x.n_cand, k = x.k;
     if (k <= 0) return;
-    const unsigned long long * cand = a.cand + (long long) ur * a.n;
-    unsigned long long threshold = ~0ull;
-    if (k < n) {
-        if (threadIdx.x == 0) {
-            prefix = 0;
-            remaining = k;
-            done = 0;
+    unsigned long long * cand = a.cand + (long long) ur * a.n;
+    unsigned long long threshold = pk_threshold(cand, n, k, h, prefix, remaining, done);
+    if (x.keep < k) {
+        // the retrieval's query unrotated: the group's mean (summed in head order, then
+        // divided, as search::group_query) or head r's own
+        const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
+        for (int j = threadIdx.x; j < a.d; j += blockDim.x) {
+            const int h0 = a.n_ret == 1 ? 0 : r, h1 = a.n_ret == 1 ? a.n_heads : r + 1;
+            float s = 0.0f;
+            for (int hh = h0; hh < h1; ++hh) s = __fadd_rn(s, ((const float *) (q0 + hh * a.q_stride))[j]);
+            qs[j] = __fdiv_rn(s, (float) (h1 - h0));
         }
         __syncthreads();
-        for (int pass = 7; pass >= 0 && !done; --pass) {
-            for (int i = threadIdx.x; i < 256; i += blockDim.x) h[i] = 0;
-            __syncthreads();
-            const int shift = 8 * pass;
-            const unsigned long long hi_mask = pass == 7 ? 0ull : (~0ull << (shift + 8));
-            const unsigned long long want = prefix & hi_mask;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                const unsigned long long key = cand[i];
-                if ((key & hi_mask) == want) atomicAdd(&h[(key >> shift) & 255], 1u);
+        const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const unsigned long long key = cand[i];
+            unsigned long long exact = ~0ull;
+            if (key <= threshold) {
+                const int c = (int) (key & 0xFFFFFFFFull);
+                exact = pk_key(pk_exact_dot(qs, keys + c * a.k_stride, a.k_dtype, a.d), c);
             }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                unsigned int below = 0;
-                for (int dgt = 0; dgt < 256; ++dgt) {
-                    if (below + h[dgt] >= (unsigned int) remaining) {
-                        prefix |= (unsigned long long) dgt << shift;
-                        remaining -= below;
-                        // once the score bits are settled and every key with them is
-                        // needed, the cell bits need no passes of their own
-                        if (pass == 4 && h[dgt] == (unsigned int) remaining) {
-                            prefix |= 0xFFFFFFFFull;
-                            done = 1;
-                        }
-                        break;
-                    }
-                    below += h[dgt];
-                }
-            }
-            __syncthreads();
+            cand[i] = exact;
         }
-        threshold = prefix;
+        __syncthreads();
+        threshold = pk_threshold(cand, n, x.keep, h, prefix, remaining, done);
     }
     pk_unit_state & s = pk_unit(a, u);
     const unsigned int tag = s.tag;
@@ -535,7 +594,7 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
     int * rows = a.rows + (long long) u * a.n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const unsigned long long key = cand[i];
-        if (key <= threshold) {
+        if (key <= threshold && key != ~0ull) {
             const int c = (int) (key & 0xFFFFFFFFull);
             if (atomicExch(&mark[c], tag) != tag) rows[atomicAdd(&s.n_rows, 1)] = c;
         }

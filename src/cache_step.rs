@@ -10,7 +10,7 @@
 use crate::attention::{attend, AttnParams, AttnScratch};
 use crate::encode::Codes;
 use crate::error::{Error, Result};
-use crate::gqa::{select_group, GqaPolicy, GroupScratch};
+use crate::gqa::{select_group, GqaPolicy, GroupScratch, Refine};
 use crate::rotation::Rotation;
 use crate::rows::Rows;
 use crate::search::RatioPolicy;
@@ -24,6 +24,8 @@ pub struct StepParams {
     pub n_local: usize,
     pub ratios: RatioPolicy,
     pub gqa: GqaPolicy,
+    /// Exact rescoring factor (see `gqa`; 1 or 0: off).
+    pub refine: usize,
     pub attn: AttnParams,
 }
 
@@ -41,6 +43,8 @@ pub struct StepStats {
     pub n_visible: usize,
     pub n_zone: usize,
     pub n_candidates: usize,
+    /// Cells rescored exactly (refine).
+    pub n_refined: usize,
     pub n_attended: usize,
 }
 
@@ -132,10 +136,12 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
                 None,
                 p.ratios,
                 p.top_k,
+                Refine { keys: &cache.keys, factor: p.refine },
                 &mut scratch.group,
                 &mut scratch.retrieved,
             )?;
             stats.n_candidates = s.n_candidates;
+            stats.n_refined = s.n_refined;
             scratch.cells.extend((0..n as u32).filter(|&c| class[c as usize] == Class::Fixed));
             scratch.cells.extend_from_slice(&scratch.retrieved);
             scratch.cells.sort_unstable();
@@ -178,6 +184,7 @@ mod tests {
             n_local: 64,
             ratios: RatioPolicy::Adaptive,
             gqa: GqaPolicy::PerHead,
+            refine: 1,
             attn: AttnParams { scale: 0.125, softcap: 0.0 },
         }
     }

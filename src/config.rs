@@ -13,6 +13,11 @@ pub const DEFAULT_SINK: usize = 4;
 pub const DEFAULT_LOCAL: usize = 512;
 /// Keys retrieved per KV head and step (the reference goes up to 2048).
 pub const DEFAULT_TOP_K: usize = 2048;
+/// Shortlist of each retrieval rescored exactly, in units of its k (1: off; see `gqa`):
+/// twice k recovers most of what the 4-bit estimator misranks (docs/FIDELITY.md).
+pub const DEFAULT_REFINE: usize = 2;
+/// Largest refine factor accepted.
+pub const MAX_REFINE: usize = 64;
 /// Seed of the rotation's sign diagonal ("PARISKV1").
 pub const DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
 
@@ -41,6 +46,8 @@ pub struct Config {
     pub ratios: RatioPolicy,
     /// How query heads sharing a KV head choose its rows (see `gqa`).
     pub gqa: GqaPolicy,
+    /// Exact rescoring of each retrieval's `refine * k` best estimates (1: off; see `gqa`).
+    pub refine: usize,
     pub seed: u64,
     pub attn: AttnParams,
     /// Element type the index handle stores K and V rows in.
@@ -50,8 +57,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Paper defaults for a model shape; the dense threshold is sink + window + 2 top-k,
-    /// and the attention scale 1/sqrt(head_dim).
+    /// Defaults for a model shape: the paper's layout and top-k, the tuned ratio table and
+    /// per-head GQA (docs/FIDELITY.md); the dense threshold is sink + window + 2 top-k, and
+    /// the attention scale 1/sqrt(head_dim).
     pub fn new(head_dim: usize, n_q_heads: usize, n_kv_heads: usize) -> Config {
         Config {
             head_dim,
@@ -61,8 +69,9 @@ impl Config {
             n_local: DEFAULT_LOCAL,
             top_k: DEFAULT_TOP_K,
             dense_threshold: DEFAULT_SINK + DEFAULT_LOCAL + 2 * DEFAULT_TOP_K,
-            ratios: RatioPolicy::Adaptive,
+            ratios: RatioPolicy::Tuned,
             gqa: GqaPolicy::default(),
+            refine: DEFAULT_REFINE,
             seed: DEFAULT_SEED,
             attn: AttnParams { scale: 1.0 / (head_dim.max(1) as f32).sqrt(), softcap: 0.0 },
             kv_dtype: DType::F16,
@@ -85,6 +94,7 @@ impl Config {
         if self.top_k == 0 || self.top_k > u32::MAX as usize {
             return Err(Error::invalid(format!("top_k {} must be in 1..=2^32-1", self.top_k)));
         }
+        check_refine(self.refine)?;
         if self.n_sink.checked_add(self.n_local).is_none() {
             return Err(Error::invalid("n_sink + n_local overflows"));
         }
@@ -127,6 +137,14 @@ impl Config {
     }
 }
 
+/// A refine factor in 0..=MAX_REFINE (0 and 1 both mean off).
+pub fn check_refine(refine: usize) -> Result<()> {
+    if refine > MAX_REFINE {
+        return Err(Error::invalid(format!("refine {refine} is above {MAX_REFINE}")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +176,9 @@ mod tests {
         c = Config::new(128, 4, 4);
         c.top_k = 0;
         assert!(c.validate().is_err());
+        c = Config::new(128, 4, 4);
+        c.refine = MAX_REFINE + 1;
+        assert!(c.validate().unwrap_err().message.contains("refine"));
         c = Config::new(128, 4, 4);
         c.attn.softcap = f32::NAN;
         assert!(c.validate().is_err());

@@ -8,13 +8,21 @@
 //! the answer is wrong at top-k 256 and 1024 for needles at depth 0.5 and 0.75, with
 //! `PerHead` it is right at both (docs/FIDELITY.md). The mean of heads that look for
 //! different tokens points at neither, so `PerHead` is the default.
+//!
+//! With a refine factor r > 1 each retrieval keeps its r * k best cells by the 4-bit
+//! estimate and then the k best of those by the exact inner product with the key rows:
+//! the estimator's error (not the coarse stage) is what loses most exact keys once the
+//! candidates are many (docs/FIDELITY.md, issue 9).
 
 use std::collections::HashSet;
 use std::ops::Range;
 
+use crate::attention::dot;
 use crate::encode::Codes;
 use crate::error::{Error, Result};
+use crate::rank::top_k_in_place;
 use crate::rotation::Rotation;
+use crate::rows::Rows;
 use crate::search::{
     group_query, histogram, select_top_k, RatioPolicy, SearchScratch, SearchStats, Selection,
 };
@@ -35,8 +43,18 @@ pub struct GroupScratch {
     q_rot: Vec<f32>,
     lists: Vec<Vec<u32>>,
     seen: HashSet<u32>,
+    row: Vec<f32>,
     /// Candidate cells of every retrieval of the last call (for measuring the coarse stage).
     pub candidates: Vec<u32>,
+}
+
+/// Exact rescoring of an estimated shortlist (see the module docs).
+#[derive(Clone, Copy)]
+pub struct Refine<'a> {
+    /// The key rows of the cells `codes` encodes, same cell numbering.
+    pub keys: &'a Rows<'a>,
+    /// Shortlist size per retrieval in units of its k; 1 (or 0) turns refining off.
+    pub factor: usize,
 }
 
 /// One group's retrieval over `codes`: `queries` holds the group's heads back to back; the
@@ -53,6 +71,7 @@ pub fn select_group<F: Fn(usize) -> bool>(
     zone_hist: Option<&[u32]>,
     ratios: RatioPolicy,
     k: usize,
+    refine: Refine,
     scratch: &mut GroupScratch,
     out: &mut Vec<u32>,
 ) -> Result<SearchStats> {
@@ -86,6 +105,7 @@ pub fn select_group<F: Fn(usize) -> bool>(
         }
         scratch.q_rot.resize(shape.padded_dim, 0.0);
         group_query(rotation, q, &mut scratch.mean, &mut scratch.q_rot);
+        let shortlist = if refine.factor > 1 { k_h.saturating_mul(refine.factor) } else { k_h };
         let sel = Selection {
             shape,
             codes,
@@ -94,12 +114,23 @@ pub fn select_group<F: Fn(usize) -> bool>(
             valid: &valid,
             zone_hist,
             policy: ratios,
-            k: k_h,
+            k: shortlist,
         };
-        let s = select_top_k(&sel, &mut scratch.search)?;
+        let mut s = select_top_k(&sel, &mut scratch.search)?;
+        if refine.factor > 1 {
+            // group_query left the unrotated retrieval query (the head's own, or the mean) in
+            // `mean`; the estimated scores are replaced by exact ones
+            s.n_refined = scratch.search.top.len();
+            rescore(refine.keys, &scratch.mean, &mut scratch.row, &mut scratch.search.top)?;
+            top_k_in_place(&mut scratch.search.top, k_h);
+        }
         scratch.lists[h].extend(scratch.search.top.iter().map(|&(_, c)| c));
         scratch.candidates.extend_from_slice(&scratch.search.candidates);
-        total = SearchStats { n_candidates: total.n_candidates + s.n_candidates, ..s };
+        total = SearchStats {
+            n_candidates: total.n_candidates + s.n_candidates,
+            n_refined: total.n_refined + s.n_refined,
+            ..s
+        };
     }
     merge_ranks(&scratch.lists[..g], &mut scratch.seen, out);
     if g > 1 {
@@ -107,6 +138,22 @@ pub fn select_group<F: Fn(usize) -> bool>(
         scratch.candidates.dedup();
     }
     Ok(total)
+}
+
+/// Replaces each (score, cell)'s score by the exact `<q, key of cell>`.
+fn rescore(keys: &Rows, q: &[f32], row: &mut Vec<f32>, top: &mut [(f32, u32)]) -> Result<()> {
+    if keys.dim() != q.len() {
+        return Err(Error::invalid(format!("refine: key rows of {} for queries of {}", keys.dim(), q.len())));
+    }
+    row.resize(q.len(), 0.0);
+    for (score, cell) in top.iter_mut() {
+        if *cell as usize >= keys.len() {
+            return Err(Error::invalid(format!("refine: cell {cell} has no key row ({} rows)", keys.len())));
+        }
+        keys.load(*cell as usize, row);
+        *score = dot(q, row);
+    }
+    Ok(())
 }
 
 /// The group's per-head lists (each best first) merged rank by rank without repeats: every
@@ -163,6 +210,7 @@ mod tests {
             None,
             ratios,
             100,
+            Refine { keys: &keys, factor: 1 },
             &mut s,
             &mut out,
         )
@@ -187,6 +235,7 @@ mod tests {
             None,
             ratios,
             100,
+            Refine { keys: &keys, factor: 1 },
             &mut s,
             &mut out,
         )
@@ -206,5 +255,56 @@ mod tests {
         let mut one = SearchScratch::default();
         select_top_k(&sel, &mut one).unwrap();
         assert_eq!(out, one.top.iter().map(|&(_, c)| c).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn refine_over_the_whole_zone_is_the_exact_top_k() {
+        // Candidates = the whole zone and a shortlist longer than the zone: the estimator
+        // decides nothing, so each head's list is its exact top share (ties aside).
+        let (n, d, k) = (3000, 64, 60);
+        let shape = Shape::new(d).unwrap();
+        let rot = Rotation::new(shape, 5);
+        let cache = SynthCache::generate(&SynthSpec::new(n, d, 11));
+        let mut store = CodeStore::default();
+        store.grow(&shape, n).unwrap();
+        let keys = Rows::packed(RowData::F32(&cache.keys), d).unwrap();
+        let cells: Vec<usize> = (0..n).collect();
+        encode_rows(&rot, &keys, &cells, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        let mut rng = crate::synth::Rng::new(12);
+        let q: Vec<f32> = (0..4).flat_map(|_| cache.planted_query(&[rng.below(n)], 2.0, &mut rng)).collect();
+        let zone: Vec<u32> = (100..n as u32).collect();
+        let all = RatioPolicy::Fixed(crate::search::Ratios { cand: 1.0, coll: 1.0 });
+        let (mut s, mut out) = (GroupScratch::default(), Vec::new());
+        let run = |factor: usize, s: &mut GroupScratch, out: &mut Vec<u32>| {
+            let refine = Refine { keys: &keys, factor };
+            select_group(
+                &rot,
+                GqaPolicy::PerHead,
+                &q,
+                store.as_ref(),
+                100..n,
+                |_| true,
+                None,
+                all,
+                k,
+                refine,
+                s,
+                out,
+            )
+            .unwrap()
+        };
+        let st = run(n, &mut s, &mut out);
+        assert_eq!(st.n_refined, zone.len() * 4, "every zone cell rescored by each of the 4 heads");
+        let lists: Vec<Vec<u32>> =
+            q.chunks_exact(d).map(|qh| crate::eval::exact_top_k(&keys, qh, &zone, k / 4)).collect();
+        let mut exact = Vec::new();
+        merge_ranks(&lists, &mut HashSet::new(), &mut exact);
+        assert_eq!(out, exact);
+
+        // Without refining, the 4-bit estimate misses some of them on these keys, so the
+        // comparison above can fail.
+        let st = run(1, &mut s, &mut out);
+        assert_eq!(st.n_refined, 0);
+        assert_ne!(out, exact, "the estimator alone is not exact here");
     }
 }

@@ -7,7 +7,7 @@ use crate::attention::{attend, AttnScratch};
 use crate::config::{Config, Device};
 use crate::encode::{encode_rows, CodeStore, EncodeScratch};
 use crate::error::{Error, Result};
-use crate::gqa::{select_group, GroupScratch};
+use crate::gqa::{select_group, GroupScratch, Refine};
 use crate::rotation::Rotation;
 use crate::rows::{RowBuf, RowData, Rows};
 use crate::search::{tally, SearchStats, Tally};
@@ -260,6 +260,7 @@ impl Index {
             &mut s.zone_hist,
             Tally::Remove,
         );
+        let keys = Rows::packed(head.keys.data(), d)?;
         self.last[h] = select_group(
             &self.rotation,
             self.cfg.gqa,
@@ -270,6 +271,7 @@ impl Index {
             Some(&s.zone_hist),
             self.cfg.ratios,
             k,
+            Refine { keys: &keys, factor: self.cfg.refine },
             &mut s.group,
             &mut s.top,
         )?;

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use crate::codebook::{centroid_order, centroid_scores};
-use crate::constants::REFERENCE_RATIOS;
+use crate::constants::{REFERENCE_RATIOS, TUNED_RATIOS};
 use crate::encode::{estimate, estimator_lut, Codes};
 use crate::error::{Error, Result};
 use crate::prefetch;
@@ -20,12 +20,22 @@ pub struct Ratios {
     pub coll: f64,
 }
 
+/// The row of a `(below, cand, coll)` table for a zone of `n_zone` keys.
+fn table_row(table: &[(usize, f64, f64)], n_zone: usize) -> Ratios {
+    let &(_, cand, coll) =
+        table.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(&table[table.len() - 1]);
+    Ratios { cand, coll }
+}
+
 impl Ratios {
     /// The reference implementation's table, by retrieval-zone size.
     pub fn reference(n_zone: usize) -> Ratios {
-        let &(_, cand, coll) =
-            REFERENCE_RATIOS.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(&REFERENCE_RATIOS[3]);
-        Ratios { cand, coll }
+        table_row(&REFERENCE_RATIOS, n_zone)
+    }
+
+    /// The table chosen from measurements (`constants::TUNED_RATIOS`).
+    pub fn tuned(n_zone: usize) -> Ratios {
+        table_row(&TUNED_RATIOS, n_zone)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -43,6 +53,8 @@ impl Ratios {
 pub enum RatioPolicy {
     /// `Ratios::reference(N)` for zone size N (the paper's adaptive table).
     Adaptive,
+    /// `Ratios::tuned(N)`: the reference's candidate shares with rho_coll 1.
+    Tuned,
     Fixed(Ratios),
 }
 
@@ -50,6 +62,7 @@ impl RatioPolicy {
     pub fn ratios(&self, n_zone: usize) -> Ratios {
         match *self {
             RatioPolicy::Adaptive => Ratios::reference(n_zone),
+            RatioPolicy::Tuned => Ratios::tuned(n_zone),
             RatioPolicy::Fixed(r) => r,
         }
     }
@@ -261,6 +274,8 @@ pub struct SearchStats {
     pub n_zone: usize,
     /// Candidates reranked.
     pub n_candidates: usize,
+    /// Shortlisted cells rescored exactly from their key rows (refine), 0 without.
+    pub n_refined: usize,
     /// Collision count at the candidate cutoff.
     pub cutoff: u16,
     pub rho_cand: f64,
@@ -347,6 +362,7 @@ pub fn select_top_k<F: Fn(usize) -> bool>(
     Ok(SearchStats {
         n_zone,
         n_candidates: scratch.candidates.len(),
+        n_refined: 0,
         cutoff,
         rho_cand: ratios.cand,
         rho_coll: ratios.coll,
@@ -373,6 +389,8 @@ mod tests {
         assert_eq!(Ratios::reference(5_000), Ratios { cand: 0.25, coll: 0.3 });
         assert_eq!(Ratios::reference(29_999), Ratios { cand: 0.2, coll: 0.25 });
         assert_eq!(Ratios::reference(1 << 20), Ratios { cand: 0.1, coll: 0.2 });
+        assert_eq!(Ratios::tuned(29_999), Ratios { cand: 0.2, coll: 1.0 });
+        assert_eq!(Ratios::tuned(1 << 20), Ratios { cand: 0.1, coll: 1.0 });
         assert!(Ratios { cand: 0.0, coll: 0.5 }.validate().is_err());
         assert!(Ratios { cand: 0.5, coll: f64::NAN }.validate().is_err());
     }

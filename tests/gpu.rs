@@ -135,6 +135,10 @@ mod step {
         pub kv: usize,
         /// two tokens of two sequences sharing the cache, cells alternating between them
         pub two_sequences: bool,
+        /// exact rescoring factor (1: off)
+        pub refine: usize,
+        /// the tuned ratio table instead of the reference's
+        pub tuned: bool,
     }
 
     /// The CPU's stages for one retrieval, for stage-by-stage comparison.
@@ -143,6 +147,8 @@ mod step {
         counts: Vec<u16>,
         cutoff: u16,
         candidates: BTreeSet<u32>,
+        /// refining: the estimates rescored exactly (empty without)
+        shortlist: BTreeSet<u32>,
         top: BTreeSet<u32>,
     }
 
@@ -188,12 +194,14 @@ mod step {
                 q.extend(cache.planted_query(&targets, 8.0, &mut rng));
             }
         }
+        let policy = if c.tuned { RatioPolicy::Tuned } else { RatioPolicy::Adaptive };
         let params = StepParams {
             top_k: c.top_k,
             n_sink: 4,
             n_local: 64,
-            ratios: RatioPolicy::Adaptive,
+            ratios: policy,
             gqa: c.gqa,
+            refine: c.refine,
             attn: AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
         };
 
@@ -320,7 +328,7 @@ mod step {
                 GqaPolicy::Mean => vec![qu],
                 GqaPolicy::PerHead => qu.chunks_exact(d).collect(),
             };
-            let ratios = RatioPolicy::Adaptive.ratios(n_zone);
+            let ratios = policy.ratios(n_zone);
             let mut cpu = Vec::new();
             for (r, qh) in heads.iter().enumerate() {
                 let k = if n_zone <= c.top_k {
@@ -334,18 +342,30 @@ mod step {
                 tier_levels(&shape, &q_rot, &hist, &tier_budgets(n_zone, ratios.coll), &mut levels);
                 let mut counts = Vec::new();
                 collision_counts(&shape, &store.as_ref(), 0..n, zone, &levels, &mut counts);
-                let m = candidate_count(n_zone, ratios.cand, k);
+                // refining: a shortlist of refine * k estimates, then the k best exact scores
+                let refining = c.refine > 1 && n_zone > c.top_k;
+                let shortlist = if refining { (k * c.refine).min(n_zone) } else { k };
+                let m = candidate_count(n_zone, ratios.cand, shortlist);
                 let (mut ch, mut cand) = (Vec::new(), Vec::new());
                 let cutoff = candidates(&shape, &counts, 0, m, &mut ch, &mut cand);
                 let mut lut = Vec::new();
                 estimator_lut(&q_rot, &mut lut);
                 let mut top = Vec::new();
-                rerank(&shape, &store.as_ref(), &lut, &cand, k, &mut top);
+                rerank(&shape, &store.as_ref(), &lut, &cand, shortlist, &mut top);
+                let listed: BTreeSet<u32> = top.iter().map(|&(_, x)| x).collect();
+                if refining {
+                    let mut mean = Vec::new();
+                    group_query(&rot, qh, &mut mean, &mut q_rot);
+                    let cells: Vec<u32> = listed.iter().copied().collect();
+                    let exact = pariskv::eval::exact_top_k(&krows, &mean, &cells, k);
+                    top = exact.into_iter().map(|x| (0.0, x)).collect();
+                }
                 cpu.push(CpuRetrieval {
                     levels,
                     counts,
                     cutoff,
                     candidates: if k > 0 { cand.into_iter().collect() } else { BTreeSet::new() },
+                    shortlist: if refining { listed } else { BTreeSet::new() },
                     top: top.into_iter().map(|(_, x)| x).collect(),
                 });
             }
@@ -375,13 +395,20 @@ mod step {
                 assert_eq!(counts[ur * n..][..n], x.counts[..], "{what}: collision counts {r}");
                 assert_eq!(ret.cutoff as u16, x.cutoff, "{what}: cutoff {r}");
                 let keys = &cand[ur * n..][..ret.n_cand as usize];
-                let gpu_cand: BTreeSet<u32> = keys.iter().map(|k| (k & 0xFFFF_FFFF) as u32).collect();
-                assert_eq!(gpu_cand, x.candidates, "{what}: candidates {r}");
-                // the top-k: the k smallest keys
+                let cells = |keys: &mut dyn Iterator<Item = &u64>| -> BTreeSet<u32> {
+                    keys.filter(|&&k| k != u64::MAX).map(|k| (k & 0xFFFF_FFFF) as u32).collect()
+                };
+                if x.shortlist.is_empty() {
+                    assert_eq!(cells(&mut keys.iter()), x.candidates, "{what}: candidates {r}");
+                } else {
+                    // the list now holds the shortlist's exact keys, the other candidates ~0
+                    assert_eq!(cells(&mut keys.iter()), x.shortlist, "{what}: shortlist {r}");
+                    assert_eq!(ret.n_refined(), x.shortlist.len(), "{what}: cells refined {r}");
+                }
+                // the top-k: the keep smallest keys
                 let mut sorted = keys.to_vec();
                 sorted.sort_unstable();
-                let gpu_top: BTreeSet<u32> =
-                    sorted.iter().take(ret.k.max(0) as usize).map(|k| (k & 0xFFFF_FFFF) as u32).collect();
+                let gpu_top = cells(&mut sorted.iter().take(ret.keep.max(0) as usize));
                 assert_eq!(gpu_top, x.top, "{what}: top-k {r}");
                 rows_cpu.extend(x.top.iter().copied());
             }
@@ -461,10 +488,54 @@ mod step {
         use DType::*;
         use GqaPolicy::*;
         let cases = [
-            Case { d: 128, g: 4, n: 5000, gqa: PerHead, top_k: 256, dtype: F16, kv: 2, two_sequences: false },
-            Case { d: 128, g: 4, n: 5000, gqa: Mean, top_k: 256, dtype: F16, kv: 2, two_sequences: true },
-            Case { d: 64, g: 1, n: 1, gqa: PerHead, top_k: 16, dtype: F32, kv: 1, two_sequences: false },
-            Case { d: 64, g: 1, n: 100, gqa: PerHead, top_k: 16, dtype: F32, kv: 3, two_sequences: true },
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: PerHead,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 1,
+                tuned: false,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: Mean,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: true,
+                refine: 1,
+                tuned: false,
+            },
+            Case {
+                d: 64,
+                g: 1,
+                n: 1,
+                gqa: PerHead,
+                top_k: 16,
+                dtype: F32,
+                kv: 1,
+                two_sequences: false,
+                refine: 1,
+                tuned: false,
+            },
+            Case {
+                d: 64,
+                g: 1,
+                n: 100,
+                gqa: PerHead,
+                top_k: 16,
+                dtype: F32,
+                kv: 3,
+                two_sequences: true,
+                refine: 1,
+                tuned: false,
+            },
             Case {
                 d: 256,
                 g: 8,
@@ -474,6 +545,8 @@ mod step {
                 dtype: BF16,
                 kv: 1,
                 two_sequences: true,
+                refine: 1,
+                tuned: false,
             },
             Case {
                 d: 256,
@@ -484,8 +557,21 @@ mod step {
                 dtype: F16,
                 kv: 1,
                 two_sequences: false,
+                refine: 1,
+                tuned: false,
             },
-            Case { d: 128, g: 8, n: 70_001, gqa: Mean, top_k: 2048, dtype: F16, kv: 2, two_sequences: false },
+            Case {
+                d: 128,
+                g: 8,
+                n: 70_001,
+                gqa: Mean,
+                top_k: 2048,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 1,
+                tuned: true,
+            },
             Case {
                 d: 128,
                 g: 4,
@@ -495,15 +581,100 @@ mod step {
                 dtype: F16,
                 kv: 1,
                 two_sequences: false,
+                refine: 1,
+                tuned: false,
+            },
+            // refining: shortlists of 2x and 4x, both policies, all key types, K through the
+            // row strides of several heads
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: PerHead,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 2,
+                tuned: true,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: Mean,
+                top_k: 256,
+                dtype: BF16,
+                kv: 2,
+                two_sequences: true,
+                refine: 4,
+                tuned: true,
+            },
+            Case {
+                d: 64,
+                g: 2,
+                n: 3000,
+                gqa: PerHead,
+                top_k: 100,
+                dtype: F32,
+                kv: 3,
+                two_sequences: false,
+                refine: 3,
+                tuned: true,
+            },
+            Case {
+                d: 256,
+                g: 4,
+                n: 20_000,
+                gqa: PerHead,
+                top_k: 2048,
+                dtype: F16,
+                kv: 1,
+                two_sequences: false,
+                refine: 4,
+                tuned: true,
             },
         ];
         // One set of buffers for steps of different cell counts, group sizes, GQA policies and
         // unit counts, one after another (as the ggml op shares them between layers and calls).
         let shared = StepBuffers::new(Shape::new(128).unwrap(), 128, 6000, 8, 4).unwrap();
         for c in [
-            Case { d: 128, g: 8, n: 5000, gqa: PerHead, top_k: 256, dtype: F16, kv: 2, two_sequences: false },
-            Case { d: 128, g: 4, n: 3001, gqa: PerHead, top_k: 256, dtype: F32, kv: 2, two_sequences: false },
-            Case { d: 128, g: 4, n: 4000, gqa: Mean, top_k: 256, dtype: F16, kv: 2, two_sequences: true },
+            Case {
+                d: 128,
+                g: 8,
+                n: 5000,
+                gqa: PerHead,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 1,
+                tuned: false,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 3001,
+                gqa: PerHead,
+                top_k: 256,
+                dtype: F32,
+                kv: 2,
+                two_sequences: false,
+                refine: 1,
+                tuned: false,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 4000,
+                gqa: Mean,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: true,
+                refine: 1,
+                tuned: false,
+            },
             Case {
                 d: 128,
                 g: 1,
@@ -513,8 +684,21 @@ mod step {
                 dtype: BF16,
                 kv: 1,
                 two_sequences: false,
+                refine: 1,
+                tuned: false,
             },
-            Case { d: 128, g: 8, n: 2500, gqa: PerHead, top_k: 128, dtype: F16, kv: 2, two_sequences: true },
+            Case {
+                d: 128,
+                g: 8,
+                n: 2500,
+                gqa: PerHead,
+                top_k: 128,
+                dtype: F16,
+                kv: 2,
+                two_sequences: true,
+                refine: 1,
+                tuned: false,
+            },
         ] {
             check_case_with(&c, Some(&shared));
         }
@@ -597,13 +781,14 @@ fn c_abi_step_with_kv_in_host_memory() {
         top_k: 512,
         n_sink: 4,
         n_local: 256,
-        adaptive_ratios: 1,
+        ratio_table: 2,
         gqa_policy: 0,
         rho_cand: 0.0,
         rho_coll: 0.0,
         scale: 1.0 / (d as f32).sqrt(),
         softcap: 0.0,
         seed,
+        refine: 2,
     };
     let layer = pariskv_cuda_layer {
         n_units: 1,
@@ -662,6 +847,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         n_local: 256,
         ratios: RatioPolicy::Adaptive,
         gqa: GqaPolicy::PerHead,
+        refine: 2,
         attn: pariskv::attention::AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
     };
     let mut want = vec![0.0f32; g * d];
@@ -671,10 +857,11 @@ fn c_abi_step_with_kv_in_host_memory() {
     assert_eq!(pariskv_cuda_step_stats(step, st.as_mut_ptr(), 2, &mut written), pariskv_status::PARISKV_OK);
     assert_eq!(written, 1, "one unit ran");
     assert_eq!(
-        (st[0].n_visible, st[0].n_zone, st[0].n_candidates, st[0].n_attended),
-        (cpu.n_visible, cpu.n_zone, cpu.n_candidates, cpu.n_attended),
+        (st[0].n_visible, st[0].n_zone, st[0].n_candidates, st[0].n_attended, st[0].n_refined),
+        (cpu.n_visible, cpu.n_zone, cpu.n_candidates, cpu.n_attended, cpu.n_refined),
         "step stats"
     );
+    assert!(cpu.n_refined > 0, "the step refined (shortlists read K through UVA)");
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
     println!("C ABI step, K/V in pinned host memory (UVA): worst relative error {worst:.2e}");
@@ -705,6 +892,7 @@ mod index {
         dtype: DType,
         gqa: GqaPolicy,
         kv_in_host: bool,
+        refine: usize,
     }
 
     /// Largest difference relative to the largest CPU value.
@@ -721,6 +909,7 @@ mod index {
         cfg.dense_threshold = 0;
         cfg.kv_dtype = c.dtype;
         cfg.gqa = c.gqa;
+        cfg.refine = c.refine;
         let mut cpu = Index::new(cfg.clone()).unwrap();
         cfg.device = Device::Cuda { ordinal: 0, kv_in_host: c.kv_in_host };
         let mut gpu = open(cfg.clone()).unwrap();
@@ -744,8 +933,8 @@ mod index {
             cpu.append(RowData::F32(&kf), RowData::F32(&vf), n).unwrap();
             at += n;
             let what = format!(
-                "d={} {}q/{}kv {:?} {:?} host={} len={at}",
-                c.d, c.nq, c.nkv, c.dtype, c.gqa, c.kv_in_host
+                "d={} {}q/{}kv {:?} {:?} host={} refine={} len={at}",
+                c.d, c.nq, c.nkv, c.dtype, c.gqa, c.kv_in_host, c.refine
             );
             assert_eq!(gpu.len(), cpu.len(), "{what}: length");
             let targets: Vec<usize> = (0..3).map(|_| rng.below(at * c.nkv)).collect();
@@ -771,7 +960,8 @@ mod index {
 
     /// The GPU index answers as the CPU index does: the same ranked search lists and stats,
     /// attention within 1e-3 relative, across appends that grow its storage; K/V in device
-    /// memory or in pinned host memory (UVA); head dims 64/128/256, GQA 1/4/8.
+    /// memory or in pinned host memory (UVA); head dims 64/128/256, GQA 1/4/8; with and
+    /// without refining.
     #[test]
     fn gpu_index_matches_the_cpu_index() {
         if gpu().is_none() {
@@ -780,10 +970,18 @@ mod index {
         use DType::*;
         use GqaPolicy::*;
         for c in [
-            Case { d: 128, nq: 8, nkv: 2, dtype: F16, gqa: PerHead, kv_in_host: false },
-            Case { d: 64, nq: 4, nkv: 4, dtype: BF16, gqa: Mean, kv_in_host: false },
-            Case { d: 256, nq: 8, nkv: 1, dtype: F32, gqa: PerHead, kv_in_host: true },
-            Case { d: 128, nq: 32, nkv: 4, dtype: F16, gqa: Mean, kv_in_host: true },
+            Case { d: 128, nq: 8, nkv: 2, dtype: F16, gqa: PerHead, kv_in_host: false, refine: 1 },
+            Case { d: 64, nq: 4, nkv: 4, dtype: BF16, gqa: Mean, kv_in_host: false, refine: 1 },
+            Case { d: 256, nq: 8, nkv: 1, dtype: F32, gqa: PerHead, kv_in_host: true, refine: 1 },
+            Case { d: 128, nq: 32, nkv: 4, dtype: F16, gqa: Mean, kv_in_host: true, refine: 1 },
+        ] {
+            check(&c);
+        }
+        // refining: ranked lists by exact score, from K in device or host memory
+        for c in [
+            Case { d: 128, nq: 8, nkv: 2, dtype: F16, gqa: PerHead, kv_in_host: false, refine: 3 },
+            Case { d: 64, nq: 4, nkv: 4, dtype: BF16, gqa: Mean, kv_in_host: true, refine: 2 },
+            Case { d: 256, nq: 8, nkv: 1, dtype: F32, gqa: PerHead, kv_in_host: true, refine: 4 },
         ] {
             check(&c);
         }

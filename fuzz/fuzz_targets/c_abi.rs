@@ -67,7 +67,7 @@ fn index_calls(u: &mut Unstructured) -> Result<()> {
         cfg.n_local = u.int_in_range(0..=40)?;
         cfg.top_k = u.int_in_range(0..=80)?;
         cfg.dense_threshold = u.int_in_range(0..=80)?;
-        cfg.adaptive_ratios = u.int_in_range(0..=2)?;
+        cfg.ratio_table = u.int_in_range(0..=3)?;
         cfg.rho_cand = f64::from_bits(u.arbitrary()?);
         cfg.rho_coll = *u.choose(&[0.05, 0.5, 1.0, -1.0, f64::NAN])?;
         cfg.scale = *u.choose(&[cfg.scale, 0.0, -1.0, f32::INFINITY, f32::NAN])?;
@@ -194,13 +194,14 @@ fn cache_calls(u: &mut Unstructured) -> Result<()> {
         top_k: u.int_in_range(0..=64)?,
         n_sink: u.int_in_range(0..=8)?,
         n_local: u.int_in_range(0..=32)?,
-        adaptive_ratios: u.int_in_range(0..=1)?,
+        ratio_table: u.int_in_range(0..=3)?,
         gqa_policy: u.int_in_range(0..=2)?,
         rho_cand: *u.choose(&[0.3, 1.0, 0.0, f64::NAN])?,
         rho_coll: *u.choose(&[0.3, 1.0, 2.0])?,
         scale: *u.choose(&[0.125, 0.0, f32::NAN])?,
         softcap: *u.choose(&[0.0, 20.0])?,
         seed: u.arbitrary()?,
+        refine: *u.choose(&[0, 1, 3, 65, u32::MAX])?,
     };
     let v_dim = (step.v_dim as usize).min(600);
     let vals = data(u, dtype, n_cells.max(1) * v_dim)?;

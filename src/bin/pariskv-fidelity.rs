@@ -5,8 +5,14 @@
 //! top-k's), and the relative error of the attention output against dense attention.
 //!
 //!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean]
-//!       [--positions 16] [--min-pos 1024] [--sink 4] [--window 512] [--scale S]
-//!       [--ratios adaptive|CAND:COLL] [--json OUT]
+//!       [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S]
+//!       [--ratios adaptive|CAND:COLL] [--refine R] [--center N] [--json OUT]
+//!
+//! `--refine R` rescores each retrieval's R * k best estimates exactly (the library's
+//! `Config::refine`). `--center N` measures a candidate the library does not implement:
+//! every key has the mean of keys `sink..N` (per KV head, known before the first replayed
+//! position) subtracted before it is indexed, which leaves each query's exact ranking and
+//! softmax unchanged (q.(k - c) = q.k - q.c) but changes what the codes see.
 //!
 //! Decode steps are replayed causally: the index holds keys 0..=t when position t's query
 //! is asked, for `--positions` positions evenly spaced from `--min-pos` to the end. Keys and
@@ -37,10 +43,13 @@ struct Args {
     policies: Vec<GqaPolicy>,
     positions: usize,
     min_pos: usize,
+    max_pos: Option<usize>,
     sink: usize,
     window: usize,
     scale: Option<f32>,
     ratios: RatioPolicy,
+    refine: usize,
+    center: Option<usize>,
     json: Option<PathBuf>,
 }
 
@@ -48,7 +57,7 @@ fn usage(why: &str) -> ! {
     eprintln!("pariskv-fidelity: {why}");
     eprintln!(
         "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean] \
-         [--positions 16] [--min-pos 1024] [--sink 4] [--window 512] [--scale S] [--ratios adaptive|CAND:COLL] [--json OUT]"
+         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios adaptive|CAND:COLL] [--refine R] [--center N] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -66,10 +75,13 @@ fn parse_args() -> Args {
         policies: vec![GqaPolicy::PerHead, GqaPolicy::Mean],
         positions: 16,
         min_pos: 1024,
+        max_pos: None,
         sink: 4,
         window: 512,
         scale: None,
         ratios: RatioPolicy::Adaptive,
+        refine: 1,
+        center: None,
         json: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -96,6 +108,7 @@ fn parse_args() -> Args {
             }
             "--positions" => a.positions = list(val, "count")[0],
             "--min-pos" => a.min_pos = list(val, "position")[0],
+            "--max-pos" => a.max_pos = Some(list(val, "position")[0]),
             "--sink" => a.sink = list(val, "sink")[0],
             "--window" => a.window = list(val, "window")[0],
             "--scale" => a.scale = Some(list(val, "scale")[0]),
@@ -108,6 +121,8 @@ fn parse_args() -> Args {
                     None => usage("--ratios: adaptive or CAND:COLL"),
                 }
             }
+            "--refine" => a.refine = list(val, "refine")[0],
+            "--center" => a.center = Some(list(val, "center")[0]),
             "--json" => a.json = Some(PathBuf::from(val)),
             _ => usage(&format!("unknown flag {flag}")),
         }
@@ -117,6 +132,9 @@ fn parse_args() -> Args {
     }
     if a.ks.contains(&0) || a.positions == 0 {
         usage("k and --positions must be positive");
+    }
+    if matches!(a.center, Some(n) if n <= a.sink || n > a.min_pos + 1) {
+        usage("--center N needs sink < N <= min-pos + 1 (the mean must come from keys before the first position)");
     }
     a
 }
@@ -202,6 +220,9 @@ struct Sums {
     out_err: f64,
     zone: f64,
     candidates: f64,
+    refined: f64,
+    /// Bytes a step reads for this KV head (see `step_bytes`).
+    bytes: f64,
     /// Recall@k per sampled position (the sequence plot).
     along: Vec<(usize, f64)>,
 }
@@ -221,12 +242,14 @@ impl Sums {
         self.out_err += o.out_err;
         self.zone += o.zone;
         self.candidates += o.candidates;
+        self.refined += o.refined;
+        self.bytes += o.bytes;
     }
 
     /// One table row: `layer` (a number or "all"), policy, k and the means.
     fn print_row(&self, layer: &str, policy: GqaPolicy, k: usize) {
         println!(
-            "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0}",
+            "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0} {:>8.0} | {:>7.2}",
             layer,
             policy_name(policy),
             k,
@@ -236,7 +259,9 @@ impl Sums {
             self.mean(self.mass_exact),
             self.mean(self.out_err),
             self.mean(self.zone),
-            self.mean(self.candidates)
+            self.mean(self.candidates),
+            self.mean(self.refined),
+            self.mean(self.bytes) / 1e6
         );
     }
 }
@@ -248,9 +273,56 @@ fn policy_name(p: GqaPolicy) -> &'static str {
     }
 }
 
+/// Keys with the mean of rows `rows` of each KV head subtracted (`--center`).
+fn centered(keys: &[f32], nkv: usize, d: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
+    let mut out = keys.to_vec();
+    for h in 0..nkv {
+        let mut mean = vec![0.0f64; d];
+        for t in rows.clone() {
+            for (m, &x) in mean.iter_mut().zip(&keys[(t * nkv + h) * d..][..d]) {
+                *m += x as f64;
+            }
+        }
+        let n = rows.len() as f64;
+        for row in out.chunks_exact_mut(d).skip(h).step_by(nkv) {
+            for (x, m) in row.iter_mut().zip(&mean) {
+                *x -= (m / n) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Bytes one step reads for one KV head (index and f16 K/V rows), by stage: the collision
+/// counts read every zone key's centroid codes once per retrieval (the zone histogram is
+/// kept incrementally by the index); the rerank reads each candidate's 4-bit codes and
+/// weights; refining reads each shortlisted key row; attention reads K and V of the
+/// attended rows. A zone attended whole reads only the attended rows.
+fn step_bytes(
+    d: usize,
+    dv: usize,
+    g: usize,
+    policy: GqaPolicy,
+    st: &pariskv::search::SearchStats,
+    attended: usize,
+    whole: bool,
+) -> usize {
+    let shape = pariskv::shape::Shape::new(d).expect("head_dim of a loaded index");
+    let retrievals = if policy == GqaPolicy::PerHead { g } else { 1 };
+    let attention = attended * 2 * (d + dv);
+    if whole {
+        return attention;
+    }
+    let coarse = retrievals * st.n_zone * shape.code_bytes();
+    let rerank = st.n_candidates * (shape.nibble_bytes() + 2 * shape.n_weights());
+    coarse + rerank + st.n_refined * 2 * d + attention
+}
+
 /// Replays one layer under one GQA policy, for every k.
 fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
-    let (n, nq, d) = (layer.q.shape[0], layer.q.shape[1], layer.q.shape[2]);
+    let (nq, d) = (layer.q.shape[1], layer.q.shape[2]);
+    // positions up to --max-pos (the capture is causal: a prefix is a shorter capture)
+    let n = a.max_pos.map_or(layer.q.shape[0], |m| layer.q.shape[0].min(m + 1));
     let (nkv, dv) = (layer.k.shape[1], layer.v.shape[2]);
     let g = nq / nkv;
     let mut cfg = Config::new(d, nq, nkv);
@@ -259,6 +331,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     cfg.dense_threshold = 0;
     cfg.ratios = a.ratios;
     cfg.gqa = policy;
+    cfg.refine = a.refine;
     cfg.kv_dtype = DType::F16;
     if let Some(s) = a.scale {
         cfg.attn.scale = s;
@@ -274,13 +347,15 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     let mut sums = vec![Sums::default(); a.ks.len()];
     let (mut seen, mut dense, mut sparse, mut scratch) =
         (HashSet::new(), vec![0.0f32; g * dv], vec![0.0f32; g * dv], AttnScratch::default());
+    let keys = match a.center {
+        Some(upto) => centered(&layer.k.data, nkv, d, a.sink..upto),
+        None => layer.k.data.clone(),
+    };
     let mut appended = 0;
     for &t in &positions {
         let rows = t + 1 - appended;
-        let kv = |arr: &npy::Array, dim: usize| -> Vec<f32> {
-            arr.data[appended * nkv * dim..(t + 1) * nkv * dim].to_vec()
-        };
-        index.append(RowData::F32(&kv(&layer.k, d)), RowData::F32(&kv(&layer.v, dv)), rows)?;
+        let span = |dim: usize| appended * nkv * dim..(t + 1) * nkv * dim;
+        index.append(RowData::F32(&keys[span(d)]), RowData::F32(&layer.v.data[span(dv)]), rows)?;
         appended = t + 1;
         let q = &layer.q.data[t * nq * d..(t + 1) * nq * d];
         let zone = cfg.zone(t + 1);
@@ -333,6 +408,8 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
                 s.out_err += relative_l2_error(&sparse, &dense);
                 s.zone += r.stats.n_zone as f64;
                 s.candidates += if whole { 0.0 } else { r.candidates.len() as f64 };
+                s.refined += r.stats.n_refined as f64;
+                s.bytes += step_bytes(d, dv, g, policy, &r.stats, cells.len(), whole) as f64;
                 s.n += 1;
                 if h == 0 {
                     s.along.push((t, 0.0));
@@ -369,8 +446,19 @@ fn run(a: &Args) -> Result<()> {
         a.sink, a.window, a.ratios, a.positions, a.min_pos
     );
     println!(
-        "{:>5} {:>8} {:>5} | {:>8} {:>8} | {:>9} {:>9} | {:>8} | {:>8} {:>8}",
-        "layer", "gqa", "k", "recall", "coarse", "mass", "mass(ex)", "out err", "zone", "cands"
+        "{:>5} {:>8} {:>5} | {:>8} {:>8} | {:>9} {:>9} | {:>8} | {:>8} {:>8} {:>8} | {:>7}",
+        "layer",
+        "gqa",
+        "k",
+        "recall",
+        "coarse",
+        "mass",
+        "mass(ex)",
+        "out err",
+        "zone",
+        "cands",
+        "refined",
+        "MB/step"
     );
     let mut json = String::from("[\n");
     let mut overall: Vec<((GqaPolicy, usize), Sums)> = Vec::new();
@@ -388,7 +476,7 @@ fn run(a: &Args) -> Result<()> {
                     json,
                     "  {{\"layer\": {il}, \"gqa\": \"{}\", \"k\": {k}, \"recall\": {:.6}, \"coarse_recall\": {:.6}, \
                      \"mass\": {:.6}, \"mass_exact\": {:.6}, \"out_rel_err\": {:.6e}, \"zone\": {:.1}, \
-                     \"candidates\": {:.1}, \"recall_along\": [{}]}},",
+                     \"candidates\": {:.1}, \"refined\": {:.1}, \"bytes\": {:.0}, \"recall_along\": [{}]}},",
                     policy_name(policy),
                     s.mean(s.recall),
                     s.mean(s.coarse),
@@ -397,6 +485,8 @@ fn run(a: &Args) -> Result<()> {
                     s.mean(s.out_err),
                     s.mean(s.zone),
                     s.mean(s.candidates),
+                    s.mean(s.refined),
+                    s.mean(s.bytes),
                     along.join(", ")
                 );
                 match overall.iter_mut().find(|(key, _)| *key == (policy, k)) {

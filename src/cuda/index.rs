@@ -279,6 +279,7 @@ impl GpuIndex {
             n_local: self.cfg.n_local,
             ratios: self.cfg.ratios,
             gqa: self.cfg.gqa,
+            refine: self.cfg.refine,
             attn: self.cfg.attn,
         }
     }
@@ -356,8 +357,11 @@ impl GpuIndex {
             for (r, ret) in rets.iter().enumerate() {
                 let offset = (h * n_ret + r) * self.len * 8;
                 let mut keys: Vec<u64> = s.step.cand.read_at(offset, ret.n_cand.max(0) as usize)?;
-                keys.sort_unstable(); // order-preserving keys: best first, ties by lower cell
-                keys.truncate(ret.k.max(0) as usize);
+                // order-preserving keys: best first, ties by lower cell; after refining, the
+                // shortlist's exact keys, the rest ~0 (last)
+                keys.sort_unstable();
+                keys.truncate(ret.keep.max(0) as usize);
+                keys.retain(|&key| key != u64::MAX);
                 lists.push(keys.into_iter().map(|key| key as u32).collect::<Vec<u32>>());
             }
             let mut merged = Vec::new();

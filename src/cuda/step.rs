@@ -26,7 +26,19 @@ pub struct Retrieval {
     pub cutoff: i32,
     pub ties_left: i32,
     pub n_cand: i32,
-    _pad: i32,
+    /// Cells it contributes; below `k` when refining (`k` is then the shortlist).
+    pub keep: i32,
+}
+
+impl Retrieval {
+    /// Shortlisted cells rescored exactly in the last step (0 without refining).
+    pub fn n_refined(&self) -> usize {
+        if self.keep < self.k {
+            self.k.min(self.n_cand).max(0) as usize
+        } else {
+            0
+        }
+    }
 }
 
 /// `pk_unit_state`; each unit's retrievals follow it.
@@ -128,6 +140,11 @@ struct StepArgs {
     cand: u64,
     mark: u64,
     rows: u64,
+    refine: i32,
+    d: i32,
+    k: u64,
+    k_dtype: i32,
+    k_stride: i64,
 }
 
 /// `pk_attend_args`, field for field.
@@ -356,6 +373,7 @@ fn search(
     let n_ret = n_retrievals(params.gqa, layer.n_heads);
     let (adaptive, rho_cand, rho_coll) = match params.ratios {
         RatioPolicy::Adaptive => (1, 0.0, 0.0),
+        RatioPolicy::Tuned => (2, 0.0, 0.0),
         RatioPolicy::Fixed(r) => (0, r.cand, r.coll),
     };
     let n = layer.n;
@@ -395,6 +413,11 @@ fn search(
         cand: buf.cand.ptr,
         mark: buf.mark.ptr,
         rows: buf.rows.ptr,
+        refine: clamp(params.refine),
+        d: shape.head_dim as i32,
+        k: layer.k,
+        k_dtype: dtype_code(layer.k_dtype),
+        k_stride: layer.k_stride as i64,
     };
     let u = units as u32;
     let cells = (n_chunks as u32, 1, u);

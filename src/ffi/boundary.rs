@@ -8,10 +8,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use half::{bf16, f16};
 
-use super::types::{pariskv_dtype, pariskv_gqa, pariskv_status};
+use super::types::{pariskv_dtype, pariskv_gqa, pariskv_ratios, pariskv_status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gqa::GqaPolicy;
 use crate::rows::{DType, RowData};
+use crate::search::{RatioPolicy, Ratios};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -95,6 +96,36 @@ pub fn gqa(raw: u32, what: &str) -> Result<GqaPolicy> {
             "{what}: GQA policy {other} is not PARISKV_GQA_PER_HEAD or PARISKV_GQA_MEAN"
         ))),
     }
+}
+
+/// The ratio policy of a `pariskv_ratios` value (`cand`, `coll` for PARISKV_RATIOS_FIXED).
+pub fn ratio_policy(raw: u32, cand: f64, coll: f64, what: &str) -> Result<RatioPolicy> {
+    const FIXED: u32 = pariskv_ratios::PARISKV_RATIOS_FIXED as u32;
+    const REFERENCE: u32 = pariskv_ratios::PARISKV_RATIOS_REFERENCE as u32;
+    const TUNED: u32 = pariskv_ratios::PARISKV_RATIOS_TUNED as u32;
+    match raw {
+        FIXED => {
+            let r = Ratios { cand, coll };
+            r.validate()?;
+            Ok(RatioPolicy::Fixed(r))
+        }
+        REFERENCE => Ok(RatioPolicy::Adaptive),
+        TUNED => Ok(RatioPolicy::Tuned),
+        other => Err(Error::unsupported(format!(
+            "{what}: ratio table {other} is not PARISKV_RATIOS_FIXED, _REFERENCE or _TUNED"
+        ))),
+    }
+}
+
+/// The `pariskv_ratios` value of a policy and the fixed ratios written beside it (for a
+/// table, its last row).
+pub fn raw_ratios(p: RatioPolicy) -> (u32, Ratios) {
+    let (raw, r) = match p {
+        RatioPolicy::Fixed(r) => (pariskv_ratios::PARISKV_RATIOS_FIXED, r),
+        RatioPolicy::Adaptive => (pariskv_ratios::PARISKV_RATIOS_REFERENCE, Ratios::reference(usize::MAX)),
+        RatioPolicy::Tuned => (pariskv_ratios::PARISKV_RATIOS_TUNED, Ratios::tuned(usize::MAX)),
+    };
+    (raw as u32, r)
 }
 
 pub fn raw_gqa(g: GqaPolicy) -> u32 {

@@ -7,7 +7,7 @@ use std::ffi::c_void;
 
 use half::f16;
 
-use super::boundary::{boundary, dtype, gqa, in_ref, in_rows, in_slice, out_ref, out_slice};
+use super::boundary::{boundary, dtype, gqa, in_ref, in_rows, in_slice, out_ref, out_slice, ratio_policy};
 use super::types::pariskv_status;
 use crate::attention::AttnParams;
 use crate::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
@@ -15,13 +15,14 @@ use crate::encode::{encode_rotated, Codes};
 use crate::error::{Error, Result};
 use crate::rotation::Rotation;
 use crate::rows::{RowData, Rows};
-use crate::search::{RatioPolicy, Ratios};
 use crate::shape::Shape;
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
 /// Likewise for `pariskv_gqa`.
 type pariskv_gqa = u32;
+/// Likewise `pariskv_ratios`.
+type pariskv_ratios = u32;
 
 /// Sizes of the index for one head dimension, per cell and KV head.
 #[repr(C)]
@@ -86,8 +87,9 @@ pub struct pariskv_step {
     pub top_k: u32,
     pub n_sink: u32,
     pub n_local: u32,
-    /// Nonzero: the reference's ratio table; 0: `rho_cand` / `rho_coll`.
-    pub adaptive_ratios: u32,
+    /// How the ratios are chosen (`pariskv_ratios`); with PARISKV_RATIOS_FIXED, `rho_cand`
+    /// and `rho_coll`.
+    pub ratio_table: pariskv_ratios,
     /// How the `n_heads` query heads choose the rows they share.
     pub gqa_policy: pariskv_gqa,
     pub rho_cand: f64,
@@ -95,6 +97,9 @@ pub struct pariskv_step {
     pub scale: f32,
     pub softcap: f32,
     pub seed: u64,
+    /// Exact rescoring of each retrieval's `refine * top_k` best estimates; 0 or 1 = off
+    /// (at most 64).
+    pub refine: u32,
 }
 
 /// What a decode step did.
@@ -105,6 +110,8 @@ pub struct pariskv_step_stats {
     pub n_zone: usize,
     pub n_candidates: usize,
     pub n_attended: usize,
+    /// Cells rescored exactly (refine).
+    pub n_refined: usize,
 }
 
 #[derive(Default)]
@@ -257,15 +264,10 @@ pub extern "C" fn pariskv_encode_cells(
 
 impl pariskv_step {
     pub(super) fn params(&self) -> Result<StepParams> {
-        let ratios = match self.adaptive_ratios {
-            0 => RatioPolicy::Fixed(Ratios { cand: self.rho_cand, coll: self.rho_coll }),
-            _ => RatioPolicy::Adaptive,
-        };
-        if let RatioPolicy::Fixed(r) = ratios {
-            r.validate()?;
-        }
+        let ratios = ratio_policy(self.ratio_table, self.rho_cand, self.rho_coll, "step ratio_table")?;
         let attn = AttnParams { scale: self.scale, softcap: self.softcap };
         attn.validate()?;
+        crate::config::check_refine(self.refine as usize)?;
         if self.top_k == 0 || self.n_heads == 0 || self.v_dim == 0 {
             return Err(Error::invalid(format!(
                 "top_k {}, n_heads {} and v_dim {} must be positive",
@@ -278,6 +280,7 @@ impl pariskv_step {
             n_local: self.n_local as usize,
             ratios,
             gqa: gqa(self.gqa_policy, "step gqa_policy")?,
+            refine: self.refine as usize,
             attn,
         })
     }
@@ -355,6 +358,7 @@ pub extern "C" fn pariskv_attend_cache(
                     n_zone: st.n_zone,
                     n_candidates: st.n_candidates,
                     n_attended: st.n_attended,
+                    n_refined: st.n_refined,
                 };
             }
             Ok(())

@@ -1,15 +1,16 @@
 //! `pariskv_config`, the C view of `crate::Config`, and the conversions between them.
 
-use super::boundary::{dtype, gqa, raw_dtype, raw_gqa};
+use super::boundary::{dtype, gqa, ratio_policy, raw_dtype, raw_gqa, raw_ratios};
 use crate::config::{Config, Device};
 use crate::error::{Error, Result};
-use crate::search::{RatioPolicy, Ratios};
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32`. Private, so cbindgen does not export it
 /// and resolves the name in the header to the enum in `types.rs`.
 type pariskv_dtype = u32;
 /// Likewise for `pariskv_gqa`.
 type pariskv_gqa = u32;
+/// Likewise `pariskv_ratios`.
+type pariskv_ratios = u32;
 
 /// Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
 #[repr(C)]
@@ -28,8 +29,9 @@ pub struct pariskv_config {
     pub top_k: u32,
     /// Sequences shorter than this attend densely.
     pub dense_threshold: u32,
-    /// Nonzero: ratios from the reference's table by zone size; 0: `rho_cand`/`rho_coll`.
-    pub adaptive_ratios: u32,
+    /// How the ratios are chosen (`pariskv_ratios`, default PARISKV_RATIOS_TUNED); with
+    /// PARISKV_RATIOS_FIXED, `rho_cand` and `rho_coll`.
+    pub ratio_table: pariskv_ratios,
     /// Share of the zone kept as candidates for the rerank, in (0, 1].
     pub rho_cand: f64,
     /// Share of the zone covered by the widest collision tier, in (0, 1].
@@ -50,6 +52,9 @@ pub struct pariskv_config {
     pub kv_in_host: u32,
     /// Seed of the rotation's random sign diagonal.
     pub seed: u64,
+    /// Each retrieval's `refine * k` best cells by the 4-bit estimate are rescored exactly
+    /// from their key rows and the k best kept; 0 or 1 = off (at most 64).
+    pub refine: u32,
 }
 
 fn to_u32(v: usize, name: &str) -> Result<u32> {
@@ -58,10 +63,7 @@ fn to_u32(v: usize, name: &str) -> Result<u32> {
 
 impl pariskv_config {
     pub(super) fn from_config(c: &Config) -> Result<pariskv_config> {
-        let (adaptive, fixed) = match c.ratios {
-            RatioPolicy::Adaptive => (1, Ratios::reference(usize::MAX)),
-            RatioPolicy::Fixed(r) => (0, r),
-        };
+        let (ratio_table, fixed) = raw_ratios(c.ratios);
         Ok(pariskv_config {
             head_dim: to_u32(c.head_dim, "head_dim")?,
             n_q_heads: to_u32(c.n_q_heads, "n_q_heads")?,
@@ -70,7 +72,7 @@ impl pariskv_config {
             n_local: to_u32(c.n_local, "n_local")?,
             top_k: to_u32(c.top_k, "top_k")?,
             dense_threshold: to_u32(c.dense_threshold, "dense_threshold")?,
-            adaptive_ratios: adaptive,
+            ratio_table,
             rho_cand: fixed.cand,
             rho_coll: fixed.coll,
             scale: c.attn.scale,
@@ -84,6 +86,7 @@ impl pariskv_config {
             },
             kv_in_host: matches!(c.device, Device::Cuda { kv_in_host: true, .. }) as u32,
             seed: c.seed,
+            refine: to_u32(c.refine, "refine")?,
         })
     }
 
@@ -93,11 +96,9 @@ impl pariskv_config {
         c.n_local = self.n_local as usize;
         c.top_k = self.top_k as usize;
         c.dense_threshold = self.dense_threshold as usize;
-        c.ratios = match self.adaptive_ratios {
-            0 => RatioPolicy::Fixed(Ratios { cand: self.rho_cand, coll: self.rho_coll }),
-            _ => RatioPolicy::Adaptive,
-        };
+        c.ratios = ratio_policy(self.ratio_table, self.rho_cand, self.rho_coll, "config ratio_table")?;
         c.seed = self.seed;
+        c.refine = self.refine as usize;
         c.attn.scale = self.scale;
         c.attn.softcap = self.softcap;
         c.kv_dtype = dtype(self.kv_dtype, "config kv_dtype")?;

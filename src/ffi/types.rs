@@ -42,9 +42,26 @@ pub enum pariskv_gqa {
     PARISKV_GQA_MEAN = 1,
 }
 
+/// How the candidate and collision ratios are chosen (a `uint32_t` holding one of these;
+/// any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pariskv_ratios {
+    /// `rho_cand` / `rho_coll` as given.
+    PARISKV_RATIOS_FIXED = 0,
+    /// The reference implementation's table by zone size (the paper's setting).
+    PARISKV_RATIOS_REFERENCE = 1,
+    /// The reference's candidate shares with collision tiers over the whole zone, chosen
+    /// from measurements on real keys (the default).
+    PARISKV_RATIOS_TUNED = 2,
+}
+
 /// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
 /// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
+
+/// Refine factor that `pariskv_config_init` sets (exact rescoring of twice k estimates).
+pub const PARISKV_DEFAULT_REFINE: u32 = 2;
 
 /// Memory use and the last search's work, summed over KV heads.
 #[repr(C)]
@@ -67,5 +84,6 @@ mod tests {
     #[test]
     fn default_seed_is_the_config_default() {
         assert_eq!(super::PARISKV_DEFAULT_SEED, crate::config::DEFAULT_SEED);
+        assert_eq!(super::PARISKV_DEFAULT_REFINE as usize, crate::config::DEFAULT_REFINE);
     }
 }

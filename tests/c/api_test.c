@@ -129,7 +129,7 @@ int main(void) {
     CHECK(pariskv_config_init(&cfg, D, NQ, NKV) == PARISKV_OK, "config_init: %s", pariskv_last_error());
     CHECK(cfg.n_sink == 4 && cfg.n_local == 512 && cfg.top_k == 2048, "defaults");
     CHECK(cfg.dense_threshold == 4 + 512 + 2 * 2048, "dense threshold default");
-    CHECK(cfg.adaptive_ratios != 0 && cfg.kv_dtype == PARISKV_F16, "ratios and dtype defaults");
+    CHECK(cfg.ratio_table == PARISKV_RATIOS_TUNED && cfg.kv_dtype == PARISKV_F16, "ratios and dtype defaults");
     CHECK(cfg.gqa_policy == PARISKV_GQA_PER_HEAD, "GQA default: per head");
     /* One retrieval per KV head with the group-mean query: exactly k positions per head. */
     cfg.gqa_policy = PARISKV_GQA_MEAN;
@@ -251,9 +251,9 @@ int main(void) {
     expect_error("create(NULL cfg)", pariskv_index_create(NULL, &nx), PARISKV_ERR_INVALID_ARGUMENT, "cfg");
     CHECK(nx == NULL, "failed create sets *out to NULL");
     expect_error("create(cfg, NULL out)", pariskv_index_create(&cfg, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
-    bad = cfg; bad.adaptive_ratios = 0; bad.rho_cand = 2.0;
+    bad = cfg; bad.ratio_table = PARISKV_RATIOS_FIXED; bad.rho_cand = 2.0;
     expect_error("create rho_cand 2.0", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "rho_cand");
-    bad = cfg; bad.adaptive_ratios = 0; bad.rho_coll = NAN;
+    bad = cfg; bad.ratio_table = PARISKV_RATIOS_FIXED; bad.rho_coll = NAN;
     expect_error("create rho_coll NaN", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "rho_coll");
     bad = cfg; bad.kv_dtype = 99;
     expect_error("create kv_dtype 99", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "dtype 99");
@@ -265,6 +265,10 @@ int main(void) {
     expect_error("create scale -1", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "scale");
     bad = cfg; bad.softcap = INFINITY;
     expect_error("create softcap inf", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "softcap");
+    bad = cfg; bad.ratio_table = 3;
+    expect_error("create ratio_table 3", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "ratio table 3");
+    bad = cfg; bad.refine = 65;
+    expect_error("create refine 65", pariskv_index_create(&bad, &nx), PARISKV_ERR_INVALID_ARGUMENT, "refine 65");
     bad = cfg; bad.head_dim = 12;
     expect_error("create head_dim 12", pariskv_index_create(&bad, &nx), PARISKV_ERR_UNSUPPORTED, "head_dim 12");
     CHECK(cfg.device == -1 && cfg.kv_in_host == 0, "default device is the CPU");
@@ -323,7 +327,7 @@ int main(void) {
     const size_t kstride = sizeof(float) * NKV * D; /* KV head 0's rows of the interleaved keys */
     CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_F32, keys, kstride, cells, NC, &dst) == PARISKV_OK,
           "encode_cells: %s", pariskv_last_error());
-    pariskv_step step = {D, D, 4, 16, 4, 8, 1, PARISKV_GQA_PER_HEAD, 0.3, 0.3, cfg.scale, 0.0f, cfg.seed};
+    pariskv_step step = {D, D, 4, 16, 4, 8, 1, PARISKV_GQA_PER_HEAD, 0.3, 0.3, cfg.scale, 0.0f, cfg.seed, 2};
     pariskv_kv kv = {PARISKV_F32, keys, kstride, PARISKV_F32, vals, kstride, NC};
     float mask[NC];
     int32_t cpos[NC];
@@ -355,6 +359,10 @@ int main(void) {
     bad_step.top_k = 0;
     expect_error("attend_cache top_k 0", pariskv_attend_cache(&bad_step, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
                  PARISKV_ERR_INVALID_ARGUMENT, "top_k");
+    bad_step = step;
+    bad_step.refine = UINT32_MAX;
+    expect_error("attend_cache refine 2^32-1", pariskv_attend_cache(&bad_step, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "refine");
     bad_step = step;
     bad_step.head_dim = 12;
     expect_error("attend_cache head_dim 12", pariskv_attend_cache(&bad_step, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
