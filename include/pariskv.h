@@ -21,8 +21,8 @@
 // cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 #define PARISKV_DEFAULT_SEED 5782993871403963953
 
-// Refine factor that `pariskv_config_init` sets (exact rescoring of twice k estimates).
-#define PARISKV_DEFAULT_REFINE 2
+// Refine factor that `pariskv_config_init` sets (1: no exact rescoring).
+#define PARISKV_DEFAULT_REFINE 1
 
 // Result of every `pariskv_*` call. On anything but `PARISKV_OK`,
 // `pariskv_last_error()` says what went wrong.
@@ -315,7 +315,7 @@ extern "C" {
 const char *pariskv_last_error(void);
 
 // Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
-// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
+// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 1 (off), dense threshold sink +
 // window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA
 // retrieval, on the CPU (device -1). `cfg` is left untouched on error.
 enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,

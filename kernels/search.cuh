@@ -24,7 +24,9 @@ struct pk_retrieval {
     int cutoff;                 // collision count at the candidate cutoff
     int ties_left;              // cells at the cutoff still taken, lowest cells first
     int n_cand;                 // candidates written
-    int keep;                   // cells it contributes: its share; < k when refining
+    int keep;                   // cells it contributes: its share (k is a longer shortlist when refining)
+    int n_refined;              // shortlisted cells rescored exactly (0 without refining)
+    int pad;
 };
 
 // Per unit, followed by its retrievals.
@@ -370,6 +372,7 @@ extern "C" __global__ void pk_cutoff(pk_step_args a) {
     }
     x.k = k;
     x.keep = keep;
+    x.n_refined = 0;
     x.m = (int) m;
     x.cutoff = cutoff;
     x.ties_left = (int) max(0ll, m - above);
@@ -548,7 +551,7 @@ __device__ __forceinline__ float pk_exact_dot(const float * q, const char * row,
 }
 
 // the k best candidates of each retrieval (radix select in one block over its list); when
-// refining (keep < k) their exact scores replace the estimates in the list (the rest become
+// refining their exact scores replace the estimates in the list (the rest become
 // ~0, never chosen) and the keep best of those are chosen (gqa::select_group). The chosen
 // are marked with the step's tag and appended, once per unit, to the unit's rows;
 // grid (retrievals, 1, units), PK_TOPK_THREADS threads
@@ -564,7 +567,11 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
     if (k <= 0) return;
     unsigned long long * cand = a.cand + (long long) ur * a.n;
     unsigned long long threshold = pk_threshold(cand, n, k, h, prefix, remaining, done);
-    if (x.keep < k) {
+    // refining as gqa::select_group does: every retrieval of a zone not taken whole, even
+    // when the shortlist is the whole list (the order is then the exact one)
+    const bool refining = a.refine > 1 && pk_unit(a, u).n_zone > a.dense_zone;
+    if (threadIdx.x == 0) x.n_refined = refining ? min(k, n) : 0;
+    if (refining) {
         // the retrieval's query unrotated: the group's mean (summed in head order, then
         // divided, as search::group_query) or head r's own
         const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);

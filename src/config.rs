@@ -13,9 +13,11 @@ pub const DEFAULT_SINK: usize = 4;
 pub const DEFAULT_LOCAL: usize = 512;
 /// Keys retrieved per KV head and step (the reference goes up to 2048).
 pub const DEFAULT_TOP_K: usize = 2048;
-/// Shortlist of each retrieval rescored exactly, in units of its k (1: off; see `gqa`):
-/// twice k recovers most of what the 4-bit estimator misranks (docs/FIDELITY.md).
-pub const DEFAULT_REFINE: usize = 2;
+/// Shortlist of each retrieval rescored exactly, in units of its k (1: off; see `gqa`).
+/// Off by default: 2 recovers much of what the 4-bit estimator misranks, but its CUDA
+/// kernel still costs 3 ms per 32-layer step from HBM and 14 ms through UVA at 32K
+/// (docs/FIDELITY.md, issue 9).
+pub const DEFAULT_REFINE: usize = 1;
 /// Largest refine factor accepted.
 pub const MAX_REFINE: usize = 64;
 /// Seed of the rotation's sign diagonal ("PARISKV1").

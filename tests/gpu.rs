@@ -403,7 +403,7 @@ mod step {
                 } else {
                     // the list now holds the shortlist's exact keys, the other candidates ~0
                     assert_eq!(cells(&mut keys.iter()), x.shortlist, "{what}: shortlist {r}");
-                    assert_eq!(ret.n_refined(), x.shortlist.len(), "{what}: cells refined {r}");
+                    assert_eq!(ret.n_refined as usize, x.shortlist.len(), "{what}: cells refined {r}");
                 }
                 // the top-k: the keep smallest keys
                 let mut sorted = keys.to_vec();
@@ -845,7 +845,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         top_k: 512,
         n_sink: 4,
         n_local: 256,
-        ratios: RatioPolicy::Adaptive,
+        ratios: RatioPolicy::Tuned,
         gqa: GqaPolicy::PerHead,
         refine: 2,
         attn: pariskv::attention::AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },

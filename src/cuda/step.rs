@@ -26,19 +26,11 @@ pub struct Retrieval {
     pub cutoff: i32,
     pub ties_left: i32,
     pub n_cand: i32,
-    /// Cells it contributes; below `k` when refining (`k` is then the shortlist).
+    /// Cells it contributes (`k` is a longer shortlist when refining).
     pub keep: i32,
-}
-
-impl Retrieval {
-    /// Shortlisted cells rescored exactly in the last step (0 without refining).
-    pub fn n_refined(&self) -> usize {
-        if self.keep < self.k {
-            self.k.min(self.n_cand).max(0) as usize
-        } else {
-            0
-        }
-    }
+    /// Shortlisted cells rescored exactly (0 without refining).
+    pub n_refined: i32,
+    _pad: i32,
 }
 
 /// `pk_unit_state`; each unit's retrievals follow it.

@@ -390,7 +390,7 @@ pub extern "C" fn pariskv_cuda_step_stats(
                     n_zone: state.n_zone.max(0) as usize,
                     n_candidates: candidates.max(0) as usize,
                     n_attended: state.n_rows.max(0) as usize,
-                    n_refined: rets.iter().map(|r| r.n_refined()).sum(),
+                    n_refined: rets.iter().map(|r| r.n_refined.max(0) as usize).sum(),
                 };
             }
             *n_written = n;

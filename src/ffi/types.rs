@@ -60,8 +60,8 @@ pub enum pariskv_ratios {
 /// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
 
-/// Refine factor that `pariskv_config_init` sets (exact rescoring of twice k estimates).
-pub const PARISKV_DEFAULT_REFINE: u32 = 2;
+/// Refine factor that `pariskv_config_init` sets (1: no exact rescoring).
+pub const PARISKV_DEFAULT_REFINE: u32 = 1;
 
 /// Memory use and the last search's work, summed over KV heads.
 #[repr(C)]
