@@ -6,10 +6,11 @@
 //!
 //!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean]
 //!       [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S]
-//!       [--ratios adaptive|CAND:COLL] [--refine R] [--center N] [--json OUT]
+//!       [--ratios tuned|reference|CAND:COLL] [--refine R] [--center N] [--json OUT]
 //!
-//! `--refine R` rescores each retrieval's R * k best estimates exactly (the library's
-//! `Config::refine`). `--center N` measures a candidate the library does not implement:
+//! Ratios and refine default to the library's defaults (`Config::new`); `--ratios
+//! reference --gqa mean --refine 1` is the paper's setting. `--refine R` rescores each
+//! retrieval's R * k best estimates exactly (the library's `Config::refine`). `--center N` measures a candidate the library does not implement:
 //! every key has the mean of keys `sink..N` (per KV head, known before the first replayed
 //! position) subtracted before it is indexed, which leaves each query's exact ranking and
 //! softmax unchanged (q.(k - c) = q.k - q.c) but changes what the codes see.
@@ -57,7 +58,7 @@ fn usage(why: &str) -> ! {
     eprintln!("pariskv-fidelity: {why}");
     eprintln!(
         "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean] \
-         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios adaptive|CAND:COLL] [--refine R] [--center N] [--json OUT]"
+         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center N] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -79,8 +80,8 @@ fn parse_args() -> Args {
         sink: 4,
         window: 512,
         scale: None,
-        ratios: RatioPolicy::Adaptive,
-        refine: 1,
+        ratios: Config::new(8, 1, 1).ratios,
+        refine: pariskv::config::DEFAULT_REFINE,
         center: None,
         json: None,
     };
@@ -114,11 +115,12 @@ fn parse_args() -> Args {
             "--scale" => a.scale = Some(list(val, "scale")[0]),
             "--ratios" => {
                 a.ratios = match val.split_once(':') {
-                    None if val == "adaptive" => RatioPolicy::Adaptive,
+                    None if val == "adaptive" || val == "reference" => RatioPolicy::Adaptive,
+                    None if val == "tuned" => RatioPolicy::Tuned,
                     Some((c, l)) => {
                         RatioPolicy::Fixed(Ratios { cand: list(c, "ratio")[0], coll: list(l, "ratio")[0] })
                     }
-                    None => usage("--ratios: adaptive or CAND:COLL"),
+                    None => usage("--ratios: tuned, reference (adaptive) or CAND:COLL"),
                 }
             }
             "--refine" => a.refine = list(val, "refine")[0],
