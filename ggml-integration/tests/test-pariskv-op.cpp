@@ -26,6 +26,8 @@ struct test_case {
     int32_t top_k, n_sink, n_local;
     bool interleaved; // two sequences sharing one stream, cells alternating between them
     int32_t gqa_mean; // 1: one retrieval with the group-mean query, 0: per query head
+    int32_t ratios = 0; // ggml_pariskv_attn_set_retrieval: 1 the reference's table, 0 the default (tuned)
+    int32_t refine = 0; // exact rescoring factor, 0 the library's default
 };
 
 static int n_failures = 0;
@@ -78,10 +80,10 @@ static pariskv_dtype dtype_of(ggml_type t) {
 }
 
 static void run(const test_case & tc) {
-    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s)\n",
+    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, refine %d)\n",
            tc.name, (long long) tc.D, (long long) tc.n_head, (long long) tc.n_head_kv, (long long) tc.kv_size,
            (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k,
-           tc.gqa_mean ? "group-mean query" : "per query head");
+           tc.gqa_mean ? "group-mean query" : "per query head", tc.ratios == 1 ? "reference" : "tuned", tc.refine);
 
     const int64_t D = tc.D, H = tc.n_head, HKV = tc.n_head_kv, S = tc.n_stream;
     const int64_t n_tokens = S*tc.n_tps;
@@ -137,6 +139,9 @@ static void run(const test_case & tc) {
     const float scale = 1.0f/sqrtf((float) D);
     ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights,
                                           scale, 0.0f, tc.top_k, tc.n_sink, tc.n_local, tc.gqa_mean);
+    if (tc.ratios || tc.refine) {
+        ggml_pariskv_attn_set_retrieval(out, tc.ratios, tc.refine);
+    }
 
     // dense flash attention on the same inputs, for the full-coverage comparison
     ggml_tensor * qp = ggml_permute(ctx, ggml_view_4d(ctx, q, D, H, tc.n_tps, S, q->nb[1], q->nb[2], q->nb[2]*tc.n_tps, 0), 0, 2, 1, 3);
@@ -183,7 +188,9 @@ static void run(const test_case & tc) {
             pariskv_step step = {};
             step.head_dim = (uint32_t) D; step.v_dim = (uint32_t) D; step.n_heads = (uint32_t) g;
             step.top_k = (uint32_t) tc.top_k; step.n_sink = (uint32_t) tc.n_sink; step.n_local = (uint32_t) tc.n_local;
-            step.adaptive_ratios = 1; step.scale = scale; step.softcap = 0.0f; step.seed = PARISKV_DEFAULT_SEED;
+            step.ratio_table = tc.ratios == 1 ? PARISKV_RATIOS_REFERENCE : PARISKV_RATIOS_TUNED;
+            step.refine = tc.refine > 0 ? (uint32_t) tc.refine : PARISKV_DEFAULT_REFINE;
+            step.scale = scale; step.softcap = 0.0f; step.seed = PARISKV_DEFAULT_SEED;
             step.gqa_policy = tc.gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
             const size_t row_k = HKV*D*ggml_type_size(tc.type_k), row_v = HKV*D*sizeof(ggml_fp16_t);
             pariskv_kv kv = {
@@ -263,6 +270,9 @@ int main() {
         { "gqa8 bf16 2 streams full", 256,  8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16, 4096,  4,  32, false, 0 },
         { "gqa1 f32 unified 2 seqs",   64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,    16,  2,  16, true,  0 },
         { "gqa1 f32 unified full",     64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,  4096,  2,  16, true,  1 },
+        // retrieval settings through the op params: the paper's table with refine 3, refine 2
+        { "gqa4 f16 reference refine 3", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,  64,  4,  64, false, 0, 1, 3 },
+        { "gqa8 bf16 2 streams refine 2", 256, 8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,  32,  4,  32, false, 1, 0, 2 },
     };
     for (const auto & tc : cases) {
         run(tc);
