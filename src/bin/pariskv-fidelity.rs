@@ -10,10 +10,12 @@
 //!
 //! Ratios and refine default to the library's defaults (`Config::new`); `--ratios
 //! reference --gqa mean --refine 1` is the paper's setting. `--refine R` rescores each
-//! retrieval's R * k best estimates exactly (the library's `Config::refine`). `--center N` measures a candidate the library does not implement:
-//! every key has the mean of keys `sink..N` (per KV head, known before the first replayed
-//! position) subtracted before it is indexed, which leaves each query's exact ranking and
-//! softmax unchanged (q.(k - c) = q.k - q.c) but changes what the codes see.
+//! retrieval's R * k best estimates exactly (the library's `Config::refine`).
+//! `--center N` measures a candidate the library does not implement: every key has the
+//! mean of keys `sink..N` (per KV head, known before the first replayed position)
+//! subtracted before it is indexed, which leaves each query's exact ranking and softmax
+//! unchanged (q.(k - c) = q.k - q.c) but changes what the codes see. `--max-pos P` ends
+//! the replay at position P (a causal capture's prefix is a shorter capture).
 //!
 //! Decode steps are replayed causally: the index holds keys 0..=t when position t's query
 //! is asked, for `--positions` positions evenly spaced from `--min-pos` to the end. Keys and
