@@ -28,6 +28,9 @@ struct pk_retrieval {
     int n_refined;              // shortlisted cells rescored exactly (0 without refining)
     int pad;
 };
+// mirrored field for field by Retrieval and UnitState in src/cuda/step.rs (which asserts the
+// same sizes)
+static_assert(sizeof(pk_retrieval) == 32, "pk_retrieval changed: update src/cuda/step.rs");
 
 // Per unit, followed by its retrievals.
 struct pk_unit_state {
@@ -35,6 +38,7 @@ struct pk_unit_state {
     int p_min, p_max;
     unsigned int tag;           // the mark value (1): marks are cleared after every step
 };
+static_assert(sizeof(pk_unit_state) == 24, "pk_unit_state changed: update src/cuda/step.rs");
 
 // Unit u = a * n_h + h: `a` the token (or group of heads), `h` the KV head. Every per-unit
 // array of the cache is addressed as base + a*stride_a + h*stride_h (bytes).

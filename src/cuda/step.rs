@@ -45,6 +45,10 @@ pub struct UnitState {
     pub tag: u32,
 }
 
+// The device reads these two through the same layout (kernels/search.cuh asserts the
+// same sizes there).
+const _: () = assert!(std::mem::size_of::<Retrieval>() == 32 && std::mem::size_of::<UnitState>() == 24);
+
 /// Where each unit's data lives: unit u = a * n_h + h (`a` the token, `h` the KV head);
 /// every per-unit address is base + a * stride_a + h * stride_h, in bytes. `pk_unit_layout`.
 #[repr(C)]
