@@ -92,23 +92,24 @@ fn constants_header() -> String {
         .unwrap();
     let tiers = TIER_FRACTIONS.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
     writeln!(h, "__constant__ const double PK_TIER_FRACTIONS[{N_TIERS}] = {{{tiers}}};").unwrap();
-    // The ratio tables; the last row has no bound (usize::MAX), written as -1.
-    let table = |t: &[(usize, f64, f64)]| -> Vec<String> {
-        t.iter()
-            .map(|&(below, cand, coll)| {
-                let below = if below == usize::MAX { -1 } else { below as i64 };
-                format!("{{{below}, {cand:?}, {coll:?}}}")
-            })
-            .collect()
-    };
-    let (reference, tuned) = (table(&REFERENCE_RATIOS), table(&TUNED_RATIOS));
-    assert_eq!(reference.len(), tuned.len(), "the kernels take both tables with one row count");
+    // The ratio table; the last row has no bound (usize::MAX), written as -1.
+    let rows: Vec<String> = REFERENCE_RATIOS
+        .iter()
+        .map(|&(below, cand, coll)| {
+            let below = if below == usize::MAX { -1 } else { below as i64 };
+            format!("{{{below}, {cand:?}, {coll:?}}}")
+        })
+        .collect();
     writeln!(h, "struct pk_ratio_row {{ long long below; double cand, coll; }};").unwrap();
-    writeln!(h, "#define PK_N_RATIO_ROWS {}", reference.len()).unwrap();
-    for (name, rows) in [("PK_REFERENCE_RATIOS", &reference), ("PK_TUNED_RATIOS", &tuned)] {
-        writeln!(h, "__constant__ const pk_ratio_row {name}[{}] = {{{}}};", rows.len(), rows.join(", "))
-            .unwrap();
-    }
+    writeln!(h, "#define PK_N_RATIO_ROWS {}", rows.len()).unwrap();
+    writeln!(
+        h,
+        "__constant__ const pk_ratio_row PK_REFERENCE_RATIOS[{}] = {{{}}};",
+        rows.len(),
+        rows.join(", ")
+    )
+    .unwrap();
+    writeln!(h, "#define PK_TUNED_RHO_COLL {TUNED_RHO_COLL:?}").unwrap();
     h
 }
 

@@ -115,12 +115,11 @@ __device__ __forceinline__ void pk_ratios(const pk_step_args & a, int n_zone, do
         coll = a.rho_coll;
         return;
     }
-    const pk_ratio_row * table = a.adaptive == 2 ? PK_TUNED_RATIOS : PK_REFERENCE_RATIOS;
     for (int i = 0; i < PK_N_RATIO_ROWS; ++i) {
-        const pk_ratio_row & row = table[i];
+        const pk_ratio_row & row = PK_REFERENCE_RATIOS[i];
         if (row.below < 0 || n_zone < row.below) {
             cand = row.cand;
-            coll = row.coll;
+            coll = a.adaptive == 2 ? PK_TUNED_RHO_COLL : row.coll; // the tuned table (search::Ratios::tuned)
             return;
         }
     }
@@ -227,9 +226,18 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
     }
 }
 
+// coordinate j of the mean of query heads h0..h1 of a unit (at q0, q_stride bytes apart),
+// summed in head order, then divided, as search::group_query: the group-mean retrieval
+// query of pk_query_rot, and the unrotated query that pk_topk refines with
+__device__ __forceinline__ float pk_head_mean(const char * q0, long long q_stride, int h0, int h1, int j) {
+    float s = 0.0f;
+    for (int h = h0; h < h1; ++h) s = __fadd_rn(s, ((const float *) (q0 + h * q_stride))[j]);
+    return __fdiv_rn(s, (float) (h1 - h0));
+}
+
 // rotated retrieval queries: retrieval r of unit u is query head r (per-head) or the mean
-// of the group's heads (summed in head order, then divided, as search::group_query); one
-// warp per (retrieval, unit), dynamic shared memory dp floats
+// of the group's heads (pk_head_mean); one warp per (retrieval, unit), dynamic shared memory
+// dp floats
 extern "C" __global__ void pk_query_rot(pk_step_args a, int mean, const float * signs, float scale, int d) {
     extern __shared__ float y[];
     const int r = blockIdx.x, u = blockIdx.z, lane = threadIdx.x, dp = a.dp;
@@ -238,9 +246,7 @@ extern "C" __global__ void pk_query_rot(pk_step_args a, int mean, const float * 
         float v = 0.0f;
         if (j < d) {
             if (mean) {
-                float s = 0.0f;
-                for (int h = 0; h < a.n_heads; ++h) s = __fadd_rn(s, ((const float *) (q0 + h * a.q_stride))[j]);
-                v = __fdiv_rn(s, (float) a.n_heads);
+                v = pk_head_mean(q0, a.q_stride, 0, a.n_heads, j);
             } else {
                 v = ((const float *) (q0 + r * a.q_stride))[j];
             }
@@ -576,15 +582,11 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
     const bool refining = a.refine > 1 && pk_unit(a, u).n_zone > a.dense_zone;
     if (threadIdx.x == 0) x.n_refined = refining ? min(k, n) : 0;
     if (refining) {
-        // the retrieval's query unrotated: the group's mean (summed in head order, then
-        // divided, as search::group_query) or head r's own
+        // the retrieval's query unrotated, as gqa::select_group takes it from group_query:
+        // the mean of the group's heads, or of head r alone
         const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
-        for (int j = threadIdx.x; j < a.d; j += blockDim.x) {
-            const int h0 = a.n_ret == 1 ? 0 : r, h1 = a.n_ret == 1 ? a.n_heads : r + 1;
-            float s = 0.0f;
-            for (int hh = h0; hh < h1; ++hh) s = __fadd_rn(s, ((const float *) (q0 + hh * a.q_stride))[j]);
-            qs[j] = __fdiv_rn(s, (float) (h1 - h0));
-        }
+        const int h0 = a.n_ret == 1 ? 0 : r, h1 = a.n_ret == 1 ? a.n_heads : r + 1;
+        for (int j = threadIdx.x; j < a.d; j += blockDim.x) qs[j] = pk_head_mean(q0, a.q_stride, h0, h1, j);
         __syncthreads();
         const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
         for (int i = threadIdx.x; i < n; i += blockDim.x) {

@@ -32,12 +32,12 @@ pub const THRESHOLDS: [f32; N_LEVELS - 1] =
 pub const REFERENCE_RATIOS: [(usize, f64, f64); 4] =
     [(5_000, 0.5, 0.5), (10_000, 0.25, 0.3), (30_000, 0.2, 0.25), (usize::MAX, 0.1, 0.2)];
 
-/// Ratios chosen from measurements on real keys (docs/FIDELITY.md, issue 9): the
-/// reference's candidate shares (the same rerank work), collision tiers over the whole
-/// zone (rho_coll 1). The widest tier costs nothing extra (every zone key is counted
-/// anyway) and on Gemma 3 270M's global layers lifts recall@256 by 0.04-0.13 at 16K-32K.
-pub const TUNED_RATIOS: [(usize, f64, f64); 4] =
-    [(5_000, 0.5, 1.0), (10_000, 0.25, 1.0), (30_000, 0.2, 1.0), (usize::MAX, 0.1, 1.0)];
+/// rho_coll of the tuned ratio table, chosen from measurements on real keys
+/// (docs/FIDELITY.md, issue 9): the reference's candidate shares by zone size (the same
+/// rerank work) with collision tiers over the whole zone. The widest tier costs nothing
+/// extra (every zone key is counted anyway) and on Gemma 3 270M's global layers lifts
+/// recall@256 by 0.04-0.13 at 16K-32K.
+pub const TUNED_RHO_COLL: f64 = 1.0;
 
 // Launch shapes of the CUDA kernels, fixed here so that the kernels and their callers agree.
 

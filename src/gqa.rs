@@ -181,6 +181,15 @@ mod tests {
     use crate::shape::Shape;
     use crate::synth::{SynthCache, SynthSpec};
 
+    /// Every key encoded into cells 0..n.
+    fn encode_all(rot: &Rotation, keys: &Rows) -> CodeStore {
+        let mut store = CodeStore::default();
+        store.grow(&rot.shape(), keys.len()).unwrap();
+        let cells: Vec<usize> = (0..keys.len()).collect();
+        encode_rows(rot, keys, &cells, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        store
+    }
+
     #[test]
     fn per_head_shares_k_and_mean_matches_one_retrieval() {
         let (n, d) = (4000, 64);
@@ -189,11 +198,8 @@ mod tests {
         let mut spec = SynthSpec::new(n, d, 4);
         spec.n_outlier_channels = 0;
         let cache = SynthCache::generate(&spec);
-        let mut store = CodeStore::default();
-        store.grow(&shape, n).unwrap();
         let keys = Rows::packed(RowData::F32(&cache.keys), d).unwrap();
-        let cells: Vec<usize> = (0..n).collect();
-        encode_rows(&rot, &keys, &cells, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        let store = encode_all(&rot, &keys);
         // Three heads aimed at different keys.
         let mut rng = crate::synth::Rng::new(8);
         let q: Vec<f32> =
@@ -265,11 +271,8 @@ mod tests {
         let shape = Shape::new(d).unwrap();
         let rot = Rotation::new(shape, 5);
         let cache = SynthCache::generate(&SynthSpec::new(n, d, 11));
-        let mut store = CodeStore::default();
-        store.grow(&shape, n).unwrap();
         let keys = Rows::packed(RowData::F32(&cache.keys), d).unwrap();
-        let cells: Vec<usize> = (0..n).collect();
-        encode_rows(&rot, &keys, &cells, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        let store = encode_all(&rot, &keys);
         let mut rng = crate::synth::Rng::new(12);
         let q: Vec<f32> = (0..4).flat_map(|_| cache.planted_query(&[rng.below(n)], 2.0, &mut rng)).collect();
         let zone: Vec<u32> = (100..n as u32).collect();

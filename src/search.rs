@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use crate::codebook::{centroid_order, centroid_scores};
-use crate::constants::{REFERENCE_RATIOS, TUNED_RATIOS};
+use crate::constants::{REFERENCE_RATIOS, TUNED_RHO_COLL};
 use crate::encode::{estimate, estimator_lut, Codes};
 use crate::error::{Error, Result};
 use crate::prefetch;
@@ -20,22 +20,17 @@ pub struct Ratios {
     pub coll: f64,
 }
 
-/// The row of a `(below, cand, coll)` table for a zone of `n_zone` keys.
-fn table_row(table: &[(usize, f64, f64)], n_zone: usize) -> Ratios {
-    let &(_, cand, coll) =
-        table.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(&table[table.len() - 1]);
-    Ratios { cand, coll }
-}
-
 impl Ratios {
     /// The reference implementation's table, by retrieval-zone size.
     pub fn reference(n_zone: usize) -> Ratios {
-        table_row(&REFERENCE_RATIOS, n_zone)
+        let &(_, cand, coll) =
+            REFERENCE_RATIOS.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(&REFERENCE_RATIOS[3]);
+        Ratios { cand, coll }
     }
 
-    /// The table chosen from measurements (`constants::TUNED_RATIOS`).
+    /// The tuned table: the reference's rho_cand, rho_coll `constants::TUNED_RHO_COLL`.
     pub fn tuned(n_zone: usize) -> Ratios {
-        table_row(&TUNED_RATIOS, n_zone)
+        Ratios { coll: TUNED_RHO_COLL, ..Ratios::reference(n_zone) }
     }
 
     pub fn validate(&self) -> Result<()> {
