@@ -79,6 +79,7 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_N_LEVELS {N_LEVELS}").unwrap();
     writeln!(h, "#define PK_N_TIERS {N_TIERS}").unwrap();
     writeln!(h, "#define PK_MAX_HEAD_DIM {MAX_HEAD_DIM}").unwrap();
+    writeln!(h, "#define PK_CENTER_ROWS {CENTER_ROWS}").unwrap();
     writeln!(h, "#define PK_CHUNK {GPU_CHUNK}").unwrap();
     writeln!(h, "#define PK_CHUNK_THREADS {GPU_CHUNK_THREADS}").unwrap();
     writeln!(h, "#define PK_ATT_ROWS {GPU_ATT_ROWS}").unwrap();

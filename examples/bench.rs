@@ -62,7 +62,7 @@ fn bench(n: usize) {
     let mut store = CodeStore::default();
     store.grow(&shape, n).unwrap();
     let mut es = EncodeScratch::default();
-    let t_encode = time(3, || encode_rows(&rot, &keys, &cells, &mut store.as_mut(), &mut es).unwrap());
+    let t_encode = time(3, || encode_rows(&rot, &keys, &cells, None, &mut store.as_mut(), &mut es).unwrap());
 
     // The stages, one by one, over the zone of the default layout.
     let zone = cfg.zone(n);

@@ -96,6 +96,7 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
         weights: weights.ptr,
         kv_size: n,
         n_heads: KV_HEADS,
+        center: 0,
     };
     let t = Timer::new()?;
     t.start(stream)?;

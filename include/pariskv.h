@@ -24,6 +24,9 @@
 // Refine factor that `pariskv_config_init` sets (1: no exact rescoring).
 #define PARISKV_DEFAULT_REFINE 1
 
+// Most keys `pariskv_center_init` averages into a KV head's key centre.
+#define PARISKV_CENTER_ROWS 4096
+
 // Result of every `pariskv_*` call. On anything but `PARISKV_OK`,
 // `pariskv_last_error()` says what went wrong.
 typedef enum pariskv_status {
@@ -149,6 +152,9 @@ typedef struct pariskv_config {
   // Each retrieval's `refine * k` best cells by the 4-bit estimate are rescored exactly
   // from their key rows and the k best kept; 0 or 1 = off (at most 64).
   uint32_t refine;
+  // Nonzero (default 1): each KV head's keys are encoded minus the mean of the first
+  // appended keys (`pariskv_center_init`); 0: as they are (the paper's setting).
+  uint32_t center;
 } pariskv_config;
 
 // Memory use and the last search's work, summed over KV heads.
@@ -177,6 +183,8 @@ typedef struct pariskv_layout {
   uint32_t nibble_bytes;
   // f16 weights per cell (`weights`).
   uint32_t n_weights;
+  // f32 values of a KV head's key centre (`pariskv_center_init`): head_dim + 1.
+  uint32_t center_len;
 } pariskv_layout;
 
 // The index of one KV head over `n_cells` cells, in caller memory: `codes`
@@ -370,9 +378,26 @@ enum pariskv_status pariskv_index_attend(struct pariskv_index *index,
 // Fills `out` with the index layout for `head_dim`.
 enum pariskv_status pariskv_layout_for(uint32_t head_dim, struct pariskv_layout *out);
 
+// Sets a KV head's key centre `center` (`center_len` f32, see `pariskv_layout`) unless it
+// is set already (its last element, the number of keys averaged, is nonzero): the mean of
+// the keys of the first `PARISKV_CENTER_ROWS` of `cells` (row of cell c at
+// `keys + c * key_stride` bytes, `n_rows` rows readable). Call it before each
+// `pariskv_encode_cells` of the head with the same cells (only the first call that has
+// cells sets it); zero the centre to start over, and encode every cell again after.
+// One thread at a time per centre.
+enum pariskv_status pariskv_center_init(uint32_t head_dim,
+                                        pariskv_dtype key_dtype,
+                                        const void *keys,
+                                        size_t key_stride,
+                                        size_t n_rows,
+                                        const int64_t *cells,
+                                        size_t n,
+                                        float *center);
+
 // Encodes the keys of `cells` (row of cell c at `keys + c * key_stride` bytes, `dst->n_cells`
-// rows readable) into the same cells of `dst`, overwriting them. Concurrent calls must
-// name disjoint cells.
+// rows readable) into the same cells of `dst`, overwriting them: each key minus `center`
+// when `center` (`center_len` f32, from `pariskv_center_init`) is given and set, else as it
+// is. Concurrent calls must name disjoint cells.
 enum pariskv_status pariskv_encode_cells(uint32_t head_dim,
                                          uint64_t seed,
                                          pariskv_dtype key_dtype,
@@ -380,6 +405,7 @@ enum pariskv_status pariskv_encode_cells(uint32_t head_dim,
                                          size_t key_stride,
                                          const int64_t *cells,
                                          size_t n,
+                                         const float *center,
                                          const struct pariskv_codes *dst);
 
 // One decode step for the `step->n_heads` query heads sharing one KV head: `q` holds
@@ -411,10 +437,14 @@ enum pariskv_status pariskv_host_free(void *host);
 // Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
 // count is the int32 at device address `n_cells`, at most `max_cells`, or when `n_cells`
 // is 0 exactly `max_cells`, a count fixed when a graph is captured) into the index of
-// `target`, like `pariskv_encode_cells`, bitwise. No host synchronisation.
+// `target`, like `pariskv_encode_cells`, bitwise. `center` is 0 (keys encoded as they are)
+// or the device address of the KV heads' key centres (`center_len` f32 per head, head
+// after head, shared by all streams): those not set yet are first set from the listed
+// cells as `pariskv_center_init` sets them, then subtracted. No host synchronisation.
 enum pariskv_status pariskv_cuda_encode(uint32_t head_dim,
                                         uint64_t seed,
                                         const struct pariskv_cuda_encode_target *target,
+                                        uint64_t center,
                                         uint64_t cells,
                                         uint64_t n_cells,
                                         size_t max_cells,

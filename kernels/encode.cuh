@@ -19,12 +19,39 @@ struct pk_encode_args {
     __half *     weights;
     long long    kv_size;
     int          n_heads;
+    float *      center;        // per KV head center_len = head_dim + 1 floats (centre, count), or null
     const float * signs;        // the rotation's sign diagonal, padded_dim values
     float        scale;         // 1/sqrt(padded_dim)
     int          head_dim;
     int          padded_dim;
 };
 
+// The twin of center::init: one block per KV head (blockIdx.x), a thread per coordinate.
+// Sets an unset centre to the mean of the keys of the first PK_CENTER_ROWS listed cells:
+// each coordinate summed in f32 in list order, one rounded division, non-finite -> 0.
+extern "C" __global__ void pk_center_init(pk_encode_args a) {
+    const int d = a.head_dim, h = blockIdx.x;
+    float * c = a.center + (long long) h * (d + 1);
+    const long long n = min((long long) PK_CENTER_ROWS, a.n_cells ? (long long) *a.n_cells : a.max_cells);
+    // every thread reads the count before any thread can write it (after the barrier)
+    if (c[d] != 0.0f || n <= 0) {
+        return;
+    }
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float sum = 0.0f;
+#pragma unroll 8
+        for (long long i = 0; i < n; ++i) {
+            const char * key = a.keys + a.cells[i] * a.key_row_stride + h * a.key_head_stride;
+            sum = __fadd_rn(sum, pk_load(key, a.key_dtype, j));
+        }
+        const float mean = __fdiv_rn(sum, (float) n);
+        c[j] = isfinite(mean) ? mean : 0.0f;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        c[d] = (float) n;
+    }
+}
 
 // One warp per (cell, head); blockIdx.y = head. Dynamic shared memory: padded_dim floats
 // per warp.
@@ -40,10 +67,14 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
     float * y = pk_encode_smem + warp * dp;
     const long long g = a.cells[i];
     const char * key = a.keys + g * a.key_row_stride + h * a.key_head_stride;
+    const float * c = a.center ? a.center + (long long) h * (d + 1) : nullptr;
+    if (c && c[d] == 0.0f) {
+        c = nullptr; // not set: keys as they are
+    }
 
-    // D x, zero-padded
+    // D (x - c), zero-padded
     for (int j = lane; j < dp; j += 32) {
-        y[j] = j < d ? pk_load(key, a.key_dtype, j) * a.signs[j] : 0.0f;
+        y[j] = j < d ? __fsub_rn(pk_load(key, a.key_dtype, j), c ? c[j] : 0.0f) * a.signs[j] : 0.0f;
     }
     __syncwarp();
     pk_fwht_warp(y, dp, lane);

@@ -39,6 +39,12 @@ pub const REFERENCE_RATIOS: [(usize, f64, f64); 4] =
 /// recall@256 by 0.04-0.13 at 16K-32K.
 pub const TUNED_RHO_COLL: f64 = 1.0;
 
+/// Most keys averaged into a KV head's key centre (the first ones of the first encode that
+/// sets it). Centring needs a rough mean only: on Gemma 3 270M 512 keys give 0.08 of the
+/// 0.09 recall@256 that 2048 keys give (docs/FIDELITY.md, issue 9); the cap bounds the
+/// one-time cost when a whole cache is encoded at once.
+pub const CENTER_ROWS: usize = 4096;
+
 // Launch shapes of the CUDA kernels, fixed here so that the kernels and their callers agree.
 
 /// Cells per block of the cell-parallel kernels.

@@ -156,11 +156,13 @@ pub struct EncodeScratch {
     rotated: Vec<f32>,
 }
 
-/// Encodes `keys[i]` into cell `cells[i]` of `out`, overwriting whatever the cell held.
+/// Encodes `keys[i]` minus `center` (when given; see `center`) into cell `cells[i]` of
+/// `out`, overwriting whatever the cell held.
 pub fn encode_rows(
     rotation: &Rotation,
     keys: &Rows,
     cells: &[usize],
+    center: Option<&[f32]>,
     out: &mut CodesMut,
     scratch: &mut EncodeScratch,
 ) -> Result<()> {
@@ -178,10 +180,14 @@ pub fn encode_rows(
     if let Some(&bad) = cells.iter().find(|&&c| c >= n_cells) {
         return Err(Error::invalid(format!("encode: cell {bad} out of range ({n_cells} cells)")));
     }
+    if let Some(c) = center.filter(|c| c.len() != shape.head_dim) {
+        return Err(Error::invalid(format!("encode: centre of {} values, head_dim {}", c.len(), shape.head_dim)));
+    }
     scratch.key.resize(shape.head_dim, 0.0);
     scratch.rotated.resize(shape.padded_dim, 0.0);
     for (i, &cell) in cells.iter().enumerate() {
         keys.load(i, &mut scratch.key);
+        crate::center::subtract(&mut scratch.key, center);
         rotation.apply(&scratch.key, &mut scratch.rotated);
         encode_rotated(
             &shape,
@@ -249,7 +255,7 @@ mod tests {
         let mut store = CodeStore::default();
         store.grow(&shape, 1).unwrap();
         let rows = Rows::packed(RowData::F32(key), shape.head_dim).unwrap();
-        encode_rows(rot, &rows, &[0], &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        encode_rows(rot, &rows, &[0], None, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
         store
     }
 
@@ -333,12 +339,12 @@ mod tests {
         let mut s = EncodeScratch::default();
         for key in [&a, &b] {
             let rows = Rows::packed(RowData::F32(key), 64).unwrap();
-            encode_rows(&rot, &rows, &[2], &mut store.as_mut(), &mut s).unwrap();
+            encode_rows(&rot, &rows, &[2], None, &mut store.as_mut(), &mut s).unwrap();
         }
         let fresh = encode_one(&rot, &b);
         assert_eq!(&store.codes[16..], &fresh.codes[..]);
         assert_eq!(&store.nibbles[64..], &fresh.nibbles[..]);
         let rows = Rows::packed(RowData::F32(&b), 64).unwrap();
-        assert!(encode_rows(&rot, &rows, &[3], &mut store.as_mut(), &mut s).is_err());
+        assert!(encode_rows(&rot, &rows, &[3], None, &mut store.as_mut(), &mut s).is_err());
     }
 }

@@ -186,7 +186,7 @@ mod tests {
         let mut store = CodeStore::default();
         store.grow(&rot.shape(), keys.len()).unwrap();
         let cells: Vec<usize> = (0..keys.len()).collect();
-        encode_rows(rot, keys, &cells, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        encode_rows(rot, keys, &cells, None, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
         store
     }
 

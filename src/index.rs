@@ -17,6 +17,8 @@ use crate::shape::{Shape, N_CENTROIDS};
 #[derive(Clone, Debug)]
 struct Head {
     codes: CodeStore,
+    /// The key centre (`center::len` values; set by the first append when `cfg.center`).
+    center: Vec<f32>,
     /// Cluster sizes over every appended key, `[block][centroid]`.
     hist: Vec<u32>,
     keys: RowBuf,
@@ -159,6 +161,7 @@ impl Index {
         let heads = (0..cfg.n_kv_heads)
             .map(|_| Head {
                 codes: CodeStore::default(),
+                center: vec![0.0; crate::center::len(cfg.head_dim)],
                 hist: vec![0; shape.n_blocks * N_CENTROIDS],
                 keys: RowBuf::new(cfg.kv_dtype),
                 values: RowBuf::new(cfg.kv_dtype),
@@ -225,10 +228,15 @@ impl Index {
             // Encode the keys as stored: the rows attention will actually read.
             head.codes.grow(&self.shape, n_tokens)?;
             let stored = Rows::new(head.keys.data(), self.len * d, d, d, n_tokens)?;
+            let in_call: Vec<usize> = (0..n_tokens).collect();
+            if self.cfg.center {
+                crate::center::init(&stored, &in_call, &mut head.center, &mut row);
+            }
             encode_rows(
                 &self.rotation,
                 &stored,
                 &new_cells,
+                crate::center::offset(&head.center),
                 &mut head.codes.as_mut(),
                 &mut self.scratch.encode,
             )?;

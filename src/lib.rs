@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod cache_step;
+pub mod center;
 pub mod codebook;
 pub mod config;
 /// The algorithm's numeric constants, shared with the CUDA kernels through `build.rs`.

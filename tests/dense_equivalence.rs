@@ -27,7 +27,7 @@ fn full_top_k_is_bitwise_dense() {
         let mut store = CodeStore::default();
         store.grow(&shape, n).unwrap();
         let cells: Vec<usize> = (0..n).collect();
-        encode_rows(&rot, &keys, &cells, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        encode_rows(&rot, &keys, &cells, None, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
 
         let mut rng = Rng::new(3);
         let q: Vec<f32> = (0..heads * d).map(|_| rng.normal()).collect();

@@ -5,6 +5,7 @@
 use half::{bf16, f16};
 use pariskv::cuda::driver::{self, DeviceBuffer, Stream};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
+use pariskv::center;
 use pariskv::encode::{encode_rows, CodeStore, EncodeScratch};
 use pariskv::rotation::Rotation;
 use pariskv::rows::{DType, RowData, Rows};
@@ -50,63 +51,95 @@ fn encode_is_bitwise_equal_to_the_cpu() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let shape = Shape::new(d).unwrap();
             let rot = Rotation::new(shape, 0x5EED + d as u64);
-            // [n][n_heads][d], structured keys plus a few degenerate ones
+            // [n][n_heads][d], structured keys plus a few degenerate ones: a zero key, and a
+            // NaN coordinate (which also zeroes that coordinate of the centre)
             let mut spec = SynthSpec::new(n * n_heads, d, d as u64 + n as u64);
             spec.topic_len = 97;
             let mut f = SynthCache::generate(&spec).keys;
             f[..d].fill(0.0);
             if n > 2 {
-                f[d * n_heads..][..d].fill(f32::NAN);
+                f[d * n_heads + 3] = f32::NAN;
             }
             let (bytes, exact) = keys_in(dtype, &f);
-            let gpu_keys = DeviceBuffer::from_slice(&bytes).unwrap();
-            // encode every cell but the first, in reverse order
-            let cells: Vec<i64> = (1..n as i64).rev().collect();
-            let gpu_cells = DeviceBuffer::from_slice(&cells).unwrap();
-            let gpu_n = DeviceBuffer::from_slice(&[cells.len() as i32]).unwrap();
-            let (cb, nb, wb) = (shape.code_bytes(), shape.nibble_bytes(), shape.n_weights() * 2);
-            let codes = DeviceBuffer::from_slice(&vec![0u8; n * n_heads * cb]).unwrap();
-            let nibbles = DeviceBuffer::from_slice(&vec![0u8; n * n_heads * nb]).unwrap();
-            let weights = DeviceBuffer::from_slice(&vec![0u8; n * n_heads * wb]).unwrap();
-            let target = EncodeTarget {
-                keys: gpu_keys.ptr,
-                key_dtype: dtype,
-                key_row_stride: n_heads * d * dtype.size(),
-                key_head_stride: d * dtype.size(),
-                codes: codes.ptr,
-                nibbles: nibbles.ptr,
-                weights: weights.ptr,
-                kv_size: n,
-                n_heads,
-            };
-            let grot = GpuRotation::new(&rot).unwrap();
-            encode(module, &grot, &target, gpu_cells.ptr, gpu_n.ptr, cells.len() + 5, &Stream::null())
-                .unwrap();
-            driver::synchronize().unwrap();
-            let got_codes: Vec<u8> = codes.read(n * n_heads * cb).unwrap();
-            let got_nibbles: Vec<u8> = nibbles.read(n * n_heads * nb).unwrap();
-            let got_weights: Vec<u16> = weights.read(n * n_heads * shape.n_weights()).unwrap();
-            for h in 0..n_heads {
-                // CPU: every cell of this head, then cell 0 cleared (the GPU was not asked for it)
-                let rows = Rows::head_of(RowData::F32(&exact), n_heads, d, h, n).unwrap();
-                let mut store = CodeStore::default();
-                store.grow(&shape, n).unwrap();
-                let all: Vec<usize> = (0..n).collect();
-                encode_rows(&rot, &rows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
-                store.codes[..cb].fill(0);
-                store.nibbles[..nb].fill(0);
-                store.weights[..shape.n_weights()].fill(f16::ZERO);
-                let g = |v: &[u8], per: usize| v[h * n * per..][..n * per].to_vec();
-                assert_eq!(g(&got_codes, cb), store.codes, "codes d={d} {dtype:?} head {h}");
-                assert_eq!(g(&got_nibbles, nb), store.nibbles, "4-bit codes d={d} {dtype:?} head {h}");
-                let w: Vec<u16> = got_weights[h * n * shape.n_weights()..][..n * shape.n_weights()].to_vec();
-                let cpu_w: Vec<u16> = store.weights.iter().map(|x| x.to_bits()).collect();
-                assert_eq!(w, cpu_w, "weights d={d} {dtype:?} head {h}");
-                checked += n - 1;
+            for centered in [false, true] {
+                checked += encode_case(module, &rot, dtype, &bytes, &exact, n_heads, n, centered);
             }
         }
     }
-    println!("encode: {checked} keys bitwise equal to the CPU");
+    println!("encode: {checked} keys bitwise equal to the CPU (with and without centring)");
+}
+
+/// GPU encode of every cell but the first (listed in reverse, with a device count below the
+/// grid's bound), then of the first alone, against the CPU's: codes, 4-bit codes, weights
+/// and (`centered`) the centres, which the first call sets, bitwise. Returns the keys checked.
+#[allow(clippy::too_many_arguments)]
+fn encode_case(
+    module: &driver::Module,
+    rot: &Rotation,
+    dtype: DType,
+    bytes: &[u8],
+    exact: &[f32],
+    n_heads: usize,
+    n: usize,
+    centered: bool,
+) -> usize {
+    let shape = rot.shape();
+    let d = shape.head_dim;
+    let gpu_keys = DeviceBuffer::from_slice(bytes).unwrap();
+    let first: Vec<i64> = (1..n as i64).rev().collect();
+    let (cb, nb, wb) = (shape.code_bytes(), shape.nibble_bytes(), shape.n_weights() * 2);
+    let codes = DeviceBuffer::from_slice(&vec![0u8; n * n_heads * cb]).unwrap();
+    let nibbles = DeviceBuffer::from_slice(&vec![0u8; n * n_heads * nb]).unwrap();
+    let weights = DeviceBuffer::from_slice(&vec![0u8; n * n_heads * wb]).unwrap();
+    let centers = DeviceBuffer::from_slice(&vec![0.0f32; n_heads * center::len(d)]).unwrap();
+    let target = EncodeTarget {
+        keys: gpu_keys.ptr,
+        key_dtype: dtype,
+        key_row_stride: n_heads * d * dtype.size(),
+        key_head_stride: d * dtype.size(),
+        codes: codes.ptr,
+        nibbles: nibbles.ptr,
+        weights: weights.ptr,
+        kv_size: n,
+        n_heads,
+        center: if centered { centers.ptr } else { 0 },
+    };
+    let grot = GpuRotation::new(rot).unwrap();
+    for cells in [first.clone(), vec![0]] {
+        let gpu_cells = DeviceBuffer::from_slice(&cells).unwrap();
+        let gpu_n = DeviceBuffer::from_slice(&[cells.len() as i32]).unwrap();
+        encode(module, &grot, &target, gpu_cells.ptr, gpu_n.ptr, cells.len() + 5, &Stream::null()).unwrap();
+    }
+    driver::synchronize().unwrap();
+    let got_codes: Vec<u8> = codes.read(n * n_heads * cb).unwrap();
+    let got_nibbles: Vec<u8> = nibbles.read(n * n_heads * nb).unwrap();
+    let got_weights: Vec<u16> = weights.read(n * n_heads * shape.n_weights()).unwrap();
+    let got_centers: Vec<f32> = centers.read(n_heads * center::len(d)).unwrap();
+    for h in 0..n_heads {
+        let what = format!("d={d} {dtype:?} head {h} centred {centered}");
+        let rows = Rows::head_of(RowData::F32(exact), n_heads, d, h, n).unwrap();
+        let mut c = vec![0.0f32; center::len(d)];
+        if centered {
+            let first: Vec<usize> = first.iter().map(|&x| x as usize).collect();
+            center::init(&rows, &first, &mut c, &mut Vec::new());
+            center::init(&rows, &[0], &mut c, &mut Vec::new());
+            let gpu_c = &got_centers[h * center::len(d)..][..center::len(d)];
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(gpu_c), bits(&c), "centre {what}");
+        }
+        let mut store = CodeStore::default();
+        store.grow(&shape, n).unwrap();
+        let all: Vec<usize> = (0..n).collect();
+        let offset = center::offset(&c);
+        encode_rows(rot, &rows, &all, offset, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        let g = |v: &[u8], per: usize| v[h * n * per..][..n * per].to_vec();
+        assert_eq!(g(&got_codes, cb), store.codes, "codes {what}");
+        assert_eq!(g(&got_nibbles, nb), store.nibbles, "4-bit codes {what}");
+        let w: Vec<u16> = got_weights[h * n * shape.n_weights()..][..n * shape.n_weights()].to_vec();
+        let cpu_w: Vec<u16> = store.weights.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(w, cpu_w, "weights {what}");
+    }
+    n * n_heads
 }
 
 mod step {
@@ -178,7 +211,7 @@ mod step {
             let mut store = CodeStore::default();
             store.grow(&shape, n).unwrap();
             let all: Vec<usize> = (0..n).collect();
-            encode_rows(&rot, &rows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+            encode_rows(&rot, &rows, &all, None, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
             stores.push(store);
         }
         let visible = |t: usize, cell: usize| !c.two_sequences || cell % 2 == t;
@@ -758,8 +791,10 @@ fn c_abi_step_with_kv_in_host_memory() {
         n_heads: 1,
     };
     let null = std::ptr::null_mut();
+    // centred keys (the centre set by this first encode, from K in host memory)
+    let gcenter = DeviceBuffer::from_slice(&vec![0.0f32; center::len(d)]).unwrap();
     assert_eq!(
-        pariskv_cuda_encode(d as u32, seed, &target, gcells.ptr, gn.ptr, n, null),
+        pariskv_cuda_encode(d as u32, seed, &target, gcenter.ptr, gcells.ptr, gn.ptr, n, null),
         pariskv_status::PARISKV_OK
     );
     let pos: Vec<i32> = (0..n as i32).collect();
@@ -839,7 +874,11 @@ fn c_abi_step_with_kv_in_host_memory() {
     let mut store = CodeStore::default();
     store.grow(&shape, n).unwrap();
     let all: Vec<usize> = (0..n).collect();
-    encode_rows(&rot, &krows, &all, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+    let mut c = vec![0.0f32; center::len(d)];
+    center::init(&krows, &all, &mut c, &mut Vec::new());
+    assert_eq!(gcenter.read::<f32>(center::len(d)).unwrap(), c, "centre");
+    let offset = center::offset(&c);
+    encode_rows(&rot, &krows, &all, offset, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
     let view = CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible: |_| true, pos: &pos };
     let sp = StepParams {
         top_k: 512,

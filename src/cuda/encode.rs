@@ -3,7 +3,7 @@
 use std::ffi::c_void;
 
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
-use super::kernels::{ENCODE, ENCODE_WARPS};
+use super::kernels::{CENTER_INIT, ENCODE, ENCODE_WARPS};
 use crate::error::Result;
 use crate::rotation::Rotation;
 use crate::rows::DType;
@@ -49,6 +49,9 @@ pub struct EncodeTarget {
     pub weights: CUdeviceptr,
     pub kv_size: usize,
     pub n_heads: usize,
+    /// The heads' key centres (`center::len` f32 each, head after head), or 0: keys
+    /// encoded as they are.
+    pub center: CUdeviceptr,
 }
 
 /// `pk_encode_args` of kernels/encode.cuh, field for field.
@@ -66,6 +69,7 @@ struct EncodeArgs {
     weights: u64,
     kv_size: i64,
     n_heads: i32,
+    center: u64,
     signs: u64,
     scale: f32,
     head_dim: i32,
@@ -82,8 +86,9 @@ pub fn dtype_code(d: DType) -> i32 {
 
 /// Encodes the keys of the global cells `cells` (I64, on the device; `*n_cells`, an i32 on
 /// the device, of them, at most `max_cells`; or exactly `max_cells` when `n_cells` is 0)
-/// into the index, on `stream`. No host reads: the grid covers `max_cells` and the kernel
-/// stops at the count it reads.
+/// into the index, on `stream`, after setting the centres from them where they are not set
+/// yet (`target.center`). No host reads: the grid covers `max_cells` and the kernels stop at
+/// the count they read.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     module: &Module,
@@ -108,11 +113,16 @@ pub fn encode(
         weights: target.weights,
         kv_size: target.kv_size as i64,
         n_heads: target.n_heads as i32,
+        center: target.center,
         signs: rotation.signs.ptr,
         scale: rotation.scale,
         head_dim: shape.head_dim as i32,
         padded_dim: shape.padded_dim as i32,
     };
+    if target.center != 0 && max_cells > 0 {
+        let mut params = [&mut args as *mut EncodeArgs as *mut c_void];
+        launch(module, CENTER_INIT, (target.n_heads as u32, 1, 1), 256, 0, stream, &mut params)?;
+    }
     let grid = (max_cells.div_ceil(ENCODE_WARPS as usize) as u32, target.n_heads as u32, 1);
     let smem = ENCODE_WARPS as usize * shape.padded_dim * 4;
     let mut params = [&mut args as *mut EncodeArgs as *mut c_void];

@@ -92,6 +92,8 @@ struct Store {
     codes: DeviceBuffer,
     nibbles: DeviceBuffer,
     weights: DeviceBuffer,
+    /// Each KV head's key centre (`center::len` f32; all zero: not set).
+    center: DeviceBuffer,
     /// Position of each cell (its index) and an all-visible mask: the step's view of a
     /// single sequence.
     pos: DeviceBuffer,
@@ -142,6 +144,7 @@ impl Store {
             codes: DeviceBuffer::new(per_head(b.codes)?)?,
             nibbles: DeviceBuffer::new(per_head(b.nibbles)?)?,
             weights: DeviceBuffer::new(per_head(b.weights)?)?,
+            center: DeviceBuffer::from_slice(&vec![0.0f32; nkv * crate::center::len(d)])?,
             pos: DeviceBuffer::from_slice(&pos)?,
             mask: DeviceBuffer::from_slice(&vec![0u16; cap])?,
             q: DeviceBuffer::new(cfg.n_q_heads * d * 4)?,
@@ -160,6 +163,7 @@ impl Store {
             self.nibbles.copy_from(to * b.nibbles, &old.nibbles, from * b.nibbles, len * b.nibbles)?;
             self.weights.copy_from(to * b.weights, &old.weights, from * b.weights, len * b.weights)?;
         }
+        self.center.copy_from(0, &old.center, 0, old.center.bytes)?;
         driver::synchronize()
     }
 }
@@ -335,6 +339,7 @@ impl GpuIndex {
             weights: s.weights.ptr,
             kv_size: s.cap,
             n_heads: nkv,
+            center: if self.cfg.center { s.center.ptr } else { 0 },
         };
         // count 0: exactly `n_tokens` cells
         encode(s.module, &s.rotation, &target, cells_dev.ptr, 0, n_tokens, &Stream::null())?;

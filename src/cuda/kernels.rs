@@ -33,6 +33,7 @@ const fn k(name: &'static str) -> Kernel {
 }
 
 pub const ENCODE: Kernel = Kernel { name: "pk_encode", dynamic_smem: GPU_ENCODE_WARPS * MAX_HEAD_DIM * 4 };
+pub const CENTER_INIT: Kernel = k("pk_center_init");
 pub const BEGIN: Kernel = k("pk_begin");
 pub const VISIBILITY: Kernel = k("pk_visibility");
 pub const CLASSIFY: Kernel =
@@ -69,6 +70,7 @@ pub const GATHER: Kernel = k("pk_gather");
 
 pub const ALL_KERNELS: &[Kernel] = &[
     ENCODE,
+    CENTER_INIT,
     BEGIN,
     VISIBILITY,
     CLASSIFY,

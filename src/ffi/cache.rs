@@ -38,6 +38,8 @@ pub struct pariskv_layout {
     pub nibble_bytes: u32,
     /// f16 weights per cell (`weights`).
     pub n_weights: u32,
+    /// f32 values of a KV head's key centre (`pariskv_center_init`): head_dim + 1.
+    pub center_len: u32,
 }
 
 /// The index of one KV head over `n_cells` cells, in caller memory: `codes`
@@ -147,6 +149,7 @@ fn layout(shape: &Shape) -> pariskv_layout {
         code_bytes: shape.code_bytes() as u32,
         nibble_bytes: shape.nibble_bytes() as u32,
         n_weights: shape.n_weights() as u32,
+        center_len: crate::center::len(shape.head_dim) as u32,
     }
 }
 
@@ -202,9 +205,47 @@ pub extern "C" fn pariskv_layout_for(head_dim: u32, out: *mut pariskv_layout) ->
     })
 }
 
+/// Sets a KV head's key centre `center` (`center_len` f32, see `pariskv_layout`) unless it
+/// is set already (its last element, the number of keys averaged, is nonzero): the mean of
+/// the keys of the first `PARISKV_CENTER_ROWS` of `cells` (row of cell c at
+/// `keys + c * key_stride` bytes, `n_rows` rows readable). Call it before each
+/// `pariskv_encode_cells` of the head with the same cells (only the first call that has
+/// cells sets it); zero the centre to start over, and encode every cell again after.
+/// One thread at a time per centre.
+#[allow(clippy::too_many_arguments)]
+#[no_mangle]
+pub extern "C" fn pariskv_center_init(
+    head_dim: u32,
+    key_dtype: pariskv_dtype,
+    keys: *const c_void,
+    key_stride: usize,
+    n_rows: usize,
+    cells: *const i64,
+    n: usize,
+    center: *mut f32,
+) -> pariskv_status {
+    boundary("pariskv_center_init", || {
+        let shape = Shape::new(head_dim as usize)?;
+        let rows = rows_at(key_dtype, keys, key_stride, shape.head_dim, n_rows, "keys")?;
+        let cells = checked_cells(in_slice(cells, n, "cells")?, n_rows)?;
+        let center = out_slice(center, crate::center::len(shape.head_dim), "center")?;
+        SCRATCH.with(|s| crate::center::init(&rows, &cells, center, &mut s.borrow_mut().key));
+        Ok(())
+    })
+}
+
+/// Cells as indices, each checked against `n_cells`.
+fn checked_cells(cells: &[i64], n_cells: usize) -> Result<Vec<usize>> {
+    match cells.iter().find(|&&c| c < 0 || c as usize >= n_cells) {
+        Some(&bad) => Err(Error::invalid(format!("cell {bad} out of range ({n_cells} cells)"))),
+        None => Ok(cells.iter().map(|&c| c as usize).collect()),
+    }
+}
+
 /// Encodes the keys of `cells` (row of cell c at `keys + c * key_stride` bytes, `dst->n_cells`
-/// rows readable) into the same cells of `dst`, overwriting them. Concurrent calls must
-/// name disjoint cells.
+/// rows readable) into the same cells of `dst`, overwriting them: each key minus `center`
+/// when `center` (`center_len` f32, from `pariskv_center_init`) is given and set, else as it
+/// is. Concurrent calls must name disjoint cells.
 #[allow(clippy::too_many_arguments)]
 #[no_mangle]
 pub extern "C" fn pariskv_encode_cells(
@@ -215,16 +256,18 @@ pub extern "C" fn pariskv_encode_cells(
     key_stride: usize,
     cells: *const i64,
     n: usize,
+    center: *const f32,
     dst: *const pariskv_codes,
 ) -> pariskv_status {
     boundary("pariskv_encode_cells", || {
         let shape = Shape::new(head_dim as usize)?;
         let dst = in_ref(dst, "dst")?;
         let rows = rows_at(key_dtype, keys, key_stride, shape.head_dim, dst.n_cells, "keys")?;
-        let cells = in_slice(cells, n, "cells")?;
-        if let Some(&bad) = cells.iter().find(|&&c| c < 0 || c as usize >= dst.n_cells) {
-            return Err(Error::invalid(format!("cell {bad} out of range ({} cells)", dst.n_cells)));
-        }
+        let cells = checked_cells(in_slice(cells, n, "cells")?, dst.n_cells)?;
+        let center = match center.is_null() {
+            true => None,
+            false => crate::center::offset(in_slice(center, crate::center::len(shape.head_dim), "center")?),
+        };
         // Validate the destination once over its whole extent.
         codes_ref(dst, &shape)?;
         SCRATCH.with(|s| {
@@ -232,9 +275,9 @@ pub extern "C" fn pariskv_encode_cells(
             let rot = rotation(&mut s.rotations, shape, seed);
             s.key.resize(shape.head_dim, 0.0);
             s.rotated.resize(shape.padded_dim, 0.0);
-            for &cell in cells {
-                let c = cell as usize;
+            for &c in &cells {
                 rows.load(c, &mut s.key);
+                crate::center::subtract(&mut s.key, center);
                 rot.apply(&s.key, &mut s.rotated);
                 // SAFETY: `dst` was checked to hold `n_cells` cells (non-null, aligned,
                 // in-bounds above) and `c < n_cells`; these slices cover exactly cell c, which

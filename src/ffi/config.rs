@@ -55,6 +55,9 @@ pub struct pariskv_config {
     /// Each retrieval's `refine * k` best cells by the 4-bit estimate are rescored exactly
     /// from their key rows and the k best kept; 0 or 1 = off (at most 64).
     pub refine: u32,
+    /// Nonzero (default 1): each KV head's keys are encoded minus the mean of the first
+    /// appended keys (`pariskv_center_init`); 0: as they are (the paper's setting).
+    pub center: u32,
 }
 
 fn to_u32(v: usize, name: &str) -> Result<u32> {
@@ -87,6 +90,7 @@ impl pariskv_config {
             kv_in_host: matches!(c.device, Device::Cuda { kv_in_host: true, .. }) as u32,
             seed: c.seed,
             refine: to_u32(c.refine, "refine")?,
+            center: c.center as u32,
         })
     }
 
@@ -99,6 +103,7 @@ impl pariskv_config {
         c.ratios = ratio_policy(self.ratio_table, self.rho_cand, self.rho_coll, "config ratio_table")?;
         c.seed = self.seed;
         c.refine = self.refine as usize;
+        c.center = self.center != 0;
         c.attn.scale = self.scale;
         c.attn.softcap = self.softcap;
         c.kv_dtype = dtype(self.kv_dtype, "config kv_dtype")?;

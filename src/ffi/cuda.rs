@@ -171,12 +171,17 @@ fn stream_of(raw: *mut c_void) -> crate::cuda::driver::Stream {
 /// Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
 /// count is the int32 at device address `n_cells`, at most `max_cells`, or when `n_cells`
 /// is 0 exactly `max_cells`, a count fixed when a graph is captured) into the index of
-/// `target`, like `pariskv_encode_cells`, bitwise. No host synchronisation.
+/// `target`, like `pariskv_encode_cells`, bitwise. `center` is 0 (keys encoded as they are)
+/// or the device address of the KV heads' key centres (`center_len` f32 per head, head
+/// after head, shared by all streams): those not set yet are first set from the listed
+/// cells as `pariskv_center_init` sets them, then subtracted. No host synchronisation.
+#[allow(clippy::too_many_arguments)]
 #[no_mangle]
 pub extern "C" fn pariskv_cuda_encode(
     head_dim: u32,
     seed: u64,
     target: *const pariskv_cuda_encode_target,
+    center: u64,
     cells: u64,
     n_cells: u64,
     max_cells: usize,
@@ -191,6 +196,9 @@ pub extern "C" fn pariskv_cuda_encode(
             if t.keys == 0 || t.codes == 0 || t.nibbles == 0 || t.weights == 0 || cells == 0 {
                 return Err(Error::invalid("a device address in target or cells is 0"));
             }
+            if center % 4 != 0 {
+                return Err(Error::invalid(format!("center address {center:#x} is not aligned to f32")));
+            }
             let stream = stream_of(stream);
             let module = crate::cuda::driver::module_for(&stream)?;
             let rot = rotation_for(&stream, shape, seed)?;
@@ -204,12 +212,13 @@ pub extern "C" fn pariskv_cuda_encode(
                 weights: t.weights,
                 kv_size: t.kv_size,
                 n_heads: t.n_heads as usize,
+                center,
             };
             encode(module, rot, &target, cells, n_cells, max_cells, &stream)
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (head_dim, seed, target, cells, n_cells, max_cells, stream);
+            let _ = (head_dim, seed, target, center, cells, n_cells, max_cells, stream);
             no_cuda()
         }
     })

@@ -63,6 +63,9 @@ pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
 /// Refine factor that `pariskv_config_init` sets (1: no exact rescoring).
 pub const PARISKV_DEFAULT_REFINE: u32 = 1;
 
+/// Most keys `pariskv_center_init` averages into a KV head's key centre.
+pub const PARISKV_CENTER_ROWS: u32 = 4096;
+
 /// Memory use and the last search's work, summed over KV heads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,5 +88,6 @@ mod tests {
     fn default_seed_is_the_config_default() {
         assert_eq!(super::PARISKV_DEFAULT_SEED, crate::config::DEFAULT_SEED);
         assert_eq!(super::PARISKV_DEFAULT_REFINE as usize, crate::config::DEFAULT_REFINE);
+        assert_eq!(super::PARISKV_CENTER_ROWS as usize, crate::constants::CENTER_ROWS);
     }
 }

@@ -325,8 +325,30 @@ int main(void) {
     int64_t cells[NC];
     for (int c = 0; c < NC; c++) cells[c] = c;
     const size_t kstride = sizeof(float) * NKV * D; /* KV head 0's rows of the interleaved keys */
-    CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_F32, keys, kstride, cells, NC, &dst) == PARISKV_OK,
+    /* centred keys: the centre from the first 32 cells, then fixed */
+    CHECK(lay.center_len == D + 1, "layout center_len %u", lay.center_len);
+    float center[D + 1] = {0};
+    CHECK(pariskv_center_init(D, PARISKV_F32, keys, kstride, NC, cells, 32, center) == PARISKV_OK && center[D] == 32.0f,
+          "center_init: %s (count %g)", pariskv_last_error(), center[D]);
+    float c0 = center[0];
+    CHECK(pariskv_center_init(D, PARISKV_F32, keys, kstride, NC, cells + 32, 32, center) == PARISKV_OK &&
+              center[0] == c0 && center[D] == 32.0f, "a set centre stays as it is");
+    CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_F32, keys, kstride, cells, NC, center, &dst) == PARISKV_OK,
           "encode_cells: %s", pariskv_last_error());
+    {
+        /* the same as encoding key - centre without one, bit for bit */
+        static float shifted[NC * D];
+        for (int c = 0; c < NC; c++)
+            for (int j = 0; j < D; j++) shifted[c * D + j] = keys[(size_t)c * NKV * D + j] - center[j];
+        uint8_t *cb2 = malloc((size_t)NC * lay.code_bytes), *nb2 = malloc((size_t)NC * lay.nibble_bytes);
+        uint16_t *wb2 = malloc(2 * (size_t)NC * lay.n_weights);
+        pariskv_codes dst2 = {cb2, nb2, wb2, NC};
+        CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_F32, shifted, sizeof(float) * D, cells, NC, NULL, &dst2) == PARISKV_OK &&
+                  memcmp(cb, cb2, (size_t)NC * lay.code_bytes) == 0 && memcmp(nb, nb2, (size_t)NC * lay.nibble_bytes) == 0 &&
+                  memcmp(wb, wb2, 2 * (size_t)NC * lay.n_weights) == 0,
+              "encoding with a centre = encoding key - centre");
+        free(cb2); free(nb2); free(wb2);
+    }
     pariskv_step step = {D, D, 4, 16, 4, 8, 1, PARISKV_GQA_PER_HEAD, 0.3, 0.3, cfg.scale, 0.0f, cfg.seed, 2};
     pariskv_kv kv = {PARISKV_F32, keys, kstride, PARISKV_F32, vals, kstride, NC};
     float mask[NC];
@@ -341,18 +363,28 @@ int main(void) {
           "attend_cache: %s (%zu visible, %zu attended)", pariskv_last_error(), sst.n_visible, sst.n_attended);
     expect_error("layout_for(D, NULL)", pariskv_layout_for(D, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
     expect_error("layout_for head_dim 12", pariskv_layout_for(12, &lay), PARISKV_ERR_UNSUPPORTED, "head_dim 12");
-    expect_error("encode_cells NULL dst", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, cells, NC, NULL),
+    expect_error("encode_cells NULL dst", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, cells, NC, NULL, NULL),
                  PARISKV_ERR_INVALID_ARGUMENT, "dst");
-    expect_error("encode_cells NULL keys", pariskv_encode_cells(D, 1, PARISKV_F32, NULL, kstride, cells, NC, &dst),
+    expect_error("encode_cells NULL keys", pariskv_encode_cells(D, 1, PARISKV_F32, NULL, kstride, cells, NC, NULL, &dst),
                  PARISKV_ERR_INVALID_ARGUMENT, "keys");
-    expect_error("encode_cells key dtype 9", pariskv_encode_cells(D, 1, 9, keys, kstride, cells, NC, &dst),
+    expect_error("encode_cells key dtype 9", pariskv_encode_cells(D, 1, 9, keys, kstride, cells, NC, NULL, &dst),
                  PARISKV_ERR_UNSUPPORTED, "dtype 9");
     int64_t outside[2] = {3, NC};
-    expect_error("encode_cells cell == n_cells", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, outside, 2, &dst),
+    expect_error("encode_cells cell == n_cells", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, outside, 2, NULL, &dst),
                  PARISKV_ERR_INVALID_ARGUMENT, "out of range");
     outside[1] = -1;
-    expect_error("encode_cells cell -1", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, outside, 2, &dst),
+    expect_error("encode_cells cell -1", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, outside, 2, NULL, &dst),
                  PARISKV_ERR_INVALID_ARGUMENT, "out of range");
+    expect_error("center_init NULL center", pariskv_center_init(D, PARISKV_F32, keys, kstride, NC, cells, NC, NULL),
+                 PARISKV_ERR_INVALID_ARGUMENT, "center");
+    expect_error("center_init NULL cells", pariskv_center_init(D, PARISKV_F32, keys, kstride, NC, NULL, NC, center),
+                 PARISKV_ERR_INVALID_ARGUMENT, "cells");
+    expect_error("center_init cell -1", pariskv_center_init(D, PARISKV_F32, keys, kstride, NC, outside, 2, center),
+                 PARISKV_ERR_INVALID_ARGUMENT, "out of range");
+    expect_error("center_init head_dim 12", pariskv_center_init(12, PARISKV_F32, keys, kstride, NC, cells, NC, center),
+                 PARISKV_ERR_UNSUPPORTED, "head_dim 12");
+    expect_error("encode_cells misaligned center", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, cells, NC,
+                 (const float *)((const char *)center + 1), &dst), PARISKV_ERR_INVALID_ARGUMENT, "aligned");
     expect_error("attend_cache NULL step", pariskv_attend_cache(NULL, q, D * 4, &kv, &dst, &vis, cout, D * 4, NULL),
                  PARISKV_ERR_INVALID_ARGUMENT, "step");
     pariskv_step bad_step = step;
@@ -439,7 +471,10 @@ int main(void) {
         for (int t = 0; t < T; t++) {
             own[t] = NULL;
             CHECK(pariskv_index_create(&cfg, &own[t]) == PARISKV_OK, "create %d", t);
-            CHECK(pariskv_index_append(own[t], PARISKV_F32, keys, vals, N) == PARISKV_OK, "append %d", t);
+            /* appended in the same two calls as ix: the first append sets the key centre */
+            CHECK(pariskv_index_append(own[t], PARISKV_F32, keys, vals, N1) == PARISKV_OK &&
+                      pariskv_index_append(own[t], PARISKV_F32, keys + (size_t)N1 * NKV * D, vals + (size_t)N1 * NKV * D, N2) ==
+                          PARISKV_OK, "append %d", t);
             jobs[t] = (search_job){own[t], q, K, 20, tpos[t], tcount[t], PARISKV_OK, 0, ""};
             pthread_create(&th[t], NULL, run_search, &jobs[t]);
         }
