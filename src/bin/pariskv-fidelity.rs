@@ -6,16 +6,18 @@
 //!
 //!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean]
 //!       [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S]
-//!       [--ratios tuned|reference|CAND:COLL] [--refine R] [--center N] [--json OUT]
+//!       [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512]
+//!       [--json OUT]
 //!
 //! Ratios and refine default to the library's defaults (`Config::new`); `--ratios
 //! reference --gqa mean --refine 1` is the paper's setting. `--refine R` rescores each
 //! retrieval's R * k best estimates exactly (the library's `Config::refine`).
-//! `--center N` measures a candidate the library does not implement: every key has the
-//! mean of keys `sink..N` (per KV head, known before the first replayed position)
-//! subtracted before it is indexed, which leaves each query's exact ranking and softmax
-//! unchanged (q.(k - c) = q.k - q.c) but changes what the codes see. `--max-pos P` ends
-//! the replay at position P (a causal capture's prefix is a shorter capture).
+//! `--center` switches key centring (`Config::center`, on by default; off is the paper's
+//! setting): each KV head's keys are encoded minus the mean of its first append, which
+//! leaves each query's exact ranking and softmax unchanged (q.(k - c) = q.k - q.c) but
+//! changes what the codes see. The first append holds `--ubatch` keys, as llama.cpp's first
+//! ubatch of a prompt does (512 by default). `--max-pos P` ends the replay at position P (a
+//! causal capture's prefix is a shorter capture).
 //!
 //! Decode steps are replayed causally: the index holds keys 0..=t when position t's query
 //! is asked, for `--positions` positions evenly spaced from `--min-pos` to the end. Keys and
@@ -52,7 +54,8 @@ struct Args {
     scale: Option<f32>,
     ratios: RatioPolicy,
     refine: usize,
-    center: Option<usize>,
+    center: bool,
+    ubatch: usize,
     json: Option<PathBuf>,
 }
 
@@ -60,7 +63,7 @@ fn usage(why: &str) -> ! {
     eprintln!("pariskv-fidelity: {why}");
     eprintln!(
         "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean] \
-         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center N] [--json OUT]"
+         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -84,7 +87,8 @@ fn parse_args() -> Args {
         scale: None,
         ratios: Config::new(8, 1, 1).ratios,
         refine: pariskv::config::DEFAULT_REFINE,
-        center: None,
+        center: pariskv::config::DEFAULT_CENTER,
+        ubatch: 512,
         json: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -126,7 +130,14 @@ fn parse_args() -> Args {
                 }
             }
             "--refine" => a.refine = list(val, "refine")[0],
-            "--center" => a.center = Some(list(val, "center")[0]),
+            "--center" => {
+                a.center = match val.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => usage("--center: on or off"),
+                }
+            }
+            "--ubatch" => a.ubatch = list(val, "ubatch")[0],
             "--json" => a.json = Some(PathBuf::from(val)),
             _ => usage(&format!("unknown flag {flag}")),
         }
@@ -137,8 +148,8 @@ fn parse_args() -> Args {
     if a.ks.contains(&0) || a.positions == 0 {
         usage("k and --positions must be positive");
     }
-    if matches!(a.center, Some(n) if n <= a.sink || n > a.min_pos + 1) {
-        usage("--center N needs sink < N <= min-pos + 1 (the mean must come from keys before the first position)");
+    if a.ubatch == 0 {
+        usage("--ubatch must be positive");
     }
     a
 }
@@ -277,26 +288,6 @@ fn policy_name(p: GqaPolicy) -> &'static str {
     }
 }
 
-/// Keys with the mean of rows `rows` of each KV head subtracted (`--center`).
-fn centered(keys: &[f32], nkv: usize, d: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
-    let mut out = keys.to_vec();
-    for h in 0..nkv {
-        let mut mean = vec![0.0f64; d];
-        for t in rows.clone() {
-            for (m, &x) in mean.iter_mut().zip(&keys[(t * nkv + h) * d..][..d]) {
-                *m += x as f64;
-            }
-        }
-        let n = rows.len() as f64;
-        for row in out.chunks_exact_mut(d).skip(h).step_by(nkv) {
-            for (x, m) in row.iter_mut().zip(&mean) {
-                *x -= (m / n) as f32;
-            }
-        }
-    }
-    out
-}
-
 /// Bytes one step reads for one KV head (index and f16 K/V rows), by stage: the collision
 /// counts read every zone key's centroid codes once per retrieval (the zone histogram is
 /// kept incrementally by the index); the rerank reads each candidate's 4-bit codes and
@@ -336,6 +327,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     cfg.ratios = a.ratios;
     cfg.gqa = policy;
     cfg.refine = a.refine;
+    cfg.center = a.center;
     cfg.kv_dtype = DType::F16;
     if let Some(s) = a.scale {
         cfg.attn.scale = s;
@@ -351,16 +343,17 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     let mut sums = vec![Sums::default(); a.ks.len()];
     let (mut seen, mut dense, mut sparse, mut scratch) =
         (HashSet::new(), vec![0.0f32; g * dv], vec![0.0f32; g * dv], AttnScratch::default());
-    let keys = match a.center {
-        Some(upto) => centered(&layer.k.data, nkv, d, a.sink..upto),
-        None => layer.k.data.clone(),
-    };
+    let (keys, values) = (&layer.k.data, &layer.v.data);
     let mut appended = 0;
     for &t in &positions {
-        let rows = t + 1 - appended;
-        let span = |dim: usize| appended * nkv * dim..(t + 1) * nkv * dim;
-        index.append(RowData::F32(&keys[span(d)]), RowData::F32(&layer.v.data[span(dv)]), rows)?;
-        appended = t + 1;
+        // the first append is one ubatch (it sets the key centre), then up to t
+        for end in [a.ubatch.min(t + 1), t + 1] {
+            if end > appended {
+                let span = |dim: usize| appended * nkv * dim..end * nkv * dim;
+                index.append(RowData::F32(&keys[span(d)]), RowData::F32(&values[span(dv)]), end - appended)?;
+                appended = end;
+            }
+        }
         let q = &layer.q.data[t * nq * d..(t + 1) * nq * d];
         let zone = cfg.zone(t + 1);
         let zone_cells: Vec<u32> = (zone.start as u32..zone.end as u32).collect();
@@ -446,8 +439,15 @@ fn run(a: &Args) -> Result<()> {
         None => format!("capture {}", a.capture.display()),
     };
     println!(
-        "{source}; sink {}, window {}, ratios {:?}, {} positions from {}",
-        a.sink, a.window, a.ratios, a.positions, a.min_pos
+        "{source}; sink {}, window {}, ratios {:?}, refine {}, centring {} (first append {}), {} positions from {}",
+        a.sink,
+        a.window,
+        a.ratios,
+        a.refine,
+        if a.center { "on" } else { "off" },
+        a.ubatch,
+        a.positions,
+        a.min_pos
     );
     println!(
         "{:>5} {:>8} {:>5} | {:>8} {:>8} | {:>9} {:>9} | {:>8} | {:>8} {:>8} {:>8} | {:>7}",
