@@ -28,6 +28,7 @@ struct test_case {
     int32_t gqa_mean; // 1: one retrieval with the group-mean query, 0: per query head
     int32_t ratios = 0; // ggml_pariskv_attn_set_retrieval: 1 the reference's table, 0 the default (tuned)
     int32_t refine = 0; // exact rescoring factor, 0 the library's default
+    bool center = true; // keys encoded minus their KV head's centre (set by the encode op)
 };
 
 static int n_failures = 0;
@@ -80,10 +81,11 @@ static pariskv_dtype dtype_of(ggml_type t) {
 }
 
 static void run(const test_case & tc) {
-    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, refine %d)\n",
+    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, refine %d, keys %s)\n",
            tc.name, (long long) tc.D, (long long) tc.n_head, (long long) tc.n_head_kv, (long long) tc.kv_size,
            (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k,
-           tc.gqa_mean ? "group-mean query" : "per query head", tc.ratios == 1 ? "reference" : "tuned", tc.refine);
+           tc.gqa_mean ? "group-mean query" : "per query head", tc.ratios == 1 ? "reference" : "tuned", tc.refine,
+           tc.center ? "centred" : "as they are");
 
     const int64_t D = tc.D, H = tc.n_head, HKV = tc.n_head_kv, S = tc.n_stream;
     const int64_t n_tokens = S*tc.n_tps;
@@ -101,6 +103,10 @@ static void run(const test_case & tc) {
     ggml_tensor * nibbles = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[1], tc.kv_size, HKV, S);
     ggml_tensor * weights = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, dims[2], tc.kv_size, HKV, S);
     ggml_tensor * idxs    = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, tc.kv_size*S);
+    ggml_tensor * centers = tc.center ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, D + 1, HKV) : nullptr;
+    if (centers) {
+        memset(centers->data, 0, ggml_nbytes(centers)); // not set: the encode op sets them
+    }
     fill(k_store, rng, 1.0f);
     fill(v_store, rng, 1.0f);
     for (int64_t i = 0; i < tc.kv_size*S; ++i) {
@@ -135,7 +141,7 @@ static void run(const test_case & tc) {
     // the graph: encode every cell, then attend (views as llama_kv_cache::get_k / get_v build them)
     ggml_tensor * k_view = ggml_view_4d(ctx, k_store, D, HKV, tc.n_kv, S, k_store->nb[0]*D, k_store->nb[1], k_store->nb[2], 0);
     ggml_tensor * v_view = ggml_view_4d(ctx, v_store, D, HKV, tc.n_kv, S, v_store->nb[0]*D, v_store->nb[1], v_store->nb[2], 0);
-    ggml_tensor * enc = ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights);
+    ggml_tensor * enc = ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights, centers);
     const float scale = 1.0f/sqrtf((float) D);
     ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights,
                                           scale, 0.0f, tc.top_k, tc.n_sink, tc.n_local, tc.gqa_mean);
@@ -162,13 +168,29 @@ static void run(const test_case & tc) {
         for (int64_t i = 0; i < tc.kv_size; ++i) {
             all[i] = i;
         }
+        // each head's centre: the mean over the written cells of every stream (all of them here)
+        const size_t row = HKV*D*ggml_type_size(tc.type_k);
+        std::vector<int64_t> global(tc.kv_size*S);
+        for (size_t i = 0; i < global.size(); ++i) {
+            global[i] = (int64_t) i;
+        }
+        std::vector<float> center(HKV*(D + 1), 0.0f);
         bool same = true;
+        for (int64_t h = 0; h < HKV && tc.center; ++h) {
+            const char * keys = (const char *) k_store->data + h*D*ggml_type_size(tc.type_k);
+            GGML_ASSERT(pariskv_center_init((uint32_t) D, dtype_of(tc.type_k), keys, row, global.size(), global.data(),
+                                            global.size(), center.data() + h*(D + 1)) == PARISKV_OK);
+            same &= center[h*(D + 1) + D] > 0.0f && memcmp(center.data() + h*(D + 1), (float *) centers->data + h*(D + 1),
+                                                           (D + 1)*sizeof(float)) == 0;
+        }
+        check(same, "encode op key centres differ from pariskv_center_init");
         for (int64_t s = 0; s < S; ++s) {
             for (int64_t h = 0; h < HKV; ++h) {
                 pariskv_codes dst = { c.data(), n.data(), w.data(), (size_t) tc.kv_size };
                 const char * keys = (const char *) k_store->data + ((s*tc.kv_size)*HKV + h)*D*ggml_type_size(tc.type_k);
-                GGML_ASSERT(pariskv_encode_cells((uint32_t) D, PARISKV_DEFAULT_SEED, dtype_of(tc.type_k), keys,
-                                                 HKV*D*ggml_type_size(tc.type_k), all.data(), all.size(), &dst) == PARISKV_OK);
+                GGML_ASSERT(pariskv_encode_cells((uint32_t) D, PARISKV_DEFAULT_SEED, dtype_of(tc.type_k), keys, row,
+                                                 all.data(), all.size(), tc.center ? center.data() + h*(D + 1) : nullptr,
+                                                 &dst) == PARISKV_OK);
                 const int64_t o = s*HKV + h;
                 same &= memcmp(c.data(), (char *) codes->data   + o*c.size(), c.size()) == 0;
                 same &= memcmp(n.data(), (char *) nibbles->data + o*n.size(), n.size()) == 0;
@@ -273,6 +295,8 @@ int main() {
         // retrieval settings through the op params: the paper's table with refine 3, refine 2
         { "gqa4 f16 reference refine 3", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,  64,  4,  64, false, 0, 1, 3 },
         { "gqa8 bf16 2 streams refine 2", 256, 8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,  32,  4,  32, false, 1, 0, 2 },
+        // keys indexed as they are (--pariskv-center off, the paper's setting)
+        { "gqa4 f16 uncentred",       128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, false },
     };
     for (const auto & tc : cases) {
         run(tc);
