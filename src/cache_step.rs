@@ -173,7 +173,8 @@ mod tests {
         store.grow(&shape, n).unwrap();
         let keys = Rows::packed(RowData::F32(&cache.keys), d).unwrap();
         let cells: Vec<usize> = (0..n).collect();
-        encode_rows(&rotation, &keys, &cells, None, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
+        encode_rows(&rotation, &keys, &cells, None, &mut store.as_mut(), &mut EncodeScratch::default())
+            .unwrap();
         Fixture { cache, store, rotation }
     }
 

@@ -181,7 +181,11 @@ pub fn encode_rows(
         return Err(Error::invalid(format!("encode: cell {bad} out of range ({n_cells} cells)")));
     }
     if let Some(c) = center.filter(|c| c.len() != shape.head_dim) {
-        return Err(Error::invalid(format!("encode: centre of {} values, head_dim {}", c.len(), shape.head_dim)));
+        return Err(Error::invalid(format!(
+            "encode: centre of {} values, head_dim {}",
+            c.len(),
+            shape.head_dim
+        )));
     }
     scratch.key.resize(shape.head_dim, 0.0);
     scratch.rotated.resize(shape.padded_dim, 0.0);

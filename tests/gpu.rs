@@ -3,9 +3,9 @@
 #![cfg(feature = "cuda")]
 
 use half::{bf16, f16};
+use pariskv::center;
 use pariskv::cuda::driver::{self, DeviceBuffer, Stream};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
-use pariskv::center;
 use pariskv::encode::{encode_rows, CodeStore, EncodeScratch};
 use pariskv::rotation::Rotation;
 use pariskv::rows::{DType, RowData, Rows};

@@ -350,7 +350,11 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
         for end in [a.ubatch.min(t + 1), t + 1] {
             if end > appended {
                 let span = |dim: usize| appended * nkv * dim..end * nkv * dim;
-                index.append(RowData::F32(&keys[span(d)]), RowData::F32(&values[span(dv)]), end - appended)?;
+                index.append(
+                    RowData::F32(&keys[span(d)]),
+                    RowData::F32(&values[span(dv)]),
+                    end - appended,
+                )?;
                 appended = end;
             }
         }
