@@ -10,6 +10,9 @@ bin=$PARISKV_WORK/build-cpu/bin
 models=$PARISKV_WORK/models
 mkdir -p "$models"
 
+log "ggml-rpc.h agrees with the patched op count (an RPC build, -DGGML_RPC=ON, stops otherwise)"
+printf '#include "ggml-rpc.h"\nint main() { return 0; }\n' | c++ -std=c++17 -fsyntax-only -x c++ -I "$LLAMA_TREE/ggml/include" -
+
 log "op-level test: ggml ops vs the pariskv library, exact dense attention and flash_attn_ext"
 op_test=$PARISKV_WORK/test-pariskv-op
 c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/tests/test-pariskv-op.cpp" \
