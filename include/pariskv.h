@@ -24,6 +24,10 @@
 // Refine factor that `pariskv_config_init` sets (1: no exact rescoring).
 #define PARISKV_DEFAULT_REFINE 1
 
+// rho_coll of `PARISKV_RATIOS_TUNED`: callers that fix the candidate share
+// (`PARISKV_RATIOS_FIXED`) use it to keep the tuned table's collision tiers.
+#define PARISKV_TUNED_RHO_COLL 1.0
+
 // Most keys `pariskv_center_init` averages into a KV head's key centre.
 #define PARISKV_CENTER_ROWS 4096
 

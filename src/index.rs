@@ -216,6 +216,8 @@ impl Index {
         }
         let mut row = vec![0.0f32; d];
         let new_cells: Vec<usize> = (self.len..self.len + n_tokens).collect();
+        // the rows of this call, for the centre of a head that has none yet
+        let in_call: Vec<usize> = (0..n_tokens).collect();
         for (h, head) in self.heads.iter_mut().enumerate() {
             let k_in = Rows::head_of(keys, nkv, d, h, n_tokens)?;
             let v_in = Rows::head_of(values, nkv, d, h, n_tokens)?;
@@ -228,7 +230,6 @@ impl Index {
             // Encode the keys as stored: the rows attention will actually read.
             head.codes.grow(&self.shape, n_tokens)?;
             let stored = Rows::new(head.keys.data(), self.len * d, d, d, n_tokens)?;
-            let in_call: Vec<usize> = (0..n_tokens).collect();
             if self.cfg.center {
                 crate::center::init(&stored, &in_call, &mut head.center, &mut row);
             }

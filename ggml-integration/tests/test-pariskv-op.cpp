@@ -29,6 +29,7 @@ struct test_case {
     int32_t ratios = 0; // ggml_pariskv_attn_set_retrieval: 1 the reference's table, 0 the default (tuned)
     int32_t refine = 0; // exact rescoring factor, 0 the library's default
     bool center = true; // keys encoded minus their KV head's centre (set by the encode op)
+    float candidates = 0.0f; // a fixed candidate share replacing the ratio table, 0 the table
 };
 
 static int n_failures = 0;
@@ -81,10 +82,10 @@ static pariskv_dtype dtype_of(ggml_type t) {
 }
 
 static void run(const test_case & tc) {
-    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, refine %d, keys %s)\n",
+    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, candidates %g, refine %d, keys %s)\n",
            tc.name, (long long) tc.D, (long long) tc.n_head, (long long) tc.n_head_kv, (long long) tc.kv_size,
            (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k,
-           tc.gqa_mean ? "group-mean query" : "per query head", tc.ratios == 1 ? "reference" : "tuned", tc.refine,
+           tc.gqa_mean ? "group-mean query" : "per query head", tc.ratios == 1 ? "reference" : "tuned", (double) tc.candidates, tc.refine,
            tc.center ? "centred" : "as they are");
 
     const int64_t D = tc.D, H = tc.n_head, HKV = tc.n_head_kv, S = tc.n_stream;
@@ -145,8 +146,8 @@ static void run(const test_case & tc) {
     const float scale = 1.0f/sqrtf((float) D);
     ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights,
                                           scale, 0.0f, tc.top_k, tc.n_sink, tc.n_local, tc.gqa_mean);
-    if (tc.ratios || tc.refine) {
-        ggml_pariskv_attn_set_retrieval(out, tc.ratios, tc.refine);
+    if (tc.ratios || tc.refine || tc.candidates > 0.0f) {
+        ggml_pariskv_attn_set_retrieval(out, tc.ratios, tc.refine, tc.candidates);
     }
 
     // dense flash attention on the same inputs, for the full-coverage comparison
@@ -210,7 +211,9 @@ static void run(const test_case & tc) {
             pariskv_step step = {};
             step.head_dim = (uint32_t) D; step.v_dim = (uint32_t) D; step.n_heads = (uint32_t) g;
             step.top_k = (uint32_t) tc.top_k; step.n_sink = (uint32_t) tc.n_sink; step.n_local = (uint32_t) tc.n_local;
-            step.ratio_table = tc.ratios == 1 ? PARISKV_RATIOS_REFERENCE : PARISKV_RATIOS_TUNED;
+            step.ratio_table = tc.candidates > 0.0f ? PARISKV_RATIOS_FIXED
+                             : tc.ratios == 1 ? PARISKV_RATIOS_REFERENCE : PARISKV_RATIOS_TUNED;
+            step.rho_cand = tc.candidates; step.rho_coll = PARISKV_TUNED_RHO_COLL;
             step.refine = tc.refine > 0 ? (uint32_t) tc.refine : PARISKV_DEFAULT_REFINE;
             step.scale = scale; step.softcap = 0.0f; step.seed = PARISKV_DEFAULT_SEED;
             step.gqa_policy = tc.gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
@@ -297,6 +300,8 @@ int main() {
         { "gqa8 bf16 2 streams refine 2", 256, 8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,  32,  4,  32, false, 1, 0, 2 },
         // keys indexed as they are (--pariskv-center off, the paper's setting)
         { "gqa4 f16 uncentred",       128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, false },
+        // a fixed candidate share (7% of the zone where the table reranks 50%)
+        { "gqa4 f16 candidates 0.07", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, true, 0.07f },
     };
     for (const auto & tc : cases) {
         run(tc);

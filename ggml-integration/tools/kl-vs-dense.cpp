@@ -7,8 +7,8 @@
 // decode path, this measures what generation sees.
 //
 //   kl-vs-dense -m MODEL.gguf -f TEXT [-n MAX_TOKENS] [--prefill 2048] [--topk 256,1024]
-//               [--gqa per-head|mean] [--ratios tuned|reference] [--refine N] [--center on|off] [--sink 4]
-//               [--window 512] [-t THREADS] [--json OUT]
+//               [--gqa per-head|mean] [--ratios tuned|reference] [--candidates F] [--refine N]
+//               [--center on|off] [--sink 4] [--window 512] [-t THREADS] [--json OUT]
 //
 // Prints, per top-k, the mean and max KL, the 99th percentile, the greedy agreement, and
 // the mean KL over each quarter of the decoded span.
@@ -29,13 +29,14 @@ struct options {
     std::string model, text, json;
     int max_tokens = 8192, prefill = 2048, sink = 4, window = 512, threads = 4, gqa = 0;
     int ratios = 0, refine = 0, center = 0;  // 0: the library's defaults (center 1: keys as they are)
+    float candidates = 0.0f;                 // a fixed candidate share, 0: the ratio table
     std::vector<int> topk = { 256, 1024 };
 };
 
 static void usage() {
     fprintf(stderr, "usage: kl-vs-dense -m MODEL.gguf -f TEXT [-n MAX_TOKENS] [--prefill 2048] [--topk 256,1024] "
-                    "[--gqa per-head|mean] [--ratios tuned|reference] [--refine N] [--center on|off] [--sink 4] "
-                    "[--window 512] [-t THREADS] [--json OUT]\n");
+                    "[--gqa per-head|mean] [--ratios tuned|reference] [--candidates F] [--refine N] [--center on|off] "
+                    "[--sink 4] [--window 512] [-t THREADS] [--json OUT]\n");
     exit(2);
 }
 
@@ -59,6 +60,9 @@ static options parse(int argc, char ** argv) {
         } else if (a == "--ratios") {
             if (v != "tuned" && v != "reference") usage();
             o.ratios = v == "reference";
+        } else if (a == "--candidates") {
+            o.candidates = (float) atof(v.c_str());
+            if (!(o.candidates > 0.0f && o.candidates <= 1.0f)) usage();
         } else if (a == "--center") {
             if (v != "on" && v != "off") usage();
             o.center = v == "off";
@@ -106,6 +110,7 @@ static llama_context * make_context(llama_model * model, const options & o, int 
     cp.pariskv_ratios = o.ratios;
     cp.pariskv_refine = o.refine;
     cp.pariskv_center = o.center;
+    cp.pariskv_candidates = o.candidates;
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         fprintf(stderr, "kl-vs-dense: cannot create a context (top-k %d)\n", topk);
@@ -210,7 +215,7 @@ int main(int argc, char ** argv) {
         printf("%-6d %-9s %10.3e %10.3e %10.3e %8.2f%% |", o.topk[ki], gqa, mean, p99, sorted.back(), 100.0*agreement);
         json << (ki ? ",\n " : "\n ") << "{\"topk\": " << o.topk[ki] << ", \"gqa\": \"" << gqa << "\", \"tokens\": " << n
              << ", \"ratios\": \"" << (o.ratios ? "reference" : "tuned") << "\", \"refine\": " << o.refine
-             << ", \"center\": " << (o.center ? "false" : "true")
+             << ", \"center\": " << (o.center ? "false" : "true") << ", \"candidates\": " << o.candidates
              << ", \"prefill\": " << o.prefill << ", \"mean_kl\": " << mean << ", \"p99_kl\": " << p99
              << ", \"max_kl\": " << sorted.back() << ", \"greedy_agreement\": " << agreement << ", \"quarters\": [";
         for (int q = 0; q < 4; ++q) {

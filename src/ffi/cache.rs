@@ -264,9 +264,10 @@ pub extern "C" fn pariskv_encode_cells(
         let dst = in_ref(dst, "dst")?;
         let rows = rows_at(key_dtype, keys, key_stride, shape.head_dim, dst.n_cells, "keys")?;
         let cells = checked_cells(in_slice(cells, n, "cells")?, dst.n_cells)?;
-        let center = match center.is_null() {
-            true => None,
-            false => crate::center::offset(in_slice(center, crate::center::len(shape.head_dim), "center")?),
+        let center = if center.is_null() {
+            None
+        } else {
+            crate::center::offset(in_slice(center, crate::center::len(shape.head_dim), "center")?)
         };
         // Validate the destination once over its whole extent.
         codes_ref(dst, &shape)?;

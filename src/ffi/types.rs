@@ -63,6 +63,10 @@ pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
 /// Refine factor that `pariskv_config_init` sets (1: no exact rescoring).
 pub const PARISKV_DEFAULT_REFINE: u32 = 1;
 
+/// rho_coll of `PARISKV_RATIOS_TUNED`: callers that fix the candidate share
+/// (`PARISKV_RATIOS_FIXED`) use it to keep the tuned table's collision tiers.
+pub const PARISKV_TUNED_RHO_COLL: f64 = 1.0;
+
 /// Most keys `pariskv_center_init` averages into a KV head's key centre.
 pub const PARISKV_CENTER_ROWS: u32 = 4096;
 
@@ -89,5 +93,6 @@ mod tests {
         assert_eq!(super::PARISKV_DEFAULT_SEED, crate::config::DEFAULT_SEED);
         assert_eq!(super::PARISKV_DEFAULT_REFINE as usize, crate::config::DEFAULT_REFINE);
         assert_eq!(super::PARISKV_CENTER_ROWS as usize, crate::constants::CENTER_ROWS);
+        assert_eq!(super::PARISKV_TUNED_RHO_COLL, crate::constants::TUNED_RHO_COLL);
     }
 }
