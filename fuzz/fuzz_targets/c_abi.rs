@@ -175,6 +175,24 @@ fn cache_calls(u: &mut Unstructured) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let stride = d * elem_size(dtype);
+    // a key centre: absent, unset (set from these cells), or arbitrary values and count
+    let mut center = vec![0.0f32; layout.center_len as usize];
+    if u.ratio(1, 4)? {
+        for c in center.iter_mut() {
+            *c = u.arbitrary()?;
+        }
+    }
+    let center_ptr = if u.ratio(1, 4)? { null_mut() } else { center.as_mut_ptr() };
+    checked(pariskv_center_init(
+        head_dim,
+        dtype,
+        keys.as_ptr() as *const c_void,
+        stride,
+        n_cells,
+        cells.as_ptr(),
+        cells.len(),
+        center_ptr,
+    ));
     checked(pariskv_encode_cells(
         head_dim,
         u.arbitrary()?,
@@ -183,6 +201,7 @@ fn cache_calls(u: &mut Unstructured) -> Result<()> {
         stride,
         cells.as_ptr(),
         cells.len(),
+        center_ptr,
         &dst,
     ));
 

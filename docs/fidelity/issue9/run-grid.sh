@@ -25,3 +25,14 @@ for w in ${WINDOWS:-13k 16k 32k}; do
     $B ${W[$w]} ${V[$v]} --k 64,256,1024,2048 --json $O/$w-$v.json > $O/$w-$v.txt 2>/dev/null
   done
 done
+# candidate shares 0.3 / 0.4 (refine 1 and 2, centred) at 13K and 16K, 0.3 at 32K
+for w in 13k 16k; do
+  for c in 0.3 0.4; do
+    for r in 1 2; do
+      $B ${W[$w]} --gqa per-head --ratios $c:1.0 --refine $r --center on --k 64,256,1024,2048 \
+        --json $O/$w-cand$c-refine$r-center.json > $O/$w-cand$c-refine$r-center.txt 2>/dev/null
+    done
+  done
+done
+$B ${W[32k]} --gqa per-head --ratios 0.3:1.0 --refine 1 --center on --k 64,256,1024,2048 \
+  --json $O/32k-cand0.3-refine1-center.json > $O/32k-cand0.3-refine1-center.txt 2>/dev/null
