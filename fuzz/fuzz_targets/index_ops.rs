@@ -35,6 +35,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     cfg.dense_threshold = u.int_in_range(0..=64)?;
     cfg.kv_dtype = *u.choose(&[DType::F32, DType::F16, DType::BF16])?;
     cfg.gqa = if u.arbitrary()? { GqaPolicy::Mean } else { GqaPolicy::PerHead };
+    cfg.center = u.arbitrary()?;
     if u.arbitrary()? {
         // out-of-domain ratios included: validation must refuse them
         let cand = f64::from(u.int_in_range(0u8..=20)?) / 16.0;
