@@ -23,8 +23,8 @@ pub struct Ratios {
 impl Ratios {
     /// The reference implementation's table, by retrieval-zone size.
     pub fn reference(n_zone: usize) -> Ratios {
-        let &(_, cand, coll) =
-            REFERENCE_RATIOS.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(&REFERENCE_RATIOS[3]);
+        let last = &REFERENCE_RATIOS[REFERENCE_RATIOS.len() - 1];
+        let &(_, cand, coll) = REFERENCE_RATIOS.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(last);
         Ratios { cand, coll }
     }
 
