@@ -3,20 +3,22 @@
 //! sink 4, window 512), at N cells, with K/V in device memory and in pinned host memory
 //! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
 //!
-//! Settings: the paper's (reference ratio table; group-mean and per-head query) and the
-//! library's defaults one change at a time (tuned ratios, then refine 2).
+//! Settings: the paper's (reference ratio table; group-mean and per-head query), the
+//! library's defaults (tuned ratios), then a candidate share of 0.2 (twice the tuned
+//! table's above 30K keys) and refine 2, each alone and together.
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- [N ...]
 
 use pariskv::attention::AttnParams;
 use pariskv::cache_step::StepParams;
+use pariskv::constants::TUNED_RHO_COLL;
 use pariskv::cuda::driver::{self, DeviceBuffer, PinnedHost, Stream, Timer};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
 use pariskv::cuda::step::{attend, run_marked, GpuLayer, Rows, StageMarks, StepBuffers, UnitLayout};
 use pariskv::gqa::GqaPolicy;
 use pariskv::rotation::Rotation;
 use pariskv::rows::DType;
-use pariskv::search::RatioPolicy;
+use pariskv::search::{RatioPolicy, Ratios};
 use pariskv::shape::Shape;
 use pariskv::synth::Rng;
 
@@ -155,12 +157,15 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             out_stride: D * 4,
         };
         // the paper's settings (reference ratios, group-mean or per-head query), then the
-        // defaults (tuned ratios, refine) one change at a time
+        // defaults (tuned ratios), then wider candidate shares and refining one at a time
+        let wide = RatioPolicy::Fixed(Ratios { cand: 0.2, coll: TUNED_RHO_COLL });
         for (gqa, ratios, refine) in [
             (GqaPolicy::Mean, RatioPolicy::Adaptive, 1),
             (GqaPolicy::PerHead, RatioPolicy::Adaptive, 1),
             (GqaPolicy::PerHead, RatioPolicy::Tuned, 1),
+            (GqaPolicy::PerHead, wide, 1),
             (GqaPolicy::PerHead, RatioPolicy::Tuned, 2),
+            (GqaPolicy::PerHead, wide, 2),
         ] {
             let params = StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios, gqa, refine, attn };
             run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;

@@ -5,8 +5,8 @@
 // setup. blockIdx.z is the unit everywhere.
 //
 // Launches (src/cuda/step.rs): begin, visibility, classify, query_rot, tiers, collisions,
-// cutoff, tie_chunks, scan_chunks, select_rerank, topk (which also refines); then
-// attention.cuh.
+// cutoff, tie_chunks, scan_chunks, select_rerank, topk, and when refining refine and
+// refine_pick; then attention.cuh.
 #pragma once
 
 #include "common.cuh"
@@ -547,70 +547,148 @@ __device__ unsigned long long pk_threshold(const unsigned long long * cand, int 
     return t;
 }
 
-// <q, key> over d values, summed as attention::dot: eight running sums of lanes j % 8,
-// combined pairwise, plus the (empty: d is a multiple of 8) tail
-__device__ __forceinline__ float pk_exact_dot(const float * q, const char * row, int dtype, int d) {
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int j = 0; j < d; j += 8) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(q[j + i], pk_load(row, dtype, j + i)));
-    }
-    const float lo = __fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5]));
-    const float hi = __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7]));
-    return __fadd_rn(__fadd_rn(lo, hi), 0.0f);
+// marks cell c with the step's tag and appends it to the unit's rows, once per unit
+__device__ __forceinline__ void pk_take(unsigned int * mark, int * rows, pk_unit_state & s, unsigned int tag, int c) {
+    if (atomicExch(&mark[c], tag) != tag) rows[atomicAdd(&s.n_rows, 1)] = c;
 }
 
-// the k best candidates of each retrieval (radix select in one block over its list); when
-// refining their exact scores replace the estimates in the list (the rest become
-// ~0, never chosen) and the keep best of those are chosen (gqa::select_group). The chosen
-// are marked with the step's tag and appended, once per unit, to the unit's rows;
-// grid (retrievals, 1, units), PK_TOPK_THREADS threads
+// whether retrieval steps of this unit refine (gqa::select_group refines every retrieval of
+// a zone not taken whole, even when the shortlist is the whole list)
+__device__ __forceinline__ bool pk_refining(const pk_step_args & a, int u) {
+    return a.refine > 1 && pk_unit(a, u).n_zone > a.dense_zone;
+}
+
+// The k best candidates of each retrieval (radix select in one block over its list).
+// Without refining they are chosen: marked with the step's tag and appended, once per unit,
+// to the unit's rows. When refining they are the shortlist: moved to the front of the list
+// in list order (n_refined of them), the rest of the list set to ~0 (never chosen), for
+// pk_refine and pk_refine_pick. grid (retrievals, 1, units), PK_TOPK_THREADS threads
 extern "C" __global__ void pk_topk(pk_step_args a) {
     __shared__ unsigned int h[256];
     __shared__ unsigned long long prefix;
     __shared__ int remaining;
     __shared__ int done;
-    __shared__ float qs[PK_MAX_HEAD_DIM];
+    __shared__ int warp_sel[PK_TOPK_THREADS / 32];
+    __shared__ int base;
     const int r = blockIdx.x, u = blockIdx.z, ur = u * a.n_ret + r;
     pk_retrieval & x = pk_ret(a, u, r);
     const int n = x.n_cand, k = x.k;
     if (k <= 0) return;
     unsigned long long * cand = a.cand + (long long) ur * a.n;
-    unsigned long long threshold = pk_threshold(cand, n, k, h, prefix, remaining, done);
-    // refining as gqa::select_group does: every retrieval of a zone not taken whole, even
-    // when the shortlist is the whole list (the order is then the exact one)
-    const bool refining = a.refine > 1 && pk_unit(a, u).n_zone > a.dense_zone;
-    if (threadIdx.x == 0) x.n_refined = refining ? min(k, n) : 0;
-    if (refining) {
-        // the retrieval's query unrotated, as gqa::select_group takes it from group_query:
-        // the mean of the group's heads, or of head r alone
-        const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
-        const int h0 = a.n_ret == 1 ? 0 : r, h1 = a.n_ret == 1 ? a.n_heads : r + 1;
-        for (int j = threadIdx.x; j < a.d; j += blockDim.x) qs[j] = pk_head_mean(q0, a.q_stride, h0, h1, j);
-        __syncthreads();
-        const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
+    const unsigned long long threshold = pk_threshold(cand, n, k, h, prefix, remaining, done);
+    pk_unit_state & s = pk_unit(a, u);
+    if (!pk_refining(a, u)) {
+        unsigned int * mark = a.mark + (long long) u * a.n;
+        int * rows = a.rows + (long long) u * a.n;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             const unsigned long long key = cand[i];
-            unsigned long long exact = ~0ull;
-            if (key <= threshold) {
-                const int c = (int) (key & 0xFFFFFFFFull);
-                exact = pk_key(pk_exact_dot(qs, keys + c * a.k_stride, a.k_dtype, a.d), c);
-            }
-            cand[i] = exact;
+            if (key <= threshold) pk_take(mark, rows, s, s.tag, (int) (key & 0xFFFFFFFFull));
+        }
+        return;
+    }
+    // compaction in place, a tile of blockDim keys at a time: a key moves to an index at or
+    // below its own, and every key of a tile is read before any of the tile is written
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (threadIdx.x == 0) base = 0;
+    __syncthreads();
+    for (int i0 = 0; i0 < n; i0 += blockDim.x) {
+        const int i = i0 + threadIdx.x;
+        const unsigned long long key = i < n ? cand[i] : ~0ull;
+        const bool sel = i < n && key <= threshold;
+        const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, sel);
+        if (lane == 0) warp_sel[warp] = __popc(ballot);
+        __syncthreads();
+        int slot = base + __popc(ballot & ((1u << lane) - 1));
+        for (int w = 0; w < warp; ++w) slot += warp_sel[w];
+        if (sel) cand[slot] = key;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 0; w < (int) blockDim.x / 32; ++w) base += warp_sel[w];
         }
         __syncthreads();
-        threshold = pk_threshold(cand, n, x.keep, h, prefix, remaining, done);
     }
+    const int kept = base; // min(k, n): keys are unique
+    for (int i = kept + threadIdx.x; i < n; i += blockDim.x) cand[i] = ~0ull;
+    if (threadIdx.x == 0) x.n_refined = kept;
+}
+
+// <q, key> over the d values (a multiple of 8) of the row at `row` (shared memory), summed
+// as attention::dot by 8 lanes of a warp: lane i runs the sum of values j = i mod 8 in
+// order, then ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + 0 (the empty tail). Every
+// lane of the 8 returns the result; all 32 lanes must call it
+__device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned char * row, int dtype, int d, int i) {
+    float acc = 0.0f;
+    for (int j = i; j < d; j += 8) acc = __fadd_rn(acc, __fmul_rn(q[j], pk_load(row, dtype, j)));
+    const float pair = __fadd_rn(acc, __shfl_down_sync(0xFFFFFFFFu, acc, 4, 8));   // i: a_i + a_(i+4)
+    const float half = __fadd_rn(pair, __shfl_down_sync(0xFFFFFFFFu, pair, 1, 8)); // 0: lo, 2: hi
+    const float total = __fadd_rn(half, __shfl_down_sync(0xFFFFFFFFu, half, 2, 8)); // 0: lo + hi
+    return __fadd_rn(__shfl_sync(0xFFFFFFFFu, total, 0, 8), 0.0f);
+}
+
+// The shortlist's exact scores (pk_exact_dot_8) replace its estimates' keys at the front of
+// the list. Each warp stages 4 key rows in shared memory (16-byte loads where the rows
+// allow), `pitch` bytes apart (src/cuda/kernels.rs: refine_pitch), then lanes 8t..8t+7
+// score row t. grid (shortlist tiles of PK_REFINE_WARPS * 4, retrievals, units),
+// PK_REFINE_WARPS warps, dynamic shared memory d floats (the query) then the warps' rows
+extern "C" __global__ void pk_refine(pk_step_args a, int pitch) {
+    extern __shared__ float pk_refine_smem[];
+    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
+    const int n_refined = pk_ret(a, u, r).n_refined;
+    const int first = blockIdx.x * PK_REFINE_WARPS * 4;
+    if (first >= n_refined) return;
+    float * qs = pk_refine_smem;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    unsigned char * stage = (unsigned char *) (qs + a.d) + warp * 4 * pitch;
+    // the retrieval's query unrotated, as gqa::select_group takes it from group_query: the
+    // mean of the group's heads, or of head r alone
+    const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
+    const int h0 = a.n_ret == 1 ? 0 : r, h1 = a.n_ret == 1 ? a.n_heads : r + 1;
+    for (int j = threadIdx.x; j < a.d; j += blockDim.x) qs[j] = pk_head_mean(q0, a.q_stride, h0, h1, j);
+    __syncthreads();
+    unsigned long long * cand = a.cand + (long long) ur * a.n;
+    const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
+    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = a.d * esize;
+    const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
+    const int i0 = first + warp * 4;
+    const int t = lane / 8;
+    const int cell = i0 + t < n_refined ? (int) (cand[i0 + t] & 0xFFFFFFFFull) : -1;
+    for (int row_t = 0; row_t < 4; ++row_t) {
+        const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
+        if (c < 0) break; // the rows are a prefix of the tile
+        const char * row = keys + c * a.k_stride;
+        unsigned char * dst = stage + row_t * pitch;
+        if (wide) {
+            for (int o = 16 * lane; o < bytes; o += 16 * 32) *(uint4 *) (dst + o) = *(const uint4 *) (row + o);
+        } else if (esize == 4) {
+            for (int o = 4 * lane; o < bytes; o += 4 * 32) *(unsigned int *) (dst + o) = *(const unsigned int *) (row + o);
+        } else {
+            for (int o = 2 * lane; o < bytes; o += 2 * 32) *(unsigned short *) (dst + o) = *(const unsigned short *) (row + o);
+        }
+    }
+    __syncwarp();
+    const float score = pk_exact_dot_8(qs, stage + t * pitch, a.k_dtype, a.d, lane % 8);
+    if (cell >= 0 && lane % 8 == 0) cand[i0 + t] = pk_key(score, cell);
+}
+
+// The keep best exact scores of each shortlist are chosen (marked and appended to the unit's
+// rows as pk_topk does); grid (retrievals, 1, units), PK_TOPK_THREADS threads
+extern "C" __global__ void pk_refine_pick(pk_step_args a) {
+    __shared__ unsigned int h[256];
+    __shared__ unsigned long long prefix;
+    __shared__ int remaining;
+    __shared__ int done;
+    const int r = blockIdx.x, u = blockIdx.z, ur = u * a.n_ret + r;
+    pk_retrieval & x = pk_ret(a, u, r);
+    const int n = x.n_refined;
+    if (n <= 0) return;
+    const unsigned long long * cand = a.cand + (long long) ur * a.n;
+    const unsigned long long threshold = pk_threshold(cand, n, x.keep, h, prefix, remaining, done);
     pk_unit_state & s = pk_unit(a, u);
-    const unsigned int tag = s.tag;
     unsigned int * mark = a.mark + (long long) u * a.n;
     int * rows = a.rows + (long long) u * a.n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const unsigned long long key = cand[i];
-        if (key <= threshold && key != ~0ull) {
-            const int c = (int) (key & 0xFFFFFFFFull);
-            if (atomicExch(&mark[c], tag) != tag) rows[atomicAdd(&s.n_rows, 1)] = c;
-        }
+        if (key <= threshold) pk_take(mark, rows, s, s.tag, (int) (key & 0xFFFFFFFFull));
     }
 }
 

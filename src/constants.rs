@@ -59,6 +59,8 @@ pub const GPU_ATT_WARPS: usize = 4;
 pub const GPU_ENCODE_WARPS: usize = 4;
 /// Warps (one row each) per block of the gather kernel.
 pub const GPU_GATHER_WARPS: usize = 8;
+/// Warps (four shortlisted rows each) per block of the exact rescoring.
+pub const GPU_REFINE_WARPS: usize = 4;
 /// Threads of the one-block top-k selection.
 pub const GPU_TOPK_THREADS: usize = 1024;
 /// Most query heads per KV head the attention kernel takes at once.

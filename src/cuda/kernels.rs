@@ -4,7 +4,7 @@
 
 use crate::constants::{
     GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS,
-    GPU_MAX_GROUP, GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -21,6 +21,9 @@ pub const ATT_WARPS: u32 = GPU_ATT_WARPS as u32;
 pub const ENCODE_WARPS: u32 = GPU_ENCODE_WARPS as u32;
 pub const GATHER_WARPS: u32 = GPU_GATHER_WARPS as u32;
 pub const TOPK_THREADS: u32 = GPU_TOPK_THREADS as u32;
+pub const REFINE_WARPS: u32 = GPU_REFINE_WARPS as u32;
+/// Shortlisted rows per block of the exact rescoring: four per warp (8 lanes each).
+pub const REFINE_ROWS: usize = GPU_REFINE_WARPS * 4;
 pub const MAX_GROUP: usize = GPU_MAX_GROUP;
 
 /// Dynamic shared memory of the attention kernel for `heads` heads of dims dk, dv.
@@ -60,6 +63,21 @@ pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
 pub const SCAN_CHUNKS: Kernel = k("pk_scan_chunks");
 pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
 pub const TOPK: Kernel = k("pk_topk");
+
+/// Bytes between the key rows a warp of the exact rescoring stages: the row (`elem_bytes`
+/// per value) rounded up to 16, plus 32 so that its four rows' 8-lane groups start on
+/// distinct shared-memory banks.
+pub const fn refine_pitch(head_dim: usize, elem_bytes: usize) -> usize {
+    (head_dim * elem_bytes).div_ceil(16) * 16 + 32
+}
+
+/// Dynamic shared memory of the exact rescoring: the query, then every warp's four rows.
+pub const fn refine_smem(head_dim: usize, elem_bytes: usize) -> usize {
+    head_dim * 4 + REFINE_ROWS * refine_pitch(head_dim, elem_bytes)
+}
+
+pub const REFINE: Kernel = Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, 4) };
+pub const REFINE_PICK: Kernel = k("pk_refine_pick");
 pub const UNMARK: Kernel = k("pk_unmark");
 pub const ATTEND_PARTIAL: Kernel = Kernel {
     name: "pk_attend_partial",
@@ -82,6 +100,8 @@ pub const ALL_KERNELS: &[Kernel] = &[
     SCAN_CHUNKS,
     SELECT_RERANK,
     TOPK,
+    REFINE,
+    REFINE_PICK,
     UNMARK,
     ATTEND_PARTIAL,
     ATTEND_COMBINE,

@@ -2,8 +2,8 @@
 //! one token, with the query heads sharing it): the twin of `cache_step::attend_cache`.
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
-//! device-to-host read, so it can be captured in a CUDA graph. 12 launches plus 2 for the
-//! attention, whatever the number of units.
+//! device-to-host read, so it can be captured in a CUDA graph. 12 launches (14 when
+//! refining) plus 2 for the attention, whatever the number of units.
 
 use std::ffi::c_void;
 
@@ -457,6 +457,17 @@ fn search(
     launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
     marks.mark("candidates + rerank", stream)?;
     launch(module, TOPK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+    if params.refine > 1 {
+        // shortlists hold at most refine times a retrieval's share of top-k cells
+        let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
+        let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
+        let elem = layer.k_dtype.size();
+        let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
+        let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
+        let smem = refine_smem(shape.head_dim, elem) as u32;
+        launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+        launch(module, REFINE_PICK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+    }
     launch(module, UNMARK, cells, THREADS, 0, stream, &mut p)?;
     marks.mark("top-k + rows", stream)?;
     Ok(n_ret)
