@@ -94,24 +94,21 @@ fn constants_header() -> String {
         .unwrap();
     let tiers = TIER_FRACTIONS.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
     writeln!(h, "__constant__ const double PK_TIER_FRACTIONS[{N_TIERS}] = {{{tiers}}};").unwrap();
-    // The ratio table; the last row has no bound (usize::MAX), written as -1.
-    let rows: Vec<String> = REFERENCE_RATIOS
-        .iter()
-        .map(|&(below, cand, coll)| {
-            let below = if below == usize::MAX { -1 } else { below as i64 };
-            format!("{{{below}, {cand:?}, {coll:?}}}")
-        })
-        .collect();
+    // The ratio tables; the last row has no bound (usize::MAX), written as -1.
+    const _: () = assert!(REFERENCE_RATIOS.len() == TUNED_RATIOS.len());
     writeln!(h, "struct pk_ratio_row {{ long long below; double cand, coll; }};").unwrap();
-    writeln!(h, "#define PK_N_RATIO_ROWS {}", rows.len()).unwrap();
-    writeln!(
-        h,
-        "__constant__ const pk_ratio_row PK_REFERENCE_RATIOS[{}] = {{{}}};",
-        rows.len(),
-        rows.join(", ")
-    )
-    .unwrap();
-    writeln!(h, "#define PK_TUNED_RHO_COLL {TUNED_RHO_COLL:?}").unwrap();
+    writeln!(h, "#define PK_N_RATIO_ROWS {}", REFERENCE_RATIOS.len()).unwrap();
+    for (name, table) in [("PK_REFERENCE_RATIOS", &REFERENCE_RATIOS), ("PK_TUNED_RATIOS", &TUNED_RATIOS)] {
+        let rows: Vec<String> = table
+            .iter()
+            .map(|&(below, cand, coll)| {
+                let below = if below == usize::MAX { -1 } else { below as i64 };
+                format!("{{{below}, {cand:?}, {coll:?}}}")
+            })
+            .collect();
+        writeln!(h, "__constant__ const pk_ratio_row {name}[{}] = {{{}}};", rows.len(), rows.join(", "))
+            .unwrap();
+    }
     h
 }
 

@@ -115,11 +115,13 @@ __device__ __forceinline__ void pk_ratios(const pk_step_args & a, int n_zone, do
         coll = a.rho_coll;
         return;
     }
+    // 1: search::Ratios::reference, 2: search::Ratios::tuned
+    const pk_ratio_row * table = a.adaptive == 2 ? PK_TUNED_RATIOS : PK_REFERENCE_RATIOS;
     for (int i = 0; i < PK_N_RATIO_ROWS; ++i) {
-        const pk_ratio_row & row = PK_REFERENCE_RATIOS[i];
+        const pk_ratio_row & row = table[i];
         if (row.below < 0 || n_zone < row.below) {
             cand = row.cand;
-            coll = a.adaptive == 2 ? PK_TUNED_RHO_COLL : row.coll; // the tuned table (search::Ratios::tuned)
+            coll = row.coll;
             return;
         }
     }

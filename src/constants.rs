@@ -32,12 +32,22 @@ pub const THRESHOLDS: [f32; N_LEVELS - 1] =
 pub const REFERENCE_RATIOS: [(usize, f64, f64); 4] =
     [(5_000, 0.5, 0.5), (10_000, 0.25, 0.3), (30_000, 0.2, 0.25), (usize::MAX, 0.1, 0.2)];
 
-/// rho_coll of the tuned ratio table, chosen from measurements on real keys
-/// (docs/FIDELITY.md, issue 9): the reference's candidate shares by zone size (the same
-/// rerank work) with collision tiers over the whole zone. The widest tier costs nothing
-/// extra (every zone key is counted anyway) and on Gemma 3 270M's global layers lifts
-/// recall@256 by 0.04-0.13 at 16K-32K.
+/// rho_coll of the tuned ratio table: collision tiers over the whole zone. The widest tier
+/// costs nothing extra (every zone key is counted anyway) and on Gemma 3 270M's global
+/// layers lifts recall@256 by 0.04-0.13 at 16K-32K (docs/FIDELITY.md, issue 9).
 pub const TUNED_RHO_COLL: f64 = 1.0;
+
+/// The tuned ratio table (the default), rows as `REFERENCE_RATIOS`, chosen from
+/// measurements on real keys (docs/FIDELITY.md, issue 9): rho_coll `TUNED_RHO_COLL`, and
+/// candidate shares of 0.3 below 30K keys and 0.2 above (the reference's 0.25-0.2 and 0.1),
+/// which with centred keys and refine 2 keep recall@256 at 0.85-0.90 and the attention mass
+/// within 0.035 of exact on Gemma 3 270M at 13K-32K. Below 5K keys, the reference's 0.5.
+pub const TUNED_RATIOS: [(usize, f64, f64); 4] = [
+    (5_000, 0.5, TUNED_RHO_COLL),
+    (10_000, 0.3, TUNED_RHO_COLL),
+    (30_000, 0.3, TUNED_RHO_COLL),
+    (usize::MAX, 0.2, TUNED_RHO_COLL),
+];
 
 /// Most keys averaged into a KV head's key centre (the first ones of the first encode that
 /// sets it). Centring needs a rough mean only: on Gemma 3 270M 512 keys give 0.08 of the

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use crate::codebook::{centroid_order, centroid_scores};
-use crate::constants::{REFERENCE_RATIOS, TUNED_RHO_COLL};
+use crate::constants::{REFERENCE_RATIOS, TUNED_RATIOS};
 use crate::encode::{estimate, estimator_lut, Codes};
 use crate::error::{Error, Result};
 use crate::prefetch;
@@ -23,14 +23,19 @@ pub struct Ratios {
 impl Ratios {
     /// The reference implementation's table, by retrieval-zone size.
     pub fn reference(n_zone: usize) -> Ratios {
-        let last = &REFERENCE_RATIOS[REFERENCE_RATIOS.len() - 1];
-        let &(_, cand, coll) = REFERENCE_RATIOS.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(last);
-        Ratios { cand, coll }
+        Ratios::from_table(&REFERENCE_RATIOS, n_zone)
     }
 
-    /// The tuned table: the reference's rho_cand, rho_coll `constants::TUNED_RHO_COLL`.
+    /// The tuned table (`constants::TUNED_RATIOS`), by retrieval-zone size.
     pub fn tuned(n_zone: usize) -> Ratios {
-        Ratios { coll: TUNED_RHO_COLL, ..Ratios::reference(n_zone) }
+        Ratios::from_table(&TUNED_RATIOS, n_zone)
+    }
+
+    /// The first row of `table` whose bound is above `n_zone`, else its last.
+    fn from_table(table: &[(usize, f64, f64)], n_zone: usize) -> Ratios {
+        let last = &table[table.len() - 1];
+        let &(_, cand, coll) = table.iter().find(|&&(below, _, _)| n_zone < below).unwrap_or(last);
+        Ratios { cand, coll }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -48,7 +53,7 @@ impl Ratios {
 pub enum RatioPolicy {
     /// `Ratios::reference(N)` for zone size N (the paper's adaptive table).
     Adaptive,
-    /// `Ratios::tuned(N)`: the reference's candidate shares with rho_coll 1.
+    /// `Ratios::tuned(N)`: wider candidate shares than the reference's, rho_coll 1.
     Tuned,
     Fixed(Ratios),
 }
@@ -384,8 +389,10 @@ mod tests {
         assert_eq!(Ratios::reference(5_000), Ratios { cand: 0.25, coll: 0.3 });
         assert_eq!(Ratios::reference(29_999), Ratios { cand: 0.2, coll: 0.25 });
         assert_eq!(Ratios::reference(1 << 20), Ratios { cand: 0.1, coll: 0.2 });
-        assert_eq!(Ratios::tuned(29_999), Ratios { cand: 0.2, coll: 1.0 });
-        assert_eq!(Ratios::tuned(1 << 20), Ratios { cand: 0.1, coll: 1.0 });
+        assert_eq!(Ratios::tuned(4_999), Ratios { cand: 0.5, coll: 1.0 });
+        assert_eq!(Ratios::tuned(5_000), Ratios { cand: 0.3, coll: 1.0 });
+        assert_eq!(Ratios::tuned(29_999), Ratios { cand: 0.3, coll: 1.0 });
+        assert_eq!(Ratios::tuned(1 << 20), Ratios { cand: 0.2, coll: 1.0 });
         assert!(Ratios { cand: 0.0, coll: 0.5 }.validate().is_err());
         assert!(Ratios { cand: 0.5, coll: f64::NAN }.validate().is_err());
     }

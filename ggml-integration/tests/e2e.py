@@ -187,6 +187,15 @@ def test_state_restore(a):
     check(reused > 0, f"the restored cells were reused ({reused} cached tokens)")
     check(any(c["zone"] > 16 for c in calls), "retrieval (not full coverage) decided after the restore")
     check(restored["tokens"] == fresh, "80 tokens after the restore equal the uninterrupted run's (small top-k)")
+    # The same file restored by a new process: its key centres are unset, so the re-encode
+    # sets them from the restored keys. This prompt fits one ubatch, so when the occupied
+    # cells come first, in cell order, the centre is the one the first run computed from
+    # that ubatch, bit for bit (from the first 4096 cells, empty ones included, it was not).
+    with Server(a.bin, a.tiny, args, name="pk-restore-new") as s:
+        s.post("/slots/0?action=restore", {"filename": "pariskv-slot.bin"})
+        restored = s.completion(prompt, 80, cache_prompt=True)
+    check(restored.get("tokens_cached", 0) > 0 and restored["tokens"] == fresh,
+          "restored by a new process (centres from the restored keys): 80 tokens equal the uninterrupted run's")
 
 
 def test_fallbacks(a):
