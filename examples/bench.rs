@@ -1,6 +1,8 @@
 //! CPU benchmark, one thread, one KV head with a group of 4 query heads, d = 128, f16 K/V:
 //! encode throughput, the retrieval stages, ParisKV attend (retrieval + attention over
-//! sink ∪ top-k ∪ window) and dense attention over all N, in the same run.
+//! sink ∪ top-k ∪ window; the defaults with the group-mean and the per-head query, and
+//! per-head with the first defaults: refine 1, share 0.1) and dense attention over all N,
+//! in the same run.
 //!
 //!   cargo run --release --example bench -- [N ...]     (default: 32768 131072 1048576)
 
@@ -8,12 +10,13 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use pariskv::attention::{attend, AttnScratch};
+use pariskv::constants::TUNED_RHO_COLL;
 use pariskv::encode::{encode_rows, estimator_lut, CodeStore, EncodeScratch};
 use pariskv::gqa::GqaPolicy;
 use pariskv::rotation::Rotation;
 use pariskv::search::{
     candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets, tier_levels,
-    RatioPolicy, SearchScratch,
+    RatioPolicy, Ratios, SearchScratch,
 };
 use pariskv::shape::Shape;
 use pariskv::synth::{Rng, SynthCache, SynthSpec};
@@ -39,8 +42,8 @@ fn main() {
     let sizes: Vec<usize> =
         std::env::args().skip(1).map(|a| a.parse().expect("N must be a number")).collect();
     let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
-    println!("| N | encode keys/s | hist ms | tiers ms | collisions ms | candidates ms | rerank ms | search ms | ParisKV attend ms (mean) | dense ms | dense / ParisKV | ParisKV attend ms (per-head) | dense / per-head |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | encode keys/s | hist ms | tiers ms | collisions ms | candidates ms | rerank ms | search ms | ParisKV attend ms (mean) | dense ms | dense / ParisKV | ParisKV attend ms (per-head) | dense / per-head | per-head, first defaults ms | dense / first defaults |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         bench(n);
     }
@@ -100,6 +103,14 @@ fn bench(n: usize) {
     let mut per_head = Index::new(cfg.clone()).unwrap();
     per_head.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
     let t_per_head = time(reps, || per_head.attend(RowData::F32(&q), &mut out).unwrap());
+    // the defaults before issue 9's wider shares and refine: for zones of 30K keys and more
+    // the first tuned table is the share 0.1 with collision tiers over the whole zone
+    let mut first = cfg.clone();
+    first.refine = 1;
+    first.ratios = RatioPolicy::Fixed(Ratios { cand: 0.1, coll: TUNED_RHO_COLL });
+    let mut first_idx = Index::new(first).unwrap();
+    first_idx.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
+    let t_first = time(reps, || first_idx.attend(RowData::F32(&q), &mut out).unwrap());
     let all: Vec<u32> = (0..n as u32).collect();
     let (k, v) = (index.keys(0).unwrap(), index.values(0).unwrap());
     let mut scratch = AttnScratch::default();
@@ -107,7 +118,7 @@ fn bench(n: usize) {
 
     let ms = |t: f64| t * 1e3;
     println!(
-        "| {n} | {:.2e} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {:.2} | {:.1}x |",
+        "| {n} | {:.2e} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {:.2} | {:.1}x | {:.2} | {:.1}x |",
         n as f64 / t_encode,
         ms(t_hist),
         ms(t_tiers),
@@ -119,6 +130,8 @@ fn bench(n: usize) {
         ms(t_dense),
         t_dense / t_paris,
         ms(t_per_head),
-        t_dense / t_per_head
+        t_dense / t_per_head,
+        ms(t_first),
+        t_dense / t_first
     );
 }

@@ -188,9 +188,10 @@ def test_state_restore(a):
     check(any(c["zone"] > 16 for c in calls), "retrieval (not full coverage) decided after the restore")
     check(restored["tokens"] == fresh, "80 tokens after the restore equal the uninterrupted run's (small top-k)")
     # The same file restored by a new process: its key centres are unset, so the re-encode
-    # sets them from the restored keys. This prompt fits one ubatch, so when the occupied
-    # cells come first, in cell order, the centre is the one the first run computed from
-    # that ubatch, bit for bit (from the first 4096 cells, empty ones included, it was not).
+    # (of the occupied cells) sets them from the restored keys. This prompt fits one ubatch,
+    # so that is the mean the first run took from it (up to the last prompt token, which the
+    # server evaluates again), and the generation matches; a centre from the cache's first
+    # 4096 cells, empty ones included (the re-encode before), made it diverge.
     with Server(a.bin, a.tiny, args, name="pk-restore-new") as s:
         s.post("/slots/0?action=restore", {"filename": "pariskv-slot.bin"})
         restored = s.completion(prompt, 80, cache_prompt=True)
