@@ -40,8 +40,8 @@ pub const TUNED_RHO_COLL: f64 = 1.0;
 /// The tuned ratio table (the default), rows as `REFERENCE_RATIOS`, chosen from
 /// measurements on real keys (docs/FIDELITY.md, issue 9): rho_coll `TUNED_RHO_COLL`, and
 /// candidate shares of 0.3 below 30K keys and 0.2 above (the reference's 0.25-0.2 and 0.1),
-/// which with centred keys and refine 2 keep recall@256 at 0.85-0.90 and the attention mass
-/// within 0.035 of exact on Gemma 3 270M at 13K-32K. Below 5K keys, the reference's 0.5.
+/// which with centred keys and refine 2 keep recall@256 at 0.85-0.91 and the attention mass
+/// within 0.033 of exact on Gemma 3 270M at 13K-32K. Below 5K keys, the reference's 0.5.
 pub const TUNED_RATIOS: [(usize, f64, f64); 4] = [
     (5_000, 0.5, TUNED_RHO_COLL),
     (10_000, 0.3, TUNED_RHO_COLL),
