@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Applies patches/ to the pinned tree at $LLAMA_TREE, one commit per patch, in order.
+# Applies patches/ to the llama.cpp tree at $LLAMA_TREE (PARISKV_LLAMA, LLAMA_CPP_DIR: obtain.sh), one
+# commit per patch, in order, by three-way merge where a patch's context moved (git am -3).
 # Idempotent: a tree already carrying exactly this series is left alone. A tree with work
 # not yet exported to patches/ (see regen.sh) is never reset unless PARISKV_FORCE_RESET=1.
 source "$(dirname "$0")/common.sh"
@@ -31,9 +32,9 @@ tree_git reset -q --hard upstream
 tree_git clean -q -fd
 for p in "$REPO_ROOT"/patches/*.patch; do
     [ -e "$p" ] || continue
-    if ! tree_git am -q --keep-cr "$p"; then
+    if ! tree_git am -q -3 --keep-cr "$p"; then
         tree_git am --abort || true
-        die "patch $(basename "$p") does not apply to llama.cpp $LLAMA_CPP_COMMIT"
+        die "patch $(basename "$p") does not apply to $(tree_git log -1 --format=%s upstream) (docs/INTEGRATION.md: rebasing)"
     fi
     log "applied $(basename "$p")"
 done

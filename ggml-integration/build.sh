@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Obtains the pinned llama.cpp, applies patches/ and builds it with -DGGML_PARISKV=ON into
-# $PARISKV_WORK/build-cpu, or with PARISKV_CUDA=1 also -DGGML_CUDA=ON into
-# $PARISKV_WORK/build-cuda. Re-running rebuilds only what changed.
+# Obtains llama.cpp (the pinned tree; PARISKV_LLAMA=older the older one, see common.sh),
+# applies patches/ and builds it with -DGGML_PARISKV=ON into $PARISKV_WORK/build-cpu, or with
+# PARISKV_CUDA=1 also -DGGML_CUDA=ON into $PARISKV_WORK/build-cuda (for the older tree
+# build-cpu-older, build-cuda-older). Re-running rebuilds only what changed.
 #   ggml-integration/build.sh [target ...]     (default: the tools the README and tests use)
 # Environment: LLAMA_CPP_DIR (use your checkout of the pinned commit), PARISKV_JOBS,
 # PARISKV_CMAKE_ARGS (extra cmake arguments), PARISKV_DEV=1 (build the working tree as it
@@ -23,10 +24,10 @@ else
     "$REPO_ROOT/ggml-integration/apply.sh"
 fi
 
-build_dir=$PARISKV_WORK/build-cpu
+build_dir=$BUILD_CPU
 cuda=()
 if [ "${PARISKV_CUDA:-0}" = 1 ]; then
-    build_dir=$PARISKV_WORK/build-cuda
+    build_dir=$BUILD_CUDA
     nvcc=${CUDACXX:-$(command -v nvcc || true)}
     [ -n "$nvcc" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || nvcc=/usr/local/cuda/bin/nvcc
     [ -n "$nvcc" ] && [ -x "$nvcc" ] || die "PARISKV_CUDA=1 needs a CUDA toolkit (nvcc and cuBLAS): set CUDACXX or put nvcc on PATH"

@@ -6,21 +6,38 @@ set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PARISKV_WORK=${PARISKV_WORK:-$REPO_ROOT/build}
 
-# The pinned llama.cpp: the tree vendored in the llama-cpp-python 0.3.36 sdist.
-LLAMA_CPP_COMMIT=0c1e57098bba43ac29e6e3b677cdceebdd22334f
-SDIST_NAME=llama_cpp_python-0.3.36.tar.gz
-SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-SDIST_SPEC=llama-cpp-python==0.3.36
+log() { printf '[pariskv] %s\n' "$*" >&2; }
+die() { printf '[pariskv] error: %s\n' "$*" >&2; exit 1; }
 
-# The patched working tree, a git repository: tag `upstream` is the pinned tree, each
-# patch of patches/ one commit on top.
-LLAMA_TREE=$PARISKV_WORK/llama.cpp
+# The llama.cpp trees the integration is built and tested on, each the tree vendored in a
+# llama-cpp-python sdist on PyPI, checksum-verified. PARISKV_LLAMA picks one:
+#   pinned (default): llama-cpp-python 0.3.36, llama.cpp 0c1e570;
+#   older: llama-cpp-python 0.3.35, llama.cpp 4df29be, the newest release whose llama.cpp is
+#          at least six weeks older than the pinned one (docs/INTEGRATION.md): the same
+#          patches and sources build and pass the tests on it.
+PINNED_COMMIT=0c1e57098bba43ac29e6e3b677cdceebdd22334f
+PINNED_SDIST_VERSION=0.3.36
+PINNED_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+PARISKV_LLAMA=${PARISKV_LLAMA:-pinned}
+case "$PARISKV_LLAMA" in
+    pinned)
+        LLAMA_CPP_COMMIT=$PINNED_COMMIT SDIST_VERSION=$PINNED_SDIST_VERSION SDIST_SHA256=$PINNED_SDIST_SHA256
+        TREE_SUFFIX="" ;;
+    older)
+        LLAMA_CPP_COMMIT=4df29be4f4c3673f428170fda944a5b19f743bb8 SDIST_VERSION=0.3.35
+        SDIST_SHA256=1139dbb54509074b70893fab8554e3b079aa9f4d312058ce4018ef0019e3de12
+        TREE_SUFFIX="-older" ;;
+    *) die "PARISKV_LLAMA=$PARISKV_LLAMA: pinned or older" ;;
+esac
+
+# The patched working tree, a git repository: tag `upstream` is the unpatched tree, each
+# patch of patches/ one commit on top. Build directories per tree and backend.
+LLAMA_TREE=$PARISKV_WORK/llama.cpp$TREE_SUFFIX
+BUILD_CPU=$PARISKV_WORK/build-cpu$TREE_SUFFIX
+BUILD_CUDA=$PARISKV_WORK/build-cuda$TREE_SUFFIX
 # Python tools (cmake, ninja, gguf, the test model), pinned.
 VENV=$PARISKV_WORK/venv
 PY_TOOLS="cmake==4.4.5 ninja==1.13.2 gguf==0.18.0 numpy==2.3.5"
-
-log() { printf '[pariskv] %s\n' "$*" >&2; }
-die() { printf '[pariskv] error: %s\n' "$*" >&2; exit 1; }
 
 # Creates the tools venv once; later calls only check it.
 ensure_venv() {

@@ -16,7 +16,7 @@ printf '#include "ggml-rpc.h"\nint main() { return 0; }\n' | c++ -std=c++17 -fsy
 log "op-level test: ggml ops vs the pariskv library, exact dense attention and flash_attn_ext"
 op_test=$PARISKV_WORK/test-pariskv-op
 c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/tests/test-pariskv-op.cpp" \
-    -I "$LLAMA_TREE/ggml/include" -I "$REPO_ROOT/include" \
+    -I "$LLAMA_TREE/ggml/include" -I "$REPO_ROOT/include" -I "$REPO_ROOT/ggml-integration/src/ggml" \
     -L "$bin" -lggml -lggml-base -lggml-cpu -Wl,-rpath,"$bin"
 "$op_test"
 
@@ -26,7 +26,7 @@ c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/test
 # A C++ tool of ggml-integration/tools/ linked against the patched libllama: $1 its name.
 llama_tool() {
     c++ -std=c++17 -O2 -Wall -Wextra -o "$PARISKV_WORK/$1" "$REPO_ROOT/ggml-integration/tools/$1.cpp" \
-        -I "$LLAMA_TREE/include" -I "$LLAMA_TREE/ggml/include" \
+        -I "$LLAMA_TREE/include" -I "$LLAMA_TREE/ggml/include" -I "$REPO_ROOT/include" \
         -L "$bin" -lllama -lggml -lggml-base -Wl,-rpath,"$bin"
 }
 

@@ -17,6 +17,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+// Number of `int32_t` op parameters of an attention step (`pariskv_op_params_pack`).
+#define PARISKV_OP_PARAMS 9
+
 // Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
 // cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 #define PARISKV_DEFAULT_SEED 5782993871403963953
@@ -107,6 +110,29 @@ enum pariskv_gqa
 typedef enum pariskv_gqa pariskv_gqa;
 #else
 typedef uint32_t pariskv_gqa;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// What values a setting takes (`pariskv_setting_info.kind`).
+enum pariskv_setting_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // A whole number.
+  PARISKV_SETTING_COUNT = 0,
+  // One of the words of `values`, separated by `|`.
+  PARISKV_SETTING_CHOICE = 1,
+  // `on` or `off`, given as a flag of its own (`--pariskv-offload`, `--no-pariskv-offload`).
+  PARISKV_SETTING_SWITCH = 2,
+  // A number in [0, 1].
+  PARISKV_SETTING_SHARE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pariskv_setting_kind pariskv_setting_kind;
+#else
+typedef uint32_t pariskv_setting_kind;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -319,6 +345,46 @@ typedef struct pariskv_cuda_layer {
   int64_t out_head_stride;
 } pariskv_cuda_layer;
 
+// What an engine that keeps its own KV cache lets its users set (llama.cpp's
+// `--pariskv-*` flags). `pariskv_settings_init` fills the defaults; the text form
+// (`pariskv_settings_parse`, `pariskv_settings_format`) names each field by its key.
+typedef struct pariskv_settings {
+  // `topk`: keys retrieved per KV head and decode step; 0 = off.
+  uint32_t top_k;
+  // `sink`: first positions of a sequence always attended.
+  uint32_t n_sink;
+  // `window`: last positions of a sequence always attended.
+  uint32_t n_window;
+  // `dense-threshold`: caches of fewer cells stay dense; 0 = automatic
+  // (`pariskv_settings_dense_threshold`).
+  uint32_t dense_threshold;
+  // `gqa`: how query heads sharing a KV head choose its rows (`pariskv_gqa`).
+  pariskv_gqa gqa;
+  // `ratios`: PARISKV_RATIOS_TUNED or PARISKV_RATIOS_REFERENCE.
+  pariskv_ratios ratios;
+  // `refine`: exact rescoring of each retrieval's `refine * top_k` best estimates, 1..64
+  // (1 = off).
+  uint32_t refine;
+  // `candidates`: share of the zone reranked at every zone size, in (0, 1], with the
+  // tuned collision tiers; 0 = the ratio table's.
+  float candidates;
+  // `center`: 1 = keys indexed minus their KV head's centre, 0 = as they are.
+  uint32_t center;
+  // `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
+  uint32_t offload;
+} pariskv_settings;
+
+// One setting, for flag parsers and help: static strings, never freed.
+typedef struct pariskv_setting_info {
+  // Its key in the text form (llama.cpp's flag is `--pariskv-<key>`).
+  const char *key;
+  // Its values: `N`, `F` or the words of a choice (`per-head|mean`).
+  const char *values;
+  // What it does, in lines of at most 100 characters.
+  const char *help;
+  pariskv_setting_kind kind;
+} pariskv_setting_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -485,6 +551,66 @@ enum pariskv_status pariskv_cuda_step_stats(const struct pariskv_cuda_step *step
                                             struct pariskv_step_stats *out,
                                             size_t n_out,
                                             size_t *n_written);
+
+// Fills `out` with the defaults (ParisKV off: top-k 0).
+enum pariskv_status pariskv_settings_init(struct pariskv_settings *out);
+
+// Sets `*out` to the defaults with the items of `text` applied in order: `key=value`
+// separated by commas (`"topk=256,window=64,gqa=mean"`; "" = the defaults). Numbers are
+// whole decimal strings; an unknown key, a value out of range or trailing characters are
+// errors naming the item. `*out` is untouched on error.
+enum pariskv_status pariskv_settings_parse(const char *text, struct pariskv_settings *out);
+
+// Sets the setting `key` of `settings` from its text `value`, checked as
+// `pariskv_settings_parse` checks it; `settings` is untouched on error.
+enum pariskv_status pariskv_settings_set(struct pariskv_settings *settings,
+                                         const char *key,
+                                         const char *value);
+
+// The text form of `settings` (the items that differ from the defaults, "" for none) into
+// `buf` of `size` bytes, NUL-terminated; `*len` = its length, also when `buf` is too small
+// (an error then).
+enum pariskv_status pariskv_settings_format(const struct pariskv_settings *settings,
+                                            char *buf,
+                                            size_t size,
+                                            size_t *len);
+
+// The text of the setting `key` of `settings` (`"256"`, `"mean"`, `"on"`), as
+// `pariskv_settings_format` writes text.
+enum pariskv_status pariskv_settings_value(const struct pariskv_settings *settings,
+                                           const char *key,
+                                           char *buf,
+                                           size_t size,
+                                           size_t *len);
+
+// `*out` = the number of settings (`pariskv_setting_describe` takes 0 .. n - 1).
+enum pariskv_status pariskv_setting_count(uint32_t *out);
+
+// Describes setting `i`, in the order help lists them.
+enum pariskv_status pariskv_setting_describe(uint32_t i, struct pariskv_setting_info *out);
+
+// `*out` = the number of cells from which a cache is attended with ParisKV: the explicit
+// `dense_threshold`, or sink + window + 2 top-k when it is 0, and never below sink +
+// window + top-k (below that every visible cell is attended anyway). Computed without
+// overflow.
+enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settings *settings,
+                                                     uint64_t *out);
+
+// Packs the op parameters of an attention step: `settings` (top-k > 0) with the
+// attention `scale` and logit `softcap` (0 = off) into `out[0..PARISKV_OP_PARAMS]`.
+enum pariskv_status pariskv_op_params_pack(const struct pariskv_settings *settings,
+                                           float scale,
+                                           float softcap,
+                                           int32_t *out);
+
+// The decode step that op parameters packed by `pariskv_op_params_pack` describe, for
+// keys of `head_dim` and values of `v_dim` elements and `n_heads` query heads per KV head:
+// fills `*out` for `pariskv_attend_cache` and `pariskv_cuda_step_run`.
+enum pariskv_status pariskv_op_params_step(const int32_t *params,
+                                           uint32_t head_dim,
+                                           uint32_t v_dim,
+                                           uint32_t n_heads,
+                                           struct pariskv_step *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -29,6 +29,7 @@ pub mod rank;
 pub mod rotation;
 pub mod rows;
 pub mod search;
+pub mod settings;
 pub mod shape;
 pub mod synth;
 

@@ -304,8 +304,11 @@ def main():
     ap.add_argument("--only", help="comma-separated test names to run")
     ap.add_argument("--server-args", default="", help="arguments added to every llama-server, e.g. '-ngl 99' "
                     "to run the tests on a GPU build (the KV cache, index and ops on the GPU)")
+    ap.add_argument("--record", help="append every completion (server, arguments, prompt, tokens) to this "
+                    "JSON Lines file, to compare two builds' outputs")
     a = ap.parse_args()
     server.EXTRA_ARGS = shlex.split(a.server_args)
+    server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
              test_state_restore, test_fallbacks, test_flags, test_offload] + ([test_gemma_passkey] if a.gemma else [])
     only = set(a.only.split(",")) if a.only else None

@@ -9,7 +9,7 @@
 
 #include "ggml.h"
 #include "ggml-cpu.h"
-#include "pariskv.h"
+#include "ggml-pariskv.h"
 
 #include <cmath>
 #include <cstdio>
@@ -26,7 +26,7 @@ struct test_case {
     int32_t top_k, n_sink, n_local;
     bool interleaved; // two sequences sharing one stream, cells alternating between them
     int32_t gqa_mean; // 1: one retrieval with the group-mean query, 0: per query head
-    int32_t ratios = 0; // ggml_pariskv_attn_set_retrieval: 1 the reference's table, 0 the default (tuned)
+    int32_t ratios = 0; // 1 the reference's table, 0 the default (tuned)
     int32_t refine = 0; // exact rescoring factor, 0 the library's default
     bool center = true; // keys encoded minus their KV head's centre (set by the encode op)
     float candidates = 0.0f; // a fixed candidate share replacing the ratio table, 0 the table
@@ -144,11 +144,17 @@ static void run(const test_case & tc) {
     ggml_tensor * v_view = ggml_view_4d(ctx, v_store, D, HKV, tc.n_kv, S, v_store->nb[0]*D, v_store->nb[1], v_store->nb[2], 0);
     ggml_tensor * enc = ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights, centers);
     const float scale = 1.0f/sqrtf((float) D);
-    ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights,
-                                          scale, 0.0f, tc.top_k, tc.n_sink, tc.n_local, tc.gqa_mean);
-    if (tc.ratios || tc.refine || tc.candidates > 0.0f) {
-        ggml_pariskv_attn_set_retrieval(out, tc.ratios, tc.refine, tc.candidates);
-    }
+    // the op's settings as llama.cpp passes them; the reference below builds its step itself
+    pariskv_settings settings;
+    GGML_ASSERT(pariskv_settings_init(&settings) == PARISKV_OK);
+    settings.top_k      = (uint32_t) tc.top_k;
+    settings.n_sink     = (uint32_t) tc.n_sink;
+    settings.n_window   = (uint32_t) tc.n_local;
+    settings.gqa        = tc.gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
+    settings.ratios     = tc.ratios == 1 ? PARISKV_RATIOS_REFERENCE : PARISKV_RATIOS_TUNED;
+    settings.refine     = tc.refine > 0 ? (uint32_t) tc.refine : settings.refine;
+    settings.candidates = tc.candidates;
+    ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights, &settings, scale, 0.0f);
 
     // dense flash attention on the same inputs, for the full-coverage comparison
     ggml_tensor * qp = ggml_permute(ctx, ggml_view_4d(ctx, q, D, H, tc.n_tps, S, q->nb[1], q->nb[2], q->nb[2]*tc.n_tps, 0), 0, 2, 1, 3);

@@ -14,6 +14,7 @@
 // the mean KL over each quarter of the decoded span.
 
 #include "llama.h"
+#include "pariskv.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,9 +28,9 @@
 
 struct options {
     std::string model, text, json;
-    int max_tokens = 8192, prefill = 2048, sink = 4, window = 512, threads = 4, gqa = 0;
-    int ratios = 0, refine = 0, center = 0;  // 0: the library's defaults (center 1: keys as they are)
-    float candidates = 0.0f;                 // a fixed candidate share, 0: the ratio table
+    int max_tokens = 8192, prefill = 2048, threads = 4;
+    std::string settings; // ParisKV settings other than top-k, "key=value,..."
+    pariskv_settings parsed;
     std::vector<int> topk = { 256, 1024 };
 };
 
@@ -50,25 +51,11 @@ static options parse(int argc, char ** argv) {
         else if (a == "-f") o.text = v;
         else if (a == "-n") o.max_tokens = atoi(v.c_str());
         else if (a == "--prefill") o.prefill = atoi(v.c_str());
-        else if (a == "--sink") o.sink = atoi(v.c_str());
-        else if (a == "--window") o.window = atoi(v.c_str());
         else if (a == "-t") o.threads = atoi(v.c_str());
         else if (a == "--json") o.json = v;
-        else if (a == "--gqa") {
-            if (v != "per-head" && v != "mean") usage();
-            o.gqa = v == "mean";
-        } else if (a == "--ratios") {
-            if (v != "tuned" && v != "reference") usage();
-            o.ratios = v == "reference";
-        } else if (a == "--candidates") {
-            o.candidates = (float) atof(v.c_str());
-            if (!(o.candidates > 0.0f && o.candidates <= 1.0f)) usage();
-        } else if (a == "--center") {
-            if (v != "on" && v != "off") usage();
-            o.center = v == "off";
-        } else if (a == "--refine") {
-            o.refine = atoi(v.c_str());
-            if (o.refine < 1 || o.refine > 64) usage();
+        else if (a == "--sink" || a == "--window" || a == "--gqa" || a == "--ratios" || a == "--candidates" ||
+                 a == "--center" || a == "--refine") {
+            o.settings += (o.settings.empty() ? "" : ",") + a.substr(2) + "=" + v;
         } else if (a == "--topk") {
             o.topk.clear();
             std::stringstream ss(v);
@@ -78,6 +65,10 @@ static options parse(int argc, char ** argv) {
     if (o.model.empty() || o.text.empty() || o.prefill < 1 || o.max_tokens <= o.prefill || o.topk.empty()) usage();
     for (int k : o.topk) {
         if (k < 1) usage();
+    }
+    if (pariskv_settings_parse(o.settings.c_str(), &o.parsed) != PARISKV_OK) {
+        fprintf(stderr, "kl-vs-dense: %s\n", pariskv_last_error());
+        exit(2);
     }
     return o;
 }
@@ -103,17 +94,11 @@ static llama_context * make_context(llama_model * model, const options & o, int 
     cp.n_batch = cp.n_ubatch = 512;
     cp.n_threads = cp.n_threads_batch = o.threads;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
-    cp.pariskv_topk = topk;
-    cp.pariskv_sink = o.sink;
-    cp.pariskv_window = o.window;
-    cp.pariskv_gqa = o.gqa;
-    cp.pariskv_ratios = o.ratios;
-    cp.pariskv_refine = o.refine;
-    cp.pariskv_center = o.center;
-    cp.pariskv_candidates = o.candidates;
+    const std::string settings = "topk=" + std::to_string(topk) + (o.settings.empty() ? "" : "," + o.settings);
+    cp.pariskv = settings.c_str();
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {
-        fprintf(stderr, "kl-vs-dense: cannot create a context (top-k %d)\n", topk);
+        fprintf(stderr, "kl-vs-dense: cannot create a context (ParisKV settings '%s')\n", settings.c_str());
         exit(1);
     }
     return ctx;
@@ -211,11 +196,12 @@ int main(int argc, char ** argv) {
         mean /= x.size();
         const double p99 = sorted[std::min(sorted.size() - 1, (size_t) (0.99*sorted.size()))];
         const double agreement = (double) agree[ki]/x.size();
-        const char * gqa = o.gqa ? "mean" : "per-head";
+        const pariskv_settings & p = o.parsed;
+        const char * gqa = p.gqa == PARISKV_GQA_MEAN ? "mean" : "per-head";
         printf("%-6d %-9s %10.3e %10.3e %10.3e %8.2f%% |", o.topk[ki], gqa, mean, p99, sorted.back(), 100.0*agreement);
         json << (ki ? ",\n " : "\n ") << "{\"topk\": " << o.topk[ki] << ", \"gqa\": \"" << gqa << "\", \"tokens\": " << n
-             << ", \"ratios\": \"" << (o.ratios ? "reference" : "tuned") << "\", \"refine\": " << o.refine
-             << ", \"center\": " << (o.center ? "false" : "true") << ", \"candidates\": " << o.candidates
+             << ", \"ratios\": \"" << (p.ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned") << "\", \"refine\": "
+             << p.refine << ", \"center\": " << (p.center ? "true" : "false") << ", \"candidates\": " << p.candidates
              << ", \"prefill\": " << o.prefill << ", \"mean_kl\": " << mean << ", \"p99_kl\": " << p99
              << ", \"max_kl\": " << sorted.back() << ", \"greedy_agreement\": " << agreement << ", \"quarters\": [";
         for (int q = 0; q < 4; ++q) {

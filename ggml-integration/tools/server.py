@@ -14,6 +14,10 @@ LOG_DIR = tempfile.mkdtemp(prefix="pariskv-")
 # Arguments added to every server (e.g. ["-ngl", "99"] to run the tests on a GPU build).
 EXTRA_ARGS = []
 
+# A JSON Lines file that every /completion request and its tokens are appended to, or None:
+# two runs' records compare whole outputs (e2e.py --record).
+RECORD = None
+
 
 def free_port():
     with socket.socket() as s:
@@ -25,6 +29,7 @@ class Server:
     """A llama-server process on loopback; its log is kept for checks."""
 
     def __init__(self, bin_dir, model, args, env=None, name="server"):
+        self.name, self.args = name, [os.path.basename(model), *args]
         self.port = free_port()
         self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
         cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1",
@@ -56,7 +61,12 @@ class Server:
         """The whole greedy /completion response (tokens, content, timings, ...)."""
         body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0.0, "top_k": 1,
                 "seed": 1, "return_tokens": True, "cache_prompt": False, **extra}
-        return self.post("/completion", body)
+        res = self.post("/completion", body)
+        if RECORD:
+            with open(RECORD, "a") as f:
+                f.write(json.dumps({"server": self.name, "args": self.args, "prompt": prompt,
+                                    "n_predict": n_predict, "tokens": res["tokens"]}) + "\n")
+        return res
 
     def complete(self, prompt, n_predict, **extra):
         """Greedy completion: (token ids, text)."""

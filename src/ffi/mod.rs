@@ -14,6 +14,7 @@ mod boundary;
 pub mod cache;
 mod config;
 pub mod cuda;
+pub mod settings;
 pub mod types;
 
 use std::collections::HashMap;

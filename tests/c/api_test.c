@@ -526,6 +526,77 @@ int main(void) {
         for (int t = 0; t < T; t++) pariskv_index_free(t == 1 ? NULL : own[t]);
     }
 
+    /* Engine settings: the text form, one setting at a time, the table, the threshold, op params. */
+    {
+        pariskv_settings ps, back;
+        char text[256];
+        size_t tlen = 0;
+        CHECK(pariskv_settings_init(&ps) == PARISKV_OK && ps.top_k == 0 && ps.n_sink == 4 && ps.n_window == 512 &&
+                  ps.refine == PARISKV_DEFAULT_REFINE && ps.center == 1 && ps.offload == 0 &&
+                  ps.ratios == PARISKV_RATIOS_TUNED && ps.gqa == PARISKV_GQA_PER_HEAD,
+              "settings defaults");
+        CHECK(pariskv_settings_format(&ps, text, sizeof(text), &tlen) == PARISKV_OK && tlen == 0 && text[0] == 0,
+              "defaults format as \"\": '%s'", text);
+        CHECK(pariskv_settings_parse("topk=256,window=64,gqa=mean,center=off,candidates=0.25", &ps) == PARISKV_OK &&
+                  ps.top_k == 256 && ps.n_window == 64 && ps.gqa == PARISKV_GQA_MEAN && ps.center == 0 &&
+                  ps.candidates == 0.25f,
+              "parse: %s", pariskv_last_error());
+        CHECK(pariskv_settings_set(&ps, "refine", "3") == PARISKV_OK && ps.refine == 3, "set refine");
+        CHECK(pariskv_settings_format(&ps, text, sizeof(text), &tlen) == PARISKV_OK &&
+                  pariskv_settings_parse(text, &back) == PARISKV_OK && memcmp(&ps, &back, sizeof(ps)) == 0,
+              "format then parse gives the settings back: '%s'", text);
+        char value[16];
+        size_t vlen = 0;
+        CHECK(pariskv_settings_value(&ps, "gqa", value, sizeof(value), &vlen) == PARISKV_OK && strcmp(value, "mean") == 0,
+              "value of gqa: '%s'", value);
+        uint64_t threshold = 0;
+        CHECK(pariskv_settings_dense_threshold(&ps, &threshold) == PARISKV_OK && threshold == 4 + 64 + 2 * 256,
+              "dense threshold %llu", (unsigned long long)threshold);
+        uint32_t n_settings = 0;
+        pariskv_setting_info info;
+        CHECK(pariskv_setting_count(&n_settings) == PARISKV_OK && n_settings >= 10 &&
+                  pariskv_setting_describe(0, &info) == PARISKV_OK && strcmp(info.key, "topk") == 0 &&
+                  info.kind == PARISKV_SETTING_COUNT && strlen(info.help) > 20,
+              "the settings table: %u settings", n_settings);
+        int32_t op[PARISKV_OP_PARAMS];
+        pariskv_step step;
+        CHECK(pariskv_op_params_pack(&ps, 0.125f, 30.0f, op) == PARISKV_OK &&
+                  pariskv_op_params_step(op, 128, 128, 4, &step) == PARISKV_OK && step.top_k == 256 &&
+                  step.n_local == 64 && step.refine == 3 && step.gqa_policy == PARISKV_GQA_MEAN &&
+                  step.ratio_table == PARISKV_RATIOS_FIXED && step.rho_cand == 0.25 && step.scale == 0.125f &&
+                  step.softcap == 30.0f && step.n_heads == 4 && step.seed == PARISKV_DEFAULT_SEED,
+              "op params round trip: %s", pariskv_last_error());
+
+        back = ps;
+        expect_error("settings parse: top-k '1e3'", pariskv_settings_parse("topk=1e3", &back),
+                     PARISKV_ERR_INVALID_ARGUMENT, "not a whole number");
+        CHECK(memcmp(&back, &ps, sizeof(ps)) == 0, "a failed parse leaves the settings untouched");
+        expect_error("settings parse: window 2147483648", pariskv_settings_parse("window=2147483648", &back),
+                     PARISKV_ERR_INVALID_ARGUMENT, "out of range");
+        expect_error("settings parse: unknown key", pariskv_settings_parse("speed=max", &back),
+                     PARISKV_ERR_INVALID_ARGUMENT, "no setting 'speed'");
+        expect_error("settings set: refine 0", pariskv_settings_set(&back, "refine", "0"),
+                     PARISKV_ERR_INVALID_ARGUMENT, "out of range 1..=64");
+        expect_error("settings set: gqa 'both'", pariskv_settings_set(&back, "gqa", "both"),
+                     PARISKV_ERR_INVALID_ARGUMENT, "per-head or mean");
+        expect_error("settings format: buffer too small", pariskv_settings_format(&ps, text, 4, &tlen),
+                     PARISKV_ERR_INVALID_ARGUMENT, "too small");
+        CHECK(tlen > 4, "the needed length is reported: %zu", tlen);
+        pariskv_settings odd = ps;
+        odd.ratios = PARISKV_RATIOS_FIXED;
+        expect_error("settings: ratios FIXED", pariskv_settings_dense_threshold(&odd, &threshold),
+                     PARISKV_ERR_INVALID_ARGUMENT, "candidates");
+        odd = ps;
+        odd.top_k = 0;
+        expect_error("op params: top-k 0", pariskv_op_params_pack(&odd, 1.0f, 0.0f, op), PARISKV_ERR_INVALID_ARGUMENT,
+                     "at least one key");
+        op[5] = 7;
+        expect_error("op params: GQA policy 7", pariskv_op_params_step(op, 128, 128, 4, &step),
+                     PARISKV_ERR_INVALID_ARGUMENT, "0 or 1");
+        expect_error("setting describe: past the end", pariskv_setting_describe(n_settings, &info),
+                     PARISKV_ERR_INVALID_ARGUMENT, "settings)");
+    }
+
     /* The index still works after all of that. */
     CHECK(pariskv_index_search(ix, PARISKV_F32, q, 300, pos, count) == PARISKV_OK && pos[300] == 1234, "index intact");
 

@@ -1,0 +1,60 @@
+#pragma once
+
+// ParisKV in llama.cpp's common library and tools (GGML_PARISKV=ON): the --pariskv-* flags
+// and llama-bench's parameters, one per setting of the pariskv library (pariskv.h), which
+// defines, checks and documents every setting. The flags write the settings text
+// (common_params.pariskv, "topk=256,window=64") that becomes llama_context_params.pariskv.
+
+#include "arg.h"
+#include "pariskv.h"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+// registers --pariskv-<key> (env LLAMA_ARG_PARISKV_<KEY>) for every setting, for the tools
+// that decode long contexts
+void common_pariskv_add_args(const std::function<void(common_arg)> & add_opt);
+
+// llama-bench: --pariskv-<key> v1,v2,... for every setting (-pkt and -pko for topk and
+// offload), swept like llama-bench's own parameters; a column pariskv_<key> each
+struct llama_bench_pariskv {
+    // values given per setting, in the library's order; empty: the default
+    std::vector<std::vector<std::string>> values;
+
+    // parses argv[i] and its value if it is one of ours (then advances i); false otherwise.
+    // A bad value sets invalid.
+    bool parse(int argc, char ** argv, int & i, bool & invalid);
+
+    // every combination of the given values, as settings texts
+    std::vector<std::string> settings() const;
+
+    // the fields given on the command line (a markdown table shows those)
+    std::vector<std::string> given_fields() const;
+
+    static void print_usage();
+
+    // "pariskv_topk", ... in the library's order
+    static const std::vector<std::string> & fields();
+
+    // the value of a field in a settings text, as llama-bench prints it (switches as 0/1)
+    static std::string value(const std::string & settings, const std::string & field);
+
+    // the field's type among llama-bench's (count: integer, share: float, switch: bool)
+    template <typename T> static T field_type(const std::string & field, T string, T boolean, T integer, T real) {
+        switch (kind(field)) {
+            case PARISKV_SETTING_COUNT:  return integer;
+            case PARISKV_SETTING_SWITCH: return boolean;
+            case PARISKV_SETTING_SHARE:  return real;
+            default:                     return string;
+        }
+    }
+
+    // the markdown column of a field: pkt, pko, or the field's name
+    static std::string display_name(const std::string & field);
+
+    static bool is_field(const std::string & field);
+
+private:
+    static pariskv_setting_kind kind(const std::string & field);
+};

@@ -1,0 +1,162 @@
+// ParisKV ops on the CPU backend: the work is split over the ggml thread pool and done by
+// the pariskv library, one call per stream and KV head (encode) or per token and KV head
+// (attention). GGML_PARISKV_STATS=1 logs what each attention call did.
+
+#include "ggml-pariskv.h"
+
+#include "ggml-cpu-impl.h"
+#include "ggml-impl.h"
+#include "ops.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+static pariskv_dtype pariskv_dtype_of(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_F32:  return PARISKV_F32;
+        case GGML_TYPE_F16:  return PARISKV_F16;
+        case GGML_TYPE_BF16: return PARISKV_BF16;
+        default: GGML_ABORT("pariskv: unsupported type %s", ggml_type_name(type));
+    }
+}
+
+static void pariskv_check(pariskv_status status, const char * what) {
+    if (status != PARISKV_OK) {
+        GGML_ABORT("pariskv: %s failed: %s", what, pariskv_last_error());
+    }
+}
+
+// the index of KV head h of stream s
+static pariskv_codes pariskv_codes_of(const ggml_tensor * codes, const ggml_tensor * nibbles,
+                                      const ggml_tensor * weights, int64_t s, int64_t h) {
+    pariskv_codes c;
+    c.codes   = (uint8_t  *) codes->data   + s*codes->nb[3]   + h*codes->nb[2];
+    c.nibbles = (uint8_t  *) nibbles->data + s*nibbles->nb[3] + h*nibbles->nb[2];
+    c.weights = (uint16_t *) ((char *) weights->data + s*weights->nb[3] + h*weights->nb[2]);
+    c.n_cells = (size_t) codes->ne[1];
+    return c;
+}
+
+static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * params, ggml_tensor * dst) {
+    const ggml_tensor * k       = dst->src[0];
+    const ggml_tensor * idxs    = dst->src[1];
+    const ggml_tensor * codes   = dst->src[2];
+    const ggml_tensor * nibbles = dst->src[3];
+    const ggml_tensor * weights = dst->src[4];
+    const ggml_tensor * centers = dst->src[5];
+
+    const int64_t n_cells   = codes->ne[1];
+    const int64_t n_head_kv = codes->ne[2];
+    const int64_t n_stream  = codes->ne[3];
+    const int64_t head_dim  = k->ne[0]/n_head_kv;
+    const pariskv_dtype dtype = pariskv_dtype_of(k->type);
+
+    // key centres not set yet are set from all the written cells (by one thread) first
+    const int64_t * all = (const int64_t *) idxs->data;
+    if (centers) {
+        if (params->ith == 0) {
+            for (int64_t h = 0; h < n_head_kv; ++h) {
+                const char * keys = (const char *) k->data + h*head_dim*ggml_type_size(k->type);
+                pariskv_check(pariskv_center_init((uint32_t) head_dim, dtype, keys, k->nb[1], (size_t) (n_cells*n_stream),
+                                                  all, (size_t) ggml_nelements(idxs), (float *) centers->data + h*centers->ne[0]),
+                              "key centre");
+            }
+        }
+        ggml_barrier(params->threadpool);
+    }
+
+    // this thread's share of the written cells
+    const int64_t n  = ggml_nelements(idxs);
+    const int64_t dr = (n + params->nth - 1)/params->nth;
+    const int64_t i0 = std::min(n, dr*params->ith);
+    const int64_t i1 = std::min(n, i0 + dr);
+
+    thread_local std::vector<int64_t> cells;
+
+    for (int64_t s = 0; s < n_stream; ++s) {
+        cells.clear();
+        for (int64_t i = i0; i < i1; ++i) {
+            GGML_ASSERT(all[i] >= 0 && all[i] < n_cells*n_stream);
+            if (all[i]/n_cells == s) {
+                cells.push_back(all[i] % n_cells);
+            }
+        }
+        if (cells.empty()) {
+            continue;
+        }
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, s, h);
+            const char * keys = (const char *) k->data + (s*n_cells)*k->nb[1] + h*head_dim*ggml_type_size(k->type);
+            const float * center = centers ? (const float *) centers->data + h*centers->ne[0] : nullptr;
+            pariskv_check(pariskv_encode_cells((uint32_t) head_dim, PARISKV_DEFAULT_SEED, dtype,
+                                               keys, k->nb[1], cells.data(), cells.size(), center, &c),
+                          "encode");
+        }
+    }
+}
+
+static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params, ggml_tensor * dst) {
+    const ggml_tensor * q       = dst->src[0];
+    const ggml_tensor * k       = dst->src[1];
+    const ggml_tensor * v       = dst->src[2];
+    const ggml_tensor * mask    = dst->src[3];
+    const ggml_tensor * pos     = dst->src[4];
+    const ggml_tensor * codes   = dst->src[5];
+    const ggml_tensor * nibbles = dst->src[6];
+    const ggml_tensor * weights = dst->src[7];
+
+    const int64_t n_head_kv = k->ne[1];
+    const int64_t n_kv      = k->ne[2];
+    const int64_t n_stream  = k->ne[3];
+    const int64_t n_tokens  = q->ne[2];
+    const int64_t n_tps     = n_tokens/n_stream;
+    const int64_t group     = q->ne[1]/n_head_kv;
+
+    pariskv_step step;
+    ggml_pariskv_attn_step(dst, &step);
+
+    static const bool log_stats = getenv("GGML_PARISKV_STATS") != nullptr;
+
+    // units of work: (token, KV head), dealt round-robin over the threads
+    for (int64_t u = params->ith; u < n_tokens*n_head_kv; u += params->nth) {
+        const int64_t t  = u/n_head_kv;
+        const int64_t h  = u % n_head_kv;
+        const int64_t s  = t/n_tps;
+        const int64_t tr = t % n_tps;
+
+        pariskv_kv kv;
+        kv.k_dtype  = pariskv_dtype_of(k->type);
+        kv.k        = (const char *) k->data + s*k->nb[3] + h*k->nb[1];
+        kv.k_stride = k->nb[2];
+        kv.v_dtype  = pariskv_dtype_of(v->type);
+        kv.v        = (const char *) v->data + s*v->nb[3] + h*v->nb[1];
+        kv.v_stride = v->nb[2];
+        kv.n_cells  = (size_t) n_kv;
+
+        pariskv_visibility vis;
+        vis.mask_dtype = pariskv_dtype_of(mask->type);
+        vis.mask       = (const char *) mask->data + s*mask->nb[3] + tr*mask->nb[1];
+        vis.pos        = (const int32_t *) ((const char *) pos->data + s*pos->nb[1]);
+
+        const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, s, h);
+
+        const float * qh = (const float *) ((const char *) q->data + t*q->nb[2] + h*group*q->nb[1]);
+        float * out = (float *) ((char *) dst->data + t*dst->nb[2] + h*group*dst->nb[1]);
+
+        pariskv_step_stats st;
+        pariskv_check(pariskv_attend_cache(&step, qh, q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
+        if (log_stats) {
+            GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended\n",
+                          (long long) t, (long long) h, st.n_visible, st.n_zone, st.n_candidates, st.n_attended);
+        }
+    }
+}
+
+void ggml_compute_forward_pariskv(const ggml_compute_params * params, ggml_tensor * dst) {
+    switch (dst->op) {
+        case GGML_OP_PARISKV_ENCODE: ggml_compute_forward_pariskv_encode(params, dst); break;
+        case GGML_OP_PARISKV_ATTN:   ggml_compute_forward_pariskv_attn(params, dst);   break;
+        default: GGML_ABORT("%s: not a ParisKV op: %s", __func__, ggml_op_name(dst->op));
+    }
+}

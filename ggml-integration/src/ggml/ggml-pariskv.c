@@ -1,0 +1,167 @@
+// ParisKV ops in ggml-base: their constructors, shape checks and op parameters. The pariskv
+// library is linked into ggml-base only, so every library entry point a backend calls is
+// referenced below: that makes the linker take it from the static library and export it.
+
+#include "ggml-pariskv.h"
+
+#include "ggml-impl.h"
+
+#include <stdint.h>
+#include <string.h>
+
+typedef void (*ggml_pariskv_fn)(void);
+
+const ggml_pariskv_fn ggml_pariskv_entry_points[] = {
+    (ggml_pariskv_fn) pariskv_last_error,
+    (ggml_pariskv_fn) pariskv_layout_for,
+    (ggml_pariskv_fn) pariskv_center_init,
+    (ggml_pariskv_fn) pariskv_encode_cells,
+    (ggml_pariskv_fn) pariskv_attend_cache,
+    (ggml_pariskv_fn) pariskv_settings_init,
+    (ggml_pariskv_fn) pariskv_settings_parse,
+    (ggml_pariskv_fn) pariskv_settings_set,
+    (ggml_pariskv_fn) pariskv_settings_format,
+    (ggml_pariskv_fn) pariskv_settings_value,
+    (ggml_pariskv_fn) pariskv_setting_count,
+    (ggml_pariskv_fn) pariskv_setting_describe,
+    (ggml_pariskv_fn) pariskv_settings_dense_threshold,
+    (ggml_pariskv_fn) pariskv_op_params_pack,
+    (ggml_pariskv_fn) pariskv_op_params_step,
+    (ggml_pariskv_fn) pariskv_cuda_available,
+    (ggml_pariskv_fn) pariskv_cuda_encode,
+    (ggml_pariskv_fn) pariskv_cuda_step_create,
+    (ggml_pariskv_fn) pariskv_cuda_step_run,
+    (ggml_pariskv_fn) pariskv_cuda_step_free,
+    (ggml_pariskv_fn) pariskv_cuda_step_stats,
+    (ggml_pariskv_fn) pariskv_host_alloc,
+    (ggml_pariskv_fn) pariskv_host_free,
+};
+
+static_assert(PARISKV_OP_PARAMS*sizeof(int32_t) <= GGML_MAX_OP_PARAMS, "the attention step's op params fit a node");
+
+bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]) {
+    struct pariskv_layout layout;
+    if (head_dim <= 0 || head_dim > INT32_MAX || pariskv_layout_for((uint32_t) head_dim, &layout) != PARISKV_OK) {
+        return false;
+    }
+    dims[0] = layout.code_bytes;
+    dims[1] = layout.nibble_bytes;
+    dims[2] = layout.n_weights;
+    return true;
+}
+
+bool ggml_pariskv_kv_type(enum ggml_type type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
+static void ggml_pariskv_check_index(
+        const struct ggml_tensor * codes,
+        const struct ggml_tensor * nibbles,
+        const struct ggml_tensor * weights,
+        int64_t head_dim) {
+    int64_t dims[3];
+    GGML_ASSERT(ggml_pariskv_index_dims(head_dim, dims));
+    GGML_ASSERT(codes->type == GGML_TYPE_I8 && nibbles->type == GGML_TYPE_I8 && weights->type == GGML_TYPE_F16);
+    GGML_ASSERT(codes->ne[0] == dims[0] && nibbles->ne[0] == dims[1] && weights->ne[0] == dims[2]);
+    for (int i = 1; i < GGML_MAX_DIMS; ++i) {
+        GGML_ASSERT(nibbles->ne[i] == codes->ne[i] && weights->ne[i] == codes->ne[i]);
+    }
+    // cells of one head are rows of one stride: the layout the library reads
+    GGML_ASSERT(codes->nb[0] == 1 && nibbles->nb[0] == 1 && weights->nb[0] == ggml_type_size(GGML_TYPE_F16));
+    GGML_ASSERT(codes->nb[1] == (size_t) dims[0] && nibbles->nb[1] == (size_t) dims[1] &&
+                weights->nb[1] == (size_t) dims[2]*ggml_type_size(GGML_TYPE_F16));
+}
+
+struct ggml_tensor * ggml_pariskv_encode(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * k,
+        struct ggml_tensor  * idxs,
+        struct ggml_tensor  * codes,
+        struct ggml_tensor  * nibbles,
+        struct ggml_tensor  * weights,
+        struct ggml_tensor  * centers) {
+    const int64_t n_head_kv = codes->ne[2];
+
+    GGML_ASSERT(ggml_pariskv_kv_type(k->type));
+    GGML_ASSERT(idxs->type == GGML_TYPE_I64 && ggml_is_contiguous(idxs));
+    GGML_ASSERT(k->ne[0] % n_head_kv == 0);
+    // one row per cell, streams back to back: [n_embd, n_cells, n_stream] or [n_embd, n_cells*n_stream]
+    GGML_ASSERT(ggml_is_contiguous(k) && ggml_nrows(k) == codes->ne[1]*codes->ne[3]);
+    ggml_pariskv_check_index(codes, nibbles, weights, k->ne[0]/n_head_kv);
+    GGML_ASSERT(!centers || (centers->type == GGML_TYPE_F32 && ggml_is_contiguous(centers) &&
+                             centers->ne[0] == k->ne[0]/n_head_kv + 1 && ggml_nrows(centers) == n_head_kv));
+
+    struct ggml_tensor * result = ggml_view_tensor(ctx, codes);
+
+    result->op     = GGML_OP_PARISKV_ENCODE;
+    result->src[0] = k;
+    result->src[1] = idxs;
+    result->src[2] = codes;
+    result->src[3] = nibbles;
+    result->src[4] = weights;
+    result->src[5] = centers;
+
+    return result;
+}
+
+struct ggml_tensor * ggml_pariskv_attn(
+        struct ggml_context           * ctx,
+        struct ggml_tensor            * q,
+        struct ggml_tensor            * k,
+        struct ggml_tensor            * v,
+        struct ggml_tensor            * mask,
+        struct ggml_tensor            * pos,
+        struct ggml_tensor            * codes,
+        struct ggml_tensor            * nibbles,
+        struct ggml_tensor            * weights,
+        const struct pariskv_settings * settings,
+        float                           scale,
+        float                           softcap) {
+    const int64_t n_kv     = k->ne[2];
+    const int64_t n_stream = k->ne[3];
+
+    GGML_ASSERT(q->type == GGML_TYPE_F32 && q->nb[0] == sizeof(float));
+    GGML_ASSERT(ggml_pariskv_kv_type(k->type) && ggml_pariskv_kv_type(v->type));
+    GGML_ASSERT(q->ne[0] == k->ne[0] && q->ne[3] == 1);
+    GGML_ASSERT(q->ne[1] % k->ne[1] == 0 && q->ne[2] % n_stream == 0);
+    GGML_ASSERT(v->ne[1] == k->ne[1] && v->ne[2] == n_kv && v->ne[3] == n_stream);
+    GGML_ASSERT(k->nb[0] == ggml_type_size(k->type) && v->nb[0] == ggml_type_size(v->type));
+    GGML_ASSERT(mask->type == GGML_TYPE_F16 || mask->type == GGML_TYPE_F32);
+    GGML_ASSERT(mask->ne[0] == n_kv && mask->ne[1] == q->ne[2]/n_stream && mask->ne[2] == 1 && mask->ne[3] == n_stream);
+    GGML_ASSERT(pos->type == GGML_TYPE_I32 && pos->ne[0] == n_kv && pos->ne[1] == n_stream && pos->nb[0] == sizeof(int32_t));
+    GGML_ASSERT(codes->ne[1] >= n_kv && codes->ne[2] == k->ne[1] && codes->ne[3] == n_stream);
+    ggml_pariskv_check_index(codes, nibbles, weights, k->ne[0]);
+
+    int32_t params[PARISKV_OP_PARAMS];
+    if (pariskv_op_params_pack(settings, scale, softcap, params) != PARISKV_OK) {
+        GGML_ABORT("ggml_pariskv_attn: %s", pariskv_last_error());
+    }
+
+    int64_t ne[4] = { v->ne[0], q->ne[1], q->ne[2], 1 };
+    struct ggml_tensor * result = ggml_new_tensor(ctx, GGML_TYPE_F32, 4, ne);
+
+    ggml_set_op_params(result, params, sizeof(params));
+
+    result->op     = GGML_OP_PARISKV_ATTN;
+    result->src[0] = q;
+    result->src[1] = k;
+    result->src[2] = v;
+    result->src[3] = mask;
+    result->src[4] = pos;
+    result->src[5] = codes;
+    result->src[6] = nibbles;
+    result->src[7] = weights;
+
+    return result;
+}
+
+void ggml_pariskv_attn_step(const struct ggml_tensor * node, struct pariskv_step * step) {
+    GGML_ASSERT(node->op == GGML_OP_PARISKV_ATTN);
+    const struct ggml_tensor * q = node->src[0];
+    const struct ggml_tensor * k = node->src[1];
+    const struct ggml_tensor * v = node->src[2];
+    if (pariskv_op_params_step(node->op_params, (uint32_t) k->ne[0], (uint32_t) v->ne[0],
+                               (uint32_t) (q->ne[1]/k->ne[1]), step) != PARISKV_OK) {
+        GGML_ABORT("%s: op params of %s: %s", __func__, node->name, pariskv_last_error());
+    }
+}

@@ -1,0 +1,71 @@
+#pragma once
+
+// ParisKV top-k attention as ggml ops (ref. https://arxiv.org/abs/2602.07721): the graph
+// API of a GGML_PARISKV=ON build. The ops' CPU and CUDA implementations call the pariskv
+// library (pariskv.h), which is linked into ggml-base.
+//
+// The index of a KV cache lives in three tensors that parallel its K storage, per cell and
+// KV head (dims from ggml_pariskv_index_dims):
+//   codes   I8  [dims[0], n_cells, n_head_kv, n_stream]   centroid codes
+//   nibbles I8  [dims[1], n_cells, n_head_kv, n_stream]   packed 4-bit codes
+//   weights F16 [dims[2], n_cells, n_head_kv, n_stream]   per-block weights
+// and, optionally, one key centre per KV head (shared by the streams):
+//   centers F32 [head_dim + 1, n_head_kv]                  centre, then keys averaged (0: unset)
+
+#include "ggml.h"
+#include "pariskv.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// false if head_dim is not supported (a multiple of 8 up to 512)
+GGML_API bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]);
+
+// the element types a K/V cache may have for the ops
+GGML_API bool ggml_pariskv_kv_type(enum ggml_type type);
+
+// encodes the keys stored at cells idxs (I64, global: stream*n_cells + cell, like the
+// KV cache's k_idxs) of k (contiguous K storage [head_dim*n_head_kv, n_cells, n_stream] or
+// [head_dim*n_head_kv, n_cells*n_stream], F32/F16/BF16) into the index; with centers (may
+// be NULL: keys encoded as they are), each KV head's keys minus its centre, which the first
+// encode that has cells sets to their mean (zero centers to start over); returns a view of
+// codes to order later readers after it
+GGML_API struct ggml_tensor * ggml_pariskv_encode(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * k,
+        struct ggml_tensor  * idxs,
+        struct ggml_tensor  * codes,
+        struct ggml_tensor  * nibbles,
+        struct ggml_tensor  * weights,
+        struct ggml_tensor  * centers);
+
+// decode attention over sink + top-k + local window, per token and KV head, exact over those
+// rows, as settings say (top-k > 0; its op params: pariskv_op_params_pack)
+// q       [D,  n_head,    n_tokens]           F32
+// k       [D,  n_head_kv, n_kv, n_stream]     F32/F16/BF16 (view of the KV cache)
+// v       [Dv, n_head_kv, n_kv, n_stream]     F32/F16/BF16, not transposed
+// mask    [n_kv, n_tokens/n_stream, 1, n_stream] F16/F32, 0 or -INF only (no ALiBi)
+// pos     [n_kv, n_stream]                    I32, position of each cell
+// codes, nibbles, weights: the index views of the same streams (n_cells >= n_kv)
+// result  [Dv, n_head, n_tokens]              F32
+GGML_API struct ggml_tensor * ggml_pariskv_attn(
+        struct ggml_context           * ctx,
+        struct ggml_tensor            * q,
+        struct ggml_tensor            * k,
+        struct ggml_tensor            * v,
+        struct ggml_tensor            * mask,
+        struct ggml_tensor            * pos,
+        struct ggml_tensor            * codes,
+        struct ggml_tensor            * nibbles,
+        struct ggml_tensor            * weights,
+        const struct pariskv_settings * settings,
+        float                           scale,
+        float                           softcap);
+
+// the library's decode step for a PARISKV_ATTN node (both backends call it)
+GGML_API void ggml_pariskv_attn_step(const struct ggml_tensor * node, struct pariskv_step * step);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,632 @@
+// ParisKV in libllama: see llama-pariskv.h.
+
+#include "llama-pariskv.h"
+
+#include "llama-context.h"
+#include "llama-graph.h"
+#include "llama-impl.h"
+#include "llama-kv-cache-iswa.h"
+#include "llama-kv-cache.h"
+#include "llama-model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+//
+// settings
+//
+
+static pariskv_settings pariskv_settings_of(const std::string & text) {
+    pariskv_settings s;
+    if (pariskv_settings_parse(text.c_str(), &s) != PARISKV_OK) {
+        throw std::runtime_error(std::string("ParisKV settings '") + text + "': " + pariskv_last_error());
+    }
+    return s;
+}
+
+static thread_local const llama_pariskv_scope * pariskv_scope_current = nullptr;
+
+llama_pariskv_scope::llama_pariskv_scope(const llama_cparams & cparams) :
+        settings(pariskv_settings_of(cparams.pariskv)), outer(pariskv_scope_current) {
+    pariskv_scope_current = this;
+}
+
+llama_pariskv_scope::~llama_pariskv_scope() {
+    pariskv_scope_current = outer;
+}
+
+const pariskv_settings * llama_pariskv_scope::current() {
+    return pariskv_scope_current ? &pariskv_scope_current->settings : nullptr;
+}
+
+//
+// which layers
+//
+
+// why ParisKV cannot handle this cache at all, or nullptr
+static const char * pariskv_why_not(const llama_hparams & hparams, bool shares_cells, bool v_trans,
+                                    ggml_type type_k, ggml_type type_v) {
+    if (shares_cells) {
+        return "the cache shares its cells with another cache";
+    }
+    if (v_trans) {
+        return "V is transposed (flash attention is off; use -fa on or auto)";
+    }
+    if (!ggml_pariskv_kv_type(type_k) || !ggml_pariskv_kv_type(type_v)) {
+        return "the K/V cache type is not f32, f16 or bf16";
+    }
+    if (hparams.f_max_alibi_bias > 0.0f) {
+        return "the model uses ALiBi";
+    }
+    return nullptr;
+}
+
+// whether the backend of the device holding a layer's cache runs both ParisKV ops there
+// (host memory: the CPU backend always does); asked with the layer's shapes
+static bool pariskv_runs_on(ggml_backend_buffer_type_t buft, const llama_hparams & hparams, uint32_t il,
+                            ggml_type type_k, ggml_type type_v, const int64_t dims[3]) {
+    if (ggml_backend_buft_is_host(buft)) {
+        return true;
+    }
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    if (!dev) {
+        return false;
+    }
+    ggml_init_params ip = {
+        /*.mem_size   =*/ 16*ggml_tensor_overhead(),
+        /*.mem_buffer =*/ nullptr,
+        /*.no_alloc   =*/ true,
+    };
+    ggml_context * ctx = ggml_init(ip);
+    if (!ctx) {
+        return false;
+    }
+    const int64_t dk = hparams.n_embd_head_k(il), dv = hparams.n_embd_head_v(il), n_kv = 256;
+    const int64_t n_head = hparams.n_head(il), n_head_kv = hparams.n_head_kv(il);
+
+    ggml_tensor * q       = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, dk, n_head, 1);
+    ggml_tensor * k       = ggml_new_tensor_4d(ctx, type_k, dk, n_head_kv, n_kv, 1);
+    ggml_tensor * v       = ggml_new_tensor_4d(ctx, type_v, dv, n_head_kv, n_kv, 1);
+    ggml_tensor * mask    = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv, 1, 1, 1);
+    ggml_tensor * pos     = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, n_kv, 1);
+    ggml_tensor * codes   = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[0], n_kv, n_head_kv, 1);
+    ggml_tensor * nibbles = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[1], n_kv, n_head_kv, 1);
+    ggml_tensor * weights = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, dims[2], n_kv, n_head_kv, 1);
+    ggml_tensor * stored  = ggml_new_tensor_2d(ctx, type_k, dk*n_head_kv, n_kv);
+    ggml_tensor * idxs    = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, 1);
+    ggml_tensor * centers = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, dk + 1, n_head_kv);
+
+    pariskv_settings probe;
+    pariskv_settings_init(&probe);
+    probe.top_k = 1;
+
+    ggml_tensor * encode = ggml_pariskv_encode(ctx, stored, idxs, codes, nibbles, weights, centers);
+    ggml_tensor * attn   = ggml_pariskv_attn(ctx, q, k, v, mask, pos, codes, nibbles, weights, &probe, 1.0f, 0.0f);
+
+    const bool ok = ggml_backend_dev_supports_op(dev, encode) && ggml_backend_dev_supports_op(dev, attn);
+    ggml_free(ctx);
+    return ok;
+}
+
+// a layer ParisKV may handle: global attention, K and V, a head size the index supports
+static bool pariskv_layer_shape(const llama_hparams & hparams, uint32_t il, int64_t dims[3]) {
+    return !hparams.is_swa(il) && ggml_pariskv_index_dims(hparams.n_embd_head_k(il), dims);
+}
+
+ggml_backend_buffer_type_t llama_pariskv_kv::layer_buft(llama_kv_cache & kv, uint32_t il, ggml_backend_dev_t dev,
+        ggml_backend_buffer_type_t buft, ggml_type type_k, ggml_type type_v) {
+    const pariskv_settings * s = llama_pariskv_scope::current();
+    int64_t dims[3];
+    if (!s || s->top_k == 0 || !s->offload || kv.swa_type != LLAMA_SWA_TYPE_NONE || kv.hparams.is_mla() ||
+            pariskv_why_not(kv.hparams, kv.other != nullptr, kv.v_trans, type_k, type_v) ||
+            !pariskv_layer_shape(kv.hparams, il, dims)) {
+        return buft; // a layer ParisKV will not handle keeps its K/V on the device
+    }
+    if (!kv.pariskv) {
+        kv.pariskv = std::make_shared<llama_pariskv_kv>();
+    }
+    auto & pk = *kv.pariskv;
+    if (ggml_backend_buft_is_host(buft)) {
+        pk.offload_why_not = "the KV cache is in host memory already";
+        return buft;
+    }
+    // a layer whose device cannot run the ops stays dense there (init logs it)
+    if (!pariskv_runs_on(buft, kv.hparams, il, type_k, type_v, dims)) {
+        return buft;
+    }
+
+    using host_buft_fn = ggml_backend_buffer_type_t (*)(int device);
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    auto host_buft = reg ? (host_buft_fn) ggml_backend_reg_get_proc_address(reg, "ggml_backend_pariskv_host_buffer_type") : nullptr;
+    int device = -1;
+    for (size_t i = 0; host_buft && i < ggml_backend_reg_dev_count(reg); ++i) {
+        if (ggml_backend_reg_dev_get(reg, i) == dev) {
+            device = (int) i;
+        }
+    }
+    ggml_backend_buffer_type_t host = device >= 0 ? host_buft(device) : nullptr;
+    if (!host) {
+        pk.offload_why_not = "the device's backend has no pinned host buffer type for it (a CUDA build has)";
+        return buft;
+    }
+    pk.offload_dev_buft[il] = buft;
+    return host;
+}
+
+void llama_pariskv_kv::init(llama_kv_cache & kv) {
+    const pariskv_settings * s = llama_pariskv_scope::current();
+    if (!s || s->top_k == 0 || kv.swa_type != LLAMA_SWA_TYPE_NONE) {
+        kv.pariskv.reset(); // not a cache ParisKV handles (the SWA part of an iSWA cache)
+        return;
+    }
+    if (!kv.pariskv) {
+        kv.pariskv = std::make_shared<llama_pariskv_kv>();
+    }
+    auto & pk = *kv.pariskv;
+    pk.settings = *s;
+
+    if (!s->offload) {
+        // nothing to say
+    } else if (kv.layers.empty() || ggml_backend_buffer_is_host(kv.layers[0].k->buffer)) {
+        if (!pk.offload_why_not && pk.offload_dev_buft.empty()) {
+            pk.offload_why_not = "the KV cache is in host memory already (-nkvo)";
+        }
+    }
+
+    const char * why_not = pariskv_why_not(kv.hparams, kv.other != nullptr, kv.v_trans, kv.type_k(), kv.type_v());
+    if (why_not) {
+        LLAMA_LOG_WARN("%s: ParisKV not used, attention stays dense: %s\n", __func__, why_not);
+        kv.pariskv.reset();
+        return;
+    }
+
+    const uint32_t kv_size = kv.get_size();
+    const auto & hparams = kv.hparams;
+
+    std::map<ggml_backend_buffer_type_t, ggml_context *> ctx_map;
+    std::vector<std::pair<ggml_context_ptr, ggml_backend_buffer_type_t>> ctxs;
+    auto ctx_for = [&](ggml_backend_buffer_type_t buft) -> ggml_context * {
+        auto it = ctx_map.find(buft);
+        if (it != ctx_map.end()) {
+            return it->second;
+        }
+        ggml_init_params ip = {
+            /*.mem_size   =*/ 4*kv.layers.size()*ggml_tensor_overhead(),
+            /*.mem_buffer =*/ nullptr,
+            /*.no_alloc   =*/ true,
+        };
+        ggml_context * ctx = ggml_init(ip);
+        if (!ctx) {
+            throw std::runtime_error("failed to create ggml context for the ParisKV index");
+        }
+        ctxs.emplace_back(ctx, buft);
+        ctx_map[buft] = ctx;
+        return ctx;
+    };
+
+    pk.layers.assign(kv.layers.size(), {});
+    std::string handled;
+    int n_handled = 0;
+    int n_device  = 0;
+    for (size_t ikv = 0; ikv < kv.layers.size(); ++ikv) {
+        const auto & layer = kv.layers[ikv];
+        const uint32_t il = layer.il;
+
+        int64_t dims[3];
+        if (!layer.k || !layer.v || !pariskv_layer_shape(hparams, il, dims)) {
+            continue;
+        }
+
+        // the index lives with the cache (on its device when K/V are offloaded to host memory)
+        // and the ops run there: a device whose backend has no ParisKV kernels would update a
+        // copy, so such a layer stays dense
+        const auto offloaded = pk.offload_dev_buft.find(il);
+        ggml_backend_buffer_type_t index_buft = offloaded != pk.offload_dev_buft.end()
+            ? offloaded->second : ggml_backend_buffer_get_type(layer.k->buffer);
+        if (!pariskv_runs_on(index_buft, hparams, il, kv.type_k(), kv.type_v(), dims)) {
+            n_device++;
+            continue;
+        }
+
+        // layers aliased onto one K storage share its index
+        bool shared = false;
+        for (size_t j = 0; j < ikv; ++j) {
+            if (kv.layers[j].k == layer.k && pk.layers[j].codes) {
+                pk.layers[ikv] = pk.layers[j];
+                shared = true;
+                break;
+            }
+        }
+
+        if (!shared) {
+            ggml_context * ctx = ctx_for(index_buft);
+            const int64_t n_head_kv = hparams.n_head_kv(il);
+
+            auto & x = pk.layers[ikv];
+            x.codes   = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[0], kv_size, n_head_kv, kv.n_stream);
+            x.nibbles = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[1], kv_size, n_head_kv, kv.n_stream);
+            x.weights = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, dims[2], kv_size, n_head_kv, kv.n_stream);
+            ggml_format_name(x.codes,   "pariskv_codes_l%d",   il);
+            ggml_format_name(x.nibbles, "pariskv_nibbles_l%d", il);
+            ggml_format_name(x.weights, "pariskv_weights_l%d", il);
+            if (s->center) {
+                x.centers = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hparams.n_embd_head_k(il) + 1, n_head_kv);
+                ggml_format_name(x.centers, "pariskv_centers_l%d", il);
+            }
+        }
+
+        handled += (n_handled++ ? "," : "") + std::to_string(il);
+    }
+
+    if (n_device > 0) {
+        LLAMA_LOG_WARN("%s: ParisKV: %d layer(s) keep their KV cache on a device whose backend has no ParisKV "
+                "kernels (CUDA needs -DGGML_CUDA=ON and a GPU); they stay dense (use -nkvo for a CPU KV cache)\n",
+                __func__, n_device);
+    }
+    if (n_handled == 0) {
+        for (auto & [ctx, buft] : ctxs) {
+            GGML_UNUSED(buft);
+            ctx.reset();
+        }
+        if (n_device == 0) {
+            LLAMA_LOG_WARN("%s: ParisKV not used, attention stays dense: no layer has a supported head size\n", __func__);
+        }
+        kv.pariskv.reset();
+        return;
+    }
+
+    // the index buffers join the cache's own: memory_breakdown() and clear() see them
+    size_t index_bytes = 0;
+    for (auto & [ctx, buft] : ctxs) {
+        ggml_backend_buffer_t b = hparams.no_alloc
+            ? ggml_backend_buft_alloc_buffer(buft, 0)
+            : ggml_backend_alloc_ctx_tensors_from_buft(ctx.get(), buft);
+        if (!b) {
+            throw std::runtime_error("failed to allocate buffer for the ParisKV index");
+        }
+        if (hparams.no_alloc) {
+            for (ggml_tensor * t = ggml_get_first_tensor(ctx.get()); t; t = ggml_get_next_tensor(ctx.get(), t)) {
+                t->buffer = b;
+            }
+        }
+        ggml_backend_buffer_clear(b, 0);
+        index_bytes += ggml_backend_buffer_get_size(b);
+        kv.ctxs_bufs.emplace_back(std::move(ctx), b);
+    }
+
+    pariskv_settings_dense_threshold(&pk.settings, &pk.dense_threshold);
+
+    char ratios[64];
+    if (s->candidates > 0.0f) {
+        snprintf(ratios, sizeof(ratios), "candidates %.3g of the zone,", s->candidates);
+    } else {
+        snprintf(ratios, sizeof(ratios), "%s ratios,", s->ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned");
+    }
+    LLAMA_LOG_INFO("%s: ParisKV: top-k %u (%s), sink %u, window %u, %s refine %u, keys %s, dense below %llu cells; layers %s (%d of %zu); index %.2f MiB\n",
+            __func__, s->top_k, s->gqa == PARISKV_GQA_MEAN ? "group-mean query" : "per query head",
+            s->n_sink, s->n_window, ratios, s->refine, s->center ? "centred" : "as they are",
+            (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size(), index_bytes/1024.0/1024.0);
+
+    if (!pk.offload_dev_buft.empty()) {
+        size_t kv_bytes = 0;
+        for (const auto & layer : kv.layers) {
+            if (pk.offload_dev_buft.count(layer.il)) {
+                kv_bytes += ggml_nbytes(layer.k) + ggml_nbytes(layer.v);
+            }
+        }
+        LLAMA_LOG_INFO("%s: ParisKV offload: K/V of %zu layer(s) in pinned host memory (%.2f MiB), read by the device "
+                "through UVA; the index stays on the device\n", __func__, pk.offload_dev_buft.size(), kv_bytes/1024.0/1024.0);
+    } else if (s->offload) {
+        LLAMA_LOG_WARN("%s: ParisKV offload not used, K/V stay where they are: %s\n", __func__,
+                pk.offload_why_not ? pk.offload_why_not : "no handled layer's cache is on a device");
+    }
+}
+
+void llama_pariskv_kv::check_memory(const llama_memory_i * mem, const llama_cparams & cparams) {
+    if (pariskv_settings_of(cparams.pariskv).top_k == 0) {
+        return;
+    }
+    if (!dynamic_cast<const llama_kv_cache *>(mem) && !dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
+        LLAMA_LOG_WARN("%s: ParisKV not used, attention stays dense: this model's memory type is not supported\n", __func__);
+    }
+}
+
+bool llama_pariskv_kv::handles(int32_t il, const llama_kv_cache & kv) const {
+    const auto it = kv.map_layer_ids.find(il);
+    return it != kv.map_layer_ids.end() && layers[it->second].codes != nullptr;
+}
+
+bool llama_pariskv_kv::offloaded(int32_t il, const llama_kv_cache & kv) const {
+    const auto it = kv.map_layer_ids.find(il);
+    return it != kv.map_layer_ids.end() && offload_dev_buft.count(kv.layers[it->second].il) > 0;
+}
+
+bool llama_pariskv_kv::use(const llama_kv_cache_context & mctx, uint32_t n_tokens, uint32_t n_seqs_unq, bool training) const {
+    // decode-shaped: one token per sequence
+    return !training && n_tokens == n_seqs_unq && (uint64_t) mctx.n_kv > dense_threshold;
+}
+
+//
+// in-place rewrites
+//
+
+void llama_pariskv_kv::clear(llama_kv_cache & kv) {
+    if (!kv.pariskv) {
+        return;
+    }
+    // the next encode sets them again from the first keys stored after the clear
+    for (const auto & x : kv.pariskv->layers) {
+        if (x.centers && x.centers->data) { // no data: a size-only (no_alloc) cache
+            ggml_backend_tensor_memset(x.centers, 0, 0, ggml_nbytes(x.centers));
+        }
+    }
+}
+
+void llama_pariskv_kv::rewritten(llama_kv_cache & kv) {
+    if (kv.pariskv) {
+        kv.pariskv->reencode = true;
+    }
+}
+
+bool llama_pariskv_kv::pending(const llama_kv_cache & kv) {
+    return kv.pariskv && kv.pariskv->reencode;
+}
+
+// the occupied cells of all streams, for a re-encode: empty cells are never attended and are
+// encoded when written, and a key centre not yet set (a state loaded into a cleared cache)
+// becomes the mean of cached keys, not of whatever the empty cells hold
+class llm_graph_input_pariskv_cells : public llm_graph_input_i {
+public:
+    explicit llm_graph_input_pariskv_cells(std::vector<int64_t> cells) : cells(std::move(cells)) {}
+
+    void set_input(const llama_ubatch * ubatch) override {
+        GGML_UNUSED(ubatch);
+        GGML_ASSERT(ggml_backend_buffer_is_host(idxs->buffer));
+        GGML_ASSERT(ggml_nelements(idxs) == (int64_t) cells.size());
+        memcpy(idxs->data, cells.data(), ggml_nbytes(idxs));
+    }
+
+    const std::vector<int64_t> cells;
+
+    ggml_tensor * idxs = nullptr; // I64 [cells]
+};
+
+bool llama_pariskv_kv::update(llama_kv_cache & kv, llama_context * lctx, bool shifted) {
+    if (!kv.pariskv) {
+        return false;
+    }
+    auto & pk = *kv.pariskv;
+    pk.reencode = pk.reencode || shifted;
+
+    std::vector<int64_t> cells;
+    for (size_t s = 0; pk.reencode && s < kv.v_cells.size(); ++s) {
+        const int64_t kv_size = kv.v_cells[s].size();
+        for (int64_t c = 0; c < kv_size; ++c) {
+            if (!kv.v_cells[s].is_empty((uint32_t) c)) {
+                cells.push_back((int64_t) s*kv_size + c);
+            }
+        }
+    }
+    if (cells.empty()) {
+        pk.reencode = false; // nothing cached: cells are encoded when written
+        return false;
+    }
+
+    LLAMA_LOG_DEBUG("%s: encoding the occupied cells into the ParisKV index\n", __func__);
+
+    auto * sched = lctx->get_sched();
+    ggml_backend_sched_reset(sched);
+
+    auto * res = lctx->get_gf_res_reserve();
+    res->reset();
+
+    auto * ctx = res->get_ctx();
+    auto * gf  = res->get_gf();
+
+    auto inp = std::make_unique<llm_graph_input_pariskv_cells>(std::move(cells));
+    inp->idxs = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, (int64_t) inp->cells.size());
+    ggml_set_input(inp->idxs);
+
+    for (size_t ikv = 0; ikv < kv.layers.size(); ++ikv) {
+        const auto & x = pk.layers[ikv];
+        bool first = x.codes != nullptr;
+        for (size_t j = 0; j < ikv && first; ++j) {
+            first = pk.layers[j].codes != x.codes;
+        }
+        if (first) {
+            ggml_build_forward_expand(gf, ggml_pariskv_encode(ctx, kv.layers[ikv].k, inp->idxs, x.codes, x.nibbles, x.weights, x.centers));
+        }
+    }
+
+    res->add_input(std::move(inp));
+
+    if (!ggml_backend_sched_alloc_graph(sched, gf)) {
+        LLAMA_LOG_ERROR("%s: failed to allocate compute graph for the ParisKV re-encode\n", __func__);
+        return false;
+    }
+
+    res->set_inputs(nullptr);
+
+    if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
+        LLAMA_LOG_ERROR("%s: failed to compute the ParisKV re-encode\n", __func__);
+        return false;
+    }
+
+    pk.reencode = false;
+    return true;
+}
+
+//
+// graph
+//
+
+ggml_tensor * llama_pariskv_kv::encode(const llama_kv_cache & kv, ggml_context * ctx, ggml_tensor * stored,
+        ggml_tensor * k_idxs, int32_t il) {
+    if (!kv.pariskv || !kv.pariskv->handles(il, kv)) {
+        return stored;
+    }
+    const auto & x = kv.pariskv->layers[kv.map_layer_ids.at(il)];
+    ggml_tensor * encoded = ggml_pariskv_encode(ctx, stored, k_idxs, x.codes, x.nibbles, x.weights, x.centers);
+    // build_attn finds the encode of its own layer in the graph by this name
+    ggml_format_name(encoded, "pariskv_encoded-%d", il);
+    return encoded;
+}
+
+// the KV cache context of the memory a graph is built for (the global layers' part of an
+// iSWA cache), or nullptr
+static const llama_kv_cache_context * pariskv_kv_context(const llama_memory_context_i * mctx) {
+    if (const auto * kv = dynamic_cast<const llama_kv_cache_context *>(mctx)) {
+        return kv;
+    }
+    if (const auto * iswa = dynamic_cast<const llama_kv_cache_iswa_context *>(mctx)) {
+        return iswa->get_base();
+    }
+    return nullptr;
+}
+
+void llama_pariskv_kv::set_pos(const llama_kv_cache_context & mctx, ggml_tensor * dst, const llama_ubatch * ubatch) {
+    GGML_ASSERT(ggml_backend_buffer_is_host(dst->buffer));
+    const llama_kv_cache & kv = *mctx.kv;
+
+    const int64_t n_kv  = dst->ne[0];
+    const int64_t ns    = dst->ne[1];
+    const int64_t n_tps = ubatch->n_tokens/ns;
+
+    int32_t * data = (int32_t *) dst->data;
+    for (int64_t s = 0; s < ns; ++s) {
+        // the cells a stream of the ubatch attends are those of its sequences' KV stream
+        const auto & cells = kv.v_cells.at(kv.seq_to_stream[ubatch->seq_id[s*n_tps][0]]);
+        for (int64_t c = 0; c < n_kv; ++c) {
+            data[s*n_kv + c] = (uint32_t) c < cells.size() && !cells.is_empty(c) ? cells.pos_get(c) : -1;
+        }
+    }
+}
+
+bool llama_pariskv_kv::same_choice(const llama_kv_cache_context & prev, const llama_kv_cache_context & next,
+        const llama_ubatch & ubatch, bool training, bool chose) {
+    return next.kv == prev.kv && next.kv->pariskv &&
+        next.kv->pariskv->use(next, ubatch.n_tokens, ubatch.n_seqs_unq, training) == chose;
+}
+
+// The cell positions a ParisKV graph reads: one input per graph and KV cache, made by the
+// first handled layer. Dense graphs of a handled cache carry one too (without a tensor), so
+// that a graph is reused only for ubatches that choose as it did.
+class llm_graph_input_pariskv_pos : public llm_graph_input_i {
+public:
+    explicit llm_graph_input_pariskv_pos(const llama_kv_cache_context * mctx) : mctx(mctx) {}
+
+    void set_input(const llama_ubatch * ubatch) override {
+        if (pos && pos->buffer) {
+            llama_pariskv_kv::set_pos(*mctx, pos, ubatch);
+        }
+    }
+
+    bool can_reuse(const llm_graph_params & params) override {
+        const llama_kv_cache_context * next = pariskv_kv_context(params.mctx);
+        if (!next || !llama_pariskv_kv::same_choice(*mctx, *next, params.ubatch, params.cparams.training, pos != nullptr)) {
+            return false;
+        }
+        // the positions' shape follows the KQ mask's, which its own input checks
+        mctx = next;
+        return true;
+    }
+
+    const llama_kv_cache_context * mctx;
+
+    ggml_tensor * pos = nullptr; // I32 [n_kv, n_stream], only when the ubatch is attended with ParisKV
+};
+
+ggml_tensor * llama_pariskv_kv::attend(const llm_graph_context & g, const llama_kv_cache_context & mctx,
+        ggml_tensor * pos, ggml_tensor * encoded, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * kq_b,
+        ggml_tensor * kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il) {
+    // model-specific terms the op does not apply
+    if (kq_b || sinks || v_mla || g.arch == LLM_ARCH_GROK || q->type != GGML_TYPE_F32) {
+        static bool logged = false;
+        if (!logged) {
+            logged = true;
+            LLAMA_LOG_WARN("%s: ParisKV does not support this model's attention (bias, sinks, MLA or Grok); "
+                    "these layers stay dense\n", __func__);
+        }
+        return nullptr;
+    }
+
+    const llama_kv_cache & kv = *mctx.kv;
+    const llama_pariskv_kv & pk = *kv.pariskv;
+
+    // the index views of the streams of this ubatch
+    const auto & sinfo = mctx.sinfos[mctx.i_cur];
+    const int64_t ns = sinfo.s1 - sinfo.s0 + 1;
+    auto streams = [&](ggml_tensor * t) {
+        return ggml_view_4d(g.ctx0, t, t->ne[0], t->ne[1], t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], sinfo.s0*t->nb[3]);
+    };
+    const auto & x = pk.layers[kv.map_layer_ids.at(il)];
+
+    const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
+    ggml_tensor * cur = ggml_pariskv_attn(g.ctx0, q, k, v, kq_mask, pos,
+            streams(encoded), streams(x.nibbles), streams(x.weights), &pk.settings, kq_scale, softcap);
+    g.cb(cur, "pariskv_attn", il);
+
+    return ggml_reshape_2d(g.ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]);
+}
+
+ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_tensor * q, ggml_tensor *& k, ggml_tensor *& v,
+        ggml_tensor * kq_b, ggml_tensor * kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il) {
+    const llama_kv_cache_context * mctx = pariskv_kv_context(g.mctx);
+    if (!mctx || !mctx->kv->pariskv) {
+        return nullptr;
+    }
+    const llama_kv_cache & kv = *mctx->kv;
+    const llama_pariskv_kv & pk = *kv.pariskv;
+    // attention over this layer's cache (not over the current K, as in training or
+    // layers that reuse another's keys)
+    if (!pk.handles(il, kv) || k->view_src != kv.layers[kv.map_layer_ids.at(il)].k) {
+        return nullptr;
+    }
+
+    llm_graph_input_pariskv_pos * inp = nullptr;
+    for (auto & i : g.res->inputs) {
+        auto * p = dynamic_cast<llm_graph_input_pariskv_pos *>(i.get());
+        if (p && p->mctx->kv == &kv) {
+            inp = p;
+        }
+    }
+    if (!inp) {
+        auto made = std::make_unique<llm_graph_input_pariskv_pos>(mctx);
+        if (pk.use(*mctx, g.ubatch.n_tokens, g.ubatch.n_seqs_unq, g.cparams.training)) {
+            // the streams of the ubatch, as in the KQ mask: one for a unified cache, else one per sequence
+            const int64_t ns = kv.n_stream == 1 ? 1 : g.ubatch.n_seqs_unq;
+            made->pos = ggml_new_tensor_2d(g.ctx0, GGML_TYPE_I32, mctx->n_kv, ns);
+            ggml_set_input(made->pos);
+            ggml_set_name(made->pos, "attn_inp_pk_pos");
+        }
+        inp = (llm_graph_input_pariskv_pos *) g.res->add_input(std::move(made));
+    }
+
+    // the encode of this layer's new keys, which the attention must follow
+    char name[GGML_MAX_NAME];
+    snprintf(name, sizeof(name), "pariskv_encoded-%d", il);
+    ggml_tensor * encoded = nullptr;
+    for (int i = ggml_graph_n_nodes(g.gf) - 1; i >= 0 && !encoded; --i) {
+        ggml_tensor * node = ggml_graph_node(g.gf, i);
+        if (node->op == GGML_OP_PARISKV_ENCODE && strcmp(node->name, name) == 0) {
+            encoded = node;
+        }
+    }
+
+    ggml_tensor * cur = inp->pos && encoded ? attend(g, *mctx, inp->pos, encoded, q, k, v, kq_b, kq_mask, sinks, v_mla, kq_scale, il) : nullptr;
+    if (!cur) {
+        // dense attention of many queries over K/V in host memory (--pariskv-offload): one copy
+        // to the device per ubatch, instead of every query tile of the kernel reading it over PCIe
+        if (g.n_tokens > 1 && pk.offloaded(il, kv)) {
+            k = ggml_cont(g.ctx0, k);
+            v = ggml_cont(g.ctx0, v);
+            g.cb(k, "pariskv_k_dev", il);
+            g.cb(v, "pariskv_v_dev", il);
+        }
+        return nullptr;
+    }
+    return cur;
+}
