@@ -9,17 +9,17 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use pariskv::attention::{attend, AttnScratch};
-use pariskv::constants::TUNED_RHO_COLL;
-use pariskv::encode::{encode_rows, estimator_lut, CodeStore, EncodeScratch};
-use pariskv::gqa::GqaPolicy;
-use pariskv::rotation::Rotation;
-use pariskv::search::{
+use pariskv::algorithm::attention::{attend, AttnScratch};
+use pariskv::algorithm::encode::{encode_rows, estimator_lut, CodeStore, EncodeScratch};
+use pariskv::algorithm::gqa::GqaPolicy;
+use pariskv::algorithm::rotation::Rotation;
+use pariskv::algorithm::search::{
     candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets, tier_levels,
     RatioPolicy, Ratios, SearchScratch,
 };
+use pariskv::constants::TUNED_RHO_COLL;
+use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::shape::Shape;
-use pariskv::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, DType, Index, RowData, Rows};
 
 const D: usize = 128;

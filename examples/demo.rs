@@ -11,9 +11,9 @@
 
 use std::time::Instant;
 
-use pariskv::attention::{attend, AttnScratch};
+use pariskv::algorithm::attention::{attend, AttnScratch};
+use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::eval::{attention_mass, exact_top_k, recall, relative_l2_error};
-use pariskv::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, Index, RowData};
 
 #[derive(Clone, Copy)]

@@ -9,18 +9,18 @@
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- [N ...]
 
-use pariskv::attention::AttnParams;
-use pariskv::cache_step::StepParams;
+use pariskv::algorithm::attention::AttnParams;
+use pariskv::algorithm::gqa::GqaPolicy;
+use pariskv::algorithm::rotation::Rotation;
+use pariskv::algorithm::search::{RatioPolicy, Ratios};
 use pariskv::constants::TUNED_RHO_COLL;
 use pariskv::cuda::driver::{self, DeviceBuffer, PinnedHost, Stream, Timer};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
 use pariskv::cuda::step::{attend, run_marked, GpuLayer, Rows, StageMarks, StepBuffers, UnitLayout};
-use pariskv::gqa::GqaPolicy;
-use pariskv::rotation::Rotation;
+use pariskv::eval::synth::Rng;
 use pariskv::rows::DType;
-use pariskv::search::{RatioPolicy, Ratios};
 use pariskv::shape::Shape;
-use pariskv::synth::Rng;
+use pariskv::step::StepParams;
 
 const D: usize = 128;
 const KV_HEADS: usize = 8;

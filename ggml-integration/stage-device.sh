@@ -11,7 +11,7 @@ source "$(dirname "$0")/common.sh"
 ensure_venv
 eval "$("$REPO_ROOT/scripts/cuda-toolchain.sh")"
 log "building the pariskv library with feature cuda"
-(cd "$REPO_ROOT" && cargo build --release --lib --features cuda --quiet)
+(cd "$REPO_ROOT" && cargo build --release --lib --no-default-features --features cuda --quiet)
 
 out=$PARISKV_WORK/device-carry
 rm -rf "$out" && mkdir -p "$out"

@@ -1,10 +1,10 @@
 //! Configuration of an index: model shape, attention layout, retrieval ratios, defaults.
 
-use crate::attention::AttnParams;
+use crate::algorithm::attention::AttnParams;
+use crate::algorithm::gqa::GqaPolicy;
+use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::error::{Error, Result};
-use crate::gqa::GqaPolicy;
 use crate::rows::DType;
-use crate::search::{RatioPolicy, Ratios};
 use crate::shape::Shape;
 
 /// Sink tokens always attended (the reference uses 4-64).

@@ -1,37 +1,34 @@
-//! ParisKV top-k KV-cache retrieval (Qi et al., arXiv 2602.07721) on the CPU, behind a C
-//! ABI (`include/pariskv.h`). This implementation is the oracle every GPU kernel is
-//! tested against.
-//!
-//! Two layers over the same code:
-//! - stateless primitives over caller-owned buffers: [`encode::encode_rows`],
-//!   [`search::select_top_k`], [`attention::attend`], and [`cache_step::attend_cache`],
-//!   one decode step over an engine's own KV cache (what the ggml op calls);
-//! - the stateful [`index::Index`] handle (what an embedding C/C++ program calls).
+//! ParisKV top-k KV-cache retrieval (Qi et al., arXiv 2602.07721) on the CPU and CUDA GPUs,
+//! behind a C ABI (`include/pariskv.h`). The CPU implementation is the oracle every GPU
+//! kernel is tested against. docs/DESIGN.md describes the layers:
+//! - foundation: [`error`], [`constants`], [`shape`], [`rows`], [`config`] (an index's
+//!   configuration) and [`settings`] (an engine's settings: text form, op parameters);
+//! - [`algorithm`]: the method itself as stateless primitives over caller-owned buffers
+//!   (rotation, codebook, encode, center, search, rank, gqa, attention);
+//! - [`step`]: one decode step over an engine's own KV cache (what the ggml ops call);
+//! - [`index`]: the stateful handles for programs without a KV cache of their own, on the
+//!   CPU and, with feature `cuda`, on a GPU;
+//! - [`cuda`] (feature `cuda`): the kernels' host side, the GPU twin of `algorithm` and `step`;
+//! - [`ffi`]: the C ABI over all of it;
+//! - [`eval`] (feature `eval`, and in this crate's tests): recall and attention-mass metrics,
+//!   synthetic caches, `.npy` reading, for the tests, examples and `pariskv-fidelity`. The
+//!   library linked into llama.cpp is built without it.
 
-pub mod attention;
-pub mod cache_step;
-pub mod center;
-pub mod codebook;
+pub mod algorithm;
 pub mod config;
 /// The algorithm's numeric constants, shared with the CUDA kernels through `build.rs`.
 pub mod constants;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod encode;
 pub mod error;
+#[cfg(any(test, feature = "eval"))]
 pub mod eval;
 pub mod ffi;
-pub mod gqa;
 pub mod index;
-pub mod npy;
-pub mod prefetch;
-pub mod rank;
-pub mod rotation;
 pub mod rows;
-pub mod search;
 pub mod settings;
 pub mod shape;
-pub mod synth;
+pub mod step;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

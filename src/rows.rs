@@ -4,8 +4,8 @@
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use crate::algorithm::prefetch::prefetch;
 use crate::error::{try_reserve, Error, Result};
-use crate::prefetch::prefetch;
 
 /// Element type of keys, values and queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,11 +7,11 @@
 
 use std::ffi::CStr;
 
+use crate::algorithm::gqa::GqaPolicy;
+use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::config::{DEFAULT_CENTER, DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_SEED, DEFAULT_SINK, MAX_REFINE};
 use crate::constants::TUNED_RHO_COLL;
 use crate::error::{Error, Result};
-use crate::gqa::GqaPolicy;
-use crate::search::{RatioPolicy, Ratios};
 
 /// The ratio table a step reranks with, unless `candidates` fixes the share.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

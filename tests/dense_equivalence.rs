@@ -1,13 +1,13 @@
 //! When retrieval covers every cell, ParisKV attention is dense attention: same cells in
 //! the same order through the same arithmetic, so the outputs are bitwise equal.
 
-use pariskv::attention::{attend, AttnParams, AttnScratch};
-use pariskv::encode::{encode_rows, CodeStore, EncodeScratch};
+use pariskv::algorithm::attention::{attend, AttnParams, AttnScratch};
+use pariskv::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
+use pariskv::algorithm::rotation::Rotation;
+use pariskv::algorithm::search::{group_query, select_top_k, RatioPolicy, SearchScratch, Selection};
 use pariskv::eval::relative_l2_error;
-use pariskv::rotation::Rotation;
-use pariskv::search::{group_query, select_top_k, RatioPolicy, SearchScratch, Selection};
+use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::shape::Shape;
-use pariskv::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, DType, Index, RowData, Rows};
 
 /// Primitives, as the ggml op will call them: encode, select with k >= zone, attend over

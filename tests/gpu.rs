@@ -3,14 +3,14 @@
 #![cfg(feature = "cuda")]
 
 use half::{bf16, f16};
-use pariskv::center;
+use pariskv::algorithm::center;
+use pariskv::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
+use pariskv::algorithm::rotation::Rotation;
 use pariskv::cuda::driver::{self, DeviceBuffer, Stream};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
-use pariskv::encode::{encode_rows, CodeStore, EncodeScratch};
-use pariskv::rotation::Rotation;
+use pariskv::eval::synth::{SynthCache, SynthSpec};
 use pariskv::rows::{DType, RowData, Rows};
 use pariskv::shape::Shape;
-use pariskv::synth::{SynthCache, SynthSpec};
 
 /// The current context of device 0, or None (after saying why) when there is no GPU.
 fn gpu() -> Option<()> {
@@ -144,17 +144,17 @@ fn encode_case(
 
 mod step {
     use super::*;
-    use pariskv::attention::{attend, AttnParams, AttnScratch};
-    use pariskv::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
-    use pariskv::cuda::step::{
-        gather, run, state_stride, Gathered, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState,
-    };
-    use pariskv::encode::estimator_lut;
-    use pariskv::gqa::GqaPolicy;
-    use pariskv::search::{
+    use pariskv::algorithm::attention::{attend, AttnParams, AttnScratch};
+    use pariskv::algorithm::encode::estimator_lut;
+    use pariskv::algorithm::gqa::GqaPolicy;
+    use pariskv::algorithm::search::{
         candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets,
         tier_levels, RatioPolicy,
     };
+    use pariskv::cuda::step::{
+        gather, run, state_stride, Gathered, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState,
+    };
+    use pariskv::step::{attend_cache, CacheView, StepParams, StepScratch};
     use std::collections::BTreeSet;
 
     pub struct Case {
@@ -219,7 +219,7 @@ mod step {
         let mask: Vec<f32> = (0..tokens)
             .flat_map(|t| (0..n).map(move |x| if visible(t, x) { 0.0 } else { f32::NEG_INFINITY }))
             .collect();
-        let mut rng = pariskv::synth::Rng::new(n as u64 + 3);
+        let mut rng = pariskv::eval::synth::Rng::new(n as u64 + 3);
         let mut q = Vec::new();
         for _ in 0..units {
             let targets: Vec<usize> = (0..4).map(|_| rng.below(n * kv)).collect();
@@ -747,12 +747,12 @@ mod step {
 /// encode on the GPU, one step, output equal to the CPU step's.
 #[test]
 fn c_abi_step_with_kv_in_host_memory() {
-    use pariskv::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
+    use pariskv::algorithm::gqa::GqaPolicy;
+    use pariskv::algorithm::search::RatioPolicy;
     use pariskv::ffi::cache::{pariskv_step, pariskv_step_stats};
     use pariskv::ffi::cuda::*;
     use pariskv::ffi::pariskv_status;
-    use pariskv::gqa::GqaPolicy;
-    use pariskv::search::RatioPolicy;
+    use pariskv::step::{attend_cache, CacheView, StepParams, StepScratch};
     if gpu().is_none() {
         return;
     }
@@ -800,7 +800,7 @@ fn c_abi_step_with_kv_in_host_memory() {
     let pos: Vec<i32> = (0..n as i32).collect();
     let mask = vec![0.0f32; n];
     let (gpos, gmask) = (DeviceBuffer::from_slice(&pos).unwrap(), DeviceBuffer::from_slice(&mask).unwrap());
-    let mut rng = pariskv::synth::Rng::new(3);
+    let mut rng = pariskv::eval::synth::Rng::new(3);
     let q: Vec<f32> = (0..g).flat_map(|_| cache.planted_query(&[100, 9000, 15000], 8.0, &mut rng)).collect();
     let gq = DeviceBuffer::from_slice(&q).unwrap();
     let gout = DeviceBuffer::new(g * d * 4).unwrap();
@@ -887,7 +887,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         ratios: RatioPolicy::Tuned,
         gqa: GqaPolicy::PerHead,
         refine: 2,
-        attn: pariskv::attention::AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
+        attn: pariskv::algorithm::attention::AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
     };
     let mut want = vec![0.0f32; g * d];
     let cpu = attend_cache(&rot, &sp, &view, &q, &mut StepScratch::default(), &mut want).unwrap();
@@ -919,8 +919,8 @@ fn c_abi_step_with_kv_in_host_memory() {
 
 mod index {
     use super::*;
+    use pariskv::algorithm::gqa::GqaPolicy;
     use pariskv::config::{Config, Device};
-    use pariskv::gqa::GqaPolicy;
     use pariskv::index::{open, Index};
     use pariskv::rows::RowBuf;
 
@@ -958,7 +958,7 @@ mod index {
         let mut spec = SynthSpec::new(total * c.nkv, c.d, (c.d * 7 + c.nq) as u64);
         spec.topic_len = 301;
         let cache = SynthCache::generate(&spec);
-        let mut rng = pariskv::synth::Rng::new(c.nq as u64);
+        let mut rng = pariskv::eval::synth::Rng::new(c.nq as u64);
         let mut at = 0;
         for n in chunks {
             let rows = at * c.nkv * c.d..(at + n) * c.nkv * c.d;
@@ -1046,7 +1046,7 @@ mod index {
             keys[((t + 1) * nkv + 1) * d + 5] = bad;
             values[(t + 2) * nkv * d] = bad;
         }
-        let mut rng = pariskv::synth::Rng::new(3);
+        let mut rng = pariskv::eval::synth::Rng::new(3);
         let finite: Vec<f32> = (0..nq * d).map(|_| rng.normal()).collect();
         let mut poisoned = finite.clone();
         poisoned[7] = f32::NAN;
@@ -1132,7 +1132,7 @@ mod index {
         cfg.dense_threshold = 0;
         let spec = SynthSpec::new(n * nkv, d, 11);
         let cache = SynthCache::generate(&spec);
-        let mut rng = pariskv::synth::Rng::new(5);
+        let mut rng = pariskv::eval::synth::Rng::new(5);
         let q: Vec<f32> =
             (0..nq).flat_map(|_| cache.planted_query(&[7, 3000, 11000], 8.0, &mut rng)).collect();
         let mut outs = Vec::new();

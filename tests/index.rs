@@ -1,8 +1,8 @@
 //! The index handle: append semantics, dtypes, GQA grouping, all-or-nothing errors.
 
 use half::{bf16, f16};
-use pariskv::gqa::GqaPolicy;
-use pariskv::synth::{Rng, SynthCache, SynthSpec};
+use pariskv::algorithm::gqa::GqaPolicy;
+use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, DType, ErrorKind, Index, RowData};
 
 fn interleaved(n: usize, d: usize, heads: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {

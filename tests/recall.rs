@@ -4,10 +4,10 @@
 //! floors measured over seeds 1-5 with a margin (see docs/RECALL.md for the table and
 //! why each floor is where it is).
 
+use pariskv::algorithm::gqa::GqaPolicy;
+use pariskv::algorithm::search::{RatioPolicy, Ratios};
+use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::eval::{attention_mass, exact_top_k, recall};
-use pariskv::gqa::GqaPolicy;
-use pariskv::search::{RatioPolicy, Ratios};
-use pariskv::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::{Config, DType, Index, RowData};
 
 const N: usize = 16_384;

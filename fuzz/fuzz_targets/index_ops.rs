@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use pariskv::gqa::GqaPolicy;
-use pariskv::search::{RatioPolicy, Ratios};
+use pariskv::algorithm::gqa::GqaPolicy;
+use pariskv::algorithm::search::{RatioPolicy, Ratios};
 use pariskv::{Config, DType, Index, RowData};
 
 /// Mostly small multiples of 1/8, one in eight any bit pattern.

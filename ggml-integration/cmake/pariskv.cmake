@@ -48,7 +48,7 @@ else()
     # cargo decides itself whether anything changed, so it runs on every build.
     add_custom_target(ggml-pariskv-cargo
         COMMAND ${CMAKE_COMMAND} -E env ${GGML_PARISKV_ENV}
-                "${GGML_PARISKV_CARGO}" build --release --lib --quiet ${GGML_PARISKV_FEATURES}
+                "${GGML_PARISKV_CARGO}" build --release --lib --quiet --no-default-features ${GGML_PARISKV_FEATURES}
                 --manifest-path "${GGML_PARISKV_DIR}/Cargo.toml" --target-dir "${GGML_PARISKV_TARGET_DIR}"
         BYPRODUCTS "${GGML_PARISKV_STATIC}"
         COMMENT "Building the pariskv Rust library"

@@ -33,11 +33,11 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use pariskv::attention::{attend, AttnScratch};
+use pariskv::algorithm::attention::{attend, AttnScratch};
+use pariskv::algorithm::gqa::{merge_ranks, GqaPolicy};
+use pariskv::algorithm::search::{RatioPolicy, Ratios};
+use pariskv::eval::npy;
 use pariskv::eval::{attention_mass, exact_top_k, recall, relative_l2_error};
-use pariskv::gqa::{merge_ranks, GqaPolicy};
-use pariskv::npy;
-use pariskv::search::{RatioPolicy, Ratios};
 use pariskv::{Config, DType, Index, Result, RowData};
 
 struct Args {
@@ -185,7 +185,7 @@ fn load_layer(dir: &Path, il: usize) -> Result<Layer> {
 
 /// A synthetic layer with drifting keys and planted queries (see the module docs).
 fn synthetic_layer(n: usize, drift: f32) -> Layer {
-    use pariskv::synth::{Rng, SynthCache, SynthSpec};
+    use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
     const D: usize = 128;
     const GROUP: usize = 4;
     let mut spec = SynthSpec::new(n, D, 2026);
@@ -298,7 +298,7 @@ fn step_bytes(
     dv: usize,
     g: usize,
     policy: GqaPolicy,
-    st: &pariskv::search::SearchStats,
+    st: &pariskv::algorithm::search::SearchStats,
     attended: usize,
     whole: bool,
 ) -> usize {

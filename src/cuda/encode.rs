@@ -4,8 +4,8 @@ use std::ffi::c_void;
 
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::kernels::{CENTER_INIT, ENCODE, ENCODE_WARPS};
+use crate::algorithm::rotation::Rotation;
 use crate::error::Result;
-use crate::rotation::Rotation;
 use crate::rows::DType;
 use crate::shape::Shape;
 

@@ -10,12 +10,12 @@ use std::ffi::c_void;
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::encode::{dtype_code, GpuRotation};
 use super::kernels::*;
-use crate::cache_step::StepParams;
+use crate::algorithm::gqa::GqaPolicy;
+use crate::algorithm::search::RatioPolicy;
 use crate::error::{Error, Result};
-use crate::gqa::GqaPolicy;
 use crate::rows::DType;
-use crate::search::RatioPolicy;
 use crate::shape::{Shape, N_CENTROIDS};
+use crate::step::StepParams;
 
 /// `pk_retrieval` of kernels/search.cuh.
 #[repr(C)]

@@ -9,10 +9,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use half::{bf16, f16};
 
 use super::types::{pariskv_dtype, pariskv_gqa, pariskv_ratios, pariskv_status};
+use crate::algorithm::gqa::GqaPolicy;
+use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::error::{Error, ErrorKind, Result};
-use crate::gqa::GqaPolicy;
 use crate::rows::{DType, RowData};
-use crate::search::{RatioPolicy, Ratios};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());

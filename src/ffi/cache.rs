@@ -9,13 +9,13 @@ use half::f16;
 
 use super::boundary::{boundary, dtype, gqa, in_ref, in_rows, in_slice, out_ref, out_slice, ratio_policy};
 use super::types::pariskv_status;
-use crate::attention::AttnParams;
-use crate::cache_step::{attend_cache, CacheView, StepParams, StepScratch};
-use crate::encode::{encode_rotated, Codes};
+use crate::algorithm::attention::AttnParams;
+use crate::algorithm::encode::{encode_rotated, Codes};
+use crate::algorithm::rotation::Rotation;
 use crate::error::{Error, Result};
-use crate::rotation::Rotation;
 use crate::rows::{RowData, Rows};
 use crate::shape::Shape;
+use crate::step::{attend_cache, CacheView, StepParams, StepScratch};
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
@@ -149,7 +149,7 @@ fn layout(shape: &Shape) -> pariskv_layout {
         code_bytes: shape.code_bytes() as u32,
         nibble_bytes: shape.nibble_bytes() as u32,
         n_weights: shape.n_weights() as u32,
-        center_len: crate::center::len(shape.head_dim) as u32,
+        center_len: crate::algorithm::center::len(shape.head_dim) as u32,
     }
 }
 
@@ -228,8 +228,8 @@ pub extern "C" fn pariskv_center_init(
         let shape = Shape::new(head_dim as usize)?;
         let rows = rows_at(key_dtype, keys, key_stride, shape.head_dim, n_rows, "keys")?;
         let cells = checked_cells(in_slice(cells, n, "cells")?, n_rows)?;
-        let center = out_slice(center, crate::center::len(shape.head_dim), "center")?;
-        SCRATCH.with(|s| crate::center::init(&rows, &cells, center, &mut s.borrow_mut().key));
+        let center = out_slice(center, crate::algorithm::center::len(shape.head_dim), "center")?;
+        SCRATCH.with(|s| crate::algorithm::center::init(&rows, &cells, center, &mut s.borrow_mut().key));
         Ok(())
     })
 }
@@ -267,7 +267,11 @@ pub extern "C" fn pariskv_encode_cells(
         let center = if center.is_null() {
             None
         } else {
-            crate::center::offset(in_slice(center, crate::center::len(shape.head_dim), "center")?)
+            crate::algorithm::center::offset(in_slice(
+                center,
+                crate::algorithm::center::len(shape.head_dim),
+                "center",
+            )?)
         };
         // Validate the destination once over its whole extent.
         codes_ref(dst, &shape)?;
@@ -278,7 +282,7 @@ pub extern "C" fn pariskv_encode_cells(
             s.rotated.resize(shape.padded_dim, 0.0);
             for &c in &cells {
                 rows.load(c, &mut s.key);
-                crate::center::subtract(&mut s.key, center);
+                crate::algorithm::center::subtract(&mut s.key, center);
                 rot.apply(&s.key, &mut s.rotated);
                 // SAFETY: `dst` was checked to hold `n_cells` cells (non-null, aligned,
                 // in-bounds above) and `c < n_cells`; these slices cover exactly cell c, which

@@ -8,9 +8,9 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::codebook::{magnitude_index, nibble, nibble_value, sign_code, LEVELS};
+use crate::algorithm::codebook::{magnitude_index, nibble, nibble_value, sign_code, LEVELS};
+use crate::algorithm::rotation::Rotation;
 use crate::error::{try_reserve, Error, Result};
-use crate::rotation::Rotation;
 use crate::rows::Rows;
 use crate::shape::{Shape, BLOCK, MAX_HEAD_DIM};
 
@@ -191,7 +191,7 @@ pub fn encode_rows(
     scratch.rotated.resize(shape.padded_dim, 0.0);
     for (i, &cell) in cells.iter().enumerate() {
         keys.load(i, &mut scratch.key);
-        crate::center::subtract(&mut scratch.key, center);
+        crate::algorithm::center::subtract(&mut scratch.key, center);
         rotation.apply(&scratch.key, &mut scratch.rotated);
         encode_rotated(
             &shape,
@@ -251,8 +251,8 @@ pub fn estimate(lut: &[f32], nibbles: &[u8], weights: &[f16]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::synth::Rng;
     use crate::rows::RowData;
-    use crate::synth::Rng;
 
     fn encode_one(rot: &Rotation, key: &[f32]) -> CodeStore {
         let shape = rot.shape();
@@ -309,7 +309,7 @@ mod tests {
             exact.push(key.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>());
             approx.push(estimate(&lut, &store.nibbles, &store.weights));
         }
-        let corr = crate::synth::correlation(&exact, &approx);
+        let corr = crate::eval::synth::correlation(&exact, &approx);
         let rms_err = (exact.iter().zip(&approx).map(|(e, a)| (e - a).powi(2)).sum::<f32>()
             / exact.len() as f32)
             .sqrt();

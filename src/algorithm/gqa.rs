@@ -17,15 +17,15 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use crate::attention::dot;
-use crate::encode::Codes;
-use crate::error::{Error, Result};
-use crate::rank::top_k_in_place;
-use crate::rotation::Rotation;
-use crate::rows::Rows;
-use crate::search::{
+use crate::algorithm::attention::dot;
+use crate::algorithm::encode::Codes;
+use crate::algorithm::rank::top_k_in_place;
+use crate::algorithm::rotation::Rotation;
+use crate::algorithm::search::{
     group_query, histogram, select_top_k, RatioPolicy, SearchScratch, SearchStats, Selection,
 };
+use crate::error::{Error, Result};
+use crate::rows::Rows;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GqaPolicy {
@@ -176,10 +176,10 @@ pub fn merge_ranks(lists: &[Vec<u32>], seen: &mut HashSet<u32>, out: &mut Vec<u3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::{encode_rows, CodeStore, EncodeScratch};
+    use crate::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
+    use crate::eval::synth::{SynthCache, SynthSpec};
     use crate::rows::{RowData, Rows};
     use crate::shape::Shape;
-    use crate::synth::{SynthCache, SynthSpec};
 
     /// Every key encoded into cells 0..n.
     fn encode_all(rot: &Rotation, keys: &Rows) -> CodeStore {
@@ -201,7 +201,7 @@ mod tests {
         let keys = Rows::packed(RowData::F32(&cache.keys), d).unwrap();
         let store = encode_all(&rot, &keys);
         // Three heads aimed at different keys.
-        let mut rng = crate::synth::Rng::new(8);
+        let mut rng = crate::eval::synth::Rng::new(8);
         let q: Vec<f32> =
             [10, 2000, 3500].iter().flat_map(|&t| cache.planted_query(&[t], 30.0, &mut rng)).collect();
         let (mut s, mut out) = (GroupScratch::default(), Vec::new());
@@ -273,10 +273,10 @@ mod tests {
         let cache = SynthCache::generate(&SynthSpec::new(n, d, 11));
         let keys = Rows::packed(RowData::F32(&cache.keys), d).unwrap();
         let store = encode_all(&rot, &keys);
-        let mut rng = crate::synth::Rng::new(12);
+        let mut rng = crate::eval::synth::Rng::new(12);
         let q: Vec<f32> = (0..4).flat_map(|_| cache.planted_query(&[rng.below(n)], 2.0, &mut rng)).collect();
         let zone: Vec<u32> = (100..n as u32).collect();
-        let all = RatioPolicy::Fixed(crate::search::Ratios { cand: 1.0, coll: 1.0 });
+        let all = RatioPolicy::Fixed(crate::algorithm::search::Ratios { cand: 1.0, coll: 1.0 });
         let (mut s, mut out) = (GroupScratch::default(), Vec::new());
         let run = |factor: usize, s: &mut GroupScratch, out: &mut Vec<u32>| {
             let refine = Refine { keys: &keys, factor };

@@ -7,13 +7,13 @@
 //! p < p_min + n_sink, window cells p > p_max - n_local. When the zone holds no more than
 //! top-k cells, every visible cell is attended (dense over the visible cells).
 
-use crate::attention::{attend, AttnParams, AttnScratch};
-use crate::encode::Codes;
+use crate::algorithm::attention::{attend, AttnParams, AttnScratch};
+use crate::algorithm::encode::Codes;
+use crate::algorithm::gqa::{select_group, GqaPolicy, GroupScratch, Refine};
+use crate::algorithm::rotation::Rotation;
+use crate::algorithm::search::RatioPolicy;
 use crate::error::{Error, Result};
-use crate::gqa::{select_group, GqaPolicy, GroupScratch, Refine};
-use crate::rotation::Rotation;
 use crate::rows::Rows;
-use crate::search::RatioPolicy;
 use crate::shape::Shape;
 
 /// Settings of a step (static per layer).
@@ -155,9 +155,9 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::{encode_rows, CodeStore, EncodeScratch};
+    use crate::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
+    use crate::eval::synth::{Rng, SynthCache, SynthSpec};
     use crate::rows::RowData;
-    use crate::synth::{Rng, SynthCache, SynthSpec};
 
     struct Fixture {
         cache: SynthCache,

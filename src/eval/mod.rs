@@ -1,8 +1,12 @@
-//! Exact baselines and retrieval metrics: the brute-force top-k every claim about
-//! recall is measured against, recall@k, and the softmax mass a selection covers.
+//! Evaluation support (feature `eval`; not in the library llama.cpp links): exact baselines
+//! and retrieval metrics (the brute-force top-k every claim about recall is measured against,
+//! recall@k, the softmax mass a selection covers), synthetic caches, `.npy` reading.
 
-use crate::attention::dot;
-use crate::rank::top_k_in_place;
+pub mod npy;
+pub mod synth;
+
+use crate::algorithm::attention::dot;
+use crate::algorithm::rank::top_k_in_place;
 use crate::rows::Rows;
 
 /// Exact inner products `<q, k_cell>` for `cells`.

@@ -5,12 +5,12 @@
 
 use std::ops::Range;
 
-use crate::codebook::{centroid_order, centroid_scores};
+use crate::algorithm::codebook::{centroid_order, centroid_scores};
+use crate::algorithm::encode::{estimate, estimator_lut, Codes};
+use crate::algorithm::prefetch;
+use crate::algorithm::rank::top_k_in_place;
 use crate::constants::{REFERENCE_RATIOS, TUNED_RATIOS};
-use crate::encode::{estimate, estimator_lut, Codes};
 use crate::error::{Error, Result};
-use crate::prefetch;
-use crate::rank::top_k_in_place;
 use crate::shape::{Shape, BLOCK, N_CENTROIDS, N_TIERS, TIER_FRACTIONS};
 
 /// Candidate and collision ratios (rho_cand, rho_coll).
@@ -247,7 +247,7 @@ pub fn rerank(shape: &Shape, codes: &Codes, lut: &[f32], cands: &[u32], k: usize
 /// The retrieval query of one KV head: the mean of its query heads (the reference's GQA
 /// policy), rotated. `group` holds the heads' queries back to back.
 pub fn group_query(
-    rotation: &crate::rotation::Rotation,
+    rotation: &crate::algorithm::rotation::Rotation,
     group: &[f32],
     mean: &mut Vec<f32>,
     out: &mut [f32],
@@ -372,7 +372,7 @@ pub fn select_top_k<F: Fn(usize) -> bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::CodeStore;
+    use crate::algorithm::encode::CodeStore;
 
     /// One-block keys (head_dim 8) with hand-picked codes.
     fn store_with_codes(codes: &[u8]) -> (Shape, CodeStore) {

@@ -6,18 +6,18 @@
 //! Storage is `[kv_head][capacity][row]` for rows and codes alike; capacity doubles when an
 //! append needs more (a copy of what is stored, like `Vec`).
 
-use super::driver::{self, CUdeviceptr, DeviceBuffer, Module, PinnedHost, PrimaryContext, Stream};
-use super::encode::{encode, EncodeTarget, GpuRotation};
-use super::kernels::MAX_GROUP;
-use super::step::{self, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState};
-use crate::cache_step::StepParams;
+use crate::algorithm::gqa::merge_ranks;
+use crate::algorithm::rotation::Rotation;
 use crate::config::{Config, Device};
+use crate::cuda::driver::{self, CUdeviceptr, DeviceBuffer, Module, PinnedHost, PrimaryContext, Stream};
+use crate::cuda::encode::{encode, EncodeTarget, GpuRotation};
+use crate::cuda::kernels::MAX_GROUP;
+use crate::cuda::step::{self, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState};
 use crate::error::{Error, Result};
-use crate::gqa::merge_ranks;
-use crate::index::{check_append, load_queries, IndexStats, KvIndex};
-use crate::rotation::Rotation;
+use crate::index::handle::{check_append, load_queries, IndexStats, KvIndex};
 use crate::rows::{DType, RowBuf, RowData, Rows};
 use crate::shape::Shape;
+use crate::step::StepParams;
 
 /// Capacity of the first allocation, in tokens.
 const MIN_CAPACITY: usize = 1024;
@@ -144,7 +144,7 @@ impl Store {
             codes: DeviceBuffer::new(per_head(b.codes)?)?,
             nibbles: DeviceBuffer::new(per_head(b.nibbles)?)?,
             weights: DeviceBuffer::new(per_head(b.weights)?)?,
-            center: DeviceBuffer::from_slice(&vec![0.0f32; nkv * crate::center::len(d)])?,
+            center: DeviceBuffer::from_slice(&vec![0.0f32; nkv * crate::algorithm::center::len(d)])?,
             pos: DeviceBuffer::from_slice(&pos)?,
             mask: DeviceBuffer::from_slice(&vec![0u16; cap])?,
             q: DeviceBuffer::new(cfg.n_q_heads * d * 4)?,

@@ -2,7 +2,7 @@
 //! levels of the 4-bit code. Nothing here is trained, which is why retrieval does not
 //! drift as generation goes on (DESIGN.md §2).
 
-use crate::rank::rank_order;
+use crate::algorithm::rank::rank_order;
 use crate::shape::{BLOCK, N_CENTROIDS, N_LEVELS};
 
 pub use crate::constants::{LEVELS, THRESHOLDS};

@@ -5,8 +5,8 @@
 
 use multiversion::multiversion;
 
+use crate::algorithm::prefetch;
 use crate::error::{Error, Result};
-use crate::prefetch;
 use crate::rows::Rows;
 
 /// Scale and optional tanh logit softcap, as llama.cpp applies them:
@@ -154,8 +154,8 @@ pub fn attend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::synth::Rng;
     use crate::rows::RowData;
-    use crate::synth::Rng;
 
     /// Straight f64 softmax attention for one head.
     fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], p: AttnParams) -> Vec<f64> {

@@ -1,16 +1,15 @@
-//! The stateful index handle for engines that do not manage their own KV cache: it owns
-//! the K/V rows of one layer (one sequence), encodes every key as it is appended, and
-//! answers search and attend for one decode query. Built from the stateless primitives.
-//! [`open`] picks the CPU [`Index`] or, for a CUDA device, `cuda::index::GpuIndex`.
+//! The CPU index handle: the K/V rows and codes in host memory, every step on the CPU, built
+//! from the algorithm's stateless primitives.
 
-use crate::attention::{attend, AttnScratch};
+use crate::algorithm::attention::{attend, AttnScratch};
+use crate::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
+use crate::algorithm::gqa::{select_group, GroupScratch, Refine};
+use crate::algorithm::rotation::Rotation;
+use crate::algorithm::search::{tally, SearchStats, Tally};
 use crate::config::{Config, Device};
-use crate::encode::{encode_rows, CodeStore, EncodeScratch};
 use crate::error::{Error, Result};
-use crate::gqa::{select_group, GroupScratch, Refine};
-use crate::rotation::Rotation;
+use crate::index::handle::{check_append, load_queries, IndexStats, KvIndex, Retrieved};
 use crate::rows::{RowBuf, RowData, Rows};
-use crate::search::{tally, SearchStats, Tally};
 use crate::shape::{Shape, N_CENTROIDS};
 
 /// Everything stored for one KV head.
@@ -38,106 +37,6 @@ struct Scratch {
     cells: Vec<u32>,
 }
 
-/// Memory use and the last step's retrieval work, summed over KV heads.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct IndexStats {
-    pub len: usize,
-    /// Bytes of codes, 4-bit codes and weights.
-    pub index_bytes: usize,
-    /// Bytes of stored K and V rows.
-    pub kv_bytes: usize,
-    /// Keys in the retrieval zones of the last search (all heads).
-    pub last_zone: usize,
-    /// Candidates reranked by the last search (all heads).
-    pub last_candidates: usize,
-}
-
-/// One KV head's selection, with its coarse stage.
-#[derive(Clone, Debug)]
-pub struct Retrieved {
-    /// Top-k positions, best first.
-    pub top: Vec<u32>,
-    /// Candidate positions passed to the reranks (of every head of the group), in position order.
-    pub candidates: Vec<u32>,
-    pub stats: SearchStats,
-}
-
-/// What every index handle answers, wherever it lives.
-pub trait KvIndex: Send {
-    fn config(&self) -> &Config;
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn stats(&self) -> IndexStats;
-    /// Appends `n_tokens` keys and values laid out `[n_tokens][n_kv_heads][head_dim]`.
-    /// Either everything is appended or, on error, nothing is.
-    fn append(&mut self, keys: RowData, values: RowData, n_tokens: usize) -> Result<()>;
-    /// Per KV head, the top-k token positions of the retrieval zone, best first.
-    fn search(&mut self, queries: RowData, k: usize) -> Result<Vec<Vec<u32>>>;
-    /// ParisKV attention output `[n_q_heads][head_dim]` for one decode query.
-    fn attend(&mut self, queries: RowData, out: &mut [f32]) -> Result<()>;
-}
-
-/// An index on the device `cfg.device` names.
-pub fn open(cfg: Config) -> Result<Box<dyn KvIndex>> {
-    match cfg.device {
-        Device::Cpu => Ok(Box::new(Index::new(cfg)?)),
-        #[cfg(feature = "cuda")]
-        Device::Cuda { .. } => Ok(Box::new(crate::cuda::index::GpuIndex::new(cfg)?)),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda { ordinal, .. } => Err(Error::unsupported(format!(
-            "CUDA device {ordinal} asked for, but this build of pariskv has no CUDA support (feature `cuda`)"
-        ))),
-    }
-}
-
-/// Checks an append of `n_tokens` to an index of `len` tokens (shared by every handle).
-pub(crate) fn check_append(
-    cfg: &Config,
-    len: usize,
-    keys: &RowData,
-    values: &RowData,
-    n_tokens: usize,
-) -> Result<()> {
-    let rows =
-        n_tokens.checked_mul(cfg.n_kv_heads).ok_or_else(|| Error::invalid("append: n_tokens too large"))?;
-    expect_len(cfg, "append keys", keys, rows)?;
-    expect_len(cfg, "append values", values, rows)?;
-    if len.checked_add(n_tokens).is_none_or(|n| n > u32::MAX as usize) {
-        return Err(Error::invalid(format!(
-            "append: {len} + {n_tokens} tokens exceeds the 2^32-1 cells an index can hold"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that `data` holds `rows` rows of `head_dim`.
-pub(crate) fn expect_len(cfg: &Config, what: &str, data: &RowData, rows: usize) -> Result<()> {
-    let want =
-        rows.checked_mul(cfg.head_dim).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
-    if data.len() != want {
-        return Err(Error::invalid(format!(
-            "{what}: {} elements given, expected {rows} rows of {} = {want}",
-            data.len(),
-            cfg.head_dim
-        )));
-    }
-    Ok(())
-}
-
-/// `n_q_heads` query rows converted to f32 into `out`.
-pub(crate) fn load_queries(cfg: &Config, queries: RowData, out: &mut Vec<f32>) -> Result<()> {
-    let (d, nq) = (cfg.head_dim, cfg.n_q_heads);
-    expect_len(cfg, "queries", &queries, nq)?;
-    let rows = Rows::packed(queries, d)?;
-    out.resize(nq * d, 0.0);
-    for (h, q) in out.chunks_exact_mut(d).enumerate() {
-        rows.load(h, q);
-    }
-    Ok(())
-}
-
 #[derive(Clone, Debug)]
 pub struct Index {
     cfg: Config,
@@ -161,7 +60,7 @@ impl Index {
         let heads = (0..cfg.n_kv_heads)
             .map(|_| Head {
                 codes: CodeStore::default(),
-                center: vec![0.0; crate::center::len(cfg.head_dim)],
+                center: vec![0.0; crate::algorithm::center::len(cfg.head_dim)],
                 hist: vec![0; shape.n_blocks * N_CENTROIDS],
                 keys: RowBuf::new(cfg.kv_dtype),
                 values: RowBuf::new(cfg.kv_dtype),
@@ -231,13 +130,13 @@ impl Index {
             head.codes.grow(&self.shape, n_tokens)?;
             let stored = Rows::new(head.keys.data(), self.len * d, d, d, n_tokens)?;
             if self.cfg.center {
-                crate::center::init(&stored, &in_call, &mut head.center, &mut row);
+                crate::algorithm::center::init(&stored, &in_call, &mut head.center, &mut row);
             }
             encode_rows(
                 &self.rotation,
                 &stored,
                 &new_cells,
-                crate::center::offset(&head.center),
+                crate::algorithm::center::offset(&head.center),
                 &mut head.codes.as_mut(),
                 &mut self.scratch.encode,
             )?;
