@@ -35,10 +35,180 @@ fn header(crate_dir: &Path, out_dir: &Path) {
         .with_config(config)
         .generate()
         .expect("cbindgen could not generate include/pariskv.h");
-    bindings.write_to_file(out_dir.join("pariskv.h"));
+    let mut raw = Vec::new();
+    bindings.write(&mut raw);
+    let text = sectioned(&String::from_utf8(raw).expect("cbindgen wrote UTF-8"));
+    std::fs::write(out_dir.join("pariskv.h"), &text).unwrap();
     if std::env::var_os("PARISKV_UPDATE_HEADER").is_some() {
-        bindings.write_to_file(crate_dir.join("include/pariskv.h"));
+        std::fs::write(crate_dir.join("include/pariskv.h"), &text).unwrap();
     }
+}
+
+/// The header's sections, in order: a title, what the section is for, and its items (every
+/// constant, type and function cbindgen writes must be in exactly one).
+const SECTIONS: &[(&str, &str, &[&str])] = &[
+    (
+        "Status",
+        "Every call returns a status; pariskv_last_error() says why a call failed.",
+        &["pariskv_status", "pariskv_last_error"],
+    ),
+    (
+        "Element types and retrieval policies",
+        "Shared by the index handle, the engine primitives and the GPU path.",
+        &[
+            "pariskv_dtype",
+            "pariskv_gqa",
+            "pariskv_ratios",
+            "PARISKV_DEFAULT_SEED",
+            "PARISKV_DEFAULT_REFINE",
+            "PARISKV_TUNED_RHO_COLL",
+        ],
+    ),
+    (
+        "Index configuration and handle",
+        "For programs without a KV cache of their own: an index owns one layer's K/V rows and answers\n\
+      search and attend for one decode query.",
+        &[
+            "pariskv_config",
+            "pariskv_index",
+            "pariskv_stats",
+            "pariskv_config_init",
+            "pariskv_index_create",
+            "pariskv_index_free",
+            "pariskv_index_append",
+            "pariskv_index_len",
+            "pariskv_index_stats",
+            "pariskv_index_search",
+            "pariskv_index_attend",
+        ],
+    ),
+    (
+        "Engine primitives",
+        "For engines that keep their own KV cache (llama.cpp's ggml ops): the index layout, encoding the\n\
+      keys of given cells, and one decode step over the engine's cache, on the CPU.",
+        &[
+            "PARISKV_CENTER_ROWS",
+            "pariskv_layout",
+            "pariskv_codes",
+            "pariskv_step",
+            "pariskv_kv",
+            "pariskv_visibility",
+            "pariskv_step_stats",
+            "pariskv_layout_for",
+            "pariskv_center_init",
+            "pariskv_encode_cells",
+            "pariskv_attend_cache",
+        ],
+    ),
+    (
+        "Engine settings",
+        "What such an engine lets its users set, defined and checked here: the settings, their text form\n\
+      and table (llama.cpp's --pariskv-* flags), the dense threshold, and a decode step's op parameters.",
+        &[
+            "PARISKV_OP_PARAMS",
+            "pariskv_setting_kind",
+            "pariskv_settings",
+            "pariskv_setting_info",
+            "pariskv_settings_init",
+            "pariskv_settings_parse",
+            "pariskv_settings_set",
+            "pariskv_settings_format",
+            "pariskv_settings_value",
+            "pariskv_setting_count",
+            "pariskv_setting_describe",
+            "pariskv_settings_dense_threshold",
+            "pariskv_op_params_pack",
+            "pariskv_op_params_step",
+        ],
+    ),
+    (
+        "CUDA",
+        "The GPU twins of the engine primitives, on the caller's stream, and pinned host memory for K/V\n\
+      the GPU reads in place (a library built with CUDA; elsewhere they fail with PARISKV_ERR_UNSUPPORTED).",
+        &[
+            "pariskv_cuda_step",
+            "pariskv_cuda_encode_target",
+            "pariskv_cuda_layer",
+            "pariskv_cuda_available",
+            "pariskv_host_alloc",
+            "pariskv_host_free",
+            "pariskv_cuda_encode",
+            "pariskv_cuda_step_create",
+            "pariskv_cuda_step_free",
+            "pariskv_cuda_step_run",
+            "pariskv_cuda_step_stats",
+        ],
+    ),
+];
+
+/// The name an item of cbindgen's output declares.
+fn item_name(block: &str) -> String {
+    let code: Vec<&str> = block.lines().filter(|l| !l.starts_with("//")).collect();
+    let first = code.first().copied().unwrap_or("");
+    let word_after = |s: &str, key: &str| {
+        s.split(key).nth(1).map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+    };
+    if let Some(n) = word_after(first, "#define ") {
+        return n;
+    }
+    if first.contains('(') {
+        // a function: the identifier before the first parenthesis
+        let head = &first[..first.find('(').unwrap()];
+        return head
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .rfind(|w| !w.is_empty())
+            .unwrap()
+            .into();
+    }
+    for key in ["typedef struct ", "typedef enum ", "enum "] {
+        if first.starts_with(key) {
+            return word_after(first, key).unwrap().trim_end_matches(';').to_string();
+        }
+    }
+    panic!("unrecognised header item:\n{block}");
+}
+
+/// cbindgen's header regrouped into `SECTIONS`, each with a banner; one extern "C" block.
+fn sectioned(raw: &str) -> String {
+    let blocks: Vec<&str> =
+        raw.split("\n\n").map(|b| b.trim_matches('\n')).filter(|b| !b.is_empty()).collect();
+    let is_item = |b: &&str| {
+        let code = b.lines().find(|l| !l.starts_with("//")).unwrap_or("");
+        ["#define PARISKV_", "typedef ", "enum ", "const ", "void ", "enum pariskv_status "]
+            .iter()
+            .any(|p| code.starts_with(p))
+            && !code.starts_with("#define PARISKV_H")
+    };
+    let first_item = blocks.iter().position(&is_item).expect("header items");
+    let mut items: Vec<(String, &str)> =
+        blocks[first_item..].iter().filter(|b| is_item(b)).map(|b| (item_name(b), *b)).collect();
+    let mut out = String::new();
+    for b in &blocks[..first_item] {
+        out += b;
+        out += "\n\n";
+    }
+    out += "#ifdef __cplusplus\nextern \"C\" {\n#endif\n";
+    for (title, about, names) in SECTIONS {
+        let rule = "-".repeat(96);
+        out += &format!("\n// {rule}\n// {title}\n//\n");
+        for line in about.lines() {
+            out += &format!("// {}\n", line.trim());
+        }
+        out += &format!("// {rule}\n");
+        for name in *names {
+            let at = items
+                .iter()
+                .position(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{name} is not in the header"));
+            out += "\n";
+            out += items.remove(at).1;
+            out += "\n";
+        }
+    }
+    let rest: Vec<&String> = items.iter().map(|(n, _)| n).collect();
+    assert!(rest.is_empty(), "header items in no section of build.rs SECTIONS: {rest:?}");
+    out += "\n#ifdef __cplusplus\n}  // extern \"C\"\n#endif\n\n#endif  /* PARISKV_H */\n";
+    out
 }
 
 /// nvcc from `NVCC`, `CUDA_PATH/bin` or `PATH`, or a build error that says how to get one.

@@ -15,9 +15,9 @@ fi
 export PARISKV_CUDA
 if [ "$PARISKV_CUDA" = 1 ]; then
     log "GPU and CUDA toolkit found: CUDA build, every layer on the GPU (-ngl 99)"
-    bin=$PARISKV_WORK/build-cuda/bin gpu=(--ngl 99)
+    bin=$BUILD_CUDA/bin gpu=(--ngl 99)
 else
-    bin=$PARISKV_WORK/build-cpu/bin gpu=()
+    bin=$BUILD_CPU/bin gpu=()
 fi
 
 "$REPO_ROOT/ggml-integration/build.sh" llama-server

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Integration tests of the patched llama.cpp (CPU): builds it (build.sh), runs the op-level
-# test against the pariskv library and dense attention, then the end-to-end tests on a tiny
-# model and on Gemma 3 270M (passkey at ~8K tokens).
+# test against the pariskv library and dense attention, the fidelity suite's CI subset, the
+# end-to-end tests on a tiny model and on Gemma 3 270M (passkey at ~8K tokens) and the load
+# test. With PARISKV_LLAMA=older, on the older llama.cpp tree: the op test and the
+# end-to-end tests on the tiny models (the fidelity, Gemma and load tests are the pinned
+# tree's).
 #   ggml-integration/test.sh            (PARISKV_E2E_ARGS="--only test_identity" to narrow)
 source "$(dirname "$0")/common.sh"
 
 "$REPO_ROOT/ggml-integration/build.sh"
-bin=$PARISKV_WORK/build-cpu/bin
+bin=$BUILD_CPU/bin
 models=$PARISKV_WORK/models
 mkdir -p "$models"
 
@@ -14,7 +17,7 @@ log "ggml-rpc.h agrees with the patched op count (an RPC build, -DGGML_RPC=ON, s
 printf '#include "ggml-rpc.h"\nint main() { return 0; }\n' | c++ -std=c++17 -fsyntax-only -x c++ -I "$LLAMA_TREE/ggml/include" -
 
 log "op-level test: ggml ops vs the pariskv library, exact dense attention and flash_attn_ext"
-op_test=$PARISKV_WORK/test-pariskv-op
+op_test=$PARISKV_WORK/test-pariskv-op$TREE_SUFFIX
 c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/tests/test-pariskv-op.cpp" \
     -I "$LLAMA_TREE/ggml/include" -I "$REPO_ROOT/include" -I "$REPO_ROOT/ggml-integration/src/ggml" \
     -L "$bin" -lggml -lggml-base -lggml-cpu -Wl,-rpath,"$bin"
@@ -22,6 +25,13 @@ c++ -std=c++17 -O2 -Wall -Wextra -o "$op_test" "$REPO_ROOT/ggml-integration/test
 
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$models/tiny.gguf" >/dev/null
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$models/tiny-hd20.gguf" --head-dim 20 >/dev/null
+
+if [ "$PARISKV_LLAMA" = older ]; then
+    log "end-to-end tests on the tiny models"
+    "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/e2e.py" --bin "$bin" \
+        --tiny "$models/tiny.gguf" --tiny-hd20 "$models/tiny-hd20.gguf" ${PARISKV_E2E_ARGS:-}
+    exit 0
+fi
 
 # A C++ tool of ggml-integration/tools/ linked against the patched libllama: $1 its name.
 llama_tool() {
@@ -37,7 +47,7 @@ llama_tool kl-vs-dense
 rm -rf "$PARISKV_WORK/fidelity-ci" && mkdir -p "$PARISKV_WORK/fidelity-ci"
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/fidelity_ci.py" --capture-tool "$PARISKV_WORK/capture-qkv" \
     --fidelity "$REPO_ROOT/target/release/pariskv-fidelity" --kl-tool "$PARISKV_WORK/kl-vs-dense" \
-    --model "$models/tiny.gguf" --text "$REPO_ROOT/README.md" --work "$PARISKV_WORK/fidelity-ci"
+    --model "$models/tiny.gguf" --text "$REPO_ROOT/ggml-integration/tests/data/fidelity-ci-text.md" --work "$PARISKV_WORK/fidelity-ci"
 
 log "end-to-end tests"
 gemma=$(ensure_gemma)

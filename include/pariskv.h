@@ -17,22 +17,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-// Number of `int32_t` op parameters of an attention step (`pariskv_op_params_pack`).
-#define PARISKV_OP_PARAMS 9
+#ifdef __cplusplus
+extern "C" {
+#endif
 
-// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
-// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
-#define PARISKV_DEFAULT_SEED 5782993871403963953
-
-// Refine factor that `pariskv_config_init` sets (1 would be no exact rescoring).
-#define PARISKV_DEFAULT_REFINE 2
-
-// rho_coll of `PARISKV_RATIOS_TUNED`: callers that fix the candidate share
-// (`PARISKV_RATIOS_FIXED`) use it to keep the tuned table's collision tiers.
-#define PARISKV_TUNED_RHO_COLL 1.0
-
-// Most keys `pariskv_center_init` averages into a KV head's key centre.
-#define PARISKV_CENTER_ROWS 4096
+// ------------------------------------------------------------------------------------------------
+// Status
+//
+// Every call returns a status; pariskv_last_error() says why a call failed.
+// ------------------------------------------------------------------------------------------------
 
 // Result of every `pariskv_*` call. On anything but `PARISKV_OK`,
 // `pariskv_last_error()` says what went wrong.
@@ -50,29 +43,15 @@ typedef enum pariskv_status {
   PARISKV_ERR_CUDA = 5,
 } pariskv_status;
 
-// How the candidate and collision ratios are chosen (a `uint32_t` holding one of these;
-// any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
-enum pariskv_ratios
-#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
-  : uint32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
- {
-  // `rho_cand` / `rho_coll` as given.
-  PARISKV_RATIOS_FIXED = 0,
-  // The reference implementation's table by zone size (the paper's setting).
-  PARISKV_RATIOS_REFERENCE = 1,
-  // Wider candidate shares than the reference's (0.3 below 30K keys, 0.2 above) and
-  // collision tiers over the whole zone, chosen from measurements on real keys (the
-  // default).
-  PARISKV_RATIOS_TUNED = 2,
-};
-#ifndef __cplusplus
-#if __STDC_VERSION__ >= 202311L
-typedef enum pariskv_ratios pariskv_ratios;
-#else
-typedef uint32_t pariskv_ratios;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
+// Message of the last failed call on this thread ("" if none). Valid until the next
+// failing call on the same thread.
+const char *pariskv_last_error(void);
+
+// ------------------------------------------------------------------------------------------------
+// Element types and retrieval policies
+//
+// Shared by the index handle, the engine primitives and the GPU path.
+// ------------------------------------------------------------------------------------------------
 
 // Element type of keys, values and queries: a `uint32_t` holding one of these values.
 // Any other value is reported as `PARISKV_ERR_UNSUPPORTED`.
@@ -113,34 +92,47 @@ typedef uint32_t pariskv_gqa;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// What values a setting takes (`pariskv_setting_info.kind`).
-enum pariskv_setting_kind
+// How the candidate and collision ratios are chosen (a `uint32_t` holding one of these;
+// any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+enum pariskv_ratios
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // A whole number.
-  PARISKV_SETTING_COUNT = 0,
-  // One of the words of `values`, separated by `|`.
-  PARISKV_SETTING_CHOICE = 1,
-  // `on` or `off`, given as a flag of its own (`--pariskv-offload`, `--no-pariskv-offload`).
-  PARISKV_SETTING_SWITCH = 2,
-  // A number in [0, 1].
-  PARISKV_SETTING_SHARE = 3,
+  // `rho_cand` / `rho_coll` as given.
+  PARISKV_RATIOS_FIXED = 0,
+  // The reference implementation's table by zone size (the paper's setting).
+  PARISKV_RATIOS_REFERENCE = 1,
+  // Wider candidate shares than the reference's (0.3 below 30K keys, 0.2 above) and
+  // collision tiers over the whole zone, chosen from measurements on real keys (the
+  // default).
+  PARISKV_RATIOS_TUNED = 2,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
-typedef enum pariskv_setting_kind pariskv_setting_kind;
+typedef enum pariskv_ratios pariskv_ratios;
 #else
-typedef uint32_t pariskv_setting_kind;
+typedef uint32_t pariskv_ratios;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// Scratch of a GPU decode step, allocated once in the context current at creation.
-typedef struct pariskv_cuda_step pariskv_cuda_step;
+// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
+// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
+#define PARISKV_DEFAULT_SEED 5782993871403963953
 
-// Opaque index handle: what C holds is its id in `HANDLES`, not its address.
-typedef struct pariskv_index pariskv_index;
+// Refine factor that `pariskv_config_init` sets (1 would be no exact rescoring).
+#define PARISKV_DEFAULT_REFINE 2
+
+// rho_coll of `PARISKV_RATIOS_TUNED`: callers that fix the candidate share
+// (`PARISKV_RATIOS_FIXED`) use it to keep the tuned table's collision tiers.
+#define PARISKV_TUNED_RHO_COLL 1.0
+
+// ------------------------------------------------------------------------------------------------
+// Index configuration and handle
+//
+// For programs without a KV cache of their own: an index owns one layer's K/V rows and answers
+// search and attend for one decode query.
+// ------------------------------------------------------------------------------------------------
 
 // Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
 typedef struct pariskv_config {
@@ -188,6 +180,9 @@ typedef struct pariskv_config {
   uint32_t center;
 } pariskv_config;
 
+// An index handle: the caller owns it from `pariskv_index_create` to `pariskv_index_free`.
+typedef struct pariskv_index pariskv_index;
+
 // Memory use and the last search's work, summed over KV heads.
 typedef struct pariskv_stats {
   // Tokens appended.
@@ -201,6 +196,70 @@ typedef struct pariskv_stats {
   // Candidates reranked by the last search or attend.
   size_t last_candidates;
 } pariskv_stats;
+
+// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
+// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
+// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA
+// retrieval, centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
+// error.
+enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
+                                        uint32_t head_dim,
+                                        uint32_t n_q_heads,
+                                        uint32_t n_kv_heads);
+
+// Creates an index from a validated config, on the device `cfg->device` names (a CUDA
+// device fails with PARISKV_ERR_UNSUPPORTED in a build without feature `cuda`, with
+// PARISKV_ERR_CUDA when the driver or device cannot be used). On error `*out` is NULL.
+enum pariskv_status pariskv_index_create(const struct pariskv_config *cfg,
+                                         struct pariskv_index **out);
+
+// Frees an index. NULL is a no-op; so is a handle already freed or never created, which
+// sets `pariskv_last_error`. A call still running on the handle in another thread finishes
+// normally; the index is released when it returns.
+void pariskv_index_free(struct pariskv_index *index);
+
+// Appends `n_tokens` keys and values, each laid out `[n_tokens][n_kv_heads][head_dim]`
+// in `dtype`; positions continue from the current length. All or nothing.
+enum pariskv_status pariskv_index_append(struct pariskv_index *index,
+                                         pariskv_dtype dtype,
+                                         const void *keys,
+                                         const void *values,
+                                         size_t n_tokens);
+
+// Number of tokens appended.
+enum pariskv_status pariskv_index_len(const struct pariskv_index *index, size_t *out);
+
+// Memory use and the last step's retrieval work.
+enum pariskv_status pariskv_index_stats(const struct pariskv_index *index,
+                                        struct pariskv_stats *out);
+
+// Per KV head, the top-`k` positions of the retrieval zone (between the sink and the local
+// window) for one decode query `[n_q_heads][head_dim]`, best first.
+// `out_positions` is `[n_kv_heads][k]`, slots past `out_count[h]` are set to -1;
+// `out_count` is `[n_kv_heads]`.
+enum pariskv_status pariskv_index_search(struct pariskv_index *index,
+                                         pariskv_dtype dtype,
+                                         const void *queries,
+                                         uint32_t k,
+                                         int64_t *out_positions,
+                                         uint32_t *out_count);
+
+// The ParisKV attention output `[n_q_heads][head_dim]` (f32) for one decode query: exact
+// attention over sink ∪ top-k ∪ window, or dense below the threshold.
+enum pariskv_status pariskv_index_attend(struct pariskv_index *index,
+                                         pariskv_dtype dtype,
+                                         const void *queries,
+                                         float *out);
+
+// ------------------------------------------------------------------------------------------------
+// Engine primitives
+//
+// For engines that keep their own KV cache (llama.cpp's ggml ops): the index layout, encoding the
+// keys of given cells, and one decode step over the engine's cache, on the CPU.
+// ------------------------------------------------------------------------------------------------
+
+// Most keys `pariskv_center_init` averages into a KV head's key centre.
+#define PARISKV_CENTER_ROWS 4096
 
 // Sizes of the index for one head dimension, per cell and KV head.
 typedef struct pariskv_layout {
@@ -282,6 +341,197 @@ typedef struct pariskv_step_stats {
   size_t n_refined;
 } pariskv_step_stats;
 
+// Fills `out` with the index layout for `head_dim`.
+enum pariskv_status pariskv_layout_for(uint32_t head_dim, struct pariskv_layout *out);
+
+// Sets a KV head's key centre `center` (`center_len` f32, see `pariskv_layout`) unless it
+// is set already (its last element, the number of keys averaged, is nonzero): the mean of
+// the keys of the first `PARISKV_CENTER_ROWS` of `cells` (row of cell c at
+// `keys + c * key_stride` bytes, `n_rows` rows readable). Call it before each
+// `pariskv_encode_cells` of the head with the same cells (only the first call that has
+// cells sets it); zero the centre to start over, and encode every cell again after.
+// One thread at a time per centre.
+enum pariskv_status pariskv_center_init(uint32_t head_dim,
+                                        pariskv_dtype key_dtype,
+                                        const void *keys,
+                                        size_t key_stride,
+                                        size_t n_rows,
+                                        const int64_t *cells,
+                                        size_t n,
+                                        float *center);
+
+// Encodes the keys of `cells` (row of cell c at `keys + c * key_stride` bytes, `dst->n_cells`
+// rows readable) into the same cells of `dst`, overwriting them: each key minus `center`
+// when `center` (`center_len` f32, from `pariskv_center_init`) is given and set, else as it
+// is. Concurrent calls must name disjoint cells.
+enum pariskv_status pariskv_encode_cells(uint32_t head_dim,
+                                         uint64_t seed,
+                                         pariskv_dtype key_dtype,
+                                         const void *keys,
+                                         size_t key_stride,
+                                         const int64_t *cells,
+                                         size_t n,
+                                         const float *center,
+                                         const struct pariskv_codes *dst);
+
+// One decode step for the `step->n_heads` query heads sharing one KV head: `q` holds
+// them as f32 rows `q_stride` bytes apart, `out` receives f32 rows `out_stride` bytes
+// apart. Attends exactly over sink ∪ top-k of the zone ∪ window of the visible cells, or
+// over every visible cell when the zone is no larger than top-k. `stats` may be NULL.
+enum pariskv_status pariskv_attend_cache(const struct pariskv_step *step,
+                                         const float *q,
+                                         size_t q_stride,
+                                         const struct pariskv_kv *kv,
+                                         const struct pariskv_codes *codes,
+                                         const struct pariskv_visibility *visibility,
+                                         float *out,
+                                         size_t out_stride,
+                                         struct pariskv_step_stats *stats);
+
+// ------------------------------------------------------------------------------------------------
+// Engine settings
+//
+// What such an engine lets its users set, defined and checked here: the settings, their text form
+// and table (llama.cpp's --pariskv-* flags), the dense threshold, and a decode step's op parameters.
+// ------------------------------------------------------------------------------------------------
+
+// Number of `int32_t` op parameters of an attention step (`pariskv_op_params_pack`).
+#define PARISKV_OP_PARAMS 9
+
+// What values a setting takes (`pariskv_setting_info.kind`).
+enum pariskv_setting_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // A whole number.
+  PARISKV_SETTING_COUNT = 0,
+  // One of the words of `values`, separated by `|`.
+  PARISKV_SETTING_CHOICE = 1,
+  // `on` or `off`, given as a flag of its own (`--pariskv-offload`, `--no-pariskv-offload`).
+  PARISKV_SETTING_SWITCH = 2,
+  // A number in [0, 1].
+  PARISKV_SETTING_SHARE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pariskv_setting_kind pariskv_setting_kind;
+#else
+typedef uint32_t pariskv_setting_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// What an engine that keeps its own KV cache lets its users set (llama.cpp's
+// `--pariskv-*` flags). `pariskv_settings_init` fills the defaults; the text form
+// (`pariskv_settings_parse`, `pariskv_settings_format`) names each field by its key.
+typedef struct pariskv_settings {
+  // `topk`: keys retrieved per KV head and decode step; 0 = off.
+  uint32_t top_k;
+  // `sink`: first positions of a sequence always attended.
+  uint32_t n_sink;
+  // `window`: last positions of a sequence always attended.
+  uint32_t n_window;
+  // `dense-threshold`: caches of fewer cells stay dense; 0 = automatic
+  // (`pariskv_settings_dense_threshold`).
+  uint32_t dense_threshold;
+  // `gqa`: how query heads sharing a KV head choose its rows (`pariskv_gqa`).
+  pariskv_gqa gqa;
+  // `ratios`: PARISKV_RATIOS_TUNED or PARISKV_RATIOS_REFERENCE.
+  pariskv_ratios ratios;
+  // `refine`: exact rescoring of each retrieval's `refine * top_k` best estimates, 1..64
+  // (1 = off).
+  uint32_t refine;
+  // `candidates`: share of the zone reranked at every zone size, in (0, 1], with the
+  // tuned collision tiers; 0 = the ratio table's.
+  float candidates;
+  // `center`: 1 = keys indexed minus their KV head's centre, 0 = as they are.
+  uint32_t center;
+  // `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
+  uint32_t offload;
+} pariskv_settings;
+
+// One setting, for flag parsers and help: static strings, never freed.
+typedef struct pariskv_setting_info {
+  // Its key in the text form (llama.cpp's flag is `--pariskv-<key>`).
+  const char *key;
+  // Its values: `N`, `F` or the words of a choice (`per-head|mean`).
+  const char *values;
+  // What it does, in lines of at most 100 characters.
+  const char *help;
+  pariskv_setting_kind kind;
+} pariskv_setting_info;
+
+// Fills `out` with the defaults (ParisKV off: top-k 0).
+enum pariskv_status pariskv_settings_init(struct pariskv_settings *out);
+
+// Sets `*out` to the defaults with the items of `text` applied in order: `key=value`
+// separated by commas (`"topk=256,window=64,gqa=mean"`; "" = the defaults). Numbers are
+// whole decimal strings; an unknown key, a value out of range or trailing characters are
+// errors naming the item. `*out` is untouched on error.
+enum pariskv_status pariskv_settings_parse(const char *text, struct pariskv_settings *out);
+
+// Sets the setting `key` of `settings` from its text `value`, checked as
+// `pariskv_settings_parse` checks it; `settings` is untouched on error.
+enum pariskv_status pariskv_settings_set(struct pariskv_settings *settings,
+                                         const char *key,
+                                         const char *value);
+
+// The text form of `settings` (the items that differ from the defaults, "" for none) into
+// `buf` of `size` bytes, NUL-terminated; `*len` = its length, also when `buf` is too small
+// (an error then).
+enum pariskv_status pariskv_settings_format(const struct pariskv_settings *settings,
+                                            char *buf,
+                                            size_t size,
+                                            size_t *len);
+
+// The text of the setting `key` of `settings` (`"256"`, `"mean"`, `"on"`), as
+// `pariskv_settings_format` writes text.
+enum pariskv_status pariskv_settings_value(const struct pariskv_settings *settings,
+                                           const char *key,
+                                           char *buf,
+                                           size_t size,
+                                           size_t *len);
+
+// `*out` = the number of settings (`pariskv_setting_describe` takes 0 .. n - 1).
+enum pariskv_status pariskv_setting_count(uint32_t *out);
+
+// Describes setting `i`, in the order help lists them.
+enum pariskv_status pariskv_setting_describe(uint32_t i, struct pariskv_setting_info *out);
+
+// `*out` = the number of cells from which a cache is attended with ParisKV: the explicit
+// `dense_threshold`, or sink + window + 2 top-k when it is 0, and never below sink +
+// window + top-k (below that every visible cell is attended anyway). Computed without
+// overflow.
+enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settings *settings,
+                                                     uint64_t *out);
+
+// Packs the op parameters of an attention step: `settings` (top-k > 0) with the
+// attention `scale` and logit `softcap` (0 = off) into `out[0..PARISKV_OP_PARAMS]`.
+enum pariskv_status pariskv_op_params_pack(const struct pariskv_settings *settings,
+                                           float scale,
+                                           float softcap,
+                                           int32_t *out);
+
+// The decode step that op parameters packed by `pariskv_op_params_pack` describe, for
+// keys of `head_dim` and values of `v_dim` elements and `n_heads` query heads per KV head:
+// fills `*out` for `pariskv_attend_cache` and `pariskv_cuda_step_run`.
+enum pariskv_status pariskv_op_params_step(const int32_t *params,
+                                           uint32_t head_dim,
+                                           uint32_t v_dim,
+                                           uint32_t n_heads,
+                                           struct pariskv_step *out);
+
+// ------------------------------------------------------------------------------------------------
+// CUDA
+//
+// The GPU twins of the engine primitives, on the caller's stream, and pinned host memory for K/V
+// the GPU reads in place (a library built with CUDA; elsewhere they fail with PARISKV_ERR_UNSUPPORTED).
+// ------------------------------------------------------------------------------------------------
+
+// A GPU decode step's scratch, allocated once in the CUDA context current at creation: a
+// handle the caller owns from `pariskv_cuda_step_create` to `pariskv_cuda_step_free`.
+typedef struct pariskv_cuda_step pariskv_cuda_step;
+
 // Where an engine's KV cache and its index live on the device, for `pariskv_cuda_encode`:
 // a cache of streams of `kv_size` cells with `n_heads` KV heads; global cell
 // g = stream * kv_size + cell. The key of (g, head h) is at
@@ -345,155 +595,6 @@ typedef struct pariskv_cuda_layer {
   int64_t out_head_stride;
 } pariskv_cuda_layer;
 
-// What an engine that keeps its own KV cache lets its users set (llama.cpp's
-// `--pariskv-*` flags). `pariskv_settings_init` fills the defaults; the text form
-// (`pariskv_settings_parse`, `pariskv_settings_format`) names each field by its key.
-typedef struct pariskv_settings {
-  // `topk`: keys retrieved per KV head and decode step; 0 = off.
-  uint32_t top_k;
-  // `sink`: first positions of a sequence always attended.
-  uint32_t n_sink;
-  // `window`: last positions of a sequence always attended.
-  uint32_t n_window;
-  // `dense-threshold`: caches of fewer cells stay dense; 0 = automatic
-  // (`pariskv_settings_dense_threshold`).
-  uint32_t dense_threshold;
-  // `gqa`: how query heads sharing a KV head choose its rows (`pariskv_gqa`).
-  pariskv_gqa gqa;
-  // `ratios`: PARISKV_RATIOS_TUNED or PARISKV_RATIOS_REFERENCE.
-  pariskv_ratios ratios;
-  // `refine`: exact rescoring of each retrieval's `refine * top_k` best estimates, 1..64
-  // (1 = off).
-  uint32_t refine;
-  // `candidates`: share of the zone reranked at every zone size, in (0, 1], with the
-  // tuned collision tiers; 0 = the ratio table's.
-  float candidates;
-  // `center`: 1 = keys indexed minus their KV head's centre, 0 = as they are.
-  uint32_t center;
-  // `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
-  uint32_t offload;
-} pariskv_settings;
-
-// One setting, for flag parsers and help: static strings, never freed.
-typedef struct pariskv_setting_info {
-  // Its key in the text form (llama.cpp's flag is `--pariskv-<key>`).
-  const char *key;
-  // Its values: `N`, `F` or the words of a choice (`per-head|mean`).
-  const char *values;
-  // What it does, in lines of at most 100 characters.
-  const char *help;
-  pariskv_setting_kind kind;
-} pariskv_setting_info;
-
-#ifdef __cplusplus
-extern "C" {
-#endif // __cplusplus
-
-// Message of the last failed call on this thread ("" if none). Valid until the next
-// failing call on the same thread.
-const char *pariskv_last_error(void);
-
-// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
-// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
-// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA
-// retrieval, centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
-// error.
-enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
-                                        uint32_t head_dim,
-                                        uint32_t n_q_heads,
-                                        uint32_t n_kv_heads);
-
-// Creates an index from a validated config, on the device `cfg->device` names (a CUDA
-// device fails with PARISKV_ERR_UNSUPPORTED in a build without feature `cuda`, with
-// PARISKV_ERR_CUDA when the driver or device cannot be used). On error `*out` is NULL.
-enum pariskv_status pariskv_index_create(const struct pariskv_config *cfg,
-                                         struct pariskv_index **out);
-
-// Frees an index. NULL is a no-op; so is a handle already freed or never created, which
-// sets `pariskv_last_error`. A call still running on the handle in another thread finishes
-// normally; the index is released when it returns.
-void pariskv_index_free(struct pariskv_index *index);
-
-// Appends `n_tokens` keys and values, each laid out `[n_tokens][n_kv_heads][head_dim]`
-// in `dtype`; positions continue from the current length. All or nothing.
-enum pariskv_status pariskv_index_append(struct pariskv_index *index,
-                                         pariskv_dtype dtype,
-                                         const void *keys,
-                                         const void *values,
-                                         size_t n_tokens);
-
-// Number of tokens appended.
-enum pariskv_status pariskv_index_len(const struct pariskv_index *index, size_t *out);
-
-// Memory use and the last step's retrieval work.
-enum pariskv_status pariskv_index_stats(const struct pariskv_index *index,
-                                        struct pariskv_stats *out);
-
-// Per KV head, the top-`k` positions of the retrieval zone (between the sink and the local
-// window) for one decode query `[n_q_heads][head_dim]`, best first.
-// `out_positions` is `[n_kv_heads][k]`, slots past `out_count[h]` are set to -1;
-// `out_count` is `[n_kv_heads]`.
-enum pariskv_status pariskv_index_search(struct pariskv_index *index,
-                                         pariskv_dtype dtype,
-                                         const void *queries,
-                                         uint32_t k,
-                                         int64_t *out_positions,
-                                         uint32_t *out_count);
-
-// The ParisKV attention output `[n_q_heads][head_dim]` (f32) for one decode query: exact
-// attention over sink ∪ top-k ∪ window, or dense below the threshold.
-enum pariskv_status pariskv_index_attend(struct pariskv_index *index,
-                                         pariskv_dtype dtype,
-                                         const void *queries,
-                                         float *out);
-
-// Fills `out` with the index layout for `head_dim`.
-enum pariskv_status pariskv_layout_for(uint32_t head_dim, struct pariskv_layout *out);
-
-// Sets a KV head's key centre `center` (`center_len` f32, see `pariskv_layout`) unless it
-// is set already (its last element, the number of keys averaged, is nonzero): the mean of
-// the keys of the first `PARISKV_CENTER_ROWS` of `cells` (row of cell c at
-// `keys + c * key_stride` bytes, `n_rows` rows readable). Call it before each
-// `pariskv_encode_cells` of the head with the same cells (only the first call that has
-// cells sets it); zero the centre to start over, and encode every cell again after.
-// One thread at a time per centre.
-enum pariskv_status pariskv_center_init(uint32_t head_dim,
-                                        pariskv_dtype key_dtype,
-                                        const void *keys,
-                                        size_t key_stride,
-                                        size_t n_rows,
-                                        const int64_t *cells,
-                                        size_t n,
-                                        float *center);
-
-// Encodes the keys of `cells` (row of cell c at `keys + c * key_stride` bytes, `dst->n_cells`
-// rows readable) into the same cells of `dst`, overwriting them: each key minus `center`
-// when `center` (`center_len` f32, from `pariskv_center_init`) is given and set, else as it
-// is. Concurrent calls must name disjoint cells.
-enum pariskv_status pariskv_encode_cells(uint32_t head_dim,
-                                         uint64_t seed,
-                                         pariskv_dtype key_dtype,
-                                         const void *keys,
-                                         size_t key_stride,
-                                         const int64_t *cells,
-                                         size_t n,
-                                         const float *center,
-                                         const struct pariskv_codes *dst);
-
-// One decode step for the `step->n_heads` query heads sharing one KV head: `q` holds
-// them as f32 rows `q_stride` bytes apart, `out` receives f32 rows `out_stride` bytes
-// apart. Attends exactly over sink ∪ top-k of the zone ∪ window of the visible cells, or
-// over every visible cell when the zone is no larger than top-k. `stats` may be NULL.
-enum pariskv_status pariskv_attend_cache(const struct pariskv_step *step,
-                                         const float *q,
-                                         size_t q_stride,
-                                         const struct pariskv_kv *kv,
-                                         const struct pariskv_codes *codes,
-                                         const struct pariskv_visibility *visibility,
-                                         float *out,
-                                         size_t out_stride,
-                                         struct pariskv_step_stats *stats);
-
 // `*out` = 1 when a CUDA driver and a GPU are available to this build, else 0.
 enum pariskv_status pariskv_cuda_available(uint32_t *out);
 
@@ -533,7 +634,8 @@ enum pariskv_status pariskv_cuda_step_create(uint32_t head_dim,
                                              uint32_t max_units,
                                              struct pariskv_cuda_step **out);
 
-// Frees a step's scratch (its context must still exist). NULL is a no-op.
+// Frees a step's scratch (its context must still exist). NULL is a no-op; so is a handle
+// already freed or never created, which sets `pariskv_last_error`.
 void pariskv_cuda_step_free(struct pariskv_cuda_step *step);
 
 // Launches one layer's decode step on `stream`: for every unit, the GPU twin of
@@ -552,68 +654,8 @@ enum pariskv_status pariskv_cuda_step_stats(const struct pariskv_cuda_step *step
                                             size_t n_out,
                                             size_t *n_written);
 
-// Fills `out` with the defaults (ParisKV off: top-k 0).
-enum pariskv_status pariskv_settings_init(struct pariskv_settings *out);
-
-// Sets `*out` to the defaults with the items of `text` applied in order: `key=value`
-// separated by commas (`"topk=256,window=64,gqa=mean"`; "" = the defaults). Numbers are
-// whole decimal strings; an unknown key, a value out of range or trailing characters are
-// errors naming the item. `*out` is untouched on error.
-enum pariskv_status pariskv_settings_parse(const char *text, struct pariskv_settings *out);
-
-// Sets the setting `key` of `settings` from its text `value`, checked as
-// `pariskv_settings_parse` checks it; `settings` is untouched on error.
-enum pariskv_status pariskv_settings_set(struct pariskv_settings *settings,
-                                         const char *key,
-                                         const char *value);
-
-// The text form of `settings` (the items that differ from the defaults, "" for none) into
-// `buf` of `size` bytes, NUL-terminated; `*len` = its length, also when `buf` is too small
-// (an error then).
-enum pariskv_status pariskv_settings_format(const struct pariskv_settings *settings,
-                                            char *buf,
-                                            size_t size,
-                                            size_t *len);
-
-// The text of the setting `key` of `settings` (`"256"`, `"mean"`, `"on"`), as
-// `pariskv_settings_format` writes text.
-enum pariskv_status pariskv_settings_value(const struct pariskv_settings *settings,
-                                           const char *key,
-                                           char *buf,
-                                           size_t size,
-                                           size_t *len);
-
-// `*out` = the number of settings (`pariskv_setting_describe` takes 0 .. n - 1).
-enum pariskv_status pariskv_setting_count(uint32_t *out);
-
-// Describes setting `i`, in the order help lists them.
-enum pariskv_status pariskv_setting_describe(uint32_t i, struct pariskv_setting_info *out);
-
-// `*out` = the number of cells from which a cache is attended with ParisKV: the explicit
-// `dense_threshold`, or sink + window + 2 top-k when it is 0, and never below sink +
-// window + top-k (below that every visible cell is attended anyway). Computed without
-// overflow.
-enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settings *settings,
-                                                     uint64_t *out);
-
-// Packs the op parameters of an attention step: `settings` (top-k > 0) with the
-// attention `scale` and logit `softcap` (0 = off) into `out[0..PARISKV_OP_PARAMS]`.
-enum pariskv_status pariskv_op_params_pack(const struct pariskv_settings *settings,
-                                           float scale,
-                                           float softcap,
-                                           int32_t *out);
-
-// The decode step that op parameters packed by `pariskv_op_params_pack` describe, for
-// keys of `head_dim` and values of `v_dim` elements and `n_heads` query heads per KV head:
-// fills `*out` for `pariskv_attend_cache` and `pariskv_cuda_step_run`.
-enum pariskv_status pariskv_op_params_step(const int32_t *params,
-                                           uint32_t head_dim,
-                                           uint32_t v_dim,
-                                           uint32_t n_heads,
-                                           struct pariskv_step *out);
-
 #ifdef __cplusplus
 }  // extern "C"
-#endif  // __cplusplus
+#endif
 
 #endif  /* PARISKV_H */

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command: every Rust test (unit, recall, dense equivalence, index,
 # header freshness, the C API program), then the llama.cpp integration: the patch series
-# applied to the pinned tree and built (CPU), the op-level test and the end-to-end tests on
-# a tiny model and on Gemma 3 270M (ggml-integration/test.sh).
+# applied to the pinned tree and built (CPU), the op-level test, the fidelity CI subset, the
+# end-to-end tests on a tiny model and on Gemma 3 270M and the load test; then the same
+# patches on the older llama.cpp tree, built, with the op test and the tiny-model end-to-end
+# tests (ggml-integration/test.sh; PARISKV_SKIP_OLDER=1 skips the older tree).
 # Needs cargo, a C/C++ compiler, valgrind and python3 with venv; .ci/run installs what is
 # missing. PARISKV_SKIP_LLAMA=1 skips the llama.cpp part, PARISKV_SKIP_ROBUSTNESS=1 the
 # sanitizer and fuzz runs.
@@ -19,4 +21,7 @@ if [ "${PARISKV_SKIP_ROBUSTNESS:-0}" != 1 ]; then
 fi
 if [ "${PARISKV_SKIP_LLAMA:-0}" != 1 ]; then
     ggml-integration/test.sh
+    if [ "${PARISKV_SKIP_OLDER:-0}" != 1 ]; then
+        PARISKV_LLAMA=older ggml-integration/test.sh
+    fi
 fi

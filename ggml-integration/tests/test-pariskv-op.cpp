@@ -10,6 +10,7 @@
 #include "ggml.h"
 #include "ggml-cpu.h"
 #include "ggml-pariskv.h"
+#include "pariskv-compat.h"
 
 #include <cmath>
 #include <cstdio>
@@ -160,7 +161,7 @@ static void run(const test_case & tc) {
     ggml_tensor * qp = ggml_permute(ctx, ggml_view_4d(ctx, q, D, H, tc.n_tps, S, q->nb[1], q->nb[2], q->nb[2]*tc.n_tps, 0), 0, 2, 1, 3);
     ggml_tensor * fa = ggml_flash_attn_ext(ctx, qp, ggml_permute(ctx, k_view, 0, 2, 1, 3), ggml_permute(ctx, v_view, 0, 2, 1, 3),
                                            mask, scale, 0.0f, 0.0f);
-    ggml_prec_set_acc(fa, GGML_PREC_F32);
+    pariskv_set_f32_acc(fa);
 
     ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, out);

@@ -9,6 +9,7 @@ use super::boundary::{boundary, out_ref};
 #[cfg(feature = "cuda")]
 use super::boundary::{dtype, in_ref};
 use super::cache::pariskv_step;
+use super::handle::Registry;
 use super::types::pariskv_status;
 #[cfg(feature = "cuda")]
 use crate::error::Error;
@@ -85,7 +86,8 @@ pub struct pariskv_cuda_layer {
     pub out_head_stride: i64,
 }
 
-/// Scratch of a GPU decode step, allocated once in the context current at creation.
+/// A GPU decode step's scratch, allocated once in the CUDA context current at creation: a
+/// handle the caller owns from `pariskv_cuda_step_create` to `pariskv_cuda_step_free`.
 pub struct pariskv_cuda_step {
     #[cfg(feature = "cuda")]
     buffers: crate::cuda::step::StepBuffers,
@@ -95,6 +97,8 @@ pub struct pariskv_cuda_step {
     #[cfg(feature = "cuda")]
     last: std::sync::Mutex<(usize, usize)>,
 }
+
+static STEPS: Registry<pariskv_cuda_step> = Registry::new("step");
 
 #[cfg(not(feature = "cuda"))]
 fn no_cuda<T>() -> Result<T> {
@@ -254,7 +258,7 @@ pub extern "C" fn pariskv_cuda_step_create(
                 max_heads as usize,
                 max_units as usize,
             )?;
-            *out = Box::into_raw(Box::new(pariskv_cuda_step { buffers, seed, last: Default::default() }));
+            *out = STEPS.register(pariskv_cuda_step { buffers, seed, last: Default::default() });
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
@@ -265,18 +269,14 @@ pub extern "C" fn pariskv_cuda_step_create(
     })
 }
 
-/// Frees a step's scratch (its context must still exist). NULL is a no-op.
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
+/// Frees a step's scratch (its context must still exist). NULL is a no-op; so is a handle
+/// already freed or never created, which sets `pariskv_last_error`.
 #[no_mangle]
 pub extern "C" fn pariskv_cuda_step_free(step: *mut pariskv_cuda_step) {
     if step.is_null() {
         return;
     }
-    boundary("pariskv_cuda_step_free", || {
-        // SAFETY: a non-null step comes from `pariskv_cuda_step_create` and is freed once.
-        drop(unsafe { Box::from_raw(step) });
-        Ok(())
-    });
+    boundary("pariskv_cuda_step_free", || STEPS.remove(step));
 }
 
 /// Launches one layer's decode step on `stream`: for every unit, the GPU twin of
@@ -293,7 +293,7 @@ pub extern "C" fn pariskv_cuda_step_run(
         #[cfg(feature = "cuda")]
         {
             use crate::cuda::step::{run, GpuLayer, UnitLayout};
-            let step = in_ref(step as *const pariskv_cuda_step, "step")?;
+            let step = STEPS.lookup(step)?;
             let p = in_ref(params, "params")?;
             let l = in_ref(layer, "layer")?;
             let shape = step.buffers.shape;
@@ -384,7 +384,7 @@ pub extern "C" fn pariskv_cuda_step_stats(
         *n_written = 0;
         #[cfg(feature = "cuda")]
         {
-            let step = in_ref(step, "step")?;
+            let step = STEPS.lookup(step)?;
             let (units, n_ret) = *step.last.lock().unwrap_or_else(|e| e.into_inner());
             let n = units.min(n_out);
             if n == 0 {

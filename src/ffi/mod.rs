@@ -1,29 +1,25 @@
 //! The C ABI. Thin and uniform: every function checks its arguments, runs inside
 //! `boundary`, and returns a `pariskv_status`.
 //!
-//! Ownership: a `pariskv_index *` is a handle, never dereferenced: `pariskv_index_create`
-//! registers the index under a fresh id (never reused in the process) and the caller owns it
-//! until `pariskv_index_free`. Every call looks the handle up, so a freed, never-created or
-//! corrupted handle is refused with an error instead of used, a double free is a no-op that
-//! says so, and a free racing other calls on the handle waits for none of them and harms
-//! none (they hold the index until they return). Calls on one handle from several threads
-//! are serialised by a lock inside it.
+//! Ownership: both handle kinds, `pariskv_index *` and `pariskv_cuda_step *`, follow one
+//! model (`handle`): an id the caller owns from create to free, looked up by every call.
+//! Calls on one handle from several threads are serialised by a lock inside it.
 #![allow(non_camel_case_types)]
 
 mod boundary;
 pub mod cache;
 mod config;
 pub mod cuda;
+mod handle;
 pub mod settings;
 pub mod types;
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use boundary::{boundary, in_ref, in_rows, last_error_ptr, out_ref, out_slice};
 pub use config::pariskv_config;
+use handle::Registry;
 pub use types::{pariskv_stats, pariskv_status};
 
 use crate::config::Config;
@@ -33,35 +29,15 @@ use crate::index::{self, KvIndex};
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
 
-/// Opaque index handle: what C holds is its id in `HANDLES`, not its address.
+/// An index handle: the caller owns it from `pariskv_index_create` to `pariskv_index_free`.
 pub struct pariskv_index {
     inner: Mutex<Box<dyn KvIndex>>,
 }
 
-/// The live indexes by handle value.
-static HANDLES: Mutex<Option<HashMap<usize, Arc<pariskv_index>>>> = Mutex::new(None);
-/// The next handle id; handle values are ids times 16 (aligned, non-null, never reused).
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+static INDEXES: Registry<pariskv_index> = Registry::new("index");
 
-fn handles() -> MutexGuard<'static, Option<HashMap<usize, Arc<pariskv_index>>>> {
-    // the map stays consistent whatever panicked while it was locked
-    HANDLES.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn register(index: pariskv_index) -> *mut pariskv_index {
-    let handle = NEXT_ID.fetch_add(1, Ordering::Relaxed) << 4;
-    handles().get_or_insert_with(HashMap::new).insert(handle, Arc::new(index));
-    handle as *mut pariskv_index
-}
-
-/// The live index a handle names, held for the caller's call.
 fn lookup(handle: *const pariskv_index) -> Result<Arc<pariskv_index>> {
-    if handle.is_null() {
-        return Err(Error::invalid("index is NULL"));
-    }
-    handles().as_ref().and_then(|m| m.get(&(handle as usize)).cloned()).ok_or_else(|| {
-        Error::invalid(format!("index {handle:p} is not a live handle (freed, or never created)"))
-    })
+    INDEXES.lookup(handle)
 }
 
 impl pariskv_index {
@@ -113,7 +89,7 @@ pub extern "C" fn pariskv_index_create(
         *out = std::ptr::null_mut();
         let config = in_ref(cfg, "cfg")?.into_config()?;
         let index = index::open(config)?;
-        *out = register(pariskv_index { inner: Mutex::new(index) });
+        *out = INDEXES.register(pariskv_index { inner: Mutex::new(index) });
         Ok(())
     })
 }
@@ -127,14 +103,7 @@ pub extern "C" fn pariskv_index_free(index: *mut pariskv_index) {
         return;
     }
     // `boundary` also keeps a panic in a destructor from unwinding into C.
-    boundary("pariskv_index_free", || {
-        // taken out under the table's lock, dropped after it; a call still holding the index
-        // frees it when it returns
-        let removed = handles().as_mut().and_then(|m| m.remove(&(index as usize)));
-        removed
-            .map(drop)
-            .ok_or_else(|| Error::invalid(format!("index {index:p} is not a live handle (freed twice?)")))
-    });
+    boundary("pariskv_index_free", || INDEXES.remove(index));
 }
 
 fn with_index<T>(index: *const pariskv_index, f: impl FnOnce(&mut dyn KvIndex) -> Result<T>) -> Result<T> {

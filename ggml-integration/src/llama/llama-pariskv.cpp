@@ -526,7 +526,7 @@ public:
 
     bool can_reuse(const llm_graph_params & params) override {
         const llama_kv_cache_context * next = pariskv_kv_context(params.mctx);
-        if (!next || !llama_pariskv_kv::same_choice(*mctx, *next, params.ubatch, params.cparams.training, pos != nullptr)) {
+        if (!next || !llama_pariskv_kv::same_choice(*mctx, *next, params.ubatch, pariskv_training(params.cparams), pos != nullptr)) {
             return false;
         }
         // the positions' shape follows the KQ mask's, which its own input checks
@@ -595,7 +595,7 @@ ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_ten
     }
     if (!inp) {
         auto made = std::make_unique<llm_graph_input_pariskv_pos>(mctx);
-        if (pk.use(*mctx, g.ubatch.n_tokens, g.ubatch.n_seqs_unq, g.cparams.training)) {
+        if (pk.use(*mctx, g.ubatch.n_tokens, g.ubatch.n_seqs_unq, pariskv_training(g.cparams))) {
             // the streams of the ubatch, as in the KQ mask: one for a unified cache, else one per sequence
             const int64_t ns = kv.n_stream == 1 ? 1 : g.ubatch.n_seqs_unq;
             made->pos = ggml_new_tensor_2d(g.ctx0, GGML_TYPE_I32, mctx->n_kv, ns);

@@ -15,7 +15,7 @@
 
 #include "ggml-backend.h"
 #include "ggml-pariskv.h"
-#include "llama-pariskv-compat.h"
+#include "pariskv-compat.h"
 
 #include <memory>
 #include <string>

@@ -1,2 +1,0 @@
-#pragma once
-// What differs between the llama.cpp trees this integration builds on (docs/INTEGRATION.md).
