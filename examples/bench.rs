@@ -103,7 +103,7 @@ fn bench(n: usize) {
     let mut per_head = Index::new(cfg.clone()).unwrap();
     per_head.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
     let t_per_head = time(reps, || per_head.attend(RowData::F32(&q), &mut out).unwrap());
-    // the defaults before issue 9's wider shares and refine: for zones of 30K keys and more
+    // the defaults before the wider shares and refine: for zones of 30K keys and more
     // the first tuned table is the share 0.1 with collision tiers over the whole zone
     let mut first = cfg.clone();
     first.refine = 1;

@@ -3,7 +3,7 @@
 //! exact top-k, the softmax mass covered, the output error against dense attention, and
 //! the time of each against dense attention. By default it runs two caches: clustered keys
 //! that drift along the sequence, then the same with outlier channels (10-50x) carrying a
-//! shared offset, the known hard case of the paper's algorithm (DESIGN.md §6).
+//! shared offset, the known hard case of the paper's algorithm (docs/RECALL.md).
 //!
 //!   cargo run --release --example demo -- [--tokens N] [--head-dim D] [--q-heads H]
 //!       [--kv-heads H] [--top-k K] [--queries Q] [--seed S]

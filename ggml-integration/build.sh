@@ -39,7 +39,8 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench)
 
 # CPU features from this machine, passed explicitly: GGML_NATIVE=ON with GCC 12 dies with
-# SIGILL in the AMX path on CPUs that report AMX (LLAMA_CPP_MAP.md §10).
+# SIGILL in the AMX path on CPUs that report AMX (GCC 12 drops the stores that fill the
+# tile config; upstream PR ggml-org/llama.cpp#26954).
 isa=()
 flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
 for f in avx avx2 fma f16c bmi2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx_vnni; do

@@ -3,7 +3,7 @@
 # needed) and prints the NVCC to export for `cargo build --features cuda`:
 #   eval "$(scripts/cuda-toolchain.sh)"
 # The versions are pinned together: an unpinned install mixes in parts of later releases
-# whose PTX the 13.0 driver rejects (DESIGN.md §3).
+# whose PTX the 13.0 driver rejects.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=build/cuda-venv

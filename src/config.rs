@@ -15,12 +15,12 @@ pub const DEFAULT_LOCAL: usize = 512;
 pub const DEFAULT_TOP_K: usize = 2048;
 /// Shortlist of each retrieval rescored exactly, in units of its k (1: off; see `gqa`).
 /// 2 recovers much of what the 4-bit estimator misranks: recall@256 +0.04-0.09 on Gemma 3
-/// 270M's keys (docs/FIDELITY.md, issue 9), for 1 ms per 32-layer step of an 8B model at
+/// 270M's keys (docs/FIDELITY.md, "Retrieval beyond the paper"), for 1 ms per 32-layer step of an 8B model at
 /// 32K from HBM and 6 ms through UVA (the rows it reads; docs/BENCHMARKS.md).
 pub const DEFAULT_REFINE: usize = 2;
 /// Whether keys are encoded minus their KV head's centre (see `center`): it preserves every
 /// ranking and lifts recall@256 by 0.06-0.11 on Gemma 3 270M's keys, halving the attention
-/// mass lost (docs/FIDELITY.md, issue 9).
+/// mass lost (docs/FIDELITY.md, "Retrieval beyond the paper").
 pub const DEFAULT_CENTER: bool = true;
 /// Largest refine factor accepted.
 pub const MAX_REFINE: usize = 64;

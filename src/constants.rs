@@ -34,11 +34,11 @@ pub const REFERENCE_RATIOS: [(usize, f64, f64); 4] =
 
 /// rho_coll of the tuned ratio table: collision tiers over the whole zone. The widest tier
 /// costs nothing extra (every zone key is counted anyway) and on Gemma 3 270M's global
-/// layers lifts recall@256 by 0.04-0.13 at 16K-32K (docs/FIDELITY.md, issue 9).
+/// layers lifts recall@256 by 0.04-0.13 at 16K-32K (docs/FIDELITY.md, "Retrieval beyond the paper").
 pub const TUNED_RHO_COLL: f64 = 1.0;
 
 /// The tuned ratio table (the default), rows as `REFERENCE_RATIOS`, chosen from
-/// measurements on real keys (docs/FIDELITY.md, issue 9): rho_coll `TUNED_RHO_COLL`, and
+/// measurements on real keys (docs/FIDELITY.md, "Retrieval beyond the paper"): rho_coll `TUNED_RHO_COLL`, and
 /// candidate shares of 0.3 below 30K keys and 0.2 above (the reference's 0.25-0.2 and 0.1),
 /// which with centred keys and refine 2 keep recall@256 at 0.85-0.91 and the attention mass
 /// within 0.033 of exact on Gemma 3 270M at 13K-32K. Below 5K keys, the reference's 0.5.
@@ -51,7 +51,7 @@ pub const TUNED_RATIOS: [(usize, f64, f64); 4] = [
 
 /// Most keys averaged into a KV head's key centre (the first ones of the first encode that
 /// sets it). Centring needs a rough mean only: on Gemma 3 270M 512 keys give 0.08 of the
-/// 0.09 recall@256 that 2048 keys give (docs/FIDELITY.md, issue 9); the cap bounds the
+/// 0.09 recall@256 that 2048 keys give (docs/FIDELITY.md, "Retrieval beyond the paper"); the cap bounds the
 /// one-time cost when a whole cache is encoded at once.
 pub const CENTER_ROWS: usize = 4096;
 

@@ -64,7 +64,7 @@ mod tests {
     fn paper_sizes() {
         let s = Shape::new(128).unwrap();
         assert_eq!((s.padded_dim, s.n_blocks), (128, 16));
-        // DESIGN.md §2: 112 bytes per key and KV head at d = 128.
+        // docs/DESIGN.md §1.1: 112 bytes per key and KV head at d = 128.
         assert_eq!(s.index_bytes_per_key(), 112);
         assert_eq!(s.max_collisions(), 96);
     }

@@ -159,7 +159,7 @@ fn clustered_keys_with_drift() {
 
 // With outlier channels, key norms vary ~10x and dominate the exact ranking, while the
 // coarse stage ranks by direction only (codes are scale invariant): recall falls towards
-// the random baseline (rho_cand = 0.2 at this size). DESIGN.md §6 saw the same on real
+// the random baseline (rho_cand = 0.2 at this size). An independent NumPy model saw the same on real
 // keys; these floors pin today's faithful behaviour so a change is noticed either way.
 #[test]
 fn zero_mean_outlier_channels() {

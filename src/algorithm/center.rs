@@ -1,4 +1,4 @@
-//! Key centring (issue 9): each KV head's keys are encoded minus a fixed centre c, the mean
+//! Key centring (docs/DESIGN.md §2): each KV head's keys are encoded minus a fixed centre c, the mean
 //! of the first keys the head encodes. q·(k − c) = q·k − q·c moves every score of one query
 //! by the same amount, so rankings and the softmax are unchanged; the codes then spend their
 //! bits on what tells keys apart instead of what they share (on real models a large part of

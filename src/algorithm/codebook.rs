@@ -1,6 +1,6 @@
 //! The fixed, data-independent codebook: sign centroids per block and the 8 magnitude
 //! levels of the 4-bit code. Nothing here is trained, which is why retrieval does not
-//! drift as generation goes on (DESIGN.md §2).
+//! drift as generation goes on (docs/DESIGN.md §1).
 
 use crate::algorithm::rank::rank_order;
 use crate::shape::{BLOCK, N_CENTROIDS, N_LEVELS};
@@ -110,7 +110,7 @@ mod tests {
         for (i, (&ours, derived)) in THRESHOLDS.iter().zip(thresholds).enumerate() {
             assert!((ours as f64 - derived).abs() < 1e-7, "threshold {i}: {ours} vs {derived}");
         }
-        // The four-digit values quoted in DESIGN.md §2.
+        // The reference code's four-digit values (from a Lloyd run stopped after 100 iterations).
         let design_levels = [0.0425, 0.1280, 0.2152, 0.3053, 0.4003, 0.5030, 0.6193, 0.7648];
         let design_thresholds = [0.0853, 0.1716, 0.2603, 0.3528, 0.4516, 0.5612, 0.6921];
         for (a, b) in LEVELS.iter().zip(design_levels) {

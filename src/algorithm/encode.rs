@@ -1,4 +1,4 @@
-//! Key encoding (DESIGN.md §2, "Encoding a key"): centroid codes, packed 4-bit codes and
+//! Key encoding (docs/DESIGN.md §1.1): centroid codes, packed 4-bit codes and
 //! per-block weights, written into caller-owned storage, one cell per key.
 //!
 //! All quantities are scale invariant except the weights, so the key is rotated without
@@ -292,7 +292,8 @@ mod tests {
 
     #[test]
     fn estimator_tracks_exact_inner_products() {
-        // Gaussian keys: DESIGN.md §6 measured ~7% relative error and correlation 0.997.
+        // Gaussian keys: an independent NumPy model of the method measured ~7% relative error
+        // and correlation 0.997.
         let mut rng = Rng::new(5);
         let d = 128;
         let shape = Shape::new(d).unwrap();

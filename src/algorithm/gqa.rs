@@ -12,7 +12,7 @@
 //! With a refine factor r > 1 each retrieval keeps its r * k best cells by the 4-bit
 //! estimate and then the k best of those by the exact inner product with the key rows:
 //! the estimator's error (not the coarse stage) is what loses most exact keys once the
-//! candidates are many (docs/FIDELITY.md, issue 9).
+//! candidates are many (docs/FIDELITY.md, "Retrieval beyond the paper").
 
 use std::collections::HashSet;
 use std::ops::Range;

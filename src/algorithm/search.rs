@@ -1,4 +1,4 @@
-//! Retrieval (DESIGN.md §2, "Query side"): cluster histograms, nested tiers of centroids,
+//! Retrieval (docs/DESIGN.md §1.2): cluster histograms, nested tiers of centroids,
 //! collision counts, candidates, 4-bit rerank and top-k, over the cells of a retrieval
 //! zone given as a cell range and a validity predicate. Each stage is a function of its
 //! own so that the GPU kernels can be checked against it stage by stage.
