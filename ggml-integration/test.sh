@@ -8,6 +8,11 @@
 #   ggml-integration/test.sh            (PARISKV_E2E_ARGS="--only test_identity" to narrow)
 source "$(dirname "$0")/common.sh"
 
+# the patches add hooks to upstream files and create none; their size is a budget
+hooks=$("$REPO_ROOT/scripts/count-hook-lines.sh" | tail -1)
+log "patches/: $hooks"
+[ "${hooks%% added*}" -le 450 ] || die "the hooks grew past 450 added lines: move code into ggml-integration/src/"
+
 "$REPO_ROOT/ggml-integration/build.sh"
 bin=$BUILD_CPU/bin
 models=$PARISKV_WORK/models
