@@ -116,55 +116,32 @@ fn on_off(v: bool) -> String {
     (if v { "on" } else { "off" }).into()
 }
 
+/// A whole-number setting of field `$field`, in `$min..=$max`.
+macro_rules! count_spec {
+    ($key:literal, $field:ident, $min:expr, $max:expr, $help:literal) => {
+        Spec {
+            key: $key,
+            values: c"N",
+            help: $help,
+            kind: Kind::Count,
+            get: |s| s.$field.to_string(),
+            set: |s, t| {
+                s.$field = count($key.to_str().unwrap_or_default(), t, $min, $max)?;
+                Ok(())
+            },
+        }
+    };
+}
+
 /// Every setting, in the order help lists them.
 pub static SPECS: [Spec; 10] = [
-    Spec {
-        key: c"topk",
-        values: c"N",
-        help: c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off\n\
+    count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off\n\
 long-context decoding attends exactly over the first --pariskv-sink and last --pariskv-window\n\
-positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build",
-        kind: Kind::Count,
-        get: |s| s.top_k.to_string(),
-        set: |s, t| {
-            s.top_k = count("topk", t, 0, MAX_COUNT)?;
-            Ok(())
-        },
-    },
-    Spec {
-        key: c"sink",
-        values: c"N",
-        help: c"ParisKV: first positions of a sequence always attended",
-        kind: Kind::Count,
-        get: |s| s.n_sink.to_string(),
-        set: |s, t| {
-            s.n_sink = count("sink", t, 0, MAX_COUNT)?;
-            Ok(())
-        },
-    },
-    Spec {
-        key: c"window",
-        values: c"N",
-        help: c"ParisKV: last positions of a sequence always attended",
-        kind: Kind::Count,
-        get: |s| s.n_window.to_string(),
-        set: |s, t| {
-            s.n_window = count("window", t, 0, MAX_COUNT)?;
-            Ok(())
-        },
-    },
-    Spec {
-        key: c"dense-threshold",
-        values: c"N",
-        help: c"ParisKV: caches of fewer cells stay dense, 0 = sink + window + 2*topk\n\
-(never below sink + window + topk)",
-        kind: Kind::Count,
-        get: |s| s.dense_threshold.to_string(),
-        set: |s, t| {
-            s.dense_threshold = count("dense-threshold", t, 0, MAX_COUNT)?;
-            Ok(())
-        },
-    },
+positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build"),
+    count_spec!(c"sink", n_sink, 0, MAX_COUNT, c"ParisKV: first positions of a sequence always attended"),
+    count_spec!(c"window", n_window, 0, MAX_COUNT, c"ParisKV: last positions of a sequence always attended"),
+    count_spec!(c"dense-threshold", dense_threshold, 0, MAX_COUNT, c"ParisKV: caches of fewer cells stay dense, 0 = sink + window + 2*topk\n\
+(never below sink + window + topk)"),
     Spec {
         key: c"gqa",
         values: c"per-head|mean",
@@ -198,18 +175,8 @@ reranks 0.5 of the zone below 5K keys, 0.3 below 30K, 0.2 above) or the referenc
             Ok(())
         },
     },
-    Spec {
-        key: c"refine",
-        values: c"N",
-        help: c"ParisKV: rescore each retrieval's N*k best estimates exactly from the K cache and keep the k\n\
-best (1 = off, the paper's setting; at most 64)",
-        kind: Kind::Count,
-        get: |s| s.refine.to_string(),
-        set: |s, t| {
-            s.refine = count("refine", t, 1, MAX_REFINE as u32)?;
-            Ok(())
-        },
-    },
+    count_spec!(c"refine", refine, 1, MAX_REFINE as u32, c"ParisKV: rescore each retrieval's N*k best estimates exactly from the K cache and keep the k\n\
+best (1 = off, the paper's setting; at most 64)"),
     Spec {
         key: c"candidates",
         values: c"F",

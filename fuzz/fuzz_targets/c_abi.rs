@@ -1,6 +1,6 @@
 //! The C ABI with arbitrary arguments: configs (any field value), null pointers, sizes, k,
 //! dtypes and enum values out of range, cells out of range, masks and positions of any bit
-//! pattern. Every call must return a status (never crash), leave a readable message when it
+//! pattern, settings texts and op parameters of any bytes. Every call must return a status (never crash), leave a readable message when it
 //! fails, and keep its documented bounds when it succeeds. Buffers are always as large as
 //! the arguments say: a C caller that lies about a buffer's size is beyond any library.
 #![no_main]
@@ -269,7 +269,55 @@ fn cache_calls(u: &mut Unstructured) -> Result<()> {
     Ok(())
 }
 
+/// Settings text of any bytes, set one key at a time, formatted and parsed back, packed into
+/// op params and unpacked, and op params of any bits.
+fn settings_calls(u: &mut Unstructured) -> Result<()> {
+    use pariskv::ffi::settings::*;
+    let key = *u.choose(&["topk", "sink", "window", "dense-threshold", "gqa", "ratios", "refine", "candidates",
+        "center", "offload", "nope", ""])?;
+    let text: String = u.arbitrary()?;
+    let value: String = u.arbitrary()?;
+    let (Ok(text), Ok(key), Ok(value)) =
+        (std::ffi::CString::new(text), std::ffi::CString::new(key), std::ffi::CString::new(value))
+    else {
+        return Ok(());
+    };
+    let mut s = unsafe { std::mem::zeroed::<pariskv_settings>() };
+    if !checked(pariskv_settings_parse(text.as_ptr(), &mut s)) {
+        checked(pariskv_settings_init(&mut s));
+    }
+    checked(pariskv_settings_set(&mut s, key.as_ptr(), value.as_ptr()));
+    let mut buf = [0 as std::ffi::c_char; 512];
+    let mut len = 0usize;
+    if checked(pariskv_settings_format(&s, buf.as_mut_ptr(), buf.len(), &mut len)) {
+        let mut back = unsafe { std::mem::zeroed::<pariskv_settings>() };
+        assert!(checked(pariskv_settings_parse(buf.as_ptr(), &mut back)), "formatted settings parse");
+        assert_eq!(back, s, "format then parse gives the settings back");
+    }
+    let mut threshold = 0u64;
+    if checked(pariskv_settings_dense_threshold(&s, &mut threshold)) {
+        assert!(threshold >= s.n_sink as u64 + s.n_window as u64 + s.top_k as u64);
+    }
+    let mut params = [0i32; PARISKV_OP_PARAMS];
+    let mut step = unsafe { std::mem::zeroed::<pariskv_step>() };
+    if checked(pariskv_op_params_pack(&s, u.arbitrary()?, u.arbitrary()?, params.as_mut_ptr())) {
+        assert!(checked(pariskv_op_params_step(params.as_ptr(), 128, 128, 4, &mut step)), "packed params unpack");
+        assert_eq!(step.top_k, s.top_k);
+    }
+    for p in params.iter_mut() {
+        if u.ratio(1, 4)? {
+            *p = u.arbitrary()?;
+        }
+    }
+    checked(pariskv_op_params_step(params.as_ptr(), u.arbitrary()?, u.arbitrary()?, u.arbitrary()?, &mut step));
+    Ok(())
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let _ = if u.arbitrary().unwrap_or(false) { index_calls(&mut u) } else { cache_calls(&mut u) };
+    let _ = match u.int_in_range(0u8..=2).unwrap_or(0) {
+        0 => index_calls(&mut u),
+        1 => cache_calls(&mut u),
+        _ => settings_calls(&mut u),
+    };
 });

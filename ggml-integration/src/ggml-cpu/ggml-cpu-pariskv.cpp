@@ -13,12 +13,11 @@
 #include <vector>
 
 static pariskv_dtype pariskv_dtype_of(ggml_type type) {
-    switch (type) {
-        case GGML_TYPE_F32:  return PARISKV_F32;
-        case GGML_TYPE_F16:  return PARISKV_F16;
-        case GGML_TYPE_BF16: return PARISKV_BF16;
-        default: GGML_ABORT("pariskv: unsupported type %s", ggml_type_name(type));
+    pariskv_dtype d;
+    if (!ggml_pariskv_dtype(type, &d)) {
+        GGML_ABORT("pariskv: unsupported type %s", ggml_type_name(type));
     }
+    return d;
 }
 
 static void pariskv_check(pariskv_status status, const char * what) {
@@ -97,55 +96,39 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
 }
 
 static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params, ggml_tensor * dst) {
-    const ggml_tensor * q       = dst->src[0];
-    const ggml_tensor * k       = dst->src[1];
-    const ggml_tensor * v       = dst->src[2];
-    const ggml_tensor * mask    = dst->src[3];
-    const ggml_tensor * pos     = dst->src[4];
-    const ggml_tensor * codes   = dst->src[5];
-    const ggml_tensor * nibbles = dst->src[6];
-    const ggml_tensor * weights = dst->src[7];
-
-    const int64_t n_head_kv = k->ne[1];
-    const int64_t n_kv      = k->ne[2];
-    const int64_t n_stream  = k->ne[3];
-    const int64_t n_tokens  = q->ne[2];
-    const int64_t n_tps     = n_tokens/n_stream;
-    const int64_t group     = q->ne[1]/n_head_kv;
-
-    pariskv_step step;
-    ggml_pariskv_attn_step(dst, &step);
+    const ggml_pariskv_attn_args a = ggml_pariskv_attn_args_of(dst);
+    const int64_t n_head_kv = a.n_head_kv, n_tps = a.n_tps, group = a.group;
 
     static const bool log_stats = getenv("GGML_PARISKV_STATS") != nullptr;
 
     // units of work: (token, KV head), dealt round-robin over the threads
-    for (int64_t u = params->ith; u < n_tokens*n_head_kv; u += params->nth) {
+    for (int64_t u = params->ith; u < a.n_tokens*n_head_kv; u += params->nth) {
         const int64_t t  = u/n_head_kv;
         const int64_t h  = u % n_head_kv;
         const int64_t s  = t/n_tps;
         const int64_t tr = t % n_tps;
 
         pariskv_kv kv;
-        kv.k_dtype  = pariskv_dtype_of(k->type);
-        kv.k        = (const char *) k->data + s*k->nb[3] + h*k->nb[1];
-        kv.k_stride = k->nb[2];
-        kv.v_dtype  = pariskv_dtype_of(v->type);
-        kv.v        = (const char *) v->data + s*v->nb[3] + h*v->nb[1];
-        kv.v_stride = v->nb[2];
-        kv.n_cells  = (size_t) n_kv;
+        kv.k_dtype  = pariskv_dtype_of(a.k->type);
+        kv.k        = (const char *) a.k->data + s*a.k->nb[3] + h*a.k->nb[1];
+        kv.k_stride = a.k->nb[2];
+        kv.v_dtype  = pariskv_dtype_of(a.v->type);
+        kv.v        = (const char *) a.v->data + s*a.v->nb[3] + h*a.v->nb[1];
+        kv.v_stride = a.v->nb[2];
+        kv.n_cells  = (size_t) a.n_kv;
 
         pariskv_visibility vis;
-        vis.mask_dtype = pariskv_dtype_of(mask->type);
-        vis.mask       = (const char *) mask->data + s*mask->nb[3] + tr*mask->nb[1];
-        vis.pos        = (const int32_t *) ((const char *) pos->data + s*pos->nb[1]);
+        vis.mask_dtype = pariskv_dtype_of(a.mask->type);
+        vis.mask       = (const char *) a.mask->data + s*a.mask->nb[3] + tr*a.mask->nb[1];
+        vis.pos        = (const int32_t *) ((const char *) a.pos->data + s*a.pos->nb[1]);
 
-        const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, s, h);
+        const pariskv_codes c = pariskv_codes_of(a.codes, a.nibbles, a.weights, s, h);
 
-        const float * qh = (const float *) ((const char *) q->data + t*q->nb[2] + h*group*q->nb[1]);
+        const float * qh = (const float *) ((const char *) a.q->data + t*a.q->nb[2] + h*group*a.q->nb[1]);
         float * out = (float *) ((char *) dst->data + t*dst->nb[2] + h*group*dst->nb[1]);
 
         pariskv_step_stats st;
-        pariskv_check(pariskv_attend_cache(&step, qh, q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
+        pariskv_check(pariskv_attend_cache(&a.step, qh, a.q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
         if (log_stats) {
             GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended\n",
                           (long long) t, (long long) h, st.n_visible, st.n_zone, st.n_candidates, st.n_attended);

@@ -18,18 +18,9 @@
 #include <tuple>
 #include <vector>
 
-static bool pariskv_dtype_of(ggml_type type, pariskv_dtype * out) {
-    switch (type) {
-        case GGML_TYPE_F32:  *out = PARISKV_F32;  return true;
-        case GGML_TYPE_F16:  *out = PARISKV_F16;  return true;
-        case GGML_TYPE_BF16: *out = PARISKV_BF16; return true;
-        default: return false;
-    }
-}
-
 static pariskv_dtype pariskv_dtype_must(ggml_type type) {
     pariskv_dtype d;
-    if (!pariskv_dtype_of(type, &d)) {
+    if (!ggml_pariskv_dtype(type, &d)) {
         GGML_ABORT("pariskv: unsupported type %s", ggml_type_name(type));
     }
     return d;
@@ -58,13 +49,13 @@ bool ggml_cuda_pariskv_supported(int device, const ggml_tensor * op) {
     pariskv_dtype d;
     switch (op->op) {
         case GGML_OP_PARISKV_ENCODE:
-            return pariskv_dtype_of(op->src[0]->type, &d);
+            return ggml_pariskv_dtype(op->src[0]->type, &d);
         case GGML_OP_PARISKV_ATTN: {
             const ggml_tensor * q = op->src[0];
             const ggml_tensor * k = op->src[1];
             const ggml_tensor * v = op->src[2];
             const ggml_tensor * mask = op->src[3];
-            return pariskv_dtype_of(k->type, &d) && pariskv_dtype_of(v->type, &d) &&
+            return ggml_pariskv_dtype(k->type, &d) && ggml_pariskv_dtype(v->type, &d) &&
                 (mask->type == GGML_TYPE_F16 || mask->type == GGML_TYPE_F32) &&
                 v->ne[0] <= 512 && q->ne[1]/k->ne[1] <= 16; // the step's limits: dv, group size
         }
@@ -173,24 +164,11 @@ static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cud
 }
 
 static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
-    const ggml_tensor * q       = dst->src[0];
-    const ggml_tensor * k       = dst->src[1];
-    const ggml_tensor * v       = dst->src[2];
-    const ggml_tensor * mask    = dst->src[3];
-    const ggml_tensor * pos     = dst->src[4];
-    const ggml_tensor * codes   = dst->src[5];
-    const ggml_tensor * nibbles = dst->src[6];
-    const ggml_tensor * weights = dst->src[7];
-
-    const int64_t n_head_kv = k->ne[1];
-    const int64_t n_kv      = k->ne[2];
-    const int64_t n_stream  = k->ne[3];
-    const int64_t n_tokens  = q->ne[2];
-    const int64_t n_tps     = n_tokens/n_stream;
-    const int64_t group     = q->ne[1]/n_head_kv;
-
-    pariskv_step step;
-    ggml_pariskv_attn_step(dst, &step);
+    const ggml_pariskv_attn_args a = ggml_pariskv_attn_args_of(dst);
+    const ggml_tensor * q = a.q, * k = a.k, * v = a.v, * mask = a.mask, * pos = a.pos;
+    const ggml_tensor * codes = a.codes, * nibbles = a.nibbles, * weights = a.weights;
+    const int64_t n_head_kv = a.n_head_kv, n_tps = a.n_tps, group = a.group;
+    const pariskv_step & step = a.step;
 
     // sized for every cell of the cache (codes->ne[1]), so that a growing context never
     // reallocates; units are the tokens of one stream times the KV heads
@@ -198,12 +176,12 @@ static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tens
                                                       (uint32_t) group, (uint32_t) (n_tps*n_head_kv));
 
     // one launch sequence per stream: unit u = token-in-stream * n_head_kv + KV head
-    for (int64_t s = 0; s < n_stream; ++s) {
+    for (int64_t s = 0; s < a.n_stream; ++s) {
         pariskv_cuda_layer l = {};
         l.n_units    = (uint32_t) (n_tps*n_head_kv);
         l.n_kv_heads = (uint32_t) n_head_kv;
         l.n_heads    = (uint32_t) group;
-        l.n_cells    = (size_t) n_kv;
+        l.n_cells    = (size_t) a.n_kv;
 
         l.k             = (uint64_t) (uintptr_t) ((const char *) k->data + s*k->nb[3]);
         l.k_dtype       = pariskv_dtype_must(k->type);

@@ -51,7 +51,8 @@ bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]) {
 }
 
 bool ggml_pariskv_kv_type(enum ggml_type type) {
-    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+    pariskv_dtype d;
+    return ggml_pariskv_dtype(type, &d);
 }
 
 static void ggml_pariskv_check_index(
@@ -155,13 +156,37 @@ struct ggml_tensor * ggml_pariskv_attn(
     return result;
 }
 
-void ggml_pariskv_attn_step(const struct ggml_tensor * node, struct pariskv_step * step) {
+bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out) {
+    switch (type) {
+        case GGML_TYPE_F32:  *out = PARISKV_F32;  return true;
+        case GGML_TYPE_F16:  *out = PARISKV_F16;  return true;
+        case GGML_TYPE_BF16: *out = PARISKV_BF16; return true;
+        default:             return false;
+    }
+}
+
+struct ggml_pariskv_attn_args ggml_pariskv_attn_args_of(const struct ggml_tensor * node) {
     GGML_ASSERT(node->op == GGML_OP_PARISKV_ATTN);
-    const struct ggml_tensor * q = node->src[0];
-    const struct ggml_tensor * k = node->src[1];
-    const struct ggml_tensor * v = node->src[2];
-    if (pariskv_op_params_step(node->op_params, (uint32_t) k->ne[0], (uint32_t) v->ne[0],
-                               (uint32_t) (q->ne[1]/k->ne[1]), step) != PARISKV_OK) {
+    struct ggml_pariskv_attn_args a;
+    a.q       = node->src[0];
+    a.k       = node->src[1];
+    a.v       = node->src[2];
+    a.mask    = node->src[3];
+    a.pos     = node->src[4];
+    a.codes   = node->src[5];
+    a.nibbles = node->src[6];
+    a.weights = node->src[7];
+
+    a.n_head_kv = a.k->ne[1];
+    a.n_kv      = a.k->ne[2];
+    a.n_stream  = a.k->ne[3];
+    a.n_tokens  = a.q->ne[2];
+    a.n_tps     = a.n_tokens/a.n_stream;
+    a.group     = a.q->ne[1]/a.n_head_kv;
+
+    if (pariskv_op_params_step(node->op_params, (uint32_t) a.k->ne[0], (uint32_t) a.v->ne[0], (uint32_t) a.group,
+                               &a.step) != PARISKV_OK) {
         GGML_ABORT("%s: op params of %s: %s", __func__, node->name, pariskv_last_error());
     }
+    return a;
 }

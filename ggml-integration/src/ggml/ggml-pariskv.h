@@ -63,8 +63,20 @@ GGML_API struct ggml_tensor * ggml_pariskv_attn(
         float                           scale,
         float                           softcap);
 
-// the library's decode step for a PARISKV_ATTN node (both backends call it)
-GGML_API void ggml_pariskv_attn_step(const struct ggml_tensor * node, struct pariskv_step * step);
+// the library's element type of a tensor type (F32, F16, BF16); false for any other
+GGML_API bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out);
+
+// what a PARISKV_ATTN node holds, as both backends read it: its sources, shapes and the
+// library's decode step (unpacked from its op params)
+struct ggml_pariskv_attn_args {
+    const struct ggml_tensor * q, * k, * v, * mask, * pos, * codes, * nibbles, * weights;
+    int64_t n_head_kv, n_kv, n_stream, n_tokens;
+    int64_t n_tps; // tokens per stream
+    int64_t group; // query heads per KV head
+    struct pariskv_step step;
+};
+
+GGML_API struct ggml_pariskv_attn_args ggml_pariskv_attn_args_of(const struct ggml_tensor * node);
 
 #ifdef __cplusplus
 }
