@@ -256,8 +256,7 @@ void llama_bench_pariskv::print_usage() {
         size_t len = 0;
         pariskv_settings_value(&defaults, info.key, value, sizeof(value), &len);
         const std::string help = info.help;
-        printf("  %-49s (default: %s; ParisKV: %s)\n", flag.c_str(), value,
-               help.substr(help.find(": ") == std::string::npos ? 0 : help.find(": ") + 2, help.find('\n')).c_str());
+        printf("  %-49s (default: %s) %s\n", flag.c_str(), value, help.substr(0, help.find('\n')).c_str());
     }
 }
 

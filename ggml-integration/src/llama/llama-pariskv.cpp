@@ -168,12 +168,10 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     auto & pk = *kv.pariskv;
     pk.settings = *s;
 
-    if (!s->offload) {
-        // nothing to say
-    } else if (kv.layers.empty() || ggml_backend_buffer_is_host(kv.layers[0].k->buffer)) {
-        if (!pk.offload_why_not && pk.offload_dev_buft.empty()) {
-            pk.offload_why_not = "the KV cache is in host memory already (-nkvo)";
-        }
+    // -nkvo: the constructor put K/V in host memory without asking layer_buft
+    if (s->offload && !pk.offload_why_not && pk.offload_dev_buft.empty() && !kv.layers.empty() &&
+            ggml_backend_buffer_is_host(kv.layers[0].k->buffer)) {
+        pk.offload_why_not = "the KV cache is in host memory already (-nkvo)";
     }
 
     const char * why_not = pariskv_why_not(kv.hparams, kv.other != nullptr, kv.v_trans, kv.type_k(), kv.type_v());
