@@ -506,7 +506,8 @@ enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settin
                                                      uint64_t *out);
 
 // Packs the op parameters of an attention step: `settings` (top-k > 0) with the
-// attention `scale` and logit `softcap` (0 = off) into `out[0..PARISKV_OP_PARAMS]`.
+// attention `scale` (finite, > 0) and logit `softcap` (0 = off) into
+// `out[0..PARISKV_OP_PARAMS]`. What it packs, `pariskv_op_params_step` unpacks.
 enum pariskv_status pariskv_op_params_pack(const struct pariskv_settings *settings,
                                            float scale,
                                            float softcap,

@@ -278,7 +278,8 @@ pub extern "C" fn pariskv_settings_dense_threshold(
 }
 
 /// Packs the op parameters of an attention step: `settings` (top-k > 0) with the
-/// attention `scale` and logit `softcap` (0 = off) into `out[0..PARISKV_OP_PARAMS]`.
+/// attention `scale` (finite, > 0) and logit `softcap` (0 = off) into
+/// `out[0..PARISKV_OP_PARAMS]`. What it packs, `pariskv_op_params_step` unpacks.
 #[no_mangle]
 pub extern "C" fn pariskv_op_params_pack(
     settings: *const pariskv_settings,
@@ -291,6 +292,7 @@ pub extern "C" fn pariskv_op_params_pack(
         let p = OpParams { settings, scale, softcap };
         // the same checks as the backends make when they unpack
         OpParams::unpack(&p.pack())?;
+        crate::algorithm::attention::AttnParams { scale, softcap }.validate()?;
         out_slice(out, OP_PARAMS, "out")?.copy_from_slice(&p.pack());
         Ok(())
     })

@@ -590,6 +590,9 @@ int main(void) {
         odd.top_k = 0;
         expect_error("op params: top-k 0", pariskv_op_params_pack(&odd, 1.0f, 0.0f, op), PARISKV_ERR_INVALID_ARGUMENT,
                      "at least one key");
+        expect_error("op params: scale NaN", pariskv_op_params_pack(&ps, NAN, 0.0f, op), PARISKV_ERR_INVALID_ARGUMENT,
+                     "attention scale");
+        CHECK(pariskv_op_params_pack(&ps, 0.125f, 30.0f, op) == PARISKV_OK, "pack again: %s", pariskv_last_error());
         op[5] = 7;
         expect_error("op params: GQA policy 7", pariskv_op_params_step(op, 128, 128, 4, &step),
                      PARISKV_ERR_INVALID_ARGUMENT, "0 or 1");
