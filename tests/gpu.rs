@@ -360,6 +360,7 @@ mod step {
             let heads: Vec<&[f32]> = match c.gqa {
                 GqaPolicy::Mean => vec![qu],
                 GqaPolicy::PerHead => qu.chunks_exact(d).collect(),
+                GqaPolicy::Group => unreachable!("the GPU step refuses the group policy"),
             };
             let ratios = policy.ratios(n_zone);
             let mut cpu = Vec::new();
@@ -1110,6 +1111,20 @@ mod index {
         cfg.device = Device::Cuda { ordinal: 1000, kv_in_host: false };
         let err = open(cfg).err().expect("device 1000 opened");
         assert!(err.to_string().contains("1000"), "{err}");
+    }
+
+    /// The group policy is not implemented on the GPU yet: opening such an index is a clean
+    /// error naming the policy, not a silent per-head step.
+    #[test]
+    fn group_policy_is_refused() {
+        if gpu().is_none() {
+            return;
+        }
+        let mut cfg = Config::new(128, 8, 2);
+        cfg.device = Device::Cuda { ordinal: 0, kv_in_host: false };
+        cfg.gqa = GqaPolicy::Group;
+        let err = open(cfg).err().expect("a group index opened on the GPU");
+        assert!(err.to_string().contains("Group"), "{err}");
     }
 
     /// Through the C ABI: `device` and `kv_in_host` in the config give a GPU index whose

@@ -194,6 +194,7 @@ fn nan_and_inf_never_crash_or_escape_bounds() {
         (DType::F16, GqaPolicy::Mean),
         (DType::BF16, GqaPolicy::PerHead),
         (DType::F32, GqaPolicy::Mean),
+        (DType::F16, GqaPolicy::Group),
     ] {
         let mut cfg = config(d, nq, nkv);
         cfg.kv_dtype = dtype;
@@ -214,10 +215,12 @@ fn nan_and_inf_never_crash_or_escape_bounds() {
                     uniq.dedup();
                     assert_eq!(uniq.len(), list.len(), "{dtype:?} {gqa:?} {name} k={k}: repeated positions");
                     if q == &finite {
-                        // mean: one list of k; per-head: the union of each head's k/g
+                        // mean and group: one list of k; per-head: the union of each head's k/g
                         let (lo, hi) = match gqa {
                             GqaPolicy::Mean => (k.min(zone.len()), k.min(zone.len())),
                             GqaPolicy::PerHead => ((k / g).min(zone.len()), k.min(zone.len())),
+                            // group: k distinct rows shared by the group
+                            GqaPolicy::Group => (k.min(zone.len()), k.min(zone.len())),
                         };
                         assert!(
                             (lo..=hi).contains(&list.len()),

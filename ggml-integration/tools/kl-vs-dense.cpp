@@ -7,7 +7,7 @@
 // decode path, this measures what generation sees.
 //
 //   kl-vs-dense -m MODEL.gguf -f TEXT [-n MAX_TOKENS] [--prefill 2048] [--topk 256,1024]
-//               [--gqa per-head|mean] [--ratios tuned|reference] [--candidates F] [--refine N]
+//               [--gqa per-head|mean|group] [--ratios tuned|reference] [--candidates F] [--refine N]
 //               [--center on|off] [--sink 4] [--window 512] [-t THREADS] [--json OUT]
 //
 // Prints, per top-k, the mean and max KL, the 99th percentile, the greedy agreement, and
@@ -36,7 +36,7 @@ struct options {
 
 static void usage() {
     fprintf(stderr, "usage: kl-vs-dense -m MODEL.gguf -f TEXT [-n MAX_TOKENS] [--prefill 2048] [--topk 256,1024] "
-                    "[--gqa per-head|mean] [--ratios tuned|reference] [--candidates F] [--refine N] [--center on|off] "
+                    "[--gqa per-head|mean|group] [--ratios tuned|reference] [--candidates F] [--refine N] [--center on|off] "
                     "[--sink 4] [--window 512] [-t THREADS] [--json OUT]\n");
     exit(2);
 }
@@ -197,7 +197,7 @@ int main(int argc, char ** argv) {
         const double p99 = sorted[std::min(sorted.size() - 1, (size_t) (0.99*sorted.size()))];
         const double agreement = (double) agree[ki]/x.size();
         const pariskv_settings & p = o.parsed;
-        const char * gqa = p.gqa == PARISKV_GQA_MEAN ? "mean" : "per-head";
+        const char * gqa = p.gqa == PARISKV_GQA_MEAN ? "mean" : p.gqa == PARISKV_GQA_GROUP ? "group" : "per-head";
         printf("%-6d %-9s %10.3e %10.3e %10.3e %8.2f%% |", o.topk[ki], gqa, mean, p99, sorted.back(), 100.0*agreement);
         json << (ki ? ",\n " : "\n ") << "{\"topk\": " << o.topk[ki] << ", \"gqa\": \"" << gqa << "\", \"tokens\": " << n
              << ", \"ratios\": \"" << (p.ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned") << "\", \"refine\": "

@@ -316,6 +316,17 @@ pub fn select_top_k<F: Fn(usize) -> bool>(
     sel: &Selection<F>,
     scratch: &mut SearchScratch,
 ) -> Result<SearchStats> {
+    let stats = select_candidates(sel, scratch)?;
+    rerank(&sel.shape, &sel.codes, &scratch.lut, &scratch.candidates, sel.k, &mut scratch.top);
+    Ok(stats)
+}
+
+/// The coarse stage of `select_top_k`: the candidates into `scratch.candidates` and the
+/// query's estimator table into `scratch.lut`, without the rerank.
+pub fn select_candidates<F: Fn(usize) -> bool>(
+    sel: &Selection<F>,
+    scratch: &mut SearchScratch,
+) -> Result<SearchStats> {
     let shape = &sel.shape;
     let n_cells = sel.codes.n_cells(shape)?;
     if sel.cells.start > sel.cells.end || sel.cells.end > n_cells {
@@ -358,7 +369,6 @@ pub fn select_top_k<F: Fn(usize) -> bool>(
         &mut scratch.candidates,
     );
     estimator_lut(sel.q_rot, &mut scratch.lut);
-    rerank(shape, &sel.codes, &scratch.lut, &scratch.candidates, sel.k, &mut scratch.top);
     Ok(SearchStats {
         n_zone,
         n_candidates: scratch.candidates.len(),

@@ -1,10 +1,15 @@
 //! Fidelity of ParisKV retrieval on captured queries and keys (`capture-qkv`), against the
-//! exact top-k with the same k and the same GQA policy, per layer and overall:
-//! recall@k, the coarse stage's recall (exact keys among the candidates), attention-mass
-//! recall (softmax mass over the retrieval zone that the selection covers, beside the exact
-//! top-k's), and the relative error of the attention output against dense attention.
+//! exact selection with the same k and the same GQA policy, per layer and overall:
+//! recall@k, the coarse stage's recall (exact keys among the candidates), the zone rows
+//! attended (distinct), the group's attention mass (each query head's softmax mass over the
+//! retrieval zone that the selection covers, averaged over the group's heads) beside that of
+//! three exact selections (per query head: k/g rows each, merged; the group-mean query's
+//! top-k; the best shared k rows: those of the highest group-mean probability, a bound on any
+//! shared selection of k rows) and the gap to that bound, and the relative error of the
+//! attention output against dense attention. The exact selection of the group policy is the
+//! best shared k rows.
 //!
-//!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean]
+//!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean,group]
 //!       [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S]
 //!       [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512]
 //!       [--json OUT]
@@ -37,7 +42,9 @@ use pariskv::algorithm::attention::{attend, AttnScratch};
 use pariskv::algorithm::gqa::{merge_ranks, GqaPolicy};
 use pariskv::algorithm::search::{RatioPolicy, Ratios};
 use pariskv::eval::npy;
-use pariskv::eval::{attention_mass, exact_top_k, recall, relative_l2_error};
+use pariskv::eval::{
+    best_shared_mass, exact_top_k, group_mass, group_probabilities, recall, relative_l2_error,
+};
 use pariskv::{Config, DType, Index, Result, RowData};
 
 struct Args {
@@ -62,7 +69,7 @@ struct Args {
 fn usage(why: &str) -> ! {
     eprintln!("pariskv-fidelity: {why}");
     eprintln!(
-        "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean] \
+        "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean,group] \
          [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512] [--json OUT]"
     );
     std::process::exit(2)
@@ -109,7 +116,8 @@ fn parse_args() -> Args {
                     .map(|p| match p {
                         "per-head" => GqaPolicy::PerHead,
                         "mean" => GqaPolicy::Mean,
-                        _ => usage(&format!("--gqa {p:?}: per-head or mean")),
+                        "group" => GqaPolicy::Group,
+                        _ => usage(&format!("--gqa {p:?}: per-head, mean or group")),
                     })
                     .collect()
             }
@@ -232,6 +240,13 @@ struct Sums {
     coarse: f64,
     mass: f64,
     mass_exact: f64,
+    /// Zone rows attended (distinct).
+    rows: f64,
+    /// Group zone mass of the exact per-head selection (k/g rows per query head, merged),
+    /// of the exact group-mean query's top-k, and of the best shared k rows (the bound).
+    mass_per_head: f64,
+    mass_mean: f64,
+    mass_bound: f64,
     out_err: f64,
     zone: f64,
     candidates: f64,
@@ -254,6 +269,10 @@ impl Sums {
         self.coarse += o.coarse;
         self.mass += o.mass;
         self.mass_exact += o.mass_exact;
+        self.rows += o.rows;
+        self.mass_per_head += o.mass_per_head;
+        self.mass_mean += o.mass_mean;
+        self.mass_bound += o.mass_bound;
         self.out_err += o.out_err;
         self.zone += o.zone;
         self.candidates += o.candidates;
@@ -264,14 +283,19 @@ impl Sums {
     /// One table row: `layer` (a number or "all"), policy, k and the means.
     fn print_row(&self, layer: &str, policy: GqaPolicy, k: usize) {
         println!(
-            "{:>5} {:>8} {:>5} | {:>8.4} {:>8.4} | {:>9.4} {:>9.4} | {:>8.2e} | {:>8.0} {:>8.0} {:>8.0} | {:>7.2}",
+            "{:>5} {:>9} {:>5} | {:>8.4} {:>8.4} | {:>7.0} {:>8.4} {:>8.4} | {:>8.4} {:>8.4} {:>8.4} {:>8.4} | {:>8.2e} | {:>8.0} {:>8.0} {:>8.0} | {:>7.2}",
             layer,
             policy_name(policy),
             k,
             self.mean(self.recall),
             self.mean(self.coarse),
+            self.mean(self.rows),
             self.mean(self.mass),
             self.mean(self.mass_exact),
+            self.mean(self.mass_per_head),
+            self.mean(self.mass_mean),
+            self.mean(self.mass_bound),
+            self.mean(self.mass_bound - self.mass),
             self.mean(self.out_err),
             self.mean(self.zone),
             self.mean(self.candidates),
@@ -285,6 +309,7 @@ fn policy_name(p: GqaPolicy) -> &'static str {
     match p {
         GqaPolicy::PerHead => "per-head",
         GqaPolicy::Mean => "mean",
+        GqaPolicy::Group => "group",
     }
 }
 
@@ -303,7 +328,7 @@ fn step_bytes(
     whole: bool,
 ) -> usize {
     let shape = pariskv::shape::Shape::new(d).expect("head_dim of a loaded index");
-    let retrievals = if policy == GqaPolicy::PerHead { g } else { 1 };
+    let retrievals = if policy == GqaPolicy::Mean { 1 } else { g };
     let attention = attended * 2 * (d + dv);
     if whole {
         return attention;
@@ -362,6 +387,12 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
         let zone = cfg.zone(t + 1);
         let zone_cells: Vec<u32> = (zone.start as u32..zone.end as u32).collect();
         let all: Vec<u32> = (0..=t as u32).collect();
+        // each KV head's group-mean attention probabilities over the zone
+        let group_probs: Vec<Vec<f64>> = (0..nkv)
+            .map(|h| {
+                Ok(group_probabilities(&index.keys(h)?, &q[h * g * d..(h + 1) * g * d], &zone_cells, scale))
+            })
+            .collect::<Result<_>>()?;
         for (ki, &k) in a.ks.iter().enumerate() {
             let found = index.search_detailed(RowData::F32(q), k)?;
             for (h, r) in found.iter().enumerate() {
@@ -370,36 +401,52 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
                 // a zone of at most k keys is attended whole (as the index and the op do)
                 let whole = zone_cells.len() <= k;
                 let top = if whole { &zone_cells } else { &r.top };
+                let probs = &group_probs[h];
+                // the exact selections: per query head (k/g each, merged), the group-mean query's
+                // top-k, and the best shared k rows (the bound on any shared selection)
+                let per_head = if whole {
+                    zone_cells.clone()
+                } else {
+                    let lists: Vec<Vec<u32>> = qs
+                        .chunks_exact(d)
+                        .enumerate()
+                        .map(|(i, qh)| exact_top_k(&keys, qh, &zone_cells, k / g + usize::from(i < k % g)))
+                        .collect();
+                    let mut merged = Vec::new();
+                    merge_ranks(&lists, &mut seen, &mut merged);
+                    merged
+                };
+                let mean_exact = if whole {
+                    zone_cells.clone()
+                } else {
+                    let mean: Vec<f32> =
+                        (0..d).map(|j| qs.chunks_exact(d).map(|qh| qh[j]).sum::<f32>() / g as f32).collect();
+                    exact_top_k(&keys, &mean, &zone_cells, k)
+                };
+                let shared = if whole {
+                    zone_cells.clone()
+                } else {
+                    let mut ranked: Vec<(f32, u32)> =
+                        probs.iter().zip(&zone_cells).map(|(&p, &c)| (p as f32, c)).collect();
+                    pariskv::algorithm::rank::top_k_in_place(&mut ranked, k);
+                    ranked.into_iter().map(|(_, c)| c).collect()
+                };
                 // the exact selection under the same policy and k
-                let exact: Vec<u32> = match policy {
-                    _ if whole => zone_cells.clone(),
-                    GqaPolicy::Mean => {
-                        let mean: Vec<f32> = (0..d)
-                            .map(|j| qs.chunks_exact(d).map(|qh| qh[j]).sum::<f32>() / g as f32)
-                            .collect();
-                        exact_top_k(&keys, &mean, &zone_cells, k)
-                    }
-                    GqaPolicy::PerHead => {
-                        let lists: Vec<Vec<u32>> = qs
-                            .chunks_exact(d)
-                            .enumerate()
-                            .map(|(i, qh)| {
-                                exact_top_k(&keys, qh, &zone_cells, k / g + usize::from(i < k % g))
-                            })
-                            .collect();
-                        let mut merged = Vec::new();
-                        merge_ranks(&lists, &mut seen, &mut merged);
-                        merged
-                    }
+                let exact = match policy {
+                    GqaPolicy::Mean => &mean_exact,
+                    GqaPolicy::PerHead => &per_head,
+                    _ => &shared,
                 };
                 let s = &mut sums[ki];
-                let rec = recall(top, &exact);
+                let rec = recall(top, exact);
                 s.recall += rec;
-                s.coarse += if whole { 1.0 } else { recall(&r.candidates, &exact) };
-                for qh in qs.chunks_exact(d) {
-                    s.mass += attention_mass(&keys, qh, &zone_cells, top, scale) / g as f64;
-                    s.mass_exact += attention_mass(&keys, qh, &zone_cells, &exact, scale) / g as f64;
-                }
+                s.coarse += if whole { 1.0 } else { recall(&r.candidates, exact) };
+                s.rows += top.len() as f64;
+                s.mass += group_mass(probs, &zone_cells, top);
+                s.mass_exact += group_mass(probs, &zone_cells, exact);
+                s.mass_per_head += group_mass(probs, &zone_cells, &per_head);
+                s.mass_mean += group_mass(probs, &zone_cells, &mean_exact);
+                s.mass_bound += if whole { 1.0 } else { best_shared_mass(probs, &[k])[0] };
                 // output: sink ∪ top-k ∪ window against every cell
                 let mut cells: Vec<u32> = (0..zone.start as u32).chain(top.iter().copied()).collect();
                 cells.extend(zone.end as u32..=t as u32);
@@ -454,14 +501,19 @@ fn run(a: &Args) -> Result<()> {
         a.min_pos
     );
     println!(
-        "{:>5} {:>8} {:>5} | {:>8} {:>8} | {:>9} {:>9} | {:>8} | {:>8} {:>8} {:>8} | {:>7}",
+        "{:>5} {:>9} {:>5} | {:>8} {:>8} | {:>7} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>8} {:>8} {:>8} | {:>7}",
         "layer",
         "gqa",
         "k",
         "recall",
         "coarse",
+        "rows",
         "mass",
         "mass(ex)",
+        "m(ph)",
+        "m(mean)",
+        "bound",
+        "gap",
         "out err",
         "zone",
         "cands",
@@ -483,13 +535,19 @@ fn run(a: &Args) -> Result<()> {
                 let _ = writeln!(
                     json,
                     "  {{\"layer\": {il}, \"gqa\": \"{}\", \"k\": {k}, \"recall\": {:.6}, \"coarse_recall\": {:.6}, \
-                     \"mass\": {:.6}, \"mass_exact\": {:.6}, \"out_rel_err\": {:.6e}, \"zone\": {:.1}, \
-                     \"candidates\": {:.1}, \"refined\": {:.1}, \"bytes\": {:.0}, \"recall_along\": [{}]}},",
+                     \"mass\": {:.6}, \"mass_exact\": {:.6}, \"rows\": {:.1}, \"mass_per_head_exact\": {:.6}, \
+                     \"mass_mean_exact\": {:.6}, \"mass_bound\": {:.6}, \"gap_to_bound\": {:.6}, \"out_rel_err\": {:.6e}, \
+                     \"zone\": {:.1}, \"candidates\": {:.1}, \"refined\": {:.1}, \"bytes\": {:.0}, \"recall_along\": [{}]}},",
                     policy_name(policy),
                     s.mean(s.recall),
                     s.mean(s.coarse),
                     s.mean(s.mass),
                     s.mean(s.mass_exact),
+                    s.mean(s.rows),
+                    s.mean(s.mass_per_head),
+                    s.mean(s.mass_mean),
+                    s.mean(s.mass_bound),
+                    s.mean(s.mass_bound - s.mass),
                     s.mean(s.out_err),
                     s.mean(s.zone),
                     s.mean(s.candidates),

@@ -205,8 +205,18 @@ pub fn state_stride(n_ret: usize) -> usize {
 pub fn n_retrievals(gqa: GqaPolicy, n_heads: usize) -> usize {
     match gqa {
         GqaPolicy::Mean => 1,
-        GqaPolicy::PerHead => n_heads,
+        GqaPolicy::PerHead | GqaPolicy::Group => n_heads,
     }
+}
+
+/// Whether the GPU step implements a GQA policy (`Group` is the CPU's only so far).
+pub fn supports(gqa: GqaPolicy) -> Result<()> {
+    if gqa == GqaPolicy::Group {
+        return Err(Error::unsupported(format!(
+            "GQA policy {gqa:?} is not implemented on the GPU yet (CPU only)"
+        )));
+    }
+    Ok(())
 }
 
 impl StepBuffers {
@@ -305,6 +315,7 @@ pub fn run(
     buf: &StepBuffers,
     stream: &Stream,
 ) -> Result<()> {
+    supports(params.gqa)?;
     run_marked(module, rotation, params, layer, buf, stream, &mut NoMarks)
 }
 

@@ -89,11 +89,13 @@ pub fn raw_dtype(d: DType) -> u32 {
 pub fn gqa(raw: u32, what: &str) -> Result<GqaPolicy> {
     const PER_HEAD: u32 = pariskv_gqa::PARISKV_GQA_PER_HEAD as u32;
     const MEAN: u32 = pariskv_gqa::PARISKV_GQA_MEAN as u32;
+    const GROUP: u32 = pariskv_gqa::PARISKV_GQA_GROUP as u32;
     match raw {
         PER_HEAD => Ok(GqaPolicy::PerHead),
         MEAN => Ok(GqaPolicy::Mean),
+        GROUP => Ok(GqaPolicy::Group),
         other => Err(Error::unsupported(format!(
-            "{what}: GQA policy {other} is not PARISKV_GQA_PER_HEAD or PARISKV_GQA_MEAN"
+            "{what}: GQA policy {other} is not PARISKV_GQA_PER_HEAD, PARISKV_GQA_MEAN or PARISKV_GQA_GROUP"
         ))),
     }
 }
@@ -132,6 +134,7 @@ pub fn raw_gqa(g: GqaPolicy) -> u32 {
     let raw = match g {
         GqaPolicy::PerHead => pariskv_gqa::PARISKV_GQA_PER_HEAD,
         GqaPolicy::Mean => pariskv_gqa::PARISKV_GQA_MEAN,
+        GqaPolicy::Group => pariskv_gqa::PARISKV_GQA_GROUP,
     };
     raw as u32
 }

@@ -179,7 +179,7 @@ impl Index {
             Some(&s.zone_hist),
             self.cfg.ratios,
             k,
-            Refine { keys: &keys, factor: self.cfg.refine },
+            Refine { keys: &keys, factor: self.cfg.refine, attn: self.cfg.attn },
             &mut s.group,
             &mut s.top,
         )?;

@@ -211,6 +211,25 @@ int main(void) {
         pariskv_index_free(px);
     }
 
+    /* Group retrieval: exactly k distinct zone positions per KV head, the planted key among
+     * them (the group's attention concentrates on it). */
+    {
+        pariskv_config gr = cfg;
+        gr.gqa_policy = PARISKV_GQA_GROUP;
+        pariskv_index *gx = NULL;
+        CHECK(pariskv_index_create(&gr, &gx) == PARISKV_OK, "create group: %s", pariskv_last_error());
+        CHECK(pariskv_index_append(gx, PARISKV_F32, keys, vals, N) == PARISKV_OK, "append group");
+        CHECK(pariskv_index_search(gx, PARISKV_F32, q, 300, pos, count) == PARISKV_OK, "search group");
+        CHECK(count[0] == 300 && count[1] == 300, "group counts %u %u", count[0], count[1]);
+        CHECK(pos[0] == 2500 && pos[300] == 1234, "group: planted keys first: %lld %lld", (long long)pos[0], (long long)pos[300]);
+        int distinct = 1;
+        for (int h = 0; h < NKV; h++)
+            for (int i = 0; i < 300; i++)
+                for (int j = 0; j < i; j++) distinct &= pos[h * 300 + i] != pos[h * 300 + j];
+        CHECK(distinct, "group: distinct positions");
+        pariskv_index_free(gx);
+    }
+
     /* Attention: retrieval path vs dense; then dense path vs the C reference. */
     float out[NQ * D];
     CHECK(pariskv_index_attend(ix, PARISKV_F32, q, out) == PARISKV_OK, "attend: %s", pariskv_last_error());
@@ -578,7 +597,7 @@ int main(void) {
         expect_error("settings set: refine 0", pariskv_settings_set(&back, "refine", "0"),
                      PARISKV_ERR_INVALID_ARGUMENT, "out of range 1..=64");
         expect_error("settings set: gqa 'both'", pariskv_settings_set(&back, "gqa", "both"),
-                     PARISKV_ERR_INVALID_ARGUMENT, "per-head or mean");
+                     PARISKV_ERR_INVALID_ARGUMENT, "per-head, mean or group");
         expect_error("settings format: buffer too small", pariskv_settings_format(&ps, text, 4, &tlen),
                      PARISKV_ERR_INVALID_ARGUMENT, "too small");
         CHECK(tlen > 4, "the needed length is reported: %zu", tlen);
@@ -595,7 +614,7 @@ int main(void) {
         CHECK(pariskv_op_params_pack(&ps, 0.125f, 30.0f, op) == PARISKV_OK, "pack again: %s", pariskv_last_error());
         op[5] = 7;
         expect_error("op params: GQA policy 7", pariskv_op_params_step(op, 128, 128, 4, &step),
-                     PARISKV_ERR_INVALID_ARGUMENT, "0 or 1");
+                     PARISKV_ERR_INVALID_ARGUMENT, "0 (per-head), 1 (mean) or 2 (group)");
         expect_error("setting describe: past the end", pariskv_setting_describe(n_settings, &info),
                      PARISKV_ERR_INVALID_ARGUMENT, "settings)");
     }

@@ -65,9 +65,9 @@ static const char * pariskv_why_not(const llama_hparams & hparams, bool shares_c
 }
 
 // whether the backend of the device holding a layer's cache runs both ParisKV ops there
-// (host memory: the CPU backend always does); asked with the layer's shapes
+// (host memory: the CPU backend always does); asked with the layer's shapes and the settings
 static bool pariskv_runs_on(ggml_backend_buffer_type_t buft, const llama_hparams & hparams, uint32_t il,
-                            ggml_type type_k, ggml_type type_v, const int64_t dims[3]) {
+                            ggml_type type_k, ggml_type type_v, const int64_t dims[3], const pariskv_settings & settings) {
     if (ggml_backend_buft_is_host(buft)) {
         return true;
     }
@@ -99,12 +99,8 @@ static bool pariskv_runs_on(ggml_backend_buffer_type_t buft, const llama_hparams
     ggml_tensor * idxs    = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, 1);
     ggml_tensor * centers = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, dk + 1, n_head_kv);
 
-    pariskv_settings probe;
-    pariskv_settings_init(&probe);
-    probe.top_k = 1;
-
     ggml_tensor * encode = ggml_pariskv_encode(ctx, stored, idxs, codes, nibbles, weights, centers);
-    ggml_tensor * attn   = ggml_pariskv_attn(ctx, q, k, v, mask, pos, codes, nibbles, weights, &probe, 1.0f, 0.0f);
+    ggml_tensor * attn   = ggml_pariskv_attn(ctx, q, k, v, mask, pos, codes, nibbles, weights, &settings, 1.0f, 0.0f);
 
     const bool ok = ggml_backend_dev_supports_op(dev, encode) && ggml_backend_dev_supports_op(dev, attn);
     ggml_free(ctx);
@@ -134,7 +130,7 @@ ggml_backend_buffer_type_t llama_pariskv_kv::layer_buft(llama_kv_cache & kv, uin
         return buft;
     }
     // a layer whose device cannot run the ops stays dense there (init logs it)
-    if (!pariskv_runs_on(buft, kv.hparams, il, type_k, type_v, dims)) {
+    if (!pariskv_runs_on(buft, kv.hparams, il, type_k, type_v, dims, *s)) {
         return buft;
     }
 
@@ -224,7 +220,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         const auto offloaded = pk.offload_dev_buft.find(il);
         ggml_backend_buffer_type_t index_buft = offloaded != pk.offload_dev_buft.end()
             ? offloaded->second : ggml_backend_buffer_get_type(layer.k->buffer);
-        if (!pariskv_runs_on(index_buft, hparams, il, kv.type_k(), kv.type_v(), dims)) {
+        if (!pariskv_runs_on(index_buft, hparams, il, kv.type_k(), kv.type_v(), dims, *s)) {
             n_device++;
             continue;
         }
@@ -260,9 +256,9 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     }
 
     if (n_device > 0) {
-        LLAMA_LOG_WARN("%s: ParisKV: %d layer(s) keep their KV cache on a device whose backend has no ParisKV "
-                "kernels (CUDA needs -DGGML_CUDA=ON and a GPU); they stay dense (use -nkvo for a CPU KV cache)\n",
-                __func__, n_device);
+        LLAMA_LOG_WARN("%s: ParisKV: %d layer(s) keep their KV cache on a device whose backend cannot run ParisKV "
+                "with these settings (CUDA needs -DGGML_CUDA=ON and a GPU; gqa=group runs on the CPU only so far); "
+                "they stay dense (use -nkvo for a CPU KV cache)\n", __func__, n_device);
     }
     if (n_handled == 0) {
         for (auto & [ctx, buft] : ctxs) {
