@@ -1,7 +1,8 @@
 //! CPU benchmark, one thread, one KV head with a group of 4 query heads, d = 128, f16 K/V:
 //! encode throughput, the retrieval stages, ParisKV attend (retrieval + attention over
-//! sink ∪ top-k ∪ window; the defaults with the group-mean and the per-head query, and
-//! per-head with the first defaults: refine 1, share 0.1) and dense attention over all N,
+//! sink ∪ top-k ∪ window; the defaults with the group-mean, the per-head and the group
+//! policy, the group policy at half the top-k (about per-head's attention mass, docs/FIDELITY.md),
+//! and per-head with the first defaults: refine 1, share 0.1) and dense attention over all N,
 //! in the same run.
 //!
 //!   cargo run --release --example bench -- [N ...]     (default: 32768 131072 1048576)
@@ -42,8 +43,8 @@ fn main() {
     let sizes: Vec<usize> =
         std::env::args().skip(1).map(|a| a.parse().expect("N must be a number")).collect();
     let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
-    println!("| N | encode keys/s | hist ms | tiers ms | collisions ms | candidates ms | rerank ms | search ms | ParisKV attend ms (mean) | dense ms | dense / ParisKV | ParisKV attend ms (per-head) | dense / per-head | per-head, first defaults ms | dense / first defaults |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | encode keys/s | hist ms | tiers ms | collisions ms | candidates ms | rerank ms | search ms | ParisKV attend ms (mean) | dense ms | dense / ParisKV | ParisKV attend ms (per-head) | dense / per-head | per-head, first defaults ms | dense / first defaults | ParisKV attend ms (group) | dense / group | group, top-k / 2 ms | dense / group, top-k / 2 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         bench(n);
     }
@@ -103,6 +104,16 @@ fn bench(n: usize) {
     let mut per_head = Index::new(cfg.clone()).unwrap();
     per_head.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
     let t_per_head = time(reps, || per_head.attend(RowData::F32(&q), &mut out).unwrap());
+    cfg.gqa = GqaPolicy::Group;
+    let mut group = Index::new(cfg.clone()).unwrap();
+    group.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
+    let t_group = time(reps, || group.attend(RowData::F32(&q), &mut out).unwrap());
+    let mut half = cfg.clone();
+    half.top_k /= 2;
+    let mut group_half = Index::new(half).unwrap();
+    group_half.append(RowData::F32(&cache.keys), RowData::F32(&cache.values), n).unwrap();
+    let t_group_half = time(reps, || group_half.attend(RowData::F32(&q), &mut out).unwrap());
+    cfg.gqa = GqaPolicy::PerHead;
     // the defaults before the wider shares and refine: for zones of 30K keys and more
     // the first tuned table is the share 0.1 with collision tiers over the whole zone
     let mut first = cfg.clone();
@@ -118,7 +129,7 @@ fn bench(n: usize) {
 
     let ms = |t: f64| t * 1e3;
     println!(
-        "| {n} | {:.2e} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {:.2} | {:.1}x | {:.2} | {:.1}x |",
+        "| {n} | {:.2e} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {:.2} | {:.1}x | {:.2} | {:.1}x | {:.2} | {:.1}x | {:.2} | {:.1}x |",
         n as f64 / t_encode,
         ms(t_hist),
         ms(t_tiers),
@@ -132,6 +143,10 @@ fn bench(n: usize) {
         ms(t_per_head),
         t_dense / t_per_head,
         ms(t_first),
-        t_dense / t_first
+        t_dense / t_first,
+        ms(t_group),
+        t_dense / t_group,
+        ms(t_group_half),
+        t_dense / t_group_half
     );
 }

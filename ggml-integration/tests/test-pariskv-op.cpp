@@ -26,7 +26,7 @@ struct test_case {
     ggml_type type_k;
     int32_t top_k, n_sink, n_local;
     bool interleaved; // two sequences sharing one stream, cells alternating between them
-    int32_t gqa_mean; // 1: one retrieval with the group-mean query, 0: per query head
+    int32_t gqa; // a pariskv_gqa: 0 per query head, 1 the group-mean query, 2 k rows for the group
     int32_t ratios = 0; // 1 the reference's table, 0 the default (tuned)
     int32_t refine = 0; // exact rescoring factor, 0 the library's default
     bool center = true; // keys encoded minus their KV head's centre (set by the encode op)
@@ -86,7 +86,7 @@ static void run(const test_case & tc) {
     printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, candidates %g, refine %d, keys %s)\n",
            tc.name, (long long) tc.D, (long long) tc.n_head, (long long) tc.n_head_kv, (long long) tc.kv_size,
            (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k,
-           tc.gqa_mean ? "group-mean query" : "per query head", tc.ratios == 1 ? "reference" : "tuned", (double) tc.candidates, tc.refine,
+           tc.gqa == PARISKV_GQA_MEAN ? "group-mean query" : tc.gqa == PARISKV_GQA_GROUP ? "k rows for the group" : "per query head", tc.ratios == 1 ? "reference" : "tuned", (double) tc.candidates, tc.refine,
            tc.center ? "centred" : "as they are");
 
     const int64_t D = tc.D, H = tc.n_head, HKV = tc.n_head_kv, S = tc.n_stream;
@@ -151,7 +151,7 @@ static void run(const test_case & tc) {
     settings.top_k      = (uint32_t) tc.top_k;
     settings.n_sink     = (uint32_t) tc.n_sink;
     settings.n_window   = (uint32_t) tc.n_local;
-    settings.gqa        = tc.gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
+    settings.gqa        = (pariskv_gqa) tc.gqa;
     settings.ratios     = tc.ratios == 1 ? PARISKV_RATIOS_REFERENCE : PARISKV_RATIOS_TUNED;
     settings.refine     = tc.refine > 0 ? (uint32_t) tc.refine : settings.refine;
     settings.candidates = tc.candidates;
@@ -223,7 +223,7 @@ static void run(const test_case & tc) {
             step.rho_cand = tc.candidates; step.rho_coll = PARISKV_TUNED_RHO_COLL;
             step.refine = tc.refine > 0 ? (uint32_t) tc.refine : PARISKV_DEFAULT_REFINE;
             step.scale = scale; step.softcap = 0.0f; step.seed = PARISKV_DEFAULT_SEED;
-            step.gqa_policy = tc.gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
+            step.gqa_policy = (pariskv_gqa) tc.gqa;
             const size_t row_k = HKV*D*ggml_type_size(tc.type_k), row_v = HKV*D*sizeof(ggml_fp16_t);
             pariskv_kv kv = {
                 dtype_of(tc.type_k), (const char *) k_store->data + (s*tc.kv_size*HKV + hk)*D*ggml_type_size(tc.type_k), row_k,
@@ -293,7 +293,7 @@ static void run(const test_case & tc) {
 
 int main() {
     const test_case cases[] = {
-        // name                       D    H  HKV kv_size n_kv  S  tps type            top-k sink local interleaved gqa_mean
+        // name                       D    H  HKV kv_size n_kv  S  tps type            top-k sink local interleaved gqa
         { "gqa4 f16 retrieval",       128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0 },
         { "gqa4 f16 retrieval mean",  128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 1 },
         { "gqa4 f16 full",            128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,  4096,  4,  64, false, 0 },
@@ -309,6 +309,10 @@ int main() {
         { "gqa4 f16 uncentred",       128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, false },
         // a fixed candidate share (7% of the zone where the table reranks 50%)
         { "gqa4 f16 candidates 0.07", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, true, 0.07f },
+        // k distinct rows for the group (gqa=group), without and with refine
+        { "gqa4 f16 retrieval group", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 2 },
+        { "gqa8 bf16 2 streams group refine 1", 256, 8, 1, 1024, 777, 2, 1, GGML_TYPE_BF16, 32, 4,  32, false, 2, 0, 1 },
+        { "gqa1 f32 unified group",    64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,    16,  2,  16, true,  2 },
     };
     for (const auto & tc : cases) {
         run(tc);

@@ -9,7 +9,7 @@
 //! Measured on Gemma 3 270M (4 query heads per KV head), passkey at ~8K tokens: with `Mean`
 //! the answer is wrong at top-k 256 and 1024 for needles at depth 0.5 and 0.75, with
 //! `PerHead` it is right at both: the mean of heads that look for different tokens points at
-//! neither. `PerHead`'s union holds only 0.55-0.7 k distinct rows on real captures; `Group`
+//! neither. `PerHead`'s union holds only 0.5-0.7 k distinct rows on real captures; `Group`
 //! fills k and comes within 0.036 of the best any shared k rows can hold (Gemma 3 and
 //! Qwen2.5 at 8K-32K; docs/FIDELITY.md, "GQA: k rows for the group").
 //!
@@ -102,7 +102,7 @@ pub fn select_group<F: Fn(usize) -> bool>(
     }
     let heads: Vec<&[f32]> = match policy {
         GqaPolicy::Mean => vec![queries],
-        _ => queries.chunks_exact(d).collect(),
+        GqaPolicy::PerHead | GqaPolicy::Group => queries.chunks_exact(d).collect(),
     };
     let g = heads.len();
     scratch.lists.resize_with(g, Vec::new);

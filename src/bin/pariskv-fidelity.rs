@@ -435,7 +435,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
                 let exact = match policy {
                     GqaPolicy::Mean => &mean_exact,
                     GqaPolicy::PerHead => &per_head,
-                    _ => &shared,
+                    GqaPolicy::Group => &shared,
                 };
                 let s = &mut sums[ki];
                 let rec = recall(top, exact);

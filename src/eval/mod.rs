@@ -104,6 +104,7 @@ pub fn relative_l2_error(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::RowData;
 
     #[test]
     fn best_shared_mass_bounds_every_selection_of_k() {
@@ -132,7 +133,6 @@ mod tests {
             queries.chunks_exact(4).map(|q| attention_mass(&keys, q, &zone, &sel, 1.0)).sum::<f64>() / 2.0;
         assert!((group_mass(&p, &zone, &sel) - mean).abs() < 1e-9);
     }
-    use crate::rows::RowData;
 
     #[test]
     fn metrics_on_a_small_case() {

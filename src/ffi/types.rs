@@ -40,9 +40,10 @@ pub enum pariskv_gqa {
     PARISKV_GQA_PER_HEAD = 0,
     /// One retrieval with the mean of the group's queries (the paper's reference).
     PARISKV_GQA_MEAN = 1,
-    /// k distinct rows chosen for the group's attention mass: each head's candidates scored
-    /// for it, each head's scores made probabilities (normalised over its candidates and the
-    /// sink and window), the k rows of the largest mean probability (CPU only so far).
+    /// k distinct rows chosen for the group's attention mass: every head's candidates pooled
+    /// and estimated for every head, each head's scores made probabilities over the pool, the
+    /// k rows of the largest mean probability (the shortlist rescored exactly first when
+    /// refining). CPU only so far: a CUDA index or step refuses it.
     PARISKV_GQA_GROUP = 2,
 }
 
