@@ -112,17 +112,6 @@ fn switch(key: &str, text: &str) -> Result<bool> {
     }
 }
 
-fn gqa_name(g: GqaPolicy) -> &'static str {
-    match g {
-        GqaPolicy::PerHead => "per-head",
-        GqaPolicy::Mean => "mean",
-        GqaPolicy::Group => "group",
-    }
-}
-
-/// A GQA policy's op parameter.
-const GQA_CODES: [GqaPolicy; 3] = [GqaPolicy::PerHead, GqaPolicy::Mean, GqaPolicy::Group];
-
 fn on_off(v: bool) -> String {
     (if v { "on" } else { "off" }).into()
 }
@@ -160,14 +149,10 @@ positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON bu
 (per-head), one retrieval with their mean query (mean, the paper's reference), or k rows chosen for\n\
 the group's attention mass (group; CPU only so far)",
         kind: Kind::Choice,
-        get: |s| gqa_name(s.gqa).into(),
+        get: |s| s.gqa.name().into(),
         set: |s, t| {
-            s.gqa = match t {
-                "per-head" => GqaPolicy::PerHead,
-                "mean" => GqaPolicy::Mean,
-                "group" => GqaPolicy::Group,
-                _ => return Err(Error::invalid(format!("gqa = '{t}': per-head, mean or group"))),
-            };
+            s.gqa = GqaPolicy::from_name(t)
+                .ok_or_else(|| Error::invalid(format!("gqa = '{t}': per-head, mean or group")))?;
             Ok(())
         },
     },
@@ -321,7 +306,7 @@ impl OpParams {
             s.top_k as i32,
             s.n_sink as i32,
             s.n_window as i32,
-            GQA_CODES.iter().position(|&g| g == s.gqa).unwrap_or(0) as i32,
+            GqaPolicy::ALL.iter().position(|&g| g == s.gqa).unwrap_or(0) as i32,
             (s.table == Table::Reference) as i32,
             s.refine as i32,
             s.candidates.to_bits() as i32,
@@ -344,7 +329,7 @@ impl OpParams {
             0 | 1 => Ok(v == 1),
             _ => Err(Error::invalid(format!("op parameter {key} = {v}: 0 or 1"))),
         };
-        s.gqa = *usize::try_from(p[5]).ok().and_then(|i| GQA_CODES.get(i)).ok_or_else(|| {
+        s.gqa = *usize::try_from(p[5]).ok().and_then(|i| GqaPolicy::ALL.get(i)).ok_or_else(|| {
             Error::invalid(format!("op parameter gqa = {}: 0 (per-head), 1 (mean) or 2 (group)", p[5]))
         })?;
         s.table = if flag("ratios", p[6])? { Table::Reference } else { Table::Tuned };

@@ -41,6 +41,25 @@ pub enum GqaPolicy {
     Group,
 }
 
+impl GqaPolicy {
+    /// Every policy, in the order of its op parameter.
+    pub const ALL: [GqaPolicy; 3] = [GqaPolicy::PerHead, GqaPolicy::Mean, GqaPolicy::Group];
+
+    /// The policy's name in settings, flags and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GqaPolicy::PerHead => "per-head",
+            GqaPolicy::Mean => "mean",
+            GqaPolicy::Group => "group",
+        }
+    }
+
+    /// The policy named `name` (`name`'s inverse).
+    pub fn from_name(name: &str) -> Option<GqaPolicy> {
+        GqaPolicy::ALL.into_iter().find(|g| g.name() == name)
+    }
+}
+
 /// Reusable buffers of a group retrieval.
 #[derive(Clone, Debug, Default)]
 pub struct GroupScratch {

@@ -113,11 +113,9 @@ fn parse_args() -> Args {
             "--gqa" => {
                 a.policies = val
                     .split(',')
-                    .map(|p| match p {
-                        "per-head" => GqaPolicy::PerHead,
-                        "mean" => GqaPolicy::Mean,
-                        "group" => GqaPolicy::Group,
-                        _ => usage(&format!("--gqa {p:?}: per-head, mean or group")),
+                    .map(|p| {
+                        GqaPolicy::from_name(p)
+                            .unwrap_or_else(|| usage(&format!("--gqa {p:?}: per-head, mean or group")))
                     })
                     .collect()
             }
@@ -285,7 +283,7 @@ impl Sums {
         println!(
             "{:>5} {:>9} {:>5} | {:>8.4} {:>8.4} | {:>7.0} {:>8.4} {:>8.4} | {:>8.4} {:>8.4} {:>8.4} {:>8.4} | {:>8.2e} | {:>8.0} {:>8.0} {:>8.0} | {:>7.2}",
             layer,
-            policy_name(policy),
+            policy.name(),
             k,
             self.mean(self.recall),
             self.mean(self.coarse),
@@ -302,14 +300,6 @@ impl Sums {
             self.mean(self.refined),
             self.mean(self.bytes) / 1e6
         );
-    }
-}
-
-fn policy_name(p: GqaPolicy) -> &'static str {
-    match p {
-        GqaPolicy::PerHead => "per-head",
-        GqaPolicy::Mean => "mean",
-        GqaPolicy::Group => "group",
     }
 }
 
@@ -465,7 +455,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
                 s.along.last_mut().expect("pushed above").1 += rec / nkv as f64;
             }
         }
-        eprint!("\r  layer {} ({}): position {t} of {n}   ", layer.il, policy_name(policy));
+        eprint!("\r  layer {} ({}): position {t} of {n}   ", layer.il, policy.name());
     }
     eprintln!();
     Ok(sums)
@@ -538,7 +528,7 @@ fn run(a: &Args) -> Result<()> {
                      \"mass\": {:.6}, \"mass_exact\": {:.6}, \"rows\": {:.1}, \"mass_per_head_exact\": {:.6}, \
                      \"mass_mean_exact\": {:.6}, \"mass_bound\": {:.6}, \"gap_to_bound\": {:.6}, \"out_rel_err\": {:.6e}, \
                      \"zone\": {:.1}, \"candidates\": {:.1}, \"refined\": {:.1}, \"bytes\": {:.0}, \"recall_along\": [{}]}},",
-                    policy_name(policy),
+                    policy.name(),
                     s.mean(s.recall),
                     s.mean(s.coarse),
                     s.mean(s.mass),
