@@ -262,6 +262,13 @@ fn constants_header() -> String {
     writeln!(h, "__constant__ const float PK_LEVELS[{N_LEVELS}] = {{{}}};", list(&LEVELS)).unwrap();
     writeln!(h, "__constant__ const float PK_THRESHOLDS[{}] = {{{}}};", N_LEVELS - 1, list(&THRESHOLDS))
         .unwrap();
+    writeln!(h, "#define PK_EXP_LOG2E {EXP_LOG2E:?}f").unwrap();
+    writeln!(h, "#define PK_EXP_LN2_HI {EXP_LN2_HI:?}f").unwrap();
+    writeln!(h, "#define PK_EXP_LN2_LO {EXP_LN2_LO:?}f").unwrap();
+    writeln!(h, "#define PK_EXP_FLOOR {EXP_FLOOR:?}f").unwrap();
+    writeln!(h, "#define PK_FIXED_FRACTION_BITS {FIXED_FRACTION_BITS}").unwrap();
+    writeln!(h, "#define PK_EXP_POLY_LEN {}", EXP_POLY.len()).unwrap();
+    writeln!(h, "__constant__ const float PK_EXP_POLY[PK_EXP_POLY_LEN] = {{{}}};", list(&EXP_POLY)).unwrap();
     let tiers = TIER_FRACTIONS.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
     writeln!(h, "__constant__ const double PK_TIER_FRACTIONS[{N_TIERS}] = {{{tiers}}};").unwrap();
     // The ratio tables; the last row has no bound (usize::MAX), written as -1.

@@ -158,7 +158,8 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
         };
         // the paper's settings (reference ratios, group-mean or per-head query), the first
         // tuned table (as the share 0.1 it is for zones of 30K keys and more: N of 30.6K up), the
-        // tuned table's wider share, each without and with refine 2 (the defaults)
+        // tuned table's wider share, each without and with refine 2 (the defaults); the group
+        // policy with the tuned table
         let first = RatioPolicy::Fixed(Ratios { cand: 0.1, coll: TUNED_RHO_COLL });
         for (gqa, ratios, refine) in [
             (GqaPolicy::Mean, RatioPolicy::Adaptive, 1),
@@ -167,6 +168,8 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             (GqaPolicy::PerHead, RatioPolicy::Tuned, 1),
             (GqaPolicy::PerHead, first, 2),
             (GqaPolicy::PerHead, RatioPolicy::Tuned, 2),
+            (GqaPolicy::Group, RatioPolicy::Tuned, 1),
+            (GqaPolicy::Group, RatioPolicy::Tuned, 2),
         ] {
             let params = StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios, gqa, refine, attn };
             run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;

@@ -86,7 +86,7 @@ enum pariskv_gqa
   // k distinct rows chosen for the group's attention mass: every head's candidates pooled
   // and estimated for every head, each head's scores made probabilities over the pool, the
   // k rows of the largest mean probability (the shortlist rescored exactly first when
-  // refining). CPU only so far: a CUDA index or step refuses it.
+  // refining). CPU and CUDA choose the same rows.
   PARISKV_GQA_GROUP = 2,
 };
 #ifndef __cplusplus

@@ -51,3 +51,39 @@ __device__ __forceinline__ __half pk_store_weight(float w) {
     }
     return __float2half_rn(fminf(fmaxf(w, -65504.0f), 65504.0f));
 }
+
+// The portable arithmetic of src/algorithm/portable.rs, operation for operation: e^min(x, 0)
+// (0 below PK_EXP_FLOOR), tanh from it, and fixed-point sums of values in [0, 1].
+__device__ __forceinline__ float pk_exp_nonpositive(float x) {
+    if (isnan(x)) return x;
+    x = fminf(x, 0.0f);
+    if (x < PK_EXP_FLOOR) return 0.0f;
+    const float n = rintf(__fmul_rn(x, PK_EXP_LOG2E));
+    const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(n, PK_EXP_LN2_HI)), __fmul_rn(n, PK_EXP_LN2_LO));
+    float p = PK_EXP_POLY[0];
+#pragma unroll
+    for (int i = 1; i < PK_EXP_POLY_LEN; ++i) p = __fadd_rn(__fmul_rn(p, r), PK_EXP_POLY[i]);
+    const float y = __fadd_rn(__fadd_rn(__fmul_rn(p, __fmul_rn(r, r)), r), 1.0f);
+    return __fmul_rn(y, __uint_as_float((unsigned int) ((int) n + 127) << 23));
+}
+
+__device__ __forceinline__ float pk_tanh_portable(float y) {
+    if (isnan(y)) return y;
+    const float a = fabsf(y);
+    const float e = pk_exp_nonpositive(-__fadd_rn(a, a));
+    return copysignf(__fdiv_rn(__fsub_rn(1.0f, e), __fadd_rn(1.0f, e)), y);
+}
+
+__device__ __forceinline__ unsigned long long pk_to_fixed(float x) {
+    return __float2ull_rz(__fmul_rn(x, (float) (1ull << PK_FIXED_FRACTION_BITS)));
+}
+
+__device__ __forceinline__ float pk_from_fixed(unsigned long long s) {
+    return __double2float_rn(__ddiv_rn(__ull2double_rn(s), (double) (1ull << PK_FIXED_FRACTION_BITS)));
+}
+
+// AttnParams::selection_logit
+__device__ __forceinline__ float pk_selection_logit(float dot, float scale, float softcap) {
+    const float s = __fmul_rn(dot, scale);
+    return softcap > 0.0f ? __fmul_rn(softcap, pk_tanh_portable(__fdiv_rn(s, softcap))) : s;
+}

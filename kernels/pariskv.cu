@@ -3,4 +3,5 @@
 #include "attention.cuh"
 #include "encode.cuh"
 #include "gather.cuh"
+#include "group.cuh"
 #include "search.cuh"

@@ -85,6 +85,19 @@ struct pk_step_args {
     const char * k;             // key row of cell c of unit u at k + off(u) + c*k_stride
     int k_dtype;
     long long k_stride;
+    int group;                  // the group policy: one candidate union per unit (group.cuh)
+    float scale, softcap;       // of the attention, for the group's selection logits
+    float * logits;             // [units][n_ret][n]: per head, over the unit's union or shortlist
+    struct pk_group_stat * gstat; // [units][n_ret][2]: per head, over the union and the shortlist
+};
+
+// One head's softmax statistics over a list of logits (gqa::rank_by_group_probability):
+// the largest finite logit (as pk_ord), the +inf count, and the fixed-point sum of
+// exp(logit - max) over the finite ones.
+struct pk_group_stat {
+    int max_ord;
+    int n_inf;
+    unsigned long long norm;
 };
 
 __device__ __forceinline__ size_t pk_state_stride(const pk_step_args & a) {
@@ -132,6 +145,15 @@ __device__ __forceinline__ long long pk_ceil_count(int n, double ratio, double f
     return (long long) ceil(__dmul_rn(__dmul_rn((double) n, ratio), fraction));
 }
 
+// floats as ints that order alike (for atomicMax), and back
+__device__ __forceinline__ int pk_ord(float f) {
+    const int i = __float_as_int(f);
+    return i >= 0 ? i : i ^ 0x7FFFFFFF;
+}
+__device__ __forceinline__ float pk_unord(int i) {
+    return __int_as_float(i >= 0 ? i : i ^ 0x7FFFFFFF);
+}
+
 // resets each unit's state and clears its histograms; grid (1, 1, units)
 extern "C" __global__ void pk_begin(pk_step_args a) {
     const int u = blockIdx.z;
@@ -150,6 +172,11 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
     for (int i = threadIdx.x; i < a.nb * PK_N_CENTROIDS; i += blockDim.x) h[i] = 0;
     unsigned int * ch = a.count_hist + (long long) u * a.n_ret * (a.max_collisions + 1);
     for (int i = threadIdx.x; i < a.n_ret * (a.max_collisions + 1); i += blockDim.x) ch[i] = 0;
+    if (a.group) {
+        for (int i = threadIdx.x; i < a.n_ret * 2; i += blockDim.x) {
+            a.gstat[(long long) u * a.n_ret * 2 + i] = pk_group_stat{pk_ord(-INFINITY), 0, 0ull};
+        }
+    }
 }
 
 // the extremes of the visible cells' positions; grid (chunks, 1, units)
@@ -363,7 +390,8 @@ extern "C" __global__ void pk_cutoff(pk_step_args a) {
     const int n_zone = pk_unit(a, u).n_zone;
     pk_retrieval & x = pk_ret(a, u, r);
     // small zones: everything (cache_step attends every visible cell)
-    int k = n_zone <= a.dense_zone ? n_zone : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
+    // per head its share of top-k; the group policy's heads each look for all k
+    int k = n_zone <= a.dense_zone ? n_zone : a.group ? a.top_k : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
     k = min(k, n_zone);
     const int keep = k;
     // a shortlist of refine * k estimates (gqa::select_group); a zone taken whole is not
@@ -434,27 +462,45 @@ __device__ __forceinline__ unsigned long long pk_key(float score, int cell) {
     return ((unsigned long long) ~bits << 32) | (unsigned int) cell;
 }
 
-// candidates (count above the cutoff, or at it among the first ties_left cells), scored with
-// the 4-bit estimator exactly as encode::estimate, appended (key) to the retrieval's list;
-// grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic smem dp*16 floats
-extern "C" __global__ void pk_select_rerank(pk_step_args a) {
-    extern __shared__ float pk_lut[];
-    __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
-    __shared__ int base;
-    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
-    const float * q = a.q_rot + (long long) ur * a.dp;
-    for (int i = threadIdx.x; i < a.dp * 16; i += blockDim.x) {
+// the 4-bit estimate of <q, key> for one cell from the retrieval's table `lut` (dp*16
+// floats), summed exactly as encode::estimate
+__device__ __forceinline__ float pk_estimate(const float * lut, const unsigned char * nib, const __half * w, int nb) {
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int b = 0; b < nb; ++b) {
+        const float * t = lut + b * PK_BLOCK * 16;
+        const unsigned char * by = nib + b * 4;
+        float pair[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            pair[i] = __fadd_rn(t[(2 * i) * 16 + (by[i] & 15)], t[(2 * i + 1) * 16 + (by[i] >> 4)]);
+        }
+        const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
+        acc[b % 4] = __fadd_rn(acc[b % 4], __fmul_rn(__half2float(w[b]), dot));
+    }
+    return __fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3]));
+}
+
+// the estimator table of rotated query q (dp floats) into lut (dp*16 floats), by the block
+__device__ __forceinline__ void pk_build_lut(float * lut, const float * q, int dp) {
+    for (int i = threadIdx.x; i < dp * 16; i += blockDim.x) {
         const int j = i / 16, code = i % 16;
         const float level = PK_LEVELS[code & 7];
-        pk_lut[i] = __fmul_rn((code & 8) ? level : -level, q[j]);
+        lut[i] = __fmul_rn((code & 8) ? level : -level, q[j]);
     }
+}
+
+// Walks this block's chunk of cells for retrieval r of unit u, PK_CHUNK_THREADS cells a
+// round, and calls f(c, chosen) on every thread every round (so that f may use warp
+// collectives; c may be past the end, then chosen is false). chosen: c is one of the
+// retrieval's candidates (count above the cutoff, or at it among the first ties_left cells).
+// warp_ties and base are the caller's shared memory.
+template <typename F>
+__device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u, int r, int * warp_ties, int & base, F f) {
+    const int ur = u * a.n_ret + r;
     if (threadIdx.x == 0) base = a.chunk_ties[(long long) ur * (gridDim.x + 1) + blockIdx.x];
     __syncthreads();
-    pk_retrieval & x = pk_ret(a, u, r);
+    const pk_retrieval & x = pk_ret(a, u, r);
     const unsigned short * counts = a.counts + (long long) ur * a.n;
-    unsigned long long * cand = a.cand + (long long) ur * a.n;
-    const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
-    const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
     for (int c0 = blockIdx.x * PK_CHUNK; c0 < end; c0 += PK_CHUNK_THREADS) {
@@ -473,34 +519,42 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
             for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) t += warp_ties[w];
             base += t;
         }
-        const bool chosen = count != PK_NOT_IN_ZONE && (count > x.cutoff || (tie && rank < x.ties_left));
-        unsigned long long key = 0;
-        if (chosen && x.k > 0) {
-            const unsigned char * nib = nibbles + (long long) c * (a.dp / 2);
-            const __half * w = weights + (long long) c * a.nb;
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int b = 0; b < a.nb; ++b) {
-                const float * t = pk_lut + b * PK_BLOCK * 16;
-                const unsigned char * by = nib + b * 4;
-                float pair[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    pair[i] = __fadd_rn(t[(2 * i) * 16 + (by[i] & 15)], t[(2 * i + 1) * 16 + (by[i] >> 4)]);
-                }
-                const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
-                acc[b % 4] = __fadd_rn(acc[b % 4], __fmul_rn(__half2float(w[b]), dot));
-            }
-            key = pk_key(__fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3])), c);
-        }
-        // one atomic per warp for the warp's candidates
-        const bool emit = chosen && x.k > 0;
-        const unsigned int votes = __ballot_sync(0xFFFFFFFFu, emit);
-        int slot = 0;
-        if (lane == 0 && votes) slot = atomicAdd(&x.n_cand, __popc(votes));
-        slot = __shfl_sync(0xFFFFFFFFu, slot, 0);
-        if (emit) cand[slot + __popc(votes & ((1u << lane) - 1))] = key;
+        f(c, count != PK_NOT_IN_ZONE && (count > x.cutoff || (tie && rank < x.ties_left)));
         __syncthreads();
     }
+}
+
+// appends `value` to list (counter n) for every lane with emit, one atomic per warp
+__device__ __forceinline__ void pk_append(bool emit, unsigned long long value, int * n, unsigned long long * list) {
+    const int lane = threadIdx.x % 32;
+    const unsigned int votes = __ballot_sync(0xFFFFFFFFu, emit);
+    int slot = 0;
+    if (lane == 0 && votes) slot = atomicAdd(n, __popc(votes));
+    slot = __shfl_sync(0xFFFFFFFFu, slot, 0);
+    if (emit) list[slot + __popc(votes & ((1u << lane) - 1))] = value;
+}
+
+// every retrieval's candidates scored with the 4-bit estimator (pk_estimate) and appended
+// (key) to its list; grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic
+// smem dp*16 floats
+extern "C" __global__ void pk_select_rerank(pk_step_args a) {
+    extern __shared__ float pk_lut[];
+    __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
+    __shared__ int base;
+    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
+    pk_build_lut(pk_lut, a.q_rot + (long long) ur * a.dp, a.dp);
+    pk_retrieval & x = pk_ret(a, u, r);
+    unsigned long long * cand = a.cand + (long long) ur * a.n;
+    const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
+    const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
+    pk_for_candidates(a, u, r, warp_ties, base, [&](int c, bool chosen) {
+        const bool emit = chosen && x.k > 0;
+        unsigned long long key = 0;
+        if (emit) {
+            key = pk_key(pk_estimate(pk_lut, nibbles + (long long) c * (a.dp / 2), weights + (long long) c * a.nb, a.nb), c);
+        }
+        pk_append(emit, key, &x.n_cand, cand);
+    });
 }
 
 // The key of rank k (1-based) among n keys, or ~0 when k >= n: a radix select, 8 bits per

@@ -75,3 +75,23 @@ pub const GPU_REFINE_WARPS: usize = 4;
 pub const GPU_TOPK_THREADS: usize = 1024;
 /// Most query heads per KV head the attention kernel takes at once.
 pub const GPU_MAX_GROUP: usize = 16;
+
+// Portable exp (`portable::exp`): Cody-Waite reduction x = n ln2 + r and a degree-5
+// polynomial for e^r (the classic single-precision minimax coefficients of Cephes' expf,
+// relative error below 2 ulp on its range), computed with f32 multiplies and adds only so
+// that CPU and GPU give the same bits.
+
+/// log2(e) as an f32.
+pub const EXP_LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 in two parts: the high part has 9 significant bits, so n * EXP_LN2_HI is exact.
+pub const EXP_LN2_HI: f32 = 0.693_359_4;
+pub const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// Coefficients of e^r = 1 + r + r^2 * P(r), highest power first (Horner order).
+pub const EXP_POLY: [f32; 6] =
+    [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+/// exp(x) is taken as 0 below it (e^-80 ~ 1.8e-35): results stay normal floats, so no
+/// denormal handling can differ between processors.
+pub const EXP_FLOOR: f32 = -80.0;
+/// Fraction bits of the fixed-point sums of probabilities (u64; values in [0, 1] summed over
+/// fewer than 2^31 cells cannot overflow).
+pub const FIXED_FRACTION_BITS: u32 = 32;

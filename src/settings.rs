@@ -147,7 +147,7 @@ positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON bu
         values: c"per-head|mean|group",
         help: c"ParisKV: how query heads sharing a KV head choose its rows: each retrieves its share of top-k\n\
 (per-head), one retrieval with their mean query (mean, the paper's reference), or k rows chosen for\n\
-the group's attention mass (group; CPU only so far)",
+the group's attention mass (group)",
         kind: Kind::Choice,
         get: |s| s.gqa.name().into(),
         set: |s, t| {

@@ -146,7 +146,7 @@ mod step {
     use super::*;
     use pariskv::algorithm::attention::{attend, AttnParams, AttnScratch};
     use pariskv::algorithm::encode::estimator_lut;
-    use pariskv::algorithm::gqa::GqaPolicy;
+    use pariskv::algorithm::gqa::{select_group, GqaPolicy, GroupScratch, Refine};
     use pariskv::algorithm::search::{
         candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets,
         tier_levels, RatioPolicy,
@@ -172,6 +172,8 @@ mod step {
         pub refine: usize,
         /// the tuned ratio table instead of the reference's
         pub tuned: bool,
+        /// attention logit soft-capping (0: off)
+        pub softcap: f32,
     }
 
     /// The CPU's stages for one retrieval, for stage-by-stage comparison.
@@ -235,7 +237,7 @@ mod step {
             ratios: policy,
             gqa: c.gqa,
             refine: c.refine,
-            attn: AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
+            attn: AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: c.softcap },
         };
 
         // GPU, all units in one step (twice: the second must not see the first's marks)
@@ -359,14 +361,15 @@ mod step {
             let n_zone = histogram(&shape, &store.as_ref(), 0..n, zone, &mut hist);
             let heads: Vec<&[f32]> = match c.gqa {
                 GqaPolicy::Mean => vec![qu],
-                GqaPolicy::PerHead => qu.chunks_exact(d).collect(),
-                GqaPolicy::Group => unreachable!("the GPU step refuses the group policy"),
+                GqaPolicy::PerHead | GqaPolicy::Group => qu.chunks_exact(d).collect(),
             };
             let ratios = policy.ratios(n_zone);
             let mut cpu = Vec::new();
             for (r, qh) in heads.iter().enumerate() {
                 let k = if n_zone <= c.top_k {
                     n_zone
+                } else if c.gqa == GqaPolicy::Group {
+                    c.top_k // every head looks for the group's k
                 } else {
                     c.top_k / n_ret + usize::from(r < c.top_k % n_ret)
                 };
@@ -404,6 +407,44 @@ mod step {
                 });
             }
 
+            // the group policy: the union of the heads' candidates, the shortlist (the best
+            // refine * k of the union by group probability) and the k rows, from the CPU's
+            // select_group (k * refine with refine 1 gives the shortlist)
+            let group_cpu = (c.gqa == GqaPolicy::Group).then(|| {
+                if n_zone <= c.top_k {
+                    let zone_cells: BTreeSet<u32> = (0..n as u32).filter(|&x| zone(x as usize)).collect();
+                    return (zone_cells.clone(), BTreeSet::new(), zone_cells);
+                }
+                let mut scratch = GroupScratch::default();
+                let pick = |scratch: &mut GroupScratch, k: usize, factor: usize| -> BTreeSet<u32> {
+                    let refine = Refine { keys: &krows, factor, attn: params.attn };
+                    let mut out = Vec::new();
+                    select_group(
+                        &rot,
+                        GqaPolicy::Group,
+                        qu,
+                        store.as_ref(),
+                        0..n,
+                        zone,
+                        None,
+                        policy,
+                        k,
+                        refine,
+                        scratch,
+                        &mut out,
+                    )
+                    .unwrap();
+                    assert_eq!(out.len(), out.iter().collect::<BTreeSet<_>>().len(), "{what}: repeats");
+                    out.into_iter().collect()
+                };
+                let top = pick(&mut scratch, c.top_k, c.refine);
+                let union: BTreeSet<u32> = scratch.candidates.iter().copied().collect();
+                let shortlist =
+                    if c.refine > 1 { pick(&mut scratch, c.top_k * c.refine, 1) } else { BTreeSet::new() };
+                assert_eq!(top.len(), c.top_k, "{what}: the CPU's group rows fill k");
+                (union, shortlist, top)
+            });
+
             // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
             let us: UnitState =
                 unsafe { std::ptr::read_unaligned(state[u * stride..].as_ptr() as *const UnitState) };
@@ -428,6 +469,9 @@ mod step {
                 );
                 assert_eq!(counts[ur * n..][..n], x.counts[..], "{what}: collision counts {r}");
                 assert_eq!(ret.cutoff as u16, x.cutoff, "{what}: cutoff {r}");
+                if group_cpu.is_some() {
+                    continue; // the group's one list is retrieval 0's, checked below
+                }
                 let keys = &cand[ur * n..][..ret.n_cand as usize];
                 let cells = |keys: &mut dyn Iterator<Item = &u64>| -> BTreeSet<u32> {
                     keys.filter(|&&k| k != u64::MAX).map(|k| (k & 0xFFFF_FFFF) as u32).collect()
@@ -445,6 +489,29 @@ mod step {
                 let gpu_top = cells(&mut sorted.iter().take(ret.keep.max(0) as usize));
                 assert_eq!(gpu_top, x.top, "{what}: top-k {r}");
                 rows_cpu.extend(x.top.iter().copied());
+            }
+            if let Some((union, shortlist, top)) = &group_cpu {
+                let ret: Retrieval = unsafe {
+                    std::ptr::read_unaligned(
+                        state[u * stride + std::mem::size_of::<UnitState>()..].as_ptr() as *const Retrieval
+                    )
+                };
+                let keys = &cand[u * n_ret * n..][..ret.n_cand as usize];
+                let cells = |keys: &mut dyn Iterator<Item = &u64>| -> BTreeSet<u32> {
+                    keys.filter(|&&k| k != u64::MAX).map(|k| (k & 0xFFFF_FFFF) as u32).collect()
+                };
+                assert_eq!(ret.n_cand as usize, union.len(), "{what}: group union size");
+                if shortlist.is_empty() {
+                    assert_eq!(cells(&mut keys.iter()), *union, "{what}: group union");
+                } else {
+                    assert_eq!(cells(&mut keys.iter()), *shortlist, "{what}: group shortlist");
+                    assert_eq!(ret.n_refined as usize, shortlist.len(), "{what}: group cells refined");
+                }
+                let mut sorted = keys.to_vec();
+                sorted.sort_unstable();
+                let gpu_top = cells(&mut sorted.iter().take(ret.keep.max(0) as usize));
+                assert_eq!(gpu_top, *top, "{what}: group top-k");
+                rows_cpu.extend(top.iter().copied());
             }
             let rows: BTreeSet<u32> =
                 rows_all[u * n..][..us.n_rows as usize].iter().map(|&x| x as u32).collect();
@@ -533,6 +600,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -545,6 +613,7 @@ mod step {
                 two_sequences: true,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 64,
@@ -557,6 +626,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 64,
@@ -569,6 +639,7 @@ mod step {
                 two_sequences: true,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 256,
@@ -581,6 +652,7 @@ mod step {
                 two_sequences: true,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 256,
@@ -593,6 +665,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -605,6 +678,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: true,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -617,6 +691,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             // refining: shortlists of 2x and 4x, both policies, all key types, K through the
             // row strides of several heads
@@ -631,6 +706,7 @@ mod step {
                 two_sequences: false,
                 refine: 2,
                 tuned: true,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -643,6 +719,7 @@ mod step {
                 two_sequences: true,
                 refine: 4,
                 tuned: true,
+                softcap: 0.0,
             },
             Case {
                 d: 64,
@@ -655,6 +732,7 @@ mod step {
                 two_sequences: false,
                 refine: 3,
                 tuned: true,
+                softcap: 0.0,
             },
             Case {
                 d: 256,
@@ -667,6 +745,101 @@ mod step {
                 two_sequences: false,
                 refine: 4,
                 tuned: true,
+                softcap: 0.0,
+            },
+            // the group policy (k rows for the group): every key type, one and two
+            // sequences, refining 1-4, the zone taken whole, soft-capped logits, Qwen2.5's
+            // 6 heads per KV head and Gemma 3's d 256
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: Group,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 1,
+                tuned: true,
+                softcap: 0.0,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: Group,
+                top_k: 256,
+                dtype: BF16,
+                kv: 2,
+                two_sequences: true,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+            },
+            Case {
+                d: 64,
+                g: 2,
+                n: 3000,
+                gqa: Group,
+                top_k: 100,
+                dtype: F32,
+                kv: 3,
+                two_sequences: false,
+                refine: 3,
+                tuned: false,
+                softcap: 30.0,
+            },
+            Case {
+                d: 128,
+                g: 6,
+                n: 30_000,
+                gqa: Group,
+                top_k: 1024,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+            },
+            Case {
+                d: 256,
+                g: 4,
+                n: 20_000,
+                gqa: Group,
+                top_k: 2048,
+                dtype: F16,
+                kv: 1,
+                two_sequences: false,
+                refine: 4,
+                tuned: true,
+                softcap: 0.0,
+            },
+            Case {
+                d: 256,
+                g: 4,
+                n: 2000,
+                gqa: Group,
+                top_k: 4096,
+                dtype: F16,
+                kv: 1,
+                two_sequences: false,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+            },
+            Case {
+                d: 64,
+                g: 1,
+                n: 100,
+                gqa: Group,
+                top_k: 16,
+                dtype: F32,
+                kv: 3,
+                two_sequences: true,
+                refine: 2,
+                tuned: false,
+                softcap: 0.0,
             },
         ];
         // One set of buffers for steps of different cell counts, group sizes, GQA policies and
@@ -684,6 +857,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -696,6 +870,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -708,6 +883,7 @@ mod step {
                 two_sequences: true,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -720,6 +896,7 @@ mod step {
                 two_sequences: false,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
             },
             Case {
                 d: 128,
@@ -732,6 +909,20 @@ mod step {
                 two_sequences: true,
                 refine: 1,
                 tuned: false,
+                softcap: 0.0,
+            },
+            Case {
+                d: 128,
+                g: 8,
+                n: 4500,
+                gqa: Group,
+                top_k: 256,
+                dtype: F16,
+                kv: 2,
+                two_sequences: true,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
             },
         ] {
             check_case_with(&c, Some(&shared));
@@ -1022,6 +1213,8 @@ mod index {
             Case { d: 128, nq: 8, nkv: 2, dtype: F16, gqa: PerHead, kv_in_host: false, refine: 3 },
             Case { d: 64, nq: 4, nkv: 4, dtype: BF16, gqa: Mean, kv_in_host: true, refine: 2 },
             Case { d: 256, nq: 8, nkv: 1, dtype: F32, gqa: PerHead, kv_in_host: true, refine: 4 },
+            Case { d: 128, nq: 12, nkv: 2, dtype: F16, gqa: Group, kv_in_host: false, refine: 2 },
+            Case { d: 256, nq: 4, nkv: 1, dtype: BF16, gqa: Group, kv_in_host: true, refine: 1 },
         ] {
             check(&c);
         }
@@ -1057,6 +1250,8 @@ mod index {
             (GqaPolicy::Mean, true),
             (GqaPolicy::Mean, false),
             (GqaPolicy::PerHead, true),
+            (GqaPolicy::Group, false),
+            (GqaPolicy::Group, true),
         ] {
             let mut cfg = Config::new(d, nq, nkv);
             cfg.top_k = 64;
@@ -1111,20 +1306,6 @@ mod index {
         cfg.device = Device::Cuda { ordinal: 1000, kv_in_host: false };
         let err = open(cfg).err().expect("device 1000 opened");
         assert!(err.to_string().contains("1000"), "{err}");
-    }
-
-    /// The group policy is not implemented on the GPU yet: opening such an index is a clean
-    /// error naming the policy, not a silent per-head step.
-    #[test]
-    fn group_policy_is_refused() {
-        if gpu().is_none() {
-            return;
-        }
-        let mut cfg = Config::new(128, 8, 2);
-        cfg.device = Device::Cuda { ordinal: 0, kv_in_host: false };
-        cfg.gqa = GqaPolicy::Group;
-        let err = open(cfg).err().expect("a group index opened on the GPU");
-        assert!(err.to_string().contains("Group"), "{err}");
     }
 
     /// Through the C ABI: `device` and `kv_in_host` in the config give a GPU index whose

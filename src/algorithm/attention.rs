@@ -5,7 +5,7 @@
 
 use multiversion::multiversion;
 
-use crate::algorithm::prefetch;
+use crate::algorithm::{portable, prefetch};
 use crate::error::{Error, Result};
 use crate::rows::Rows;
 
@@ -36,6 +36,17 @@ impl AttnParams {
         let s = dot * self.scale;
         if self.softcap > 0.0 {
             self.softcap * (s / self.softcap).tanh()
+        } else {
+            s
+        }
+    }
+
+    /// `logit` with the portable tanh: what selections rank by, equal on CPU and GPU.
+    #[inline]
+    pub fn selection_logit(&self, dot: f32) -> f32 {
+        let s = dot * self.scale;
+        if self.softcap > 0.0 {
+            self.softcap * portable::tanh(s / self.softcap)
         } else {
             s
         }

@@ -23,6 +23,7 @@ use std::ops::Range;
 
 use crate::algorithm::attention::{dot, AttnParams};
 use crate::algorithm::encode::{estimate, Codes};
+use crate::algorithm::portable::{exp_nonpositive, from_fixed, to_fixed};
 use crate::algorithm::rank::top_k_in_place;
 use crate::algorithm::rotation::Rotation;
 use crate::algorithm::search::{
@@ -253,7 +254,7 @@ fn select_group_rows<F: Fn(usize) -> bool>(
         let nibbles = p.codes.cell_nibbles(&shape, c as usize);
         let weights = p.codes.cell_weights(&shape, c as usize);
         for h in 0..g {
-            let logit = p.refine.attn.logit(estimate(&scratch.luts[h], nibbles, weights));
+            let logit = p.refine.attn.selection_logit(estimate(&scratch.luts[h], nibbles, weights));
             scratch.scored[h].push((logit, c));
         }
     }
@@ -280,7 +281,7 @@ fn select_group_rows<F: Fn(usize) -> bool>(
             }
             keys.load(c as usize, &mut scratch.row);
             for (h, q) in heads.iter().enumerate() {
-                scratch.scored[h].push((p.refine.attn.logit(dot(q, &scratch.row)), c));
+                scratch.scored[h].push((p.refine.attn.selection_logit(dot(q, &scratch.row)), c));
             }
         }
         rank_by_group_probability(g, p.k, scratch);
@@ -302,16 +303,23 @@ fn rank_by_group_probability(g: usize, keep: usize, scratch: &mut GroupScratch) 
         // Non-finite logits come from non-finite keys or queries: +inf rows share the head's
         // whole probability (as they would in a softmax's limit), NaN and -inf get none, and
         // every cell stays ranked so that the group still gets k distinct rows.
+        // The normaliser is summed in fixed point and exp is the portable one, so that the
+        // GPU, adding in any order, gets the same bits (`portable`).
         let n_inf = list.iter().filter(|&&(l, _)| l == f32::INFINITY).count();
         let max = list.iter().map(|&(l, _)| l).filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
-        let norm: f32 = list.iter().filter(|&&(l, _)| l.is_finite()).map(|&(l, _)| (l - max).exp()).sum();
+        let norm = from_fixed(
+            list.iter()
+                .filter(|&&(l, _)| l.is_finite())
+                .map(|&(l, _)| to_fixed(exp_nonpositive(l - max)))
+                .sum(),
+        );
         for &(l, c) in list {
             let c = c as usize;
             if c >= scratch.score.len() {
                 scratch.score.resize(c + 1, UNSEEN);
             }
             let prob = match (n_inf, l.is_finite()) {
-                (0, true) => (l - max).exp() / norm,
+                (0, true) => exp_nonpositive(l - max) / norm,
                 (_, false) if l == f32::INFINITY => 1.0 / n_inf as f32,
                 _ => 0.0,
             };

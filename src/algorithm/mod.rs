@@ -8,6 +8,7 @@ pub mod center;
 pub mod codebook;
 pub mod encode;
 pub mod gqa;
+pub mod portable;
 pub mod prefetch;
 pub mod rank;
 pub mod rotation;

@@ -78,6 +78,19 @@ pub const fn refine_smem(head_dim: usize, elem_bytes: usize) -> usize {
 
 pub const REFINE: Kernel = Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
+pub const GROUP_UNION: Kernel = k("pk_group_union");
+pub const GROUP_ESTIMATE: Kernel = Kernel { name: "pk_group_estimate", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
+pub const GROUP_NORM: Kernel = k("pk_group_norm");
+pub const GROUP_SCORE: Kernel = k("pk_group_score");
+
+/// Dynamic shared memory of the group's exact rescoring: the `heads` queries, then every
+/// warp's four rows.
+pub const fn group_refine_smem(heads: usize, head_dim: usize, elem_bytes: usize) -> usize {
+    heads * head_dim * 4 + REFINE_ROWS * refine_pitch(head_dim, elem_bytes)
+}
+
+pub const GROUP_REFINE: Kernel =
+    Kernel { name: "pk_group_refine", dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, 4) };
 pub const UNMARK: Kernel = k("pk_unmark");
 pub const ATTEND_PARTIAL: Kernel = Kernel {
     name: "pk_attend_partial",
@@ -102,6 +115,11 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TOPK,
     REFINE,
     REFINE_PICK,
+    GROUP_UNION,
+    GROUP_ESTIMATE,
+    GROUP_NORM,
+    GROUP_SCORE,
+    GROUP_REFINE,
     UNMARK,
     ATTEND_PARTIAL,
     ATTEND_COMBINE,

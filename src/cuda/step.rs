@@ -3,7 +3,8 @@
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
 //! device-to-host read, so it can be captured in a CUDA graph. 12 launches (14 when
-//! refining) plus 2 for the attention, whatever the number of units.
+//! refining; the group policy 15, 19 when refining) plus 2 for the attention, whatever the
+//! number of units.
 
 use std::ffi::c_void;
 
@@ -141,7 +142,15 @@ struct StepArgs {
     k: u64,
     k_dtype: i32,
     k_stride: i64,
+    group: i32,
+    scale: f32,
+    softcap: f32,
+    logits: u64,
+    gstat: u64,
 }
+
+/// `pk_group_stat` of kernels/search.cuh: bytes per head and stage.
+const GROUP_STAT_BYTES: usize = 16;
 
 /// `pk_attend_args`, field for field.
 #[repr(C)]
@@ -190,6 +199,9 @@ pub struct StepBuffers {
     pub mark: DeviceBuffer,
     pub rows: DeviceBuffer,
     pub partial: DeviceBuffer,
+    /// The group policy's per-head logits over the union and its softmax statistics.
+    pub logits: DeviceBuffer,
+    pub gstat: DeviceBuffer,
 }
 
 fn chunks(n: usize) -> usize {
@@ -207,16 +219,6 @@ pub fn n_retrievals(gqa: GqaPolicy, n_heads: usize) -> usize {
         GqaPolicy::Mean => 1,
         GqaPolicy::PerHead | GqaPolicy::Group => n_heads,
     }
-}
-
-/// Whether the GPU step implements a GQA policy (`Group` is the CPU's only so far).
-pub fn supports(gqa: GqaPolicy) -> Result<()> {
-    if gqa == GqaPolicy::Group {
-        return Err(Error::unsupported(format!(
-            "GQA policy {gqa:?} is not implemented on the GPU yet (CPU only)"
-        )));
-    }
-    Ok(())
 }
 
 impl StepBuffers {
@@ -288,6 +290,8 @@ impl StepBuffers {
             mark: zeroed(u * n * 4)?,
             rows: DeviceBuffer::new(u * n * 4)?,
             partial: DeviceBuffer::new(u * n.div_ceil(ATT_ROWS) * r * (2 + dv) * 4)?,
+            logits: DeviceBuffer::new(u * r * n * 4)?,
+            gstat: DeviceBuffer::new(u * r * 2 * GROUP_STAT_BYTES)?,
         })
     }
 }
@@ -315,7 +319,6 @@ pub fn run(
     buf: &StepBuffers,
     stream: &Stream,
 ) -> Result<()> {
-    supports(params.gqa)?;
     run_marked(module, rotation, params, layer, buf, stream, &mut NoMarks)
 }
 
@@ -425,6 +428,11 @@ fn search(
         k: layer.k,
         k_dtype: dtype_code(layer.k_dtype),
         k_stride: layer.k_stride as i64,
+        group: (params.gqa == GqaPolicy::Group) as i32,
+        scale: params.attn.scale,
+        softcap: params.attn.softcap,
+        logits: buf.logits.ptr,
+        gstat: buf.gstat.ptr,
     };
     let u = units as u32;
     let cells = (n_chunks as u32, 1, u);
@@ -465,23 +473,70 @@ fn search(
     let mut nc = n_chunks as i32;
     let mut sp = [ap, &mut nc as *mut i32 as *mut c_void];
     launch(module, SCAN_CHUNKS, one_per_ret, 32, 0, stream, &mut sp)?;
-    launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
-    marks.mark("candidates + rerank", stream)?;
-    launch(module, TOPK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
-    if params.refine > 1 {
-        // shortlists hold at most refine times a retrieval's share of top-k cells
-        let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
-        let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
-        let elem = layer.k_dtype.size();
-        let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
-        let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
-        let smem = refine_smem(shape.head_dim, elem) as u32;
-        launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
-        launch(module, REFINE_PICK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+    if params.gqa == GqaPolicy::Group {
+        group_select(module, params, layer, buf, stream, marks, ap, (n_chunks, n_ret, units))?;
+    } else {
+        launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
+        marks.mark("candidates + rerank", stream)?;
+        launch(module, TOPK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+        if params.refine > 1 {
+            // shortlists hold at most refine times a retrieval's share of top-k cells
+            let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
+            let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
+            let elem = layer.k_dtype.size();
+            let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
+            let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
+            let smem = refine_smem(shape.head_dim, elem) as u32;
+            launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+            launch(module, REFINE_PICK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+        }
     }
     launch(module, UNMARK, cells, THREADS, 0, stream, &mut p)?;
     marks.mark("top-k + rows", stream)?;
     Ok(n_ret)
+}
+
+/// The group policy's stages after the coarse one (kernels/group.cuh): the heads'
+/// candidates into one union per unit, scored for every head, ranked by the group's mean
+/// probability; with refining, the shortlist rescored exactly for every head and ranked
+/// again. `ap` points at the step's arguments; `dims` are (chunks, retrievals, units).
+#[allow(clippy::too_many_arguments)]
+fn group_select(
+    module: &Module,
+    params: &StepParams,
+    layer: &GpuLayer,
+    buf: &StepBuffers,
+    stream: &Stream,
+    marks: &mut dyn StageMarks,
+    ap: *mut c_void,
+    (n_chunks, n_ret, units): (usize, usize, usize),
+) -> Result<()> {
+    let shape = buf.shape;
+    let (c, r, u) = (n_chunks as u32, n_ret as u32, units as u32);
+    let mut p = [ap];
+    launch(module, GROUP_UNION, (c, r, u), THREADS, 0, stream, &mut p)?;
+    launch(module, GROUP_ESTIMATE, (c, 1, u), THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
+    let mut stage = 0i32;
+    let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
+    launch(module, GROUP_NORM, (c, r, u), THREADS, 0, stream, &mut sp)?;
+    launch(module, GROUP_SCORE, (c, 1, u), THREADS, 0, stream, &mut sp)?;
+    marks.mark("candidates + rerank", stream)?;
+    launch(module, TOPK, (r, 1, u), TOPK_THREADS, 0, stream, &mut p)?;
+    if params.refine > 1 {
+        let shortlist = params.top_k.saturating_mul(params.refine).min(layer.n);
+        let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, 1, u);
+        let elem = layer.k_dtype.size();
+        let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
+        let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
+        let smem = group_refine_smem(n_ret, shape.head_dim, elem) as u32;
+        launch(module, GROUP_REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+        stage = 1;
+        let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
+        launch(module, GROUP_NORM, (c, r, u), THREADS, 0, stream, &mut sp)?;
+        launch(module, GROUP_SCORE, (c, 1, u), THREADS, 0, stream, &mut sp)?;
+        launch(module, REFINE_PICK, (r, 1, u), TOPK_THREADS, 0, stream, &mut p)?;
+    }
+    Ok(())
 }
 
 /// The rows each unit attends: unit u's cells at `rows + u * row_stride` (i32), its count

@@ -187,7 +187,6 @@ impl GpuIndex {
         let Device::Cuda { ordinal, .. } = cfg.device else {
             return Err(Error::invalid("GpuIndex needs a CUDA device in the config"));
         };
-        step::supports(cfg.gqa)?;
         if cfg.group_size() > MAX_GROUP {
             return Err(Error::unsupported(format!(
                 "GPU index: {} query heads per KV head, at most {MAX_GROUP} on the GPU",

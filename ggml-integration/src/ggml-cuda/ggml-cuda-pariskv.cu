@@ -55,14 +55,12 @@ bool ggml_cuda_pariskv_supported(int device, const ggml_tensor * op) {
             const ggml_tensor * k = op->src[1];
             const ggml_tensor * v = op->src[2];
             const ggml_tensor * mask = op->src[3];
-            // the GPU step does not implement the group policy yet
             pariskv_step step;
             return ggml_pariskv_dtype(k->type, &d) && ggml_pariskv_dtype(v->type, &d) &&
                 (mask->type == GGML_TYPE_F16 || mask->type == GGML_TYPE_F32) &&
                 v->ne[0] <= 512 && q->ne[1]/k->ne[1] <= 16 && // the step's limits: dv, group size
                 pariskv_op_params_step(op->op_params, (uint32_t) k->ne[0], (uint32_t) v->ne[0],
-                                       (uint32_t) (q->ne[1]/k->ne[1]), &step) == PARISKV_OK &&
-                step.gqa_policy != PARISKV_GQA_GROUP;
+                                       (uint32_t) (q->ne[1]/k->ne[1]), &step) == PARISKV_OK;
         }
         default:
             return false;

@@ -257,7 +257,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
 
     if (n_device > 0) {
         LLAMA_LOG_WARN("%s: ParisKV: %d layer(s) keep their KV cache on a device whose backend cannot run ParisKV "
-                "with these settings (CUDA needs -DGGML_CUDA=ON and a GPU; gqa=group runs on the CPU only so far); "
+                "with these settings (CUDA needs -DGGML_CUDA=ON and a GPU); "
                 "they stay dense (use -nkvo for a CPU KV cache)\n", __func__, n_device);
     }
     if (n_handled == 0) {
@@ -300,7 +300,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         snprintf(ratios, sizeof(ratios), "%s ratios,", s->ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned");
     }
     LLAMA_LOG_INFO("%s: ParisKV: top-k %u (%s), sink %u, window %u, %s refine %u, keys %s, dense below %llu cells; layers %s (%d of %zu); index %.2f MiB\n",
-            __func__, s->top_k, s->gqa == PARISKV_GQA_MEAN ? "group-mean query" : "per query head",
+            __func__, s->top_k, s->gqa == PARISKV_GQA_MEAN ? "group-mean query" : s->gqa == PARISKV_GQA_GROUP ? "k rows for the group" : "each query head its share, the group the union",
             s->n_sink, s->n_window, ratios, s->refine, s->center ? "centred" : "as they are",
             (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size(), index_bytes/1024.0/1024.0);
 

@@ -1,0 +1,174 @@
+// The group policy's selection (gqa::select_group_rows), for every unit of a layer at once:
+// k distinct rows per KV head, ranked by the group-mean softmax probability. The coarse
+// stage is search.cuh's, one retrieval per head, each looking for the whole shortlist; then
+//   pk_group_union     every head's candidates into one list per unit (the mark array keeps
+//                      it free of repeats), in retrieval 0's list;
+//   pk_group_estimate  each union cell's 4-bit estimate for every head, as a logit; the
+//                      heads' maxima and +inf counts;
+//   pk_group_norm      each head's softmax normaliser, in fixed point (portable.rs);
+//   pk_group_score     each cell's mean probability over the heads, as its key;
+// pk_topk keeps the best (or the shortlist when refining); refining runs pk_group_refine
+// (exact logits of the shortlist for every head), then norm and score again, and
+// pk_refine_pick. exp, tanh and the sums are the portable ones, so the keys are the CPU's to
+// the bit and the rows chosen are the same. `stage` 0 is the union, 1 the shortlist.
+#pragma once
+
+#include "search.cuh"
+
+// the union's mark: 2, apart from the step's row tag (1); pk_group_estimate clears it
+#define PK_UNION_TAG 2u
+
+__device__ __forceinline__ pk_group_stat & pk_gstat(const pk_step_args & a, int u, int h, int stage) {
+    return a.gstat[((long long) u * a.n_ret + h) * 2 + stage];
+}
+__device__ __forceinline__ float * pk_logits(const pk_step_args & a, int u, int h) {
+    return a.logits + ((long long) u * a.n_ret + h) * a.n;
+}
+// the length of a stage's list (retrieval 0's)
+__device__ __forceinline__ int pk_group_len(const pk_step_args & a, int u, int stage) {
+    const pk_retrieval & x = pk_ret(a, u, 0);
+    return stage ? x.n_refined : x.n_cand;
+}
+
+// the finite maximum and +inf count of the logit each lane holds (valid: it counts), into
+// the stat; every lane of the warp calls it
+__device__ __forceinline__ void pk_stat_extremes(pk_group_stat & st, float logit, bool valid) {
+    int m = valid && isfinite(logit) ? pk_ord(logit) : pk_ord(-INFINITY);
+    for (int o = 16; o > 0; o /= 2) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    const int infs = __popc(__ballot_sync(0xFFFFFFFFu, valid && logit == INFINITY));
+    if (threadIdx.x % 32 == 0) {
+        if (m != pk_ord(-INFINITY)) atomicMax(&st.max_ord, m);
+        if (infs) atomicAdd(&st.n_inf, infs);
+    }
+}
+
+// grid (chunks, retrievals, units), PK_CHUNK_THREADS threads
+extern "C" __global__ void pk_group_union(pk_step_args a) {
+    __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
+    __shared__ int base;
+    const int r = blockIdx.y, u = blockIdx.z;
+    pk_retrieval & x0 = pk_ret(a, u, 0);
+    unsigned int * mark = a.mark + (long long) u * a.n;
+    unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
+    const bool wants = pk_ret(a, u, r).k > 0;
+    pk_for_candidates(a, u, r, warp_ties, base, [&](int c, bool chosen) {
+        const bool fresh = chosen && wants && atomicExch(&mark[c], PK_UNION_TAG) != PK_UNION_TAG;
+        pk_append(fresh, (unsigned long long) c, &x0.n_cand, list);
+    });
+}
+
+// grid (chunks, 1, units), PK_CHUNK_THREADS threads, dynamic smem dp*16 floats
+extern "C" __global__ void pk_group_estimate(pk_step_args a) {
+    extern __shared__ float pk_lut[];
+    const int u = blockIdx.z, n_list = pk_group_len(a, u, 0);
+    const int first = blockIdx.x * PK_CHUNK, end = min(n_list, first + PK_CHUNK);
+    if (first >= n_list) return;
+    const unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
+    const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
+    const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
+    // the union is complete: its marks go back to 0 for pk_take's row tag
+    for (int i = first + threadIdx.x; i < end; i += blockDim.x) a.mark[(long long) u * a.n + (int) list[i]] = 0;
+    for (int h = 0; h < a.n_ret; ++h) {
+        __syncthreads(); // the previous head's table is no longer read
+        pk_build_lut(pk_lut, a.q_rot + ((long long) u * a.n_ret + h) * a.dp, a.dp);
+        __syncthreads();
+        float * logits = pk_logits(a, u, h);
+        for (int i0 = first; i0 < end; i0 += blockDim.x) {
+            const int i = i0 + threadIdx.x;
+            float logit = -INFINITY;
+            if (i < end) {
+                const int c = (int) list[i];
+                const float est = pk_estimate(pk_lut, nibbles + (long long) c * (a.dp / 2), weights + (long long) c * a.nb, a.nb);
+                logit = pk_selection_logit(est, a.scale, a.softcap);
+                logits[i] = logit;
+            }
+            pk_stat_extremes(pk_gstat(a, u, h, 0), logit, i < end);
+        }
+    }
+}
+
+// grid (chunks, heads, units), PK_CHUNK_THREADS threads
+extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
+    const int h = blockIdx.y, u = blockIdx.z, n_list = pk_group_len(a, u, stage);
+    const int first = blockIdx.x * PK_CHUNK, end = min(n_list, first + PK_CHUNK);
+    if (first >= n_list) return;
+    pk_group_stat & st = pk_gstat(a, u, h, stage);
+    const float mx = pk_unord(st.max_ord);
+    const float * logits = pk_logits(a, u, h);
+    unsigned long long sum = 0;
+    for (int i = first + threadIdx.x; i < end; i += blockDim.x) {
+        const float l = logits[i];
+        if (isfinite(l)) sum += pk_to_fixed(pk_exp_nonpositive(__fsub_rn(l, mx)));
+    }
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+    if (threadIdx.x % 32 == 0 && sum) atomicAdd(&st.norm, sum);
+}
+
+// grid (chunks, 1, units), PK_CHUNK_THREADS threads
+extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
+    const int u = blockIdx.z, n_list = pk_group_len(a, u, stage);
+    unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
+    const float g = (float) a.n_ret;
+    for (int i = blockIdx.x * PK_CHUNK + threadIdx.x; i < min(n_list, (blockIdx.x + 1) * PK_CHUNK); i += blockDim.x) {
+        float score = 0.0f;
+        for (int h = 0; h < a.n_ret; ++h) {
+            const pk_group_stat & st = pk_gstat(a, u, h, stage);
+            const float l = pk_logits(a, u, h)[i];
+            float prob = 0.0f;
+            if (st.n_inf == 0 && isfinite(l)) {
+                prob = __fdiv_rn(pk_exp_nonpositive(__fsub_rn(l, pk_unord(st.max_ord))), pk_from_fixed(st.norm));
+            } else if (l == INFINITY) {
+                prob = __fdiv_rn(1.0f, (float) st.n_inf);
+            }
+            score = __fadd_rn(score, __fdiv_rn(prob, g));
+        }
+        list[i] = pk_key(score, (int) (list[i] & 0xFFFFFFFFull));
+    }
+}
+
+// The shortlist's exact logits for every head (pk_exact_dot_8; each key row staged once for
+// the group, as pk_refine stages it); grid (shortlist tiles of PK_REFINE_WARPS * 4, 1,
+// units), PK_REFINE_WARPS warps, dynamic shared memory n_ret * d floats (the heads' queries)
+// then the warps' rows
+extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
+    extern __shared__ float pk_refine_smem[];
+    const int u = blockIdx.z, n_refined = pk_group_len(a, u, 1);
+    const int first = blockIdx.x * PK_REFINE_WARPS * 4;
+    if (first >= n_refined) return;
+    float * qs = pk_refine_smem;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    unsigned char * stage = (unsigned char *) (qs + a.n_ret * a.d) + warp * 4 * pitch;
+    const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
+    for (int i = threadIdx.x; i < a.n_ret * a.d; i += blockDim.x) {
+        qs[i] = ((const float *) (q0 + (i / a.d) * a.q_stride))[i % a.d];
+    }
+    __syncthreads();
+    const unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
+    const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
+    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = a.d * esize;
+    const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
+    const int i0 = first + warp * 4, t = lane / 8;
+    const bool valid = i0 + t < n_refined;
+    const int cell = valid ? (int) (list[i0 + t] & 0xFFFFFFFFull) : -1;
+    for (int row_t = 0; row_t < 4; ++row_t) {
+        const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
+        if (c < 0) break; // the rows are a prefix of the tile
+        const char * row = keys + c * a.k_stride;
+        unsigned char * dst = stage + row_t * pitch;
+        if (wide) {
+            for (int o = 16 * lane; o < bytes; o += 16 * 32) *(uint4 *) (dst + o) = *(const uint4 *) (row + o);
+        } else if (esize == 4) {
+            for (int o = 4 * lane; o < bytes; o += 4 * 32) *(unsigned int *) (dst + o) = *(const unsigned int *) (row + o);
+        } else {
+            for (int o = 2 * lane; o < bytes; o += 2 * 32) *(unsigned short *) (dst + o) = *(const unsigned short *) (row + o);
+        }
+    }
+    __syncwarp();
+    for (int h = 0; h < a.n_ret; ++h) {
+        const float dot = pk_exact_dot_8(qs + h * a.d, stage + t * pitch, a.k_dtype, a.d, lane % 8);
+        const float logit = pk_selection_logit(dot, a.scale, a.softcap);
+        if (valid && lane % 8 == 0) pk_logits(a, u, h)[i0 + t] = logit;
+        // each row's 8 lanes hold its logit: count the row once
+        pk_stat_extremes(pk_gstat(a, u, h, 1), logit, valid && lane % 8 == 0);
+    }
+}
