@@ -167,7 +167,7 @@ typedef struct pariskv_config {
   float softcap;
   // Element type the index stores K and V rows in.
   pariskv_dtype kv_dtype;
-  // How query heads sharing a KV head choose its rows (default PARISKV_GQA_PER_HEAD).
+  // How query heads sharing a KV head choose its rows (default PARISKV_GQA_GROUP).
   pariskv_gqa gqa_policy;
   // Where the index lives: -1 (default) host memory and the CPU; n >= 0 CUDA device n
   // (needs a library built with feature `cuda`, else PARISKV_ERR_UNSUPPORTED).
@@ -204,8 +204,8 @@ typedef struct pariskv_stats {
 
 // Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
 // 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
-// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA
-// retrieval, centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
+// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, k rows for each GQA
+// group (PARISKV_GQA_GROUP), centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
 // error.
 enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
                                         uint32_t head_dim,
@@ -459,7 +459,7 @@ typedef struct pariskv_settings {
 typedef struct pariskv_setting_info {
   // Its key in the text form (llama.cpp's flag is `--pariskv-<key>`).
   const char *key;
-  // Its values: `N`, `F` or the words of a choice (`per-head|mean`).
+  // Its values: `N`, `F` or the words of a choice (`per-head|mean|group`).
   const char *values;
   // What it does, in lines of at most 100 characters.
   const char *help;

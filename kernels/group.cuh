@@ -1,12 +1,12 @@
 // The group policy's selection (gqa::select_group_rows), for every unit of a layer at once:
 // k distinct rows per KV head, ranked by the group-mean softmax probability. The coarse
 // stage is search.cuh's, one retrieval per head, each looking for the whole shortlist; then
-//   pk_group_union     every head's candidates into one list per unit (the mark array keeps
-//                      it free of repeats), in retrieval 0's list;
-//   pk_group_estimate  each union cell's 4-bit estimate for every head, as a logit; the
-//                      heads' maxima and +inf counts;
-//   pk_group_norm      each head's softmax normaliser, in fixed point (portable.rs);
-//   pk_group_score     each cell's mean probability over the heads, as its key;
+//   pk_group_candidates  one pass over each chunk of cells for all heads: the cells any head
+//                        chose (the union, in retrieval 0's list), each estimated for every
+//                        head as a logit, its codes read once per batch of heads; the heads'
+//                        maxima and +inf counts;
+//   pk_group_norm        each head's softmax normaliser, in fixed point (portable.rs);
+//   pk_group_score       each cell's mean probability over the heads, as its key;
 // pk_topk keeps the best (or the shortlist when refining); refining runs pk_group_refine
 // (exact logits of the shortlist for every head), then norm and score again, and
 // pk_refine_pick. exp, tanh and the sums are the portable ones, so the keys are the CPU's to
@@ -14,9 +14,6 @@
 #pragma once
 
 #include "search.cuh"
-
-// the union's mark: 2, apart from the step's row tag (1); pk_group_estimate clears it
-#define PK_UNION_TAG 2u
 
 __device__ __forceinline__ pk_group_stat & pk_gstat(const pk_step_args & a, int u, int h, int stage) {
     return a.gstat[((long long) u * a.n_ret + h) * 2 + stage];
@@ -42,47 +39,119 @@ __device__ __forceinline__ void pk_stat_extremes(pk_group_stat & st, float logit
     }
 }
 
-// grid (chunks, retrievals, units), PK_CHUNK_THREADS threads
-extern "C" __global__ void pk_group_union(pk_step_args a) {
-    __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
-    __shared__ int base;
-    const int r = blockIdx.y, u = blockIdx.z;
-    pk_retrieval & x0 = pk_ret(a, u, 0);
-    unsigned int * mark = a.mark + (long long) u * a.n;
-    unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
-    const bool wants = pk_ret(a, u, r).k > 0;
-    pk_for_candidates(a, u, r, warp_ties, base, [&](int c, bool chosen) {
-        const bool fresh = chosen && wants && atomicExch(&mark[c], PK_UNION_TAG) != PK_UNION_TAG;
-        pk_append(fresh, (unsigned long long) c, &x0.n_cand, list);
-    });
-}
+#define PK_CHUNK_ROUNDS (PK_CHUNK / PK_CHUNK_THREADS)
 
-// grid (chunks, 1, units), PK_CHUNK_THREADS threads, dynamic smem dp*16 floats
-extern "C" __global__ void pk_group_estimate(pk_step_args a) {
-    extern __shared__ float pk_lut[];
-    const int u = blockIdx.z, n_list = pk_group_len(a, u, 0);
-    const int first = blockIdx.x * PK_CHUNK, end = min(n_list, first + PK_CHUNK);
-    if (first >= n_list) return;
-    const unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
+// One pass over a chunk of cells for all heads of the unit: each cell is in the union when
+// any head chose it (pk_for_candidates' rule, every head's tie rank kept), then each union
+// cell's codes are read once per batch of `hb` heads and estimated for each of them;
+// appended to retrieval 0's list with its logits. grid (chunks, 1, units),
+// PK_CHUNK_THREADS threads, dynamic smem hb * dp*16 floats
+extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
+    extern __shared__ float pk_luts[];
+    __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
+    __shared__ int base[PK_MAX_GROUP];
+    const int u = blockIdx.z, g = a.n_ret;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int r = threadIdx.x; r < g; r += blockDim.x) {
+        base[r] = a.chunk_ties[((long long) u * g + r) * (gridDim.x + 1) + blockIdx.x];
+    }
+    __syncthreads();
+    pk_retrieval & x0 = pk_ret(a, u, 0);
+    unsigned long long * list = a.cand + (long long) u * g * a.n;
+    const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    // 1. union membership and list slots, round by round (slot -1: not in the union)
+    int slot[PK_CHUNK_ROUNDS];
+#pragma unroll
+    for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
+        const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
+        unsigned int chosen = 0; // bit r: head r chose c
+        unsigned int tie = 0;
+        for (int r = 0; r < g; ++r) {
+            const pk_retrieval & x = pk_ret(a, u, r);
+            const int count = c < end ? a.counts[((long long) u * g + r) * a.n + c] : PK_NOT_IN_ZONE;
+            const bool t = count == x.cutoff;
+            const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, t);
+            if (lane == 0) warp_ties[r][warp] = __popc(ballot);
+            tie |= (unsigned int) t << r;
+            if (count != PK_NOT_IN_ZONE && count > x.cutoff && x.k > 0) chosen |= 1u << r;
+        }
+        __syncthreads();
+        // rank of each tie among the ties before it: the warp's earlier lanes, the block's
+        // earlier warps, the chunk's earlier rounds and the earlier chunks
+        for (int r = 0; r < g; ++r) {
+            const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, tie >> r & 1);
+            int rank = base[r] + __popc(ballot & ((1u << lane) - 1));
+            for (int w = 0; w < warp; ++w) rank += warp_ties[r][w];
+            const pk_retrieval & x = pk_ret(a, u, r);
+            if ((tie >> r & 1) && rank < x.ties_left && x.k > 0) chosen |= 1u << r;
+        }
+        __syncthreads();
+        for (int r = threadIdx.x; r < g; r += blockDim.x) {
+            for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) base[r] += warp_ties[r][w];
+        }
+        const bool in_union = chosen != 0;
+        const unsigned int votes = __ballot_sync(0xFFFFFFFFu, in_union);
+        int s0 = 0;
+        if (lane == 0 && votes) s0 = atomicAdd(&x0.n_cand, __popc(votes));
+        s0 = __shfl_sync(0xFFFFFFFFu, s0, 0) + __popc(votes & ((1u << lane) - 1));
+        slot[round] = in_union ? s0 : -1;
+        if (in_union) list[s0] = (unsigned long long) c;
+        __syncthreads();
+    }
+    // 2. the union cells' estimates, a batch of heads at a time (each head's sums in
+    // pk_estimate's order)
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
     const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
-    // the union is complete: its marks go back to 0 for pk_take's row tag
-    for (int i = first + threadIdx.x; i < end; i += blockDim.x) a.mark[(long long) u * a.n + (int) list[i]] = 0;
-    for (int h = 0; h < a.n_ret; ++h) {
-        __syncthreads(); // the previous head's table is no longer read
-        pk_build_lut(pk_lut, a.q_rot + ((long long) u * a.n_ret + h) * a.dp, a.dp);
+    const bool words = ((unsigned long long) nibbles % 4 == 0) && (a.dp / 2) % 4 == 0;
+    const int lut_len = a.dp * 16;
+    for (int h0 = 0; h0 < g; h0 += hb) {
+        const int nh = min(hb, g - h0);
+        __syncthreads(); // the previous batch's tables are no longer read
+        for (int j = 0; j < nh; ++j) pk_build_lut(pk_luts + j * lut_len, a.q_rot + ((long long) u * g + h0 + j) * a.dp, a.dp);
         __syncthreads();
-        float * logits = pk_logits(a, u, h);
-        for (int i0 = first; i0 < end; i0 += blockDim.x) {
-            const int i = i0 + threadIdx.x;
-            float logit = -INFINITY;
-            if (i < end) {
-                const int c = (int) list[i];
-                const float est = pk_estimate(pk_lut, nibbles + (long long) c * (a.dp / 2), weights + (long long) c * a.nb, a.nb);
-                logit = pk_selection_logit(est, a.scale, a.softcap);
-                logits[i] = logit;
+#pragma unroll
+        for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
+            const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
+            float acc[PK_GROUP_HEAD_BATCH][4];
+#pragma unroll
+            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            if (slot[round] >= 0) {
+                const unsigned char * nib = nibbles + (long long) c * (a.dp / 2);
+                const __half * w = weights + (long long) c * a.nb;
+                for (int b = 0; b < a.nb; ++b) {
+                    unsigned int by4;
+                    if (words) {
+                        by4 = ((const unsigned int *) nib)[b];
+                    } else {
+                        by4 = nib[4 * b] | nib[4 * b + 1] << 8 | nib[4 * b + 2] << 16 | (unsigned int) nib[4 * b + 3] << 24;
+                    }
+                    const float wb = __half2float(w[b]);
+#pragma unroll
+                    for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+                        if (j >= nh) break;
+                        const float * t = pk_luts + j * lut_len + b * PK_BLOCK * 16;
+                        float pair[4];
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            const unsigned int by = by4 >> (8 * i) & 255;
+                            pair[i] = __fadd_rn(t[(2 * i) * 16 + (by & 15)], t[(2 * i + 1) * 16 + (by >> 4)]);
+                        }
+                        const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
+                        acc[j][b % 4] = __fadd_rn(acc[j][b % 4], __fmul_rn(wb, dot));
+                    }
+                }
             }
-            pk_stat_extremes(pk_gstat(a, u, h, 0), logit, i < end);
+#pragma unroll
+            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+                if (j >= nh) break;
+                float logit = -INFINITY;
+                if (slot[round] >= 0) {
+                    const float est = __fadd_rn(__fadd_rn(acc[j][0], acc[j][1]), __fadd_rn(acc[j][2], acc[j][3]));
+                    logit = pk_selection_logit(est, a.scale, a.softcap);
+                    pk_logits(a, u, h0 + j)[slot[round]] = logit;
+                }
+                pk_stat_extremes(pk_gstat(a, u, h0 + j, 0), logit, slot[round] >= 0);
+            }
         }
     }
 }

@@ -50,7 +50,7 @@ impl Default for Settings {
             n_sink: DEFAULT_SINK as u32,
             n_window: DEFAULT_LOCAL as u32,
             dense_threshold: 0,
-            gqa: GqaPolicy::PerHead,
+            gqa: GqaPolicy::default(),
             table: Table::Tuned,
             refine: DEFAULT_REFINE as u32,
             candidates: 0.0,

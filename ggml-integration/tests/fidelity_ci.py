@@ -37,7 +37,7 @@ def main():
             failures.append(what)
 
     check(meta["n_tokens"] == 1500 and meta["layers"] == [0, 1], f"captured 1500 tokens of layers 0 and 1 ({meta})")
-    check(len(rows) == 2 * 2 * 2, f"a row per layer, policy and k ({len(rows)})")
+    check(len(rows) == 2 * 3 * 2, f"a row per layer, GQA policy and k ({len(rows)})")
     for r in rows:
         name = f"layer {r['layer']} {r['gqa']} k={r['k']}"
         if r["k"] >= meta["n_tokens"]:

@@ -36,9 +36,10 @@ use crate::rows::Rows;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GqaPolicy {
     Mean,
-    #[default]
     PerHead,
-    /// k distinct rows for the group's attention mass (`select_group_rows`).
+    /// k distinct rows for the group's attention mass (`select_group_rows`): the default,
+    /// for its quality (docs/FIDELITY.md, "GQA: k rows for the group").
+    #[default]
     Group,
 }
 

@@ -69,7 +69,7 @@ struct Args {
 fn usage(why: &str) -> ! {
     eprintln!("pariskv-fidelity: {why}");
     eprintln!(
-        "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean,group] \
+        "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean,group (all)] \
          [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512] [--json OUT]"
     );
     std::process::exit(2)
@@ -85,7 +85,7 @@ fn parse_args() -> Args {
         synthetic: None,
         layers: None,
         ks: vec![64, 128, 256, 512, 1024, 2048],
-        policies: vec![GqaPolicy::PerHead, GqaPolicy::Mean],
+        policies: GqaPolicy::ALL.to_vec(),
         positions: 16,
         min_pos: 1024,
         max_pos: None,

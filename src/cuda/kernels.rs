@@ -4,7 +4,8 @@
 
 use crate::constants::{
     GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS,
-    GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_GROUP_HEAD_BATCH, GPU_GROUP_LUT_SMEM, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_THREADS,
+    MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -78,8 +79,12 @@ pub const fn refine_smem(head_dim: usize, elem_bytes: usize) -> usize {
 
 pub const REFINE: Kernel = Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
-pub const GROUP_UNION: Kernel = k("pk_group_union");
-pub const GROUP_ESTIMATE: Kernel = Kernel { name: "pk_group_estimate", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
+/// Heads whose tables (`padded_dim` * 16 floats each) pk_group_candidates holds at once.
+pub fn group_head_batch(heads: usize, padded_dim: usize) -> usize {
+    (GPU_GROUP_LUT_SMEM / (padded_dim * 16 * 4)).clamp(1, GPU_GROUP_HEAD_BATCH).min(heads.max(1))
+}
+
+pub const GROUP_CANDIDATES: Kernel = Kernel { name: "pk_group_candidates", dynamic_smem: GPU_GROUP_LUT_SMEM };
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
 pub const GROUP_SCORE: Kernel = k("pk_group_score");
 
@@ -115,8 +120,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TOPK,
     REFINE,
     REFINE_PICK,
-    GROUP_UNION,
-    GROUP_ESTIMATE,
+    GROUP_CANDIDATES,
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,

@@ -514,8 +514,18 @@ fn group_select(
     let shape = buf.shape;
     let (c, r, u) = (n_chunks as u32, n_ret as u32, units as u32);
     let mut p = [ap];
-    launch(module, GROUP_UNION, (c, r, u), THREADS, 0, stream, &mut p)?;
-    launch(module, GROUP_ESTIMATE, (c, 1, u), THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
+    let hb = group_head_batch(n_ret, shape.padded_dim);
+    let mut hb_arg = hb as i32;
+    let mut cp = [ap, &mut hb_arg as *mut i32 as *mut c_void];
+    launch(
+        module,
+        GROUP_CANDIDATES,
+        (c, 1, u),
+        THREADS,
+        (hb * shape.padded_dim * 16 * 4) as u32,
+        stream,
+        &mut cp,
+    )?;
     let mut stage = 0i32;
     let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
     launch(module, GROUP_NORM, (c, r, u), THREADS, 0, stream, &mut sp)?;

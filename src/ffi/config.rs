@@ -42,7 +42,7 @@ pub struct pariskv_config {
     pub softcap: f32,
     /// Element type the index stores K and V rows in.
     pub kv_dtype: pariskv_dtype,
-    /// How query heads sharing a KV head choose its rows (default PARISKV_GQA_PER_HEAD).
+    /// How query heads sharing a KV head choose its rows (default PARISKV_GQA_GROUP).
     pub gqa_policy: pariskv_gqa,
     /// Where the index lives: -1 (default) host memory and the CPU; n >= 0 CUDA device n
     /// (needs a library built with feature `cuda`, else PARISKV_ERR_UNSUPPORTED).

@@ -57,8 +57,8 @@ pub extern "C" fn pariskv_last_error() -> *const c_char {
 
 /// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
 /// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
-/// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, per-head GQA
-/// retrieval, centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
+/// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, k rows for each GQA
+/// group (PARISKV_GQA_GROUP), centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
 /// error.
 #[no_mangle]
 pub extern "C" fn pariskv_config_init(

@@ -70,7 +70,7 @@ pub enum pariskv_setting_kind {
 pub struct pariskv_setting_info {
     /// Its key in the text form (llama.cpp's flag is `--pariskv-<key>`).
     pub key: *const c_char,
-    /// Its values: `N`, `F` or the words of a choice (`per-head|mean`).
+    /// Its values: `N`, `F` or the words of a choice (`per-head|mean|group`).
     pub values: *const c_char,
     /// What it does, in lines of at most 100 characters.
     pub help: *const c_char,

@@ -130,7 +130,7 @@ int main(void) {
     CHECK(cfg.n_sink == 4 && cfg.n_local == 512 && cfg.top_k == 2048, "defaults");
     CHECK(cfg.dense_threshold == 4 + 512 + 2 * 2048, "dense threshold default");
     CHECK(cfg.ratio_table == PARISKV_RATIOS_TUNED && cfg.kv_dtype == PARISKV_F16, "ratios and dtype defaults");
-    CHECK(cfg.gqa_policy == PARISKV_GQA_PER_HEAD, "GQA default: per head");
+    CHECK(cfg.gqa_policy == PARISKV_GQA_GROUP, "GQA default: k rows for the group");
     /* One retrieval per KV head with the group-mean query: exactly k positions per head. */
     cfg.gqa_policy = PARISKV_GQA_MEAN;
     CHECK(fabsf(cfg.scale - 1.0f / sqrtf((float)D)) < 1e-7f, "scale default");
@@ -552,7 +552,7 @@ int main(void) {
         size_t tlen = 0;
         CHECK(pariskv_settings_init(&ps) == PARISKV_OK && ps.top_k == 0 && ps.n_sink == 4 && ps.n_window == 512 &&
                   ps.refine == PARISKV_DEFAULT_REFINE && ps.center == 1 && ps.offload == 0 &&
-                  ps.ratios == PARISKV_RATIOS_TUNED && ps.gqa == PARISKV_GQA_PER_HEAD,
+                  ps.ratios == PARISKV_RATIOS_TUNED && ps.gqa == PARISKV_GQA_GROUP,
               "settings defaults");
         CHECK(pariskv_settings_format(&ps, text, sizeof(text), &tlen) == PARISKV_OK && tlen == 0 && text[0] == 0,
               "defaults format as \"\": '%s'", text);
