@@ -1,8 +1,9 @@
 // Exact softmax attention of each unit's query heads over the unit's rows (the CUDA twin of
 // attention::attend): rows are gathered by cell from K and V (device memory, or pinned host
-// memory through UVA), each row loaded once for all the group's heads, PK_ATT_ROWS rows per
-// block with an online softmax per warp, then the blocks are combined. Row counts are read
-// on the device.
+// memory through UVA), each row loaded once for a batch of the group's heads; a unit's rows
+// are split evenly over a fixed number of blocks (flash-decoding), each warp keeping an
+// online softmax in registers, then the blocks are combined. Row counts are read on the
+// device.
 #pragma once
 
 #include "common.cuh"
@@ -49,87 +50,152 @@ __device__ __forceinline__ float pk_logit(const pk_attend_args & a, float dot) {
     return a.softcap > 0.0f ? a.softcap * tanhf(s / a.softcap) : s;
 }
 
-// grid (chunks, 1, units), PK_ATT_WARPS warps; dynamic shared memory: the heads' queries
-// (n_heads*dk floats) and per warp the heads' running max, sum and accumulator
-extern "C" __global__ void pk_attend_partial(pk_attend_args a) {
+// Rows of a warp in flight at once: their loads are independent, so their latencies overlap.
+#define PK_ATT_BATCH 4
+
+// The partial attention of one block: a 1/gridDim.x share of unit u's rows (blockIdx.z) for
+// a batch of `hb` query heads (blockIdx.y), each warp taking PK_ATT_BATCH rows at a time
+// with the queries and the softmax state in registers: lane i holds elements 4i..4i+3 of
+// each 128-element slice of the L slices of a row (dk, dv <= 128 L; hb <= 8 / L). Every
+// block writes its partial (max, sum, accumulator; sum 0 when it has no rows). Dynamic
+// shared memory: PK_ATT_WARPS * hb * (2 + dv) floats, for combining the warps.
+template <int L>
+__device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb) {
+    constexpr int MAXHB = 8 / L;
     extern __shared__ float sm[];
-    const int u = blockIdx.z, chunk = blockIdx.x, n_chunks = gridDim.x, H = a.n_heads;
+    const int u = blockIdx.z, blk = blockIdx.x, n_blk = gridDim.x, H = a.n_heads;
+    const int h0 = blockIdx.y * hb, nh = min(hb, H - h0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n_rows = a.n_rows[u * a.n_rows_stride];
-    if (chunk * PK_ATT_ROWS >= n_rows) {
-        return; // the grid covers the bound; the combine reads only the blocks that hold rows
+    const int per = (n_rows + n_blk - 1) / n_blk;
+    const int r0 = min(n_rows, blk * per), r1 = min(n_rows, r0 + per);
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 q[MAXHB][L], acc[MAXHB][L];
+    float m[MAXHB], l[MAXHB];
+    const char * qb = a.q + pk_att_off(a, u, a.L.q_a, a.L.q_h);
+#pragma unroll
+    for (int h = 0; h < MAXHB; ++h) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+#pragma unroll
+        for (int t = 0; t < L; ++t) {
+            acc[h][t] = zero;
+            q[h][t] = zero;
+            const int j = 128 * t + 4 * lane;
+            if (h < nh && j < a.dk) {
+                const float * qh = (const float *) (qb + (h0 + h) * a.q_stride) + j;
+                q[h][t] = make_float4(qh[0], qh[1], qh[2], qh[3]);
+            }
+        }
     }
-    float * qs = sm;                                  // [H][dk]
-    float * wst = sm + H * a.dk;                      // [warps][H][2 + dv]
-    float * mine = wst + warp * H * (2 + a.dv);
-    const char * q = a.q + pk_att_off(a, u, a.L.q_a, a.L.q_h);
-    for (int i = threadIdx.x; i < H * a.dk; i += blockDim.x) {
-        qs[i] = ((const float *) (q + (i / a.dk) * a.q_stride))[i % a.dk];
-    }
-    for (int i = lane; i < H * (2 + a.dv); i += 32) mine[i] = (i % (2 + a.dv)) == 0 ? -INFINITY : 0.0f;
-    __syncthreads();
-    const int r0 = chunk * PK_ATT_ROWS, r1 = min(n_rows, r0 + PK_ATT_ROWS);
     const int * rows = a.rows + u * a.row_stride;
     const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);
     const char * vb = a.v + pk_att_off(a, u, a.L.v_a, a.L.v_h);
-    for (int r = r0 + warp; r < r1; r += PK_ATT_WARPS) {
-        const long long cell = rows[r];
-        const char * krow = kb + cell * a.k_stride;
-        const char * vrow = vb + cell * a.v_stride;
-        float dots[PK_MAX_GROUP];
-        for (int h = 0; h < H; ++h) dots[h] = 0.0f;
-        for (int j = 4 * lane; j < a.dk; j += 128) {
-            const float4 k4 = pk_load4(krow, a.k_dtype, j);
-            for (int h = 0; h < H; ++h) {
-                const float * qh = qs + h * a.dk + j;
-                dots[h] += qh[0] * k4.x + qh[1] * k4.y + qh[2] * k4.z + qh[3] * k4.w;
+    for (int base = r0 + warp * PK_ATT_BATCH; base < r1; base += PK_ATT_WARPS * PK_ATT_BATCH) {
+        long long cell[PK_ATT_BATCH];
+#pragma unroll
+        for (int r = 0; r < PK_ATT_BATCH; ++r) cell[r] = base + r < r1 ? rows[base + r] : -1;
+        float s[PK_ATT_BATCH][MAXHB];
+        {
+            float4 k4[PK_ATT_BATCH][L];
+#pragma unroll
+            for (int r = 0; r < PK_ATT_BATCH; ++r) {
+#pragma unroll
+                for (int t = 0; t < L; ++t) {
+                    const int j = 128 * t + 4 * lane;
+                    k4[r][t] = cell[r] >= 0 && j < a.dk ? pk_load4(kb + cell[r] * a.k_stride, a.k_dtype, j) : zero;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < PK_ATT_BATCH; ++r) {
+#pragma unroll
+                for (int h = 0; h < MAXHB; ++h) {
+                    float d = 0.0f;
+#pragma unroll
+                    for (int t = 0; t < L; ++t) {
+                        d += q[h][t].x * k4[r][t].x + q[h][t].y * k4[r][t].y + q[h][t].z * k4[r][t].z + q[h][t].w * k4[r][t].w;
+                    }
+                    if (h < nh) {
+                        for (int o = 16; o > 0; o /= 2) d += __shfl_xor_sync(0xFFFFFFFFu, d, o);
+                    }
+                    s[r][h] = cell[r] >= 0 ? pk_logit(a, d) : -INFINITY;
+                }
             }
         }
-        for (int h = 0; h < H; ++h) {
-            float d = dots[h];
-            for (int o = 16; o > 0; o /= 2) d += __shfl_xor_sync(0xFFFFFFFFu, d, o);
-            dots[h] = d;
-        }
-        for (int j = 4 * lane; j < a.dv; j += 128) {
-            const float4 v4 = pk_load4(vrow, a.v_dtype, j);
-            for (int h = 0; h < H; ++h) {
-                float * st = mine + h * (2 + a.dv);
-                const float s = pk_logit(a, dots[h]);
-                const float m_new = fmaxf(st[0], s);
-                const float corr = __expf(st[0] - m_new), p = __expf(s - m_new);
-                float * acc = st + 2 + j;
-                acc[0] = acc[0] * corr + p * v4.x;
-                acc[1] = acc[1] * corr + p * v4.y;
-                acc[2] = acc[2] * corr + p * v4.z;
-                acc[3] = acc[3] * corr + p * v4.w;
+        float4 v4[PK_ATT_BATCH][L];
+#pragma unroll
+        for (int r = 0; r < PK_ATT_BATCH; ++r) {
+#pragma unroll
+            for (int t = 0; t < L; ++t) {
+                const int j = 128 * t + 4 * lane;
+                v4[r][t] = cell[r] >= 0 && j < a.dv ? pk_load4(vb + cell[r] * a.v_stride, a.v_dtype, j) : zero;
             }
         }
-        __syncwarp();
+#pragma unroll
+        for (int h = 0; h < MAXHB; ++h) {
+            float mb = -INFINITY;
+#pragma unroll
+            for (int r = 0; r < PK_ATT_BATCH; ++r) mb = fmaxf(mb, s[r][h]);
+            const float m_new = fmaxf(m[h], mb);
+            if (h >= nh || m_new == -INFINITY) continue; // nothing to attend yet
+            const float corr = __expf(m[h] - m_new);
+            float p[PK_ATT_BATCH], psum = 0.0f;
+#pragma unroll
+            for (int r = 0; r < PK_ATT_BATCH; ++r) {
+                p[r] = __expf(s[r][h] - m_new);
+                psum += p[r];
+            }
+            l[h] = l[h] * corr + psum;
+            m[h] = m_new;
+#pragma unroll
+            for (int t = 0; t < L; ++t) {
+                float4 x = acc[h][t];
+                x.x *= corr; x.y *= corr; x.z *= corr; x.w *= corr;
+#pragma unroll
+                for (int r = 0; r < PK_ATT_BATCH; ++r) {
+                    x.x += p[r] * v4[r][t].x;
+                    x.y += p[r] * v4[r][t].y;
+                    x.z += p[r] * v4[r][t].z;
+                    x.w += p[r] * v4[r][t].w;
+                }
+                acc[h][t] = x;
+            }
+        }
+    }
+    // the warps' states, [warp][head][max, sum, accumulator], combined into the block's partial
+    const int stride = 2 + a.dv;
+#pragma unroll
+    for (int h = 0; h < MAXHB; ++h) {
+        if (h >= nh) break;
+        float * st = sm + (warp * hb + h) * stride;
         if (lane == 0) {
-            for (int h = 0; h < H; ++h) {
-                float * st = mine + h * (2 + a.dv);
-                const float s = pk_logit(a, dots[h]);
-                const float m_new = fmaxf(st[0], s);
-                st[1] = st[1] * __expf(st[0] - m_new) + __expf(s - m_new);
-                st[0] = m_new;
+            st[0] = m[h];
+            st[1] = l[h];
+        }
+#pragma unroll
+        for (int t = 0; t < L; ++t) {
+            const int j = 128 * t + 4 * lane;
+            if (j < a.dv) {
+                st[2 + j] = acc[h][t].x;
+                st[3 + j] = acc[h][t].y;
+                st[4 + j] = acc[h][t].z;
+                st[5 + j] = acc[h][t].w;
             }
         }
-        __syncwarp();
     }
     __syncthreads();
-    // combine the warps into this block's partial result
-    for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < nh; ++h) {
         float mm = -INFINITY;
         for (int w = 0; w < PK_ATT_WARPS; ++w) {
-            const float * st = wst + (w * H + h) * (2 + a.dv);
+            const float * st = sm + (w * hb + h) * stride;
             if (st[1] > 0.0f) mm = fmaxf(mm, st[0]);
         }
-        float * part = a.partial + (((long long) u * n_chunks + chunk) * H + h) * (2 + a.dv);
+        float * part = a.partial + (((long long) u * n_blk + blk) * H + h0 + h) * stride;
         for (int j = threadIdx.x; j < a.dv + 1; j += blockDim.x) {
             float sum = 0.0f;
             for (int w = 0; w < PK_ATT_WARPS; ++w) {
-                const float * st = wst + (w * H + h) * (2 + a.dv);
-                if (st[1] > 0.0f) sum += (j == 0 ? st[1] : st[1 + j]) * __expf(st[0] - mm);
+                const float * st = sm + (w * hb + h) * stride;
+                if (st[1] > 0.0f) sum += st[1 + j] * __expf(st[0] - mm);
             }
             part[1 + j] = sum;
         }
@@ -137,25 +203,52 @@ extern "C" __global__ void pk_attend_partial(pk_attend_args a) {
     }
 }
 
-// grid (heads, 1, units): combines the blocks that hold rows
+// grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of
+// up to 128, 256 and 512 elements
+extern "C" __global__ void pk_attend_partial_1(pk_attend_args a, int hb) { pk_attend_rows<1>(a, hb); }
+extern "C" __global__ void pk_attend_partial_2(pk_attend_args a, int hb) { pk_attend_rows<2>(a, hb); }
+extern "C" __global__ void pk_attend_partial_4(pk_attend_args a, int hb) { pk_attend_rows<4>(a, hb); }
+
+// grid (heads, 1, units), PK_ATT_COMBINE_THREADS threads: combines the blocks' partials
+// (those without rows have sum 0): their weights exp(max - overall max) first, in shared
+// memory (n_chunks <= PK_ATT_BLOCKS), then every output element as independent loads
 extern "C" __global__ void pk_attend_combine(pk_attend_args a, int n_chunks) {
-    const int h = blockIdx.x, u = blockIdx.z, H = a.n_heads;
-    const int used = min(n_chunks, (a.n_rows[u * a.n_rows_stride] + PK_ATT_ROWS - 1) / PK_ATT_ROWS);
+    __shared__ float weight[PK_ATT_BLOCKS];
+    __shared__ float red[PK_ATT_COMBINE_THREADS / 32];
+    __shared__ float total;
+    const int h = blockIdx.x, u = blockIdx.z, H = a.n_heads, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     auto part = [&](int c) { return a.partial + (((long long) u * n_chunks + c) * H + h) * (2 + a.dv); };
     float mm = -INFINITY;
-    for (int c = 0; c < used; ++c) {
+    for (int c = threadIdx.x; c < n_chunks; c += blockDim.x) {
         if (part(c)[1] > 0.0f) mm = fmaxf(mm, part(c)[0]);
     }
+    for (int o = 16; o > 0; o /= 2) mm = fmaxf(mm, __shfl_xor_sync(0xFFFFFFFFu, mm, o));
+    if (lane == 0) red[warp] = mm;
+    __syncthreads();
+    mm = -INFINITY;
+    for (int w = 0; w < PK_ATT_COMBINE_THREADS / 32; ++w) mm = fmaxf(mm, red[w]);
+    __syncthreads(); // red is reused below
     float l = 0.0f;
-    for (int c = 0; c < used; ++c) {
-        if (part(c)[1] > 0.0f) l += part(c)[1] * __expf(part(c)[0] - mm);
+    for (int c = threadIdx.x; c < n_chunks; c += blockDim.x) {
+        const float sum = part(c)[1];
+        const float w = sum > 0.0f ? __expf(part(c)[0] - mm) : 0.0f;
+        weight[c] = w;
+        l += sum > 0.0f ? sum * w : 0.0f;
     }
+    for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xFFFFFFFFu, l, o);
+    if (lane == 0) red[warp] = l;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = 0.0f;
+        for (int w = 0; w < PK_ATT_COMBINE_THREADS / 32; ++w) t += red[w];
+        total = t;
+    }
+    __syncthreads();
     float * out = (float *) (a.out + pk_att_off(a, u, a.L.out_a, a.L.out_h) + h * a.out_stride);
     for (int j = threadIdx.x; j < a.dv; j += blockDim.x) {
         float s = 0.0f;
-        for (int c = 0; c < used; ++c) {
-            if (part(c)[1] > 0.0f) s += part(c)[2 + j] * __expf(part(c)[0] - mm);
-        }
-        out[j] = l > 0.0f ? s / l : 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < n_chunks; ++c) s += weight[c] > 0.0f ? part(c)[2 + j] * weight[c] : 0.0f;
+        out[j] = total > 0.0f ? s / total : 0.0f;
     }
 }

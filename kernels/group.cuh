@@ -118,26 +118,32 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
             if (slot[round] >= 0) {
                 const unsigned char * nib = nibbles + (long long) c * (a.dp / 2);
                 const __half * w = weights + (long long) c * a.nb;
-                for (int b = 0; b < a.nb; ++b) {
-                    unsigned int by4;
-                    if (words) {
-                        by4 = ((const unsigned int *) nib)[b];
-                    } else {
-                        by4 = nib[4 * b] | nib[4 * b + 1] << 8 | nib[4 * b + 2] << 16 | (unsigned int) nib[4 * b + 3] << 24;
-                    }
-                    const float wb = __half2float(w[b]);
+                // blocks four at a time, so that acc[j][b % 4] is a register
+                for (int b0 = 0; b0 < a.nb; b0 += 4) {
 #pragma unroll
-                    for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
-                        if (j >= nh) break;
-                        const float * t = pk_luts + j * lut_len + b * PK_BLOCK * 16;
-                        float pair[4];
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) {
-                            const unsigned int by = by4 >> (8 * i) & 255;
-                            pair[i] = __fadd_rn(t[(2 * i) * 16 + (by & 15)], t[(2 * i + 1) * 16 + (by >> 4)]);
+                    for (int bb = 0; bb < 4; ++bb) {
+                        const int b = b0 + bb;
+                        if (b >= a.nb) break;
+                        unsigned int by4;
+                        if (words) {
+                            by4 = ((const unsigned int *) nib)[b];
+                        } else {
+                            by4 = nib[4 * b] | nib[4 * b + 1] << 8 | nib[4 * b + 2] << 16 | (unsigned int) nib[4 * b + 3] << 24;
                         }
-                        const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
-                        acc[j][b % 4] = __fadd_rn(acc[j][b % 4], __fmul_rn(wb, dot));
+                        const float wb = __half2float(w[b]);
+#pragma unroll
+                        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+                            if (j >= nh) break;
+                            const float * t = pk_luts + j * lut_len + b * PK_BLOCK * 16;
+                            float pair[4];
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) {
+                                const unsigned int by = by4 >> (8 * i) & 255;
+                                pair[i] = __fadd_rn(t[(2 * i) * 16 + (by & 15)], t[(2 * i + 1) * 16 + (by >> 4)]);
+                            }
+                            const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
+                            acc[j][bb] = __fadd_rn(acc[j][bb], __fmul_rn(wb, dot));
+                        }
                     }
                 }
             }

@@ -466,16 +466,22 @@ __device__ __forceinline__ unsigned long long pk_key(float score, int cell) {
 // floats), summed exactly as encode::estimate
 __device__ __forceinline__ float pk_estimate(const float * lut, const unsigned char * nib, const __half * w, int nb) {
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int b = 0; b < nb; ++b) {
-        const float * t = lut + b * PK_BLOCK * 16;
-        const unsigned char * by = nib + b * 4;
-        float pair[4];
+    // blocks four at a time, so that acc[b % 4] is a register
+    for (int b0 = 0; b0 < nb; b0 += 4) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            pair[i] = __fadd_rn(t[(2 * i) * 16 + (by[i] & 15)], t[(2 * i + 1) * 16 + (by[i] >> 4)]);
+        for (int bb = 0; bb < 4; ++bb) {
+            const int b = b0 + bb;
+            if (b >= nb) break;
+            const float * t = lut + b * PK_BLOCK * 16;
+            const unsigned char * by = nib + b * 4;
+            float pair[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                pair[i] = __fadd_rn(t[(2 * i) * 16 + (by[i] & 15)], t[(2 * i + 1) * 16 + (by[i] >> 4)]);
+            }
+            const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
+            acc[bb] = __fadd_rn(acc[bb], __fmul_rn(__half2float(w[b]), dot));
         }
-        const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
-        acc[b % 4] = __fadd_rn(acc[b % 4], __fmul_rn(__half2float(w[b]), dot));
     }
     return __fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3]));
 }

@@ -61,8 +61,14 @@ pub const CENTER_ROWS: usize = 4096;
 pub const GPU_CHUNK: usize = 1024;
 /// Threads per block of the cell-parallel kernels.
 pub const GPU_CHUNK_THREADS: usize = 256;
-/// Rows per block of the attention kernel.
+/// Rows per block of the attention kernel at the least (when its bound on a unit's rows is
+/// small), which also sizes its partial results.
 pub const GPU_ATT_ROWS: usize = 64;
+/// Blocks one attention launch aims at, all units and head batches together: a unit's rows
+/// are split evenly over its share of them.
+pub const GPU_ATT_BLOCKS: usize = 512;
+/// Threads of the attention's combine of the blocks' partial results.
+pub const GPU_ATT_COMBINE_THREADS: usize = 128;
 /// Warps per block of the attention kernel.
 pub const GPU_ATT_WARPS: usize = 4;
 /// Warps (one key each) per block of the encode kernel.

@@ -3,9 +3,9 @@
 //! shapes from `constants` that the kernels are compiled with.
 
 use crate::constants::{
-    GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS,
-    GPU_GROUP_HEAD_BATCH, GPU_GROUP_LUT_SMEM, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_THREADS,
-    MAX_HEAD_DIM,
+    GPU_ATT_BLOCKS, GPU_ATT_COMBINE_THREADS, GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
+    GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_GROUP_LUT_SMEM, GPU_MAX_GROUP,
+    GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -18,6 +18,8 @@ pub struct Kernel {
 pub const CHUNK: usize = GPU_CHUNK;
 pub const THREADS: u32 = GPU_CHUNK_THREADS as u32;
 pub const ATT_ROWS: usize = GPU_ATT_ROWS;
+pub const ATT_BLOCKS: usize = GPU_ATT_BLOCKS;
+pub const ATT_COMBINE_THREADS: u32 = GPU_ATT_COMBINE_THREADS as u32;
 pub const ATT_WARPS: u32 = GPU_ATT_WARPS as u32;
 pub const ENCODE_WARPS: u32 = GPU_ENCODE_WARPS as u32;
 pub const GATHER_WARPS: u32 = GPU_GATHER_WARPS as u32;
@@ -27,9 +29,21 @@ pub const REFINE_WARPS: u32 = GPU_REFINE_WARPS as u32;
 pub const REFINE_ROWS: usize = GPU_REFINE_WARPS * 4;
 pub const MAX_GROUP: usize = GPU_MAX_GROUP;
 
-/// Dynamic shared memory of the attention kernel for `heads` heads of dims dk, dv.
-pub const fn attend_smem(heads: usize, dk: usize, dv: usize) -> usize {
-    (heads * dk + GPU_ATT_WARPS * heads * (2 + dv)) * 4
+/// The attention kernel for rows of `dk`, `dv` elements: its variant (lanes hold 4 elements
+/// of each of L slices of 128) and the most query heads one block takes (8 / L, their state
+/// in registers).
+pub fn attend_variant(dk: usize, dv: usize) -> (Kernel, usize) {
+    match dk.max(dv).div_ceil(128) {
+        0 | 1 => (ATTEND_PARTIAL_1, 8),
+        2 => (ATTEND_PARTIAL_2, 4),
+        _ => (ATTEND_PARTIAL_4, 2),
+    }
+}
+
+/// Dynamic shared memory of the attention kernel for a batch of `heads` heads of value dim
+/// dv: every warp's softmax state, for combining them.
+pub const fn attend_smem(heads: usize, dv: usize) -> usize {
+    GPU_ATT_WARPS * heads * (2 + dv) * 4
 }
 
 const fn k(name: &'static str) -> Kernel {
@@ -97,10 +111,12 @@ pub const fn group_refine_smem(heads: usize, head_dim: usize, elem_bytes: usize)
 pub const GROUP_REFINE: Kernel =
     Kernel { name: "pk_group_refine", dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, 4) };
 pub const UNMARK: Kernel = k("pk_unmark");
-pub const ATTEND_PARTIAL: Kernel = Kernel {
-    name: "pk_attend_partial",
-    dynamic_smem: attend_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM),
-};
+pub const ATTEND_PARTIAL_1: Kernel =
+    Kernel { name: "pk_attend_partial_1", dynamic_smem: attend_smem(8, 128) };
+pub const ATTEND_PARTIAL_2: Kernel =
+    Kernel { name: "pk_attend_partial_2", dynamic_smem: attend_smem(4, 256) };
+pub const ATTEND_PARTIAL_4: Kernel =
+    Kernel { name: "pk_attend_partial_4", dynamic_smem: attend_smem(2, MAX_HEAD_DIM) };
 pub const ATTEND_COMBINE: Kernel = k("pk_attend_combine");
 pub const GATHER: Kernel = k("pk_gather");
 
@@ -125,7 +141,9 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GROUP_SCORE,
     GROUP_REFINE,
     UNMARK,
-    ATTEND_PARTIAL,
+    ATTEND_PARTIAL_1,
+    ATTEND_PARTIAL_2,
+    ATTEND_PARTIAL_4,
     ATTEND_COMBINE,
     GATHER,
 ];

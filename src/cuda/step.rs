@@ -578,7 +578,11 @@ pub fn attend(
         )));
     }
     let shape = buf.shape;
-    let max_chunks = max_rows.div_ceil(ATT_ROWS).max(1);
+    let (kernel, max_batch) = attend_variant(shape.head_dim, buf.dv);
+    let hb = layer.n_heads.min(max_batch);
+    let batches = layer.n_heads.div_ceil(hb);
+    // blocks per unit: the rows split evenly, at least ATT_ROWS each where the bound is small
+    let max_chunks = max_rows.div_ceil(ATT_ROWS).clamp(1, (ATT_BLOCKS / (units * batches)).max(1));
     let mut att = AttendArgs {
         layout: layer.layout,
         rows: rows.rows,
@@ -604,12 +608,22 @@ pub fn attend(
         out_stride: layer.out_stride as i64,
     };
     let attp = &mut att as *mut AttendArgs as *mut c_void;
-    let smem = attend_smem(layer.n_heads, shape.head_dim, buf.dv) as u32;
+    let mut hb_arg = hb as i32;
+    let smem = attend_smem(hb, buf.dv) as u32;
     let u = units as u32;
-    launch(module, ATTEND_PARTIAL, (max_chunks as u32, 1, u), ATT_WARPS * 32, smem, stream, &mut [attp])?;
+    let grid = (max_chunks as u32, batches as u32, u);
+    launch(
+        module,
+        kernel,
+        grid,
+        ATT_WARPS * 32,
+        smem,
+        stream,
+        &mut [attp, &mut hb_arg as *mut i32 as *mut c_void],
+    )?;
     let mut mc = max_chunks as i32;
     let mut p2 = [attp, &mut mc as *mut i32 as *mut c_void];
-    launch(module, ATTEND_COMBINE, (layer.n_heads as u32, 1, u), 128, 0, stream, &mut p2)
+    launch(module, ATTEND_COMBINE, (layer.n_heads as u32, 1, u), ATT_COMBINE_THREADS, 0, stream, &mut p2)
 }
 
 /// `pk_gather_args` of kernels/gather.cuh, field for field.
