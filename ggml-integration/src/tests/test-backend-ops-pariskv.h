@@ -16,16 +16,16 @@ struct test_pariskv : public test_case {
     const ggml_type type_K;
     const ggml_type type_V;
     const int top_k;
-    const int gqa_mean;
+    const int gqa;          // a pariskv_gqa: 0 per query head, 1 the group-mean query, 2 k rows for the group
 
     std::string vars() override {
-        return VARS_TO_STR11(hs, hsv, nh_kv, group, n_kv, ns, n_tps, type_K, type_V, top_k, gqa_mean);
+        return VARS_TO_STR11(hs, hsv, nh_kv, group, n_kv, ns, n_tps, type_K, type_V, top_k, gqa);
     }
 
     test_pariskv(int64_t hs, int64_t hsv, int64_t nh_kv, int64_t group, int64_t n_kv, int64_t ns, int64_t n_tps,
-                 ggml_type type_K, ggml_type type_V, int top_k, int gqa_mean)
+                 ggml_type type_K, ggml_type type_V, int top_k, int gqa)
         : hs(hs), hsv(hsv), nh_kv(nh_kv), group(group), n_kv(n_kv), ns(ns), n_tps(n_tps),
-          type_K(type_K), type_V(type_V), top_k(top_k), gqa_mean(gqa_mean) {}
+          type_K(type_K), type_V(type_V), top_k(top_k), gqa(gqa) {}
 
     // the cache holds more cells than the step looks at
     int64_t n_cells() const { return n_kv + 100; }
@@ -69,7 +69,7 @@ struct test_pariskv : public test_case {
         settings.top_k    = (uint32_t) top_k;
         settings.n_sink   = 4;
         settings.n_window = 64;
-        settings.gqa      = gqa_mean ? PARISKV_GQA_MEAN : PARISKV_GQA_PER_HEAD;
+        settings.gqa      = (pariskv_gqa) gqa;
         ggml_tensor * out = ggml_pariskv_attn(ctx, q, k, v, m, pos, encoded, nibbles, weights, &settings,
                                               1.0f/sqrtf((float) hs), 0.0f);
         ggml_set_name(out, "out");
@@ -118,7 +118,8 @@ struct test_pariskv : public test_case {
 };
 
 // head sizes, GQA 1/4/8, several streams, unified multi-sequence masks, f16/bf16/f32 K/V,
-// n_kv not a multiple of 256, top-k >= n_kv
+// n_kv not a multiple of 256, top-k >= n_kv; per query head, the group-mean query and k rows
+// for the group (the default)
 static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & test_cases) {
     for (int64_t hs : { 64, 128, 256 }) {
         for (int64_t group : { 1, 4, 8 }) {
@@ -133,4 +134,9 @@ static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & tes
     test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 2, GGML_TYPE_F16, GGML_TYPE_F16, 256, 1)); // mean
     test_cases.emplace_back(new test_pariskv(256, 256, 1, 4, 1000, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 4096, 0)); // dense
     test_cases.emplace_back(new test_pariskv(128, 128, 8, 4, 70001, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 2048, 0));
+    for (int64_t hs : { 64, 128, 256 }) {
+        test_cases.emplace_back(new test_pariskv(hs, hs, 2, 4, 5037, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 256, 2)); // group
+    }
+    test_cases.emplace_back(new test_pariskv(128, 128, 2, 6, 4000, 2, 2, GGML_TYPE_BF16, GGML_TYPE_BF16, 256, 2));
+    test_cases.emplace_back(new test_pariskv(128, 128, 8, 4, 70001, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 2048, 2));
 }
