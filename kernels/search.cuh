@@ -6,7 +6,8 @@
 //
 // Launches (src/cuda/step.rs): begin, visibility, classify, query_rot, tiers, collisions,
 // cutoff, tie_chunks, scan_chunks, select_rerank, topk, and when refining refine and
-// refine_pick; then attention.cuh.
+// refine_pick (the group policy replaces select_rerank .. refine_pick by group.cuh's
+// stages); then unmark and attention.cuh.
 #pragma once
 
 #include "common.cuh"

@@ -3,7 +3,7 @@
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
 //! device-to-host read, so it can be captured in a CUDA graph. 12 launches (14 when
-//! refining; the group policy 15, 19 when refining) plus 2 for the attention, whatever the
+//! refining; the group policy 14, 18 when refining) plus 2 for the attention, whatever the
 //! number of units.
 
 use std::ffi::c_void;
