@@ -219,26 +219,10 @@ extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
     }
     __syncthreads();
     const unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
-    const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
-    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = a.d * esize;
-    const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
     const int i0 = first + warp * 4, t = lane / 8;
     const bool valid = i0 + t < n_refined;
     const int cell = valid ? (int) (list[i0 + t] & 0xFFFFFFFFull) : -1;
-    for (int row_t = 0; row_t < 4; ++row_t) {
-        const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
-        if (c < 0) break; // the rows are a prefix of the tile
-        const char * row = keys + c * a.k_stride;
-        unsigned char * dst = stage + row_t * pitch;
-        if (wide) {
-            for (int o = 16 * lane; o < bytes; o += 16 * 32) *(uint4 *) (dst + o) = *(const uint4 *) (row + o);
-        } else if (esize == 4) {
-            for (int o = 4 * lane; o < bytes; o += 4 * 32) *(unsigned int *) (dst + o) = *(const unsigned int *) (row + o);
-        } else {
-            for (int o = 2 * lane; o < bytes; o += 2 * 32) *(unsigned short *) (dst + o) = *(const unsigned short *) (row + o);
-        }
-    }
-    __syncwarp();
+    pk_stage_key_rows(a, u, cell, stage, pitch);
     for (int h = 0; h < a.n_ret; ++h) {
         const float dot = pk_exact_dot_8(qs + h * a.d, stage + t * pitch, a.k_dtype, a.d, lane % 8);
         const float logit = pk_selection_logit(dot, a.scale, a.softcap);

@@ -688,6 +688,30 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
     return __fadd_rn(__shfl_sync(0xFFFFFFFFu, total, 0, 8), 0.0f);
 }
 
+// Stages the key rows of a warp's four shortlisted cells in shared memory, `pitch` bytes
+// apart (16-byte loads where the rows allow): lanes 8t..8t+7 hold row t's cell (-1: none;
+// the rows are a prefix of the tile). All 32 lanes call it; it ends with __syncwarp.
+__device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u, int cell, unsigned char * stage, int pitch) {
+    const int lane = threadIdx.x % 32;
+    const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
+    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = a.d * esize;
+    const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
+    for (int row_t = 0; row_t < 4; ++row_t) {
+        const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
+        if (c < 0) break;
+        const char * row = keys + c * a.k_stride;
+        unsigned char * dst = stage + row_t * pitch;
+        if (wide) {
+            for (int o = 16 * lane; o < bytes; o += 16 * 32) *(uint4 *) (dst + o) = *(const uint4 *) (row + o);
+        } else if (esize == 4) {
+            for (int o = 4 * lane; o < bytes; o += 4 * 32) *(unsigned int *) (dst + o) = *(const unsigned int *) (row + o);
+        } else {
+            for (int o = 2 * lane; o < bytes; o += 2 * 32) *(unsigned short *) (dst + o) = *(const unsigned short *) (row + o);
+        }
+    }
+    __syncwarp();
+}
+
 // The shortlist's exact scores (pk_exact_dot_8) replace its estimates' keys at the front of
 // the list. Each warp stages 4 key rows in shared memory (16-byte loads where the rows
 // allow), `pitch` bytes apart (src/cuda/kernels.rs: refine_pitch), then lanes 8t..8t+7
@@ -709,26 +733,10 @@ extern "C" __global__ void pk_refine(pk_step_args a, int pitch) {
     for (int j = threadIdx.x; j < a.d; j += blockDim.x) qs[j] = pk_head_mean(q0, a.q_stride, h0, h1, j);
     __syncthreads();
     unsigned long long * cand = a.cand + (long long) ur * a.n;
-    const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
-    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = a.d * esize;
-    const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
     const int i0 = first + warp * 4;
     const int t = lane / 8;
     const int cell = i0 + t < n_refined ? (int) (cand[i0 + t] & 0xFFFFFFFFull) : -1;
-    for (int row_t = 0; row_t < 4; ++row_t) {
-        const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
-        if (c < 0) break; // the rows are a prefix of the tile
-        const char * row = keys + c * a.k_stride;
-        unsigned char * dst = stage + row_t * pitch;
-        if (wide) {
-            for (int o = 16 * lane; o < bytes; o += 16 * 32) *(uint4 *) (dst + o) = *(const uint4 *) (row + o);
-        } else if (esize == 4) {
-            for (int o = 4 * lane; o < bytes; o += 4 * 32) *(unsigned int *) (dst + o) = *(const unsigned int *) (row + o);
-        } else {
-            for (int o = 2 * lane; o < bytes; o += 2 * 32) *(unsigned short *) (dst + o) = *(const unsigned short *) (row + o);
-        }
-    }
-    __syncwarp();
+    pk_stage_key_rows(a, u, cell, stage, pitch);
     const float score = pk_exact_dot_8(qs, stage + t * pitch, a.k_dtype, a.d, lane % 8);
     if (cell >= 0 && lane % 8 == 0) cand[i0 + t] = pk_key(score, cell);
 }
