@@ -7,7 +7,9 @@
 //! per-head with the first tuned table (share 0.1 above 30K keys) and with today's (0.2),
 //! each without and with refine 2 (the defaults: today's table and refine 2).
 //!
-//!   cargo run --release --features cuda --example gpu_bench -- [N ...]
+//!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only] [N ...]
+//!
+//! `--defaults-only`: only the default settings with K/V in HBM (for profilers).
 
 use pariskv::algorithm::attention::AttnParams;
 use pariskv::algorithm::gqa::GqaPolicy;
@@ -53,7 +55,10 @@ impl StageMarks for Events {
 }
 
 fn main() -> pariskv::Result<()> {
-    let sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("N")).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let defaults_only = args.iter().any(|a| a == "--defaults-only");
+    let sizes: Vec<usize> =
+        args.iter().filter(|a| *a != "--defaults-only").map(|a| a.parse().expect("N")).collect();
     let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
     driver::use_primary_context(0)?;
     let stream = Stream::null();
@@ -63,12 +68,18 @@ fn main() -> pariskv::Result<()> {
     let grot = GpuRotation::new(&rot)?;
     println!("decode step for d={D}, {KV_HEADS} KV heads x {GROUP} query heads, {LAYERS} layers, top-k 2048, sink 4, window 512");
     for n in sizes {
-        bench(n, module, &grot, &stream)?;
+        bench(n, defaults_only, module, &grot, &stream)?;
     }
     Ok(())
 }
 
-fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream) -> pariskv::Result<()> {
+fn bench(
+    n: usize,
+    defaults_only: bool,
+    module: &driver::Module,
+    grot: &GpuRotation,
+    stream: &Stream,
+) -> pariskv::Result<()> {
     let shape = grot.shape;
     let mut rng = Rng::new(n as u64);
     // one layer's cache: [N][KV_HEADS][D] f16 K and V, random
@@ -120,9 +131,9 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
         n * KV_HEADS,
         (n * KV_HEADS) as f64 / enc_ms as f64 / 1e3
     );
-    for (where_, kptr, vptr) in
-        [("K/V in HBM", k_dev.ptr, v_dev.ptr), ("K/V in host RAM (UVA)", k_host.device, v_host.device)]
-    {
+    let places =
+        [("K/V in HBM", k_dev.ptr, v_dev.ptr), ("K/V in host RAM (UVA)", k_host.device, v_host.device)];
+    for (where_, kptr, vptr) in places.into_iter().take(if defaults_only { 1 } else { 2 }) {
         // one layer: the 8 KV heads of one token are the units
         let layer = GpuLayer {
             layout: UnitLayout {
@@ -170,7 +181,10 @@ fn bench(n: usize, module: &driver::Module, grot: &GpuRotation, stream: &Stream)
             (GqaPolicy::PerHead, RatioPolicy::Tuned, 2),
             (GqaPolicy::Group, RatioPolicy::Tuned, 1),
             (GqaPolicy::Group, RatioPolicy::Tuned, 2),
-        ] {
+        ]
+        .into_iter()
+        .skip(if defaults_only { 7 } else { 0 })
+        {
             let params = StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios, gqa, refine, attn };
             run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             driver::synchronize()?;
