@@ -248,7 +248,7 @@ extern "C" __global__ void pk_attend_combine(pk_attend_args a, int n_chunks) {
     for (int j = threadIdx.x; j < a.dv; j += blockDim.x) {
         float s = 0.0f;
 #pragma unroll 8
-        for (int c = 0; c < n_chunks; ++c) s += weight[c] > 0.0f ? part(c)[2 + j] * weight[c] : 0.0f;
+        for (int c = 0; c < n_chunks; ++c) s += part(c)[2 + j] * weight[c]; // a block without rows: 0 * 0
         out[j] = total > 0.0f ? s / total : 0.0f;
     }
 }

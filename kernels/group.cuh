@@ -45,9 +45,9 @@ __device__ __forceinline__ void pk_stat_extremes(pk_group_stat & st, float logit
 // any head chose it (pk_for_candidates' rule, every head's tie rank kept), then each union
 // cell's codes are read once per batch of `hb` heads and estimated for each of them;
 // appended to retrieval 0's list with its logits. grid (chunks, 1, units),
-// PK_CHUNK_THREADS threads, dynamic smem hb * dp*16 floats
+// PK_CHUNK_THREADS threads, dynamic smem hb * dp floats (the heads' rotated queries)
 extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
-    extern __shared__ float pk_luts[];
+    extern __shared__ float pk_group_q[];
     __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
     __shared__ int base[PK_MAX_GROUP];
     const int u = blockIdx.z, g = a.n_ret;
@@ -99,15 +99,20 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
         __syncthreads();
     }
     // 2. the union cells' estimates, a batch of heads at a time (each head's sums in
-    // pk_estimate's order)
+    // pk_estimate's order). A table entry lut[j][code] is ±level * q[j] (pk_build_lut); it is
+    // computed here from the 16 signed levels (distinct banks, no conflicts) and q[j] (the
+    // same word for the whole warp), the same product to the bit, instead of looked up in
+    // tables of dp * 16 floats whose random reads conflict on the banks.
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
     const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
     const bool words = ((unsigned long long) nibbles % 4 == 0) && (a.dp / 2) % 4 == 0;
-    const int lut_len = a.dp * 16;
+    __shared__ float signed_level[16];
+    if (threadIdx.x < 16) signed_level[threadIdx.x] = (threadIdx.x & 8) ? PK_LEVELS[threadIdx.x & 7] : -PK_LEVELS[threadIdx.x & 7];
+    float * qs = pk_group_q;
     for (int h0 = 0; h0 < g; h0 += hb) {
         const int nh = min(hb, g - h0);
-        __syncthreads(); // the previous batch's tables are no longer read
-        for (int j = 0; j < nh; ++j) pk_build_lut(pk_luts + j * lut_len, a.q_rot + ((long long) u * g + h0 + j) * a.dp, a.dp);
+        __syncthreads(); // the previous batch's queries are no longer read
+        for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_rot[((long long) u * g + h0) * a.dp + i];
         __syncthreads();
 #pragma unroll
         for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
@@ -131,16 +136,22 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
                             by4 = nib[4 * b] | nib[4 * b + 1] << 8 | nib[4 * b + 2] << 16 | (unsigned int) nib[4 * b + 3] << 24;
                         }
                         const float wb = __half2float(w[b]);
+                        float lo[4], hi[4]; // the signed levels of dims 8b + 2i and 8b + 2i + 1
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            const unsigned int by = by4 >> (8 * i) & 255;
+                            lo[i] = signed_level[by & 15];
+                            hi[i] = signed_level[by >> 4];
+                        }
 #pragma unroll
                         for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
                             if (j >= nh) break;
-                            const float * t = pk_luts + j * lut_len + b * PK_BLOCK * 16;
+                            const float4 qa = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK);
+                            const float4 qb = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK + 4);
+                            const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
                             float pair[4];
 #pragma unroll
-                            for (int i = 0; i < 4; ++i) {
-                                const unsigned int by = by4 >> (8 * i) & 255;
-                                pair[i] = __fadd_rn(t[(2 * i) * 16 + (by & 15)], t[(2 * i + 1) * 16 + (by >> 4)]);
-                            }
+                            for (int i = 0; i < 4; ++i) pair[i] = __fadd_rn(__fmul_rn(lo[i], qv[2 * i]), __fmul_rn(hi[i], qv[2 * i + 1]));
                             const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
                             acc[j][bb] = __fadd_rn(acc[j][bb], __fmul_rn(wb, dot));
                         }

@@ -297,51 +297,72 @@ __device__ __forceinline__ bool pk_better(float sa, int ia, float sb, int ib) {
     return sa > sb || (sa == sb && ia < ib);
 }
 
-// tier level of every centroid; grid (blocks, retrievals, units), 256 threads
+// tier level of every centroid; grid (blocks, retrievals, units), PK_N_CENTROIDS threads.
+// Thread i takes the i-th best centroid: its level counts the tiers whose budget the zone
+// cells of the better centroids (an exclusive prefix sum) have not used up. Levels only fall
+// along the order, so this is the serial walk of search::tiers that stops at level 0.
 extern "C" __global__ void pk_tiers(pk_step_args a) {
     __shared__ float score[PK_N_CENTROIDS];
     __shared__ unsigned char order[PK_N_CENTROIDS];
+    __shared__ long long budget[PK_N_TIERS];
+    __shared__ long long warp_total[PK_N_CENTROIDS / 32];
     const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x;
+    const int lane = c % 32, warp = c / 32;
     const float * q = a.q_rot + ((long long) u * a.n_ret + r) * a.dp + b * PK_BLOCK;
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < PK_BLOCK; ++j) s = __fadd_rn(s, (c >> j & 1) ? q[j] : -q[j]);
     score[c] = s;
+    if (c == 0) {
+        const int n_zone = pk_unit(a, u).n_zone;
+        double cand, coll;
+        pk_ratios(a, n_zone, cand, coll);
+        for (int t = 0; t < PK_N_TIERS; ++t) budget[t] = pk_ceil_count(n_zone, coll, PK_TIER_FRACTIONS[t]);
+    }
     __syncthreads();
     int rank = 0;
     for (int o = 0; o < PK_N_CENTROIDS; ++o) rank += pk_better(score[o], o, s, c);
     order[rank] = (unsigned char) c;
     __syncthreads();
-    if (c == 0) {
-        const int n_zone = pk_unit(a, u).n_zone;
-        double cand, coll;
-        pk_ratios(a, n_zone, cand, coll);
-        long long budget[PK_N_TIERS];
-        for (int t = 0; t < PK_N_TIERS; ++t) budget[t] = pk_ceil_count(n_zone, coll, PK_TIER_FRACTIONS[t]);
-        unsigned char * lv = a.levels + (((long long) u * a.n_ret + r) * a.nb + b) * PK_N_CENTROIDS;
-        const unsigned int * sizes = a.hist + ((long long) u * a.nb + b) * PK_N_CENTROIDS;
-        long long before = 0;
-        for (int i = 0; i < PK_N_CENTROIDS; ++i) lv[i] = 0;
-        for (int i = 0; i < PK_N_CENTROIDS; ++i) {
-            int level = 0;
-            for (int t = 0; t < PK_N_TIERS; ++t) level += before < budget[t];
-            if (level == 0) break;
-            lv[order[i]] = (unsigned char) level;
-            before += sizes[order[i]];
-        }
+    const int mine = order[c];
+    const long long size = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + mine];
+    long long before = size;
+    for (int o = 1; o < 32; o *= 2) {
+        const long long x = __shfl_up_sync(0xFFFFFFFFu, before, o);
+        if (lane >= o) before += x;
     }
+    if (lane == 31) warp_total[warp] = before;
+    __syncthreads();
+    before -= size;
+    for (int w = 0; w < warp; ++w) before += warp_total[w];
+    int level = 0;
+    for (int t = 0; t < PK_N_TIERS; ++t) level += before < budget[t];
+    a.levels[(((long long) u * a.n_ret + r) * a.nb + b) * PK_N_CENTROIDS + mine] = (unsigned char) level;
 }
 
 // collision counts per cell and their histogram, for `r_batch` retrievals per block (each
-// cell's codes loaded once for all of them); grid (chunks, retrieval batches, units),
-// dynamic shared memory: r_batch * nb*256 levels, then r_batch * (max_collisions + 1) counters
+// cell's codes loaded once for all of them, into registers); grid (chunks, retrieval
+// batches, units). The levels of four retrievals share a word, one byte each, so one
+// shared-memory load serves four and the words add bytewise (a level is at most
+// PK_N_TIERS: 32 blocks sum to 192, below a byte's 256, before the bytes are unpacked).
+// Dynamic shared memory (src/cuda/kernels.rs: collisions_smem): ceil(r_batch / 4) * nb*256
+// words, then r_batch * (max_collisions + 1) counters.
+#define PK_PACKED_BLOCKS 32
+static_assert(PK_PACKED_BLOCKS * PK_N_TIERS < 256, "packed levels overflow a byte");
 extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
-    extern __shared__ unsigned char pk_lv_smem[];
+    extern __shared__ unsigned int pk_lv_words[];
+    constexpr int MAX_WORDS = PK_MAX_HEAD_DIM / PK_BLOCK / 4;
     const int u = blockIdx.z, r0 = blockIdx.y * r_batch, nr = min(r_batch, a.n_ret - r0);
-    const int n_lv = a.nb * PK_N_CENTROIDS, n_ch = a.max_collisions + 1;
-    unsigned int * local = (unsigned int *) (pk_lv_smem + r_batch * n_lv);
+    const int n_lv = a.nb * PK_N_CENTROIDS, n_ch = a.max_collisions + 1, n_quads = (nr + 3) / 4;
+    const int n_words = a.nb % 4 == 0 ? a.nb / 4 : 0; // 0: byte by byte
+    unsigned int * local = pk_lv_words + (r_batch + 3) / 4 * n_lv;
     const unsigned char * lv = a.levels + ((long long) u * a.n_ret + r0) * n_lv;
-    for (int i = threadIdx.x; i < nr * n_lv; i += blockDim.x) pk_lv_smem[i] = lv[i];
+    for (int i = threadIdx.x; i < n_quads * n_lv; i += blockDim.x) {
+        const int q = i / n_lv, e = i % n_lv;
+        unsigned int w = 0;
+        for (int j = 0; j < 4 && 4 * q + j < nr; ++j) w |= (unsigned int) lv[(4 * q + j) * n_lv + e] << (8 * j);
+        pk_lv_words[i] = w;
+    }
     for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) local[i] = 0;
     __syncthreads();
     const unsigned char * codes = pk_codes_of(a, u);
@@ -349,31 +370,43 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     const int c1 = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
     for (int c = blockIdx.x * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
         const bool in_zone = klass[c] == PK_ZONE;
-        unsigned int words[PK_MAX_HEAD_DIM / PK_BLOCK / 4];
         const unsigned char * code = codes + (long long) c * a.nb;
-        if (in_zone && a.nb % 4 == 0) {
-            for (int i = 0; i < a.nb / 4; ++i) words[i] = ((const unsigned int *) code)[i];
-        }
-        for (int j = 0; j < nr; ++j) {
-            unsigned short * counts = a.counts + ((long long) u * a.n_ret + r0 + j) * a.n;
-            if (!in_zone) {
-                counts[c] = PK_NOT_IN_ZONE;
-                continue;
-            }
-            const unsigned char * L = pk_lv_smem + j * n_lv;
-            int total = 0;
-            if (a.nb % 4 == 0) {
-                for (int i = 0; i < a.nb / 4; ++i) {
+        unsigned int words[MAX_WORDS];
+#pragma unroll
+        for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
+        for (int q = 0; q < n_quads; ++q) {
+            const unsigned int * L = pk_lv_words + q * n_lv;
+            int total[4] = {0, 0, 0, 0};
+            unsigned int packed = 0;
+            auto unpack = [&]() {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
+                packed = 0;
+            };
+            if (in_zone && n_words > 0) {
+#pragma unroll
+                for (int i = 0; i < MAX_WORDS; ++i) {
+                    if (i >= n_words) break;
                     const unsigned int x = words[i];
                     const int b = 4 * i;
-                    total += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
-                           + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                    packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
+                            + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                    if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
                 }
-            } else {
-                for (int b = 0; b < a.nb; ++b) total += L[b * PK_N_CENTROIDS + code[b]];
+            } else if (in_zone) {
+                for (int b = 0; b < a.nb; ++b) {
+                    packed += L[b * PK_N_CENTROIDS + code[b]];
+                    if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
+                }
             }
-            counts[c] = (unsigned short) total;
-            atomicAdd(&local[j * n_ch + total], 1u);
+            unpack();
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int r = 4 * q + j;
+                if (r >= nr) break;
+                a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
+                if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+            }
         }
     }
     __syncthreads();
@@ -566,9 +599,13 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
 
 // The key of rank k (1-based) among n keys, or ~0 when k >= n: a radix select, 8 bits per
 // pass from the top, by the whole block (h, prefix, remaining, done in shared memory).
+// keys a thread reads per round of the radix passes and of the compaction
+#define PK_TOPK_KEYS 8
+
 __device__ unsigned long long pk_threshold(const unsigned long long * cand, int n, int k, unsigned int * h,
                                            unsigned long long & prefix, int & remaining, int & done) {
     if (k >= n) return ~0ull;
+    const int lane = threadIdx.x % 32;
     if (threadIdx.x == 0) {
         prefix = 0;
         remaining = k;
@@ -581,26 +618,51 @@ __device__ unsigned long long pk_threshold(const unsigned long long * cand, int 
         const int shift = 8 * pass;
         const unsigned long long hi_mask = pass == 7 ? 0ull : (~0ull << (shift + 8));
         const unsigned long long want = prefix & hi_mask;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const unsigned long long key = cand[i];
-            if ((key & hi_mask) == want) atomicAdd(&h[(key >> shift) & 255], 1u);
+        // PK_TOPK_KEYS keys a thread per round, their loads in flight together
+        for (int i0 = 0; i0 < n; i0 += PK_TOPK_KEYS * blockDim.x) {
+            unsigned long long key[PK_TOPK_KEYS];
+#pragma unroll
+            for (int j = 0; j < PK_TOPK_KEYS; ++j) {
+                const int i = i0 + j * blockDim.x + threadIdx.x;
+                key[j] = i < n ? cand[i] : 0ull;
+            }
+#pragma unroll
+            for (int j = 0; j < PK_TOPK_KEYS; ++j) {
+                const int i = i0 + j * blockDim.x + threadIdx.x;
+                if (i < n && (key[j] & hi_mask) == want) atomicAdd(&h[(key[j] >> shift) & 255], 1u);
+            }
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            unsigned int below = 0;
-            for (int dgt = 0; dgt < 256; ++dgt) {
-                if (below + h[dgt] >= (unsigned int) remaining) {
-                    prefix |= (unsigned long long) dgt << shift;
-                    remaining -= below;
-                    // once the score bits are settled and every key with them is
-                    // needed, the cell bits need no passes of their own
-                    if (pass == 4 && h[dgt] == (unsigned int) remaining) {
-                        prefix |= 0xFFFFFFFFull;
-                        done = 1;
+        if (threadIdx.x < 32) {
+            // the digit where the running count reaches `remaining`: lane l sums digits
+            // 8l..8l+7, a warp scan finds the lane, the lane its digit
+            unsigned int sum = 0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) sum += h[8 * lane + j];
+            unsigned int incl = sum;
+            for (int o = 1; o < 32; o *= 2) {
+                const unsigned int x = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+                if (lane >= o) incl += x;
+            }
+            const unsigned int need = (unsigned int) remaining;
+            const int first = __ffs(__ballot_sync(0xFFFFFFFFu, incl >= need)) - 1;
+            if (lane == first) {
+                unsigned int below = incl - sum;
+                for (int j = 0; j < 8; ++j) {
+                    const unsigned int here = h[8 * lane + j];
+                    if (below + here >= need) {
+                        prefix |= (unsigned long long) (8 * lane + j) << shift;
+                        remaining = (int) (need - below);
+                        // once the score bits are settled and every key with them is
+                        // needed, the cell bits need no passes of their own
+                        if (pass == 4 && here == need - below) {
+                            prefix |= 0xFFFFFFFFull;
+                            done = 1;
+                        }
+                        break;
                     }
-                    break;
+                    below += here;
                 }
-                below += h[dgt];
             }
         }
         __syncthreads();
@@ -610,9 +672,26 @@ __device__ unsigned long long pk_threshold(const unsigned long long * cand, int 
     return t;
 }
 
-// marks cell c with the step's tag and appends it to the unit's rows, once per unit
-__device__ __forceinline__ void pk_take(unsigned int * mark, int * rows, pk_unit_state & s, unsigned int tag, int c) {
-    if (atomicExch(&mark[c], tag) != tag) rows[atomicAdd(&s.n_rows, 1)] = c;
+// the keys of cand[0..n) at or below `threshold`: each cell marked with the step's tag and
+// appended to the unit's rows once per unit (one atomic on the row count per warp a round)
+__device__ __forceinline__ void pk_take_chosen(const pk_step_args & a, int u, const unsigned long long * cand, int n,
+                                               unsigned long long threshold) {
+    pk_unit_state & s = pk_unit(a, u);
+    unsigned int * mark = a.mark + (long long) u * a.n;
+    int * rows = a.rows + (long long) u * a.n;
+    const unsigned int tag = s.tag;
+    const int lane = threadIdx.x % 32;
+    for (int i0 = 0; i0 < n; i0 += blockDim.x) { // rounds uniform over the block
+        const int i = i0 + threadIdx.x;
+        const unsigned long long key = i < n ? cand[i] : ~0ull;
+        const int c = (int) (key & 0xFFFFFFFFull);
+        const bool fresh = i < n && key <= threshold && atomicExch(&mark[c], tag) != tag;
+        const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, fresh);
+        int slot = 0;
+        if (lane == 0 && ballot) slot = atomicAdd(&s.n_rows, __popc(ballot));
+        slot = __shfl_sync(0xFFFFFFFFu, slot, 0) + __popc(ballot & ((1u << lane) - 1));
+        if (fresh) rows[slot] = c;
+    }
 }
 
 // whether retrieval steps of this unit refine (gqa::select_group refines every retrieval of
@@ -639,31 +718,38 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
     if (k <= 0) return;
     unsigned long long * cand = a.cand + (long long) ur * a.n;
     const unsigned long long threshold = pk_threshold(cand, n, k, h, prefix, remaining, done);
-    pk_unit_state & s = pk_unit(a, u);
     if (!pk_refining(a, u)) {
-        unsigned int * mark = a.mark + (long long) u * a.n;
-        int * rows = a.rows + (long long) u * a.n;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const unsigned long long key = cand[i];
-            if (key <= threshold) pk_take(mark, rows, s, s.tag, (int) (key & 0xFFFFFFFFull));
-        }
+        pk_take_chosen(a, u, cand, n, threshold);
         return;
     }
-    // compaction in place, a tile of blockDim keys at a time: a key moves to an index at or
-    // below its own, and every key of a tile is read before any of the tile is written
+    // compaction in place, a tile of PK_TOPK_KEYS * blockDim keys at a time, thread t taking
+    // PK_TOPK_KEYS consecutive ones: a key moves to an index at or below its own, and every
+    // key of a tile is read before any of the tile is written
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (threadIdx.x == 0) base = 0;
     __syncthreads();
-    for (int i0 = 0; i0 < n; i0 += blockDim.x) {
-        const int i = i0 + threadIdx.x;
-        const unsigned long long key = i < n ? cand[i] : ~0ull;
-        const bool sel = i < n && key <= threshold;
-        const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, sel);
-        if (lane == 0) warp_sel[warp] = __popc(ballot);
+    for (int i0 = 0; i0 < n; i0 += PK_TOPK_KEYS * blockDim.x) {
+        const int first = i0 + PK_TOPK_KEYS * threadIdx.x;
+        unsigned long long key[PK_TOPK_KEYS];
+        int mine = 0;
+#pragma unroll
+        for (int j = 0; j < PK_TOPK_KEYS; ++j) {
+            key[j] = first + j < n ? cand[first + j] : ~0ull;
+            mine += first + j < n && key[j] <= threshold;
+        }
+        int before = mine; // inclusive scan over the warp, then over the warps
+        for (int o = 1; o < 32; o *= 2) {
+            const int x = __shfl_up_sync(0xFFFFFFFFu, before, o);
+            if (lane >= o) before += x;
+        }
+        if (lane == 31) warp_sel[warp] = before;
         __syncthreads();
-        int slot = base + __popc(ballot & ((1u << lane) - 1));
+        int slot = base + before - mine;
         for (int w = 0; w < warp; ++w) slot += warp_sel[w];
-        if (sel) cand[slot] = key;
+#pragma unroll
+        for (int j = 0; j < PK_TOPK_KEYS; ++j) {
+            if (first + j < n && key[j] <= threshold) cand[slot++] = key[j];
+        }
         __syncthreads();
         if (threadIdx.x == 0) {
             for (int w = 0; w < (int) blockDim.x / 32; ++w) base += warp_sel[w];
@@ -754,13 +840,7 @@ extern "C" __global__ void pk_refine_pick(pk_step_args a) {
     if (n <= 0) return;
     const unsigned long long * cand = a.cand + (long long) ur * a.n;
     const unsigned long long threshold = pk_threshold(cand, n, x.keep, h, prefix, remaining, done);
-    pk_unit_state & s = pk_unit(a, u);
-    unsigned int * mark = a.mark + (long long) u * a.n;
-    int * rows = a.rows + (long long) u * a.n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const unsigned long long key = cand[i];
-        if (key <= threshold) pk_take(mark, rows, s, s.tag, (int) (key & 0xFFFFFFFFull));
-    }
+    pk_take_chosen(a, u, cand, n, threshold);
 }
 
 // clears the marks the top-k set, so that the next step, whatever its cell count or unit

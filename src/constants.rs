@@ -81,11 +81,9 @@ pub const GPU_REFINE_WARPS: usize = 4;
 pub const GPU_TOPK_THREADS: usize = 1024;
 /// Most query heads per KV head the attention kernel takes at once.
 pub const GPU_MAX_GROUP: usize = 16;
-/// Most heads whose estimator tables one block of the group policy's candidate pass holds
-/// (their accumulators live in registers).
+/// Most heads one block of the group policy's candidate pass estimates at once (their
+/// accumulators live in registers, their rotated queries in shared memory).
 pub const GPU_GROUP_HEAD_BATCH: usize = 8;
-/// Shared memory for those tables (dp * 16 floats per head).
-pub const GPU_GROUP_LUT_SMEM: usize = 64 * 1024;
 
 // Portable exp (`portable::exp`): Cody-Waite reduction x = n ln2 + r and a degree-5
 // polynomial for e^r (the classic single-precision minimax coefficients of Cephes' expf,

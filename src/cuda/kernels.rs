@@ -4,8 +4,8 @@
 
 use crate::constants::{
     GPU_ATT_BLOCKS, GPU_ATT_COMBINE_THREADS, GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
-    GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_GROUP_LUT_SMEM, GPU_MAX_GROUP,
-    GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_MAX_GROUP, GPU_REFINE_WARPS,
+    GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -63,14 +63,17 @@ pub const COLLISIONS_SMEM: usize = 96 * 1024;
 pub const COLLISIONS: Kernel = Kernel { name: "pk_collisions", dynamic_smem: COLLISIONS_SMEM };
 
 /// Dynamic shared memory of the collision kernel for `r_batch` retrievals of `n_blocks`
-/// blocks per key: their levels, then their count histograms (6 tiers per block + 1).
+/// blocks per key: their levels, four retrievals to a 4-byte word, then their count
+/// histograms (6 tiers per block + 1).
 pub const fn collisions_smem(r_batch: usize, n_blocks: usize) -> usize {
-    r_batch * (n_blocks * N_CENTROIDS + (crate::shape::N_TIERS * n_blocks + 1) * 4)
+    r_batch.div_ceil(4) * 4 * n_blocks * N_CENTROIDS + r_batch * (crate::shape::N_TIERS * n_blocks + 1) * 4
 }
 
-/// How many retrievals one collision block handles at once.
+/// How many retrievals one collision block handles at once: all of them, or as many
+/// words of four as fit.
 pub fn collisions_batch(n_ret: usize, n_blocks: usize) -> usize {
-    (COLLISIONS_SMEM / collisions_smem(1, n_blocks)).clamp(1, n_ret.max(1))
+    let quads = (COLLISIONS_SMEM / collisions_smem(4, n_blocks)).max(1);
+    (4 * quads).clamp(1, n_ret.max(1))
 }
 
 pub const CUTOFF: Kernel = k("pk_cutoff");
@@ -93,12 +96,20 @@ pub const fn refine_smem(head_dim: usize, elem_bytes: usize) -> usize {
 
 pub const REFINE: Kernel = Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
-/// Heads whose tables (`padded_dim` * 16 floats each) pk_group_candidates holds at once.
-pub fn group_head_batch(heads: usize, padded_dim: usize) -> usize {
-    (GPU_GROUP_LUT_SMEM / (padded_dim * 16 * 4)).clamp(1, GPU_GROUP_HEAD_BATCH).min(heads.max(1))
+/// Heads pk_group_candidates estimates at once.
+pub fn group_head_batch(heads: usize) -> usize {
+    heads.clamp(1, GPU_GROUP_HEAD_BATCH)
 }
 
-pub const GROUP_CANDIDATES: Kernel = Kernel { name: "pk_group_candidates", dynamic_smem: GPU_GROUP_LUT_SMEM };
+/// Dynamic shared memory of pk_group_candidates: the rotated queries of a batch of heads.
+pub const fn group_candidates_smem(head_batch: usize, padded_dim: usize) -> usize {
+    head_batch * padded_dim * 4
+}
+
+pub const GROUP_CANDIDATES: Kernel = Kernel {
+    name: "pk_group_candidates",
+    dynamic_smem: group_candidates_smem(GPU_GROUP_HEAD_BATCH, MAX_HEAD_DIM),
+};
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
 pub const GROUP_SCORE: Kernel = k("pk_group_score");
 

@@ -514,7 +514,7 @@ fn group_select(
     let shape = buf.shape;
     let (c, r, u) = (n_chunks as u32, n_ret as u32, units as u32);
     let mut p = [ap];
-    let hb = group_head_batch(n_ret, shape.padded_dim);
+    let hb = group_head_batch(n_ret);
     let mut hb_arg = hb as i32;
     let mut cp = [ap, &mut hb_arg as *mut i32 as *mut c_void];
     launch(
@@ -522,7 +522,7 @@ fn group_select(
         GROUP_CANDIDATES,
         (c, 1, u),
         THREADS,
-        (hb * shape.padded_dim * 16 * 4) as u32,
+        group_candidates_smem(hb, shape.padded_dim) as u32,
         stream,
         &mut cp,
     )?;
