@@ -56,12 +56,14 @@ __device__ __forceinline__ float pk_logit(const pk_attend_args & a, float dot) {
 // The partial attention of one block: a 1/gridDim.x share of unit u's rows (blockIdx.z) for
 // a batch of `hb` query heads (blockIdx.y), each warp taking PK_ATT_BATCH rows at a time
 // with the queries and the softmax state in registers: lane i holds elements 4i..4i+3 of
-// each 128-element slice of the L slices of a row (dk, dv <= 128 L; hb <= 8 / L). Every
+// each 128-element slice of the L slices of a row (dk, dv <= 128 L; hb <= HB <= 8 / L; HB
+// fixes the registers and unrolled work, so a group of 4 does not pay for 8). Every
 // block writes its partial (max, sum, accumulator; sum 0 when it has no rows). Dynamic
 // shared memory: PK_ATT_WARPS * hb * (2 + dv) floats, for combining the warps.
-template <int L>
+template <int L, int HB>
 __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb) {
-    constexpr int MAXHB = 8 / L;
+    static_assert(HB * L <= 8, "head batch too wide for the registers");
+    constexpr int MAXHB = HB;
     extern __shared__ float sm[];
     const int u = blockIdx.z, blk = blockIdx.x, n_blk = gridDim.x, H = a.n_heads;
     const int h0 = blockIdx.y * hb, nh = min(hb, H - h0);
@@ -204,10 +206,18 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
 }
 
 // grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of
-// up to 128, 256 and 512 elements
-extern "C" __global__ void pk_attend_partial_1(pk_attend_args a, int hb) { pk_attend_rows<1>(a, hb); }
-extern "C" __global__ void pk_attend_partial_2(pk_attend_args a, int hb) { pk_attend_rows<2>(a, hb); }
-extern "C" __global__ void pk_attend_partial_4(pk_attend_args a, int hb) { pk_attend_rows<4>(a, hb); }
+// up to 128 L elements, batches of up to HB heads (src/cuda/kernels.rs: ATTEND_PARTIAL)
+#define PK_ATTEND_PARTIAL(L, HB) \
+    extern "C" __global__ void pk_attend_partial_##L##_##HB(pk_attend_args a, int hb) { pk_attend_rows<L, HB>(a, hb); }
+PK_ATTEND_PARTIAL(1, 1)
+PK_ATTEND_PARTIAL(1, 2)
+PK_ATTEND_PARTIAL(1, 4)
+PK_ATTEND_PARTIAL(1, 8)
+PK_ATTEND_PARTIAL(2, 1)
+PK_ATTEND_PARTIAL(2, 2)
+PK_ATTEND_PARTIAL(2, 4)
+PK_ATTEND_PARTIAL(4, 1)
+PK_ATTEND_PARTIAL(4, 2)
 
 // grid (heads, 1, units), PK_ATT_COMBINE_THREADS threads: combines the blocks' partials
 // (those without rows have sum 0): their weights exp(max - overall max) first, in shared

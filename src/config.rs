@@ -91,7 +91,7 @@ impl Config {
     /// Checks every field; returns the shape of the head dimension.
     pub fn validate(&self) -> Result<Shape> {
         let shape = Shape::new(self.head_dim)?;
-        if self.n_kv_heads == 0 || self.n_q_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || self.n_q_heads == 0 || !self.n_q_heads.is_multiple_of(self.n_kv_heads) {
             return Err(Error::invalid(format!(
                 "n_q_heads {} must be a positive multiple of n_kv_heads {}",
                 self.n_q_heads, self.n_kv_heads

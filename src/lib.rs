@@ -18,6 +18,7 @@ pub mod algorithm;
 pub mod config;
 /// The algorithm's numeric constants, shared with the CUDA kernels through `build.rs`.
 pub mod constants;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;

@@ -105,7 +105,7 @@ impl<'a> Rows<'a> {
 
     /// Packed rows: row `i` at `i * dim`.
     pub fn packed(data: RowData<'a>, dim: usize) -> Result<Self> {
-        if dim == 0 || data.len() % dim != 0 {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(Error::invalid(format!(
                 "{} elements are not a whole number of rows of {dim}",
                 data.len()

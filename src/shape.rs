@@ -20,7 +20,7 @@ pub struct Shape {
 impl Shape {
     /// Shape for a head dimension: a multiple of 8 in `8..=512`.
     pub fn new(head_dim: usize) -> Result<Shape> {
-        if head_dim == 0 || head_dim % BLOCK != 0 || head_dim > MAX_HEAD_DIM {
+        if head_dim == 0 || !head_dim.is_multiple_of(BLOCK) || head_dim > MAX_HEAD_DIM {
             return Err(Error::unsupported(format!(
                 "head_dim {head_dim} is not supported: it must be a multiple of {BLOCK} \
                  between {BLOCK} and {MAX_HEAD_DIM}"

@@ -58,6 +58,13 @@ pub struct StepScratch {
     attn: AttnScratch,
 }
 
+impl StepScratch {
+    /// The cells the last step attended, in cell order.
+    pub fn attended(&self) -> &[u32] {
+        &self.cells
+    }
+}
+
 /// The cache a step reads: K and V rows, the index of the same cells, and per cell its
 /// visibility (`visible[c]`) and position.
 pub struct CacheView<'a, V: Fn(usize) -> bool> {
@@ -66,6 +73,29 @@ pub struct CacheView<'a, V: Fn(usize) -> bool> {
     pub codes: Codes<'a>,
     pub visible: V,
     pub pos: &'a [i32],
+}
+
+/// Checks that the view's rows, positions and codes cover the same cells, with keys of
+/// `shape`'s head dim.
+pub fn check_view<V: Fn(usize) -> bool>(shape: &Shape, cache: &CacheView<V>) -> Result<()> {
+    let n = cache.pos.len();
+    if cache.keys.len() != n || cache.values.len() != n || cache.codes.n_cells(shape)? != n {
+        return Err(Error::invalid(format!(
+            "cache step: {} key rows, {} value rows, {} positions and {} encoded cells disagree",
+            cache.keys.len(),
+            cache.values.len(),
+            n,
+            cache.codes.n_cells(shape)?
+        )));
+    }
+    if cache.keys.dim() != shape.head_dim {
+        return Err(Error::invalid(format!(
+            "cache step: key rows of {} for head_dim {}",
+            cache.keys.dim(),
+            shape.head_dim
+        )));
+    }
+    Ok(())
 }
 
 /// Runs one step: `queries` are the group's heads back to back (`[n_heads][head_dim]`),
@@ -80,22 +110,7 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
 ) -> Result<StepStats> {
     let shape: Shape = rotation.shape();
     let n = cache.pos.len();
-    if cache.keys.len() != n || cache.values.len() != n || cache.codes.n_cells(&shape)? != n {
-        return Err(Error::invalid(format!(
-            "cache step: {} key rows, {} value rows, {} positions and {} encoded cells disagree",
-            cache.keys.len(),
-            cache.values.len(),
-            n,
-            cache.codes.n_cells(&shape)?
-        )));
-    }
-    if cache.keys.dim() != shape.head_dim {
-        return Err(Error::invalid(format!(
-            "cache step: key rows of {} for head_dim {}",
-            cache.keys.dim(),
-            shape.head_dim
-        )));
-    }
+    check_view(&shape, cache)?;
 
     // Visible cells and the extremes of their positions.
     let (mut p_min, mut p_max, mut n_visible) = (i64::MAX, i64::MIN, 0usize);
@@ -199,8 +214,13 @@ mod tests {
         let pos: Vec<i32> = (0..n as i32).map(|c| c / 2).collect();
         let keys = Rows::packed(RowData::F32(&f.cache.keys), d).unwrap();
         let values = Rows::packed(RowData::F32(&f.cache.values), d).unwrap();
-        let view =
-            CacheView { keys, values, codes: f.store.as_ref(), visible: |c: usize| c % 2 == 0, pos: &pos };
+        let view = CacheView {
+            keys,
+            values,
+            codes: f.store.as_ref(),
+            visible: |c: usize| c.is_multiple_of(2),
+            pos: &pos,
+        };
         let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0.0; 2 * d];
         let mut s = StepScratch::default();

@@ -2,7 +2,7 @@
 //! levels of the 4-bit code. Nothing here is trained, which is why retrieval does not
 //! drift as generation goes on (docs/DESIGN.md §1).
 
-use crate::algorithm::rank::rank_order;
+use crate::algorithm::rank::score_key;
 use crate::shape::{BLOCK, N_CENTROIDS, N_LEVELS};
 
 pub use crate::constants::{LEVELS, THRESHOLDS};
@@ -56,10 +56,12 @@ pub fn centroid_scores(q_block: &[f32], out: &mut [f32; N_CENTROIDS]) {
 
 /// Centroids of one block sorted best first (see `rank`): the walk order of the tiers.
 pub fn centroid_order(scores: &[f32; N_CENTROIDS], order: &mut [u8; N_CENTROIDS]) {
-    for (c, o) in order.iter_mut().enumerate() {
-        *o = c as u8;
+    // rank order as integers (`rank_key`), the centroid in the low byte
+    let mut keys: [u64; N_CENTROIDS] = std::array::from_fn(|c| (score_key(scores[c]) as u64) << 8 | c as u64);
+    keys.sort_unstable();
+    for (o, k) in order.iter_mut().zip(keys) {
+        *o = k as u8;
     }
-    order.sort_unstable_by(|&a, &b| rank_order(scores[a as usize], a as u32, scores[b as usize], b as u32));
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub struct CodesMut<'a> {
 
 fn cells_in(shape: &Shape, codes: usize, nibbles: usize, weights: usize) -> Result<usize> {
     let n = codes / shape.code_bytes();
-    if codes % shape.code_bytes() != 0
+    if !codes.is_multiple_of(shape.code_bytes())
         || nibbles != n * shape.nibble_bytes()
         || weights != n * shape.n_weights()
     {

@@ -114,7 +114,7 @@ pub fn select_group<F: Fn(usize) -> bool>(
 ) -> Result<SearchStats> {
     let shape = rotation.shape();
     let d = shape.head_dim;
-    if queries.is_empty() || queries.len() % d != 0 {
+    if queries.is_empty() || !queries.len().is_multiple_of(d) {
         return Err(Error::invalid(format!("{} query values are not whole heads of {d}", queries.len())));
     }
     if policy == GqaPolicy::Group {
@@ -301,29 +301,13 @@ fn rank_by_group_probability(g: usize, keep: usize, scratch: &mut GroupScratch) 
     scratch.touched.clear();
     for h in 0..g {
         let list = &scratch.scored[h];
-        // Non-finite logits come from non-finite keys or queries: +inf rows share the head's
-        // whole probability (as they would in a softmax's limit), NaN and -inf get none, and
-        // every cell stays ranked so that the group still gets k distinct rows.
-        // The normaliser is summed in fixed point and exp is the portable one, so that the
-        // GPU, adding in any order, gets the same bits (`portable`).
-        let n_inf = list.iter().filter(|&&(l, _)| l == f32::INFINITY).count();
-        let max = list.iter().map(|&(l, _)| l).filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
-        let norm = from_fixed(
-            list.iter()
-                .filter(|&&(l, _)| l.is_finite())
-                .map(|&(l, _)| to_fixed(exp_nonpositive(l - max)))
-                .sum(),
-        );
+        let softmax = HeadSoftmax::of(list.iter().map(|&(l, _)| l));
         for &(l, c) in list {
             let c = c as usize;
             if c >= scratch.score.len() {
                 scratch.score.resize(c + 1, UNSEEN);
             }
-            let prob = match (n_inf, l.is_finite()) {
-                (0, true) => exp_nonpositive(l - max) / norm,
-                (_, false) if l == f32::INFINITY => 1.0 / n_inf as f32,
-                _ => 0.0,
-            };
+            let prob = softmax.prob(l);
             let s = &mut scratch.score[c];
             if *s == UNSEEN {
                 *s = 0.0;
@@ -340,8 +324,41 @@ fn rank_by_group_probability(g: usize, keep: usize, scratch: &mut GroupScratch) 
     top_k_in_place(&mut scratch.pool, keep);
 }
 
+/// One head's softmax over the logits of a group's union, as the group policy ranks by it.
+/// Non-finite logits come from non-finite keys or queries: +inf rows share the head's
+/// whole probability (as they would in a softmax's limit), NaN and -inf get none, and every
+/// cell stays ranked so that the group still gets k distinct rows. The normaliser is summed
+/// in fixed point and exp is the portable one, so that the GPU, adding in any order, gets
+/// the same bits (`portable`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeadSoftmax {
+    n_inf: usize,
+    max: f32,
+    norm: f32,
+}
+
+impl HeadSoftmax {
+    pub fn of(logits: impl Iterator<Item = f32> + Clone) -> HeadSoftmax {
+        let n_inf = logits.clone().filter(|&l| l == f32::INFINITY).count();
+        let max = logits.clone().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        let norm =
+            from_fixed(logits.filter(|l| l.is_finite()).map(|l| to_fixed(exp_nonpositive(l - max))).sum());
+        HeadSoftmax { n_inf, max, norm }
+    }
+
+    /// The probability of a logit of the list.
+    #[inline]
+    pub fn prob(&self, l: f32) -> f32 {
+        match (self.n_inf, l.is_finite()) {
+            (0, true) => exp_nonpositive(l - self.max) / self.norm,
+            (_, false) if l == f32::INFINITY => 1.0 / self.n_inf as f32,
+            _ => 0.0,
+        }
+    }
+}
+
 /// Replaces each (score, cell)'s score by the exact `<q, key of cell>`.
-fn rescore(keys: &Rows, q: &[f32], row: &mut Vec<f32>, top: &mut [(f32, u32)]) -> Result<()> {
+pub fn rescore(keys: &Rows, q: &[f32], row: &mut Vec<f32>, top: &mut [(f32, u32)]) -> Result<()> {
     if keys.dim() != q.len() {
         return Err(Error::invalid(format!("refine: key rows of {} for queries of {}", keys.dim(), q.len())));
     }

@@ -24,18 +24,36 @@ pub fn rank_order(sa: f32, ia: u32, sb: f32, ib: u32) -> Ordering {
     }
 }
 
+/// A u32 that orders scores as `rank_order` does, best (highest) first: NaN as -inf, -0 as
+/// +0. With the index below it (`rank_key`), integer order is rank order.
+#[inline]
+pub fn score_key(x: f32) -> u32 {
+    let x = rank_score(x) + 0.0; // -0 + 0 = +0
+    let bits = x.to_bits();
+    // IEEE order as unsigned order (negatives flipped whole, positives above them), then
+    // reversed so that higher scores come first
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    !ascending
+}
+
+/// `(score, index)` as one integer in rank order (lower ranks first).
+#[inline]
+pub fn rank_key(score: f32, index: u32) -> u64 {
+    (score_key(score) as u64) << 32 | index as u64
+}
+
 /// Keeps the best `k` of `items` (score, index) in rank order; drops the rest.
 pub fn top_k_in_place(items: &mut Vec<(f32, u32)>, k: usize) {
-    let cmp = |a: &(f32, u32), b: &(f32, u32)| rank_order(a.0, a.1, b.0, b.1);
+    let key = |a: &(f32, u32)| rank_key(a.0, a.1);
     if k == 0 {
         items.clear();
         return;
     }
     if items.len() > k {
-        items.select_nth_unstable_by(k - 1, cmp);
+        items.select_nth_unstable_by_key(k - 1, key);
         items.truncate(k);
     }
-    items.sort_unstable_by(cmp);
+    items.sort_unstable_by_key(key);
 }
 
 #[cfg(test)]
@@ -48,6 +66,37 @@ mod tests {
         top_k_in_place(&mut v, 5);
         let idx: Vec<u32> = v.iter().map(|p| p.1).collect();
         assert_eq!(idx, vec![9, 3, 5, 0, 1]);
+    }
+
+    #[test]
+    fn keys_order_as_rank_order() {
+        let scores = [
+            f32::NAN,
+            f32::NEG_INFINITY,
+            -3.5,
+            -f32::MIN_POSITIVE,
+            -1e-40,
+            -0.0,
+            0.0,
+            1e-40,
+            f32::MIN_POSITIVE,
+            2.0,
+            f32::MAX,
+            f32::INFINITY,
+            -f32::NAN,
+        ];
+        for (i, &a) in scores.iter().enumerate() {
+            for (j, &b) in scores.iter().enumerate() {
+                for (ia, ib) in [(3u32, 7u32), (7, 3), (5, 5)] {
+                    let want = rank_order(a, ia, b, ib);
+                    assert_eq!(
+                        rank_key(a, ia).cmp(&rank_key(b, ib)),
+                        want,
+                        "{a} #{ia} vs {b} #{ib} ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -187,6 +187,20 @@ pub fn collision_counts(
     }
 }
 
+/// The cutoff of `m` candidates from the histogram of their counts (`count_hist[c]` cells
+/// count c): the highest count whose cells at or above it number at least m (0 when all
+/// cells are fewer than m), and how many cells at exactly the cutoff are taken.
+pub fn cutoff(count_hist: &[u32], m: usize) -> (u16, usize) {
+    let mut above = 0usize;
+    for c in (0..count_hist.len()).rev() {
+        if above + count_hist[c] as usize >= m {
+            return (c as u16, m - above);
+        }
+        above += count_hist[c] as usize;
+    }
+    (0, m.saturating_sub(above))
+}
+
 /// The `m` cells with the highest collision counts; at the cutoff count, lower cells
 /// first. Returns the cutoff count. `first_cell` is the cell of `counts[0]`.
 pub fn candidates(
@@ -203,16 +217,8 @@ pub fn candidates(
     for &c in counts.iter().filter(|&&c| c != NOT_IN_ZONE) {
         count_hist[c as usize] += 1;
     }
-    // Highest cutoff whose cells with count >= cutoff number at least m.
-    let (mut cutoff, mut above) = (0usize, 0usize);
-    for c in (0..=max).rev() {
-        if above + count_hist[c] as usize >= m {
-            cutoff = c;
-            break;
-        }
-        above += count_hist[c] as usize;
-    }
-    let mut ties_left = m.saturating_sub(above);
+    let (cutoff, mut ties_left) = cutoff(count_hist, m);
+    let cutoff = cutoff as usize;
     out.clear();
     for (i, &c) in counts.iter().enumerate() {
         if c == NOT_IN_ZONE || (c as usize) < cutoff {

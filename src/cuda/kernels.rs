@@ -29,15 +29,23 @@ pub const REFINE_WARPS: u32 = GPU_REFINE_WARPS as u32;
 pub const REFINE_ROWS: usize = GPU_REFINE_WARPS * 4;
 pub const MAX_GROUP: usize = GPU_MAX_GROUP;
 
-/// The attention kernel for rows of `dk`, `dv` elements: its variant (lanes hold 4 elements
-/// of each of L slices of 128) and the most query heads one block takes (8 / L, their state
-/// in registers).
-pub fn attend_variant(dk: usize, dv: usize) -> (Kernel, usize) {
-    match dk.max(dv).div_ceil(128) {
-        0 | 1 => (ATTEND_PARTIAL_1, 8),
-        2 => (ATTEND_PARTIAL_2, 4),
-        _ => (ATTEND_PARTIAL_4, 2),
-    }
+/// The attention kernel for rows of `dk`, `dv` elements and `heads` query heads per unit:
+/// its variant (lanes hold 4 elements of each of L slices of 128, a batch of up to HB heads,
+/// HB * L <= 8, their state in registers) and the heads one block takes (the batch).
+pub fn attend_variant(dk: usize, dv: usize, heads: usize) -> (Kernel, usize) {
+    let slices = match dk.max(dv).div_ceil(128) {
+        0 | 1 => 1,
+        2 => 2,
+        _ => 4,
+    };
+    let batch = heads.clamp(1, 8 / slices);
+    let width = batch.next_power_of_two();
+    let kernel = ATTEND_PARTIAL
+        .iter()
+        .find(|(l, hb, _)| *l == slices && *hb == width)
+        .map(|v| v.2)
+        .expect("a variant for every slice count and power-of-two batch up to 8 / L");
+    (kernel, batch)
 }
 
 /// Dynamic shared memory of the attention kernel for a batch of `heads` heads of value dim
@@ -122,15 +130,26 @@ pub const fn group_refine_smem(heads: usize, head_dim: usize, elem_bytes: usize)
 pub const GROUP_REFINE: Kernel =
     Kernel { name: "pk_group_refine", dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, 4) };
 pub const UNMARK: Kernel = k("pk_unmark");
-pub const ATTEND_PARTIAL_1: Kernel =
-    Kernel { name: "pk_attend_partial_1", dynamic_smem: attend_smem(8, 128) };
-pub const ATTEND_PARTIAL_2: Kernel =
-    Kernel { name: "pk_attend_partial_2", dynamic_smem: attend_smem(4, 256) };
-pub const ATTEND_PARTIAL_4: Kernel =
-    Kernel { name: "pk_attend_partial_4", dynamic_smem: attend_smem(2, MAX_HEAD_DIM) };
+const fn partial(name: &'static str, slices: usize, batch: usize) -> (usize, usize, Kernel) {
+    (slices, batch, Kernel { name, dynamic_smem: attend_smem(batch, 128 * slices) })
+}
+
+/// (slices L, head batch HB, kernel) of kernels/attention.cuh's partial kernels.
+pub const ATTEND_PARTIAL: [(usize, usize, Kernel); 9] = [
+    partial("pk_attend_partial_1_1", 1, 1),
+    partial("pk_attend_partial_1_2", 1, 2),
+    partial("pk_attend_partial_1_4", 1, 4),
+    partial("pk_attend_partial_1_8", 1, 8),
+    partial("pk_attend_partial_2_1", 2, 1),
+    partial("pk_attend_partial_2_2", 2, 2),
+    partial("pk_attend_partial_2_4", 2, 4),
+    partial("pk_attend_partial_4_1", 4, 1),
+    partial("pk_attend_partial_4_2", 4, 2),
+];
 pub const ATTEND_COMBINE: Kernel = k("pk_attend_combine");
 pub const GATHER: Kernel = k("pk_gather");
 
+/// Every kernel but the attention partials (ATTEND_PARTIAL).
 pub const ALL_KERNELS: &[Kernel] = &[
     ENCODE,
     CENTER_INIT,
@@ -152,9 +171,6 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GROUP_SCORE,
     GROUP_REFINE,
     UNMARK,
-    ATTEND_PARTIAL_1,
-    ATTEND_PARTIAL_2,
-    ATTEND_PARTIAL_4,
     ATTEND_COMBINE,
     GATHER,
 ];

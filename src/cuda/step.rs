@@ -578,8 +578,7 @@ pub fn attend(
         )));
     }
     let shape = buf.shape;
-    let (kernel, max_batch) = attend_variant(shape.head_dim, buf.dv);
-    let hb = layer.n_heads.min(max_batch);
+    let (kernel, hb) = attend_variant(shape.head_dim, buf.dv, layer.n_heads);
     let batches = layer.n_heads.div_ceil(hb);
     // blocks per unit: the rows split evenly, at least ATT_ROWS each where the bound is small
     let max_chunks = max_rows.div_ceil(ATT_ROWS).clamp(1, (ATT_BLOCKS / (units * batches)).max(1));

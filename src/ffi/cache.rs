@@ -12,10 +12,11 @@ use super::types::pariskv_status;
 use crate::algorithm::attention::AttnParams;
 use crate::algorithm::encode::{encode_rotated, Codes};
 use crate::algorithm::rotation::Rotation;
+use crate::cpu;
 use crate::error::{Error, Result};
 use crate::rows::{RowData, Rows};
 use crate::shape::Shape;
-use crate::step::{attend_cache, CacheView, StepParams, StepScratch};
+use crate::step::{CacheView, StepParams};
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
@@ -123,7 +124,7 @@ struct ThreadScratch {
     rotated: Vec<f32>,
     queries: Vec<f32>,
     result: Vec<f32>,
-    step: StepScratch,
+    step: cpu::step::Scratch,
 }
 
 thread_local! {
@@ -163,7 +164,7 @@ fn rows_at<'a>(
     name: &str,
 ) -> Result<Rows<'a>> {
     let size = dtype(raw, name)?.size();
-    if stride % size != 0 {
+    if !stride.is_multiple_of(size) {
         return Err(Error::invalid(format!(
             "{name}: stride {stride} is not a multiple of the element size {size}"
         )));
@@ -386,17 +387,37 @@ pub extern "C" fn pariskv_attend_cache(
                 q_rows.load(h, row);
             }
             let rot = rotation(&mut s.rotations, shape, step.seed);
-            let visible = |c: usize| {
-                let m = match mask {
-                    RowData::F32(m) => m[c],
-                    RowData::F16(m) => m[c].to_f32(),
-                    RowData::BF16(m) => m[c].to_f32(),
-                };
-                m > f32::NEG_INFINITY
-            };
-            let cache = CacheView { keys, values, codes: index, visible, pos };
             s.result.resize(heads * dv, 0.0);
-            let st = attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?;
+            // one monomorphised step per mask type: the visibility test runs once per cell
+            let st = match mask {
+                RowData::F32(m) => {
+                    let cache = CacheView {
+                        keys,
+                        values,
+                        codes: index,
+                        visible: |c: usize| m[c] > f32::NEG_INFINITY,
+                        pos,
+                    };
+                    cpu::step::attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
+                }
+                RowData::F16(m) => {
+                    // not -inf (0xFC00) and not NaN (exponent all ones, mantissa nonzero)
+                    let visible = |c: usize| {
+                        let b = m[c].to_bits();
+                        b != 0xFC00 && b & 0x7FFF <= 0x7C00
+                    };
+                    let cache = CacheView { keys, values, codes: index, visible, pos };
+                    cpu::step::attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
+                }
+                RowData::BF16(m) => {
+                    let visible = |c: usize| {
+                        let b = m[c].to_bits();
+                        b != 0xFF80 && b & 0x7FFF <= 0x7F80
+                    };
+                    let cache = CacheView { keys, values, codes: index, visible, pos };
+                    cpu::step::attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
+                }
+            };
             for (h, r) in s.result.chunks_exact(dv).enumerate() {
                 out[h * out_stride_f..][..dv].copy_from_slice(r);
             }
