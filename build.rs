@@ -98,6 +98,9 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_center_init",
             "pariskv_encode_cells",
             "pariskv_attend_cache",
+            "PARISKV_TEAM_SLOT_BYTES",
+            "pariskv_team",
+            "pariskv_attend_cache_team",
         ],
     ),
     (

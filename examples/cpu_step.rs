@@ -19,6 +19,7 @@ use pariskv::algorithm::gqa::GqaPolicy;
 use pariskv::algorithm::rotation::Rotation;
 use pariskv::algorithm::search::RatioPolicy;
 use pariskv::config::{DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_SEED, DEFAULT_SINK};
+use pariskv::cpu::team::Team;
 use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::shape::Shape;
 use pariskv::step::{attend_cache, CacheView, StepParams, StepScratch};
@@ -146,12 +147,15 @@ fn bench(a: &Args, n: usize) {
         black_box(attend_cache(&rot, &params, &view, &q, &mut scratch, &mut out).unwrap());
     });
     let mut fast = pariskv::cpu::step::Scratch::default();
+    let solo = Team::solo();
     let t_step = time(a.reps, || {
-        black_box(pariskv::cpu::step::attend_cache(&rot, &params, &view, &q, &mut fast, &mut out).unwrap());
+        black_box(
+            pariskv::cpu::step::attend_cache(&solo, &rot, &params, &view, &q, &mut fast, &mut out).unwrap(),
+        );
     });
     fast.timing = true;
     for _ in 0..a.reps {
-        pariskv::cpu::step::attend_cache(&rot, &params, &view, &q, &mut fast, &mut out).unwrap();
+        pariskv::cpu::step::attend_cache(&solo, &rot, &params, &view, &q, &mut fast, &mut out).unwrap();
     }
     let st = fast.times;
     let per = |t: f64| t * 1e3 / a.reps as f64;

@@ -393,6 +393,38 @@ enum pariskv_status pariskv_attend_cache(const struct pariskv_step *step,
                                          size_t out_stride,
                                          struct pariskv_step_stats *stats);
 
+// Bytes of the slot a team's threads share (`pariskv_team::slot`).
+#define PARISKV_TEAM_SLOT_BYTES 16
+
+// Threads of the caller's pool working on one call together: every thread calls with its
+// own `ith` and the same other fields. `barrier(barrier_ctx)` returns once all `nth`
+// threads have called it (llama.cpp: `ggml_barrier`); `slot` points to
+// `PARISKV_TEAM_SLOT_BYTES` bytes, 8-aligned, that the team's threads share and nothing
+// else uses during the call (llama.cpp: the op's work buffer; no initialisation needed).
+typedef struct pariskv_team {
+  uint32_t ith;
+  uint32_t nth;
+  void (*barrier)(void *ctx);
+  void *barrier_ctx;
+  void *slot;
+} pariskv_team;
+
+// `pariskv_attend_cache` with the threads of `team` sharing its work: every thread of the
+// team calls it with the same arguments (its own `ith`); thread 0 computes the step,
+// hands out its loops and returns its result, the others help and return `PARISKV_OK`.
+// The results are those of `pariskv_attend_cache` to the bit. A team whose threads do
+// not all call, or call with different `nth`, `barrier` or `slot`, never returns.
+enum pariskv_status pariskv_attend_cache_team(const struct pariskv_team *team,
+                                              const struct pariskv_step *step,
+                                              const float *q,
+                                              size_t q_stride,
+                                              const struct pariskv_kv *kv,
+                                              const struct pariskv_codes *codes,
+                                              const struct pariskv_visibility *visibility,
+                                              float *out,
+                                              size_t out_stride,
+                                              struct pariskv_step_stats *stats);
+
 // ------------------------------------------------------------------------------------------------
 // Engine settings
 //

@@ -160,10 +160,45 @@ impl<'a> Rows<'a> {
         let range = start..start + self.dim;
         match self.data {
             RowData::F32(s) => out.copy_from_slice(&s[range]),
-            RowData::F16(s) => s[range].convert_to_f32_slice(out),
-            RowData::BF16(s) => s[range].convert_to_f32_slice(out),
+            RowData::F16(s) => f16_to_f32(&s[range], out),
+            RowData::BF16(s) => {
+                // bf16 is the top half of an f32
+                for (o, &x) in out.iter_mut().zip(&s[range]) {
+                    *o = f32::from_bits((x.to_bits() as u32) << 16);
+                }
+            }
         }
     }
+}
+
+/// f16 to f32 (exact), eight at a time by the F16C instruction where the CPU has it: the
+/// `half` crate's slice conversion calls out per eight values, a third of a decode step's
+/// time in the rows it loads.
+fn f16_to_f32(src: &[f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: F16C (and the AVX it implies) was detected just above.
+        unsafe { f16_to_f32_f16c(src, out) };
+        return;
+    }
+    src.convert_to_f32_slice(out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_to_f32_f16c(src: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    assert_eq!(src.len(), out.len());
+    let (chunks, rest) = src.as_chunks::<8>();
+    let (outs, out_rest) = out.as_chunks_mut::<8>();
+    for (c, o) in chunks.iter().zip(outs) {
+        // SAFETY: each chunk holds 8 f16 (16 bytes) and each output 8 f32; unaligned
+        // loads and stores are allowed.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr() as *const __m128i)))
+        };
+    }
+    rest.convert_to_f32_slice(out_rest);
 }
 
 /// Owned rows of one dtype, appended in f32 and stored in that dtype (round to nearest).
@@ -237,6 +272,25 @@ mod tests {
         assert!(Rows::head_of(RowData::F16(&v), 2, 3, 2, 1).is_err());
         assert!(Rows::new(RowData::F16(&v), 0, 3, 2, 2).is_err(), "overlapping rows");
         assert!(Rows::packed(RowData::F16(&v[..11]), 3).is_err());
+    }
+
+    /// Every f16 and bf16 bit pattern loads as `half` converts it (NaNs as NaNs), in rows
+    /// long enough for the vector path and its tail.
+    #[test]
+    fn loads_convert_every_bit_pattern_exactly() {
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let h: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
+        let b: Vec<bf16> = bits.iter().map(|&b| bf16::from_bits(b)).collect();
+        let dim = 67; // 8 chunks of 8 and a tail of 3
+        let n = bits.len() / dim;
+        let same = |x: f32, y: f32| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
+        let mut out = vec![0.0; dim];
+        for i in 0..n {
+            Rows::packed(RowData::F16(&h[..n * dim]), dim).unwrap().load(i, &mut out);
+            assert!(out.iter().zip(&h[i * dim..]).all(|(&o, x)| same(o, x.to_f32())), "f16 row {i}");
+            Rows::packed(RowData::BF16(&b[..n * dim]), dim).unwrap().load(i, &mut out);
+            assert!(out.iter().zip(&b[i * dim..]).all(|(&o, x)| same(o, x.to_f32())), "bf16 row {i}");
+        }
     }
 
     #[test]

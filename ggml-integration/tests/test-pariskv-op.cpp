@@ -166,7 +166,12 @@ static void run(const test_case & tc) {
     ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, out);
     ggml_build_forward_expand(gf, fa);
+    // five threads: the cases with fewer (token, KV head) units share each unit's step
+    // (pariskv_attend_cache_team), which must give the two-thread results to the bit
+    GGML_ASSERT(ggml_graph_compute_with_ctx(ctx, gf, 5) == GGML_STATUS_SUCCESS);
+    std::vector<char> team_out((const char *) out->data, (const char *) out->data + ggml_nbytes(out));
     GGML_ASSERT(ggml_graph_compute_with_ctx(ctx, gf, 2) == GGML_STATUS_SUCCESS);
+    check(memcmp(team_out.data(), out->data, team_out.size()) == 0, "five threads sharing units differ from two threads");
 
     // (1a) codes: the library on each cell of each stream and head
     {

@@ -48,6 +48,7 @@ pub struct GroupCounts {
     /// `[retrieval][count]`: how many zone cells have each count.
     pub hist: Vec<u32>,
     n_cells: usize,
+    hist_len: usize,
 }
 
 impl GroupCounts {
@@ -64,28 +65,26 @@ impl GroupCounts {
     }
 
     /// Retrieval r's histogram of counts (`max_collisions + 1` entries).
-    pub fn histogram(&self, r: usize, shape: &Shape) -> &[u32] {
-        let len = shape.max_collisions() + 1;
-        &self.hist[r * len..][..len]
+    pub fn histogram(&self, r: usize) -> &[u32] {
+        &self.hist[r * self.hist_len..][..self.hist_len]
     }
 
-    /// Counts every zone cell (`in_zone`) of `0..n_cells` for the retrievals whose tier
-    /// levels `levels` holds back to back (`[retrieval][block][centroid]`, as
-    /// `search::tier_levels` writes them), and their histograms.
-    pub fn count_all(
-        &mut self,
-        shape: &Shape,
-        codes: &Codes,
-        n_cells: usize,
-        in_zone: &[bool],
-        levels: &[u8],
-    ) {
+    /// Entries of the histograms of all retrievals (`[retrieval][count]`).
+    pub fn hist_size(&self) -> usize {
+        self.retrievals * self.hist_len
+    }
+
+    /// Packs the tier levels of the retrievals `levels` holds back to back
+    /// (`[retrieval][block][centroid]`, as `search::tier_levels` writes them) for counting
+    /// `n_cells` cells, and sizes the counts.
+    pub fn prepare(&mut self, shape: &Shape, n_cells: usize, levels: &[u8]) {
         let table_len = shape.n_blocks * N_CENTROIDS;
         let lanes = Lanes::for_shape(shape);
         debug_assert!(N_TIERS * shape.n_blocks < 1 << lanes.bits);
         self.lanes = Some(lanes);
         self.retrievals = levels.len() / table_len;
         self.n_cells = n_cells;
+        self.hist_len = shape.max_collisions() + 1;
         let words = self.words();
         self.table.clear();
         self.table.resize(words * table_len, 0);
@@ -97,28 +96,61 @@ impl GroupCounts {
         }
         self.counts.clear();
         self.counts.resize(words * n_cells, 0);
-        let hist_len = shape.max_collisions() + 1;
         self.hist.clear();
-        self.hist.resize(self.retrievals * hist_len, 0);
-        let nb = shape.n_blocks;
-        for w in 0..words {
+        self.hist.resize(self.hist_size(), 0);
+    }
+
+    /// Counts the zone cells (`in_zone`) of `cells` into `counts`, word w's counts of these
+    /// cells at `counts[w]` (`[word][cell of the range]`), and adds their histograms to
+    /// `hist` (`[retrieval][count]`). Ranges may be counted on different threads.
+    pub fn count_range(
+        &self,
+        shape: &Shape,
+        codes: &Codes,
+        cells: std::ops::Range<usize>,
+        in_zone: &[bool],
+        counts: &mut [&mut [u64]],
+        hist: &mut [u32],
+    ) {
+        let lanes = self.lanes.expect("prepared");
+        let (nb, table_len) = (shape.n_blocks, shape.n_blocks * N_CENTROIDS);
+        for (w, counts) in counts.iter_mut().enumerate() {
             let table: &[[u64; N_CENTROIDS]] = as_blocks(&self.table[w * table_len..][..table_len]);
-            let counts = &mut self.counts[w * n_cells..][..n_cells];
             let first = w * lanes.per_word;
             let (lo, hi) = (first, self.retrievals.min(first + lanes.per_word));
-            let hist = &mut self.hist[lo * hist_len..hi * hist_len];
-            let rows = codes.codes[..n_cells * nb].chunks_exact(nb);
-            for ((count, row), _) in counts.iter_mut().zip(rows).zip(in_zone).filter(|(_, &z)| z) {
+            let hist = &mut hist[lo * self.hist_len..hi * self.hist_len];
+            let rows = codes.codes[cells.start * nb..cells.end * nb].chunks_exact(nb);
+            for ((count, row), _) in
+                counts.iter_mut().zip(rows).zip(&in_zone[cells.clone()]).filter(|(_, &z)| z)
+            {
                 let mut sum = 0u64;
                 for (t, &c) in table.iter().zip(row) {
                     sum += t[c as usize];
                 }
                 *count = sum;
-                for (r, h) in hist.chunks_exact_mut(hist_len).enumerate() {
+                for (r, h) in hist.chunks_exact_mut(self.hist_len).enumerate() {
                     h[lanes.get(sum, r) as usize] += 1;
                 }
             }
         }
+    }
+
+    /// Counts every zone cell on this thread (`prepare`, then `count_range` over all).
+    pub fn count_all(
+        &mut self,
+        shape: &Shape,
+        codes: &Codes,
+        n_cells: usize,
+        in_zone: &[bool],
+        levels: &[u8],
+    ) {
+        self.prepare(shape, n_cells, levels);
+        let mut hist = std::mem::take(&mut self.hist);
+        let mut counts = std::mem::take(&mut self.counts);
+        let mut words: Vec<&mut [u64]> = counts.chunks_exact_mut(n_cells.max(1)).take(self.words()).collect();
+        self.count_range(shape, codes, 0..n_cells, in_zone, &mut words, &mut hist);
+        self.hist = hist;
+        self.counts = counts;
     }
 }
 
@@ -170,7 +202,7 @@ mod tests {
                             hist[want[c] as usize] += 1;
                         }
                     }
-                    assert_eq!(g.histogram(r, &shape), &hist[..]);
+                    assert_eq!(g.histogram(r), &hist[..]);
                 }
             }
         }

@@ -6,3 +6,4 @@ pub mod collide;
 pub mod estimate;
 pub mod softmax;
 pub mod step;
+pub mod team;

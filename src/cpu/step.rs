@@ -1,24 +1,30 @@
 //! One decode step over an engine's cache with `step::attend_cache`'s contract and results,
-//! organised for speed:
-//! - classify: visibility, sink / window / zone and the zone's code histogram in two passes;
+//! organised for speed, its loops shared by a team of threads (`team`):
+//! - classify: visibility, sink / window / zone and the zone's code histogram, in two
+//!   passes over the cells;
 //! - tiers: each retrieval's levels (`search::tier_levels`);
-//! - collisions: every retrieval's counts in one pass over the codes (`collide`);
+//! - collisions: every retrieval's counts in one pass over the codes (`collide`), with
+//!   each thread's histograms of counts;
 //! - candidates: every retrieval's cutoff from its histogram of counts, the candidates of
-//!   all of them in one pass (ties by the lower cell, as `search::candidates`);
+//!   all of them in one pass (ties by the lower cell, as `search::candidates`: a thread
+//!   takes the ties the threads before it left);
 //! - rerank: the 4-bit estimates of a candidate for every head that needs it from one read
 //!   of its codes (`estimate`), then the policy's ranking and refine as in `gqa`;
-//! - attention over sink ∪ retrieved ∪ window (`attention::attend`).
+//! - attention over sink ∪ retrieved ∪ window (`attention::attend`), the heads shared out.
+//!
+//! Splitting never changes a result: every cell and row is computed as on one thread.
+
+use multiversion::multiversion;
 
 use crate::algorithm::attention::{attend, dot, AttnScratch};
 use crate::algorithm::gqa::{merge_ranks, rescore, GqaPolicy};
-use crate::algorithm::rank::top_k_in_place;
+use crate::algorithm::rank::{rank_key, top_k_in_place};
 use crate::algorithm::rotation::Rotation;
-use crate::algorithm::search::{
-    candidate_count, cutoff, group_query, tally, tier_budgets, tier_levels, Tally,
-};
+use crate::algorithm::search::{candidate_count, cutoff, group_query, tier_budgets, tier_levels};
 use crate::cpu::collide::GroupCounts;
 use crate::cpu::estimate::{estimate_group, GroupQueries, Kernel};
 use crate::cpu::softmax::group_scores;
+use crate::cpu::team::{Parts, Team};
 use crate::error::{Error, Result};
 use crate::rows::Rows;
 use crate::shape::{Shape, N_CENTROIDS};
@@ -63,12 +69,36 @@ impl Lap {
     }
 }
 
+/// What one thread of a team computes for itself in a split; the leader merges them.
+#[derive(Debug, Default)]
+struct ThreadPart {
+    /// classify: (lowest, highest position, visible cells) of the share, then its zone
+    /// cells and the zone's code histogram
+    p_min: i64,
+    p_max: i64,
+    n_visible: usize,
+    n_zone: usize,
+    hist: Vec<u32>,
+    levels: Vec<u8>,
+    /// collisions: the share's histograms of counts (`[retrieval][count]`)
+    count_hist: Vec<u32>,
+    /// candidates: each retrieval's candidates of the share, and their union
+    lists: Vec<Vec<u32>>,
+    union: Vec<u32>,
+    marked: Vec<bool>,
+    /// rerank and refine: `[head][row of the share]`
+    values: Vec<f32>,
+    row: Vec<f32>,
+    attn: AttnScratch,
+}
+
 /// Reusable buffers of a step; after warm-up a step allocates nothing.
 #[derive(Debug, Default)]
 pub struct Scratch {
     /// Time the stages into `times` (off by default).
     pub timing: bool,
     pub times: StageTimes,
+    parts: Vec<ThreadPart>,
     visible: Vec<bool>,
     in_zone: Vec<bool>,
     hist: Vec<u32>,
@@ -78,13 +108,12 @@ pub struct Scratch {
     rotated: Vec<f32>,
     mean: Vec<f32>,
     levels: Vec<u8>,
-    one_level: Vec<u8>,
     counts: GroupCounts,
     /// Each retrieval's candidates in cell order, and their union.
     lists: Vec<Vec<u32>>,
     union: Vec<u32>,
-    marked: Vec<bool>,
     shortlist: Vec<u32>,
+    keys: Vec<u64>,
     queries: GroupQueries,
     estimates: Vec<f32>,
     scored: Vec<(f32, u32)>,
@@ -95,7 +124,6 @@ pub struct Scratch {
     seen: std::collections::HashSet<u32>,
     retrieved: Vec<u32>,
     cells: Vec<u32>,
-    attn: AttnScratch,
 }
 
 impl Scratch {
@@ -105,8 +133,10 @@ impl Scratch {
     }
 }
 
-/// Runs one step (see `step::attend_cache`, whose results it gives).
-pub fn attend_cache<V: Fn(usize) -> bool>(
+/// Runs one step (see `step::attend_cache`, whose results it gives) on the team's leader,
+/// the team sharing its loops (`Team::lead` runs it there).
+pub fn attend_cache<V: Fn(usize) -> bool + Sync>(
+    team: &Team,
     rotation: &Rotation,
     p: &StepParams,
     cache: &CacheView<V>,
@@ -117,15 +147,17 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
     let shape = rotation.shape();
     let n = cache.pos.len();
     crate::step::check_view(&shape, cache)?;
+    s.parts.resize_with(team.nth, ThreadPart::default);
     let mut lap = Lap::start(s.timing);
-    let mut stats = classify(&shape, p, cache, s);
+    let mut stats = classify(team, &shape, p, cache, s);
     lap.lap(&mut s.times.classify);
     s.cells.clear();
     if stats.n_visible > 0 {
         if stats.n_zone <= p.top_k {
             s.cells.extend((0..n as u32).filter(|&c| s.visible[c as usize]));
         } else {
-            let (n_candidates, n_refined) = select(rotation, p, cache, queries, stats.n_zone, &mut lap, s)?;
+            let (n_candidates, n_refined) =
+                select(team, rotation, p, cache, queries, stats.n_zone, &mut lap, s)?;
             stats.n_candidates = n_candidates;
             stats.n_refined = n_refined;
             s.cells.extend((0..n as u32).filter(|&c| s.visible[c as usize] && !s.in_zone[c as usize]));
@@ -134,51 +166,82 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
         }
     }
     stats.n_attended = s.cells.len();
-    attend(queries, &cache.keys, &cache.values, &s.cells, p.attn, &mut s.attn, out)?;
+    attention(team, p, cache, queries, s, out)?;
     lap.lap(&mut s.times.attention);
     Ok(stats)
 }
 
 /// Visible cells, the zone (visible, neither sink nor window) and its code histogram.
-fn classify<V: Fn(usize) -> bool>(
+fn classify<V: Fn(usize) -> bool + Sync>(
+    team: &Team,
     shape: &Shape,
     p: &StepParams,
     cache: &CacheView<V>,
     s: &mut Scratch,
 ) -> StepStats {
     let n = cache.pos.len();
-    let (mut p_min, mut p_max, mut n_visible) = (i64::MAX, i64::MIN, 0usize);
-    s.visible.clear();
-    s.visible.extend((0..n).map(|c| {
-        let v = (cache.visible)(c);
-        if v {
-            let pos = cache.pos[c] as i64;
-            p_min = p_min.min(pos);
-            p_max = p_max.max(pos);
-            n_visible += 1;
+    s.visible.resize(n, false);
+    s.in_zone.resize(n, false);
+    let (visible, parts) = (Parts::new(&mut s.visible), Parts::new(&mut s.parts));
+    team.split(n, &|t, range| {
+        // SAFETY (both parts): each thread writes its own share of the cells and its own part.
+        let (vis, part) = unsafe { (visible.part(range.clone()), &mut parts.part(t..t + 1)[0]) };
+        let (mut p_min, mut p_max, mut n_visible) = (i64::MAX, i64::MIN, 0usize);
+        for (v, c) in vis.iter_mut().zip(range) {
+            *v = (cache.visible)(c);
+            if *v {
+                let pos = cache.pos[c] as i64;
+                p_min = p_min.min(pos);
+                p_max = p_max.max(pos);
+                n_visible += 1;
+            }
         }
-        v
-    }));
+        (part.p_min, part.p_max, part.n_visible) = (p_min, p_max, n_visible);
+    });
+    let threads = &s.parts[..team.nth];
+    let p_min = threads.iter().map(|t| t.p_min).min().unwrap_or(i64::MAX);
+    let p_max = threads.iter().map(|t| t.p_max).max().unwrap_or(i64::MIN);
+    let n_visible = threads.iter().map(|t| t.n_visible).sum();
     let (sink_end, window_start) =
         (p_min.saturating_add(p.n_sink as i64), p_max.saturating_sub(p.n_local as i64));
-    s.in_zone.clear();
-    s.in_zone.extend(
-        s.visible
-            .iter()
-            .zip(cache.pos)
-            .map(|(&v, &pos)| v && !((pos as i64) < sink_end || (pos as i64) > window_start)),
-    );
+    let table_len = shape.n_blocks * N_CENTROIDS;
+    let (visible, in_zone, parts) = (&s.visible, Parts::new(&mut s.in_zone), Parts::new(&mut s.parts));
+    team.split(n, &|t, range| {
+        // SAFETY: as above.
+        let (zone, part) = unsafe { (in_zone.part(range.clone()), &mut parts.part(t..t + 1)[0]) };
+        part.hist.clear();
+        part.hist.resize(table_len, 0);
+        let hist: &mut [[u32; N_CENTROIDS]] = part.hist.as_chunks_mut().0;
+        let mut n_zone = 0;
+        for (z, c) in zone.iter_mut().zip(range) {
+            let pos = cache.pos[c] as i64;
+            *z = visible[c] && !(pos < sink_end || pos > window_start);
+            if *z {
+                n_zone += 1;
+                for (h, &code) in hist.iter_mut().zip(cache.codes.cell_codes(shape, c)) {
+                    h[code as usize] += 1;
+                }
+            }
+        }
+        part.n_zone = n_zone;
+    });
     s.hist.clear();
-    s.hist.resize(shape.n_blocks * N_CENTROIDS, 0);
-    let zone = (0..n).filter(|&c| s.in_zone[c]);
-    let n_zone = zone.clone().count();
-    tally(shape, &cache.codes, zone, &mut s.hist, Tally::Add);
+    s.hist.resize(table_len, 0);
+    let mut n_zone = 0;
+    for part in &s.parts[..team.nth] {
+        n_zone += part.n_zone;
+        for (h, &x) in s.hist.iter_mut().zip(&part.hist) {
+            *h += x;
+        }
+    }
     StepStats { n_visible, n_zone, ..StepStats::default() }
 }
 
 /// The group's retrieved rows into `s.retrieved`; returns (candidates, rows refined) as
 /// `gqa::select_group` counts them.
-fn select<V: Fn(usize) -> bool>(
+#[allow(clippy::too_many_arguments)]
+fn select<V: Fn(usize) -> bool + Sync>(
+    team: &Team,
     rotation: &Rotation,
     p: &StepParams,
     cache: &CacheView<V>,
@@ -205,46 +268,52 @@ fn select<V: Fn(usize) -> bool>(
         group_query(rotation, &queries[h0 * d..h1 * d], &mut s.mean, &mut s.rotated[r * pd..][..pd]);
         s.plain[r * d..][..d].copy_from_slice(&s.mean);
     }
-    // tiers and collision counts of every retrieval
     let ratios = p.ratios.ratios(n_zone);
     ratios.validate()?;
-    let budgets = tier_budgets(n_zone, ratios.coll);
-    s.levels.clear();
-    for r in 0..s.retrievals.len() {
-        tier_levels(&shape, &s.rotated[r * pd..][..pd], &s.hist, &budgets, &mut s.one_level);
-        s.levels.extend_from_slice(&s.one_level);
-    }
+    tiers(team, &shape, tier_budgets(n_zone, ratios.coll), s);
     lap.lap(&mut s.times.tiers);
-    let n = s.in_zone.len();
-    s.counts.count_all(&shape, &codes, n, &s.in_zone, &s.levels);
+    collisions(team, &shape, cache, s);
     lap.lap(&mut s.times.collisions);
-    candidates(&shape, n_zone, ratios.cand, s);
+    candidates(team, n_zone, ratios.cand, s);
     lap.lap(&mut s.times.candidates);
     s.queries.set(&shape, &s.rotated);
     let kernel = Kernel::best(shape.n_blocks);
     if p.gqa == GqaPolicy::Group {
         let shortlist = s.retrievals[0].shortlist;
         let u = s.union.len();
-        s.estimates.resize(g * u, 0.0);
-        estimate_group(kernel, &shape, &codes, &s.queries, 0..g, &s.union, &mut s.estimates);
-        s.logits.clear();
-        s.logits.extend(s.estimates.iter().map(|&e| p.attn.selection_logit(e)));
-        rank_by_group(g, &s.union, &s.logits, shortlist, &mut s.softmax_buf, &mut s.scored);
+        let union = std::mem::take(&mut s.union);
+        per_row_values(team, g, &union, &mut s.parts, &mut s.logits, &|cells, out, _| {
+            estimate_group(kernel, &shape, &codes, &s.queries, 0..g, cells, out);
+            for e in out.iter_mut() {
+                *e = p.attn.selection_logit(*e);
+            }
+        });
+        best_by_group(g, &union, &s.logits, shortlist, &mut s.softmax_buf, &mut s.keys, &mut s.shortlist);
+        s.union = union;
         lap.lap(&mut s.times.rerank);
         let (n_candidates, mut n_refined) = (u, 0);
         if refining {
-            n_refined = s.scored.len();
-            s.shortlist.clear();
-            s.shortlist.extend(s.scored.iter().map(|&(_, c)| c));
-            exact_logits(keys, queries, p, &s.shortlist, &mut s.row, &mut s.logits)?;
-            rank_by_group(g, &s.shortlist, &s.logits, p.top_k, &mut s.softmax_buf, &mut s.scored);
+            n_refined = s.shortlist.len();
+            check_rows(keys, d, &s.shortlist)?;
+            per_row_values(team, g, &s.shortlist, &mut s.parts, &mut s.logits, &|cells, out, row| {
+                exact_logits(keys, queries, p, cells, row, out)
+            });
+            best_by_group(
+                g,
+                &s.shortlist,
+                &s.logits,
+                p.top_k,
+                &mut s.softmax_buf,
+                &mut s.keys,
+                &mut s.retrieved,
+            );
             lap.lap(&mut s.times.refine);
+        } else {
+            std::mem::swap(&mut s.retrieved, &mut s.shortlist);
         }
-        s.retrieved.clear();
-        s.retrieved.extend(s.scored.iter().map(|&(_, c)| c));
         return Ok((n_candidates, n_refined));
     }
-    // per-head and mean: each retrieval ranks its own candidates
+    // per-head and mean: each retrieval ranks its own candidates (on the leader)
     let (mut n_candidates, mut n_refined) = (0, 0);
     s.ranked.resize_with(s.retrievals.len(), Vec::new);
     for (r, ret) in s.retrievals.iter().enumerate() {
@@ -289,85 +358,237 @@ fn plan_retrievals(p: &StepParams, g: usize, out: &mut Vec<Retrieval>) {
     }
 }
 
-/// Every retrieval's candidates (`search::candidates`: the `candidate_count` highest
-/// counts, ties by the lower cell) into `s.lists`, in cell order, and their union.
-fn candidates(shape: &Shape, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
-    let nr = s.retrievals.len();
-    let n = s.in_zone.len();
-    s.lists.resize_with(nr, Vec::new);
-    s.marked.clear();
-    s.marked.resize(n, false);
-    let lanes = s.counts.lanes.expect("counted");
-    for (r, ret) in s.retrievals.iter().enumerate() {
-        let (cut, mut ties) =
-            cutoff(s.counts.histogram(r, shape), candidate_count(n_zone, rho_cand, ret.shortlist));
-        let shift = (r % lanes.per_word) as u32 * lanes.bits;
-        let mask = (1u64 << lanes.bits) - 1;
-        let words = &s.counts.counts[(r / lanes.per_word) * n..][..n];
-        // branch-free: a third of the zone is taken in no predictable pattern
-        let list = &mut s.lists[r];
-        list.clear();
-        list.resize(n, 0);
-        let mut len = 0;
-        for (c, ((&w, &z), m)) in words.iter().zip(&s.in_zone).zip(s.marked.iter_mut()).enumerate() {
-            let count = ((w >> shift) & mask) as u16;
-            let above = z & (count > cut);
-            let tie = z & (count == cut) & (ties > 0);
-            ties -= tie as usize;
-            list[len] = c as u32;
-            len += (above | tie) as usize;
-            *m |= above | tie;
+/// Every retrieval's tier levels into `s.levels` (`[retrieval][block][centroid]`), the
+/// retrievals shared out.
+fn tiers(team: &Team, shape: &Shape, budgets: [usize; crate::shape::N_TIERS], s: &mut Scratch) {
+    let (nr, table_len, pd) = (s.retrievals.len(), shape.n_blocks * N_CENTROIDS, shape.padded_dim);
+    s.levels.resize(nr * table_len, 0);
+    let (levels, parts, rotated, hist) =
+        (Parts::new(&mut s.levels), Parts::new(&mut s.parts), &s.rotated, &s.hist);
+    team.split(nr, &|t, range| {
+        // SAFETY: each thread writes its own retrievals' levels and its own part.
+        let part = unsafe { &mut parts.part(t..t + 1)[0] };
+        for r in range {
+            tier_levels(shape, &rotated[r * pd..][..pd], hist, &budgets, &mut part.levels);
+            unsafe { levels.part(r * table_len..(r + 1) * table_len) }.copy_from_slice(&part.levels);
         }
-        list.truncate(len);
-    }
-    s.union.clear();
-    s.union.extend((0..n as u32).filter(|&c| s.marked[c as usize]));
+    });
 }
 
-/// Ranks `cells` for the group (`gqa::rank_by_group_probability`): `logits[h * n + i]` is
+/// Every retrieval's collision counts (`collide`) and each thread's histograms of them.
+fn collisions<V: Fn(usize) -> bool + Sync>(
+    team: &Team,
+    shape: &Shape,
+    cache: &CacheView<V>,
+    s: &mut Scratch,
+) {
+    let n = s.in_zone.len();
+    s.counts.prepare(shape, n, &s.levels);
+    let (words, hist_size) = (s.counts.words(), s.counts.hist_size());
+    let mut counts = std::mem::take(&mut s.counts.counts);
+    let (all, parts, group, in_zone) =
+        (Parts::new(&mut counts), Parts::new(&mut s.parts), &s.counts, &s.in_zone);
+    team.split(n, &|t, range| {
+        // SAFETY: each thread writes its share of every word's counts and its own part.
+        let part = unsafe { &mut parts.part(t..t + 1)[0] };
+        let mut shares: Vec<&mut [u64]> =
+            (0..words).map(|w| unsafe { all.part(w * n + range.start..w * n + range.end) }).collect();
+        part.count_hist.clear();
+        part.count_hist.resize(hist_size, 0);
+        group.count_range(shape, &cache.codes, range, in_zone, &mut shares, &mut part.count_hist);
+    });
+    s.counts.counts = counts;
+    for part in &s.parts[..team.nth] {
+        for (h, &x) in s.counts.hist.iter_mut().zip(&part.count_hist) {
+            *h += x;
+        }
+    }
+}
+
+/// Every retrieval's candidates (`search::candidates`: the `candidate_count` highest
+/// counts, ties by the lower cell) into `s.lists`, in cell order, and their union.
+fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
+    let (nr, n) = (s.retrievals.len(), s.in_zone.len());
+    // each retrieval's (cutoff, cells at the cutoff to take)
+    let cuts: Vec<(u16, usize)> = (0..nr)
+        .map(|r| cutoff(s.counts.histogram(r), candidate_count(n_zone, rho_cand, s.retrievals[r].shortlist)))
+        .collect();
+    let lanes = s.counts.lanes.expect("counted");
+    let hist_len = s.counts.histogram(0).len();
+    // `ties_before[t * nr + r]`: cells at retrieval r's cutoff in the shares before thread t's
+    let mut ties_before = vec![0usize; team.nth * nr];
+    for t in 1..team.nth {
+        for (r, &(cut, _)) in cuts.iter().enumerate() {
+            let here = s.parts[t - 1].count_hist[r * hist_len + cut as usize] as usize;
+            ties_before[t * nr + r] = ties_before[(t - 1) * nr + r] + here;
+        }
+    }
+    let (parts, counts, in_zone) = (Parts::new(&mut s.parts), &s.counts.counts, &s.in_zone);
+    team.split(n, &|t, range| {
+        // SAFETY: each thread writes its own part only.
+        let part = unsafe { &mut parts.part(t..t + 1)[0] };
+        part.lists.resize_with(nr, Vec::new);
+        part.marked.clear();
+        part.marked.resize(range.len(), false);
+        for (r, &(cut, ties)) in cuts.iter().enumerate() {
+            let mut ties = ties.saturating_sub(ties_before[t * nr + r]);
+            let shift = (r % lanes.per_word) as u32 * lanes.bits;
+            let mask = (1u64 << lanes.bits) - 1;
+            let words = &counts[(r / lanes.per_word) * n..][range.clone()];
+            // branch-free: a third of the zone is taken in no predictable pattern
+            let list = &mut part.lists[r];
+            list.clear();
+            list.resize(range.len(), 0);
+            let mut len = 0;
+            for (i, ((&w, &z), m)) in
+                words.iter().zip(&in_zone[range.clone()]).zip(part.marked.iter_mut()).enumerate()
+            {
+                let count = ((w >> shift) & mask) as u16;
+                let above = z & (count > cut);
+                let tie = z & (count == cut) & (ties > 0);
+                ties -= tie as usize;
+                list[len] = (range.start + i) as u32;
+                len += (above | tie) as usize;
+                *m |= above | tie;
+            }
+            list.truncate(len);
+        }
+        part.union.clear();
+        part.union.extend(
+            part.marked.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| (range.start + i) as u32),
+        );
+    });
+    s.lists.resize_with(nr, Vec::new);
+    for (r, list) in s.lists[..nr].iter_mut().enumerate() {
+        list.clear();
+        for part in &s.parts[..team.nth] {
+            list.extend_from_slice(&part.lists[r]);
+        }
+    }
+    s.union.clear();
+    for part in &s.parts[..team.nth] {
+        s.union.extend_from_slice(&part.union);
+    }
+}
+
+/// Fills `[head][cell of a share]` for a share's cells, with a row buffer of its own.
+type RowValues<'a> = dyn Fn(&[u32], &mut [f32], &mut Vec<f32>) + Sync + 'a;
+
+/// `out[h * n + i]` for the n `cells` and g heads, each thread filling its share of the
+/// cells by `f(cells of the share, [head][cell of the share], row buffer)`.
+fn per_row_values(
+    team: &Team,
+    g: usize,
+    cells: &[u32],
+    parts: &mut [ThreadPart],
+    out: &mut Vec<f32>,
+    f: &RowValues,
+) {
+    let n = cells.len();
+    out.resize(g * n, 0.0);
+    let (all, parts) = (Parts::new(out), Parts::new(parts));
+    team.split(n, &|t, range| {
+        // SAFETY: each thread writes its own part and its share of every head's values.
+        let part = unsafe { &mut parts.part(t..t + 1)[0] };
+        let len = range.len();
+        part.values.resize(g * len, 0.0);
+        f(&cells[range.clone()], &mut part.values, &mut part.row);
+        for h in 0..g {
+            let dst = unsafe { all.part(h * n + range.start..h * n + range.end) };
+            dst.copy_from_slice(&part.values[h * len..][..len]);
+        }
+    });
+}
+
+/// The group's ranking (`gqa::rank_by_group_probability`) as a set: `logits[h * n + i]` is
 /// head h's logit of `cells[i]`; the `keep` cells of the largest mean probability over the
-/// heads, best first, into `out` as (score, cell).
-fn rank_by_group(
+/// heads into `out`, in no particular order (the step sorts the rows it attends).
+fn best_by_group(
     g: usize,
     cells: &[u32],
     logits: &[f32],
     keep: usize,
     buf: &mut (Vec<f32>, Vec<f32>),
-    out: &mut Vec<(f32, u32)>,
+    keys: &mut Vec<u64>,
+    out: &mut Vec<u32>,
 ) {
     let (scores, e) = buf;
     group_scores(g, logits, scores, e);
+    keys.clear();
+    keys.extend(scores.iter().zip(cells).map(|(&s, &c)| rank_key(s, c)));
+    if keep == 0 {
+        keys.clear();
+    } else if keys.len() > keep {
+        keys.select_nth_unstable(keep - 1);
+        keys.truncate(keep);
+    }
     out.clear();
-    out.extend(scores.iter().copied().zip(cells.iter().copied()));
-    top_k_in_place(out, keep);
+    out.extend(keys.iter().map(|&k| k as u32));
 }
 
-/// `logits[h * n + i]`: head h's exact selection logit of `cells[i]`, each key row read
-/// once for the group.
+/// Refine's checks (`gqa`'s errors): key rows of the queries' dim for every cell.
+fn check_rows(keys: &Rows, d: usize, cells: &[u32]) -> Result<()> {
+    if keys.dim() != d {
+        return Err(Error::invalid(format!("refine: key rows of {} for queries of {d}", keys.dim())));
+    }
+    match cells.iter().find(|&&c| c as usize >= keys.len()) {
+        Some(c) => Err(Error::invalid(format!("refine: cell {c} has no key row ({} rows)", keys.len()))),
+        None => Ok(()),
+    }
+}
+
+/// `out[h * n + i]`: head h's exact selection logit of `cells[i]` (n cells, checked by
+/// `check_rows`), each key row read once for the group. (Vectorised per CPU; `dot`
+/// rounds the same on every target.)
+#[multiversion(targets = "simd")]
 fn exact_logits(
     keys: &Rows,
     queries: &[f32],
     p: &StepParams,
     cells: &[u32],
     row: &mut Vec<f32>,
-    logits: &mut Vec<f32>,
-) -> Result<()> {
-    let d = keys.dim();
-    if !queries.len().is_multiple_of(d) {
-        return Err(Error::invalid(format!("refine: key rows of {d} for queries of {}", queries.len())));
-    }
-    let (g, n) = (queries.len() / d, cells.len());
+    out: &mut [f32],
+) {
+    let (d, n) = (keys.dim(), cells.len());
     row.resize(d, 0.0);
-    logits.resize(g * n, 0.0);
     for (i, &c) in cells.iter().enumerate() {
-        if c as usize >= keys.len() {
-            return Err(Error::invalid(format!("refine: cell {c} has no key row ({} rows)", keys.len())));
-        }
         keys.load(c as usize, row);
         for (h, q) in queries.chunks_exact(d).enumerate() {
-            logits[h * n + i] = p.attn.selection_logit(dot(q, row));
+            out[h * n + i] = p.attn.selection_logit(dot(q, row));
         }
     }
+}
+
+/// Attention over `s.cells` into `out`, the heads shared out (each head's output is the
+/// same computed alone or with the others).
+fn attention<V: Fn(usize) -> bool + Sync>(
+    team: &Team,
+    p: &StepParams,
+    cache: &CacheView<V>,
+    queries: &[f32],
+    s: &mut Scratch,
+    out: &mut [f32],
+) -> Result<()> {
+    let (dk, dv) = (cache.keys.dim(), cache.values.dim());
+    let g = queries.len() / dk.max(1);
+    if team.nth == 1 || g < 2 {
+        return attend(queries, &cache.keys, &cache.values, &s.cells, p.attn, &mut s.parts[0].attn, out);
+    }
+    if queries.len() != g * dk || out.len() != g * dv {
+        return Err(Error::invalid(format!(
+            "attend: {} query values and {} outputs do not make whole heads of dims {dk}/{dv}",
+            queries.len(),
+            out.len()
+        )));
+    }
+    let (all, parts, cells) = (Parts::new(out), Parts::new(&mut s.parts), &s.cells);
+    team.split(g, &|t, heads| {
+        // SAFETY: each thread writes its own part and its own heads' outputs.
+        let (part, o) = unsafe { (&mut parts.part(t..t + 1)[0], all.part(heads.start * dv..heads.end * dv)) };
+        let q = &queries[heads.start * dk..heads.end * dk];
+        attend(q, &cache.keys, &cache.values, cells, p.attn, &mut part.attn, o)
+            .expect("attention of checked rows");
+    });
     Ok(())
 }
 
@@ -377,6 +598,7 @@ mod tests {
     use crate::algorithm::attention::AttnParams;
     use crate::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
     use crate::algorithm::search::{RatioPolicy, Ratios};
+    use crate::cpu::team::tests::with_team;
     use crate::eval::synth::{Rng, SynthCache, SynthSpec};
     use crate::rows::RowData;
     use crate::step::StepScratch;
@@ -434,16 +656,25 @@ mod tests {
                             refine,
                             attn: AttnParams { scale: 0.2, softcap },
                         };
-                        let (mut want, mut got) = (vec![0.0; g * d], vec![0.0; g * d]);
+                        let mut want = vec![0.0; g * d];
                         let mut oracle = StepScratch::default();
                         let w =
                             crate::step::attend_cache(&rot, &p, &view, &q, &mut oracle, &mut want).unwrap();
-                        let mut fast = Scratch::default();
-                        let s = attend_cache(&rot, &p, &view, &q, &mut fast, &mut got).unwrap();
-                        let what = format!("d {d}, {g} heads, layout {layout}, {gqa:?}, {p:?}");
-                        assert_eq!(s, w, "{what}");
-                        assert_eq!(fast.attended(), oracle.attended(), "{what}");
-                        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}");
+                        // one thread, and teams of two and three
+                        for nth in [1, 2, 3] {
+                            let runs = with_team(nth, |team| {
+                                let mut fast = Scratch::default();
+                                let mut got = vec![0.0; g * d];
+                                team.lead(|| attend_cache(team, &rot, &p, &view, &q, &mut fast, &mut got))
+                                    .map(|r| (r.unwrap(), fast.attended().to_vec(), got))
+                            });
+                            let (s, cells, got) = runs[0].as_ref().unwrap();
+                            let what =
+                                format!("d {d}, {g} heads, layout {layout}, {gqa:?}, {p:?}, {nth} threads");
+                            assert_eq!(*s, w, "{what}");
+                            assert_eq!(cells, oracle.attended(), "{what}");
+                            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}");
+                        }
                         cases += 1;
                     }
                 }

@@ -13,6 +13,7 @@ use crate::algorithm::attention::AttnParams;
 use crate::algorithm::encode::{encode_rotated, Codes};
 use crate::algorithm::rotation::Rotation;
 use crate::cpu;
+use crate::cpu::team::{Team, TeamSlot};
 use crate::error::{Error, Result};
 use crate::rows::{RowData, Rows};
 use crate::shape::Shape;
@@ -353,84 +354,174 @@ pub extern "C" fn pariskv_attend_cache(
     stats: *mut pariskv_step_stats,
 ) -> pariskv_status {
     boundary("pariskv_attend_cache", || {
-        let step = in_ref(step, "step")?;
-        let params = step.params()?;
-        let shape = Shape::new(step.head_dim as usize)?;
-        let (dk, dv, heads) = (shape.head_dim, step.v_dim as usize, step.n_heads as usize);
-        let kv = in_ref(kv, "kv")?;
-        let codes = in_ref(codes, "codes")?;
-        let vis = in_ref(visibility, "visibility")?;
-        let n = kv.n_cells;
-        if codes.n_cells < n {
-            return Err(Error::invalid(format!("codes hold {} cells, the cache view {n}", codes.n_cells)));
+        attend_cache_on(&Team::solo(), step, q, q_stride, kv, codes, visibility, out, out_stride, stats)
+    })
+}
+
+/// Bytes of the slot a team's threads share (`pariskv_team::slot`).
+pub const PARISKV_TEAM_SLOT_BYTES: usize = 16;
+const _: () = assert!(std::mem::size_of::<TeamSlot>() <= PARISKV_TEAM_SLOT_BYTES);
+
+/// Threads of the caller's pool working on one call together: every thread calls with its
+/// own `ith` and the same other fields. `barrier(barrier_ctx)` returns once all `nth`
+/// threads have called it (llama.cpp: `ggml_barrier`); `slot` points to
+/// `PARISKV_TEAM_SLOT_BYTES` bytes, 8-aligned, that the team's threads share and nothing
+/// else uses during the call (llama.cpp: the op's work buffer; no initialisation needed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_team {
+    pub ith: u32,
+    pub nth: u32,
+    pub barrier: Option<unsafe extern "C" fn(ctx: *mut c_void)>,
+    pub barrier_ctx: *mut c_void,
+    pub slot: *mut c_void,
+}
+
+/// The C barrier as the team calls it.
+struct CBarrier(unsafe extern "C" fn(*mut c_void), *mut c_void);
+
+// SAFETY: the caller's barrier is made for all threads of its pool to call at once.
+unsafe impl Sync for CBarrier {}
+
+impl CBarrier {
+    fn wait(&self) {
+        // SAFETY: the caller's function with the caller's context, as documented.
+        unsafe { (self.0)(self.1) }
+    }
+}
+
+/// `pariskv_attend_cache` with the threads of `team` sharing its work: every thread of the
+/// team calls it with the same arguments (its own `ith`); thread 0 computes the step,
+/// hands out its loops and returns its result, the others help and return `PARISKV_OK`.
+/// The results are those of `pariskv_attend_cache` to the bit. A team whose threads do
+/// not all call, or call with different `nth`, `barrier` or `slot`, never returns.
+#[allow(clippy::too_many_arguments)]
+#[no_mangle]
+pub extern "C" fn pariskv_attend_cache_team(
+    team: *const pariskv_team,
+    step: *const pariskv_step,
+    q: *const f32,
+    q_stride: usize,
+    kv: *const pariskv_kv,
+    codes: *const pariskv_codes,
+    visibility: *const pariskv_visibility,
+    out: *mut f32,
+    out_stride: usize,
+    stats: *mut pariskv_step_stats,
+) -> pariskv_status {
+    boundary("pariskv_attend_cache_team", || {
+        let t = in_ref(team, "team")?;
+        let barrier =
+            CBarrier(t.barrier.ok_or_else(|| Error::invalid("team.barrier is NULL"))?, t.barrier_ctx);
+        let wait = || barrier.wait();
+        if t.slot.is_null() || !(t.slot as usize).is_multiple_of(8) {
+            return Err(Error::invalid("team.slot must be a non-NULL, 8-aligned pointer"));
         }
-        let keys = rows_at(kv.k_dtype, kv.k, kv.k_stride, dk, n, "kv.k")?;
-        let values = rows_at(kv.v_dtype, kv.v, kv.v_stride, dv, n, "kv.v")?;
-        let index = codes_ref(&pariskv_codes { n_cells: n, ..*codes }, &shape)?;
-        let pos = in_slice(vis.pos, n, "visibility.pos")?;
-        let mask = in_rows(vis.mask_dtype, vis.mask, n, "visibility.mask")?;
-        let f32 = super::types::pariskv_dtype::PARISKV_F32 as u32;
-        let q_rows = rows_at(f32, q as *const c_void, q_stride, dk, heads, "q")?;
-        let out_stride_f = match out_stride % 4 {
-            0 if out_stride / 4 >= dv => out_stride / 4,
-            _ => {
-                return Err(Error::invalid(format!(
-                    "out_stride {out_stride} must be a multiple of 4, >= 4 * v_dim"
-                )))
+        // SAFETY: the caller provides PARISKV_TEAM_SLOT_BYTES, 8-aligned, shared by the team
+        // only. Any bytes are a valid TeamSlot (a pointer and a flag the leader writes before
+        // anyone reads them: `Team`).
+        let slot = unsafe { &*(t.slot as *const TeamSlot) };
+        let team = Team::new(t.ith as usize, t.nth as usize, &wait, slot)?;
+        match team
+            .lead(|| attend_cache_on(&team, step, q, q_stride, kv, codes, visibility, out, out_stride, stats))
+        {
+            Some(result) => result,
+            None => Ok(()),
+        }
+    })
+}
+
+/// The body of both calls, on the team's leader.
+#[allow(clippy::too_many_arguments)]
+fn attend_cache_on(
+    team: &Team,
+    step: *const pariskv_step,
+    q: *const f32,
+    q_stride: usize,
+    kv: *const pariskv_kv,
+    codes: *const pariskv_codes,
+    visibility: *const pariskv_visibility,
+    out: *mut f32,
+    out_stride: usize,
+    stats: *mut pariskv_step_stats,
+) -> Result<()> {
+    let step = in_ref(step, "step")?;
+    let params = step.params()?;
+    let shape = Shape::new(step.head_dim as usize)?;
+    let (dk, dv, heads) = (shape.head_dim, step.v_dim as usize, step.n_heads as usize);
+    let kv = in_ref(kv, "kv")?;
+    let codes = in_ref(codes, "codes")?;
+    let vis = in_ref(visibility, "visibility")?;
+    let n = kv.n_cells;
+    if codes.n_cells < n {
+        return Err(Error::invalid(format!("codes hold {} cells, the cache view {n}", codes.n_cells)));
+    }
+    let keys = rows_at(kv.k_dtype, kv.k, kv.k_stride, dk, n, "kv.k")?;
+    let values = rows_at(kv.v_dtype, kv.v, kv.v_stride, dv, n, "kv.v")?;
+    let index = codes_ref(&pariskv_codes { n_cells: n, ..*codes }, &shape)?;
+    let pos = in_slice(vis.pos, n, "visibility.pos")?;
+    let mask = in_rows(vis.mask_dtype, vis.mask, n, "visibility.mask")?;
+    let f32 = super::types::pariskv_dtype::PARISKV_F32 as u32;
+    let q_rows = rows_at(f32, q as *const c_void, q_stride, dk, heads, "q")?;
+    let out_stride_f = match out_stride % 4 {
+        0 if out_stride / 4 >= dv => out_stride / 4,
+        _ => {
+            return Err(Error::invalid(format!(
+                "out_stride {out_stride} must be a multiple of 4, >= 4 * v_dim"
+            )))
+        }
+    };
+    let out = out_slice(out, (heads - 1) * out_stride_f + dv, "out")?;
+    SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        s.queries.resize(heads * dk, 0.0);
+        for (h, row) in s.queries.chunks_exact_mut(dk).enumerate() {
+            q_rows.load(h, row);
+        }
+        let rot = rotation(&mut s.rotations, shape, step.seed);
+        s.result.resize(heads * dv, 0.0);
+        // one monomorphised step per mask type: the visibility test runs once per cell
+        let st = match mask {
+            RowData::F32(m) => {
+                let cache = CacheView {
+                    keys,
+                    values,
+                    codes: index,
+                    visible: |c: usize| m[c] > f32::NEG_INFINITY,
+                    pos,
+                };
+                cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
+            }
+            RowData::F16(m) => {
+                // not -inf (0xFC00) and not NaN (exponent all ones, mantissa nonzero)
+                let visible = |c: usize| {
+                    let b = m[c].to_bits();
+                    b != 0xFC00 && b & 0x7FFF <= 0x7C00
+                };
+                let cache = CacheView { keys, values, codes: index, visible, pos };
+                cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
+            }
+            RowData::BF16(m) => {
+                let visible = |c: usize| {
+                    let b = m[c].to_bits();
+                    b != 0xFF80 && b & 0x7FFF <= 0x7F80
+                };
+                let cache = CacheView { keys, values, codes: index, visible, pos };
+                cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
         };
-        let out = out_slice(out, (heads - 1) * out_stride_f + dv, "out")?;
-        SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            s.queries.resize(heads * dk, 0.0);
-            for (h, row) in s.queries.chunks_exact_mut(dk).enumerate() {
-                q_rows.load(h, row);
-            }
-            let rot = rotation(&mut s.rotations, shape, step.seed);
-            s.result.resize(heads * dv, 0.0);
-            // one monomorphised step per mask type: the visibility test runs once per cell
-            let st = match mask {
-                RowData::F32(m) => {
-                    let cache = CacheView {
-                        keys,
-                        values,
-                        codes: index,
-                        visible: |c: usize| m[c] > f32::NEG_INFINITY,
-                        pos,
-                    };
-                    cpu::step::attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
-                }
-                RowData::F16(m) => {
-                    // not -inf (0xFC00) and not NaN (exponent all ones, mantissa nonzero)
-                    let visible = |c: usize| {
-                        let b = m[c].to_bits();
-                        b != 0xFC00 && b & 0x7FFF <= 0x7C00
-                    };
-                    let cache = CacheView { keys, values, codes: index, visible, pos };
-                    cpu::step::attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
-                }
-                RowData::BF16(m) => {
-                    let visible = |c: usize| {
-                        let b = m[c].to_bits();
-                        b != 0xFF80 && b & 0x7FFF <= 0x7F80
-                    };
-                    let cache = CacheView { keys, values, codes: index, visible, pos };
-                    cpu::step::attend_cache(rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
-                }
+        for (h, r) in s.result.chunks_exact(dv).enumerate() {
+            out[h * out_stride_f..][..dv].copy_from_slice(r);
+        }
+        if !stats.is_null() {
+            *out_ref(stats, "stats")? = pariskv_step_stats {
+                n_visible: st.n_visible,
+                n_zone: st.n_zone,
+                n_candidates: st.n_candidates,
+                n_attended: st.n_attended,
+                n_refined: st.n_refined,
             };
-            for (h, r) in s.result.chunks_exact(dv).enumerate() {
-                out[h * out_stride_f..][..dv].copy_from_slice(r);
-            }
-            if !stats.is_null() {
-                *out_ref(stats, "stats")? = pariskv_step_stats {
-                    n_visible: st.n_visible,
-                    n_zone: st.n_zone,
-                    n_candidates: st.n_candidates,
-                    n_attended: st.n_attended,
-                    n_refined: st.n_refined,
-                };
-            }
-            Ok(())
-        })
+        }
+        Ok(())
     })
 }

@@ -1,6 +1,7 @@
 /* Exercises the whole public C API of libpariskv, its bad inputs (null, misaligned and
  * stale pointers, sizes, dtypes and settings out of range) and calls from several threads.
  * Built and run by tests/c_api.rs; exits non-zero on any failed check. */
+#define _POSIX_C_SOURCE 200809L /* pthread barriers under -std=c11 */
 #include "pariskv.h"
 
 #include <math.h>
@@ -113,6 +114,35 @@ static void *run_append(void *arg) {
     for (int r = 0; r < j->rounds && j->last == PARISKV_OK; r++) {
         j->last = pariskv_index_append(j->ix, PARISKV_F32, j->keys, j->vals, j->n);
     }
+    return NULL;
+}
+
+/* pariskv_attend_cache_team on a team of pthreads meeting at a pthread barrier */
+typedef struct {
+    const pariskv_step *step;
+    const float *q;
+    const pariskv_kv *kv;
+    const pariskv_codes *codes;
+    const pariskv_visibility *vis;
+    pthread_barrier_t barrier;
+    uint64_t slot[PARISKV_TEAM_SLOT_BYTES / 8];
+    pariskv_status status[3];
+    pariskv_step_stats stats;
+    float out[4 * 128];
+} team_job;
+typedef struct {
+    team_job *job;
+    int ith;
+} team_arg;
+static void team_barrier(void *ctx) { pthread_barrier_wait((pthread_barrier_t *)ctx); }
+static void team_noop_barrier(void *ctx) { (void)ctx; }
+static void *run_team(void *arg) {
+    team_arg *a = arg;
+    team_job *j = a->job;
+    pariskv_team team = {(uint32_t)a->ith, 3, team_barrier, &j->barrier, j->slot};
+    const size_t d = j->step->head_dim;
+    j->status[a->ith] = pariskv_attend_cache_team(&team, j->step, j->q, d * 4, j->kv, j->codes, j->vis,
+                                                  a->ith == 0 ? j->out : NULL, d * 4, a->ith == 0 ? &j->stats : NULL);
     return NULL;
 }
 
@@ -380,6 +410,44 @@ int main(void) {
     CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &dst, &vis, cout, D * 4, &sst) == PARISKV_OK &&
               sst.n_visible == NC && sst.n_attended >= 4 + 8 + 4 && sst.n_attended <= 4 + 8 + 16,
           "attend_cache: %s (%zu visible, %zu attended)", pariskv_last_error(), sst.n_visible, sst.n_attended);
+    {
+        /* three threads sharing the same call give its result to the bit */
+        static team_job tj;
+        memset(&tj, 0, sizeof tj);
+        tj.step = &step, tj.q = q, tj.kv = &kv, tj.codes = &dst, tj.vis = &vis;
+        pthread_barrier_init(&tj.barrier, NULL, 3);
+        pthread_t th[3];
+        team_arg ta[3];
+        for (int t = 0; t < 3; t++) {
+            ta[t].job = &tj;
+            ta[t].ith = t;
+            pthread_create(&th[t], NULL, run_team, &ta[t]);
+        }
+        for (int t = 0; t < 3; t++) pthread_join(th[t], NULL);
+        pthread_barrier_destroy(&tj.barrier);
+        CHECK(tj.status[0] == PARISKV_OK && tj.status[1] == PARISKV_OK && tj.status[2] == PARISKV_OK &&
+                  memcmp(tj.out, cout, sizeof cout) == 0 && memcmp(&tj.stats, &sst, sizeof sst) == 0,
+              "attend_cache_team on 3 threads = attend_cache (statuses %d %d %d)", tj.status[0], tj.status[1], tj.status[2]);
+        uint64_t slot[PARISKV_TEAM_SLOT_BYTES / 8];
+        pariskv_team solo = {0, 1, team_noop_barrier, NULL, slot};
+        float tout[4 * D];
+        CHECK(pariskv_attend_cache_team(&solo, &step, q, D * 4, &kv, &dst, &vis, tout, D * 4, NULL) == PARISKV_OK &&
+                  memcmp(tout, cout, sizeof cout) == 0, "a team of one");
+        expect_error("attend_cache_team NULL team", pariskv_attend_cache_team(NULL, &step, q, D * 4, &kv, &dst, &vis, tout, D * 4, NULL),
+                     PARISKV_ERR_INVALID_ARGUMENT, "team");
+        pariskv_team bad = solo;
+        bad.barrier = NULL;
+        expect_error("attend_cache_team NULL barrier", pariskv_attend_cache_team(&bad, &step, q, D * 4, &kv, &dst, &vis, tout, D * 4, NULL),
+                     PARISKV_ERR_INVALID_ARGUMENT, "barrier");
+        bad = solo;
+        bad.slot = (char *)slot + 4;
+        expect_error("attend_cache_team misaligned slot", pariskv_attend_cache_team(&bad, &step, q, D * 4, &kv, &dst, &vis, tout, D * 4, NULL),
+                     PARISKV_ERR_INVALID_ARGUMENT, "slot");
+        bad = solo;
+        bad.ith = 1;
+        expect_error("attend_cache_team thread 1 of 1", pariskv_attend_cache_team(&bad, &step, q, D * 4, &kv, &dst, &vis, tout, D * 4, NULL),
+                     PARISKV_ERR_INVALID_ARGUMENT, "thread 1 of 1");
+    }
     expect_error("layout_for(D, NULL)", pariskv_layout_for(D, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
     expect_error("layout_for head_dim 12", pariskv_layout_for(12, &lay), PARISKV_ERR_UNSUPPORTED, "head_dim 12");
     expect_error("encode_cells NULL dst", pariskv_encode_cells(D, 1, PARISKV_F32, keys, kstride, cells, NC, NULL, NULL),

@@ -1,6 +1,7 @@
 // ParisKV ops on the CPU backend: the work is split over the ggml thread pool and done by
 // the pariskv library, one call per stream and KV head (encode) or per token and KV head
-// (attention). GGML_PARISKV_STATS=1 logs what each attention call did.
+// (attention; threads share a call when there are fewer such units than threads).
+// GGML_PARISKV_STATS=1 logs what each attention call did.
 
 #include "ggml-pariskv.h"
 
@@ -95,14 +96,30 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
     }
 }
 
+static void pariskv_barrier(void * threadpool) {
+    ggml_barrier((ggml_threadpool *) threadpool);
+}
+
 static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params, ggml_tensor * dst) {
     const ggml_pariskv_attn_args a = ggml_pariskv_attn_args_of(dst);
     const int64_t n_head_kv = a.n_head_kv, n_tps = a.n_tps, group = a.group;
+    const int64_t n_units = a.n_tokens*n_head_kv;
 
     static const bool log_stats = getenv("GGML_PARISKV_STATS") != nullptr;
 
-    // units of work: (token, KV head), dealt round-robin over the threads
-    for (int64_t u = params->ith; u < a.n_tokens*n_head_kv; u += params->nth) {
+    // units of work: (token, KV head). With at least as many units as threads each thread
+    // takes whole units, dealt round-robin; with fewer (one decoding sequence over one or
+    // two KV heads) all threads work on each unit in turn, sharing its loops.
+    const bool teams = n_units < params->nth;
+    pariskv_team team;
+    team.ith         = (uint32_t) params->ith;
+    team.nth         = (uint32_t) params->nth;
+    team.barrier     = pariskv_barrier;
+    team.barrier_ctx = params->threadpool;
+    team.slot        = params->wdata;
+    GGML_ASSERT(!teams || params->wsize >= PARISKV_TEAM_SLOT_BYTES);
+
+    for (int64_t u = teams ? 0 : params->ith; u < n_units; u += teams ? 1 : params->nth) {
         const int64_t t  = u/n_head_kv;
         const int64_t h  = u % n_head_kv;
         const int64_t s  = t/n_tps;
@@ -127,13 +144,22 @@ static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params
         const float * qh = (const float *) ((const char *) a.q->data + t*a.q->nb[2] + h*group*a.q->nb[1]);
         float * out = (float *) ((char *) dst->data + t*dst->nb[2] + h*group*dst->nb[1]);
 
-        pariskv_step_stats st;
-        pariskv_check(pariskv_attend_cache(&a.step, qh, a.q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
-        if (log_stats) {
+        pariskv_step_stats st = {};
+        if (teams) {
+            pariskv_check(pariskv_attend_cache_team(&team, &a.step, qh, a.q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
+        } else {
+            pariskv_check(pariskv_attend_cache(&a.step, qh, a.q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
+        }
+        if (log_stats && (!teams || params->ith == 0)) {
             GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended\n",
                           (long long) t, (long long) h, st.n_visible, st.n_zone, st.n_candidates, st.n_attended);
         }
     }
+}
+
+size_t ggml_compute_forward_pariskv_work_size(const ggml_tensor * dst) {
+    GGML_ASSERT(dst->op == GGML_OP_PARISKV_ATTN);
+    return PARISKV_TEAM_SLOT_BYTES;
 }
 
 void ggml_compute_forward_pariskv(const ggml_compute_params * params, ggml_tensor * dst) {
