@@ -160,8 +160,12 @@ fn bench(a: &Args, n: usize) {
     let st = fast.times;
     let per = |t: f64| t * 1e3 / a.reps as f64;
     eprintln!(
-        "N {n}: stages (ms, mean): classify {:.3}, tiers {:.3}, collisions {:.3}, candidates {:.3}, rerank {:.3}, refine {:.3}, attention {:.3}",
-        per(st.classify), per(st.tiers), per(st.collisions), per(st.candidates), per(st.rerank), per(st.refine), per(st.attention)
+        "N {n}: stages (ms, mean): classify {:.3}, tiers {:.3}, collisions {:.3}, candidates {:.3}, rerank estimates {:.3}, rerank ranking {:.3}, refine rows {:.3}, refine ranking {:.3}, attention {:.3}",
+        per(st.classify), per(st.tiers), per(st.collisions), per(st.candidates), per(st.rerank),
+        per(st.rerank_ranking),
+        per(st.refine_rows),
+        per(st.refine),
+        per(st.attention)
     );
     let all: Vec<u32> = (0..n as u32).collect();
     let mut dense_scratch = AttnScratch::default();

@@ -42,26 +42,63 @@ pub fn nibble_value(code: u8) -> f32 {
 }
 
 /// Scores of all 256 centroids for one query block: score(c) = <q_b, s(c)>, summed over
-/// the coordinates in order so that every implementation rounds the same way.
+/// the coordinates in order so that every implementation rounds the same way (each
+/// centroid's sum is taken coordinate by coordinate; the loop runs over centroids inside,
+/// which vectorises without changing any sum).
 pub fn centroid_scores(q_block: &[f32], out: &mut [f32; N_CENTROIDS]) {
     debug_assert_eq!(q_block.len(), BLOCK);
-    for (c, score) in out.iter_mut().enumerate() {
-        let mut s = 0.0f32;
-        for (j, &q) in q_block.iter().enumerate() {
-            s += if c >> j & 1 != 0 { q } else { -q };
+    out.fill(0.0);
+    for (j, &q) in q_block.iter().enumerate() {
+        for (c, score) in out.iter_mut().enumerate() {
+            *score += if c >> j & 1 != 0 { q } else { -q };
         }
-        *score = s;
     }
 }
 
 /// Centroids of one block sorted best first (see `rank`): the walk order of the tiers.
+///
+/// A centroid's complement scores exactly the negated sum (negation is exact and rounds
+/// symmetrically), so only the centroids that score above zero are sorted: those with
+/// equal scores stay lower index first, and in reverse their complements are the negative
+/// half in rank order, equal scores again lower index first (~c = 255 - c reverses index
+/// order). The zeros (of either sign) go between, lower index first. NaN scores (a NaN in
+/// the query makes every score NaN) rank as -inf, which leaves index order.
 pub fn centroid_order(scores: &[f32; N_CENTROIDS], order: &mut [u8; N_CENTROIDS]) {
-    // rank order as integers (`rank_key`), the centroid in the low byte
-    let mut keys: [u64; N_CENTROIDS] = std::array::from_fn(|c| (score_key(scores[c]) as u64) << 8 | c as u64);
-    keys.sort_unstable();
-    for (o, k) in order.iter_mut().zip(keys) {
-        *o = k as u8;
+    if scores.iter().any(|s| s.is_nan()) {
+        let mut keys: [u64; N_CENTROIDS] =
+            std::array::from_fn(|c| (score_key(scores[c]) as u64) << 8 | c as u64);
+        keys.sort_unstable();
+        for (o, k) in order.iter_mut().zip(keys) {
+            *o = k as u8;
+        }
+        return;
     }
+    let mut positive = [0u64; N_CENTROIDS / 2];
+    let mut n_pos = 0;
+    for (c, &s) in scores.iter().enumerate() {
+        if s > 0.0 {
+            positive[n_pos] = (score_key(s) as u64) << 8 | c as u64;
+            n_pos += 1;
+        }
+    }
+    let positive = &mut positive[..n_pos];
+    positive.sort_unstable();
+    let mut i = 0;
+    for &k in positive.iter() {
+        order[i] = k as u8;
+        i += 1;
+    }
+    for (c, &s) in scores.iter().enumerate() {
+        if s == 0.0 {
+            order[i] = c as u8;
+            i += 1;
+        }
+    }
+    for &k in positive.iter().rev() {
+        order[i] = !(k as u8);
+        i += 1;
+    }
+    debug_assert_eq!(i, N_CENTROIDS);
 }
 
 #[cfg(test)]
@@ -101,6 +138,38 @@ mod tests {
             }
         }
         (levels, thresholds)
+    }
+
+    /// The radix order against a comparison sort by `rank_order`, with ties, zeros of both
+    /// signs and NaN among the scores.
+    #[test]
+    fn centroid_order_is_rank_order() {
+        use crate::algorithm::rank::rank_order;
+        let mut rng = crate::eval::synth::Rng::new(12);
+        for case in 0..300 {
+            let q: Vec<f32> = (0..BLOCK)
+                .map(|j| match case % 4 {
+                    0 => rng.normal(),
+                    1 => (rng.below(3) as f32 - 1.0) * 0.5, // many exact ties and zeros
+                    2 if j == 3 => f32::NAN,
+                    _ => rng.normal() * 1e-30,
+                })
+                .collect();
+            let mut scores = [0.0f32; N_CENTROIDS];
+            centroid_scores(&q, &mut scores);
+            for (c, &s) in scores.iter().enumerate() {
+                let mut want = 0.0f32;
+                for (j, &x) in q.iter().enumerate() {
+                    want += if c >> j & 1 != 0 { x } else { -x };
+                }
+                assert!(s.to_bits() == want.to_bits() || (s.is_nan() && want.is_nan()));
+            }
+            let mut order = [0u8; N_CENTROIDS];
+            centroid_order(&scores, &mut order);
+            let mut want: Vec<u8> = (0..=255).collect();
+            want.sort_by(|&a, &b| rank_order(scores[a as usize], a as u32, scores[b as usize], b as u32));
+            assert_eq!(order.to_vec(), want, "case {case}");
+        }
     }
 
     #[test]

@@ -34,6 +34,48 @@ impl Lanes {
         let lane = (r % self.per_word) as u32 * self.bits;
         ((word >> lane) & ((1u64 << self.bits) - 1)) as u16
     }
+
+    /// The top bit of each lane.
+    #[inline]
+    fn high(&self) -> u64 {
+        if self.bits == 8 {
+            0x8080_8080_8080_8080
+        } else {
+            0x8000_8000_8000_8000
+        }
+    }
+
+    /// Lane by lane, whether `a >= b` and whether `a == b`, as the top bit of each lane
+    /// (no carry crosses a lane: each lane's low bits are compared with the top bit set
+    /// aside).
+    #[inline]
+    pub fn at_least_and_equal(&self, a: u64, b: u64) -> (u64, u64) {
+        let h = self.high();
+        let low_ge = (a | h).wrapping_sub(b & !h); // top bit: a's low bits >= b's
+        let ge = ((a & !b) | (!(a ^ b) & low_ge)) & h;
+        let x = a ^ b;
+        let nonzero = ((x & !h).wrapping_add(!h) | x) & h;
+        (ge, !nonzero & h)
+    }
+
+    /// The lanes whose top bit `mask` sets, lowest first.
+    #[inline]
+    pub fn set_lanes(&self, mut mask: u64) -> impl Iterator<Item = usize> {
+        let bits = self.bits;
+        std::iter::from_fn(move || {
+            (mask != 0).then(|| {
+                let bit = mask.trailing_zeros();
+                mask &= mask - 1;
+                (bit / bits) as usize
+            })
+        })
+    }
+
+    /// Whether lane l's top bit is set in `mask`.
+    #[inline]
+    pub fn lane_set(&self, mask: u64, l: usize) -> bool {
+        mask >> ((l as u32 + 1) * self.bits - 1) & 1 == 1
+    }
 }
 
 /// Counts of every retrieval for the cells of a zone.
@@ -167,6 +209,34 @@ mod tests {
     use crate::algorithm::encode::CodeStore;
     use crate::algorithm::search::{collision_counts, NOT_IN_ZONE};
     use crate::eval::synth::Rng;
+
+    /// The lane comparisons against plain ones, over every pair of 8-bit values and a
+    /// sweep of 16-bit ones, in every lane.
+    #[test]
+    fn lane_comparisons_are_exact() {
+        for lanes in [Lanes { bits: 8, per_word: 8 }, Lanes { bits: 16, per_word: 4 }] {
+            let max: u64 = if lanes.bits == 8 { 255 } else { 65535 };
+            let step = if lanes.bits == 8 { 1 } else { 257 };
+            let mut rng = Rng::new(lanes.bits as u64);
+            for a in (0..=max).step_by(step) {
+                for b in (0..=max).step_by(step) {
+                    for l in 0..lanes.per_word {
+                        // the other lanes random: no carry may reach lane l
+                        let mut wa = rng.next_u64();
+                        let mut wb = rng.next_u64();
+                        let shift = l as u32 * lanes.bits;
+                        let m = max << shift;
+                        wa = (wa & !m) | a << shift;
+                        wb = (wb & !m) | b << shift;
+                        let (ge, eq) = lanes.at_least_and_equal(wa, wb);
+                        assert_eq!(lanes.lane_set(ge, l), a >= b, "{a} >= {b}, lane {l}");
+                        assert_eq!(lanes.lane_set(eq, l), a == b, "{a} == {b}, lane {l}");
+                        assert!(lanes.set_lanes(ge).all(|x| x < lanes.per_word));
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn packed_counts_equal_one_retrieval_at_a_time() {

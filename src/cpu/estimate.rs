@@ -181,50 +181,72 @@ mod x86 {
         cells: &[u32],
         out: &mut [f32],
     ) {
+        let mut h0 = heads.start;
+        while h0 < heads.end {
+            // a fixed number of heads per pass over the cells: their accumulators stay in
+            // registers
+            let batch = match heads.end - h0 {
+                1 => estimate_avx512_batch::<1>,
+                2 => estimate_avx512_batch::<2>,
+                3 => estimate_avx512_batch::<3>,
+                4 | 5 => estimate_avx512_batch::<4>,
+                6 | 7 => estimate_avx512_batch::<6>,
+                _ => estimate_avx512_batch::<8>,
+            };
+            h0 += unsafe { batch(shape, codes, q, h0, h0 - heads.start, cells, out) };
+        }
+    }
+
+    /// Heads `h0..h0 + NH` of `q` into `out` from row `row0` on (`[head][cell]`); returns NH.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn estimate_avx512_batch<const NH: usize>(
+        shape: &Shape,
+        codes: &Codes,
+        q: &GroupQueries,
+        h0: usize,
+        row0: usize,
+        cells: &[u32],
+        out: &mut [f32],
+    ) -> usize {
         let (nb, d, n) = (shape.n_blocks, shape.padded_dim, cells.len());
+        assert!(q.by_coordinate.len() >= (h0 + NH) * d && out.len() >= (row0 + NH) * n);
         let levels = signed_levels();
         let table = _mm512_loadu_ps(levels.as_ptr());
-        let mut acc = [_mm_setzero_ps(); HEAD_BATCH];
-        for h0 in heads.clone().step_by(HEAD_BATCH) {
-            let batch = (heads.end - h0).min(HEAD_BATCH);
-            for (i, &cell) in cells.iter().enumerate() {
-                if let Some(&ahead) = cells.get(i + prefetch::DISTANCE) {
-                    prefetch::prefetch(codes.cell_nibbles(shape, ahead as usize));
-                    prefetch::prefetch(codes.cell_weights(shape, ahead as usize));
-                }
-                let nib = codes.cell_nibbles(shape, cell as usize).as_ptr();
-                let wts = codes.cell_weights(shape, cell as usize).as_ptr();
-                let accs = &mut acc[..batch];
-                for a in accs.iter_mut() {
-                    *a = _mm_setzero_ps();
-                }
-                for chunk in 0..nb / 16 {
-                    // lane b: the 4 bytes (8 codes) of block 16·chunk + b; code j in bits 4j..4j+3
-                    let words = _mm512_loadu_si512(nib.add(chunk * 64) as *const __m512i);
-                    let w = _mm512_cvtph_ps(_mm256_loadu_si256(wts.add(chunk * 16) as *const __m256i));
-                    let v: [__m512; 8] = [
-                        _mm512_permutexvar_ps(words, table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(words), table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<8>(words), table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<12>(words), table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<16>(words), table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<20>(words), table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<24>(words), table),
-                        _mm512_permutexvar_ps(_mm512_srli_epi32::<28>(words), table),
-                    ];
-                    for (h, a) in accs.iter_mut().enumerate() {
-                        let qh = q.by_coordinate.as_ptr().add((h0 + h) * d + chunk * 16);
-                        let p: [__m512; 8] =
-                            std::array::from_fn(|j| _mm512_mul_ps(v[j], _mm512_loadu_ps(qh.add(j * nb))));
-                        let block = block_tree!(_mm512_add_ps, p);
-                        *a = add_groups_512(*a, _mm512_mul_ps(w, block));
-                    }
-                }
-                for (h, a) in accs.iter().enumerate() {
-                    out[(h0 - heads.start + h) * n + i] = finish(*a);
+        for (i, &cell) in cells.iter().enumerate() {
+            if let Some(&ahead) = cells.get(i + prefetch::DISTANCE) {
+                prefetch::prefetch(codes.cell_nibbles(shape, ahead as usize));
+                prefetch::prefetch(codes.cell_weights(shape, ahead as usize));
+            }
+            let nib = codes.cell_nibbles(shape, cell as usize).as_ptr();
+            let wts = codes.cell_weights(shape, cell as usize).as_ptr();
+            let mut acc = [_mm_setzero_ps(); NH];
+            for chunk in 0..nb / 16 {
+                // lane b: the 4 bytes (8 codes) of block 16·chunk + b; code j in bits 4j..4j+3
+                let words = _mm512_loadu_si512(nib.add(chunk * 64) as *const __m512i);
+                let w = _mm512_cvtph_ps(_mm256_loadu_si256(wts.add(chunk * 16) as *const __m256i));
+                let v: [__m512; 8] = [
+                    _mm512_permutexvar_ps(words, table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(words), table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<8>(words), table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<12>(words), table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<16>(words), table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<20>(words), table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<24>(words), table),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<28>(words), table),
+                ];
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let qh = q.by_coordinate.as_ptr().add((h0 + h) * d + chunk * 16);
+                    let p: [__m512; 8] =
+                        std::array::from_fn(|j| _mm512_mul_ps(v[j], _mm512_loadu_ps(qh.add(j * nb))));
+                    let block = block_tree!(_mm512_add_ps, p);
+                    *a = add_groups_512(*a, _mm512_mul_ps(w, block));
                 }
             }
+            for (h, a) in acc.iter().enumerate() {
+                out[(row0 + h) * n + i] = finish(*a);
+            }
         }
+        NH
     }
 
     #[target_feature(enable = "avx2,f16c")]

@@ -5,8 +5,8 @@
 
 use multiversion::multiversion;
 
-use crate::algorithm::portable::{from_fixed, to_fixed};
-use crate::constants::{EXP_FLOOR, EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_POLY};
+use crate::algorithm::portable::from_fixed;
+use crate::constants::{EXP_FLOOR, EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_POLY, FIXED_FRACTION_BITS};
 
 /// `portable::exp_nonpositive` as straight-line code, so that a loop over it vectorises.
 #[inline(always)]
@@ -48,8 +48,7 @@ pub fn group_scores(g: usize, logits: &[f32], scores: &mut Vec<f32>, e: &mut Vec
     scores.resize(n, 0.0);
     e.resize(n, 0.0);
     for l in logits.chunks_exact(n.max(1)).take(g) {
-        let n_inf = l.iter().filter(|&&x| x == f32::INFINITY).count();
-        let max = l.iter().copied().filter(|x| x.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        let (n_inf, max) = count_inf_and_max(l);
         if n_inf > 0 {
             // +inf rows share the head's probability; everything else gets none
             let share = 1.0 / n_inf as f32;
@@ -59,11 +58,36 @@ pub fn group_scores(g: usize, logits: &[f32], scores: &mut Vec<f32>, e: &mut Vec
             continue;
         }
         exp_shifted(l, max, e);
-        let norm = from_fixed(
-            l.iter().zip(e.iter()).filter(|(x, _)| x.is_finite()).map(|(_, &v)| to_fixed(v)).sum(),
-        );
-        add_probs(l, e, norm, g as f32, scores);
+        add_probs(l, e, from_fixed(fixed_sum(l, e)), g as f32, scores);
     }
+}
+
+/// How many logits are +inf, and the largest finite one (-inf when none is).
+#[multiversion(targets = "simd")]
+fn count_inf_and_max(l: &[f32]) -> (usize, f32) {
+    let (mut n_inf, mut max) = (0usize, f32::NEG_INFINITY);
+    for &x in l {
+        n_inf += usize::from(x == f32::INFINITY);
+        max = if x.is_finite() && x > max { x } else { max };
+    }
+    (n_inf, max)
+}
+
+/// The sum of `to_fixed(e[i])` over the finite logits, without converting floats to u64
+/// (which most vector units cannot): y = e * 2^32 (exact) is split into h * 2^16 + r, h and
+/// r exact floats below 2^16 + 1, and `to_fixed` truncates y, which is h * 2^16 + trunc(r).
+#[multiversion(targets = "simd")]
+fn fixed_sum(l: &[f32], e: &[f32]) -> u64 {
+    const SCALE: f32 = (1u64 << FIXED_FRACTION_BITS) as f32;
+    let (mut hi, mut lo) = (0u64, 0u64);
+    for (&x, &v) in l.iter().zip(e) {
+        let y = if x.is_finite() { v * SCALE } else { 0.0 };
+        let h = (y * (1.0 / 65536.0)).floor();
+        let r = y - h * 65536.0;
+        hi += h as u32 as u64;
+        lo += r as u32 as u64;
+    }
+    (hi << 16) + lo
 }
 
 #[multiversion(targets = "simd")]
@@ -78,7 +102,7 @@ fn add_probs(logits: &[f32], e: &[f32], norm: f32, g: f32, scores: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::algorithm::gqa::HeadSoftmax;
-    use crate::algorithm::portable::exp_nonpositive;
+    use crate::algorithm::portable::{exp_nonpositive, to_fixed};
     use crate::eval::synth::Rng;
 
     #[test]
@@ -104,6 +128,21 @@ mod tests {
                 e.to_bits() == want.to_bits() || (e.is_nan() && want.is_nan()),
                 "exp({x}) = {e}, not {want}"
             );
+        }
+    }
+
+    #[test]
+    fn fixed_sums_equal_to_fixed() {
+        let mut rng = Rng::new(6);
+        let mut e: Vec<f32> = (0..100_000).map(|_| rng.uniform()).collect();
+        e.extend([0.0, 1.0, 1.0 - f32::EPSILON, f32::MIN_POSITIVE, 1.5e-5, 65536.0 / 4294967296.0]);
+        e.extend((0..2000).map(|i| exp_nonpositive(-(i as f32) * 0.05)));
+        let l: Vec<f32> =
+            e.iter().enumerate().map(|(i, _)| if i % 97 == 0 { f32::NAN } else { 0.0 }).collect();
+        let want: u64 = l.iter().zip(&e).filter(|(x, _)| x.is_finite()).map(|(_, &v)| to_fixed(v)).sum();
+        assert_eq!(fixed_sum(&l, &e), want);
+        for (&v, x) in e.iter().zip(&l) {
+            assert_eq!(fixed_sum(&[*x], &[v]), if x.is_finite() { to_fixed(v) } else { 0 }, "{v}");
         }
     }
 

@@ -14,14 +14,17 @@
 //!
 //! Splitting never changes a result: every cell and row is computed as on one thread.
 
+use std::ops::Range;
+
 use multiversion::multiversion;
 
-use crate::algorithm::attention::{attend, dot, AttnScratch};
+use crate::algorithm::attention::{attend, dot_heads, AttnScratch};
 use crate::algorithm::gqa::{merge_ranks, rescore, GqaPolicy};
+use crate::algorithm::prefetch;
 use crate::algorithm::rank::{rank_key, top_k_in_place};
 use crate::algorithm::rotation::Rotation;
 use crate::algorithm::search::{candidate_count, cutoff, group_query, tier_budgets, tier_levels};
-use crate::cpu::collide::GroupCounts;
+use crate::cpu::collide::{GroupCounts, Lanes};
 use crate::cpu::estimate::{estimate_group, GroupQueries, Kernel};
 use crate::cpu::softmax::group_scores;
 use crate::cpu::team::{Parts, Team};
@@ -47,7 +50,9 @@ pub struct StageTimes {
     pub collisions: f64,
     pub candidates: f64,
     pub rerank: f64,
+    pub rerank_ranking: f64,
     pub refine: f64,
+    pub refine_rows: f64,
     pub attention: f64,
 }
 
@@ -86,6 +91,7 @@ struct ThreadPart {
     lists: Vec<Vec<u32>>,
     union: Vec<u32>,
     marked: Vec<bool>,
+    ties: Vec<usize>,
     /// rerank and refine: `[head][row of the share]`
     values: Vec<f32>,
     row: Vec<f32>,
@@ -109,7 +115,9 @@ pub struct Scratch {
     mean: Vec<f32>,
     levels: Vec<u8>,
     counts: GroupCounts,
-    /// Each retrieval's candidates in cell order, and their union.
+    /// Each retrieval's candidates in cell order (unless only their union is needed), and
+    /// their union.
+    union_only: bool,
     lists: Vec<Vec<u32>>,
     union: Vec<u32>,
     shortlist: Vec<u32>,
@@ -274,6 +282,7 @@ fn select<V: Fn(usize) -> bool + Sync>(
     lap.lap(&mut s.times.tiers);
     collisions(team, &shape, cache, s);
     lap.lap(&mut s.times.collisions);
+    s.union_only = p.gqa == GqaPolicy::Group;
     candidates(team, n_zone, ratios.cand, s);
     lap.lap(&mut s.times.candidates);
     s.queries.set(&shape, &s.rotated);
@@ -288,16 +297,20 @@ fn select<V: Fn(usize) -> bool + Sync>(
                 *e = p.attn.selection_logit(*e);
             }
         });
+        lap.lap(&mut s.times.rerank);
         best_by_group(g, &union, &s.logits, shortlist, &mut s.softmax_buf, &mut s.keys, &mut s.shortlist);
         s.union = union;
-        lap.lap(&mut s.times.rerank);
+        lap.lap(&mut s.times.rerank_ranking);
         let (n_candidates, mut n_refined) = (u, 0);
         if refining {
             n_refined = s.shortlist.len();
+            // rows in cell order: the memory walks forward (results do not depend on order)
+            s.shortlist.sort_unstable();
             check_rows(keys, d, &s.shortlist)?;
             per_row_values(team, g, &s.shortlist, &mut s.parts, &mut s.logits, &|cells, out, row| {
                 exact_logits(keys, queries, p, cells, row, out)
             });
+            lap.lap(&mut s.times.refine_rows);
             best_by_group(
                 g,
                 &s.shortlist,
@@ -423,40 +436,31 @@ fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
             ties_before[t * nr + r] = ties_before[(t - 1) * nr + r] + here;
         }
     }
+    // each word's cutoffs, lane by lane, for comparing all its retrievals at once
+    let words = s.counts.words();
+    let cut_words: Vec<u64> = (0..words)
+        .map(|w| {
+            let lanes_here = (nr - w * lanes.per_word).min(lanes.per_word);
+            (0..lanes_here)
+                .fold(0u64, |acc, l| acc | (cuts[w * lanes.per_word + l].0 as u64) << (l as u32 * lanes.bits))
+        })
+        .collect();
+    let union_only = s.union_only;
     let (parts, counts, in_zone) = (Parts::new(&mut s.parts), &s.counts.counts, &s.in_zone);
     team.split(n, &|t, range| {
         // SAFETY: each thread writes its own part only.
         let part = unsafe { &mut parts.part(t..t + 1)[0] };
         part.lists.resize_with(nr, Vec::new);
-        part.marked.clear();
-        part.marked.resize(range.len(), false);
-        for (r, &(cut, ties)) in cuts.iter().enumerate() {
-            let mut ties = ties.saturating_sub(ties_before[t * nr + r]);
-            let shift = (r % lanes.per_word) as u32 * lanes.bits;
-            let mask = (1u64 << lanes.bits) - 1;
-            let words = &counts[(r / lanes.per_word) * n..][range.clone()];
-            // branch-free: a third of the zone is taken in no predictable pattern
-            let list = &mut part.lists[r];
+        for list in &mut part.lists[..nr] {
             list.clear();
-            list.resize(range.len(), 0);
-            let mut len = 0;
-            for (i, ((&w, &z), m)) in
-                words.iter().zip(&in_zone[range.clone()]).zip(part.marked.iter_mut()).enumerate()
-            {
-                let count = ((w >> shift) & mask) as u16;
-                let above = z & (count > cut);
-                let tie = z & (count == cut) & (ties > 0);
-                ties -= tie as usize;
-                list[len] = (range.start + i) as u32;
-                len += (above | tie) as usize;
-                *m |= above | tie;
-            }
-            list.truncate(len);
         }
-        part.union.clear();
-        part.union.extend(
-            part.marked.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| (range.start + i) as u32),
-        );
+        part.ties.clear();
+        part.ties.extend((0..nr).map(|r| cuts[r].1.saturating_sub(ties_before[t * nr + r])));
+        if union_only {
+            union_of_words(lanes, nr, &cut_words, counts, n, in_zone, range, &mut part.ties, &mut part.union);
+        } else {
+            lists_and_union(lanes, nr, &cuts, counts, n, in_zone, range, part);
+        }
     });
     s.lists.resize_with(nr, Vec::new);
     for (r, list) in s.lists[..nr].iter_mut().enumerate() {
@@ -473,6 +477,90 @@ fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
 
 /// Fills `[head][cell of a share]` for a share's cells, with a row buffer of its own.
 type RowValues<'a> = dyn Fn(&[u32], &mut [f32], &mut Vec<f32>) + Sync + 'a;
+
+/// The candidates of the retrievals whose cutoffs `cuts` packs lane by lane, as their
+/// union only (the group policy's): a cell is taken when some retrieval counts it above
+/// its cutoff, or at it while that retrieval still takes ties (`ties`, in cell order).
+/// Branch-free but for cells at some cutoff.
+#[allow(clippy::too_many_arguments)]
+fn union_of_words(
+    lanes: Lanes,
+    nr: usize,
+    cuts: &[u64],
+    counts: &[u64],
+    n: usize,
+    in_zone: &[bool],
+    range: Range<usize>,
+    ties: &mut [usize],
+    union: &mut Vec<u32>,
+) {
+    union.clear();
+    union.resize(range.len(), 0);
+    let mut len = 0;
+    for c in range {
+        let mut taken = false;
+        for (w, &cut) in cuts.iter().enumerate() {
+            let (ge, eq) = lanes.at_least_and_equal(counts[w * n + c], cut);
+            let (above, at) = (ge & !eq, ge & eq);
+            taken |= above != 0;
+            if at != 0 && in_zone[c] {
+                for l in lanes.set_lanes(at).filter(|&l| w * lanes.per_word + l < nr) {
+                    let r = w * lanes.per_word + l;
+                    if ties[r] > 0 {
+                        ties[r] -= 1;
+                        taken = true;
+                    }
+                }
+            }
+        }
+        union[len] = c as u32;
+        len += usize::from(taken & in_zone[c]);
+    }
+    union.truncate(len);
+}
+
+/// Every retrieval's candidates (`search::candidates`) of `range` into the part's lists,
+/// and their union: one branch-free pass per retrieval.
+#[allow(clippy::too_many_arguments)]
+fn lists_and_union(
+    lanes: Lanes,
+    nr: usize,
+    cuts: &[(u16, usize)],
+    counts: &[u64],
+    n: usize,
+    in_zone: &[bool],
+    range: Range<usize>,
+    part: &mut ThreadPart,
+) {
+    part.marked.clear();
+    part.marked.resize(range.len(), false);
+    for (r, &(cut, _)) in cuts.iter().enumerate().take(nr) {
+        let mut ties = part.ties[r];
+        let shift = (r % lanes.per_word) as u32 * lanes.bits;
+        let mask = (1u64 << lanes.bits) - 1;
+        let words = &counts[(r / lanes.per_word) * n..][range.clone()];
+        // branch-free: a third of the zone is taken in no predictable pattern
+        let list = &mut part.lists[r];
+        list.clear();
+        list.resize(range.len(), 0);
+        let mut len = 0;
+        for (i, ((&w, &z), m)) in
+            words.iter().zip(&in_zone[range.clone()]).zip(part.marked.iter_mut()).enumerate()
+        {
+            let count = ((w >> shift) & mask) as u16;
+            let above = z & (count > cut);
+            let tie = z & (count == cut) & (ties > 0);
+            ties -= tie as usize;
+            list[len] = (range.start + i) as u32;
+            len += (above | tie) as usize;
+            *m |= above | tie;
+        }
+        list.truncate(len);
+    }
+    part.union.clear();
+    part.union
+        .extend(part.marked.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| (range.start + i) as u32));
+}
 
 /// `out[h * n + i]` for the n `cells` and g heads, each thread filling its share of the
 /// cells by `f(cells of the share, [head][cell of the share], row buffer)`.
@@ -550,11 +638,17 @@ fn exact_logits(
     out: &mut [f32],
 ) {
     let (d, n) = (keys.dim(), cells.len());
-    row.resize(d, 0.0);
+    // the row, then its dot product with each head
+    row.resize(d + queries.len() / d, 0.0);
     for (i, &c) in cells.iter().enumerate() {
-        keys.load(c as usize, row);
-        for (h, q) in queries.chunks_exact(d).enumerate() {
-            out[h * n + i] = p.attn.selection_logit(dot(q, row));
+        if let Some(&ahead) = cells.get(i + prefetch::DISTANCE) {
+            keys.prefetch(ahead as usize);
+        }
+        keys.load(c as usize, &mut row[..d]);
+        let (row, dots) = row.split_at_mut(d);
+        dot_heads(queries, row, dots);
+        for (h, &x) in dots.iter().enumerate() {
+            out[h * n + i] = p.attn.selection_logit(x);
         }
     }
 }
