@@ -119,6 +119,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_settings_value",
             "pariskv_setting_count",
             "pariskv_setting_describe",
+            "pariskv_backend",
             "pariskv_settings_dense_threshold",
             "pariskv_op_params_pack",
             "pariskv_op_params_step",

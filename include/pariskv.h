@@ -535,11 +535,32 @@ enum pariskv_status pariskv_setting_count(uint32_t *out);
 // Describes setting `i`, in the order help lists them.
 enum pariskv_status pariskv_setting_describe(uint32_t i, struct pariskv_setting_info *out);
 
-// `*out` = the number of cells from which a cache is attended with ParisKV: the explicit
-// `dense_threshold`, or sink + window + 2 top-k when it is 0, and never below sink +
-// window + top-k (below that every visible cell is attended anyway). Computed without
-// overflow.
+// Where a decode step runs (`pariskv_settings_dense_threshold`; a `uint32_t` holding one
+// of these, any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+enum pariskv_backend
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  PARISKV_BACKEND_CPU = 0,
+  PARISKV_BACKEND_CUDA = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pariskv_backend pariskv_backend;
+#else
+typedef uint32_t pariskv_backend;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// `*out` = the number of cells from which a cache whose steps run on `backend` (a
+// `pariskv_backend`) is attended with ParisKV: the explicit `dense_threshold`, or when it
+// is 0 the depth from which that backend's step beats its dense attention (CPU: the largest
+// of 12288, 8 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
+// below sink + window + top-k (below that every visible cell is attended anyway). Computed
+// without overflow.
 enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settings *settings,
+                                                     pariskv_backend backend,
                                                      uint64_t *out);
 
 // Packs the op parameters of an attention step: `settings` (top-k > 0) with the

@@ -60,6 +60,33 @@ impl Default for Settings {
     }
 }
 
+/// Where a decode step runs, for the automatic dense threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Cuda,
+}
+
+/// The CPU's automatic dense threshold, in cells: ParisKV from `CPU_DENSE_DEPTH` cells or
+/// `CPU_DENSE_DEPTH_PER_TOP_K` cells per unit of top-k, whichever is more. Measured with
+/// llama-bench against llama.cpp's flash attention on 2 cores (docs/BENCHMARKS.md, "The
+/// CPU's dense threshold"): Gemma 3 270M breaks even near 12K cells at every top-k,
+/// Qwen2.5-Coder-1.5B near 6-8K at top-k 256-1024 and 12K at 2048.
+pub const CPU_DENSE_DEPTH: u64 = 12 * 1024;
+pub const CPU_DENSE_DEPTH_PER_TOP_K: u64 = 8;
+
+impl Backend {
+    /// The automatic threshold for a layout of `fixed` sink and window cells and `top_k`.
+    /// CUDA: sink + window + 2 top-k (the GPU step's own threshold comes with its rebuild).
+    pub fn dense_depth(self, fixed: u64, top_k: u64) -> u64 {
+        let least = fixed + 2 * top_k;
+        match self {
+            Backend::Cpu => least.max(CPU_DENSE_DEPTH).max(CPU_DENSE_DEPTH_PER_TOP_K * top_k),
+            Backend::Cuda => least,
+        }
+    }
+}
+
 /// Largest value of a count (top-k, sink, window, threshold): engines hold them as int32.
 pub const MAX_COUNT: u32 = i32::MAX as u32;
 
@@ -140,8 +167,9 @@ long-context decoding attends exactly over the first --pariskv-sink and last --p
 positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build"),
     count_spec!(c"sink", n_sink, 0, MAX_COUNT, c"ParisKV: first positions of a sequence always attended"),
     count_spec!(c"window", n_window, 0, MAX_COUNT, c"ParisKV: last positions of a sequence always attended"),
-    count_spec!(c"dense-threshold", dense_threshold, 0, MAX_COUNT, c"ParisKV: caches of fewer cells stay dense, 0 = sink + window + 2*topk\n\
-(never below sink + window + topk)"),
+    count_spec!(c"dense-threshold", dense_threshold, 0, MAX_COUNT, c"ParisKV: caches of fewer cells stay dense, 0 = automatic: where ParisKV is faster\n\
+(CPU: the largest of 12288, 8*topk and sink + window + 2*topk; CUDA: sink + window + 2*topk;\n\
+never below sink + window + topk)"),
     Spec {
         key: c"gqa",
         values: c"per-head|mean|group",
@@ -258,15 +286,16 @@ impl Settings {
         items.join(",")
     }
 
-    /// Caches of fewer cells than this attend densely: the explicit threshold or sink +
-    /// window + 2 top-k, and never less than sink + window + top-k (below that every visible
-    /// cell is attended anyway). No overflow: u64.
-    pub fn dense_threshold(&self) -> u64 {
+    /// Caches of fewer cells than this attend densely on a backend: the explicit threshold,
+    /// or automatically the depth from which the backend's ParisKV step beats its dense
+    /// attention (`Backend::dense_depth`); never less than sink + window + top-k (below
+    /// that every visible cell is attended anyway). No overflow: u64.
+    pub fn dense_threshold_on(&self, backend: Backend) -> u64 {
         let fixed = self.n_sink as u64 + self.n_window as u64;
         let wanted = if self.dense_threshold > 0 {
             self.dense_threshold as u64
         } else {
-            fixed + 2 * self.top_k as u64
+            backend.dense_depth(fixed, self.top_k as u64)
         };
         wanted.max(fixed + self.top_k as u64)
     }
@@ -393,13 +422,19 @@ mod tests {
     #[test]
     fn dense_threshold_is_derived_and_never_overflows() {
         let mut s = Settings::parse("topk=64").unwrap();
-        assert_eq!(s.dense_threshold(), 4 + 512 + 128);
+        assert_eq!(s.dense_threshold_on(Backend::Cuda), 4 + 512 + 128);
+        assert_eq!(s.dense_threshold_on(Backend::Cpu), CPU_DENSE_DEPTH);
+        s.top_k = 4096;
+        assert_eq!(s.dense_threshold_on(Backend::Cpu), 8 * 4096);
+        s.top_k = 64;
         s.dense_threshold = 100;
-        assert_eq!(s.dense_threshold(), 4 + 512 + 64);
+        assert_eq!(s.dense_threshold_on(Backend::Cuda), 4 + 512 + 64);
+        assert_eq!(s.dense_threshold_on(Backend::Cpu), 4 + 512 + 64, "an explicit value wins");
         s.dense_threshold = 10_000;
-        assert_eq!(s.dense_threshold(), 10_000);
+        assert_eq!(s.dense_threshold_on(Backend::Cpu), 10_000);
         let big = Settings::parse("topk=2147483647,window=2147483647,sink=2147483647").unwrap();
-        assert_eq!(big.dense_threshold(), 4 * MAX_COUNT as u64);
+        assert_eq!(big.dense_threshold_on(Backend::Cuda), 4 * MAX_COUNT as u64);
+        assert_eq!(big.dense_threshold_on(Backend::Cpu), 8 * MAX_COUNT as u64);
     }
 
     #[test]

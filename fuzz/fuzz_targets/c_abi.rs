@@ -294,9 +294,11 @@ fn settings_calls(u: &mut Unstructured) -> Result<()> {
         assert!(checked(pariskv_settings_parse(buf.as_ptr(), &mut back)), "formatted settings parse");
         assert_eq!(back, s, "format then parse gives the settings back");
     }
-    let mut threshold = 0u64;
-    if checked(pariskv_settings_dense_threshold(&s, &mut threshold)) {
-        assert!(threshold >= s.n_sink as u64 + s.n_window as u64 + s.top_k as u64);
+    for backend in [0u32, 1] {
+        let mut threshold = 0u64;
+        if checked(pariskv_settings_dense_threshold(&s, backend, &mut threshold)) {
+            assert!(threshold >= s.n_sink as u64 + s.n_window as u64 + s.top_k as u64);
+        }
     }
     let mut params = [0i32; PARISKV_OP_PARAMS];
     let mut step = unsafe { std::mem::zeroed::<pariskv_step>() };

@@ -42,6 +42,13 @@ PROMPTS = [
     "Once upon a time",
 ]
 
+def early(k, sink=4, window=512):
+    """ParisKV from sink + window + 2 top-k cells, so that the op runs on these short
+    contexts (the CPU's automatic threshold keeps caches below 12K cells dense:
+    test_cpu_threshold)."""
+    return ["--pariskv-dense-threshold", str(sink + window + 2 * k)]
+
+
 # ParisKV settings where the op runs (n_kv >= 256 > dense threshold 220 = sink 4 + window 16
 # + top-k 200) but every visible cell is attended while a sequence holds at most 220 tokens
 # (the tests keep prompt + generation below that): its output must then equal dense
@@ -92,7 +99,7 @@ def test_identity(a):
 def test_small_topk_prefix(a):
     print("tiny model: with a small top-k, tokens before retrieval begins equal dense")
     sink, window, k = 4, 16, 16
-    args = ["--pariskv-topk", str(k), "--pariskv-window", str(window), "--pariskv-sink", str(sink)]
+    args = ["--pariskv-topk", str(k), "--pariskv-window", str(window), "--pariskv-sink", str(sink), *early(k, sink, window)]
     with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
         dense = generations(s, 300)
         n_prompt = [len(s.tokenize(p)) for p in PROMPTS]
@@ -143,7 +150,7 @@ def test_context_shift_and_cache_reuse(a):
         log = s.log_text()
     check(len(dense) == 600 and got == dense, "context shift (600 tokens in 256 cells), top-k >= context: identical")
     check("ParisKV: top-k" in log and "slot context shift" in log, "the server shifted the context with ParisKV on")
-    small = [*shift, "--pariskv-topk", "32", "--pariskv-window", "32"]
+    small = [*shift, "--pariskv-topk", "32", "--pariskv-window", "32", *early(32, window=32)]
     with Server(a.bin, a.tiny, small, name="pk-shift-small") as s:
         got = s.complete(PROMPTS[1], 600)[0]
     check(len(got) == 600, "context shift with a small top-k (the index re-encoded after each shift): completes")
@@ -169,7 +176,8 @@ def test_context_shift_and_cache_reuse(a):
 
 def test_state_restore(a):
     print("slot save / erase / restore (a state load): the index is rebuilt, generation equals an uninterrupted run")
-    args = ["-c", "4096", "-np", "1", "--pariskv-topk", "16", "--pariskv-window", "16", "--slot-save-path", LOG_DIR + "/"]
+    args = ["-c", "4096", "-np", "1", "--pariskv-topk", "16", "--pariskv-window", "16", *early(16, window=16),
+            "--slot-save-path", LOG_DIR + "/"]
     prompt = PROMPTS[0] * 3  # long enough that retrieval, not full coverage, decides
     with Server(a.bin, a.tiny, args, name="pk-fresh") as s:
         fresh = s.complete(prompt, 80, cache_prompt=True)[0]
@@ -220,19 +228,31 @@ def test_fallbacks(a):
     print("unsupported configurations fall back to dense attention with one log line")
     with Server(a.bin, a.tiny, ["-c", "4096", "-fa", "off"], name="dense-nofa") as s:
         dense = generations(s, 60)
-    with Server(a.bin, a.tiny, ["-c", "4096", "-fa", "off", "--pariskv-topk", "16"], name="pk-nofa") as s:
+    with Server(a.bin, a.tiny, ["-c", "4096", "-fa", "off", "--pariskv-topk", "16", *early(16)], name="pk-nofa") as s:
         got = generations(s, 60)
         log = s.log_text()
     lines = [l for l in log.splitlines() if "ParisKV not used" in l]
     check(len(lines) == 1 and "transposed" in lines[0], f"-fa off: one log line ({lines[:1]})")
     check(got == dense, "-fa off: output identical to dense")
     if a.tiny_hd20:
-        with Server(a.bin, a.tiny_hd20, ["-c", "4096", "--pariskv-topk", "16"], name="pk-hd20") as s:
+        with Server(a.bin, a.tiny_hd20, ["-c", "4096", "--pariskv-topk", "16", *early(16)], name="pk-hd20") as s:
             tokens = s.complete(PROMPTS[2], 40)[0]
             log = s.log_text()
         lines = [l for l in log.splitlines() if "ParisKV not used" in l]
         check(len(lines) == 1 and "head size" in lines[0], f"head_dim 20: one log line ({lines[:1]})")
         check(len(tokens) == 40, "head_dim 20: generates")
+
+
+def test_cpu_threshold(a):
+    print("automatic dense threshold: on the CPU, caches below 12288 cells stay dense (ParisKV is slower there)")
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", "--pariskv-topk", "16"], env=STATS, name="pk-auto") as s:
+        generations(s, 40)
+        log = s.log_text()
+    on_gpu = "-ngl" in server.EXTRA_ARGS
+    want = 4 + 512 + 2 * 16 if on_gpu else 12288
+    check(f"dense below {want} cells" in log, f"the start-up line gives the {'CUDA' if on_gpu else 'CPU'} threshold {want}")
+    if not on_gpu:
+        check(not op_calls(log), "short contexts on the CPU: the op never ran")
 
 
 def test_flags(a):
@@ -302,7 +322,7 @@ def test_gemma_passkey(a):
     print("Gemma 3 270M: passkey at ~8K tokens, dense vs ParisKV top-k 256")
     prompt, key = passkey.make_prompt(8000, 0.5, seed=7)
     answers = {}
-    for name, args in [("dense", []), ("pariskv", ["--pariskv-topk", "256"])]:
+    for name, args in [("dense", []), ("pariskv", ["--pariskv-topk", "256", *early(256)])]:
         with Server(a.bin, a.gemma, ["-c", "9216", "-b", "2048", "-ub", "512", *args], name=f"gemma-{name}") as s:
             t0 = time.time()
             _, text = s.complete(prompt, 12)
@@ -327,7 +347,7 @@ def main():
     server.EXTRA_ARGS = shlex.split(a.server_args)
     server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_state_restore, test_fallbacks, test_flags, test_offload] + ([test_gemma_passkey] if a.gemma else [])
+             test_state_restore, test_fallbacks, test_cpu_threshold, test_flags, test_offload] + ([test_gemma_passkey] if a.gemma else [])
     only = set(a.only.split(",")) if a.only else None
     for t in tests:
         if only and t.__name__ not in only:

@@ -47,9 +47,12 @@ SERVERS = [
     # top-k beyond any sequence: below the dense threshold, attention stays dense
     ("pariskv-topk-ge-ctx", ["--pariskv-topk", str(2 * SLOT_CTX)]),
     # top-k = the slot context: a sequence's visible cells never exceed sink + window + top-k,
-    # while the unified cache of busy slots exceeds the dense threshold (2068 cells)
-    ("pariskv-full", ["--pariskv-topk", str(SLOT_CTX), "--pariskv-window", "16", "--pariskv-sink", "4"]),
-    ("pariskv-small", ["--pariskv-topk", "64", "--pariskv-window", "32", "--pariskv-sink", "4"]),
+    # while the unified cache of busy slots exceeds the dense threshold (4116 cells)
+    ("pariskv-full", ["--pariskv-topk", str(SLOT_CTX), "--pariskv-window", "16", "--pariskv-sink", "4",
+                      "--pariskv-dense-threshold", str(4 + 16 + 2 * SLOT_CTX)]),
+    # the op from sink + window + 2 top-k cells (the CPU's automatic threshold is 12288)
+    ("pariskv-small", ["--pariskv-topk", "64", "--pariskv-window", "32", "--pariskv-sink", "4",
+                       "--pariskv-dense-threshold", str(4 + 32 + 2 * 64)]),
 ]
 
 WORDS = ("the river runs past the old stone bridge while birds sing in the early light and "

@@ -94,7 +94,16 @@ static llama_context * make_context(llama_model * model, const options & o, int 
     cp.n_batch = cp.n_ubatch = 512;
     cp.n_threads = cp.n_threads_batch = o.threads;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
-    const std::string settings = "topk=" + std::to_string(topk) + (o.settings.empty() ? "" : "," + o.settings);
+    std::string settings = "topk=" + std::to_string(topk) + (o.settings.empty() ? "" : "," + o.settings);
+    // ParisKV from sink + window + 2 top-k cells unless the settings say otherwise, so that KL
+    // is measured from the same depth on every backend (the CPU's automatic threshold would
+    // keep these contexts dense)
+    pariskv_settings ps;
+    uint64_t threshold = 0;
+    if (topk > 0 && pariskv_settings_parse(settings.c_str(), &ps) == PARISKV_OK && ps.dense_threshold == 0 &&
+            pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CUDA, &threshold) == PARISKV_OK) {
+        settings += ",dense-threshold=" + std::to_string(threshold);
+    }
     cp.pariskv = settings.c_str();
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {

@@ -8,6 +8,9 @@ plot_passkey.py).
                    [--seed 7] [--json OUT] [SETTING ...]
 A SETTING is the extra server arguments in one string, e.g. "--pariskv-topk 256"; the
 default compares the GQA policies at top-k 256 and 1024. Lengths are in tokens (about).
+A setting without --pariskv-dense-threshold gets sink + window + 2 top-k, so that ParisKV
+answers from the same depth on every backend (the CPU's automatic threshold would keep
+prompts below 12K tokens dense).
 """
 
 import argparse
@@ -26,6 +29,17 @@ DEFAULT_SETTINGS = [
     "--pariskv-topk 256 --pariskv-gqa per-head",
     "--pariskv-topk 1024 --pariskv-gqa per-head",
 ]
+
+
+def with_threshold(setting):
+    """`setting` with an explicit --pariskv-dense-threshold of sink + window + 2 top-k."""
+    words = setting.split()
+    if "--pariskv-topk" not in words or "--pariskv-dense-threshold" in words:
+        return setting
+    value = {w: int(words[i + 1]) for i, w in enumerate(words[:-1]) if w in
+             ("--pariskv-topk", "--pariskv-sink", "--pariskv-window")}
+    threshold = value.get("--pariskv-sink", 4) + value.get("--pariskv-window", 512) + 2 * value["--pariskv-topk"]
+    return f"{setting} --pariskv-dense-threshold {threshold}"
 
 
 def main():
@@ -47,7 +61,7 @@ def main():
         for depth in depths:
             prompt, key = passkey.make_prompt(tokens, depth, seed=a.seed)
             for setting in a.settings:
-                args = ["-c", ctx, "-b", "2048", "-ub", "512", *a.server_args.split(), *setting.split()]
+                args = ["-c", ctx, "-b", "2048", "-ub", "512", *a.server_args.split(), *with_threshold(setting).split()]
                 with Server(a.bin, a.model, args, name="sweep") as s:
                     _, text = s.complete(prompt, 8)
                 ok = passkey.answers(text, key)

@@ -14,6 +14,8 @@ use crate::settings::{self, Kind, OpParams, Settings, Table, OP_PARAMS, SPECS};
 type pariskv_gqa = u32;
 /// Likewise `pariskv_ratios`.
 type pariskv_ratios = u32;
+/// Likewise `pariskv_backend`.
+type pariskv_backend = u32;
 
 /// Number of `int32_t` op parameters of an attention step (`pariskv_op_params_pack`).
 pub const PARISKV_OP_PARAMS: usize = 9;
@@ -261,18 +263,30 @@ pub extern "C" fn pariskv_setting_describe(i: u32, out: *mut pariskv_setting_inf
     })
 }
 
-/// `*out` = the number of cells from which a cache is attended with ParisKV: the explicit
-/// `dense_threshold`, or sink + window + 2 top-k when it is 0, and never below sink +
-/// window + top-k (below that every visible cell is attended anyway). Computed without
-/// overflow.
+/// `*out` = the number of cells from which a cache whose steps run on `backend` (a
+/// `pariskv_backend`) is attended with ParisKV: the explicit `dense_threshold`, or when it
+/// is 0 the depth from which that backend's step beats its dense attention (CPU: the largest
+/// of 12288, 8 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
+/// below sink + window + top-k (below that every visible cell is attended anyway). Computed
+/// without overflow.
 #[no_mangle]
 pub extern "C" fn pariskv_settings_dense_threshold(
     settings: *const pariskv_settings,
+    backend: pariskv_backend,
     out: *mut u64,
 ) -> pariskv_status {
     boundary("pariskv_settings_dense_threshold", || {
         let s = in_ref(settings, "settings")?.to_settings()?;
-        *out_ref(out, "out")? = s.dense_threshold();
+        let backend = match backend {
+            b if b == types::pariskv_backend::PARISKV_BACKEND_CPU as u32 => settings::Backend::Cpu,
+            b if b == types::pariskv_backend::PARISKV_BACKEND_CUDA as u32 => settings::Backend::Cuda,
+            b => {
+                return Err(Error::unsupported(format!(
+                    "backend {b}: PARISKV_BACKEND_CPU or PARISKV_BACKEND_CUDA"
+                )))
+            }
+        };
+        *out_ref(out, "out")? = s.dense_threshold_on(backend);
         Ok(())
     })
 }

@@ -62,6 +62,15 @@ pub enum pariskv_ratios {
     PARISKV_RATIOS_TUNED = 2,
 }
 
+/// Where a decode step runs (`pariskv_settings_dense_threshold`; a `uint32_t` holding one
+/// of these, any other value is reported as `PARISKV_ERR_UNSUPPORTED`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pariskv_backend {
+    PARISKV_BACKEND_CPU = 0,
+    PARISKV_BACKEND_CUDA = 1,
+}
+
 /// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
 /// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;

@@ -637,8 +637,12 @@ int main(void) {
         CHECK(pariskv_settings_value(&ps, "gqa", value, sizeof(value), &vlen) == PARISKV_OK && strcmp(value, "mean") == 0,
               "value of gqa: '%s'", value);
         uint64_t threshold = 0;
-        CHECK(pariskv_settings_dense_threshold(&ps, &threshold) == PARISKV_OK && threshold == 4 + 64 + 2 * 256,
-              "dense threshold %llu", (unsigned long long)threshold);
+        CHECK(pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CUDA, &threshold) == PARISKV_OK && threshold == 4 + 64 + 2 * 256,
+              "dense threshold on CUDA %llu", (unsigned long long)threshold);
+        CHECK(pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CPU, &threshold) == PARISKV_OK && threshold == 12288,
+              "dense threshold on the CPU %llu", (unsigned long long)threshold);
+        expect_error("dense threshold: backend 7", pariskv_settings_dense_threshold(&ps, 7, &threshold),
+                     PARISKV_ERR_UNSUPPORTED, "backend 7");
         uint32_t n_settings = 0;
         pariskv_setting_info info;
         CHECK(pariskv_setting_count(&n_settings) == PARISKV_OK && n_settings >= 10 &&
@@ -671,7 +675,7 @@ int main(void) {
         CHECK(tlen > 4, "the needed length is reported: %zu", tlen);
         pariskv_settings odd = ps;
         odd.ratios = PARISKV_RATIOS_FIXED;
-        expect_error("settings: ratios FIXED", pariskv_settings_dense_threshold(&odd, &threshold),
+        expect_error("settings: ratios FIXED", pariskv_settings_dense_threshold(&odd, PARISKV_BACKEND_CPU, &threshold),
                      PARISKV_ERR_INVALID_ARGUMENT, "candidates");
         odd = ps;
         odd.top_k = 0;

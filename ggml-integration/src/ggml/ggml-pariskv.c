@@ -17,6 +17,7 @@ const ggml_pariskv_fn ggml_pariskv_entry_points[] = {
     (ggml_pariskv_fn) pariskv_center_init,
     (ggml_pariskv_fn) pariskv_encode_cells,
     (ggml_pariskv_fn) pariskv_attend_cache,
+    (ggml_pariskv_fn) pariskv_attend_cache_team,
     (ggml_pariskv_fn) pariskv_settings_init,
     (ggml_pariskv_fn) pariskv_settings_parse,
     (ggml_pariskv_fn) pariskv_settings_set,

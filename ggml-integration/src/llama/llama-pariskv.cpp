@@ -204,6 +204,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     pk.layers.assign(kv.layers.size(), {});
     std::string handled;
     int n_handled = 0;
+    int n_cpu     = 0; // handled layers whose steps run on the CPU backend
     int n_device  = 0;
     for (size_t ikv = 0; ikv < kv.layers.size(); ++ikv) {
         const auto & layer = kv.layers[ikv];
@@ -253,6 +254,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         }
 
         handled += (n_handled++ ? "," : "") + std::to_string(il);
+        n_cpu += ggml_backend_buft_is_host(index_buft) ? 1 : 0;
     }
 
     if (n_device > 0) {
@@ -291,7 +293,16 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         kv.ctxs_bufs.emplace_back(std::move(ctx), b);
     }
 
-    pariskv_settings_dense_threshold(&pk.settings, &pk.dense_threshold);
+    // ParisKV from the depth where it beats dense attention on the backend the steps run
+    // on; a cache with handled layers on both takes the larger
+    uint64_t on_cpu = 0, on_device = 0;
+    if (n_cpu > 0) {
+        pariskv_settings_dense_threshold(&pk.settings, PARISKV_BACKEND_CPU, &on_cpu);
+    }
+    if (n_handled > n_cpu) {
+        pariskv_settings_dense_threshold(&pk.settings, PARISKV_BACKEND_CUDA, &on_device);
+    }
+    pk.dense_threshold = std::max(on_cpu, on_device);
 
     char ratios[64];
     if (s->candidates > 0.0f) {
