@@ -125,6 +125,7 @@ fn bench(a: &Args, n: usize) {
         codes: store.as_ref(),
         visible: |c: usize| mask[c].to_f32() > f32::NEG_INFINITY,
         pos: &pos,
+        zone_hist: None,
     };
     let mut rng = Rng::new(1);
     let targets: Vec<usize> = (0..8).map(|_| rng.below(n)).collect();

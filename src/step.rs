@@ -14,7 +14,7 @@ use crate::algorithm::rotation::Rotation;
 use crate::algorithm::search::RatioPolicy;
 use crate::error::{Error, Result};
 use crate::rows::Rows;
-use crate::shape::Shape;
+use crate::shape::{Shape, N_CENTROIDS};
 
 /// Settings of a step (static per layer).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,6 +73,9 @@ pub struct CacheView<'a, V: Fn(usize) -> bool> {
     pub codes: Codes<'a>,
     pub visible: V,
     pub pos: &'a [i32],
+    /// The code histogram of exactly the retrieval zone (`[block][centroid]`), when the
+    /// caller keeps one (an index handle does); the step counts it otherwise.
+    pub zone_hist: Option<&'a [u32]>,
 }
 
 /// Checks that the view's rows, positions and codes cover the same cells, with keys of
@@ -93,6 +96,13 @@ pub fn check_view<V: Fn(usize) -> bool>(shape: &Shape, cache: &CacheView<V>) -> 
             "cache step: key rows of {} for head_dim {}",
             cache.keys.dim(),
             shape.head_dim
+        )));
+    }
+    if let Some(h) = cache.zone_hist.filter(|h| h.len() != shape.n_blocks * N_CENTROIDS) {
+        return Err(Error::invalid(format!(
+            "cache step: zone histogram of {} entries, expected {}",
+            h.len(),
+            shape.n_blocks * N_CENTROIDS
         )));
     }
     Ok(())
@@ -148,7 +158,7 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
                 cache.codes,
                 0..n,
                 |c: usize| class[c] == Class::Zone,
-                None,
+                cache.zone_hist,
                 p.ratios,
                 p.top_k,
                 Refine { keys: &cache.keys, factor: p.refine, attn: p.attn },
@@ -220,6 +230,7 @@ mod tests {
             codes: f.store.as_ref(),
             visible: |c: usize| c.is_multiple_of(2),
             pos: &pos,
+            zone_hist: None,
         };
         let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0.0; 2 * d];
@@ -245,7 +256,7 @@ mod tests {
         let keys = Rows::packed(RowData::F32(&f.cache.keys), d).unwrap();
         let values = Rows::packed(RowData::F32(&f.cache.values), d).unwrap();
         let visible = |c: usize| c < 300;
-        let view = CacheView { keys, values, codes: f.store.as_ref(), visible, pos: &pos };
+        let view = CacheView { keys, values, codes: f.store.as_ref(), visible, pos: &pos, zone_hist: None };
         let mut rng = Rng::new(2);
         let q: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
         let (mut out, mut dense) = (vec![0.0; d], vec![0.0; d]);
@@ -265,7 +276,14 @@ mod tests {
         let pos = vec![0i32; n];
         let keys = Rows::packed(RowData::F32(&f.cache.keys), d).unwrap();
         let values = Rows::packed(RowData::F32(&f.cache.values), d).unwrap();
-        let view = CacheView { keys, values, codes: f.store.as_ref(), visible: |_| false, pos: &pos };
+        let view = CacheView {
+            keys,
+            values,
+            codes: f.store.as_ref(),
+            visible: |_| false,
+            pos: &pos,
+            zone_hist: None,
+        };
         let mut out = vec![1.0; d];
         attend_cache(&f.rotation, &params(8), &view, &vec![1.0; d], &mut StepScratch::default(), &mut out)
             .unwrap();

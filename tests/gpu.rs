@@ -338,8 +338,14 @@ mod step {
             let vrows = Rows::head_of(RowData::F32(&vf), kv, d, h, n).unwrap();
             let store = &stores[h];
             let vis = |x: usize| visible(t, x);
-            let view =
-                CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible: vis, pos: &pos };
+            let view = CacheView {
+                keys: krows,
+                values: vrows,
+                codes: store.as_ref(),
+                visible: vis,
+                pos: &pos,
+                zone_hist: None,
+            };
             let qu = &q[u * g * d..][..g * d];
             let mut cpu_out = vec![0.0f32; g * d];
             let stats =
@@ -1071,7 +1077,14 @@ fn c_abi_step_with_kv_in_host_memory() {
     assert_eq!(gcenter.read::<f32>(center::len(d)).unwrap(), c, "centre");
     let offset = center::offset(&c);
     encode_rows(&rot, &krows, &all, offset, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
-    let view = CacheView { keys: krows, values: vrows, codes: store.as_ref(), visible: |_| true, pos: &pos };
+    let view = CacheView {
+        keys: krows,
+        values: vrows,
+        codes: store.as_ref(),
+        visible: |_| true,
+        pos: &pos,
+        zone_hist: None,
+    };
     let sp = StepParams {
         top_k: 512,
         n_sink: 4,

@@ -213,6 +213,7 @@ fn classify<V: Fn(usize) -> bool + Sync>(
     let (sink_end, window_start) =
         (p_min.saturating_add(p.n_sink as i64), p_max.saturating_sub(p.n_local as i64));
     let table_len = shape.n_blocks * N_CENTROIDS;
+    let counted = cache.zone_hist.is_some();
     let (visible, in_zone, parts) = (&s.visible, Parts::new(&mut s.in_zone), Parts::new(&mut s.parts));
     team.split(n, &|t, range| {
         // SAFETY: as above.
@@ -226,8 +227,10 @@ fn classify<V: Fn(usize) -> bool + Sync>(
             *z = visible[c] && !(pos < sink_end || pos > window_start);
             if *z {
                 n_zone += 1;
-                for (h, &code) in hist.iter_mut().zip(cache.codes.cell_codes(shape, c)) {
-                    h[code as usize] += 1;
+                if !counted {
+                    for (h, &code) in hist.iter_mut().zip(cache.codes.cell_codes(shape, c)) {
+                        h[code as usize] += 1;
+                    }
                 }
             }
         }
@@ -241,6 +244,9 @@ fn classify<V: Fn(usize) -> bool + Sync>(
         for (h, &x) in s.hist.iter_mut().zip(&part.hist) {
             *h += x;
         }
+    }
+    if let Some(given) = cache.zone_hist {
+        s.hist.copy_from_slice(given);
     }
     StepStats { n_visible, n_zone, ..StepStats::default() }
 }
@@ -730,7 +736,8 @@ mod tests {
                     2 => c % 10 != 3,
                     _ => true,
                 };
-                let view = CacheView { keys, values, codes: store.as_ref(), visible, pos: &pos };
+                let view =
+                    CacheView { keys, values, codes: store.as_ref(), visible, pos: &pos, zone_hist: None };
                 let targets: Vec<usize> = (0..6).map(|_| rng.below(n)).collect();
                 let q: Vec<f32> = (0..g).flat_map(|_| cache.planted_query(&targets, 4.0, &mut rng)).collect();
                 for gqa in GqaPolicy::ALL {
@@ -769,6 +776,30 @@ mod tests {
                             assert_eq!(cells, oracle.attended(), "{what}");
                             assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}");
                         }
+                        // the zone's histogram given by the caller (as an index handle does)
+                        let pmin = (0..n).filter(|&c| visible(c)).map(|c| pos[c]).min().unwrap() as i64;
+                        let pmax = (0..n).filter(|&c| visible(c)).map(|c| pos[c]).max().unwrap() as i64;
+                        let in_zone = |c: usize| {
+                            let p = pos[c] as i64;
+                            visible(c) && p >= pmin + 4 && p <= pmax - 64
+                        };
+                        let mut hist = Vec::new();
+                        crate::algorithm::search::histogram(
+                            &shape,
+                            &store.as_ref(),
+                            0..n,
+                            in_zone,
+                            &mut hist,
+                        );
+                        let counted = CacheView { zone_hist: Some(&hist), ..view };
+                        let (mut got, mut fast) = (vec![0.0; g * d], Scratch::default());
+                        let st =
+                            attend_cache(&Team::solo(), &rot, &p, &counted, &q, &mut fast, &mut got).unwrap();
+                        assert_eq!((st, fast.attended()), (w, oracle.attended()), "given histogram");
+                        assert!(
+                            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "given histogram"
+                        );
                         cases += 1;
                     }
                 }

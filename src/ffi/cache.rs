@@ -489,6 +489,7 @@ fn attend_cache_on(
                     codes: index,
                     visible: |c: usize| m[c] > f32::NEG_INFINITY,
                     pos,
+                    zone_hist: None,
                 };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
@@ -498,7 +499,7 @@ fn attend_cache_on(
                     let b = m[c].to_bits();
                     b != 0xFC00 && b & 0x7FFF <= 0x7C00
                 };
-                let cache = CacheView { keys, values, codes: index, visible, pos };
+                let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
             RowData::BF16(m) => {
@@ -506,7 +507,7 @@ fn attend_cache_on(
                     let b = m[c].to_bits();
                     b != 0xFF80 && b & 0x7FFF <= 0x7F80
                 };
-                let cache = CacheView { keys, values, codes: index, visible, pos };
+                let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
         };

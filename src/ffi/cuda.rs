@@ -200,7 +200,7 @@ pub extern "C" fn pariskv_cuda_encode(
             if t.keys == 0 || t.codes == 0 || t.nibbles == 0 || t.weights == 0 || cells == 0 {
                 return Err(Error::invalid("a device address in target or cells is 0"));
             }
-            if center % 4 != 0 {
+            if !center.is_multiple_of(4) {
                 return Err(Error::invalid(format!("center address {center:#x} is not aligned to f32")));
             }
             let stream = stream_of(stream);

@@ -7,10 +7,13 @@ use crate::algorithm::gqa::{select_group, GroupScratch, Refine};
 use crate::algorithm::rotation::Rotation;
 use crate::algorithm::search::{tally, SearchStats, Tally};
 use crate::config::{Config, Device};
+use crate::cpu;
+use crate::cpu::team::Team;
 use crate::error::{Error, Result};
 use crate::index::handle::{check_append, load_queries, IndexStats, KvIndex, Retrieved};
 use crate::rows::{RowBuf, RowData, Rows};
 use crate::shape::{Shape, N_CENTROIDS};
+use crate::step::{CacheView, StepParams};
 
 /// Everything stored for one KV head.
 #[derive(Clone, Debug)]
@@ -25,7 +28,7 @@ struct Head {
 }
 
 /// Per-call buffers, kept to avoid allocating on every step.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Scratch {
     encode: EncodeScratch,
     group: GroupScratch,
@@ -35,9 +38,12 @@ struct Scratch {
     /// Retrieved cells of the last selection, best first.
     top: Vec<u32>,
     cells: Vec<u32>,
+    /// 0, 1, 2, ...: the cells' positions for the step.
+    positions: Vec<i32>,
+    step: cpu::step::Scratch,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Index {
     cfg: Config,
     shape: Shape,
@@ -151,30 +157,36 @@ impl Index {
         load_queries(&self.cfg, queries, &mut self.scratch.queries)
     }
 
-    /// Top-k cells of the retrieval zone for KV head `h`, best first, into `scratch.search.top`.
-    fn select(&mut self, h: usize, k: usize) -> Result<()> {
-        let (d, g) = (self.cfg.head_dim, self.cfg.group_size());
-        let s = &mut self.scratch;
-        // Zone histogram: all keys minus the sink and the window.
+    /// The code histogram of KV head `h`'s retrieval zone into `scratch.zone_hist`: every
+    /// appended key's (kept as keys arrive) minus the sink's and the window's.
+    fn zone_hist(&mut self, h: usize) {
         let head = &self.heads[h];
         let zone = self.cfg.zone(self.len);
+        let s = &mut self.scratch;
         s.zone_hist.clear();
         s.zone_hist.extend_from_slice(&head.hist);
-        let codes = head.codes.as_ref();
         tally(
             &self.shape,
-            &codes,
+            &head.codes.as_ref(),
             (0..zone.start).chain(zone.end..self.len),
             &mut s.zone_hist,
             Tally::Remove,
         );
+    }
+
+    /// Top-k cells of the retrieval zone for KV head `h`, best first, into `scratch.top`.
+    fn select(&mut self, h: usize, k: usize) -> Result<()> {
+        let (d, g) = (self.cfg.head_dim, self.cfg.group_size());
+        self.zone_hist(h);
+        let s = &mut self.scratch;
+        let head = &self.heads[h];
         let keys = Rows::packed(head.keys.data(), d)?;
         self.last[h] = select_group(
             &self.rotation,
             self.cfg.gqa,
             &s.queries[h * g * d..][..g * d],
-            codes,
-            zone,
+            head.codes.as_ref(),
+            self.cfg.zone(self.len),
             |_| true,
             Some(&s.zone_hist),
             self.cfg.ratios,
@@ -236,34 +248,62 @@ impl Index {
         }
         self.load_queries(queries)?;
         let dense = self.cfg.is_dense(self.len);
-        let zone = self.cfg.zone(self.len);
+        let params = StepParams {
+            top_k: self.cfg.top_k,
+            n_sink: self.cfg.n_sink,
+            n_local: self.cfg.n_local,
+            ratios: self.cfg.ratios,
+            gqa: self.cfg.gqa,
+            refine: self.cfg.refine,
+            attn: self.cfg.attn,
+        };
+        // a cell's position is its index: the step's sink and window are the config's zone bounds
+        let n = self.len;
+        self.scratch.positions.extend(self.scratch.positions.len() as i32..n as i32);
         for h in 0..self.cfg.n_kv_heads {
-            let mut cells = std::mem::take(&mut self.scratch.cells);
-            cells.clear();
+            let (q, o) = (h * g * d..(h + 1) * g * d, &mut out[h * g * d..][..g * d]);
             if dense {
-                cells.extend(0..self.len as u32);
-            } else {
-                self.select(h, self.cfg.top_k)?;
-                cells.extend(0..zone.start as u32);
-                let first_retrieved = cells.len();
-                cells.extend_from_slice(&self.scratch.top);
-                cells[first_retrieved..].sort_unstable();
-                cells.extend(zone.end as u32..self.len as u32);
+                let mut cells = std::mem::take(&mut self.scratch.cells);
+                cells.clear();
+                cells.extend(0..n as u32);
+                let head = &self.heads[h];
+                let (k, v) = (Rows::packed(head.keys.data(), d)?, Rows::packed(head.values.data(), d)?);
+                let result = attend(
+                    &self.scratch.queries[q],
+                    &k,
+                    &v,
+                    &cells,
+                    self.cfg.attn,
+                    &mut self.scratch.attn,
+                    o,
+                );
+                self.scratch.cells = cells;
+                result?;
+                continue;
             }
+            // sink ∪ top-k ∪ window by the CPU step (the same rows as `select`'s top-k)
+            self.zone_hist(h);
             let head = &self.heads[h];
-            let k = Rows::packed(head.keys.data(), d)?;
-            let v = Rows::packed(head.values.data(), d)?;
-            let result = attend(
-                &self.scratch.queries[h * g * d..][..g * d],
-                &k,
-                &v,
-                &cells,
-                self.cfg.attn,
-                &mut self.scratch.attn,
-                &mut out[h * g * d..][..g * d],
-            );
-            self.scratch.cells = cells;
-            result?;
+            let s = &mut self.scratch;
+            let view = CacheView {
+                keys: Rows::packed(head.keys.data(), d)?,
+                values: Rows::packed(head.values.data(), d)?,
+                codes: head.codes.as_ref(),
+                visible: |_| true,
+                pos: &s.positions[..n],
+                zone_hist: Some(&s.zone_hist),
+            };
+            let st = cpu::step::attend_cache(
+                &Team::solo(),
+                &self.rotation,
+                &params,
+                &view,
+                &s.queries[q],
+                &mut s.step,
+                o,
+            )?;
+            self.last[h] =
+                SearchStats { n_zone: st.n_zone, n_candidates: st.n_candidates, ..SearchStats::default() };
         }
         Ok(())
     }
