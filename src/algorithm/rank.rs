@@ -42,6 +42,21 @@ pub fn rank_key(score: f32, index: u32) -> u64 {
     (score_key(score) as u64) << 32 | index as u64
 }
 
+/// Keeps the `k` smallest of `keys` (`rank_key`s: the best k), in rank order when `sorted`.
+pub fn top_k_keys(keys: &mut Vec<u64>, k: usize, sorted: bool) {
+    if k == 0 {
+        keys.clear();
+        return;
+    }
+    if keys.len() > k {
+        keys.select_nth_unstable(k - 1);
+        keys.truncate(k);
+    }
+    if sorted {
+        keys.sort_unstable();
+    }
+}
+
 /// Keeps the best `k` of `items` (score, index) in rank order; drops the rest.
 pub fn top_k_in_place(items: &mut Vec<(f32, u32)>, k: usize) {
     let key = |a: &(f32, u32)| rank_key(a.0, a.1);

@@ -19,9 +19,9 @@ use std::ops::Range;
 use multiversion::multiversion;
 
 use crate::algorithm::attention::{attend, dot_heads, AttnScratch};
-use crate::algorithm::gqa::{merge_ranks, rescore, GqaPolicy};
+use crate::algorithm::gqa::{merge_ranks, GqaPolicy};
 use crate::algorithm::prefetch;
-use crate::algorithm::rank::{rank_key, top_k_in_place};
+use crate::algorithm::rank::{rank_key, top_k_keys};
 use crate::algorithm::rotation::Rotation;
 use crate::algorithm::search::{candidate_count, cutoff, group_query, tier_budgets, tier_levels};
 use crate::cpu::collide::{GroupCounts, Lanes};
@@ -90,7 +90,6 @@ struct ThreadPart {
     /// candidates: each retrieval's candidates of the share, and their union
     lists: Vec<Vec<u32>>,
     union: Vec<u32>,
-    marked: Vec<bool>,
     ties: Vec<usize>,
     /// rerank and refine: `[head][row of the share]`
     values: Vec<f32>,
@@ -124,7 +123,6 @@ pub struct Scratch {
     keys: Vec<u64>,
     queries: GroupQueries,
     estimates: Vec<f32>,
-    scored: Vec<(f32, u32)>,
     logits: Vec<f32>,
     softmax_buf: (Vec<f32>, Vec<f32>),
     row: Vec<f32>,
@@ -340,16 +338,24 @@ fn select<V: Fn(usize) -> bool + Sync>(
         n_candidates += list.len();
         s.estimates.resize(list.len(), 0.0);
         estimate_group(kernel, &shape, &codes, &s.queries, r..r + 1, list, &mut s.estimates);
-        s.scored.clear();
-        s.scored.extend(s.estimates.iter().copied().zip(list.iter().copied()));
-        top_k_in_place(&mut s.scored, ret.shortlist);
+        s.keys.clear();
+        s.keys.extend(s.estimates.iter().zip(list).map(|(&e, &c)| rank_key(e, c)));
+        // rank order is needed only for the last ranking (the group's lists merge by rank)
+        top_k_keys(&mut s.keys, ret.shortlist, !refining);
         if refining {
-            n_refined += s.scored.len();
-            rescore(keys, &s.plain[r * d..][..d], &mut s.row, &mut s.scored)?;
-            top_k_in_place(&mut s.scored, ret.k);
+            n_refined += s.keys.len();
+            s.shortlist.clear();
+            s.shortlist.extend(s.keys.iter().map(|&k| k as u32));
+            s.shortlist.sort_unstable();
+            check_rows(keys, d, &s.shortlist)?;
+            s.estimates.resize(s.shortlist.len(), 0.0);
+            exact_dots(keys, &s.plain[r * d..][..d], &s.shortlist, &mut s.row, &mut s.estimates);
+            s.keys.clear();
+            s.keys.extend(s.estimates.iter().zip(&s.shortlist).map(|(&e, &c)| rank_key(e, c)));
+            top_k_keys(&mut s.keys, ret.k, true);
         }
         s.ranked[r].clear();
-        s.ranked[r].extend(s.scored.iter().map(|&(_, c)| c));
+        s.ranked[r].extend(s.keys.iter().map(|&k| k as u32));
     }
     merge_ranks(&s.ranked[..s.retrievals.len()], &mut s.seen, &mut s.retrieved);
     Ok((n_candidates, n_refined))
@@ -465,7 +471,7 @@ fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
         if union_only {
             union_of_words(lanes, nr, &cut_words, counts, n, in_zone, range, &mut part.ties, &mut part.union);
         } else {
-            lists_and_union(lanes, nr, &cuts, counts, n, in_zone, range, part);
+            lists(lanes, nr, &cuts, counts, n, in_zone, range, part);
         }
     });
     s.lists.resize_with(nr, Vec::new);
@@ -525,10 +531,10 @@ fn union_of_words(
     union.truncate(len);
 }
 
-/// Every retrieval's candidates (`search::candidates`) of `range` into the part's lists,
-/// and their union: one branch-free pass per retrieval.
+/// Every retrieval's candidates (`search::candidates`) of `range` into the part's lists:
+/// one branch-free pass per retrieval (per-head and mean need no union).
 #[allow(clippy::too_many_arguments)]
-fn lists_and_union(
+fn lists(
     lanes: Lanes,
     nr: usize,
     cuts: &[(u16, usize)],
@@ -538,34 +544,27 @@ fn lists_and_union(
     range: Range<usize>,
     part: &mut ThreadPart,
 ) {
-    part.marked.clear();
-    part.marked.resize(range.len(), false);
     for (r, &(cut, _)) in cuts.iter().enumerate().take(nr) {
         let mut ties = part.ties[r];
         let shift = (r % lanes.per_word) as u32 * lanes.bits;
         let mask = (1u64 << lanes.bits) - 1;
         let words = &counts[(r / lanes.per_word) * n..][range.clone()];
-        // branch-free: a third of the zone is taken in no predictable pattern
+        // branch-free: a fifth to a half of the zone is taken in no predictable pattern
         let list = &mut part.lists[r];
         list.clear();
         list.resize(range.len(), 0);
         let mut len = 0;
-        for (i, ((&w, &z), m)) in
-            words.iter().zip(&in_zone[range.clone()]).zip(part.marked.iter_mut()).enumerate()
-        {
+        for (i, (&w, &z)) in words.iter().zip(&in_zone[range.clone()]).enumerate() {
             let count = ((w >> shift) & mask) as u16;
             let above = z & (count > cut);
             let tie = z & (count == cut) & (ties > 0);
             ties -= tie as usize;
             list[len] = (range.start + i) as u32;
             len += (above | tie) as usize;
-            *m |= above | tie;
         }
         list.truncate(len);
     }
     part.union.clear();
-    part.union
-        .extend(part.marked.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| (range.start + i) as u32));
 }
 
 /// `out[h * n + i]` for the n `cells` and g heads, each thread filling its share of the
@@ -656,6 +655,19 @@ fn exact_logits(
         for (h, &x) in dots.iter().enumerate() {
             out[h * n + i] = p.attn.selection_logit(x);
         }
+    }
+}
+
+/// `out[i]` = the exact `<q, key of cells[i]>` (`gqa::rescore`'s score; cells checked by
+/// `check_rows`), rows prefetched ahead.
+fn exact_dots(keys: &Rows, q: &[f32], cells: &[u32], row: &mut Vec<f32>, out: &mut [f32]) {
+    row.resize(keys.dim(), 0.0);
+    for (i, &c) in cells.iter().enumerate() {
+        if let Some(&ahead) = cells.get(i + prefetch::DISTANCE) {
+            keys.prefetch(ahead as usize);
+        }
+        keys.load(c as usize, row);
+        dot_heads(q, row, &mut out[i..i + 1]);
     }
 }
 
