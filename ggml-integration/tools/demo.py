@@ -51,7 +51,8 @@ def main():
 
     print(f"ParisKV top-k {a.topk}: restoring the saved cache (the index is built from it) and decoding ...",
           flush=True)
-    with Server(a.bin, a.model, [*base, "--pariskv-topk", str(a.topk)], name="demo-pariskv") as s:
+    # -lv 4: the start-up line with the settings and the dense threshold
+    with Server(a.bin, a.model, [*base, "-lv", "4", "--pariskv-topk", str(a.topk)], name="demo-pariskv") as s:
         s.post("/slots/0?action=restore", {"filename": "demo-slot.bin"})
         res = s.completion(prompt, a.predict, cache_prompt=True)
         log = s.log_text()
