@@ -2,6 +2,7 @@
 //! `algorithm`), reorganised for speed. Every stage gives the oracle's result exactly (the
 //! same candidates, top-k and rows, scores to the bit); tests hold it to that.
 
+pub mod candidates;
 pub mod collide;
 pub mod estimate;
 pub mod softmax;

@@ -14,8 +14,6 @@
 //!
 //! Splitting never changes a result: every cell and row is computed as on one thread.
 
-use std::ops::Range;
-
 use multiversion::multiversion;
 
 use crate::algorithm::attention::{attend, dot_heads, AttnScratch};
@@ -24,7 +22,8 @@ use crate::algorithm::prefetch;
 use crate::algorithm::rank::{rank_key, top_k_keys};
 use crate::algorithm::rotation::Rotation;
 use crate::algorithm::search::{candidate_count, cutoff, group_query, tier_budgets, tier_levels};
-use crate::cpu::collide::{GroupCounts, Lanes};
+use crate::cpu;
+use crate::cpu::collide::{self, GroupCounts};
 use crate::cpu::estimate::{estimate_group, GroupQueries, Kernel};
 use crate::cpu::softmax::group_scores;
 use crate::cpu::team::{Parts, Team};
@@ -409,20 +408,21 @@ fn collisions<V: Fn(usize) -> bool + Sync>(
 ) {
     let n = s.in_zone.len();
     s.counts.prepare(shape, n, &s.levels);
-    let (words, hist_size) = (s.counts.words(), s.counts.hist_size());
-    let mut counts = std::mem::take(&mut s.counts.counts);
+    let (nr, hist_size) = (s.counts.retrievals, s.counts.hist_size());
+    let kernel = collide::Kernel::best(shape);
+    let mut planes = std::mem::take(&mut s.counts.planes);
     let (all, parts, group, in_zone) =
-        (Parts::new(&mut counts), Parts::new(&mut s.parts), &s.counts, &s.in_zone);
+        (Parts::new(&mut planes), Parts::new(&mut s.parts), &s.counts, &s.in_zone);
     team.split(n, &|t, range| {
-        // SAFETY: each thread writes its share of every word's counts and its own part.
+        // SAFETY: each thread writes its share of every retrieval's plane and its own part.
         let part = unsafe { &mut parts.part(t..t + 1)[0] };
-        let mut shares: Vec<&mut [u64]> =
-            (0..words).map(|w| unsafe { all.part(w * n + range.start..w * n + range.end) }).collect();
+        let mut shares: Vec<&mut [u16]> =
+            (0..nr).map(|r| unsafe { all.part(r * n + range.start..r * n + range.end) }).collect();
         part.count_hist.clear();
         part.count_hist.resize(hist_size, 0);
-        group.count_range(shape, &cache.codes, range, in_zone, &mut shares, &mut part.count_hist);
+        group.count_range(kernel, shape, &cache.codes, range, in_zone, &mut shares, &mut part.count_hist);
     });
-    s.counts.counts = counts;
+    s.counts.planes = planes;
     for part in &s.parts[..team.nth] {
         for (h, &x) in s.counts.hist.iter_mut().zip(&part.count_hist) {
             *h += x;
@@ -431,14 +431,16 @@ fn collisions<V: Fn(usize) -> bool + Sync>(
 }
 
 /// Every retrieval's candidates (`search::candidates`: the `candidate_count` highest
-/// counts, ties by the lower cell) into `s.lists`, in cell order, and their union.
+/// counts, ties by the lower cell) into `s.lists`, in cell order, or only their union into
+/// `s.union` (the group policy's).
 fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
-    let (nr, n) = (s.retrievals.len(), s.in_zone.len());
+    let nr = s.retrievals.len();
+    let n = s.in_zone.len();
     // each retrieval's (cutoff, cells at the cutoff to take)
     let cuts: Vec<(u16, usize)> = (0..nr)
         .map(|r| cutoff(s.counts.histogram(r), candidate_count(n_zone, rho_cand, s.retrievals[r].shortlist)))
         .collect();
-    let lanes = s.counts.lanes.expect("counted");
+    let cut_counts: Vec<u16> = cuts.iter().map(|&(c, _)| c).collect();
     let hist_len = s.counts.histogram(0).len();
     // `ties_before[t * nr + r]`: cells at retrieval r's cutoff in the shares before thread t's
     let mut ties_before = vec![0usize; team.nth * nr];
@@ -448,30 +450,22 @@ fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
             ties_before[t * nr + r] = ties_before[(t - 1) * nr + r] + here;
         }
     }
-    // each word's cutoffs, lane by lane, for comparing all its retrievals at once
-    let words = s.counts.words();
-    let cut_words: Vec<u64> = (0..words)
-        .map(|w| {
-            let lanes_here = (nr - w * lanes.per_word).min(lanes.per_word);
-            (0..lanes_here)
-                .fold(0u64, |acc, l| acc | (cuts[w * lanes.per_word + l].0 as u64) << (l as u32 * lanes.bits))
-        })
-        .collect();
     let union_only = s.union_only;
-    let (parts, counts, in_zone) = (Parts::new(&mut s.parts), &s.counts.counts, &s.in_zone);
+    let (parts, planes) = (Parts::new(&mut s.parts), &s.counts.planes);
     team.split(n, &|t, range| {
         // SAFETY: each thread writes its own part only.
         let part = unsafe { &mut parts.part(t..t + 1)[0] };
-        part.lists.resize_with(nr, Vec::new);
-        for list in &mut part.lists[..nr] {
-            list.clear();
-        }
         part.ties.clear();
         part.ties.extend((0..nr).map(|r| cuts[r].1.saturating_sub(ties_before[t * nr + r])));
+        part.lists.resize_with(nr, Vec::new);
         if union_only {
-            union_of_words(lanes, nr, &cut_words, counts, n, in_zone, range, &mut part.ties, &mut part.union);
+            for list in &mut part.lists[..nr] {
+                list.clear();
+            }
+            cpu::candidates::union(planes, n, &cut_counts, range, &mut part.ties, &mut part.union);
         } else {
-            lists(lanes, nr, &cuts, counts, n, in_zone, range, part);
+            part.union.clear();
+            cpu::candidates::lists(planes, n, &cut_counts, range, &mut part.ties, &mut part.lists[..nr]);
         }
     });
     s.lists.resize_with(nr, Vec::new);
@@ -489,83 +483,6 @@ fn candidates(team: &Team, n_zone: usize, rho_cand: f64, s: &mut Scratch) {
 
 /// Fills `[head][cell of a share]` for a share's cells, with a row buffer of its own.
 type RowValues<'a> = dyn Fn(&[u32], &mut [f32], &mut Vec<f32>) + Sync + 'a;
-
-/// The candidates of the retrievals whose cutoffs `cuts` packs lane by lane, as their
-/// union only (the group policy's): a cell is taken when some retrieval counts it above
-/// its cutoff, or at it while that retrieval still takes ties (`ties`, in cell order).
-/// Branch-free but for cells at some cutoff.
-#[allow(clippy::too_many_arguments)]
-fn union_of_words(
-    lanes: Lanes,
-    nr: usize,
-    cuts: &[u64],
-    counts: &[u64],
-    n: usize,
-    in_zone: &[bool],
-    range: Range<usize>,
-    ties: &mut [usize],
-    union: &mut Vec<u32>,
-) {
-    union.clear();
-    union.resize(range.len(), 0);
-    let mut len = 0;
-    for c in range {
-        let mut taken = false;
-        for (w, &cut) in cuts.iter().enumerate() {
-            let (ge, eq) = lanes.at_least_and_equal(counts[w * n + c], cut);
-            let (above, at) = (ge & !eq, ge & eq);
-            taken |= above != 0;
-            if at != 0 && in_zone[c] {
-                for l in lanes.set_lanes(at).filter(|&l| w * lanes.per_word + l < nr) {
-                    let r = w * lanes.per_word + l;
-                    if ties[r] > 0 {
-                        ties[r] -= 1;
-                        taken = true;
-                    }
-                }
-            }
-        }
-        union[len] = c as u32;
-        len += usize::from(taken & in_zone[c]);
-    }
-    union.truncate(len);
-}
-
-/// Every retrieval's candidates (`search::candidates`) of `range` into the part's lists:
-/// one branch-free pass per retrieval (per-head and mean need no union).
-#[allow(clippy::too_many_arguments)]
-fn lists(
-    lanes: Lanes,
-    nr: usize,
-    cuts: &[(u16, usize)],
-    counts: &[u64],
-    n: usize,
-    in_zone: &[bool],
-    range: Range<usize>,
-    part: &mut ThreadPart,
-) {
-    for (r, &(cut, _)) in cuts.iter().enumerate().take(nr) {
-        let mut ties = part.ties[r];
-        let shift = (r % lanes.per_word) as u32 * lanes.bits;
-        let mask = (1u64 << lanes.bits) - 1;
-        let words = &counts[(r / lanes.per_word) * n..][range.clone()];
-        // branch-free: a fifth to a half of the zone is taken in no predictable pattern
-        let list = &mut part.lists[r];
-        list.clear();
-        list.resize(range.len(), 0);
-        let mut len = 0;
-        for (i, (&w, &z)) in words.iter().zip(&in_zone[range.clone()]).enumerate() {
-            let count = ((w >> shift) & mask) as u16;
-            let above = z & (count > cut);
-            let tie = z & (count == cut) & (ties > 0);
-            ties -= tie as usize;
-            list[len] = (range.start + i) as u32;
-            len += (above | tie) as usize;
-        }
-        list.truncate(len);
-    }
-    part.union.clear();
-}
 
 /// `out[h * n + i]` for the n `cells` and g heads, each thread filling its share of the
 /// cells by `f(cells of the share, [head][cell of the share], row buffer)`.
@@ -724,7 +641,9 @@ mod tests {
     fn equals_the_oracle_exactly() {
         let mut rng = Rng::new(21);
         let mut cases = 0;
-        for (d, g, n) in [(64, 4, 3000), (128, 6, 6000), (256, 4, 2500), (128, 1, 1500), (32, 3, 1200)] {
+        for (d, g, n) in
+            [(64, 4, 3000), (128, 6, 6000), (256, 4, 2500), (128, 1, 1500), (32, 3, 1200), (256, 4, 8448)]
+        {
             let shape = Shape::new(d).unwrap();
             let rot = Rotation::new(shape, 9);
             let cache = SynthCache::generate(&SynthSpec::new(n, d, 3 + d as u64));
@@ -757,6 +676,7 @@ mod tests {
                         (64, 2, RatioPolicy::Tuned, 0.0),
                         (200, 1, RatioPolicy::Adaptive, 0.0),
                         (5, 3, RatioPolicy::Fixed(Ratios { cand: 0.05, coll: 0.3 }), 30.0),
+                        (256, 2, RatioPolicy::Tuned, 0.0),
                         (2, 1, RatioPolicy::Tuned, 0.0),
                         (100_000, 2, RatioPolicy::Tuned, 0.0),
                     ] {
@@ -817,6 +737,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 5 * 3 * 3 * 5);
+        assert_eq!(cases, 6 * 3 * 3 * 6);
     }
 }
