@@ -97,6 +97,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_layout_for",
             "pariskv_center_init",
             "pariskv_encode_cells",
+            "pariskv_codes_tally",
             "pariskv_attend_cache",
             "PARISKV_TEAM_SLOT_BYTES",
             "pariskv_team",

@@ -1,7 +1,8 @@
 //! The decode step llama.cpp's CPU op runs, one KV head on one thread, against dense
 //! attention over the same f16 cache in the same run: what a CPU user's decode pays per
 //! layer and KV head. Synthetic keys (speed only), every cell visible, positions 0..N,
-//! the library's default settings unless overridden.
+//! the library's default settings unless overridden; the index keeps its code histogram,
+//! as llama.cpp's does on the CPU.
 //!
 //!   cargo run --release --example cpu_step -- [--group G] [--dim D] [--topk K]
 //!       [--gqa per-head|mean|group] [--refine R] [--reps R] [--fast-only] [N ...]
@@ -18,11 +19,12 @@ use pariskv::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
 use pariskv::algorithm::gqa::GqaPolicy;
 use pariskv::algorithm::rotation::Rotation;
 use pariskv::algorithm::search::RatioPolicy;
+use pariskv::algorithm::search::Tally;
 use pariskv::config::{DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_SEED, DEFAULT_SINK};
 use pariskv::cpu::team::Team;
 use pariskv::eval::synth::{Rng, SynthCache, SynthSpec};
 use pariskv::shape::Shape;
-use pariskv::step::{attend_cache, CacheView, StepParams, StepScratch};
+use pariskv::step::{attend_cache, CacheView, Kept, StepParams, StepScratch};
 use pariskv::{RowData, Rows};
 
 struct Args {
@@ -119,6 +121,9 @@ fn bench(a: &Args, n: usize) {
     encode_rows(&rot, &keys, &cells, None, &mut store.as_mut(), &mut EncodeScratch::default()).unwrap();
     let pos: Vec<i32> = (0..n as i32).collect();
     let mask = vec![f16::ZERO; n];
+    // the histogram llama.cpp's encodes keep on the CPU (the fast step reads it; the oracle counts)
+    let (mut kept_hist, mut counted) = (vec![0u32; shape.n_blocks * 256], vec![0u8; n]);
+    pariskv::cpu::kept::tally(&shape, &store.as_ref(), &cells, &mut kept_hist, &mut counted, Tally::Add);
     let view = CacheView {
         keys,
         values,
@@ -126,6 +131,7 @@ fn bench(a: &Args, n: usize) {
         visible: |c: usize| mask[c].to_f32() > f32::NEG_INFINITY,
         pos: &pos,
         zone_hist: None,
+        kept: Some(Kept { hist: &kept_hist, counted: &counted }),
     };
     let mut rng = Rng::new(1);
     let targets: Vec<usize> = (0..8).map(|_| rng.below(n)).collect();

@@ -284,12 +284,18 @@ typedef struct pariskv_layout {
 
 // The index of one KV head over `n_cells` cells, in caller memory: `codes`
 // `[n_cells][code_bytes]`, `nibbles` `[n_cells][nibble_bytes]`, `weights`
-// `[n_cells][n_weights]` (f16 bit patterns).
+// `[n_cells][n_weights]` (f16 bit patterns). Optionally (both NULL: not kept) the
+// histogram of the codes of the cells flagged counted, `hist` `[n_blocks][256]` uint32,
+// and the flags, `counted` `[n_cells]` (1 = counted): `pariskv_codes_tally` keeps them
+// (remove a cell before its codes are rewritten, add it after), and a decode step takes
+// its zone's histogram from them instead of counting every step (`pariskv_attend_cache`).
 typedef struct pariskv_codes {
   uint8_t *codes;
   uint8_t *nibbles;
   uint16_t *weights;
   size_t n_cells;
+  uint32_t *hist;
+  uint8_t *counted;
 } pariskv_codes;
 
 // Settings of a decode step.
@@ -378,6 +384,16 @@ enum pariskv_status pariskv_encode_cells(uint32_t head_dim,
                                          size_t n,
                                          const float *center,
                                          const struct pariskv_codes *dst);
+
+// Adds the codes of `cells` (`n`, each in `0..codes->n_cells`) that are not counted yet to
+// `codes->hist` and flags them (`add` = 1), or removes those counted and clears their flags
+// (`add` = 0); cells in the state asked for are left alone. `hist` and `counted` must be
+// set. One thread at a time per index.
+enum pariskv_status pariskv_codes_tally(uint32_t head_dim,
+                                        const struct pariskv_codes *codes,
+                                        const int64_t *cells,
+                                        size_t n,
+                                        uint32_t add);
 
 // One decode step for the `step->n_heads` query heads sharing one KV head: `q` holds
 // them as f32 rows `q_stride` bytes apart, `out` receives f32 rows `out_stride` bytes

@@ -76,6 +76,18 @@ pub struct CacheView<'a, V: Fn(usize) -> bool> {
     /// The code histogram of exactly the retrieval zone (`[block][centroid]`), when the
     /// caller keeps one (an index handle does); the step counts it otherwise.
     pub zone_hist: Option<&'a [u32]>,
+    /// The index's kept histogram of all counted cells, when it keeps one (`cpu::kept`): the
+    /// fast step takes the zone's from it where that is exact. The oracle always counts.
+    pub kept: Option<Kept<'a>>,
+}
+
+/// An index's histogram of the codes of every cell flagged in `counted` (`cpu::kept`).
+#[derive(Clone, Copy, Debug)]
+pub struct Kept<'a> {
+    /// `[block][centroid]`.
+    pub hist: &'a [u32],
+    /// One flag per cell of the index: 1 = its codes are in `hist`.
+    pub counted: &'a [u8],
 }
 
 /// Checks that the view's rows, positions and codes cover the same cells, with keys of
@@ -231,6 +243,7 @@ mod tests {
             visible: |c: usize| c.is_multiple_of(2),
             pos: &pos,
             zone_hist: None,
+            kept: None,
         };
         let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0.0; 2 * d];
@@ -256,7 +269,15 @@ mod tests {
         let keys = Rows::packed(RowData::F32(&f.cache.keys), d).unwrap();
         let values = Rows::packed(RowData::F32(&f.cache.values), d).unwrap();
         let visible = |c: usize| c < 300;
-        let view = CacheView { keys, values, codes: f.store.as_ref(), visible, pos: &pos, zone_hist: None };
+        let view = CacheView {
+            keys,
+            values,
+            codes: f.store.as_ref(),
+            visible,
+            pos: &pos,
+            zone_hist: None,
+            kept: None,
+        };
         let mut rng = Rng::new(2);
         let q: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
         let (mut out, mut dense) = (vec![0.0; d], vec![0.0; d]);
@@ -283,6 +304,7 @@ mod tests {
             visible: |_| false,
             pos: &pos,
             zone_hist: None,
+            kept: None,
         };
         let mut out = vec![1.0; d];
         attend_cache(&f.rotation, &params(8), &view, &vec![1.0; d], &mut StepScratch::default(), &mut out)

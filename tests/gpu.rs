@@ -345,6 +345,7 @@ mod step {
                 visible: vis,
                 pos: &pos,
                 zone_hist: None,
+                kept: None,
             };
             let qu = &q[u * g * d..][..g * d];
             let mut cpu_out = vec![0.0f32; g * d];
@@ -1084,6 +1085,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         visible: |_| true,
         pos: &pos,
         zone_hist: None,
+        kept: None,
     };
     let sp = StepParams {
         top_k: 512,

@@ -164,6 +164,8 @@ fn cache_calls(u: &mut Unstructured) -> Result<()> {
         nibbles: nibbles.as_mut_ptr(),
         weights: weights.as_mut_ptr(),
         n_cells,
+        hist: std::ptr::null_mut(),
+        counted: std::ptr::null_mut(),
     };
     let dtype = *u.choose(&DTYPES)?;
     let keys = data(u, dtype, n_cells.max(1) * d)?;

@@ -5,6 +5,7 @@
 pub mod candidates;
 pub mod collide;
 pub mod estimate;
+pub mod kept;
 pub mod softmax;
 pub mod step;
 pub mod team;

@@ -25,6 +25,7 @@ use crate::algorithm::search::{candidate_count, cutoff, group_query, tier_budget
 use crate::cpu;
 use crate::cpu::collide::{self, GroupCounts};
 use crate::cpu::estimate::{estimate_group, GroupQueries, Kernel};
+use crate::cpu::kept;
 use crate::cpu::softmax::group_scores;
 use crate::cpu::team::{Parts, Team};
 use crate::error::{Error, Result};
@@ -210,7 +211,8 @@ fn classify<V: Fn(usize) -> bool + Sync>(
     let (sink_end, window_start) =
         (p_min.saturating_add(p.n_sink as i64), p_max.saturating_sub(p.n_local as i64));
     let table_len = shape.n_blocks * N_CENTROIDS;
-    let counted = cache.zone_hist.is_some();
+    // the zone's histogram comes from the caller, from the index's kept one, or is counted here
+    let counted = cache.zone_hist.is_some() || cache.kept.is_some();
     let (visible, in_zone, parts) = (&s.visible, Parts::new(&mut s.in_zone), Parts::new(&mut s.parts));
     team.split(n, &|t, range| {
         // SAFETY: as above.
@@ -244,8 +246,42 @@ fn classify<V: Fn(usize) -> bool + Sync>(
     }
     if let Some(given) = cache.zone_hist {
         s.hist.copy_from_slice(given);
+    } else if let Some(kept) = cache.kept {
+        if !kept::zone_histogram(shape, &cache.codes, &kept, &s.in_zone, n_zone, &mut s.hist) {
+            count_zone(team, shape, cache, s);
+        }
     }
     StepStats { n_visible, n_zone, ..StepStats::default() }
+}
+
+/// The zone's code histogram counted, into `s.hist` (where the kept one cannot give it).
+fn count_zone<V: Fn(usize) -> bool + Sync>(
+    team: &Team,
+    shape: &Shape,
+    cache: &CacheView<V>,
+    s: &mut Scratch,
+) {
+    let table_len = shape.n_blocks * N_CENTROIDS;
+    let (in_zone, parts) = (&s.in_zone, Parts::new(&mut s.parts));
+    team.split(in_zone.len(), &|t, range| {
+        // SAFETY: each thread writes its own part.
+        let part = unsafe { &mut parts.part(t..t + 1)[0] };
+        part.hist.clear();
+        part.hist.resize(table_len, 0);
+        let hist: &mut [[u32; N_CENTROIDS]] = part.hist.as_chunks_mut().0;
+        for c in range.filter(|&c| in_zone[c]) {
+            for (h, &code) in hist.iter_mut().zip(cache.codes.cell_codes(shape, c)) {
+                h[code as usize] += 1;
+            }
+        }
+    });
+    s.hist.clear();
+    s.hist.resize(table_len, 0);
+    for part in &s.parts[..team.nth] {
+        for (h, &x) in s.hist.iter_mut().zip(&part.hist) {
+            *h += x;
+        }
+    }
 }
 
 /// The group's retrieved rows into `s.retrieved`; returns (candidates, rows refined) as
@@ -626,10 +662,12 @@ mod tests {
     use super::*;
     use crate::algorithm::attention::AttnParams;
     use crate::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
+    use crate::algorithm::search::Tally;
     use crate::algorithm::search::{RatioPolicy, Ratios};
     use crate::cpu::team::tests::with_team;
     use crate::eval::synth::{Rng, SynthCache, SynthSpec};
     use crate::rows::RowData;
+    use crate::step::Kept;
     use crate::step::StepScratch;
     use half::f16;
 
@@ -667,8 +705,15 @@ mod tests {
                     2 => c % 10 != 3,
                     _ => true,
                 };
-                let view =
-                    CacheView { keys, values, codes: store.as_ref(), visible, pos: &pos, zone_hist: None };
+                let view = CacheView {
+                    keys,
+                    values,
+                    codes: store.as_ref(),
+                    visible,
+                    pos: &pos,
+                    zone_hist: None,
+                    kept: None,
+                };
                 let targets: Vec<usize> = (0..6).map(|_| rng.below(n)).collect();
                 let q: Vec<f32> = (0..g).flat_map(|_| cache.planted_query(&targets, 4.0, &mut rng)).collect();
                 for gqa in GqaPolicy::ALL {
@@ -732,6 +777,25 @@ mod tests {
                             got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "given histogram"
                         );
+                        // the index's kept histogram: exact when every cell is counted, and
+                        // counted anew when a zone cell is not
+                        let (mut kh, mut flags) = (vec![0u32; shape.n_blocks * 256], vec![0u8; n]);
+                        kept::tally(&shape, &store.as_ref(), &all, &mut kh, &mut flags, Tally::Add);
+                        let mut partly = flags.clone();
+                        partly[(0..n).find(|&c| in_zone(c)).unwrap()] = 0;
+                        for flags in [&flags, &partly] {
+                            let with_kept =
+                                CacheView { kept: Some(Kept { hist: &kh, counted: flags }), ..view };
+                            let (mut got, mut fast) = (vec![0.0; g * d], Scratch::default());
+                            let st =
+                                attend_cache(&Team::solo(), &rot, &p, &with_kept, &q, &mut fast, &mut got)
+                                    .unwrap();
+                            assert_eq!((st, fast.attended()), (w, oracle.attended()), "kept histogram");
+                            assert!(
+                                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "kept histogram"
+                            );
+                        }
                         cases += 1;
                     }
                 }

@@ -12,12 +12,14 @@ use super::types::pariskv_status;
 use crate::algorithm::attention::AttnParams;
 use crate::algorithm::encode::{encode_rotated, Codes};
 use crate::algorithm::rotation::Rotation;
+use crate::algorithm::search::Tally;
 use crate::cpu;
 use crate::cpu::team::{Team, TeamSlot};
 use crate::error::{Error, Result};
 use crate::rows::{RowData, Rows};
 use crate::shape::Shape;
-use crate::step::{CacheView, StepParams};
+use crate::shape::N_CENTROIDS;
+use crate::step::{CacheView, Kept, StepParams};
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
@@ -46,7 +48,11 @@ pub struct pariskv_layout {
 
 /// The index of one KV head over `n_cells` cells, in caller memory: `codes`
 /// `[n_cells][code_bytes]`, `nibbles` `[n_cells][nibble_bytes]`, `weights`
-/// `[n_cells][n_weights]` (f16 bit patterns).
+/// `[n_cells][n_weights]` (f16 bit patterns). Optionally (both NULL: not kept) the
+/// histogram of the codes of the cells flagged counted, `hist` `[n_blocks][256]` uint32,
+/// and the flags, `counted` `[n_cells]` (1 = counted): `pariskv_codes_tally` keeps them
+/// (remove a cell before its codes are rewritten, add it after), and a decode step takes
+/// its zone's histogram from them instead of counting every step (`pariskv_attend_cache`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct pariskv_codes {
@@ -54,6 +60,8 @@ pub struct pariskv_codes {
     pub nibbles: *mut u8,
     pub weights: *mut u16,
     pub n_cells: usize,
+    pub hist: *mut u32,
+    pub counted: *mut u8,
 }
 
 /// K and V rows of one KV head: the row of cell c at `k + c * k_stride` bytes (same for V).
@@ -312,6 +320,46 @@ pub extern "C" fn pariskv_encode_cells(
     })
 }
 
+/// Adds the codes of `cells` (`n`, each in `0..codes->n_cells`) that are not counted yet to
+/// `codes->hist` and flags them (`add` = 1), or removes those counted and clears their flags
+/// (`add` = 0); cells in the state asked for are left alone. `hist` and `counted` must be
+/// set. One thread at a time per index.
+#[no_mangle]
+pub extern "C" fn pariskv_codes_tally(
+    head_dim: u32,
+    codes: *const pariskv_codes,
+    cells: *const i64,
+    n: usize,
+    add: u32,
+) -> pariskv_status {
+    boundary("pariskv_codes_tally", || {
+        let shape = Shape::new(head_dim as usize)?;
+        let c = in_ref(codes, "codes")?;
+        let index = codes_ref(c, &shape)?;
+        let cells = checked_cells(in_slice(cells, n, "cells")?, c.n_cells)?;
+        if c.hist.is_null() || c.counted.is_null() {
+            return Err(Error::invalid("codes.hist and codes.counted must be set to tally"));
+        }
+        let hist = out_slice(c.hist, shape.n_blocks * N_CENTROIDS, "codes.hist")?;
+        let counted = out_slice(c.counted, c.n_cells, "codes.counted")?;
+        let op = if add != 0 { Tally::Add } else { Tally::Remove };
+        cpu::kept::tally(&shape, &index, &cells, hist, counted, op);
+        Ok(())
+    })
+}
+
+/// The kept histogram of `codes`, when it has one, checked against `shape`.
+fn kept_of<'a>(c: &pariskv_codes, shape: &Shape) -> Result<Option<Kept<'a>>> {
+    match (c.hist.is_null(), c.counted.is_null()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(Kept {
+            hist: in_slice(c.hist as *const u32, shape.n_blocks * N_CENTROIDS, "codes.hist")?,
+            counted: in_slice(c.counted as *const u8, c.n_cells, "codes.counted")?,
+        })),
+        _ => Err(Error::invalid("codes.hist and codes.counted are set together or not at all")),
+    }
+}
+
 impl pariskv_step {
     pub(super) fn params(&self) -> Result<StepParams> {
         let ratios = ratio_policy(self.ratio_table, self.rho_cand, self.rho_coll, "step ratio_table")?;
@@ -459,6 +507,7 @@ fn attend_cache_on(
     let keys = rows_at(kv.k_dtype, kv.k, kv.k_stride, dk, n, "kv.k")?;
     let values = rows_at(kv.v_dtype, kv.v, kv.v_stride, dv, n, "kv.v")?;
     let index = codes_ref(&pariskv_codes { n_cells: n, ..*codes }, &shape)?;
+    let kept = kept_of(codes, &shape)?;
     let pos = in_slice(vis.pos, n, "visibility.pos")?;
     let mask = in_rows(vis.mask_dtype, vis.mask, n, "visibility.mask")?;
     let f32 = super::types::pariskv_dtype::PARISKV_F32 as u32;
@@ -490,6 +539,7 @@ fn attend_cache_on(
                     visible: |c: usize| m[c] > f32::NEG_INFINITY,
                     pos,
                     zone_hist: None,
+                    kept,
                 };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
@@ -499,7 +549,7 @@ fn attend_cache_on(
                     let b = m[c].to_bits();
                     b != 0xFC00 && b & 0x7FFF <= 0x7C00
                 };
-                let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None };
+                let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None, kept };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
             RowData::BF16(m) => {
@@ -507,7 +557,7 @@ fn attend_cache_on(
                     let b = m[c].to_bits();
                     b != 0xFF80 && b & 0x7FFF <= 0x7F80
                 };
-                let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None };
+                let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None, kept };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
             }
         };

@@ -292,6 +292,7 @@ impl Index {
                 visible: |_| true,
                 pos: &s.positions[..n],
                 zone_hist: Some(&s.zone_hist),
+                kept: None,
             };
             let st = cpu::step::attend_cache(
                 &Team::solo(),

@@ -370,7 +370,7 @@ int main(void) {
     CHECK(pariskv_layout_for(D, &lay) == PARISKV_OK && lay.code_bytes == 16 && lay.nibble_bytes == 64, "layout_for");
     uint8_t *cb = malloc((size_t)NC * lay.code_bytes), *nb = malloc((size_t)NC * lay.nibble_bytes);
     uint16_t *wb = malloc(2 * (size_t)NC * lay.n_weights);
-    pariskv_codes dst = {cb, nb, wb, NC};
+    pariskv_codes dst = {cb, nb, wb, NC, NULL, NULL};
     int64_t cells[NC];
     for (int c = 0; c < NC; c++) cells[c] = c;
     const size_t kstride = sizeof(float) * NKV * D; /* KV head 0's rows of the interleaved keys */
@@ -391,7 +391,7 @@ int main(void) {
             for (int j = 0; j < D; j++) shifted[c * D + j] = keys[(size_t)c * NKV * D + j] - center[j];
         uint8_t *cb2 = malloc((size_t)NC * lay.code_bytes), *nb2 = malloc((size_t)NC * lay.nibble_bytes);
         uint16_t *wb2 = malloc(2 * (size_t)NC * lay.n_weights);
-        pariskv_codes dst2 = {cb2, nb2, wb2, NC};
+        pariskv_codes dst2 = {cb2, nb2, wb2, NC, NULL, NULL};
         CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_F32, shifted, sizeof(float) * D, cells, NC, NULL, &dst2) == PARISKV_OK &&
                   memcmp(cb, cb2, (size_t)NC * lay.code_bytes) == 0 && memcmp(nb, nb2, (size_t)NC * lay.nibble_bytes) == 0 &&
                   memcmp(wb, wb2, 2 * (size_t)NC * lay.n_weights) == 0,
@@ -410,6 +410,38 @@ int main(void) {
     CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &dst, &vis, cout, D * 4, &sst) == PARISKV_OK &&
               sst.n_visible == NC && sst.n_attended >= 4 + 8 + 4 && sst.n_attended <= 4 + 8 + 16,
           "attend_cache: %s (%zu visible, %zu attended)", pariskv_last_error(), sst.n_visible, sst.n_attended);
+    {
+        /* a kept histogram (pariskv_codes_tally over every cell) gives the step's result to the bit */
+        uint32_t *kh = calloc((size_t)lay.n_blocks * 256, sizeof(uint32_t));
+        uint8_t *flags = calloc(NC, 1);
+        pariskv_codes kept = dst;
+        kept.hist = kh, kept.counted = flags;
+        CHECK(pariskv_codes_tally(D, &kept, cells, NC, 1) == PARISKV_OK && flags[0] == 1 && flags[NC - 1] == 1,
+              "codes_tally add: %s", pariskv_last_error());
+        uint32_t total = 0;
+        for (int c = 0; c < 256; c++) total += kh[c];
+        CHECK(total == NC, "every cell counted once in each block's histogram (%u)", total);
+        float kout[4 * D];
+        pariskv_step_stats kst;
+        CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &kept, &vis, kout, D * 4, &kst) == PARISKV_OK &&
+                  memcmp(kout, cout, sizeof cout) == 0 && memcmp(&kst, &sst, sizeof sst) == 0,
+              "attend_cache with a kept histogram = without: %s", pariskv_last_error());
+        CHECK(pariskv_codes_tally(D, &kept, cells, 3, 0) == PARISKV_OK && flags[0] == 0 && flags[3] == 1,
+              "codes_tally remove");
+        CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &kept, &vis, kout, D * 4, &kst) == PARISKV_OK &&
+                  memcmp(kout, cout, sizeof cout) == 0, "cells not counted: the step counts instead, same result");
+        pariskv_codes half = kept;
+        half.counted = NULL;
+        expect_error("attend_cache hist without counted", pariskv_attend_cache(&step, q, D * 4, &kv, &half, &vis, kout, D * 4, NULL),
+                     PARISKV_ERR_INVALID_ARGUMENT, "together");
+        expect_error("codes_tally without hist", pariskv_codes_tally(D, &dst, cells, NC, 1), PARISKV_ERR_INVALID_ARGUMENT,
+                     "must be set");
+        int64_t bad_cell = NC;
+        expect_error("codes_tally cell out of range", pariskv_codes_tally(D, &kept, &bad_cell, 1, 1),
+                     PARISKV_ERR_INVALID_ARGUMENT, "out of range");
+        free(kh);
+        free(flags);
+    }
     {
         /* three threads sharing the same call give its result to the bit */
         static team_job tj;

@@ -27,14 +27,17 @@ static void pariskv_check(pariskv_status status, const char * what) {
     }
 }
 
-// the index of KV head h of stream s
+// the index of KV head h of stream s, with its kept histogram where hist is not NULL
 static pariskv_codes pariskv_codes_of(const ggml_tensor * codes, const ggml_tensor * nibbles,
-                                      const ggml_tensor * weights, int64_t s, int64_t h) {
+                                      const ggml_tensor * weights, const ggml_tensor * hist,
+                                      const ggml_tensor * counted, int64_t s, int64_t h) {
     pariskv_codes c;
     c.codes   = (uint8_t  *) codes->data   + s*codes->nb[3]   + h*codes->nb[2];
     c.nibbles = (uint8_t  *) nibbles->data + s*nibbles->nb[3] + h*nibbles->nb[2];
     c.weights = (uint16_t *) ((char *) weights->data + s*weights->nb[3] + h*weights->nb[2]);
     c.n_cells = (size_t) codes->ne[1];
+    c.hist    = hist    ? (uint32_t *) ((char *) hist->data + s*hist->nb[2] + h*hist->nb[1]) : nullptr;
+    c.counted = counted ? (uint8_t *) counted->data + s*counted->nb[2] + h*counted->nb[1] : nullptr;
     return c;
 }
 
@@ -45,6 +48,8 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
     const ggml_tensor * nibbles = dst->src[3];
     const ggml_tensor * weights = dst->src[4];
     const ggml_tensor * centers = dst->src[5];
+    const ggml_tensor * hist    = dst->src[6]; // the kept code histogram, or NULL
+    const ggml_tensor * counted = dst->src[7];
 
     const int64_t n_cells   = codes->ne[1];
     const int64_t n_head_kv = codes->ne[2];
@@ -64,6 +69,34 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
             }
         }
         ggml_barrier(params->threadpool);
+    }
+
+    // the written cells of stream s, as cells of the stream
+    auto stream_cells = [&](int64_t s, std::vector<int64_t> & out) {
+        out.clear();
+        for (int64_t i = 0; i < ggml_nelements(idxs); ++i) {
+            if (all[i]/n_cells == s) {
+                out.push_back(all[i] % n_cells);
+            }
+        }
+    };
+    // the kept histogram: the cells about to be rewritten leave it (one thread), and come
+    // back with their new codes once every thread has encoded
+    auto tally = [&](uint32_t add) {
+        if (params->ith == 0) {
+            std::vector<int64_t> written;
+            for (int64_t s = 0; s < n_stream; ++s) {
+                stream_cells(s, written);
+                for (int64_t h = 0; h < n_head_kv && !written.empty(); ++h) {
+                    const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, hist, counted, s, h);
+                    pariskv_check(pariskv_codes_tally((uint32_t) head_dim, &c, written.data(), written.size(), add), "histogram");
+                }
+            }
+        }
+        ggml_barrier(params->threadpool);
+    };
+    if (hist) {
+        tally(0);
     }
 
     // this thread's share of the written cells
@@ -86,13 +119,17 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
             continue;
         }
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, s, h);
+            const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, nullptr, nullptr, s, h);
             const char * keys = (const char *) k->data + (s*n_cells)*k->nb[1] + h*head_dim*ggml_type_size(k->type);
             const float * center = centers ? (const float *) centers->data + h*centers->ne[0] : nullptr;
             pariskv_check(pariskv_encode_cells((uint32_t) head_dim, PARISKV_DEFAULT_SEED, dtype,
                                                keys, k->nb[1], cells.data(), cells.size(), center, &c),
                           "encode");
         }
+    }
+    if (hist) {
+        ggml_barrier(params->threadpool);
+        tally(1);
     }
 }
 
@@ -139,7 +176,7 @@ static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params
         vis.mask       = (const char *) a.mask->data + s*a.mask->nb[3] + tr*a.mask->nb[1];
         vis.pos        = (const int32_t *) ((const char *) a.pos->data + s*a.pos->nb[1]);
 
-        const pariskv_codes c = pariskv_codes_of(a.codes, a.nibbles, a.weights, s, h);
+        const pariskv_codes c = pariskv_codes_of(a.codes, a.nibbles, a.weights, a.hist, a.counted, s, h);
 
         const float * qh = (const float *) ((const char *) a.q->data + t*a.q->nb[2] + h*group*a.q->nb[1]);
         float * out = (float *) ((char *) dst->data + t*dst->nb[2] + h*group*dst->nb[1]);

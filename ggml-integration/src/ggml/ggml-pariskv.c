@@ -157,6 +157,23 @@ struct ggml_tensor * ggml_pariskv_attn(
     return result;
 }
 
+struct ggml_tensor * ggml_pariskv_keep_histogram(
+        struct ggml_tensor * op,
+        struct ggml_tensor * hist,
+        struct ggml_tensor * counted) {
+    // the op's index tensors: encode's codes are src[2], attention's (a view of them) src[5]
+    const bool encode = op->op == GGML_OP_PARISKV_ENCODE;
+    GGML_ASSERT(encode || op->op == GGML_OP_PARISKV_ATTN);
+    const struct ggml_tensor * codes = op->src[encode ? 2 : 5];
+    GGML_ASSERT(hist->type == GGML_TYPE_I32 && counted->type == GGML_TYPE_I8);
+    GGML_ASSERT(ggml_is_contiguous(hist) && ggml_is_contiguous(counted));
+    GGML_ASSERT(hist->ne[0] == codes->ne[0]*256 && hist->ne[1] == codes->ne[2] && hist->ne[2] == codes->ne[3]);
+    GGML_ASSERT(counted->ne[0] >= codes->ne[1] && counted->ne[1] == codes->ne[2] && counted->ne[2] == codes->ne[3]);
+    op->src[encode ? 6 : 8] = hist;
+    op->src[encode ? 7 : 9] = counted;
+    return op;
+}
+
 bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out) {
     switch (type) {
         case GGML_TYPE_F32:  *out = PARISKV_F32;  return true;
@@ -177,6 +194,8 @@ struct ggml_pariskv_attn_args ggml_pariskv_attn_args_of(const struct ggml_tensor
     a.codes   = node->src[5];
     a.nibbles = node->src[6];
     a.weights = node->src[7];
+    a.hist    = node->src[8];
+    a.counted = node->src[9];
 
     a.n_head_kv = a.k->ne[1];
     a.n_kv      = a.k->ne[2];

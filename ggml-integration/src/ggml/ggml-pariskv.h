@@ -11,6 +11,10 @@
 //   weights F16 [dims[2], n_cells, n_head_kv, n_stream]   per-block weights
 // and, optionally, one key centre per KV head (shared by the streams):
 //   centers F32 [head_dim + 1, n_head_kv]                  centre, then keys averaged (0: unset)
+// and, optionally (the CPU backend), the histogram of the codes kept between steps
+// (ggml_pariskv_keep_histogram):
+//   hist    I32 [n_blocks*256, n_head_kv, n_stream]       codes of the counted cells
+//   counted I8  [n_cells, n_head_kv, n_stream]            1 = the cell's codes are in hist
 
 #include "ggml.h"
 #include "pariskv.h"
@@ -63,6 +67,15 @@ GGML_API struct ggml_tensor * ggml_pariskv_attn(
         float                           scale,
         float                           softcap);
 
+// an encode or attention op (returned) that keeps or reads the index's code histogram
+// (hist, counted: the optional index tensors above, zeroed when allocated): an encode takes
+// the cells it rewrites out of the histogram and adds their new codes; an attention takes
+// its zone's histogram from it instead of counting the zone every step. CPU backend only.
+GGML_API struct ggml_tensor * ggml_pariskv_keep_histogram(
+        struct ggml_tensor * op,
+        struct ggml_tensor * hist,
+        struct ggml_tensor * counted);
+
 // the library's element type of a tensor type (F32, F16, BF16); false for any other
 GGML_API bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out);
 
@@ -70,6 +83,7 @@ GGML_API bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out);
 // library's decode step (unpacked from its op params)
 struct ggml_pariskv_attn_args {
     const struct ggml_tensor * q, * k, * v, * mask, * pos, * codes, * nibbles, * weights;
+    const struct ggml_tensor * hist, * counted; // the kept histogram, or NULL
     int64_t n_head_kv, n_kv, n_stream, n_tokens;
     int64_t n_tps; // tokens per stream
     int64_t group; // query heads per KV head

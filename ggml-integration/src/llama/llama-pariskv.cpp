@@ -188,7 +188,8 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
             return it->second;
         }
         ggml_init_params ip = {
-            /*.mem_size   =*/ 4*kv.layers.size()*ggml_tensor_overhead(),
+            // per layer: codes, nibbles, weights, centres, kept histogram and its flags
+            /*.mem_size   =*/ 6*kv.layers.size()*ggml_tensor_overhead(),
             /*.mem_buffer =*/ nullptr,
             /*.no_alloc   =*/ true,
         };
@@ -250,6 +251,13 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
             if (s->center) {
                 x.centers = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hparams.n_embd_head_k(il) + 1, n_head_kv);
                 ggml_format_name(x.centers, "pariskv_centers_l%d", il);
+            }
+            // on the CPU the step takes its zone's code histogram from one kept by the encodes
+            if (ggml_backend_buft_is_host(index_buft)) {
+                x.hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, n_head_kv, kv.n_stream);
+                x.counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  kv_size,     n_head_kv, kv.n_stream);
+                ggml_format_name(x.hist,    "pariskv_hist_l%d",    il);
+                ggml_format_name(x.counted, "pariskv_counted_l%d", il);
             }
         }
 
@@ -442,7 +450,8 @@ bool llama_pariskv_kv::update(llama_kv_cache & kv, llama_context * lctx, bool sh
             first = pk.layers[j].codes != x.codes;
         }
         if (first) {
-            ggml_build_forward_expand(gf, ggml_pariskv_encode(ctx, kv.layers[ikv].k, inp->idxs, x.codes, x.nibbles, x.weights, x.centers));
+            ggml_tensor * encoded = ggml_pariskv_encode(ctx, kv.layers[ikv].k, inp->idxs, x.codes, x.nibbles, x.weights, x.centers);
+            ggml_build_forward_expand(gf, x.hist ? ggml_pariskv_keep_histogram(encoded, x.hist, x.counted) : encoded);
         }
     }
 
@@ -475,6 +484,9 @@ ggml_tensor * llama_pariskv_kv::encode(const llama_kv_cache & kv, ggml_context *
     }
     const auto & x = kv.pariskv->layers[kv.map_layer_ids.at(il)];
     ggml_tensor * encoded = ggml_pariskv_encode(ctx, stored, k_idxs, x.codes, x.nibbles, x.weights, x.centers);
+    if (x.hist) {
+        ggml_pariskv_keep_histogram(encoded, x.hist, x.counted);
+    }
     // build_attn finds the encode of its own layer in the graph by this name
     ggml_format_name(encoded, "pariskv_encoded-%d", il);
     return encoded;
@@ -572,6 +584,12 @@ ggml_tensor * llama_pariskv_kv::attend(const llm_graph_context & g, const llama_
     const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
     ggml_tensor * cur = ggml_pariskv_attn(g.ctx0, q, k, v, kq_mask, pos,
             streams(encoded), streams(x.nibbles), streams(x.weights), &pk.settings, kq_scale, softcap);
+    if (x.hist) {
+        auto streams3 = [&](ggml_tensor * t) {
+            return ggml_view_3d(g.ctx0, t, t->ne[0], t->ne[1], ns, t->nb[1], t->nb[2], sinfo.s0*t->nb[2]);
+        };
+        ggml_pariskv_keep_histogram(cur, streams3(x.hist), streams3(x.counted));
+    }
     g.cb(cur, "pariskv_attn", il);
 
     return ggml_reshape_2d(g.ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]);
