@@ -106,6 +106,11 @@ static void run(const test_case & tc) {
     ggml_tensor * weights = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, dims[2], tc.kv_size, HKV, S);
     ggml_tensor * idxs    = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, tc.kv_size*S);
     ggml_tensor * centers = tc.center ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, D + 1, HKV) : nullptr;
+    // the code histogram the encode keeps (as llama.cpp's CPU layers have it), zeroed
+    ggml_tensor * hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, HKV, S);
+    ggml_tensor * counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  tc.kv_size,  HKV, S);
+    memset(hist->data, 0, ggml_nbytes(hist));
+    memset(counted->data, 0, ggml_nbytes(counted));
     if (centers) {
         memset(centers->data, 0, ggml_nbytes(centers)); // not set: the encode op sets them
     }
@@ -143,7 +148,8 @@ static void run(const test_case & tc) {
     // the graph: encode every cell, then attend (views as llama_kv_cache::get_k / get_v build them)
     ggml_tensor * k_view = ggml_view_4d(ctx, k_store, D, HKV, tc.n_kv, S, k_store->nb[0]*D, k_store->nb[1], k_store->nb[2], 0);
     ggml_tensor * v_view = ggml_view_4d(ctx, v_store, D, HKV, tc.n_kv, S, v_store->nb[0]*D, v_store->nb[1], v_store->nb[2], 0);
-    ggml_tensor * enc = ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights, centers);
+    ggml_tensor * enc = ggml_pariskv_keep_histogram(ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights, centers),
+                                                    hist, counted);
     const float scale = 1.0f/sqrtf((float) D);
     // the op's settings as llama.cpp passes them; the reference below builds its step itself
     pariskv_settings settings;
@@ -156,6 +162,9 @@ static void run(const test_case & tc) {
     settings.refine     = tc.refine > 0 ? (uint32_t) tc.refine : settings.refine;
     settings.candidates = tc.candidates;
     ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights, &settings, scale, 0.0f);
+    // the same attention taking its zone's histogram from the kept one
+    ggml_tensor * out_kept = ggml_pariskv_keep_histogram(
+        ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights, &settings, scale, 0.0f), hist, counted);
 
     // dense flash attention on the same inputs, for the full-coverage comparison
     ggml_tensor * qp = ggml_permute(ctx, ggml_view_4d(ctx, q, D, H, tc.n_tps, S, q->nb[1], q->nb[2], q->nb[2]*tc.n_tps, 0), 0, 2, 1, 3);
@@ -165,6 +174,7 @@ static void run(const test_case & tc) {
 
     ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, out);
+    ggml_build_forward_expand(gf, out_kept);
     ggml_build_forward_expand(gf, fa);
     // five threads: the cases with fewer (token, KV head) units share each unit's step
     // (pariskv_attend_cache_team), which must give the two-thread results to the bit
@@ -172,6 +182,19 @@ static void run(const test_case & tc) {
     std::vector<char> team_out((const char *) out->data, (const char *) out->data + ggml_nbytes(out));
     GGML_ASSERT(ggml_graph_compute_with_ctx(ctx, gf, 2) == GGML_STATUS_SUCCESS);
     check(memcmp(team_out.data(), out->data, team_out.size()) == 0, "five threads sharing units differ from two threads");
+    check(memcmp(out_kept->data, out->data, ggml_nbytes(out)) == 0, "the kept histogram changes the output");
+    {
+        // every cell of every stream and head encoded (twice: the graph ran twice) and counted once
+        bool once = true;
+        for (int64_t i = 0; i < HKV*S; ++i) {
+            int64_t total = 0;
+            for (int64_t c = 0; c < 256; ++c) {
+                total += ((const int32_t *) hist->data)[i*dims[0]*256 + c];
+            }
+            once &= total == tc.kv_size;
+        }
+        check(once, "the kept histogram counts every encoded cell once");
+    }
 
     // (1a) codes: the library on each cell of each stream and head
     {
@@ -199,7 +222,7 @@ static void run(const test_case & tc) {
         check(same, "encode op key centres differ from pariskv_center_init");
         for (int64_t s = 0; s < S; ++s) {
             for (int64_t h = 0; h < HKV; ++h) {
-                pariskv_codes dst = { c.data(), n.data(), w.data(), (size_t) tc.kv_size };
+                pariskv_codes dst = { c.data(), n.data(), w.data(), (size_t) tc.kv_size, nullptr, nullptr };
                 const char * keys = (const char *) k_store->data + ((s*tc.kv_size)*HKV + h)*D*ggml_type_size(tc.type_k);
                 GGML_ASSERT(pariskv_encode_cells((uint32_t) D, PARISKV_DEFAULT_SEED, dtype_of(tc.type_k), keys, row,
                                                  all.data(), all.size(), tc.center ? center.data() + h*(D + 1) : nullptr,
@@ -237,7 +260,7 @@ static void run(const test_case & tc) {
             pariskv_codes ix = {
                 (uint8_t *) codes->data + (s*HKV + hk)*dims[0]*tc.kv_size,
                 (uint8_t *) nibbles->data + (s*HKV + hk)*dims[1]*tc.kv_size,
-                (uint16_t *) weights->data + (s*HKV + hk)*dims[2]*tc.kv_size, (size_t) tc.kv_size };
+                (uint16_t *) weights->data + (s*HKV + hk)*dims[2]*tc.kv_size, (size_t) tc.kv_size, nullptr, nullptr };
             pariskv_visibility vis = { PARISKV_F16, (const ggml_fp16_t *) mask->data + (s*tc.n_tps + tr)*tc.n_kv,
                                        (const int32_t *) pos->data + s*tc.n_kv };
             std::vector<float> ref(g*D);
