@@ -572,7 +572,7 @@ typedef uint32_t pariskv_backend;
 // `*out` = the number of cells from which a cache whose steps run on `backend` (a
 // `pariskv_backend`) is attended with ParisKV: the explicit `dense_threshold`, or when it
 // is 0 the depth from which that backend's step beats its dense attention (CPU: the largest
-// of 12288, 16 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
+// of 12288, 8 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
 // below sink + window + top-k (below that every visible cell is attended anyway). Computed
 // without overflow.
 enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settings *settings,

@@ -71,10 +71,10 @@ pub enum Backend {
 /// `CPU_DENSE_DEPTH_PER_TOP_K` cells per unit of top-k, whichever is more. Measured with
 /// llama-bench against llama.cpp's flash attention on 2 cores (docs/BENCHMARKS.md, "When
 /// ParisKV takes over on the CPU"): Gemma 3 270M (3 of 18 layers global) breaks even near
-/// 12K cells at top-k 256, 16K at 1024 and 32K at 2048; Qwen2.5-Coder-1.5B (every layer)
-/// below 8K at 256 and 1024 and near 12K at 2048.
+/// 8K cells at top-k 256 and 1024 and between 8K and 16K at 2048; Qwen2.5-Coder-1.5B (every
+/// layer) below 8K at 256 and 1024 and between 8K and 16K at 2048.
 pub const CPU_DENSE_DEPTH: u64 = 12 * 1024;
-pub const CPU_DENSE_DEPTH_PER_TOP_K: u64 = 16;
+pub const CPU_DENSE_DEPTH_PER_TOP_K: u64 = 8;
 
 impl Backend {
     /// The automatic threshold for a layout of `fixed` sink and window cells and `top_k`.
@@ -169,7 +169,7 @@ positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON bu
     count_spec!(c"sink", n_sink, 0, MAX_COUNT, c"ParisKV: first positions of a sequence always attended"),
     count_spec!(c"window", n_window, 0, MAX_COUNT, c"ParisKV: last positions of a sequence always attended"),
     count_spec!(c"dense-threshold", dense_threshold, 0, MAX_COUNT, c"ParisKV: caches of fewer cells stay dense, 0 = automatic: where ParisKV is faster\n\
-(CPU: the largest of 12288, 16*topk and sink + window + 2*topk; CUDA: sink + window + 2*topk;\n\
+(CPU: the largest of 12288, 8*topk and sink + window + 2*topk; CUDA: sink + window + 2*topk;\n\
 never below sink + window + topk)"),
     Spec {
         key: c"gqa",
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(s.dense_threshold_on(Backend::Cuda), 4 + 512 + 128);
         assert_eq!(s.dense_threshold_on(Backend::Cpu), CPU_DENSE_DEPTH);
         s.top_k = 4096;
-        assert_eq!(s.dense_threshold_on(Backend::Cpu), 16 * 4096);
+        assert_eq!(s.dense_threshold_on(Backend::Cpu), 8 * 4096);
         s.top_k = 64;
         s.dense_threshold = 100;
         assert_eq!(s.dense_threshold_on(Backend::Cuda), 4 + 512 + 64);
@@ -435,7 +435,7 @@ mod tests {
         assert_eq!(s.dense_threshold_on(Backend::Cpu), 10_000);
         let big = Settings::parse("topk=2147483647,window=2147483647,sink=2147483647").unwrap();
         assert_eq!(big.dense_threshold_on(Backend::Cuda), 4 * MAX_COUNT as u64);
-        assert_eq!(big.dense_threshold_on(Backend::Cpu), 16 * MAX_COUNT as u64);
+        assert_eq!(big.dense_threshold_on(Backend::Cpu), 8 * MAX_COUNT as u64);
     }
 
     #[test]

@@ -266,7 +266,7 @@ pub extern "C" fn pariskv_setting_describe(i: u32, out: *mut pariskv_setting_inf
 /// `*out` = the number of cells from which a cache whose steps run on `backend` (a
 /// `pariskv_backend`) is attended with ParisKV: the explicit `dense_threshold`, or when it
 /// is 0 the depth from which that backend's step beats its dense attention (CPU: the largest
-/// of 12288, 16 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
+/// of 12288, 8 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
 /// below sink + window + top-k (below that every visible cell is attended anyway). Computed
 /// without overflow.
 #[no_mangle]
