@@ -50,7 +50,14 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
     (
         "Status",
         "Every call returns a status; pariskv_last_error() says why a call failed.",
-        &["pariskv_status", "pariskv_last_error"],
+        &[
+            "pariskv_status",
+            "pariskv_last_error",
+            "pariskv_version",
+            "PARISKV_VERSION_MAJOR",
+            "PARISKV_VERSION_MINOR",
+            "PARISKV_VERSION_PATCH",
+        ],
     ),
     (
         "Element types and retrieval policies",
@@ -73,6 +80,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_index",
             "pariskv_stats",
             "pariskv_config_init",
+            "pariskv_config_dense_threshold",
             "pariskv_index_create",
             "pariskv_index_free",
             "pariskv_index_append",

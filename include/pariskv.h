@@ -43,9 +43,21 @@ typedef enum pariskv_status {
   PARISKV_ERR_CUDA = 5,
 } pariskv_status;
 
-// Message of the last failed call on this thread ("" if none). Valid until the next
-// failing call on the same thread.
+// Why the last call on this thread failed; "" when it succeeded (every call clears it).
+// Valid until the next call on the same thread; copy it to keep it.
 const char *pariskv_last_error(void);
+
+// The library's version, "MAJOR.MINOR.PATCH" (static; compare with the
+// `PARISKV_VERSION_*` macros of the header a program was compiled with).
+const char *pariskv_version(void);
+
+// The library's version (`pariskv_version()` gives it as text): a program compiled
+// against this header can compare these with what the library it runs with reports.
+#define PARISKV_VERSION_MAJOR 0
+
+#define PARISKV_VERSION_MINOR 2
+
+#define PARISKV_VERSION_PATCH 0
 
 // ------------------------------------------------------------------------------------------------
 // Element types and retrieval policies
@@ -139,8 +151,13 @@ typedef uint32_t pariskv_ratios;
 // search and attend for one decode query.
 // ------------------------------------------------------------------------------------------------
 
-// Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
+// Configuration of an index. Set `struct_size` to `sizeof(pariskv_config)`, fill it with
+// `pariskv_config_init`, then edit fields.
 typedef struct pariskv_config {
+  // `sizeof(pariskv_config)` as the caller's header has it, set by the caller before
+  // `pariskv_config_init`: every call taking a config refuses another size (a header of
+  // another version than the library).
+  uint32_t struct_size;
   // Head dimension: a multiple of 8 up to 512 (64, 128, 256 in practice).
   uint32_t head_dim;
   uint32_t n_q_heads;
@@ -203,14 +220,21 @@ typedef struct pariskv_stats {
 } pariskv_stats;
 
 // Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
-// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
-// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, k rows for each GQA
-// group (PARISKV_GQA_GROUP), centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
-// error.
+// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, an automatic dense
+// threshold (0: derived when the index is created, from the device, top-k, sink and window
+// then set; see `pariskv_config_dense_threshold`), scale 1/sqrt(head_dim), no softcap, f16
+// storage, k rows for each GQA group (PARISKV_GQA_GROUP), centred keys (center 1), on the
+// CPU (device -1). The caller sets `cfg->struct_size = sizeof(pariskv_config)` first; `cfg`
+// is left untouched on error.
 enum pariskv_status pariskv_config_init(struct pariskv_config *cfg,
                                         uint32_t head_dim,
                                         uint32_t n_q_heads,
                                         uint32_t n_kv_heads);
+
+// The depth in tokens below which an index of this config attends densely: `dense_threshold`
+// where set, else the automatic one for the config's device, top-k, sink and window (the
+// depth from which the retrieval step beats dense attention there).
+enum pariskv_status pariskv_config_dense_threshold(const struct pariskv_config *cfg, uint64_t *out);
 
 // Creates an index from a validated config, on the device `cfg->device` names (a CUDA
 // device fails with PARISKV_ERR_UNSUPPORTED in a build without feature `cuda`, with
@@ -241,7 +265,9 @@ enum pariskv_status pariskv_index_stats(const struct pariskv_index *index,
 // Per KV head, the top-`k` positions of the retrieval zone (between the sink and the local
 // window) for one decode query `[n_q_heads][head_dim]`, best first.
 // `out_positions` is `[n_kv_heads][k]`, slots past `out_count[h]` are set to -1;
-// `out_count` is `[n_kv_heads]`.
+// `out_count` is `[n_kv_heads]`. Fewer than `k` come back where the zone holds fewer
+// (length - n_sink - n_local tokens) and, with PARISKV_GQA_PER_HEAD, where the query heads'
+// shares of `k` overlap (their union is returned).
 enum pariskv_status pariskv_index_search(struct pariskv_index *index,
                                          pariskv_dtype dtype,
                                          const void *queries,
@@ -344,9 +370,15 @@ typedef struct pariskv_visibility {
 
 // What a decode step did.
 typedef struct pariskv_step_stats {
+  // Cells the query may see (the mask's).
   size_t n_visible;
+  // Visible cells between the sink and the window.
   size_t n_zone;
+  // Candidates reranked by the 4-bit estimate: the union of the query heads' candidates
+  // with PARISKV_GQA_GROUP, else summed over the retrievals (a cell two query heads
+  // both rerank counts twice).
   size_t n_candidates;
+  // Rows attended: sink, window and the selected cells.
   size_t n_attended;
   // Cells rescored exactly (refine).
   size_t n_refined;

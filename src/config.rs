@@ -5,6 +5,7 @@ use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::error::{Error, Result};
 use crate::rows::DType;
+use crate::settings::Backend;
 use crate::shape::Shape;
 
 /// Sink tokens always attended (the reference uses 4-64).
@@ -47,7 +48,8 @@ pub struct Config {
     pub n_sink: usize,
     pub n_local: usize,
     pub top_k: usize,
-    /// Contexts shorter than this attend densely (exact and cheap there).
+    /// Contexts shorter than this attend densely (exact and cheap there); 0: automatic,
+    /// the depth from which the device's step beats dense attention (`dense_depth`).
     pub dense_threshold: usize,
     pub ratios: RatioPolicy,
     /// How query heads sharing a KV head choose its rows (see `gqa`).
@@ -66,8 +68,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a model shape: the paper's layout and top-k, the tuned ratio table,
-    /// per-head GQA and centred keys (docs/FIDELITY.md); the dense threshold is sink +
-    /// window + 2 top-k, and the attention scale 1/sqrt(head_dim).
+    /// per-head GQA and centred keys (docs/FIDELITY.md); the dense threshold automatic (0),
+    /// and the attention scale 1/sqrt(head_dim).
     pub fn new(head_dim: usize, n_q_heads: usize, n_kv_heads: usize) -> Config {
         Config {
             head_dim,
@@ -76,7 +78,7 @@ impl Config {
             n_sink: DEFAULT_SINK,
             n_local: DEFAULT_LOCAL,
             top_k: DEFAULT_TOP_K,
-            dense_threshold: DEFAULT_SINK + DEFAULT_LOCAL + 2 * DEFAULT_TOP_K,
+            dense_threshold: 0,
             ratios: RatioPolicy::Tuned,
             gqa: GqaPolicy::default(),
             refine: DEFAULT_REFINE,
@@ -124,10 +126,25 @@ impl Config {
         self.n_q_heads / self.n_kv_heads
     }
 
+    /// The depth below which attention is dense: the explicit threshold, or automatically
+    /// the one `settings::Backend::dense_depth` gives for the device (derived here, where it
+    /// is used, so that a `top_k` set after `new` counts).
+    pub fn dense_depth(&self) -> usize {
+        if self.dense_threshold > 0 {
+            return self.dense_threshold;
+        }
+        let backend = match self.device {
+            Device::Cpu => Backend::Cpu,
+            Device::Cuda { .. } => Backend::Cuda,
+        };
+        let fixed = self.n_sink as u64 + self.n_local as u64;
+        usize::try_from(backend.dense_depth(fixed, self.top_k as u64)).unwrap_or(usize::MAX)
+    }
+
     /// Attention is dense below the threshold and whenever the retrieval zone is no larger
     /// than top-k (retrieval would return all of it anyway).
     pub fn is_dense(&self, n_total: usize) -> bool {
-        n_total < self.dense_threshold || self.zone(n_total).len() <= self.top_k
+        n_total < self.dense_depth() || self.zone(n_total).len() <= self.top_k
     }
 
     /// Positions of the retrieval zone in a sequence of `n_total` tokens: everything
@@ -163,13 +180,22 @@ mod tests {
         let c = Config::new(128, 32, 8);
         c.validate().unwrap();
         assert_eq!(c.group_size(), 4);
-        assert_eq!(c.dense_threshold, 4612);
-        assert!(c.is_dense(4611));
-        assert!(!c.is_dense(100_000));
+        assert_eq!(c.dense_threshold, 0, "automatic");
+        assert_eq!(c.dense_depth(), 16_384, "the CPU's: 8 cells per unit of top-k 2048");
+        assert!(c.is_dense(16_383));
+        assert!(!c.is_dense(16_384));
+        let mut cuda = c.clone();
+        cuda.device = Device::Cuda { ordinal: 0, kv_in_host: false };
+        assert_eq!(cuda.dense_depth(), 4612, "the GPU's: sink + window + 2 top-k");
+        let mut later = c.clone();
+        later.top_k = 4096;
+        assert_eq!(later.dense_depth(), 32_768, "top-k set after new counts");
+        later.dense_threshold = 100;
+        assert_eq!(later.dense_depth(), 100, "an explicit threshold wins");
         assert_eq!(c.zone(100_000), 4..99_488);
         assert_eq!(c.zone(10), 4..4, "short sequences have an empty zone");
         let mut small = c.clone();
-        small.dense_threshold = 0;
+        small.dense_threshold = 1;
         assert!(small.is_dense(2048 + 516), "zone == top_k is dense");
         assert!(!small.is_dense(2049 + 516));
     }

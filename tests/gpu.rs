@@ -1152,7 +1152,7 @@ mod index {
         cfg.top_k = 96;
         cfg.n_sink = 4;
         cfg.n_local = 32;
-        cfg.dense_threshold = 0;
+        cfg.dense_threshold = 1; // ParisKV from the first cell
         cfg.kv_dtype = c.dtype;
         cfg.gqa = c.gqa;
         cfg.refine = c.refine;
@@ -1271,7 +1271,7 @@ mod index {
             let mut cfg = Config::new(d, nq, nkv);
             cfg.top_k = 64;
             cfg.n_local = 32;
-            cfg.dense_threshold = 0;
+            cfg.dense_threshold = 1; // ParisKV from the first cell
             cfg.kv_dtype = DType::F16;
             cfg.gqa = gqa;
             let mut cpu = Index::new(cfg.clone()).unwrap();
@@ -1332,15 +1332,15 @@ mod index {
             return;
         }
         let (d, nq, nkv, n) = (128usize, 8usize, 2usize, 6000usize);
-        let mut cfg = std::mem::MaybeUninit::<pariskv_config>::uninit();
+        // SAFETY (test): plain integers and floats, filled by config_init.
+        let mut cfg: pariskv_config = unsafe { std::mem::zeroed() };
+        cfg.struct_size = std::mem::size_of::<pariskv_config>() as u32;
         assert_eq!(
-            pariskv_config_init(cfg.as_mut_ptr(), d as u32, nq as u32, nkv as u32),
+            pariskv_config_init(&mut cfg, d as u32, nq as u32, nkv as u32),
             pariskv_status::PARISKV_OK
         );
-        // SAFETY (test): filled by config_init.
-        let mut cfg = unsafe { cfg.assume_init() };
         cfg.top_k = 256;
-        cfg.dense_threshold = 0;
+        cfg.dense_threshold = 1; // ParisKV from the first cell
         let spec = SynthSpec::new(n * nkv, d, 11);
         let cache = SynthCache::generate(&spec);
         let mut rng = pariskv::eval::synth::Rng::new(5);

@@ -22,7 +22,7 @@ fn config(d: usize, nq: usize, nkv: usize) -> Config {
     let mut cfg = Config::new(d, nq, nkv);
     cfg.top_k = 64;
     cfg.n_local = 32;
-    cfg.dense_threshold = 0;
+    cfg.dense_threshold = 1; // ParisKV from the first cell
     cfg
 }
 

@@ -44,10 +44,9 @@ fn data(u: &mut Unstructured, dtype: u32, n: usize) -> Result<Vec<u8>> {
 
 /// A status is one of the enum's values; a failure leaves a non-empty message.
 fn checked(s: pariskv_status) -> bool {
-    if s != pariskv_status::PARISKV_OK {
-        let msg = unsafe { CStr::from_ptr(pariskv_last_error()) };
-        assert!(!msg.to_bytes().is_empty(), "{s:?} without a message");
-    }
+    let msg = unsafe { CStr::from_ptr(pariskv_last_error()) };
+    // a failure says why; a success leaves no message of an earlier call
+    assert_eq!(msg.to_bytes().is_empty(), s == pariskv_status::PARISKV_OK, "{s:?} with message {msg:?}");
     s == pariskv_status::PARISKV_OK
 }
 
@@ -59,6 +58,8 @@ fn index_calls(u: &mut Unstructured) -> Result<()> {
     let head_dim = *u.choose(&[0u32, 7, 8, 64, 128, 520])?;
     let (nq, nkv) = (u.int_in_range(0..=8)?, u.int_in_range(0..=4)?);
     let mut cfg: pariskv_config = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<pariskv_config>() as u32;
+    cfg.struct_size = *u.choose(&[size, size, size, 0, size - 8, size + 8])?;
     if !checked(pariskv_config_init(&mut cfg, head_dim, nq, nkv)) {
         return Ok(());
     }

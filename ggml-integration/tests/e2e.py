@@ -249,15 +249,39 @@ def test_cpu_threshold(a):
         generations(s, 40)
         log = s.log_text()
     on_gpu = "-ngl" in server.EXTRA_ARGS
-    want = 4 + 512 + 2 * 16 if on_gpu else 12288
-    check(f"dense below {want} cells" in log, f"the start-up line gives the {'CUDA' if on_gpu else 'CPU'} threshold {want}")
-    if not on_gpu:
+    if on_gpu:
+        want = 4 + 512 + 2 * 16
+        check(f"dense below {want} cells" in log, f"the start-up line gives the CUDA threshold {want}")
+    else:
+        lines = [l for l in log.splitlines() if "never takes over in this cache of 4096 cells (dense below 12288)" in l]
+        check(len(lines) == 1 and "no index allocated" in lines[0],
+              f"a context below the CPU threshold 12288: one warning, no index ({lines[:1]})")
         check(not op_calls(log), "short contexts on the CPU: the op never ran")
+
+
+def test_visible_state(a):
+    print("what a user sees: the start-up line at the default verbosity, GGML_PARISKV_STATS=0 is off")
+    with Server(a.bin, a.tiny, ["-c", "4096", "--pariskv-topk", "16", *early(16)], env={"GGML_PARISKV_STATS": "0"},
+                name="pk-default-verbosity") as s:
+        generations(s, 40)
+        log = s.log_text()
+    lines = [l for l in log.splitlines() if "ParisKV: top-k 16" in l]
+    check(len(lines) == 1 and "dense below 548 cells" in lines[0] and "index" in lines[0],
+          f"without -lv the tool prints one start-up line with the threshold and the index memory ({lines[:1]})")
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", "--pariskv-topk", "16", *early(16)],
+                env={"GGML_PARISKV_STATS": "0"}, name="pk-stats-0") as s:
+        generations(s, 40)
+        log = s.log_text()
+    check(not op_calls(log), "GGML_PARISKV_STATS=0 logs no step")
+    out = subprocess.run([os.path.join(a.bin, "llama-perplexity"), "-m", a.tiny, "--pariskv-topk", "16"],
+                         capture_output=True, text=True, timeout=60)
+    check(out.returncode != 0 and "invalid argument: --pariskv-topk" in out.stderr,
+          "llama-perplexity refuses the flags it could not use (its prompt batches stay dense)")
 
 
 def test_flags(a):
     print("flags: registered for every tool, environment variables, llama-bench column")
-    for tool in ["llama-cli", "llama-server", "llama-completion", "llama-perplexity", "llama-batched-bench"]:
+    for tool in ["llama-cli", "llama-server", "llama-completion", "llama-batched-bench"]:
         out = subprocess.run([os.path.join(a.bin, tool), "--help"], capture_output=True, text=True).stdout
         names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold", "--pariskv-gqa",
                  "--pariskv-offload"]
@@ -371,7 +395,7 @@ def main():
     server.EXTRA_ARGS = shlex.split(a.server_args)
     server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_state_restore, test_fallbacks, test_cpu_threshold, test_flags, test_offload]
+             test_state_restore, test_fallbacks, test_cpu_threshold, test_visible_state, test_flags, test_offload]
     tests += ([test_gemma_passkey] if a.gemma else []) + ([test_qwen_passkey] if a.qwen else [])
     only = set(a.only.split(",")) if a.only else None
     for t in tests:

@@ -338,7 +338,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     let mut cfg = Config::new(d, nq, nkv);
     cfg.n_sink = a.sink;
     cfg.n_local = a.window;
-    cfg.dense_threshold = 0;
+    cfg.dense_threshold = 1; // ParisKV from the first cell
     cfg.ratios = a.ratios;
     cfg.gqa = policy;
     cfg.refine = a.refine;

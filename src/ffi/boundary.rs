@@ -23,8 +23,8 @@ fn set_last_error(message: &str) {
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
 
-/// Pointer to this thread's last error message; valid until the next failing call on the
-/// same thread.
+/// Pointer to this thread's last error message: the last call's if it failed, "" after one
+/// that succeeded; valid until the next call on the same thread.
 pub fn last_error_ptr() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
@@ -42,8 +42,14 @@ impl From<ErrorKind> for pariskv_status {
 }
 
 /// Runs the body of an exported function: errors become a status and a message, and a
-/// panic never unwinds into C.
+/// panic never unwinds into C. Each call starts with no error (a message never outlives
+/// the next call on its thread).
 pub fn boundary(function: &str, body: impl FnOnce() -> Result<()>) -> pariskv_status {
+    LAST_ERROR.with(|e| {
+        if !e.borrow().is_empty() {
+            *e.borrow_mut() = CString::default();
+        }
+    });
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => pariskv_status::PARISKV_OK,
         Ok(Err(e)) => {

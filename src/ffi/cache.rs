@@ -118,9 +118,15 @@ pub struct pariskv_step {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct pariskv_step_stats {
+    /// Cells the query may see (the mask's).
     pub n_visible: usize,
+    /// Visible cells between the sink and the window.
     pub n_zone: usize,
+    /// Candidates reranked by the 4-bit estimate: the union of the query heads' candidates
+    /// with PARISKV_GQA_GROUP, else summed over the retrievals (a cell two query heads
+    /// both rerank counts twice).
     pub n_candidates: usize,
+    /// Rows attended: sink, window and the selected cells.
     pub n_attended: usize,
     /// Cells rescored exactly (refine).
     pub n_refined: usize,

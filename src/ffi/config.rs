@@ -1,6 +1,6 @@
 //! `pariskv_config`, the C view of `crate::Config`, and the conversions between them.
 
-use super::boundary::{dtype, gqa, ratio_policy, raw_dtype, raw_gqa, raw_ratios};
+use super::boundary::{dtype, gqa, in_ref, ratio_policy, raw_dtype, raw_gqa, raw_ratios};
 use crate::config::{Config, Device};
 use crate::error::{Error, Result};
 
@@ -12,10 +12,15 @@ type pariskv_gqa = u32;
 /// Likewise `pariskv_ratios`.
 type pariskv_ratios = u32;
 
-/// Configuration of an index. Fill it with `pariskv_config_init`, then edit fields.
+/// Configuration of an index. Set `struct_size` to `sizeof(pariskv_config)`, fill it with
+/// `pariskv_config_init`, then edit fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct pariskv_config {
+    /// `sizeof(pariskv_config)` as the caller's header has it, set by the caller before
+    /// `pariskv_config_init`: every call taking a config refuses another size (a header of
+    /// another version than the library).
+    pub struct_size: u32,
     /// Head dimension: a multiple of 8 up to 512 (64, 128, 256 in practice).
     pub head_dim: u32,
     pub n_q_heads: u32,
@@ -60,6 +65,23 @@ pub struct pariskv_config {
     pub center: u32,
 }
 
+/// Bytes of this library's `pariskv_config`.
+pub(super) const CONFIG_SIZE: u32 = std::mem::size_of::<pariskv_config>() as u32;
+
+/// The caller's `struct_size`, read alone (a config of another header may be smaller than
+/// this library's), checked against this library's size.
+pub(super) fn check_size(cfg: *const pariskv_config) -> Result<()> {
+    let size = *in_ref(cfg as *const u32, "cfg")?;
+    if size != CONFIG_SIZE {
+        return Err(Error::invalid(format!(
+            "cfg->struct_size is {size}, this library's pariskv_config has {CONFIG_SIZE} bytes (version {}): \
+             set it to sizeof(pariskv_config), with the pariskv.h of the library you link",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(())
+}
+
 fn to_u32(v: usize, name: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(format!("{name} = {v} does not fit in 32 bits")))
 }
@@ -68,6 +90,7 @@ impl pariskv_config {
     pub(super) fn from_config(c: &Config) -> Result<pariskv_config> {
         let (ratio_table, fixed) = raw_ratios(c.ratios);
         Ok(pariskv_config {
+            struct_size: CONFIG_SIZE,
             head_dim: to_u32(c.head_dim, "head_dim")?,
             n_q_heads: to_u32(c.n_q_heads, "n_q_heads")?,
             n_kv_heads: to_u32(c.n_kv_heads, "n_kv_heads")?,

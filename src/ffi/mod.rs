@@ -48,18 +48,27 @@ impl pariskv_index {
     }
 }
 
-/// Message of the last failed call on this thread ("" if none). Valid until the next
-/// failing call on the same thread.
+/// Why the last call on this thread failed; "" when it succeeded (every call clears it).
+/// Valid until the next call on the same thread; copy it to keep it.
 #[no_mangle]
 pub extern "C" fn pariskv_last_error() -> *const c_char {
     last_error_ptr()
 }
 
+/// The library's version, "MAJOR.MINOR.PATCH" (static; compare with the
+/// `PARISKV_VERSION_*` macros of the header a program was compiled with).
+#[no_mangle]
+pub extern "C" fn pariskv_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
 /// Fills `cfg` with the defaults for a model shape: the paper's sink 4, window 512 and top-k
-/// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, dense threshold sink +
-/// window + 2 top-k, scale 1/sqrt(head_dim), no softcap, f16 storage, k rows for each GQA
-/// group (PARISKV_GQA_GROUP), centred keys (center 1), on the CPU (device -1). `cfg` is left untouched on
-/// error.
+/// 2048, the tuned ratio table (PARISKV_RATIOS_TUNED), refine 2, an automatic dense
+/// threshold (0: derived when the index is created, from the device, top-k, sink and window
+/// then set; see `pariskv_config_dense_threshold`), scale 1/sqrt(head_dim), no softcap, f16
+/// storage, k rows for each GQA group (PARISKV_GQA_GROUP), centred keys (center 1), on the
+/// CPU (device -1). The caller sets `cfg->struct_size = sizeof(pariskv_config)` first; `cfg`
+/// is left untouched on error.
 #[no_mangle]
 pub extern "C" fn pariskv_config_init(
     cfg: *mut pariskv_config,
@@ -68,10 +77,27 @@ pub extern "C" fn pariskv_config_init(
     n_kv_heads: u32,
 ) -> pariskv_status {
     boundary("pariskv_config_init", || {
+        config::check_size(cfg)?;
         let c = Config::new(head_dim as usize, n_q_heads as usize, n_kv_heads as usize);
         c.validate()?;
         let filled = pariskv_config::from_config(&c)?;
         *out_ref(cfg, "cfg")? = filled;
+        Ok(())
+    })
+}
+
+/// The depth in tokens below which an index of this config attends densely: `dense_threshold`
+/// where set, else the automatic one for the config's device, top-k, sink and window (the
+/// depth from which the retrieval step beats dense attention there).
+#[no_mangle]
+pub extern "C" fn pariskv_config_dense_threshold(
+    cfg: *const pariskv_config,
+    out: *mut u64,
+) -> pariskv_status {
+    boundary("pariskv_config_dense_threshold", || {
+        config::check_size(cfg)?;
+        let depth = in_ref(cfg, "cfg")?.into_config()?.dense_depth();
+        *out_ref(out, "out")? = depth as u64;
         Ok(())
     })
 }
@@ -87,6 +113,7 @@ pub extern "C" fn pariskv_index_create(
     boundary("pariskv_index_create", || {
         let out = out_ref(out, "out")?;
         *out = std::ptr::null_mut();
+        config::check_size(cfg)?;
         let config = in_ref(cfg, "cfg")?.into_config()?;
         let index = index::open(config)?;
         *out = INDEXES.register(pariskv_index { inner: Mutex::new(index) });
@@ -168,7 +195,9 @@ pub extern "C" fn pariskv_index_stats(
 /// Per KV head, the top-`k` positions of the retrieval zone (between the sink and the local
 /// window) for one decode query `[n_q_heads][head_dim]`, best first.
 /// `out_positions` is `[n_kv_heads][k]`, slots past `out_count[h]` are set to -1;
-/// `out_count` is `[n_kv_heads]`.
+/// `out_count` is `[n_kv_heads]`. Fewer than `k` come back where the zone holds fewer
+/// (length - n_sink - n_local tokens) and, with PARISKV_GQA_PER_HEAD, where the query heads'
+/// shares of `k` overlap (their union is returned).
 #[no_mangle]
 pub extern "C" fn pariskv_index_search(
     index: *mut pariskv_index,

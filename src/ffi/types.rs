@@ -71,6 +71,12 @@ pub enum pariskv_backend {
     PARISKV_BACKEND_CUDA = 1,
 }
 
+/// The library's version (`pariskv_version()` gives it as text): a program compiled
+/// against this header can compare these with what the library it runs with reports.
+pub const PARISKV_VERSION_MAJOR: u32 = 0;
+pub const PARISKV_VERSION_MINOR: u32 = 2;
+pub const PARISKV_VERSION_PATCH: u32 = 0;
+
 /// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
 /// cache (`pariskv_encode_cells`, `pariskv_attend_cache`) should use.
 pub const PARISKV_DEFAULT_SEED: u64 = 0x5041_5249_534B_5631;
@@ -103,6 +109,17 @@ pub struct pariskv_stats {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn version_macros_are_the_crate_version() {
+        let text = format!(
+            "{}.{}.{}",
+            super::PARISKV_VERSION_MAJOR,
+            super::PARISKV_VERSION_MINOR,
+            super::PARISKV_VERSION_PATCH
+        );
+        assert_eq!(text, env!("CARGO_PKG_VERSION"));
+    }
+
     #[test]
     fn default_seed_is_the_config_default() {
         assert_eq!(super::PARISKV_DEFAULT_SEED, crate::config::DEFAULT_SEED);

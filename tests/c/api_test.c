@@ -155,10 +155,31 @@ static void thread_case(const char *what, int ok, const char *detail) {
 
 int main(void) {
     enum { D = 128, NQ = 8, NKV = 2, N = 6000 };
-    pariskv_config cfg;
+    /* The version the header names is the library's. */
+    char header_version[32];
+    snprintf(header_version, sizeof header_version, "%d.%d.%d", PARISKV_VERSION_MAJOR, PARISKV_VERSION_MINOR,
+             PARISKV_VERSION_PATCH);
+    CHECK(strcmp(pariskv_version(), header_version) == 0, "version %s, header %s", pariskv_version(), header_version);
+
+    pariskv_config cfg = { .struct_size = sizeof(pariskv_config) };
     CHECK(pariskv_config_init(&cfg, D, NQ, NKV) == PARISKV_OK, "config_init: %s", pariskv_last_error());
     CHECK(cfg.n_sink == 4 && cfg.n_local == 512 && cfg.top_k == 2048, "defaults");
-    CHECK(cfg.dense_threshold == 4 + 512 + 2 * 2048, "dense threshold default");
+    CHECK(cfg.dense_threshold == 0, "dense threshold default: automatic");
+    CHECK(cfg.struct_size == sizeof(pariskv_config), "config_init keeps struct_size");
+    {
+        /* The automatic threshold is derived where it is used: a top-k set after config_init
+         * counts (the CPU's: 8 cells per unit of top-k, at least 12288), an explicit one wins. */
+        uint64_t depth = 0;
+        pariskv_config later = cfg;
+        CHECK(pariskv_config_dense_threshold(&later, &depth) == PARISKV_OK && depth == 16384,
+              "automatic threshold at top-k 2048: %llu", (unsigned long long)depth);
+        later.top_k = 4096;
+        CHECK(pariskv_config_dense_threshold(&later, &depth) == PARISKV_OK && depth == 32768,
+              "automatic threshold after top_k = 4096: %llu", (unsigned long long)depth);
+        later.dense_threshold = 3000;
+        CHECK(pariskv_config_dense_threshold(&later, &depth) == PARISKV_OK && depth == 3000,
+              "explicit threshold: %llu", (unsigned long long)depth);
+    }
     CHECK(cfg.ratio_table == PARISKV_RATIOS_TUNED && cfg.kv_dtype == PARISKV_F16, "ratios and dtype defaults");
     CHECK(cfg.gqa_policy == PARISKV_GQA_GROUP, "GQA default: k rows for the group");
     /* One retrieval per KV head with the group-mean query: exactly k positions per head. */
@@ -166,7 +187,7 @@ int main(void) {
     CHECK(fabsf(cfg.scale - 1.0f / sqrtf((float)D)) < 1e-7f, "scale default");
     cfg.kv_dtype = PARISKV_F32;
     cfg.top_k = 256;
-    cfg.dense_threshold = 0;
+    cfg.dense_threshold = 1; /* ParisKV from the first token (0 would be the automatic threshold) */
 
     pariskv_index *ix = NULL;
     CHECK(pariskv_index_create(&cfg, &ix) == PARISKV_OK && ix != NULL, "create: %s", pariskv_last_error());
@@ -289,6 +310,7 @@ int main(void) {
     pariskv_config bad;
     expect_error("config_init(NULL)", pariskv_config_init(NULL, D, NQ, NKV), PARISKV_ERR_INVALID_ARGUMENT, "cfg");
     memset(&bad, 0x5A, sizeof bad);
+    bad.struct_size = sizeof bad;
     pariskv_config untouched = bad;
     expect_error("config_init head_dim 100", pariskv_config_init(&bad, 100, NQ, NKV), PARISKV_ERR_UNSUPPORTED, "head_dim 100");
     CHECK(memcmp(&bad, &untouched, sizeof bad) == 0, "failed config_init left cfg untouched");
@@ -722,9 +744,36 @@ int main(void) {
         expect_error("setting describe: past the end", pariskv_setting_describe(n_settings, &info),
                      PARISKV_ERR_INVALID_ARGUMENT, "settings)");
     }
+    {
+        /* A config of another header's size is refused before anything is read or written. */
+        uint64_t depth = 0;
+        pariskv_config later = cfg;
+        pariskv_config other = { .struct_size = sizeof(pariskv_config) - 8 };
+        expect_error("config_init struct_size of another header", pariskv_config_init(&other, D, NQ, NKV),
+                     PARISKV_ERR_INVALID_ARGUMENT, "struct_size");
+        CHECK(other.head_dim == 0, "refused config_init wrote nothing");
+        pariskv_index *no = NULL;
+        later.struct_size = 0;
+        expect_error("create with struct_size 0", pariskv_index_create(&later, &no), PARISKV_ERR_INVALID_ARGUMENT,
+                     "struct_size");
+        expect_error("dense_threshold with struct_size 0", pariskv_config_dense_threshold(&later, &depth),
+                     PARISKV_ERR_INVALID_ARGUMENT, "struct_size");
+        /* The last error belongs to the last call: a call that succeeds clears it. */
+        CHECK(pariskv_config_dense_threshold(&cfg, &depth) == PARISKV_OK && pariskv_last_error()[0] == '\0',
+              "last error after a successful call: '%s'", pariskv_last_error());
+    }
 
     /* The index still works after all of that. */
     CHECK(pariskv_index_search(ix, PARISKV_F32, q, 300, pos, count) == PARISKV_OK && pos[300] == 1234, "index intact");
+    {
+        /* Fewer than k come back where the zone holds fewer: N - sink - window cells. */
+        int64_t *all = malloc(sizeof(int64_t) * NKV * N);
+        uint32_t got[NKV] = { 0 };
+        CHECK(pariskv_index_search(ix, PARISKV_F32, q, N, all, got) == PARISKV_OK && got[0] == N - 516 &&
+                  got[1] == N - 516 && all[N - 516] == -1 && all[N - 1] == -1,
+              "search with k = N: %u and %u positions, the zone holds %d", got[0], got[1], N - 516);
+        free(all);
+    }
 
     pariskv_index_free(ix);
     pariskv_index_free(dx);

@@ -4,9 +4,9 @@
 
 int main(void) {
     enum { D = 128, NQ = 32, NKV = 8, N = 20000 };
-    pariskv_config cfg;
+    pariskv_config cfg = { .struct_size = sizeof(pariskv_config) }; /* this header's size */
     pariskv_index *ix = NULL;
-    if (pariskv_config_init(&cfg, D, NQ, NKV) != PARISKV_OK ||  /* paper defaults */
+    if (pariskv_config_init(&cfg, D, NQ, NKV) != PARISKV_OK ||  /* top-k 2048, tuned defaults */
         pariskv_index_create(&cfg, &ix) != PARISKV_OK) {
         fprintf(stderr, "pariskv: %s\n", pariskv_last_error());
         return 1;

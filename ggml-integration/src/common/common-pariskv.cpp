@@ -2,8 +2,10 @@
 
 #include "common-pariskv.h"
 
+#include "log.h"
 #include "pariskv.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
@@ -141,9 +143,10 @@ static const std::vector<pariskv_flag> & pariskv_flags() {
 }
 
 void common_pariskv_add_args(const std::function<void(common_arg)> & add_opt) {
-    // the tools that decode long contexts
+    // the tools that decode long contexts (not llama-perplexity: it evaluates prompt batches,
+    // which attend densely, so the flags would change nothing there)
     const std::initializer_list<enum llama_example> examples = {
-        LLAMA_EXAMPLE_CLI, LLAMA_EXAMPLE_SERVER, LLAMA_EXAMPLE_COMPLETION, LLAMA_EXAMPLE_PERPLEXITY, LLAMA_EXAMPLE_BENCH,
+        LLAMA_EXAMPLE_CLI, LLAMA_EXAMPLE_SERVER, LLAMA_EXAMPLE_COMPLETION, LLAMA_EXAMPLE_BENCH,
     };
     static const auto on_value  = pariskv_value_handlers(std::make_index_sequence<PARISKV_MAX_SETTINGS>());
     static const auto on_switch = pariskv_switch_handlers(std::make_index_sequence<PARISKV_MAX_SETTINGS>());
@@ -157,6 +160,16 @@ void common_pariskv_add_args(const std::function<void(common_arg)> & add_opt) {
         } else {
             add_opt(common_arg({f.name}, f.hint, f.help, on_value[i]).set_env(f.env).set_examples(examples));
         }
+    }
+}
+
+void common_pariskv_report(const llama_context * ctx) {
+    const std::string summary = llama_pariskv_summary(ctx);
+    size_t start = 0;
+    while (start < summary.size()) {
+        const size_t end = std::min(summary.find('\n', start), summary.size());
+        LOG_INF("%s\n", summary.substr(start, end - start).c_str());
+        start = end + 1;
     }
 }
 

@@ -6,6 +6,7 @@
 // (common_params.pariskv, "topk=256,window=64") that becomes llama_context_params.pariskv.
 
 #include "arg.h"
+#include "llama.h"
 #include "pariskv.h"
 
 #include <functional>
@@ -15,6 +16,10 @@
 // registers --pariskv-<key> (env LLAMA_ARG_PARISKV_<KEY>) for every setting, for the tools
 // that decode long contexts
 void common_pariskv_add_args(const std::function<void(common_arg)> & add_opt);
+
+// after a context is created: its ParisKV start-up line at the default verbosity (libllama
+// logs it as info, which tools show only from -lv 4)
+void common_pariskv_report(const llama_context * ctx);
 
 // llama-bench: --pariskv-<key> v1,v2,... for every setting (-pkt and -pko for topk and
 // offload), swept like llama-bench's own parameters; a column pariskv_<key> each

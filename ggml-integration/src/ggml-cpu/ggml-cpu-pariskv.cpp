@@ -1,7 +1,7 @@
 // ParisKV ops on the CPU backend: the work is split over the ggml thread pool and done by
 // the pariskv library, one call per stream and KV head (encode) or per token and KV head
 // (attention; threads share a call when there are fewer such units than threads).
-// GGML_PARISKV_STATS=1 logs what each attention call did.
+// GGML_PARISKV_STATS=1 logs what each attention call did (ggml_pariskv_log_steps).
 
 #include "ggml-pariskv.h"
 
@@ -142,7 +142,7 @@ static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params
     const int64_t n_head_kv = a.n_head_kv, n_tps = a.n_tps, group = a.group;
     const int64_t n_units = a.n_tokens*n_head_kv;
 
-    static const bool log_stats = getenv("GGML_PARISKV_STATS") != nullptr;
+    static const bool log_stats = ggml_pariskv_log_steps();
 
     // units of work: (token, KV head). With at least as many units as threads each thread
     // takes whole units, dealt round-robin; with fewer (one decoding sequence over one or

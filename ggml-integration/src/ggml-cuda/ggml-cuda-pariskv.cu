@@ -146,7 +146,7 @@ static pariskv_cuda_step * pariskv_scratch_for(ggml_backend_cuda_context & ctx, 
 // for the device, so nothing is logged while a CUDA graph is being captured or replayed
 static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cuda_step * scratch, int64_t s,
                               int64_t n_tps, int64_t n_head_kv) {
-    static const bool log_stats = getenv("GGML_PARISKV_STATS") != nullptr;
+    static const bool log_stats = ggml_pariskv_log_steps();
     if (!log_stats) {
         return;
     }

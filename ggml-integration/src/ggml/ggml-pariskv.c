@@ -7,6 +7,7 @@
 #include "ggml-impl.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef void (*ggml_pariskv_fn)(void);
@@ -54,6 +55,11 @@ bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]) {
 bool ggml_pariskv_kv_type(enum ggml_type type) {
     pariskv_dtype d;
     return ggml_pariskv_dtype(type, &d);
+}
+
+bool ggml_pariskv_log_steps(void) {
+    const char * v = getenv("GGML_PARISKV_STATS");
+    return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
 }
 
 static void ggml_pariskv_check_index(

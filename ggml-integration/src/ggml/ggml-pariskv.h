@@ -29,6 +29,10 @@ GGML_API bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]);
 // the element types a K/V cache may have for the ops
 GGML_API bool ggml_pariskv_kv_type(enum ggml_type type);
 
+// whether the ops log one line per step (token and KV head): GGML_PARISKV_STATS set to
+// anything but "" or "0"; the lines are info, shown by llama.cpp's tools from -lv 4
+GGML_API bool ggml_pariskv_log_steps(void);
+
 // encodes the keys stored at cells idxs (I64, global: stream*n_cells + cell, like the
 // KV cache's k_idxs) of k (contiguous K storage [head_dim*n_head_kv, n_cells, n_stream] or
 // [head_dim*n_head_kv, n_cells*n_stream], F32/F16/BF16) into the index; with centers (may

@@ -27,6 +27,21 @@ static pariskv_settings pariskv_settings_of(const std::string & text) {
     return s;
 }
 
+// the settings in words, for the start-up line
+static std::string pariskv_describe(const pariskv_settings & s) {
+    char ratios[64];
+    if (s.candidates > 0.0f) {
+        snprintf(ratios, sizeof(ratios), "candidates %.3g of the zone,", s.candidates);
+    } else {
+        snprintf(ratios, sizeof(ratios), "%s ratios,", s.ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned");
+    }
+    char text[320];
+    snprintf(text, sizeof(text), "top-k %u (%s), sink %u, window %u, %s refine %u, keys %s", s.top_k,
+            s.gqa == PARISKV_GQA_MEAN ? "group-mean query" : s.gqa == PARISKV_GQA_GROUP ? "k rows for the group" : "each query head its share, the group the union",
+            s.n_sink, s.n_window, ratios, s.refine, s.center ? "centred" : "as they are");
+    return text;
+}
+
 static thread_local const llama_pariskv_scope * pariskv_scope_current = nullptr;
 
 llama_pariskv_scope::llama_pariskv_scope(const llama_cparams & cparams) :
@@ -282,6 +297,29 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         return;
     }
 
+    // ParisKV from the depth where it beats dense attention on the backend the steps run
+    // on; a cache with handled layers on both takes the larger
+    uint64_t on_cpu = 0, on_device = 0;
+    if (n_cpu > 0) {
+        pariskv_settings_dense_threshold(&pk.settings, PARISKV_BACKEND_CPU, &on_cpu);
+    }
+    if (n_handled > n_cpu) {
+        pariskv_settings_dense_threshold(&pk.settings, PARISKV_BACKEND_CUDA, &on_device);
+    }
+    pk.dense_threshold = std::max(on_cpu, on_device);
+
+    // a cache that never holds more cells than the threshold would carry an index for nothing
+    // (under offload K/V already live in pinned memory, so the index stays with them)
+    if (pk.dense_threshold >= kv_size) {
+        LLAMA_LOG_WARN("%s: ParisKV: %s; never takes over in this cache of %u cells (dense below %llu), %s "
+                "(--pariskv-dense-threshold sets a lower depth)\n", __func__, pariskv_describe(*s).c_str(), kv_size,
+                (unsigned long long) pk.dense_threshold, pk.offload_dev_buft.empty() ? "no index allocated" : "index kept for the offloaded K/V");
+        if (pk.offload_dev_buft.empty()) {
+            kv.pariskv.reset();
+            return; // ctxs free their contexts
+        }
+    }
+
     // the index buffers join the cache's own: memory_breakdown() and clear() see them
     size_t index_bytes = 0;
     for (auto & [ctx, buft] : ctxs) {
@@ -301,27 +339,13 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         kv.ctxs_bufs.emplace_back(std::move(ctx), b);
     }
 
-    // ParisKV from the depth where it beats dense attention on the backend the steps run
-    // on; a cache with handled layers on both takes the larger
-    uint64_t on_cpu = 0, on_device = 0;
-    if (n_cpu > 0) {
-        pariskv_settings_dense_threshold(&pk.settings, PARISKV_BACKEND_CPU, &on_cpu);
-    }
-    if (n_handled > n_cpu) {
-        pariskv_settings_dense_threshold(&pk.settings, PARISKV_BACKEND_CUDA, &on_device);
-    }
-    pk.dense_threshold = std::max(on_cpu, on_device);
-
-    char ratios[64];
-    if (s->candidates > 0.0f) {
-        snprintf(ratios, sizeof(ratios), "candidates %.3g of the zone,", s->candidates);
-    } else {
-        snprintf(ratios, sizeof(ratios), "%s ratios,", s->ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned");
-    }
-    LLAMA_LOG_INFO("%s: ParisKV: top-k %u (%s), sink %u, window %u, %s refine %u, keys %s, dense below %llu cells; layers %s (%d of %zu); index %.2f MiB\n",
-            __func__, s->top_k, s->gqa == PARISKV_GQA_MEAN ? "group-mean query" : s->gqa == PARISKV_GQA_GROUP ? "k rows for the group" : "each query head its share, the group the union",
-            s->n_sink, s->n_window, ratios, s->refine, s->center ? "centred" : "as they are",
-            (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size(), index_bytes/1024.0/1024.0);
+    char summary[512];
+    snprintf(summary, sizeof(summary), "ParisKV: %s, dense below %llu cells; layers %s (%d of %zu)",
+            pariskv_describe(*s).c_str(), (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size());
+    LLAMA_LOG_INFO("%s: %s; index %.2f MiB\n", __func__, summary, index_bytes/1024.0/1024.0);
+    char mib[32];
+    snprintf(mib, sizeof(mib), "; index %.2f MiB", index_bytes/1024.0/1024.0);
+    pk.summary = summary + std::string(mib);
 
     if (!pk.offload_dev_buft.empty()) {
         size_t kv_bytes = 0;
@@ -652,4 +676,31 @@ ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_ten
         return nullptr;
     }
     return cur;
+}
+
+std::string llama_pariskv_kv::summary_of(const llama_kv_cache * kv) {
+    return kv && kv->pariskv ? kv->pariskv->summary : std::string();
+}
+
+//
+// public API
+//
+
+const char * llama_pariskv_summary(const llama_context * ctx) {
+    static thread_local std::string text;
+    text.clear();
+    auto add = [](const llama_kv_cache * kv) {
+        const std::string line = llama_pariskv_kv::summary_of(kv);
+        if (!line.empty()) {
+            text += (text.empty() ? "" : "\n") + line;
+        }
+    };
+    const llama_memory_i * mem = ctx ? llama_get_memory(ctx) : nullptr;
+    if (const auto * kv = dynamic_cast<const llama_kv_cache *>(mem)) {
+        add(kv);
+    } else if (const auto * iswa = dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
+        add(iswa->get_base());
+        add(iswa->get_swa());
+    }
+    return text.c_str();
 }

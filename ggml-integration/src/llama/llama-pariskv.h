@@ -117,6 +117,9 @@ struct llama_pariskv_kv {
 
     bool reencode = false; // keys were rewritten in place: encode every occupied cell again
 
+    std::string summary; // the start-up line (llama_pariskv_summary)
+    static std::string summary_of(const llama_kv_cache * kv); // kv's, "" where it has none
+
     bool handles(int32_t il, const llama_kv_cache & kv) const;
     bool offloaded(int32_t il, const llama_kv_cache & kv) const;
     bool use(const llama_kv_cache_context & mctx, uint32_t n_tokens, uint32_t n_seqs_unq, bool training) const;
