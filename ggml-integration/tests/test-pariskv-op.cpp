@@ -335,6 +335,9 @@ int main() {
         { "gqa8 bf16 2 streams refine 2", 256, 8, 1, 1024,  777, 2, 1, GGML_TYPE_BF16,  32,  4,  32, false, 1, 0, 2 },
         // keys indexed as they are (--pariskv-center off, the paper's setting)
         { "gqa4 f16 uncentred",       128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, false },
+        // the paper's configuration (group-mean query, reference ratios, no refine, uncentred
+        // keys) on Gemma 3 270M's shape: 4 query heads on one KV head of d 256
+        { "gemma shape paper config",  256,  4, 1, 1280, 1100, 1, 1, GGML_TYPE_F16,   64,  4,  64, false, 1, 1, 1, false },
         // a fixed candidate share (7% of the zone where the table reranks 50%)
         { "gqa4 f16 candidates 0.07", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 0, 0, 0, true, 0.07f },
         // k distinct rows for the group (gqa=group), without and with refine
