@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Obtains llama.cpp (the pinned tree; PARISKV_LLAMA=older the older one, see common.sh),
-# applies patches/ and builds it with -DGGML_PARISKV=ON into $PARISKV_WORK/build-cpu, or with
+# applies patches/ and builds it with -DGGML_PARISKV=ON and -DGGML_RPC=ON (ggml-rpc-server) into
+# $PARISKV_WORK/build-cpu, or with
 # PARISKV_CUDA=1 also -DGGML_CUDA=ON into $PARISKV_WORK/build-cuda (for the older tree
 # build-cpu-older, build-cuda-older). Re-running rebuilds only what changed.
 #   ggml-integration/build.sh [target ...]     (default: the tools the README and tests use)
@@ -36,7 +37,7 @@ if [ "${PARISKV_CUDA:-0}" = 1 ]; then
 fi
 jobs=${PARISKV_JOBS:-$(nproc)}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench)
+[ ${#targets[@]} -gt 0 ] || targets=(llama-cli llama-server llama-completion llama-bench llama-perplexity llama-batched-bench ggml-rpc-server)
 
 # CPU features from this machine, passed explicitly: GGML_NATIVE=ON with GCC 12 dies with
 # SIGILL in the AMX path on CPUs that report AMX (GCC 12 drops the stores that fill the
@@ -52,7 +53,7 @@ done
 log "configuring $build_dir"
 cmake -S "$LLAMA_TREE" -B "$build_dir" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_PARISKV=ON -DGGML_PARISKV_DIR="$REPO_ROOT" "${cuda[@]}" \
+    -DGGML_PARISKV=ON -DGGML_PARISKV_DIR="$REPO_ROOT" "${cuda[@]}" -DGGML_RPC=ON \
     -DGGML_NATIVE=OFF "${isa[@]}" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     ${PARISKV_CMAKE_ARGS:-} >"$PARISKV_WORK/cmake-configure.log" 2>&1 \

@@ -3,7 +3,8 @@
 # test against the pariskv library and dense attention, the fidelity suite's CI subset, the
 # end-to-end tests on a tiny model, on Gemma 3 270M (passkey at ~8K tokens) and on
 # Qwen2.5-Coder-1.5B (passkey at ~4K tokens: d = 128, ParisKV in every layer; 1.1 GB from
-# PyPI, once) and the load test. With PARISKV_LLAMA=older, on the older llama.cpp tree: the
+# PyPI, once), the load test and the RPC test (tests/rpc.py: rpc-server on localhost, and one
+# built without ParisKV that the client must refuse). With PARISKV_LLAMA=older, on the older llama.cpp tree: the
 # op test and the end-to-end tests on the tiny models (the fidelity, Gemma, Qwen and load
 # tests are the pinned tree's).
 #   ggml-integration/test.sh            (PARISKV_E2E_ARGS="--only test_identity" to narrow)
@@ -63,3 +64,15 @@ qwen=$(ensure_qwen)
 
 log "load test: llama-server, 4 slots, concurrent long requests, cancellations, shifts, restores"
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/load.py" --bin "$bin"
+
+log "RPC backend on localhost: the ops on rpc-server, a server without them refused"
+# an rpc-server built from the same tree without ParisKV, the server the client must refuse
+ensure_venv
+plain=$PARISKV_WORK/build-rpc-plain
+cmake -S "$LLAMA_TREE" -B "$plain" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_PARISKV=OFF -DGGML_RPC=ON \
+    -DGGML_NATIVE=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    >"$PARISKV_WORK/cmake-rpc-plain.log" 2>&1 || die "cmake of the plain rpc-server failed ($PARISKV_WORK/cmake-rpc-plain.log)"
+cmake --build "$plain" -j "${PARISKV_JOBS:-$(nproc)}" --target ggml-rpc-server >"$PARISKV_WORK/build-rpc-plain.log" 2>&1 \
+    || { tail -20 "$PARISKV_WORK/build-rpc-plain.log"; die "building the plain rpc-server failed"; }
+"$VENV/bin/python" "$REPO_ROOT/ggml-integration/tests/rpc.py" --bin "$bin" \
+    --plain-rpc-server "$plain/bin/ggml-rpc-server" --tiny "$models/tiny.gguf"

@@ -160,7 +160,9 @@ ggml_backend_buffer_type_t llama_pariskv_kv::layer_buft(llama_kv_cache & kv, uin
     }
     ggml_backend_buffer_type_t host = device >= 0 ? host_buft(device) : nullptr;
     if (!host) {
-        pk.offload_why_not = "the device's backend has no pinned host buffer type for it (a CUDA build has)";
+        pk.offload_why_not = reg && strncmp(ggml_backend_reg_name(reg), "RPC", 3) == 0
+            ? "the KV cache is in the RPC server's memory (offload applies to a CUDA device's own cache)"
+            : "the device's backend has no pinned host buffer type for it (a CUDA build has)";
         return buft;
     }
     pk.offload_dev_buft[il] = buft;
@@ -308,6 +310,11 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     }
     pk.dense_threshold = std::max(on_cpu, on_device);
 
+    if (s->offload && pk.offload_dev_buft.empty()) {
+        LLAMA_LOG_WARN("%s: ParisKV offload not used, K/V stay where they are: %s\n", __func__,
+                pk.offload_why_not ? pk.offload_why_not : "no handled layer's cache is on a device");
+    }
+
     // a cache that never holds more cells than the threshold would carry an index for nothing
     // (under offload K/V already live in pinned memory, so the index stays with them)
     if (pk.dense_threshold >= kv_size) {
@@ -356,9 +363,6 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         }
         LLAMA_LOG_INFO("%s: ParisKV offload: K/V of %zu layer(s) in pinned host memory (%.2f MiB), read by the device "
                 "through UVA; the index stays on the device\n", __func__, pk.offload_dev_buft.size(), kv_bytes/1024.0/1024.0);
-    } else if (s->offload) {
-        LLAMA_LOG_WARN("%s: ParisKV offload not used, K/V stay where they are: %s\n", __func__,
-                pk.offload_why_not ? pk.offload_why_not : "no handled layer's cache is on a device");
     }
 }
 
