@@ -91,6 +91,7 @@ def test_identity(a):
         check("ParisKV: top-k" in log, f"{name}: the server logged its ParisKV settings")
         if args == FULL_COVERAGE:
             check_full_coverage(name, log)
+            check(log.count("ParisKV takes over") == 1, f"{name}: one line when decoding first crosses the threshold")
         else:
             check(not op_calls(log), f"{name}: the op never ran (the graph stays dense)")
         check(got == dense, f"{name}: {len(dense)} greedy generations of 90 tokens identical to dense")

@@ -387,7 +387,21 @@ bool llama_pariskv_kv::offloaded(int32_t il, const llama_kv_cache & kv) const {
 
 bool llama_pariskv_kv::use(const llama_kv_cache_context & mctx, uint32_t n_tokens, uint32_t n_seqs_unq, bool training) const {
     // decode-shaped: one token per sequence
-    return !training && n_tokens == n_seqs_unq && (uint64_t) mctx.n_kv > dense_threshold;
+    const bool on = !training && n_tokens == n_seqs_unq && (uint64_t) mctx.n_kv > dense_threshold;
+    if (on && !took_over) {
+        // said once for a real step (not for the worst-case graphs the context reserves at
+        // start-up over an empty cache)
+        uint32_t used = 0;
+        for (size_t s = 0; s < mctx.kv->v_cells.size(); ++s) {
+            used = std::max(used, mctx.kv->v_cells[s].get_used());
+        }
+        if (used > 0) {
+            took_over = true;
+            LLAMA_LOG_INFO("%s: ParisKV takes over: decoding over %u cells (%u in use), the dense threshold is %llu\n",
+                    __func__, mctx.n_kv, used, (unsigned long long) dense_threshold);
+        }
+    }
+    return on;
 }
 
 //
@@ -398,6 +412,7 @@ void llama_pariskv_kv::clear(llama_kv_cache & kv) {
     if (!kv.pariskv) {
         return;
     }
+    kv.pariskv->took_over = false;
     // the next encode sets them again from the first keys stored after the clear
     for (const auto & x : kv.pariskv->layers) {
         if (x.centers && x.centers->data) { // no data: a size-only (no_alloc) cache

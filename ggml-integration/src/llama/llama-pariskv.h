@@ -118,6 +118,7 @@ struct llama_pariskv_kv {
     bool reencode = false; // keys were rewritten in place: encode every occupied cell again
 
     std::string summary; // the start-up line (llama_pariskv_summary)
+    mutable bool took_over = false; // use() chose ParisKV since the last clear (logged once)
     static std::string summary_of(const llama_kv_cache * kv); // kv's, "" where it has none
 
     bool handles(int32_t il, const llama_kv_cache & kv) const;
