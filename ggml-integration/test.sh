@@ -4,9 +4,9 @@
 # end-to-end tests on a tiny model, on Gemma 3 270M (passkey at ~8K tokens) and on
 # Qwen2.5-Coder-1.5B (passkey at ~4K tokens: d = 128, ParisKV in every layer; 1.1 GB from
 # PyPI, once), the load test and the RPC test (tests/rpc.py: rpc-server on localhost, and one
-# built without ParisKV that the client must refuse). With PARISKV_LLAMA=older, on the older llama.cpp tree: the
-# op test and the end-to-end tests on the tiny models (the fidelity, Gemma, Qwen and load
-# tests are the pinned tree's).
+# built without ParisKV that the client must refuse). With PARISKV_LLAMA=older, on the older
+# llama.cpp tree: the op test and the end-to-end tests on the tiny models (the fidelity,
+# Gemma, Qwen, load and RPC tests are the pinned tree's).
 #   ggml-integration/test.sh            (PARISKV_E2E_ARGS="--only test_identity" to narrow)
 source "$(dirname "$0")/common.sh"
 
