@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::rows::DType;
 use crate::settings::Backend;
 use crate::shape::Shape;
+use crate::step::StepParams;
 
 /// Sink tokens always attended (the reference uses 4-64).
 pub const DEFAULT_SINK: usize = 4;
@@ -139,6 +140,19 @@ impl Config {
         };
         let fixed = self.n_sink as u64 + self.n_local as u64;
         usize::try_from(backend.dense_depth(fixed, self.top_k as u64)).unwrap_or(usize::MAX)
+    }
+
+    /// A decode step's parameters for this config, retrieving `top_k` cells.
+    pub fn step_params(&self, top_k: usize) -> StepParams {
+        StepParams {
+            top_k,
+            n_sink: self.n_sink,
+            n_local: self.n_local,
+            ratios: self.ratios,
+            gqa: self.gqa,
+            refine: self.refine,
+            attn: self.attn,
+        }
     }
 
     /// Attention is dense below the threshold and whenever the retrieval zone is no larger

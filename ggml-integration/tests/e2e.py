@@ -398,7 +398,12 @@ def main():
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
              test_state_restore, test_fallbacks, test_cpu_threshold, test_visible_state, test_flags, test_offload]
     tests += ([test_gemma_passkey] if a.gemma else []) + ([test_qwen_passkey] if a.qwen else [])
-    only = set(a.only.split(",")) if a.only else None
+    run_tests(tests, a, set(a.only.split(",")) if a.only else None)
+
+
+def run_tests(tests, a, only=None):
+    """Runs each test (those named in `only`, if given) with the arguments `a`, timing it;
+    prints the failures and exits non-zero if there were any."""
     for t in tests:
         if only and t.__name__ not in only:
             continue

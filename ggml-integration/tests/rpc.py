@@ -28,19 +28,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import e2e  # noqa: E402
 from e2e import FULL_COVERAGE, PROMPTS, STATS, check, early, generations, op_calls  # noqa: E402
-from server import LOG_DIR, Server, free_port  # noqa: E402
+from server import LOG_DIR, Process, Server, free_port  # noqa: E402
 
 
-class RpcServer:
+class RpcServer(Process):
     """An rpc-server on 127.0.0.1 (CPU backend, 2 threads); its log is kept for checks."""
 
     def __init__(self, exe, env=None, name="rpc"):
-        self.port = free_port()
+        super().__init__(name, lambda port: [exe, "-H", "127.0.0.1", "-p", str(port), "-t", "2"], env)
         self.endpoint = f"127.0.0.1:{self.port}"
-        self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port), "-t", "2"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         # ready once it accepts a connection (it prints its banner to a buffered stdout);
         # the probe closes at once, which the server takes as a client that left
         deadline = time.time() + 60
@@ -52,23 +48,6 @@ class RpcServer:
                 if self.proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"rpc-server did not start; log: {self.log_path}")
                 time.sleep(0.1)
-
-    def log_text(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def on(*servers):
@@ -179,18 +158,7 @@ def main():
     p.add_argument("--tiny", required=True, help="the tiny test model")
     a = p.parse_args()
     a.rpc_server = os.path.join(a.bin, "ggml-rpc-server")
-    for t in [test_answers, test_two_servers, test_shift_and_restore, test_refusals]:
-        t0 = time.time()
-        try:
-            t(a)
-        except Exception as e:
-            check(False, f"{t.__name__} raised {e!r}")
-        print(f"  ({time.time() - t0:.0f} s; logs in {LOG_DIR})", flush=True)
-    failures = e2e.FAILURES
-    print(f"{'FAILED' if failures else 'OK'}: {len(failures)} failure(s)")
-    for f in failures:
-        print("  - " + f)
-    sys.exit(1 if failures else 0)
+    e2e.run_tests([test_answers, test_two_servers, test_shift_and_restore, test_refusals], a)
 
 
 if __name__ == "__main__":

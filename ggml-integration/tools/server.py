@@ -25,18 +25,43 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server:
+class Process:
+    """A child process on a free loopback port, its output logged to LOG_DIR for checks;
+    stopped (terminated, killed after 30 s) when the `with` block ends."""
+
+    def __init__(self, name, cmd_for_port, env=None):
+        self.port = free_port()
+        self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd_for_port(self.port), stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    def log_text(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Server(Process):
     """A llama-server process on loopback; its log is kept for checks."""
 
     def __init__(self, bin_dir, model, args, env=None, name="server"):
         self.name, self.args = name, [os.path.basename(model), *args]
-        self.port = free_port()
-        self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
-        cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1",
-               "--port", str(self.port), "-t", "2", "--no-webui", *EXTRA_ARGS, *args]
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        super().__init__(name, lambda port: [
+            os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1", "--port", str(port),
+            "-t", "2", "--no-webui", *EXTRA_ARGS, *args], env)
         deadline = time.time() + 300
         while True:
             if self.proc.poll() is not None:
@@ -76,20 +101,5 @@ class Server:
     def tokenize(self, text):
         return self.post("/tokenize", {"content": text, "add_special": True})["tokens"]
 
-    def log_text(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::index::handle::{check_append, load_queries, IndexStats, KvIndex, Retrieved};
 use crate::rows::{RowBuf, RowData, Rows};
 use crate::shape::{Shape, N_CENTROIDS};
-use crate::step::{CacheView, StepParams};
+use crate::step::CacheView;
 
 /// Everything stored for one KV head.
 #[derive(Clone, Debug)]
@@ -248,15 +248,7 @@ impl Index {
         }
         self.load_queries(queries)?;
         let dense = self.cfg.is_dense(self.len);
-        let params = StepParams {
-            top_k: self.cfg.top_k,
-            n_sink: self.cfg.n_sink,
-            n_local: self.cfg.n_local,
-            ratios: self.cfg.ratios,
-            gqa: self.cfg.gqa,
-            refine: self.cfg.refine,
-            attn: self.cfg.attn,
-        };
+        let params = self.cfg.step_params(self.cfg.top_k);
         // a cell's position is its index: the step's sink and window are the config's zone bounds
         let n = self.len;
         self.scratch.positions.extend(self.scratch.positions.len() as i32..n as i32);

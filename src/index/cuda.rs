@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::index::handle::{check_append, load_queries, IndexStats, KvIndex};
 use crate::rows::{DType, RowBuf, RowData, Rows};
 use crate::shape::Shape;
-use crate::step::StepParams;
 
 /// Capacity of the first allocation, in tokens.
 const MIN_CAPACITY: usize = 1024;
@@ -276,18 +275,6 @@ impl GpuIndex {
         }
     }
 
-    fn params(&self, top_k: usize) -> StepParams {
-        StepParams {
-            top_k,
-            n_sink: self.cfg.n_sink,
-            n_local: self.cfg.n_local,
-            ratios: self.cfg.ratios,
-            gqa: self.cfg.gqa,
-            refine: self.cfg.refine,
-            attn: self.cfg.attn,
-        }
-    }
-
     fn n_retrievals(&self) -> usize {
         step::n_retrievals(self.cfg.gqa, self.cfg.group_size())
     }
@@ -351,7 +338,8 @@ impl GpuIndex {
     /// Per KV head, its retrievals' top-k read back (ranked by key) and merged rank by rank.
     fn search_lists(&mut self, k: usize) -> Result<Vec<Vec<u32>>> {
         let s = self.store()?;
-        step::select(s.module, &s.rotation, &self.params(k), &self.layer(s), &s.step, &Stream::null())?;
+        let params = self.cfg.step_params(k);
+        step::select(s.module, &s.rotation, &params, &self.layer(s), &s.step, &Stream::null())?;
         let units = self.read_state()?;
         let s = self.store()?;
         let n_ret = self.n_retrievals();
@@ -379,7 +367,7 @@ impl GpuIndex {
     fn attend_rows(&mut self, out: &mut [f32]) -> Result<()> {
         let dense = self.cfg.is_dense(self.len);
         let s = self.store()?;
-        let params = self.params(if dense { usize::MAX } else { self.cfg.top_k });
+        let params = self.cfg.step_params(if dense { usize::MAX } else { self.cfg.top_k });
         step::run(s.module, &s.rotation, &params, &self.layer(s), &s.step, &Stream::null())?;
         driver::synchronize()?;
         out.copy_from_slice(&s.out.read::<f32>(out.len())?);

@@ -347,12 +347,11 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     }
 
     char summary[512];
-    snprintf(summary, sizeof(summary), "ParisKV: %s, dense below %llu cells; layers %s (%d of %zu)",
-            pariskv_describe(*s).c_str(), (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size());
-    LLAMA_LOG_INFO("%s: %s; index %.2f MiB\n", __func__, summary, index_bytes/1024.0/1024.0);
-    char mib[32];
-    snprintf(mib, sizeof(mib), "; index %.2f MiB", index_bytes/1024.0/1024.0);
-    pk.summary = summary + std::string(mib);
+    snprintf(summary, sizeof(summary), "ParisKV: %s, dense below %llu cells; layers %s (%d of %zu); index %.2f MiB",
+            pariskv_describe(*s).c_str(), (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size(),
+            index_bytes/1024.0/1024.0);
+    pk.summary = summary;
+    LLAMA_LOG_INFO("%s: %s\n", __func__, summary);
 
     if (!pk.offload_dev_buft.empty()) {
         size_t kv_bytes = 0;
