@@ -32,7 +32,7 @@ tree_git reset -q --hard upstream
 tree_git clean -q -fd
 for p in "$REPO_ROOT"/patches/*.patch; do
     [ -e "$p" ] || continue
-    if ! tree_git am -q -3 --keep-cr "$p"; then
+    if ! tree_git am -q -3 --ignore-whitespace --keep-cr "$p"; then
         tree_git am --abort || true
         die "patch $(basename "$p") does not apply to $(tree_git log -1 --format=%s upstream) (docs/INTEGRATION.md: rebasing)"
     fi

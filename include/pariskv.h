@@ -55,7 +55,7 @@ const char *pariskv_version(void);
 // against this header can compare these with what the library it runs with reports.
 #define PARISKV_VERSION_MAJOR 0
 
-#define PARISKV_VERSION_MINOR 2
+#define PARISKV_VERSION_MINOR 3
 
 #define PARISKV_VERSION_PATCH 0
 
@@ -75,6 +75,11 @@ enum pariskv_dtype
   PARISKV_F32 = 0,
   PARISKV_F16 = 1,
   PARISKV_BF16 = 2,
+  // ggml's Q8_0 blocks (34 bytes per 32 elements: f16 scale, 32 int8), K/V rows of
+  // caller-owned caches on the CPU (`pariskv_attend_cache`, `pariskv_encode_cells`,
+  // `pariskv_center_init`) and of CPU index handles: head_dim a multiple of 32, strides
+  // whole blocks.
+  PARISKV_Q8_0 = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -4,7 +4,7 @@ use crate::algorithm::attention::AttnParams;
 use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::error::{Error, Result};
-use crate::rows::DType;
+use crate::rows::{DType, Q8_0_BLOCK};
 use crate::settings::Backend;
 use crate::shape::Shape;
 use crate::step::StepParams;
@@ -114,9 +114,18 @@ impl Config {
             r.validate()?;
         }
         self.attn.validate()?;
+        if self.kv_dtype == DType::Q8_0 && !self.head_dim.is_multiple_of(Q8_0_BLOCK) {
+            return Err(Error::invalid(format!(
+                "kv_dtype q8_0 stores whole blocks of {Q8_0_BLOCK}: head_dim {} is not a multiple",
+                self.head_dim
+            )));
+        }
         if let Device::Cuda { ordinal, .. } = self.device {
             if ordinal > i32::MAX as u32 {
                 return Err(Error::invalid(format!("CUDA device ordinal {ordinal} is out of range")));
+            }
+            if self.kv_dtype == DType::Q8_0 {
+                return Err(Error::unsupported("kv_dtype q8_0: CUDA indexes store f32, f16 or bf16 rows"));
             }
         }
         Ok(shape)

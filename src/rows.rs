@@ -1,5 +1,8 @@
 //! Element types and strided views of K, V and Q rows in caller memory, plus owned row
 //! storage for the index handle. Every row is read into f32 before any arithmetic.
+//!
+//! Q8_0 is ggml's block format (32 elements: an f16 scale, then 32 signed bytes; element
+//! = byte * scale): its rows, offsets and strides are whole blocks.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -13,14 +16,34 @@ pub enum DType {
     F32,
     F16,
     BF16,
+    Q8_0,
+}
+
+/// Elements of a Q8_0 block.
+pub const Q8_0_BLOCK: usize = 32;
+
+/// ggml's `block_q8_0`: 34 bytes, 2-aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0 {
+    pub scale: f16,
+    pub quants: [i8; Q8_0_BLOCK],
 }
 
 impl DType {
-    pub fn size(self) -> usize {
+    /// Elements per block and bytes per block: rows, offsets and strides are whole blocks.
+    pub fn block(self) -> (usize, usize) {
         match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
+            DType::F32 => (1, 4),
+            DType::F16 | DType::BF16 => (1, 2),
+            DType::Q8_0 => (Q8_0_BLOCK, std::mem::size_of::<BlockQ8_0>()),
         }
+    }
+
+    /// Bytes of `n` elements, `n` a whole number of blocks.
+    pub fn bytes(self, n: usize) -> usize {
+        let (per, bytes) = self.block();
+        n / per * bytes
     }
 
     pub fn name(self) -> &'static str {
@@ -28,6 +51,7 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::Q8_0 => "q8_0",
         }
     }
 }
@@ -38,6 +62,7 @@ pub enum RowData<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
+    Q8_0(&'a [BlockQ8_0]),
 }
 
 impl RowData<'_> {
@@ -46,14 +71,17 @@ impl RowData<'_> {
             RowData::F32(_) => DType::F32,
             RowData::F16(_) => DType::F16,
             RowData::BF16(_) => DType::BF16,
+            RowData::Q8_0(_) => DType::Q8_0,
         }
     }
 
+    /// Elements (not blocks).
     pub fn len(&self) -> usize {
         match self {
             RowData::F32(s) => s.len(),
             RowData::F16(s) => s.len(),
             RowData::BF16(s) => s.len(),
+            RowData::Q8_0(s) => s.len() * Q8_0_BLOCK,
         }
     }
 
@@ -67,8 +95,10 @@ impl RowData<'_> {
             RowData::F32(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
             RowData::F16(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
             RowData::BF16(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
+            RowData::Q8_0(s) => (s.as_ptr() as *const u8, std::mem::size_of_val(*s)),
         };
-        // SAFETY: f32, f16 and bf16 are plain data without padding; the slice covers
+        // SAFETY: f32, f16, bf16 and BlockQ8_0 (34 bytes of fields) are plain data without
+        // padding; the slice covers
         // exactly the borrowed elements for the borrow's lifetime.
         unsafe { std::slice::from_raw_parts(ptr, bytes) }
     }
@@ -85,8 +115,16 @@ pub struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    /// Checks that every row lies inside `data`.
+    /// Checks that every row lies inside `data` (and, for a block type, that rows, offset
+    /// and stride are whole blocks).
     pub fn new(data: RowData<'a>, offset: usize, dim: usize, stride: usize, n: usize) -> Result<Self> {
+        let (per, _) = data.dtype().block();
+        if !(dim.is_multiple_of(per) && offset.is_multiple_of(per) && stride.is_multiple_of(per)) {
+            return Err(Error::invalid(format!(
+                "{} rows of {dim} elements at offset {offset}, stride {stride}: not whole blocks of {per}",
+                data.dtype().name()
+            )));
+        }
         let end = match n {
             0 => Some(0),
             _ => (n - 1).checked_mul(stride).and_then(|x| x.checked_add(offset + dim)),
@@ -149,6 +187,7 @@ impl<'a> Rows<'a> {
             RowData::F32(s) => prefetch(&s[range]),
             RowData::F16(s) => prefetch(&s[range]),
             RowData::BF16(s) => prefetch(&s[range]),
+            RowData::Q8_0(s) => prefetch(&s[range.start / Q8_0_BLOCK..range.end / Q8_0_BLOCK]),
         }
     }
 
@@ -165,6 +204,16 @@ impl<'a> Rows<'a> {
                 // bf16 is the top half of an f32
                 for (o, &x) in out.iter_mut().zip(&s[range]) {
                     *o = f32::from_bits((x.to_bits() as u32) << 16);
+                }
+            }
+            RowData::Q8_0(s) => {
+                // as ggml's dequantize_row_q8_0: each byte times the block's scale
+                let blocks = &s[range.start / Q8_0_BLOCK..range.end / Q8_0_BLOCK];
+                for (b, o) in blocks.iter().zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+                    let d = b.scale.to_f32();
+                    for (o, &q) in o.iter_mut().zip(&b.quants) {
+                        *o = q as f32 * d;
+                    }
                 }
             }
         }
@@ -207,6 +256,7 @@ pub enum RowBuf {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    Q8_0(Vec<BlockQ8_0>),
 }
 
 impl RowBuf {
@@ -215,6 +265,7 @@ impl RowBuf {
             DType::F32 => RowBuf::F32(Vec::new()),
             DType::F16 => RowBuf::F16(Vec::new()),
             DType::BF16 => RowBuf::BF16(Vec::new()),
+            DType::Q8_0 => RowBuf::Q8_0(Vec::new()),
         }
     }
 
@@ -227,7 +278,7 @@ impl RowBuf {
     }
 
     pub fn bytes(&self) -> usize {
-        self.len() * self.data().dtype().size()
+        self.data().dtype().bytes(self.len())
     }
 
     pub fn reserve(&mut self, additional: usize) -> Result<()> {
@@ -235,15 +286,21 @@ impl RowBuf {
             RowBuf::F32(v) => try_reserve(v, additional, "f32 rows"),
             RowBuf::F16(v) => try_reserve(v, additional, "f16 rows"),
             RowBuf::BF16(v) => try_reserve(v, additional, "bf16 rows"),
+            RowBuf::Q8_0(v) => try_reserve(v, additional.div_ceil(Q8_0_BLOCK), "q8_0 rows"),
         }
     }
 
-    /// Appends f32 values, converting to the stored dtype.
+    /// Appends f32 values, converting to the stored dtype (Q8_0: whole blocks, quantized
+    /// as ggml's `quantize_row_q8_0_ref`).
     pub fn extend_from_f32(&mut self, values: &[f32]) {
         match self {
             RowBuf::F32(v) => v.extend_from_slice(values),
             RowBuf::F16(v) => v.extend(values.iter().map(|&x| f16::from_f32(x))),
             RowBuf::BF16(v) => v.extend(values.iter().map(|&x| bf16::from_f32(x))),
+            RowBuf::Q8_0(v) => {
+                assert!(values.len().is_multiple_of(Q8_0_BLOCK), "q8_0 rows are whole blocks");
+                v.extend(values.chunks_exact(Q8_0_BLOCK).map(quantize_q8_0));
+            }
         }
     }
 
@@ -252,8 +309,22 @@ impl RowBuf {
             RowBuf::F32(v) => RowData::F32(v),
             RowBuf::F16(v) => RowData::F16(v),
             RowBuf::BF16(v) => RowData::BF16(v),
+            RowBuf::Q8_0(v) => RowData::Q8_0(v),
         }
     }
+}
+
+/// One block as ggml's `quantize_row_q8_0_ref`: scale = max |x| / 127, bytes rounded to
+/// nearest (ties away from zero).
+fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
+    let amax = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut quants = [0i8; Q8_0_BLOCK];
+    for (q, &v) in quants.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    BlockQ8_0 { scale: f16::from_f32(d), quants }
 }
 
 #[cfg(test)]
@@ -291,6 +362,29 @@ mod tests {
             Rows::packed(RowData::BF16(&b[..n * dim]), dim).unwrap().load(i, &mut out);
             assert!(out.iter().zip(&b[i * dim..]).all(|(&o, x)| same(o, x.to_f32())), "bf16 row {i}");
         }
+    }
+
+    /// Q8_0 rows load as ggml dequantizes them, round-trip within half a step of their
+    /// block's scale, and refuse rows that are not whole blocks.
+    #[test]
+    fn q8_0_rows_are_blocks_dequantized_as_ggml_does() {
+        let x: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let mut b = RowBuf::new(DType::Q8_0);
+        b.extend_from_f32(&x);
+        assert_eq!(b.bytes(), 4 * 34);
+        let RowBuf::Q8_0(blocks) = &b else { unreachable!() };
+        // [n=2][heads=2][dim=32]: head 1 of row 1 is block 3
+        let rows = Rows::head_of(b.data(), 2, 32, 1, 2).unwrap();
+        let mut out = [0.0; 32];
+        rows.load(1, &mut out);
+        let d = blocks[3].scale.to_f32();
+        assert!(out.iter().zip(&blocks[3].quants).all(|(&o, &q)| o == q as f32 * d));
+        assert!(out.iter().zip(&x[96..]).all(|(&o, &v)| (o - v).abs() <= d * 0.5 + 1e-6));
+        assert!(blocks[3].quants.iter().any(|&q| q == 127 || q == -127), "the largest maps to +-127");
+        assert!(Rows::new(b.data(), 0, 16, 32, 2).is_err(), "half a block");
+        assert!(Rows::new(b.data(), 16, 32, 32, 2).is_err(), "offset inside a block");
+        let zeros = quantize_q8_0(&[0.0; 32]);
+        assert_eq!((zeros.scale.to_f32(), zeros.quants), (0.0, [0; 32]));
     }
 
     #[test]

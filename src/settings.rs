@@ -163,7 +163,7 @@ macro_rules! count_spec {
 
 /// Every setting, in the order help lists them.
 pub static SPECS: [Spec; 10] = [
-    count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off\n\
+    count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off;\n\
 long-context decoding attends exactly over the first --pariskv-sink and last --pariskv-window\n\
 positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build"),
     count_spec!(c"sink", n_sink, 0, MAX_COUNT, c"ParisKV: first positions of a sequence always attended"),

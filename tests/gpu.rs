@@ -35,6 +35,7 @@ fn keys_in(dtype: DType, f: &[f32]) -> (Vec<u8>, Vec<f32>) {
             let h: Vec<bf16> = f.iter().map(|&x| bf16::from_f32(x)).collect();
             (h.iter().flat_map(|x| x.to_le_bytes()).collect(), h.iter().map(|x| x.to_f32()).collect())
         }
+        DType::Q8_0 => unimplemented!("the CUDA kernels read no q8_0 rows"),
     }
 }
 
@@ -95,8 +96,8 @@ fn encode_case(
     let target = EncodeTarget {
         keys: gpu_keys.ptr,
         key_dtype: dtype,
-        key_row_stride: n_heads * d * dtype.size(),
-        key_head_stride: d * dtype.size(),
+        key_row_stride: dtype.bytes(n_heads * d),
+        key_head_stride: dtype.bytes(d),
         codes: codes.ptr,
         nibbles: nibbles.ptr,
         weights: weights.ptr,
@@ -259,7 +260,7 @@ mod step {
                 &own
             }
         };
-        let el = c.dtype.size();
+        let el = c.dtype.bytes(1);
         let layer = GpuLayer {
             layout: UnitLayout {
                 n_units: units as i32,

@@ -33,7 +33,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     cfg.n_local = u.int_in_range(0..=32)?;
     cfg.top_k = u.int_in_range(0..=64)?;
     cfg.dense_threshold = u.int_in_range(0..=64)?;
-    cfg.kv_dtype = *u.choose(&[DType::F32, DType::F16, DType::BF16])?;
+    cfg.kv_dtype = *u.choose(&[DType::F32, DType::F16, DType::BF16, DType::Q8_0])?;
     cfg.gqa = if u.arbitrary()? { GqaPolicy::Mean } else { GqaPolicy::PerHead };
     cfg.center = u.arbitrary()?;
     if u.arbitrary()? {

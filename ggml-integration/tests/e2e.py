@@ -244,6 +244,39 @@ def test_fallbacks(a):
         check(len(tokens) == 40, "head_dim 20: generates")
 
 
+def test_q8_0_cache(a):
+    print("q8_0 K/V caches (-ctk q8_0 -ctv q8_0): ParisKV over the quantized rows; other quantized caches stay dense")
+    q8 = ["-ctk", "q8_0", "-ctv", "q8_0"]
+    with Server(a.bin, a.tiny, ["-c", "4096", *q8], name="dense-q8") as s:
+        dense = generations(s, 90)
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", *q8, *FULL_COVERAGE], env=STATS, name="pk-q8") as s:
+        got = generations(s, 90)
+        log = s.log_text()
+    check(got == dense, f"q8_0, op with full coverage: {len(dense)} greedy generations identical to dense q8_0")
+    if "-ngl" in server.EXTRA_ARGS:
+        # the CUDA kernels read f32, f16 and bf16 rows: q8_0 layers on the GPU stay dense
+        check("f32, f16 or bf16 K/V); they stay dense" in log, "CUDA: q8_0 layers stay dense, said in one line")
+        return
+    check("K/V q8_0/q8_0" in log, "the start-up line names the q8_0 cache")
+    check_full_coverage("q8_0", log)
+    sink, window, k = 4, 16, 16
+    args = ["--pariskv-topk", str(k), "--pariskv-window", str(window), "--pariskv-sink", str(sink), *early(k, sink, window)]
+    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", *q8, *args], env=STATS, name="pk-q8-small") as s:
+        got = generations(s, 300)
+        calls = [c for c in op_calls(s.log_text()) if c["zone"] > k]
+    check(len(calls) > 0 and all(c["attended"] <= sink + window + k for c in calls) and all(len(g) == 300 for g in got),
+          f"q8_0, top-k {k}: retrieval ran ({len(calls)} calls, at most sink + window + top-k rows each)")
+    q4 = ["-ctk", "q4_0", "-ctv", "q4_0"]
+    with Server(a.bin, a.tiny, ["-c", "4096", *q4], name="dense-q4") as s:
+        dense = generations(s, 40)
+    with Server(a.bin, a.tiny, ["-c", "4096", *q4, "--pariskv-topk", "16", *early(16)], name="pk-q4") as s:
+        got = generations(s, 40)
+        log = s.log_text()
+    lines = [l for l in log.splitlines() if "ParisKV not used" in l]
+    check(len(lines) == 1 and "not f32, f16, bf16 or q8_0" in lines[0], f"q4_0 cache: one log line ({lines[:1]})")
+    check(got == dense, "q4_0 cache: output identical to dense")
+
+
 def test_cpu_threshold(a):
     print("automatic dense threshold: on the CPU, caches below 12288 cells stay dense (ParisKV is slower there)")
     with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", "--pariskv-topk", "16"], env=STATS, name="pk-auto") as s:
@@ -261,7 +294,8 @@ def test_cpu_threshold(a):
 
 
 def test_visible_state(a):
-    print("what a user sees: the start-up line at the default verbosity, GGML_PARISKV_STATS=0 is off")
+    print("what a user sees: the start-up line at the default verbosity, GGML_PARISKV_STATS=0 is off, "
+          "the server's /props and /slots, the summary at exit")
     with Server(a.bin, a.tiny, ["-c", "4096", "--pariskv-topk", "16", *early(16)], env={"GGML_PARISKV_STATS": "0"},
                 name="pk-default-verbosity") as s:
         generations(s, 40)
@@ -274,6 +308,25 @@ def test_visible_state(a):
         generations(s, 40)
         log = s.log_text()
     check(not op_calls(log), "GGML_PARISKV_STATS=0 logs no step")
+    # the settings in /props, a slot's counters in /slots, the summary at exit
+    sink, window, k = 4, 512, 16
+    with Server(a.bin, a.tiny, ["-c", "4096", "-np", "1", "--pariskv-topk", str(k), *early(k)], name="pk-state") as s:
+        long_prompt = PROMPTS[1] * 40
+        n_long = len(s.tokenize(long_prompt))
+        generations(s, 20, [long_prompt])  # over the threshold: 19 decode steps with ParisKV
+        generations(s, 10, [PROMPTS[2]])   # a new short prompt: 9 steps below it
+        props = s.get("/props").get("pariskv")
+        slot = s.get("/slots")[0].get("pariskv")
+    log = s.log_text()
+    check(props is not None and props["topk"] == k and props["gqa"] == "group" and props["offload"] is False,
+          f"/props shows the settings ({props})")
+    check(n_long > sink + window + k and slot is not None and slot["steps"] == 19
+          and slot["mean_rows"] == sink + window + k and slot["dense"]["shallow"] == 9
+          and slot["dense"]["prompt"] >= 2 and slot["dense"]["mixed"] == 0 and slot["dense"]["unsupported"] == 0,
+          f"/slots counts the slot's steps: 19 with ParisKV over {sink + window + k} rows, 9 below the threshold ({slot})")
+    check(f"ParisKV: 19 steps with ParisKV ({sink + window + k} rows per KV head and token)" in log
+          and "0 batched with prompts, 9 below the dense threshold" in log,
+          "the server prints the steps' summary at exit")
     out = subprocess.run([os.path.join(a.bin, "llama-perplexity"), "-m", a.tiny, "--pariskv-topk", "16"],
                          capture_output=True, text=True, timeout=60)
     check(out.returncode != 0 and "invalid argument: --pariskv-topk" in out.stderr,
@@ -287,6 +340,9 @@ def test_flags(a):
         names = ["--pariskv-topk", "--pariskv-sink", "--pariskv-window", "--pariskv-dense-threshold", "--pariskv-gqa",
                  "--pariskv-offload"]
         check(all(n in out for n in names) and "LLAMA_ARG_PARISKV_TOPK" in out, f"{tool} --help lists the ParisKV flags")
+        group = out[out.find("----- ParisKV params -----"):]
+        check(out.count("--pariskv-") == group.count("--pariskv-") > 0 and "0 = off; long-context" in " ".join(group.split()),
+              f"{tool} --help: every ParisKV flag in its own group, the help wrapped by llama.cpp")
     with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4"], env={"LLAMA_ARG_PARISKV_TOPK": "48", "LLAMA_ARG_PARISKV_WINDOW": "64", "LLAMA_ARG_PARISKV_GQA": "mean"},
                 name="env") as s:
         log = s.log_text()
@@ -348,17 +404,19 @@ def test_gemma_passkey(a):
     the query and key bits of the decode step depend on llama.cpp's thread count, and at 2
     threads ParisKV's continuation after the key differs from dense's (checked: the step's
     selection on those inputs is the one the previous implementation made, bit for bit)."""
-    print("Gemma 3 270M: passkey at ~8K tokens, dense vs ParisKV top-k 256")
+    print("Gemma 3 270M: passkey at ~8K tokens, dense vs ParisKV top-k 256, f16 and q8_0 K/V caches")
     prompt, key = passkey.make_prompt(8000, 0.5, seed=7)
-    answers = {}
-    for name, args in [("dense", []), ("pariskv", ["--pariskv-topk", "256", *early(256)])]:
-        with Server(a.bin, a.gemma, ["-c", "9216", "-b", "2048", "-ub", "512", *args], name=f"gemma-{name}") as s:
-            t0 = time.time()
-            _, text = s.complete(prompt, 12)
-            answers[name] = text
-            print(f"  {name}: {text.strip()!r} ({time.time() - t0:.0f} s)")
-    check(passkey.answers(answers["dense"], key), f"dense answers the pass key {key}")
-    check(passkey.answers(answers["pariskv"], key), "ParisKV (top-k 256) gives the same answer as dense")
+    for cache in ["f16", "q8_0"]:
+        answers = {}
+        for name, args in [("dense", []), ("pariskv", ["--pariskv-topk", "256", *early(256)])]:
+            with Server(a.bin, a.gemma, ["-c", "9216", "-b", "2048", "-ub", "512", "-ctk", cache, "-ctv", cache, *args],
+                        name=f"gemma-{name}-{cache}") as s:
+                t0 = time.time()
+                _, text = s.complete(prompt, 12)
+                answers[name] = text
+                print(f"  {name}, {cache} cache: {text.strip()!r} ({time.time() - t0:.0f} s)")
+        check(passkey.answers(answers["dense"], key), f"dense ({cache} cache) answers the pass key {key}")
+        check(passkey.answers(answers["pariskv"], key), f"ParisKV (top-k 256, {cache} cache) gives the same answer as dense")
 
 
 def test_qwen_passkey(a):
@@ -396,7 +454,8 @@ def main():
     server.EXTRA_ARGS = shlex.split(a.server_args)
     server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_state_restore, test_fallbacks, test_cpu_threshold, test_visible_state, test_flags, test_offload]
+             test_state_restore, test_fallbacks, test_q8_0_cache, test_cpu_threshold, test_visible_state, test_flags,
+             test_offload]
     tests += ([test_gemma_passkey] if a.gemma else []) + ([test_qwen_passkey] if a.qwen else [])
     run_tests(tests, a, set(a.only.split(",")) if a.only else None)
 

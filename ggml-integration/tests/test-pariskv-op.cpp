@@ -31,6 +31,7 @@ struct test_case {
     int32_t refine = 0; // exact rescoring factor, 0 the library's default
     bool center = true; // keys encoded minus their KV head's centre (set by the encode op)
     float candidates = 0.0f; // a fixed candidate share replacing the ratio table, 0 the table
+    ggml_type type_v = GGML_TYPE_F16;
 };
 
 static int n_failures = 0;
@@ -65,6 +66,7 @@ static void fill(ggml_tensor * t, std::mt19937 & rng, float scale) {
         case GGML_TYPE_F32:  memcpy(t->data, v.data(), n*sizeof(float)); break;
         case GGML_TYPE_F16:  ggml_fp32_to_fp16_row(v.data(), (ggml_fp16_t *) t->data, n); break;
         case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *) t->data, n); break;
+        case GGML_TYPE_Q8_0: ggml_quantize_chunk(t->type, v.data(), t->data, 0, n/t->ne[0], t->ne[0], nullptr); break;
         default: GGML_ABORT("type");
     }
 }
@@ -74,18 +76,32 @@ static float element(const ggml_tensor * t, int64_t i) {
         case GGML_TYPE_F32:  return ((const float *) t->data)[i];
         case GGML_TYPE_F16:  return ggml_fp16_to_fp32(((const ggml_fp16_t *) t->data)[i]);
         case GGML_TYPE_BF16: return ggml_bf16_to_fp32(((const ggml_bf16_t *) t->data)[i]);
+        case GGML_TYPE_Q8_0: {
+            // ggml's own dequantization of the block holding element i
+            const int64_t bs = ggml_blck_size(t->type);
+            float block[32];
+            GGML_ASSERT(bs <= 32);
+            ggml_get_type_traits(t->type)->to_float((const char *) t->data + ggml_row_size(t->type, i/bs*bs), block, bs);
+            return block[i % bs];
+        }
         default: GGML_ABORT("type");
     }
 }
 
 static pariskv_dtype dtype_of(ggml_type t) {
-    return t == GGML_TYPE_F32 ? PARISKV_F32 : t == GGML_TYPE_F16 ? PARISKV_F16 : PARISKV_BF16;
+    switch (t) {
+        case GGML_TYPE_F32:  return PARISKV_F32;
+        case GGML_TYPE_F16:  return PARISKV_F16;
+        case GGML_TYPE_BF16: return PARISKV_BF16;
+        case GGML_TYPE_Q8_0: return PARISKV_Q8_0;
+        default: GGML_ABORT("type");
+    }
 }
 
 static void run(const test_case & tc) {
-    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, top-k %d (%s, %s ratios, candidates %g, refine %d, keys %s)\n",
+    printf("%s: D=%lld heads %lld/%lld, kv_size %lld, n_kv %lld, streams %lld x %lld tokens, K %s, V %s, top-k %d (%s, %s ratios, candidates %g, refine %d, keys %s)\n",
            tc.name, (long long) tc.D, (long long) tc.n_head, (long long) tc.n_head_kv, (long long) tc.kv_size,
-           (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), tc.top_k,
+           (long long) tc.n_kv, (long long) tc.n_stream, (long long) tc.n_tps, ggml_type_name(tc.type_k), ggml_type_name(tc.type_v), tc.top_k,
            tc.gqa == PARISKV_GQA_MEAN ? "group-mean query" : tc.gqa == PARISKV_GQA_GROUP ? "k rows for the group" : "per query head", tc.ratios == 1 ? "reference" : "tuned", (double) tc.candidates, tc.refine,
            tc.center ? "centred" : "as they are");
 
@@ -100,7 +116,7 @@ static void run(const test_case & tc) {
 
     // KV cache storage and its index, as llama_kv_cache lays them out
     ggml_tensor * k_store = ggml_new_tensor_3d(ctx, tc.type_k, D*HKV, tc.kv_size, S);
-    ggml_tensor * v_store = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, D*HKV, tc.kv_size, S);
+    ggml_tensor * v_store = ggml_new_tensor_3d(ctx, tc.type_v, D*HKV, tc.kv_size, S);
     ggml_tensor * codes   = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[0], tc.kv_size, HKV, S);
     ggml_tensor * nibbles = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[1], tc.kv_size, HKV, S);
     ggml_tensor * weights = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, dims[2], tc.kv_size, HKV, S);
@@ -146,8 +162,8 @@ static void run(const test_case & tc) {
     }
 
     // the graph: encode every cell, then attend (views as llama_kv_cache::get_k / get_v build them)
-    ggml_tensor * k_view = ggml_view_4d(ctx, k_store, D, HKV, tc.n_kv, S, k_store->nb[0]*D, k_store->nb[1], k_store->nb[2], 0);
-    ggml_tensor * v_view = ggml_view_4d(ctx, v_store, D, HKV, tc.n_kv, S, v_store->nb[0]*D, v_store->nb[1], v_store->nb[2], 0);
+    ggml_tensor * k_view = ggml_view_4d(ctx, k_store, D, HKV, tc.n_kv, S, ggml_row_size(k_store->type, D), k_store->nb[1], k_store->nb[2], 0);
+    ggml_tensor * v_view = ggml_view_4d(ctx, v_store, D, HKV, tc.n_kv, S, ggml_row_size(v_store->type, D), v_store->nb[1], v_store->nb[2], 0);
     ggml_tensor * enc = ggml_pariskv_keep_histogram(ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights, centers),
                                                     hist, counted);
     const float scale = 1.0f/sqrtf((float) D);
@@ -205,7 +221,7 @@ static void run(const test_case & tc) {
             all[i] = i;
         }
         // each head's centre: the mean over the written cells of every stream (all of them here)
-        const size_t row = HKV*D*ggml_type_size(tc.type_k);
+        const size_t row = ggml_row_size(tc.type_k, HKV*D);
         std::vector<int64_t> global(tc.kv_size*S);
         for (size_t i = 0; i < global.size(); ++i) {
             global[i] = (int64_t) i;
@@ -213,7 +229,7 @@ static void run(const test_case & tc) {
         std::vector<float> center(HKV*(D + 1), 0.0f);
         bool same = true;
         for (int64_t h = 0; h < HKV && tc.center; ++h) {
-            const char * keys = (const char *) k_store->data + h*D*ggml_type_size(tc.type_k);
+            const char * keys = (const char *) k_store->data + ggml_row_size(tc.type_k, h*D);
             GGML_ASSERT(pariskv_center_init((uint32_t) D, dtype_of(tc.type_k), keys, row, global.size(), global.data(),
                                             global.size(), center.data() + h*(D + 1)) == PARISKV_OK);
             same &= center[h*(D + 1) + D] > 0.0f && memcmp(center.data() + h*(D + 1), (float *) centers->data + h*(D + 1),
@@ -223,7 +239,7 @@ static void run(const test_case & tc) {
         for (int64_t s = 0; s < S; ++s) {
             for (int64_t h = 0; h < HKV; ++h) {
                 pariskv_codes dst = { c.data(), n.data(), w.data(), (size_t) tc.kv_size, nullptr, nullptr };
-                const char * keys = (const char *) k_store->data + ((s*tc.kv_size)*HKV + h)*D*ggml_type_size(tc.type_k);
+                const char * keys = (const char *) k_store->data + ggml_row_size(tc.type_k, ((s*tc.kv_size)*HKV + h)*D);
                 GGML_ASSERT(pariskv_encode_cells((uint32_t) D, PARISKV_DEFAULT_SEED, dtype_of(tc.type_k), keys, row,
                                                  all.data(), all.size(), tc.center ? center.data() + h*(D + 1) : nullptr,
                                                  &dst) == PARISKV_OK);
@@ -252,10 +268,10 @@ static void run(const test_case & tc) {
             step.refine = tc.refine > 0 ? (uint32_t) tc.refine : PARISKV_DEFAULT_REFINE;
             step.scale = scale; step.softcap = 0.0f; step.seed = PARISKV_DEFAULT_SEED;
             step.gqa_policy = (pariskv_gqa) tc.gqa;
-            const size_t row_k = HKV*D*ggml_type_size(tc.type_k), row_v = HKV*D*sizeof(ggml_fp16_t);
+            const size_t row_k = ggml_row_size(tc.type_k, HKV*D), row_v = ggml_row_size(tc.type_v, HKV*D);
             pariskv_kv kv = {
-                dtype_of(tc.type_k), (const char *) k_store->data + (s*tc.kv_size*HKV + hk)*D*ggml_type_size(tc.type_k), row_k,
-                PARISKV_F16, (const char *) v_store->data + (s*tc.kv_size*HKV + hk)*D*sizeof(ggml_fp16_t), row_v,
+                dtype_of(tc.type_k), (const char *) k_store->data + ggml_row_size(tc.type_k, (s*tc.kv_size*HKV + hk)*D), row_k,
+                dtype_of(tc.type_v), (const char *) v_store->data + ggml_row_size(tc.type_v, (s*tc.kv_size*HKV + hk)*D), row_v,
                 (size_t) tc.n_kv };
             pariskv_codes ix = {
                 (uint8_t *) codes->data + (s*HKV + hk)*dims[0]*tc.kv_size,
@@ -344,6 +360,10 @@ int main() {
         { "gqa4 f16 retrieval group", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_F16,    64,  4,  64, false, 2 },
         { "gqa8 bf16 2 streams group refine 1", 256, 8, 1, 1024, 777, 2, 1, GGML_TYPE_BF16, 32, 4,  32, false, 2, 0, 1 },
         { "gqa1 f32 unified group",    64,  4, 4,  768,  700, 1, 2, GGML_TYPE_F32,    16,  2,  16, true,  2 },
+        // q8_0 K and V (-ctk q8_0 -ctv q8_0): keys encoded from their dequantized values
+        { "gqa4 q8_0 retrieval group", 128, 16, 4, 1280, 1100, 1, 1, GGML_TYPE_Q8_0,  64,  4,  64, false, 2, 0, 0, true, 0.0f, GGML_TYPE_Q8_0 },
+        { "gqa8 q8_0 2 streams full",  256,  8, 1, 1024,  777, 2, 1, GGML_TYPE_Q8_0, 4096,  4,  32, false, 2, 0, 0, true, 0.0f, GGML_TYPE_Q8_0 },
+        { "gqa1 q8_0 unified per-head", 64,  4, 4,  768,  700, 1, 2, GGML_TYPE_Q8_0,   16,  2,  16, true,  0, 0, 0, true, 0.0f, GGML_TYPE_Q8_0 },
     };
     for (const auto & tc : cases) {
         run(tc);

@@ -37,7 +37,9 @@ class Process:
                                      env={**os.environ, **(env or {})})
 
     def log_text(self):
-        self.log.flush()
+        """The output so far (all of it once the process was stopped)."""
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 
@@ -80,6 +82,10 @@ class Server(Process):
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
                                      data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=3600) as r:
+            return json.loads(r.read())
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=60) as r:
             return json.loads(r.read())
 
     def completion(self, prompt, n_predict, **extra):

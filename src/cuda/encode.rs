@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::kernels::{CENTER_INIT, ENCODE, ENCODE_WARPS};
 use crate::algorithm::rotation::Rotation;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rows::DType;
 use crate::shape::Shape;
 
@@ -76,11 +76,13 @@ struct EncodeArgs {
     padded_dim: i32,
 }
 
-pub fn dtype_code(d: DType) -> i32 {
+/// The kernels' code of an element type; they read f32, f16 and bf16 rows (not Q8_0 blocks).
+pub fn dtype_code(d: DType) -> Result<i32> {
     match d {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 2,
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::BF16 => Ok(2),
+        DType::Q8_0 => Err(Error::unsupported("q8_0 K/V rows: the CUDA kernels read f32, f16 and bf16 rows")),
     }
 }
 
@@ -102,7 +104,7 @@ pub fn encode(
     let shape = rotation.shape;
     let mut args = EncodeArgs {
         keys: target.keys,
-        key_dtype: dtype_code(target.key_dtype),
+        key_dtype: dtype_code(target.key_dtype)?,
         key_row_stride: target.key_row_stride as i64,
         key_head_stride: target.key_head_stride as i64,
         cells,

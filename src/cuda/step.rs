@@ -408,7 +408,7 @@ fn search(
         q_stride: layer.q_stride as i64,
         n_heads: layer.n_heads as i32,
         mask: layer.mask,
-        mask_dtype: dtype_code(layer.mask_dtype),
+        mask_dtype: dtype_code(layer.mask_dtype)?,
         pos: layer.pos,
         codes: layer.codes,
         nibbles: layer.nibbles,
@@ -426,7 +426,7 @@ fn search(
         refine: clamp(params.refine),
         d: shape.head_dim as i32,
         k: layer.k,
-        k_dtype: dtype_code(layer.k_dtype),
+        k_dtype: dtype_code(layer.k_dtype)?,
         k_stride: layer.k_stride as i64,
         group: (params.gqa == GqaPolicy::Group) as i32,
         scale: params.attn.scale,
@@ -483,7 +483,7 @@ fn search(
             // shortlists hold at most refine times a retrieval's share of top-k cells
             let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
             let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
-            let elem = layer.k_dtype.size();
+            let elem = layer.k_dtype.bytes(1);
             let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
             let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
             let smem = refine_smem(shape.head_dim, elem) as u32;
@@ -535,7 +535,7 @@ fn group_select(
     if params.refine > 1 {
         let shortlist = params.top_k.saturating_mul(params.refine).min(layer.n);
         let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, 1, u);
-        let elem = layer.k_dtype.size();
+        let elem = layer.k_dtype.bytes(1);
         let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
         let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
         let smem = group_refine_smem(n_ret, shape.head_dim, elem) as u32;
@@ -593,10 +593,10 @@ pub fn attend(
         q_stride: layer.q_stride as i64,
         n_heads: layer.n_heads as i32,
         k: layer.k,
-        k_dtype: dtype_code(layer.k_dtype),
+        k_dtype: dtype_code(layer.k_dtype)?,
         k_stride: layer.k_stride as i64,
         v: layer.v,
-        v_dtype: dtype_code(layer.v_dtype),
+        v_dtype: dtype_code(layer.v_dtype)?,
         v_stride: layer.v_stride as i64,
         dk: shape.head_dim as i32,
         dv: buf.dv as i32,

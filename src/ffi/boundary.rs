@@ -12,7 +12,7 @@ use super::types::{pariskv_dtype, pariskv_gqa, pariskv_ratios, pariskv_status};
 use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::error::{Error, ErrorKind, Result};
-use crate::rows::{DType, RowData};
+use crate::rows::{BlockQ8_0, DType, RowData, Q8_0_BLOCK};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -74,11 +74,15 @@ pub fn dtype(raw: u32, what: &str) -> Result<DType> {
     const F32: u32 = pariskv_dtype::PARISKV_F32 as u32;
     const F16: u32 = pariskv_dtype::PARISKV_F16 as u32;
     const BF16: u32 = pariskv_dtype::PARISKV_BF16 as u32;
+    const Q8_0: u32 = pariskv_dtype::PARISKV_Q8_0 as u32;
     match raw {
         F32 => Ok(DType::F32),
         F16 => Ok(DType::F16),
         BF16 => Ok(DType::BF16),
-        other => Err(Error::unsupported(format!("{what}: dtype {other} is not one of PARISKV_F32/F16/BF16"))),
+        Q8_0 => Ok(DType::Q8_0),
+        other => {
+            Err(Error::unsupported(format!("{what}: dtype {other} is not one of PARISKV_F32/F16/BF16/Q8_0")))
+        }
     }
 }
 
@@ -87,6 +91,7 @@ pub fn raw_dtype(d: DType) -> u32 {
         DType::F32 => pariskv_dtype::PARISKV_F32,
         DType::F16 => pariskv_dtype::PARISKV_F16,
         DType::BF16 => pariskv_dtype::PARISKV_BF16,
+        DType::Q8_0 => pariskv_dtype::PARISKV_Q8_0,
     };
     raw as u32
 }
@@ -184,12 +189,13 @@ pub fn out_slice<'a, T>(ptr: *mut T, len: usize, name: &str) -> Result<&'a mut [
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
-/// `len` elements of `dtype` at `ptr`.
+/// `len` elements of `dtype` at `ptr` (a block type: `len` rounded up to whole blocks).
 pub fn in_rows<'a>(raw: u32, ptr: *const c_void, len: usize, name: &str) -> Result<RowData<'a>> {
     Ok(match dtype(raw, name)? {
         DType::F32 => RowData::F32(in_slice(ptr as *const f32, len, name)?),
         DType::F16 => RowData::F16(in_slice(ptr as *const f16, len, name)?),
         DType::BF16 => RowData::BF16(in_slice(ptr as *const bf16, len, name)?),
+        DType::Q8_0 => RowData::Q8_0(in_slice(ptr as *const BlockQ8_0, len.div_ceil(Q8_0_BLOCK), name)?),
     })
 }
 

@@ -178,13 +178,13 @@ fn rows_at<'a>(
     n: usize,
     name: &str,
 ) -> Result<Rows<'a>> {
-    let size = dtype(raw, name)?.size();
+    let (per, size) = dtype(raw, name)?.block();
     if !stride.is_multiple_of(size) {
         return Err(Error::invalid(format!(
-            "{name}: stride {stride} is not a multiple of the element size {size}"
+            "{name}: stride {stride} is not a multiple of the element (block) size {size}"
         )));
     }
-    let stride = stride / size;
+    let stride = stride / size * per;
     let len = match n {
         0 => Some(0),
         _ => (n - 1).checked_mul(stride).and_then(|x| x.checked_add(dim)),
@@ -565,6 +565,9 @@ fn attend_cache_on(
                 };
                 let cache = CacheView { keys, values, codes: index, visible, pos, zone_hist: None, kept };
                 cpu::step::attend_cache(team, rot, &params, &cache, &s.queries, &mut s.step, &mut s.result)?
+            }
+            RowData::Q8_0(_) => {
+                return Err(Error::invalid("visibility.mask: a mask is f32, f16 or bf16, not q8_0"))
             }
         };
         for (h, r) in s.result.chunks_exact(dv).enumerate() {

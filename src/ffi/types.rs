@@ -29,6 +29,11 @@ pub enum pariskv_dtype {
     PARISKV_F32 = 0,
     PARISKV_F16 = 1,
     PARISKV_BF16 = 2,
+    /// ggml's Q8_0 blocks (34 bytes per 32 elements: f16 scale, 32 int8), K/V rows of
+    /// caller-owned caches on the CPU (`pariskv_attend_cache`, `pariskv_encode_cells`,
+    /// `pariskv_center_init`) and of CPU index handles: head_dim a multiple of 32, strides
+    /// whole blocks.
+    PARISKV_Q8_0 = 3,
 }
 
 /// How the query heads sharing a KV head choose its rows (a `uint32_t` holding one of
@@ -74,7 +79,7 @@ pub enum pariskv_backend {
 /// The library's version (`pariskv_version()` gives it as text): a program compiled
 /// against this header can compare these with what the library it runs with reports.
 pub const PARISKV_VERSION_MAJOR: u32 = 0;
-pub const PARISKV_VERSION_MINOR: u32 = 2;
+pub const PARISKV_VERSION_MINOR: u32 = 3;
 pub const PARISKV_VERSION_PATCH: u32 = 0;
 
 /// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own

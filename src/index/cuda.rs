@@ -114,7 +114,7 @@ struct RowBytes {
 impl RowBytes {
     fn of(cfg: &Config, shape: &Shape) -> RowBytes {
         RowBytes {
-            kv: cfg.head_dim * cfg.kv_dtype.size(),
+            kv: cfg.kv_dtype.bytes(cfg.head_dim),
             codes: shape.code_bytes(),
             nibbles: shape.nibble_bytes(),
             weights: shape.n_weights() * 2,

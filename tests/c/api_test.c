@@ -377,7 +377,7 @@ int main(void) {
     expect_error("search NULL out_count", pariskv_index_search(ix, PARISKV_F32, q, 8, pos, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out_count");
     expect_error("search misaligned out_positions", pariskv_index_search(ix, PARISKV_F32, q, 8, (int64_t *)((char *)pos + 4), count),
                  PARISKV_ERR_INVALID_ARGUMENT, "aligned");
-    expect_error("search dtype 3", pariskv_index_search(ix, 3, q, 8, pos, count), PARISKV_ERR_UNSUPPORTED, "dtype 3");
+    expect_error("search dtype 4", pariskv_index_search(ix, 4, q, 8, pos, count), PARISKV_ERR_UNSUPPORTED, "dtype 4");
     expect_error("attend NULL out", pariskv_index_attend(ix, PARISKV_F32, q, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
     expect_error("attend(NULL index)", pariskv_index_attend(NULL, PARISKV_F32, q, out), PARISKV_ERR_INVALID_ARGUMENT, "index");
     pariskv_index *empty = NULL;
@@ -761,6 +761,64 @@ int main(void) {
         /* The last error belongs to the last call: a call that succeeds clears it. */
         CHECK(pariskv_config_dense_threshold(&cfg, &depth) == PARISKV_OK && pariskv_last_error()[0] == '\0',
               "last error after a successful call: '%s'", pariskv_last_error());
+    }
+
+    {
+        /* q8_0 K/V (ggml's block_q8_0: f16 scale, 32 int8): the cache calls read each row as
+           its dequantized values, so q8_0 rows give, bit for bit, the codes and outputs of
+           the same values in f32. The scale 2^-6 is exact in f16 and f32. */
+        enum { QB = D / 32, QROW = QB * 34 };
+        const uint16_t scale_bits = 9 << 10; /* 2^-6 */
+        uint8_t *kq = calloc(NC, QROW), *vq = calloc(NC, QROW);
+        float *kf = malloc(sizeof(float) * NC * D), *vf = malloc(sizeof(float) * NC * D);
+        for (int c = 0; c < NC; c++) {
+            for (int b = 0; b < QB; b++) {
+                uint8_t *kb8 = kq + (size_t)c * QROW + b * 34, *vb8 = vq + (size_t)c * QROW + b * 34;
+                memcpy(kb8, &scale_bits, 2);
+                memcpy(vb8, &scale_bits, 2);
+                for (int j = 0; j < 32; j++) {
+                    const int e = b * 32 + j;
+                    float kx = roundf(keys[(size_t)c * NKV * D + e] * 64.0f), vx = roundf(vals[(size_t)c * NKV * D + e] * 64.0f);
+                    kx = kx > 127 ? 127 : kx < -127 ? -127 : kx;
+                    vx = vx > 127 ? 127 : vx < -127 ? -127 : vx;
+                    kb8[2 + j] = (uint8_t)(int8_t)kx;
+                    vb8[2 + j] = (uint8_t)(int8_t)vx;
+                    kf[(size_t)c * D + e] = kx / 64.0f;
+                    vf[(size_t)c * D + e] = vx / 64.0f;
+                }
+            }
+        }
+        uint8_t *c8 = malloc((size_t)NC * lay.code_bytes), *n8 = malloc((size_t)NC * lay.nibble_bytes);
+        uint8_t *c32 = malloc((size_t)NC * lay.code_bytes), *n32 = malloc((size_t)NC * lay.nibble_bytes);
+        uint16_t *w8 = malloc(2 * (size_t)NC * lay.n_weights), *w32 = malloc(2 * (size_t)NC * lay.n_weights);
+        pariskv_codes q8c = {c8, n8, w8, NC, NULL, NULL}, f32c = {c32, n32, w32, NC, NULL, NULL};
+        float cq[D + 1] = {0}, cf[D + 1] = {0};
+        CHECK(pariskv_center_init(D, PARISKV_Q8_0, kq, QROW, NC, cells, NC, cq) == PARISKV_OK &&
+                  pariskv_center_init(D, PARISKV_F32, kf, sizeof(float) * D, NC, cells, NC, cf) == PARISKV_OK &&
+                  memcmp(cq, cf, sizeof cq) == 0,
+              "q8_0 key centre = the f32 one: %s", pariskv_last_error());
+        CHECK(pariskv_encode_cells(D, cfg.seed, PARISKV_Q8_0, kq, QROW, cells, NC, cq, &q8c) == PARISKV_OK &&
+                  pariskv_encode_cells(D, cfg.seed, PARISKV_F32, kf, sizeof(float) * D, cells, NC, cf, &f32c) == PARISKV_OK &&
+                  memcmp(c8, c32, (size_t)NC * lay.code_bytes) == 0 && memcmp(n8, n32, (size_t)NC * lay.nibble_bytes) == 0 &&
+                  memcmp(w8, w32, 2 * (size_t)NC * lay.n_weights) == 0,
+              "q8_0 codes = the f32 codes: %s", pariskv_last_error());
+        pariskv_kv q8kv = {PARISKV_Q8_0, kq, QROW, PARISKV_Q8_0, vq, QROW, NC};
+        pariskv_kv f32kv = {PARISKV_F32, kf, sizeof(float) * D, PARISKV_F32, vf, sizeof(float) * D, NC};
+        float o8[4 * D], o32[4 * D];
+        pariskv_step_stats s8, s32;
+        CHECK(pariskv_attend_cache(&step, q, D * 4, &q8kv, &q8c, &vis, o8, D * 4, &s8) == PARISKV_OK &&
+                  pariskv_attend_cache(&step, q, D * 4, &f32kv, &f32c, &vis, o32, D * 4, &s32) == PARISKV_OK &&
+                  memcmp(o8, o32, sizeof o8) == 0 && memcmp(&s8, &s32, sizeof s8) == 0 && s8.n_attended < NC,
+              "q8_0 step = the f32 step over the same values, bit for bit (%zu of %d rows): %s", s8.n_attended, NC,
+              pariskv_last_error());
+        expect_error("encode_cells q8_0 stride 100", pariskv_encode_cells(D, 1, PARISKV_Q8_0, kq, 100, cells, NC, NULL, &q8c),
+                     PARISKV_ERR_INVALID_ARGUMENT, "block) size 34");
+        expect_error("center_init q8_0 head_dim 48", pariskv_center_init(48, PARISKV_Q8_0, kq, QROW, NC, cells, NC, cq),
+                     PARISKV_ERR_INVALID_ARGUMENT, "whole blocks");
+        pariskv_visibility q8mask = {PARISKV_Q8_0, kq, cpos};
+        expect_error("attend_cache q8_0 mask", pariskv_attend_cache(&step, q, D * 4, &q8kv, &q8c, &q8mask, o8, D * 4, NULL),
+                     PARISKV_ERR_INVALID_ARGUMENT, "not q8_0");
+        free(kq); free(vq); free(kf); free(vf); free(c8); free(n8); free(w8); free(c32); free(n32); free(w32);
     }
 
     /* The index still works after all of that. */

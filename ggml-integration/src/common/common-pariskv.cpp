@@ -102,6 +102,12 @@ static const char * pariskv_keep(std::string s) {
     return kept.back().c_str();
 }
 
+// the library's help as one paragraph, which llama.cpp's help wraps to its own width
+static std::string pariskv_one_paragraph(std::string text) {
+    std::replace(text.begin(), text.end(), '\n', ' ');
+    return text;
+}
+
 struct pariskv_flag {
     const char * name;     // --pariskv-<key>
     const char * negation; // --no-pariskv-<key> (switches)
@@ -134,7 +140,7 @@ static const std::vector<pariskv_flag> & pariskv_flags() {
                 pariskv_keep("--no-pariskv-" + key),
                 pariskv_keep(hint),
                 pariskv_keep(env),
-                std::string(info.help) + " (default: " + value + ")",
+                pariskv_one_paragraph(info.help) + " (default: " + value + ")",
             });
         }
         return out;
@@ -171,6 +177,58 @@ void common_pariskv_report(const llama_context * ctx) {
         LOG_INF("%s\n", summary.substr(start, end - start).c_str());
         start = end + 1;
     }
+}
+
+void common_pariskv_report_exit(const llama_context * ctx) {
+    llama_pariskv_seq_stats st;
+    if (!llama_pariskv_get_seq_stats(ctx, -1, &st)) {
+        return;
+    }
+    const uint64_t n_dense = st.n_prompt + st.n_mixed + st.n_shallow + st.n_unsupported;
+    if (st.n_pariskv + n_dense == 0) {
+        return;
+    }
+    LOG_INF("ParisKV: %llu steps with ParisKV (%.0f rows per KV head and token), %llu dense: %llu prompt, "
+            "%llu batched with prompts, %llu below the dense threshold, %llu unsupported\n",
+            (unsigned long long) st.n_pariskv, st.n_pariskv ? (double) st.n_rows / st.n_pariskv : 0.0,
+            (unsigned long long) n_dense, (unsigned long long) st.n_prompt, (unsigned long long) st.n_mixed,
+            (unsigned long long) st.n_shallow, (unsigned long long) st.n_unsupported);
+}
+
+std::string common_pariskv_slot_json(const llama_context * ctx, int32_t seq_id) {
+    llama_pariskv_seq_stats st;
+    if (!llama_pariskv_get_seq_stats(ctx, seq_id, &st)) {
+        return "";
+    }
+    char text[320];
+    snprintf(text, sizeof(text),
+            "{\"steps\": %llu, \"mean_rows\": %.1f, \"dense\": {\"prompt\": %llu, \"mixed\": %llu, "
+            "\"shallow\": %llu, \"unsupported\": %llu}}",
+            (unsigned long long) st.n_pariskv, st.n_pariskv ? (double) st.n_rows / st.n_pariskv : 0.0,
+            (unsigned long long) st.n_prompt, (unsigned long long) st.n_mixed, (unsigned long long) st.n_shallow,
+            (unsigned long long) st.n_unsupported);
+    return text;
+}
+
+std::string common_pariskv_props_json(const std::string & settings) {
+    const pariskv_settings s = pariskv_parse(settings);
+    if (s.top_k == 0) {
+        return "null";
+    }
+    std::string text;
+    for (const auto & info : pariskv_table()) {
+        char value[64];
+        size_t len = 0;
+        pariskv_settings_value(&s, info.key, value, sizeof(value), &len);
+        std::string v = value;
+        if (info.kind == PARISKV_SETTING_SWITCH) {
+            v = v == "on" ? "true" : "false";
+        } else if (info.kind == PARISKV_SETTING_CHOICE) {
+            v = "\"" + v + "\""; // the choices are plain words
+        }
+        text += (text.empty() ? "{" : ", ") + std::string("\"") + info.key + "\": " + v;
+    }
+    return text + "}";
 }
 
 //

@@ -21,6 +21,17 @@ void common_pariskv_add_args(const std::function<void(common_arg)> & add_opt);
 // logs it as info, which tools show only from -lv 4)
 void common_pariskv_report(const llama_context * ctx);
 
+// at exit (common_init_result): the steps that went with ParisKV and the dense ones, by reason
+void common_pariskv_report_exit(const llama_context * ctx);
+
+// llama-server: a slot's counters (llama_pariskv_get_seq_stats) as a JSON object, "" where the
+// context has no ParisKV
+std::string common_pariskv_slot_json(const llama_context * ctx, int32_t seq_id);
+
+// llama-server /props: the settings as a JSON object ("null" where ParisKV is off); throws
+// std::invalid_argument on a bad settings text
+std::string common_pariskv_props_json(const std::string & settings);
+
 // llama-bench: --pariskv-<key> v1,v2,... for every setting (-pkt and -pko for topk and
 // offload), swept like llama-bench's own parameters; a column pariskv_<key> each
 struct llama_bench_pariskv {

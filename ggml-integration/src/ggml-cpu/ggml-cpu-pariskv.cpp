@@ -62,7 +62,7 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
     if (centers) {
         if (params->ith == 0) {
             for (int64_t h = 0; h < n_head_kv; ++h) {
-                const char * keys = (const char *) k->data + h*head_dim*ggml_type_size(k->type);
+                const char * keys = (const char *) k->data + ggml_row_size(k->type, h*head_dim);
                 pariskv_check(pariskv_center_init((uint32_t) head_dim, dtype, keys, k->nb[1], (size_t) (n_cells*n_stream),
                                                   all, (size_t) ggml_nelements(idxs), (float *) centers->data + h*centers->ne[0]),
                               "key centre");
@@ -120,7 +120,7 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
         }
         for (int64_t h = 0; h < n_head_kv; ++h) {
             const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, nullptr, nullptr, s, h);
-            const char * keys = (const char *) k->data + (s*n_cells)*k->nb[1] + h*head_dim*ggml_type_size(k->type);
+            const char * keys = (const char *) k->data + (s*n_cells)*k->nb[1] + ggml_row_size(k->type, h*head_dim);
             const float * center = centers ? (const float *) centers->data + h*centers->ne[0] : nullptr;
             pariskv_check(pariskv_encode_cells((uint32_t) head_dim, PARISKV_DEFAULT_SEED, dtype,
                                                keys, k->nb[1], cells.data(), cells.size(), center, &c),

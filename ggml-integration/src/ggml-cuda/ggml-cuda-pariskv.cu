@@ -41,22 +41,26 @@ static bool pariskv_cuda_ready() {
     return ready;
 }
 
+// the K/V element types the kernels read (q8_0 caches run the ops on the CPU backend only)
+static bool pariskv_cuda_kv_type(ggml_type type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
 bool ggml_cuda_pariskv_supported(int device, const ggml_tensor * op) {
     GGML_UNUSED(device);
     if (!pariskv_cuda_ready()) {
         return false;
     }
-    pariskv_dtype d;
     switch (op->op) {
         case GGML_OP_PARISKV_ENCODE:
-            return ggml_pariskv_dtype(op->src[0]->type, &d);
+            return pariskv_cuda_kv_type(op->src[0]->type);
         case GGML_OP_PARISKV_ATTN: {
             const ggml_tensor * q = op->src[0];
             const ggml_tensor * k = op->src[1];
             const ggml_tensor * v = op->src[2];
             const ggml_tensor * mask = op->src[3];
             pariskv_step step;
-            return ggml_pariskv_dtype(k->type, &d) && ggml_pariskv_dtype(v->type, &d) &&
+            return pariskv_cuda_kv_type(k->type) && pariskv_cuda_kv_type(v->type) &&
                 (mask->type == GGML_TYPE_F16 || mask->type == GGML_TYPE_F32) &&
                 v->ne[0] <= 512 && q->ne[1]/k->ne[1] <= 16 && // the step's limits: dv, group size
                 pariskv_op_params_step(op->op_params, (uint32_t) k->ne[0], (uint32_t) v->ne[0],
@@ -86,7 +90,7 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     t.keys            = (uint64_t) (uintptr_t) k->data;
     t.key_dtype       = pariskv_dtype_must(k->type);
     t.key_row_stride  = k->nb[1];
-    t.key_head_stride = head_dim*ggml_type_size(k->type);
+    t.key_head_stride = ggml_row_size(k->type, head_dim);
     t.codes           = (uint64_t) (uintptr_t) codes->data;
     t.nibbles         = (uint64_t) (uintptr_t) nibbles->data;
     t.weights         = (uint64_t) (uintptr_t) weights->data;

@@ -185,6 +185,7 @@ bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out) {
         case GGML_TYPE_F32:  *out = PARISKV_F32;  return true;
         case GGML_TYPE_F16:  *out = PARISKV_F16;  return true;
         case GGML_TYPE_BF16: *out = PARISKV_BF16; return true;
+        case GGML_TYPE_Q8_0: *out = PARISKV_Q8_0; return true;
         default:             return false;
     }
 }

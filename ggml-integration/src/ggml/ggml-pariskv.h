@@ -26,7 +26,8 @@ extern "C" {
 // false if head_dim is not supported (a multiple of 8 up to 512)
 GGML_API bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]);
 
-// the element types a K/V cache may have for the ops
+// the element types a K/V cache may have for the ops (F32, F16, BF16, Q8_0; a backend's
+// supports_op may take fewer: CUDA reads no Q8_0)
 GGML_API bool ggml_pariskv_kv_type(enum ggml_type type);
 
 // whether the ops log one line per step (token and KV head): GGML_PARISKV_STATS set to
@@ -35,7 +36,7 @@ GGML_API bool ggml_pariskv_log_steps(void);
 
 // encodes the keys stored at cells idxs (I64, global: stream*n_cells + cell, like the
 // KV cache's k_idxs) of k (contiguous K storage [head_dim*n_head_kv, n_cells, n_stream] or
-// [head_dim*n_head_kv, n_cells*n_stream], F32/F16/BF16) into the index; with centers (may
+// [head_dim*n_head_kv, n_cells*n_stream], F32/F16/BF16/Q8_0) into the index; with centers (may
 // be NULL: keys encoded as they are), each KV head's keys minus its centre, which the first
 // encode that has cells sets to their mean (zero centers to start over); returns a view of
 // codes to order later readers after it
@@ -51,8 +52,8 @@ GGML_API struct ggml_tensor * ggml_pariskv_encode(
 // decode attention over sink + top-k + local window, per token and KV head, exact over those
 // rows, as settings say (top-k > 0; its op params: pariskv_op_params_pack)
 // q       [D,  n_head,    n_tokens]           F32
-// k       [D,  n_head_kv, n_kv, n_stream]     F32/F16/BF16 (view of the KV cache)
-// v       [Dv, n_head_kv, n_kv, n_stream]     F32/F16/BF16, not transposed
+// k       [D,  n_head_kv, n_kv, n_stream]     F32/F16/BF16/Q8_0 (view of the KV cache)
+// v       [Dv, n_head_kv, n_kv, n_stream]     F32/F16/BF16/Q8_0, not transposed
 // mask    [n_kv, n_tokens/n_stream, 1, n_stream] F16/F32, 0 or -INF only (no ALiBi)
 // pos     [n_kv, n_stream]                    I32, position of each cell
 // codes, nibbles, weights: the index views of the same streams (n_cells >= n_kv)
@@ -80,7 +81,7 @@ GGML_API struct ggml_tensor * ggml_pariskv_keep_histogram(
         struct ggml_tensor * hist,
         struct ggml_tensor * counted);
 
-// the library's element type of a tensor type (F32, F16, BF16); false for any other
+// the library's element type of a tensor type (F32, F16, BF16, Q8_0); false for any other
 GGML_API bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out);
 
 // what a PARISKV_ATTN node holds, as both backends read it: its sources, shapes and the

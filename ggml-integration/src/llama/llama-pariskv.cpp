@@ -71,7 +71,7 @@ static const char * pariskv_why_not(const llama_hparams & hparams, bool shares_c
         return "V is transposed (flash attention is off; use -fa on or auto)";
     }
     if (!ggml_pariskv_kv_type(type_k) || !ggml_pariskv_kv_type(type_v)) {
-        return "the K/V cache type is not f32, f16 or bf16";
+        return "the K/V cache type is not f32, f16, bf16 or q8_0";
     }
     if (hparams.f_max_alibi_bias > 0.0f) {
         return "the model uses ALiBi";
@@ -284,7 +284,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
 
     if (n_device > 0) {
         LLAMA_LOG_WARN("%s: ParisKV: %d layer(s) keep their KV cache on a device whose backend cannot run ParisKV "
-                "with these settings (CUDA needs -DGGML_CUDA=ON and a GPU); "
+                "with these settings or cache types (CUDA needs -DGGML_CUDA=ON, a GPU and f32, f16 or bf16 K/V); "
                 "they stay dense (use -nkvo for a CPU KV cache)\n", __func__, n_device);
     }
     if (n_handled == 0) {
@@ -347,9 +347,9 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     }
 
     char summary[512];
-    snprintf(summary, sizeof(summary), "ParisKV: %s, dense below %llu cells; layers %s (%d of %zu); index %.2f MiB",
+    snprintf(summary, sizeof(summary), "ParisKV: %s, dense below %llu cells; layers %s (%d of %zu), K/V %s/%s; index %.2f MiB",
             pariskv_describe(*s).c_str(), (unsigned long long) pk.dense_threshold, handled.c_str(), n_handled, kv.layers.size(),
-            index_bytes/1024.0/1024.0);
+            ggml_type_name(kv.type_k()), ggml_type_name(kv.type_v()), index_bytes/1024.0/1024.0);
     pk.summary = summary;
     LLAMA_LOG_INFO("%s: %s\n", __func__, summary);
 
@@ -412,6 +412,7 @@ void llama_pariskv_kv::clear(llama_kv_cache & kv) {
         return;
     }
     kv.pariskv->took_over = false;
+    kv.pariskv->seq_stats.clear(); // the steps counted since the last clear (not a warm-up's)
     // the next encode sets them again from the first keys stored after the clear
     for (const auto & x : kv.pariskv->layers) {
         if (x.centers && x.centers->data) { // no data: a size-only (no_alloc) cache
@@ -564,6 +565,43 @@ void llama_pariskv_kv::set_pos(const llama_kv_cache_context & mctx, ggml_tensor 
     }
 }
 
+void llama_pariskv_kv::count(const llama_kv_cache_context & mctx, const llama_ubatch & ubatch, bool attended) {
+    const llama_kv_cache & kv = *mctx.kv;
+    const llama_pariskv_kv & pk = *kv.pariskv;
+    const uint64_t planned = (uint64_t) pk.settings.n_sink + pk.settings.n_window + pk.settings.top_k;
+    for (uint32_t u = 0; u < ubatch.n_seqs_unq; ++u) {
+        const llama_seq_id seq = ubatch.seq_id_unq[u];
+        uint32_t n_own = 0; // tokens of seq in the ubatch, and the last one
+        uint32_t last  = 0;
+        for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
+            if (std::find(ubatch.seq_id[i], ubatch.seq_id[i] + ubatch.n_seq_id[i], seq) != ubatch.seq_id[i] + ubatch.n_seq_id[i]) {
+                ++n_own;
+                last = i;
+            }
+        }
+        llama_pariskv_seq_stats & st = pk.seq_stats[seq];
+        if (n_own > 1) {
+            ++st.n_prompt;
+        } else if (attended) {
+            // the rows the op attends for this token: sink, window and top-k, within the cells
+            // the token sees
+            const auto & cells = kv.v_cells.at(kv.seq_to_stream[seq]);
+            uint64_t visible = 0;
+            for (uint32_t c = 0; c < (uint32_t) mctx.n_kv && c < cells.size(); ++c) {
+                visible += !cells.is_empty(c) && cells.seq_has(c, seq) && cells.pos_get(c) <= ubatch.pos[last];
+            }
+            ++st.n_pariskv;
+            st.n_rows += std::min(visible, planned);
+        } else if (ubatch.n_tokens != ubatch.n_seqs_unq) {
+            ++st.n_mixed;
+        } else if ((uint64_t) mctx.n_kv <= pk.dense_threshold) {
+            ++st.n_shallow;
+        } else {
+            ++st.n_unsupported;
+        }
+    }
+}
+
 bool llama_pariskv_kv::same_choice(const llama_kv_cache_context & prev, const llama_kv_cache_context & next,
         const llama_ubatch & ubatch, bool training, bool chose) {
     return next.kv == prev.kv && next.kv->pariskv &&
@@ -581,6 +619,7 @@ public:
         if (pos && pos->buffer) {
             llama_pariskv_kv::set_pos(*mctx, pos, ubatch);
         }
+        llama_pariskv_kv::count(*mctx, *ubatch, attended);
     }
 
     bool can_reuse(const llm_graph_params & params) override {
@@ -596,6 +635,7 @@ public:
     const llama_kv_cache_context * mctx;
 
     ggml_tensor * pos = nullptr; // I32 [n_kv, n_stream], only when the ubatch is attended with ParisKV
+    bool attended = false;       // a layer of the graph attends with the op (not only with pos)
 };
 
 ggml_tensor * llama_pariskv_kv::attend(const llm_graph_context & g, const llama_kv_cache_context & mctx,
@@ -682,6 +722,7 @@ ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_ten
     }
 
     ggml_tensor * cur = inp->pos && encoded ? attend(g, *mctx, inp->pos, encoded, q, k, v, kq_b, kq_mask, sinks, v_mla, kq_scale, il) : nullptr;
+    inp->attended = inp->attended || cur;
     if (!cur) {
         // dense attention of many queries over K/V in host memory (--pariskv-offload): one copy
         // to the device per ubatch, instead of every query tile of the kernel reading it over PCIe
@@ -696,21 +737,16 @@ ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_ten
     return cur;
 }
 
-std::string llama_pariskv_kv::summary_of(const llama_kv_cache * kv) {
-    return kv && kv->pariskv ? kv->pariskv->summary : std::string();
-}
 
 //
 // public API
 //
 
-const char * llama_pariskv_summary(const llama_context * ctx) {
-    static thread_local std::string text;
-    text.clear();
-    auto add = [](const llama_kv_cache * kv) {
-        const std::string line = llama_pariskv_kv::summary_of(kv);
-        if (!line.empty()) {
-            text += (text.empty() ? "" : "\n") + line;
+std::vector<const llama_pariskv_kv *> llama_pariskv_kv::of(const llama_context * ctx) {
+    std::vector<const llama_pariskv_kv *> out;
+    auto add = [&](const llama_kv_cache * kv) {
+        if (kv && kv->pariskv) {
+            out.push_back(kv->pariskv.get());
         }
     };
     const llama_memory_i * mem = ctx ? llama_get_memory(ctx) : nullptr;
@@ -719,6 +755,36 @@ const char * llama_pariskv_summary(const llama_context * ctx) {
     } else if (const auto * iswa = dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
         add(iswa->get_base());
         add(iswa->get_swa());
+    }
+    return out;
+}
+
+bool llama_pariskv_get_seq_stats(const llama_context * ctx, llama_seq_id seq_id, llama_pariskv_seq_stats * out) {
+    if (!out) {
+        return false;
+    }
+    *out = {};
+    const auto states = llama_pariskv_kv::of(ctx);
+    for (const llama_pariskv_kv * pk : states) {
+        for (const auto & [seq, st] : pk->seq_stats) {
+            if (seq_id < 0 || seq == seq_id) {
+                out->n_pariskv     += st.n_pariskv;
+                out->n_prompt      += st.n_prompt;
+                out->n_mixed       += st.n_mixed;
+                out->n_shallow     += st.n_shallow;
+                out->n_unsupported += st.n_unsupported;
+                out->n_rows        += st.n_rows;
+            }
+        }
+    }
+    return !states.empty();
+}
+
+const char * llama_pariskv_summary(const llama_context * ctx) {
+    static thread_local std::string text;
+    text.clear();
+    for (const llama_pariskv_kv * pk : llama_pariskv_kv::of(ctx)) {
+        text += (text.empty() ? "" : "\n") + pk->summary;
     }
     return text.c_str();
 }

@@ -15,8 +15,10 @@
 
 #include "ggml-backend.h"
 #include "ggml-pariskv.h"
+#include "llama.h"
 #include "pariskv-compat.h"
 
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -119,7 +121,16 @@ struct llama_pariskv_kv {
 
     std::string summary; // the start-up line (llama_pariskv_summary)
     mutable bool took_over = false; // use() chose ParisKV since the last clear (logged once)
-    static std::string summary_of(const llama_kv_cache * kv); // kv's, "" where it has none
+
+    // the states of ctx's KV caches that use ParisKV
+    static std::vector<const llama_pariskv_kv *> of(const llama_context * ctx);
+
+    // steps per sequence since the cache was made or cleared (llama_pariskv_get_seq_stats)
+    mutable std::map<llama_seq_id, llama_pariskv_seq_stats> seq_stats;
+
+    // counts ubatch's step of each of its sequences over mctx's cache: attended with ParisKV
+    // (attended), or dense and why
+    static void count(const llama_kv_cache_context & mctx, const llama_ubatch & ubatch, bool attended);
 
     bool handles(int32_t il, const llama_kv_cache & kv) const;
     bool offloaded(int32_t il, const llama_kv_cache & kv) const;

@@ -117,7 +117,7 @@ struct test_pariskv : public test_case {
     }
 };
 
-// head sizes, GQA 1/4/8, several streams, unified multi-sequence masks, f16/bf16/f32 K/V,
+// head sizes, GQA 1/4/8, several streams, unified multi-sequence masks, f16/bf16/f32/q8_0 K/V,
 // n_kv not a multiple of 256, top-k >= n_kv; per query head, the group-mean query and k rows
 // for the group (the default)
 static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & test_cases) {
@@ -126,7 +126,8 @@ static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & tes
             test_cases.emplace_back(new test_pariskv(hs, hs, 2, group, 5037, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 256, 0));
         }
     }
-    for (ggml_type type : { GGML_TYPE_F32, GGML_TYPE_BF16 }) {
+    // q8_0 (-ctk q8_0 -ctv q8_0): the CPU backend's; CUDA reports it not supported
+    for (ggml_type type : { GGML_TYPE_F32, GGML_TYPE_BF16, GGML_TYPE_Q8_0 }) {
         test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 3001, 1, 1, type, type, 256, 0));
     }
     test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 1, GGML_TYPE_F16, GGML_TYPE_F16, 256, 0)); // streams
