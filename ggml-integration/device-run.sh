@@ -11,7 +11,7 @@
 #                                                    Q4_0 model made here: dense flash attention vs
 #                                                    ParisKV vs ParisKV offload, same run
 #                                                    (PARISKV_BENCH_MODES, PARISKV_BENCH_REPS,
-#                                                    PARISKV_BENCH_UBATCH)
+#                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL)
 # PARISKV_BUILD_TARGETS replaces build's list of targets (e.g. llama-bench alone).
 #   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
 #                                                    vs ParisKV (GPU KV) vs ParisKV (offload), top-k
@@ -61,8 +61,12 @@ bench)
     # matter only for the prefill to the depth, which is dense in every mode)
     ub=${PARISKV_BENCH_UBATCH:-2048}
     common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b "$ub" -ub "$ub" -r "${PARISKV_BENCH_REPS:-2}" -o md)
+    # PARISKV_BENCH_FILL=local: the depth filled in linear time (speed only; exact,local both)
+    [ -z "${PARISKV_BENCH_FILL:-}" ] || common+=(--pariskv-fill "$PARISKV_BENCH_FILL")
     rc=0
-    for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0" "offload:-pkt 2048 -pko 1"; do
+    # ParisKV over K/V in GPU memory is forced on (its automatic threshold keeps it dense there
+    # until the GPU step beats flash attention), so that the rows measure its step
+    for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0 --pariskv-dense-threshold 1" "offload:-pkt 2048 -pko 1"; do
         name=${mode%%:*}
         # PARISKV_BENCH_MODES picks some (deep contexts need one device call per mode)
         [[ " ${PARISKV_BENCH_MODES:-dense pariskv offload} " == *" $name "* ]] || continue

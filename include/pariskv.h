@@ -538,6 +538,9 @@ typedef struct pariskv_settings {
   uint32_t center;
   // `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
   uint32_t offload;
+  // `fill`: llama-bench's depth fill, 0 = exact, 1 = local (prompt ubatches attend only
+  // within themselves; speed only).
+  uint32_t fill;
 } pariskv_settings;
 
 // One setting, for flag parsers and help: static strings, never freed.
@@ -609,9 +612,9 @@ typedef uint32_t pariskv_backend;
 // `*out` = the number of cells from which a cache whose steps run on `backend` (a
 // `pariskv_backend`) is attended with ParisKV: the explicit `dense_threshold`, or when it
 // is 0 the depth from which that backend's step beats its dense attention (CPU: the largest
-// of 12288, 8 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
-// below sink + window + top-k (below that every visible cell is attended anyway). Computed
-// without overflow.
+// of 12288, 8 top-k and sink + window + 2 top-k; CUDA with K/V in GPU memory: UINT64_MAX,
+// none yet; CUDA with `offload`: sink + window + 2 top-k), and never below sink + window +
+// top-k (below that every visible cell is attended anyway). Computed without overflow.
 enum pariskv_status pariskv_settings_dense_threshold(const struct pariskv_settings *settings,
                                                      pariskv_backend backend,
                                                      uint64_t *out);

@@ -5,7 +5,8 @@
 
 Each "bad input N: CASE -> status S: FUNCTION: MESSAGE" line becomes a row (number, entry
 point, case, status name, message after the function name); "-> no-op:" lines (a double
-free) keep their words. The rows go to stdout, to paste over the table."""
+free) keep their words; pointers print as 0x… (they differ from run to run). The rows go
+to stdout, to paste over the table."""
 
 import re
 import sys
@@ -21,4 +22,5 @@ for line in sys.stdin:
     if m:
         n, case, status, noop, fn, msg = m.groups()
         state = "no-op" if noop else STATUS.get(int(status), status)
-        print(f"| {n} | `{fn}` | {case} | {state} | {msg.replace('|', '/')} |")
+        msg = re.sub(r"0x[0-9a-f]{8,}", "0x…", msg).replace("|", "/")
+        print(f"| {n} | `{fn}` | {case} | {state} | {msg} |")

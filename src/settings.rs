@@ -41,6 +41,21 @@ pub struct Settings {
     pub center: bool,
     /// K/V of the handled layers in pinned host memory that the GPU reads (CUDA).
     pub offload: bool,
+    /// How prompt ubatches attend (llama-bench's depth fill, speed only).
+    pub fill: Fill,
+}
+
+/// How prompt ubatches attend while llama-bench fills a cache to its depth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fill {
+    /// As the model does: every prompt token over every cell it sees.
+    #[default]
+    Exact,
+    /// Each prompt token only over the cells of its own ubatch (and the few before it that
+    /// share its 256-cell tile): a D-token fill in O(D) attention instead of O(D^2). The keys
+    /// and values stored differ from a real prefill's after the first ubatch; decoding
+    /// itself is unchanged. Speed only.
+    Local,
 }
 
 impl Default for Settings {
@@ -56,6 +71,7 @@ impl Default for Settings {
             candidates: 0.0,
             center: DEFAULT_CENTER,
             offload: false,
+            fill: Fill::Exact,
         }
     }
 }
@@ -87,6 +103,17 @@ impl Backend {
         }
     }
 }
+
+/// A dense threshold no cache reaches: the cache stays dense at every depth.
+pub const NEVER: u64 = u64::MAX;
+
+/// llama.cpp's automatic threshold on CUDA for K/V in GPU memory: `NEVER`, until the GPU
+/// step beats flash attention. Measured on the H200 (docs/BENCHMARKS.md, 8B shape,
+/// llama-bench tg): ParisKV 0.38x flash attention's speed at 32K and 0.48x at 128K with the
+/// defaults, 0.82x at 512K with the paper's settings; no depth where it is faster. With
+/// offload (K/V in host memory, where the alternative is attention over PCIe or on the CPU)
+/// `Backend::dense_depth` applies.
+pub const CUDA_HBM_DENSE_DEPTH: u64 = NEVER;
 
 /// Largest value of a count (top-k, sink, window, threshold): engines hold them as int32.
 pub const MAX_COUNT: u32 = i32::MAX as u32;
@@ -162,15 +189,16 @@ macro_rules! count_spec {
 }
 
 /// Every setting, in the order help lists them.
-pub static SPECS: [Spec; 10] = [
+pub static SPECS: [Spec; 11] = [
     count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off;\n\
 long-context decoding attends exactly over the first --pariskv-sink and last --pariskv-window\n\
 positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build"),
     count_spec!(c"sink", n_sink, 0, MAX_COUNT, c"ParisKV: first positions of a sequence always attended"),
     count_spec!(c"window", n_window, 0, MAX_COUNT, c"ParisKV: last positions of a sequence always attended"),
     count_spec!(c"dense-threshold", dense_threshold, 0, MAX_COUNT, c"ParisKV: caches of fewer cells stay dense, 0 = automatic: where ParisKV is faster\n\
-(CPU: the largest of 12288, 8*topk and sink + window + 2*topk; CUDA: sink + window + 2*topk;\n\
-never below sink + window + topk)"),
+(CPU: the largest of 12288, 8*topk and sink + window + 2*topk; CUDA with K/V in GPU memory:\n\
+none, it stays dense at every depth until its step beats flash attention; CUDA with offload:\n\
+sink + window + 2*topk; never below sink + window + topk)"),
     Spec {
         key: c"gqa",
         values: c"per-head|mean|group",
@@ -245,6 +273,23 @@ fit in GPU memory run; fails if the memory cannot be pinned",
             Ok(())
         },
     },
+    Spec {
+        key: c"fill",
+        values: c"exact|local",
+        help: c"ParisKV, llama-bench only, speed only: how prompt ubatches attend while the cache is filled to\n\
+its depth (-d): exact, or local (each prompt token only over its own ubatch's cells: a D-token\n\
+fill in linear time; what is stored differs from a real prefill's, decoding is unchanged)",
+        kind: Kind::Choice,
+        get: |s| (if s.fill == Fill::Local { "local" } else { "exact" }).into(),
+        set: |s, t| {
+            s.fill = match t {
+                "exact" => Fill::Exact,
+                "local" => Fill::Local,
+                _ => return Err(Error::invalid(format!("fill = '{t}': exact or local"))),
+            };
+            Ok(())
+        },
+    },
 ];
 
 pub fn spec(key: &str) -> Result<&'static Spec> {
@@ -290,11 +335,14 @@ impl Settings {
     /// Caches of fewer cells than this attend densely on a backend: the explicit threshold,
     /// or automatically the depth from which the backend's ParisKV step beats its dense
     /// attention (`Backend::dense_depth`); never less than sink + window + top-k (below
-    /// that every visible cell is attended anyway). No overflow: u64.
+    /// that every visible cell is attended anyway). No overflow: u64. On CUDA without
+    /// offload the automatic threshold is `NEVER`: see `CUDA_HBM_DENSE_DEPTH`.
     pub fn dense_threshold_on(&self, backend: Backend) -> u64 {
         let fixed = self.n_sink as u64 + self.n_window as u64;
         let wanted = if self.dense_threshold > 0 {
             self.dense_threshold as u64
+        } else if backend == Backend::Cuda && !self.offload {
+            CUDA_HBM_DENSE_DEPTH
         } else {
             backend.dense_depth(fixed, self.top_k as u64)
         };
@@ -384,17 +432,17 @@ mod tests {
     fn text_round_trips_and_defaults_are_empty() {
         assert_eq!(Settings::default().format(), "");
         let s = Settings::parse(
-            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,center=off,offload=on,candidates=0.1",
+            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,center=off,offload=on,candidates=0.1,fill=local",
         )
         .unwrap();
         assert_eq!(
-            (s.top_k, s.n_window, s.gqa, s.table, s.refine, s.center, s.offload),
-            (256, 64, GqaPolicy::Mean, Table::Reference, 1, false, true)
+            (s.top_k, s.n_window, s.gqa, s.table, s.refine, s.center, s.offload, s.fill),
+            (256, 64, GqaPolicy::Mean, Table::Reference, 1, false, true, Fill::Local)
         );
         assert_eq!(Settings::parse(&s.format()).unwrap(), s);
         assert_eq!(
             s.format(),
-            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,candidates=0.1,center=off,offload=on"
+            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,candidates=0.1,center=off,offload=on,fill=local"
         );
     }
 
@@ -410,6 +458,7 @@ mod tests {
             ("refine=65", "out of range"),
             ("gqa=both", "per-head, mean or group"),
             ("center=yes", "on or off"),
+            ("fill=fast", "exact or local"),
             ("candidates=1.5", "(0, 1]"),
             ("candidates=abc", "not a number"),
             ("speed=max", "no setting 'speed'"),
@@ -423,7 +472,10 @@ mod tests {
     #[test]
     fn dense_threshold_is_derived_and_never_overflows() {
         let mut s = Settings::parse("topk=64").unwrap();
+        assert_eq!(s.dense_threshold_on(Backend::Cuda), NEVER, "GPU memory: not yet faster at any depth");
+        s.offload = true;
         assert_eq!(s.dense_threshold_on(Backend::Cuda), 4 + 512 + 128);
+        s.offload = false;
         assert_eq!(s.dense_threshold_on(Backend::Cpu), CPU_DENSE_DEPTH);
         s.top_k = 4096;
         assert_eq!(s.dense_threshold_on(Backend::Cpu), 8 * 4096);
@@ -433,7 +485,7 @@ mod tests {
         assert_eq!(s.dense_threshold_on(Backend::Cpu), 4 + 512 + 64, "an explicit value wins");
         s.dense_threshold = 10_000;
         assert_eq!(s.dense_threshold_on(Backend::Cpu), 10_000);
-        let big = Settings::parse("topk=2147483647,window=2147483647,sink=2147483647").unwrap();
+        let big = Settings::parse("topk=2147483647,window=2147483647,sink=2147483647,offload=on").unwrap();
         assert_eq!(big.dense_threshold_on(Backend::Cuda), 4 * MAX_COUNT as u64);
         assert_eq!(big.dense_threshold_on(Backend::Cpu), 8 * MAX_COUNT as u64);
     }

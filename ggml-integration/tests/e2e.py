@@ -278,14 +278,20 @@ def test_q8_0_cache(a):
 
 
 def test_cpu_threshold(a):
-    print("automatic dense threshold: on the CPU, caches below 12288 cells stay dense (ParisKV is slower there)")
+    print("automatic dense threshold: on the CPU, caches below 12288 cells stay dense (ParisKV is slower there); "
+          "on CUDA with K/V in GPU memory, every cache")
     with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "4", "--pariskv-topk", "16"], env=STATS, name="pk-auto") as s:
         generations(s, 40)
         log = s.log_text()
     on_gpu = "-ngl" in server.EXTRA_ARGS
-    if on_gpu:
+    if on_gpu and "--pariskv-offload" in server.EXTRA_ARGS:
         want = 4 + 512 + 2 * 16
-        check(f"dense below {want} cells" in log, f"the start-up line gives the CUDA threshold {want}")
+        check(f"dense below {want} cells" in log, f"offload: the start-up line gives the CUDA threshold {want}")
+    elif on_gpu:
+        lines = [l for l in log.splitlines() if "stays dense at every depth here" in l]
+        check(len(lines) == 1 and "no index allocated" in lines[0],
+              f"K/V in GPU memory: one warning that the CUDA step is not yet faster, no index ({lines[:1]})")
+        check(not op_calls(log), "K/V in GPU memory: the op never ran")
     else:
         lines = [l for l in log.splitlines() if "never takes over in this cache of 4096 cells (dense below 12288)" in l]
         check(len(lines) == 1 and "no index allocated" in lines[0],
@@ -358,6 +364,20 @@ def test_flags(a):
     out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "4", "-pkt", "0,32",
                           "-r", "1", "-t", "2"], capture_output=True, text=True).stdout
     check("pkt" in out, "llama-bench prints the pkt column")
+    # the depth fill: llama-bench only, marked in its rows and said on stderr
+    out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "8", "-d", "1000",
+                          "-pkt", "0,32", "--pariskv-fill", "exact,local", "-r", "1", "-t", "2", "-o", "json"],
+                         capture_output=True, text=True)
+    try:
+        rows = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        rows = []
+    check([(r.get("pariskv_topk"), r.get("pariskv_fill")) for r in rows] ==
+          [(0, "exact"), (0, "local"), (32, "exact"), (32, "local")] and all(r.get("avg_ts", 0) > 0 for r in rows),
+          f"llama-bench --pariskv-fill exact,local: a row each, marked ({len(rows)} rows)")
+    check("speed only" in out.stderr, "llama-bench says that fill=local is speed only")
+    helps = subprocess.run([os.path.join(a.bin, "llama-server"), "--help"], capture_output=True, text=True).stdout
+    check("--pariskv-fill" not in helps, "the depth fill is llama-bench's only (not a llama-server flag)")
 
 
 def test_offload(a):

@@ -8,7 +8,7 @@ use super::boundary::{boundary, gqa, in_ref, in_slice, out_ref, out_slice, raw_g
 use super::cache::pariskv_step;
 use super::types::{self, pariskv_status};
 use crate::error::{Error, Result};
-use crate::settings::{self, Kind, OpParams, Settings, Table, OP_PARAMS, SPECS};
+use crate::settings::{self, Fill, Kind, OpParams, Settings, Table, OP_PARAMS, SPECS};
 
 /// `pariskv_gqa` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_gqa = u32;
@@ -50,6 +50,9 @@ pub struct pariskv_settings {
     pub center: u32,
     /// `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
     pub offload: u32,
+    /// `fill`: llama-bench's depth fill, 0 = exact, 1 = local (prompt ubatches attend only
+    /// within themselves; speed only).
+    pub fill: u32,
 }
 
 /// What values a setting takes (`pariskv_setting_info.kind`).
@@ -95,6 +98,7 @@ impl pariskv_settings {
             candidates: s.candidates,
             center: s.center as u32,
             offload: s.offload as u32,
+            fill: (s.fill == Fill::Local) as u32,
         }
     }
 
@@ -124,13 +128,14 @@ impl pariskv_settings {
             }
         };
         s.set("candidates", &self.candidates.to_string())?;
-        for (key, v) in [("center", self.center), ("offload", self.offload)] {
+        for (key, v) in [("center", self.center), ("offload", self.offload), ("fill", self.fill)] {
             if v > 1 {
                 return Err(Error::invalid(format!("settings {key} = {v}: 0 or 1")));
             }
         }
         s.center = self.center == 1;
         s.offload = self.offload == 1;
+        s.fill = if self.fill == 1 { Fill::Local } else { Fill::Exact };
         Ok(s)
     }
 }
@@ -266,9 +271,9 @@ pub extern "C" fn pariskv_setting_describe(i: u32, out: *mut pariskv_setting_inf
 /// `*out` = the number of cells from which a cache whose steps run on `backend` (a
 /// `pariskv_backend`) is attended with ParisKV: the explicit `dense_threshold`, or when it
 /// is 0 the depth from which that backend's step beats its dense attention (CPU: the largest
-/// of 12288, 8 top-k and sink + window + 2 top-k; CUDA: sink + window + 2 top-k), and never
-/// below sink + window + top-k (below that every visible cell is attended anyway). Computed
-/// without overflow.
+/// of 12288, 8 top-k and sink + window + 2 top-k; CUDA with K/V in GPU memory: UINT64_MAX,
+/// none yet; CUDA with `offload`: sink + window + 2 top-k), and never below sink + window +
+/// top-k (below that every visible cell is attended anyway). Computed without overflow.
 #[no_mangle]
 pub extern "C" fn pariskv_settings_dense_threshold(
     settings: *const pariskv_settings,

@@ -691,8 +691,12 @@ int main(void) {
         CHECK(pariskv_settings_value(&ps, "gqa", value, sizeof(value), &vlen) == PARISKV_OK && strcmp(value, "mean") == 0,
               "value of gqa: '%s'", value);
         uint64_t threshold = 0;
+        CHECK(pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CUDA, &threshold) == PARISKV_OK && threshold == UINT64_MAX,
+              "dense threshold on CUDA, K/V in GPU memory: none yet (%llu)", (unsigned long long)threshold);
+        ps.offload = 1;
         CHECK(pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CUDA, &threshold) == PARISKV_OK && threshold == 4 + 64 + 2 * 256,
-              "dense threshold on CUDA %llu", (unsigned long long)threshold);
+              "dense threshold on CUDA with offload %llu", (unsigned long long)threshold);
+        ps.offload = 0;
         CHECK(pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CPU, &threshold) == PARISKV_OK && threshold == 12288,
               "dense threshold on the CPU %llu", (unsigned long long)threshold);
         expect_error("dense threshold: backend 7", pariskv_settings_dense_threshold(&ps, 7, &threshold),

@@ -76,6 +76,9 @@ static std::string pariskv_value(const std::string & text, const char * key) {
 // flags
 //
 
+// the setting only llama-bench takes: its depth fill, whose answers are not the model's
+static const char * const PARISKV_BENCH_ONLY = "fill";
+
 // common_arg takes plain function pointers: one handler per setting index
 static constexpr size_t PARISKV_MAX_SETTINGS = 32;
 
@@ -161,6 +164,9 @@ void common_pariskv_add_args(const std::function<void(common_arg)> & add_opt) {
     GGML_ASSERT(flags.size() <= PARISKV_MAX_SETTINGS);
     for (size_t i = 0; i < flags.size(); ++i) {
         const pariskv_flag & f = flags[i];
+        if (strcmp(pariskv_table()[i].key, PARISKV_BENCH_ONLY) == 0) {
+            continue;
+        }
         if (pariskv_table()[i].kind == PARISKV_SETTING_SWITCH) {
             add_opt(common_arg({f.name}, {f.negation}, f.help, on_switch[i]).set_env(f.env).set_examples(examples));
         } else {
@@ -284,6 +290,10 @@ bool llama_bench_pariskv::parse(int argc, char ** argv, int & i, bool & invalid)
                 return true;
             }
             values[s].push_back(v);
+            if (strcmp(table[s].key, PARISKV_BENCH_ONLY) == 0 && v != "exact") {
+                fprintf(stderr, "llama-bench: --pariskv-fill %s: speed only: the depth fill (and any -p test) "
+                        "attends only within each ubatch; the column pariskv_fill marks those rows\n", v.c_str());
+            }
         }
         return true;
     }

@@ -317,10 +317,16 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
 
     // a cache that never holds more cells than the threshold would carry an index for nothing
     // (under offload K/V already live in pinned memory, so the index stays with them)
-    if (pk.dense_threshold >= kv_size) {
+    if (pk.dense_threshold == UINT64_MAX) {
+        LLAMA_LOG_WARN("%s: ParisKV: %s; stays dense at every depth here: its CUDA step over K/V in GPU memory is "
+                "not yet faster than flash attention; no index allocated (--pariskv-dense-threshold N forces it from N "
+                "cells; with --pariskv-offload it takes over from sink + window + 2*topk cells)\n", __func__, pariskv_describe(*s).c_str());
+    } else if (pk.dense_threshold >= kv_size) {
         LLAMA_LOG_WARN("%s: ParisKV: %s; never takes over in this cache of %u cells (dense below %llu), %s "
                 "(--pariskv-dense-threshold sets a lower depth)\n", __func__, pariskv_describe(*s).c_str(), kv_size,
                 (unsigned long long) pk.dense_threshold, pk.offload_dev_buft.empty() ? "no index allocated" : "index kept for the offloaded K/V");
+    }
+    if (pk.dense_threshold >= kv_size) {
         if (pk.offload_dev_buft.empty()) {
             kv.pariskv.reset();
             return; // ctxs free their contexts
@@ -677,9 +683,55 @@ ggml_tensor * llama_pariskv_kv::attend(const llm_graph_context & g, const llama_
     return ggml_reshape_2d(g.ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]);
 }
 
+// fill=local (llama-bench's depth fill, speed only), read from the context's settings text
+static bool pariskv_fill_local(const llama_cparams & cparams) {
+    static thread_local std::string text;
+    static thread_local bool local = false;
+    if (text != cparams.pariskv) {
+        text  = cparams.pariskv;
+        local = pariskv_settings_of(text).fill == 1;
+    }
+    return local;
+}
+
+void llama_pariskv_kv::fill_window(const llm_graph_context & g, const llama_kv_cache_context & mctx, ggml_tensor *& k,
+        ggml_tensor *& v, ggml_tensor *& kq_mask, int il) {
+    const llama_kv_cache & kv = *mctx.kv;
+    // this cache's own K in flash attention's layout, one stream (SWA layers, in the other
+    // cache of an iSWA memory, attend locally already)
+    const auto layer = kv.map_layer_ids.find(il);
+    if (layer == kv.map_layer_ids.end() || k->view_src != kv.layers[layer->second].k || k->ne[3] != 1 ||
+            v->nb[1] > v->nb[2]) {
+        return;
+    }
+    static bool logged = false;
+    if (!logged) {
+        logged = true;
+        LLAMA_LOG_WARN("%s: ParisKV fill=local: prompt ubatches attend only within their own cells "
+                "(speed only, for decode benchmarks at depth)\n", __func__);
+    }
+    // the 256-cell tiles (llama.cpp pads n_kv to them for flash attention) holding the ubatch's cells
+    const auto & cells = mctx.sinfos[mctx.i_cur].idxs[0];
+    const auto [lo, hi] = std::minmax_element(cells.begin(), cells.end());
+    const int64_t tile = 256;
+    const int64_t w0 = (int64_t) *lo / tile * tile;
+    const int64_t w1 = std::min<int64_t>(k->ne[2], ((int64_t) *hi + tile) / tile * tile);
+    auto window = [&](ggml_tensor * t) {
+        return ggml_view_4d(g.ctx0, t, t->ne[0], t->ne[1], w1 - w0, 1, t->nb[1], t->nb[2], t->nb[3], w0*t->nb[2]);
+    };
+    k = window(k);
+    v = window(v);
+    // flash attention takes a contiguous mask: its columns of the window
+    kq_mask = ggml_cont(g.ctx0, ggml_view_4d(g.ctx0, kq_mask, w1 - w0, kq_mask->ne[1], kq_mask->ne[2], kq_mask->ne[3],
+            kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], w0*kq_mask->nb[0]));
+}
+
 ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_tensor * q, ggml_tensor *& k, ggml_tensor *& v,
-        ggml_tensor * kq_b, ggml_tensor * kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il) {
+        ggml_tensor * kq_b, ggml_tensor *& kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il) {
     const llama_kv_cache_context * mctx = pariskv_kv_context(g.mctx);
+    if (mctx && g.n_tokens > 1 && pariskv_fill_local(g.cparams)) {
+        fill_window(g, *mctx, k, v, kq_mask, il);
+    }
     if (!mctx || !mctx->kv->pariskv) {
         return nullptr;
     }

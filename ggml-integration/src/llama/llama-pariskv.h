@@ -87,9 +87,15 @@ struct llama_pariskv_kv {
 
     // start of llm_graph_context::build_attn_mha: ParisKV attention for a decode ubatch
     // over a handled layer's cache ([n_embd_v*n_head, n_tokens]), or nullptr to stay dense
-    // (then k and v may be replaced: device copies of offloaded K/V for a prefill)
+    // (then k, v and kq_mask may be replaced: device copies of offloaded K/V for a prefill,
+    // or the local window of a fill=local prefill)
     static ggml_tensor * build_attn(const llm_graph_context & g, ggml_tensor * q, ggml_tensor *& k, ggml_tensor *& v,
-            ggml_tensor * kq_b, ggml_tensor * kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il);
+            ggml_tensor * kq_b, ggml_tensor *& kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il);
+
+    // fill=local, a prompt ubatch over this cache's layer il: k, v and kq_mask narrowed to
+    // the 256-cell tiles holding the ubatch's cells (left as they are where that does not apply)
+    static void fill_window(const llm_graph_context & g, const llama_kv_cache_context & mctx, ggml_tensor *& k,
+            ggml_tensor *& v, ggml_tensor *& kq_mask, int il);
 
     // end of llama_model::create_memory: one log line where ParisKV was asked for but the
     // model's memory is of a kind it does not handle
