@@ -8,7 +8,11 @@
 //
 //   kl-vs-dense -m MODEL.gguf -f TEXT [-n MAX_TOKENS] [--prefill 2048] [--topk 256,1024]
 //               [--gqa per-head|mean|group] [--ratios tuned|reference] [--candidates F] [--refine N]
-//               [--center on|off] [--sink 4] [--window 512] [-t THREADS] [--json OUT]
+//               [--center on|off] [--sink 4] [--window 512] [--kv-type f16|bf16|q8_0] [-t THREADS]
+//               [--json OUT]
+//
+// --kv-type sets both contexts' K and V cache type (default f16): KL of ParisKV over a q8_0
+// cache against dense attention over the same q8_0 cache.
 //
 // Prints, per top-k, the mean and max KL, the 99th percentile, the greedy agreement, and
 // the mean KL over each quarter of the decoded span.
@@ -32,12 +36,13 @@ struct options {
     std::string settings; // ParisKV settings other than top-k, "key=value,..."
     pariskv_settings parsed;
     std::vector<int> topk = { 256, 1024 };
+    ggml_type kv_type = GGML_TYPE_F16;
 };
 
 static void usage() {
     fprintf(stderr, "usage: kl-vs-dense -m MODEL.gguf -f TEXT [-n MAX_TOKENS] [--prefill 2048] [--topk 256,1024] "
                     "[--gqa per-head|mean|group] [--ratios tuned|reference] [--candidates F] [--refine N] [--center on|off] "
-                    "[--sink 4] [--window 512] [-t THREADS] [--json OUT]\n");
+                    "[--sink 4] [--window 512] [--kv-type f16|bf16|q8_0] [-t THREADS] [--json OUT]\n");
     exit(2);
 }
 
@@ -53,6 +58,10 @@ static options parse(int argc, char ** argv) {
         else if (a == "--prefill") o.prefill = atoi(v.c_str());
         else if (a == "-t") o.threads = atoi(v.c_str());
         else if (a == "--json") o.json = v;
+        else if (a == "--kv-type") {
+            o.kv_type = v == "f16" ? GGML_TYPE_F16 : v == "bf16" ? GGML_TYPE_BF16 : v == "q8_0" ? GGML_TYPE_Q8_0 : GGML_TYPE_COUNT;
+            if (o.kv_type == GGML_TYPE_COUNT) usage();
+        }
         else if (a == "--sink" || a == "--window" || a == "--gqa" || a == "--ratios" || a == "--candidates" ||
                  a == "--center" || a == "--refine") {
             o.settings += (o.settings.empty() ? "" : ",") + a.substr(2) + "=" + v;
@@ -94,15 +103,14 @@ static llama_context * make_context(llama_model * model, const options & o, int 
     cp.n_batch = cp.n_ubatch = 512;
     cp.n_threads = cp.n_threads_batch = o.threads;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    cp.type_k = cp.type_v = o.kv_type;
     std::string settings = "topk=" + std::to_string(topk) + (o.settings.empty() ? "" : "," + o.settings);
     // ParisKV from sink + window + 2 top-k cells unless the settings say otherwise, so that KL
     // is measured from the same depth on every backend (the CPU's automatic threshold would
     // keep these contexts dense)
     pariskv_settings ps;
-    uint64_t threshold = 0;
-    if (topk > 0 && pariskv_settings_parse(settings.c_str(), &ps) == PARISKV_OK && ps.dense_threshold == 0 &&
-            pariskv_settings_dense_threshold(&ps, PARISKV_BACKEND_CUDA, &threshold) == PARISKV_OK) {
-        settings += ",dense-threshold=" + std::to_string(threshold);
+    if (topk > 0 && pariskv_settings_parse(settings.c_str(), &ps) == PARISKV_OK && ps.dense_threshold == 0) {
+        settings += ",dense-threshold=" + std::to_string((uint64_t) ps.n_sink + ps.n_window + 2*(uint64_t) ps.top_k);
     }
     cp.pariskv = settings.c_str();
     llama_context * ctx = llama_init_from_model(model, cp);
@@ -211,7 +219,7 @@ int main(int argc, char ** argv) {
         json << (ki ? ",\n " : "\n ") << "{\"topk\": " << o.topk[ki] << ", \"gqa\": \"" << gqa << "\", \"tokens\": " << n
              << ", \"ratios\": \"" << (p.ratios == PARISKV_RATIOS_REFERENCE ? "reference" : "tuned") << "\", \"refine\": "
              << p.refine << ", \"center\": " << (p.center ? "true" : "false") << ", \"candidates\": " << p.candidates
-             << ", \"prefill\": " << o.prefill << ", \"mean_kl\": " << mean << ", \"p99_kl\": " << p99
+             << ", \"prefill\": " << o.prefill << ", \"kv_type\": \"" << ggml_type_name(o.kv_type) << "\", \"mean_kl\": " << mean << ", \"p99_kl\": " << p99
              << ", \"max_kl\": " << sorted.back() << ", \"greedy_agreement\": " << agreement << ", \"quarters\": [";
         for (int q = 0; q < 4; ++q) {
             const size_t a = x.size()*q/4, b = x.size()*(q + 1)/4;
