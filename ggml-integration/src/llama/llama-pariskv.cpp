@@ -590,10 +590,10 @@ void llama_pariskv_kv::count(const llama_kv_cache_context & mctx, const llama_ub
             ++st.n_prompt;
         } else if (attended) {
             // the rows the op attends for this token: sink, window and top-k, within the cells
-            // the token sees
+            // the token sees (counted until they are enough)
             const auto & cells = kv.v_cells.at(kv.seq_to_stream[seq]);
             uint64_t visible = 0;
-            for (uint32_t c = 0; c < (uint32_t) mctx.n_kv && c < cells.size(); ++c) {
+            for (uint32_t c = 0; c < (uint32_t) mctx.n_kv && c < cells.size() && visible < planned; ++c) {
                 visible += !cells.is_empty(c) && cells.seq_has(c, seq) && cells.pos_get(c) <= ubatch.pos[last];
             }
             ++st.n_pariskv;
