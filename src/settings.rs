@@ -188,6 +188,34 @@ macro_rules! count_spec {
     };
 }
 
+/// A setting of field `$field`, a two-valued enum, naming its values by a word each: `$a`
+/// for `$va`, `$b` for `$vb` (the words are its `values`, its text and its error message).
+macro_rules! pair_spec {
+    ($key:literal, $field:ident, $a:literal => $va:expr, $b:literal => $vb:expr, $help:literal) => {
+        Spec {
+            key: $key,
+            values: match CStr::from_bytes_with_nul(concat!($a, "|", $b, "\0").as_bytes()) {
+                Ok(values) => values,
+                Err(_) => panic!("a word holds a NUL"),
+            },
+            help: $help,
+            kind: Kind::Choice,
+            get: |s| (if s.$field == $va { $a } else { $b }).into(),
+            set: |s, t| {
+                s.$field = match t {
+                    $a => $va,
+                    $b => $vb,
+                    _ => {
+                        let key = $key.to_str().unwrap_or_default();
+                        return Err(Error::invalid(format!("{key} = '{t}': {} or {}", $a, $b)));
+                    }
+                };
+                Ok(())
+            },
+        }
+    };
+}
+
 /// Every setting, in the order help lists them.
 pub static SPECS: [Spec; 11] = [
     count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off;\n\
@@ -213,23 +241,10 @@ the group's attention mass (group)",
             Ok(())
         },
     },
-    Spec {
-        key: c"ratios",
-        values: c"tuned|reference",
-        help: c"ParisKV: candidate and collision ratios by zone size: the table tuned on real keys (tuned:\n\
+    pair_spec!(c"ratios", table, "tuned" => Table::Tuned, "reference" => Table::Reference,
+        c"ParisKV: candidate and collision ratios by zone size: the table tuned on real keys (tuned:\n\
 reranks 0.5 of the zone below 5K keys, 0.3 below 30K, 0.2 above) or the reference implementation's\n\
-(reference, the paper's setting: 0.5, 0.25-0.2, 0.1 above 30K)",
-        kind: Kind::Choice,
-        get: |s| (if s.table == Table::Reference { "reference" } else { "tuned" }).into(),
-        set: |s, t| {
-            s.table = match t {
-                "tuned" => Table::Tuned,
-                "reference" => Table::Reference,
-                _ => return Err(Error::invalid(format!("ratios = '{t}': tuned or reference"))),
-            };
-            Ok(())
-        },
-    },
+(reference, the paper's setting: 0.5, 0.25-0.2, 0.1 above 30K)"),
     count_spec!(c"refine", refine, 1, MAX_REFINE as u32, c"ParisKV: rescore each retrieval's N*k best estimates exactly from the K cache and keep the k\n\
 best (1 = off, the paper's setting; at most 64)"),
     Spec {
@@ -273,23 +288,10 @@ fit in GPU memory run; fails if the memory cannot be pinned",
             Ok(())
         },
     },
-    Spec {
-        key: c"fill",
-        values: c"exact|local",
-        help: c"ParisKV, llama-bench only, speed only: how prompt ubatches attend while the cache is filled to\n\
+    pair_spec!(c"fill", fill, "exact" => Fill::Exact, "local" => Fill::Local,
+        c"ParisKV, llama-bench only, speed only: how prompt ubatches attend while the cache is filled to\n\
 its depth (-d): exact, or local (each prompt token only over its own ubatch's cells: a D-token\n\
-fill in linear time; what is stored differs from a real prefill's, decoding is unchanged)",
-        kind: Kind::Choice,
-        get: |s| (if s.fill == Fill::Local { "local" } else { "exact" }).into(),
-        set: |s, t| {
-            s.fill = match t {
-                "exact" => Fill::Exact,
-                "local" => Fill::Local,
-                _ => return Err(Error::invalid(format!("fill = '{t}': exact or local"))),
-            };
-            Ok(())
-        },
-    },
+fill in linear time; what is stored differs from a real prefill's, decoding is unchanged)"),
 ];
 
 pub fn spec(key: &str) -> Result<&'static Spec> {
