@@ -390,9 +390,19 @@ bool llama_pariskv_kv::offloaded(int32_t il, const llama_kv_cache & kv) const {
     return it != kv.map_layer_ids.end() && offload_dev_buft.count(kv.layers[it->second].il) > 0;
 }
 
+llama_pariskv_kv::choice llama_pariskv_kv::choose(const llama_kv_cache_context & mctx, uint32_t n_tokens,
+        uint32_t n_seqs_unq, bool training) const {
+    if (training) {
+        return choice::training;
+    }
+    if (n_tokens != n_seqs_unq) { // decode-shaped: one token per sequence
+        return choice::not_decode;
+    }
+    return (uint64_t) mctx.n_kv > dense_threshold ? choice::pariskv : choice::shallow;
+}
+
 bool llama_pariskv_kv::use(const llama_kv_cache_context & mctx, uint32_t n_tokens, uint32_t n_seqs_unq, bool training) const {
-    // decode-shaped: one token per sequence
-    const bool on = !training && n_tokens == n_seqs_unq && (uint64_t) mctx.n_kv > dense_threshold;
+    const bool on = choose(mctx, n_tokens, n_seqs_unq, training) == choice::pariskv;
     if (on && !took_over) {
         // said once for a real step (not for the worst-case graphs the context reserves at
         // start-up over an empty cache)
@@ -598,12 +608,14 @@ void llama_pariskv_kv::count(const llama_kv_cache_context & mctx, const llama_ub
             }
             ++st.n_pariskv;
             st.n_rows += std::min(visible, planned);
-        } else if (ubatch.n_tokens != ubatch.n_seqs_unq) {
-            ++st.n_mixed;
-        } else if ((uint64_t) mctx.n_kv <= pk.dense_threshold) {
-            ++st.n_shallow;
         } else {
-            ++st.n_unsupported;
+            // dense: why, as use() chose (a choice of ParisKV that no layer took is a model
+            // whose attention the op does not apply, or a training graph)
+            switch (pk.choose(mctx, ubatch.n_tokens, ubatch.n_seqs_unq, false)) {
+                case choice::not_decode: ++st.n_mixed;       break;
+                case choice::shallow:    ++st.n_shallow;     break;
+                default:                 ++st.n_unsupported; break;
+            }
         }
     }
 }

@@ -140,6 +140,9 @@ struct llama_pariskv_kv {
 
     bool handles(int32_t il, const llama_kv_cache & kv) const;
     bool offloaded(int32_t il, const llama_kv_cache & kv) const;
+    // how a ubatch of n_tokens over n_seqs_unq sequences is attended over mctx's cache
+    enum class choice { pariskv, not_decode, shallow, training };
+    choice choose(const llama_kv_cache_context & mctx, uint32_t n_tokens, uint32_t n_seqs_unq, bool training) const;
     bool use(const llama_kv_cache_context & mctx, uint32_t n_tokens, uint32_t n_seqs_unq, bool training) const;
 
     // the attention op over layer il's cache for a decode ubatch ([n_embd_v*n_head, n_tokens]),
