@@ -55,8 +55,7 @@ cmake -S "$LLAMA_TREE" -B "$build_dir" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release \
     -DGGML_PARISKV=ON -DGGML_PARISKV_DIR="$REPO_ROOT" "${cuda[@]}" -DGGML_RPC=ON \
     -DGGML_NATIVE=OFF "${isa[@]}" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
-    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    ${PARISKV_CMAKE_ARGS:-} >"$PARISKV_WORK/cmake-configure.log" 2>&1 \
+    "${LLAMA_OFFLINE_ARGS[@]}" ${PARISKV_CMAKE_ARGS:-} >"$PARISKV_WORK/cmake-configure.log" 2>&1 \
     || { tail -30 "$PARISKV_WORK/cmake-configure.log"; die "cmake configure failed (log: $PARISKV_WORK/cmake-configure.log)"; }
 
 log "building ${targets[*]} with $jobs jobs"

@@ -39,6 +39,9 @@ BUILD_CUDA=$PARISKV_WORK/build-cuda$TREE_SUFFIX
 VENV=$PARISKV_WORK/venv
 PY_TOOLS="cmake==4.4.5 ninja==1.13.2 gguf==0.18.0 numpy==2.3.5"
 
+# llama.cpp options of every configure here: no web UI and no downloads (builds run offline).
+LLAMA_OFFLINE_ARGS=(-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF)
+
 # Creates the tools venv once; later calls only check it.
 ensure_venv() {
     if [ ! -x "$VENV/bin/cmake" ] || [ ! -f "$VENV/.tools" ] || [ "$(cat "$VENV/.tools")" != "$PY_TOOLS" ]; then

@@ -70,7 +70,7 @@ log "RPC backend on localhost: the ops on rpc-server, a server without them refu
 ensure_venv
 plain=$PARISKV_WORK/build-rpc-plain
 cmake -S "$LLAMA_TREE" -B "$plain" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_PARISKV=OFF -DGGML_RPC=ON \
-    -DGGML_NATIVE=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    -DGGML_NATIVE=OFF "${LLAMA_OFFLINE_ARGS[@]}" \
     >"$PARISKV_WORK/cmake-rpc-plain.log" 2>&1 || die "cmake of the plain rpc-server failed ($PARISKV_WORK/cmake-rpc-plain.log)"
 cmake --build "$plain" -j "${PARISKV_JOBS:-$(nproc)}" --target ggml-rpc-server >"$PARISKV_WORK/build-rpc-plain.log" 2>&1 \
     || { tail -20 "$PARISKV_WORK/build-rpc-plain.log"; die "building the plain rpc-server failed"; }
