@@ -268,7 +268,7 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_ATT_ROWS {GPU_ATT_ROWS}").unwrap();
     writeln!(h, "#define PK_ATT_WARPS {GPU_ATT_WARPS}").unwrap();
     writeln!(h, "#define PK_ATT_BLOCKS {GPU_ATT_BLOCKS}").unwrap();
-    writeln!(h, "#define PK_ATT_COMBINE_THREADS {GPU_ATT_COMBINE_THREADS}").unwrap();
+    writeln!(h, "#define PK_ATT_STATE_HEAD {GPU_ATT_STATE_HEAD}").unwrap();
     writeln!(h, "#define PK_GATHER_WARPS {GPU_GATHER_WARPS}").unwrap();
     writeln!(h, "#define PK_ENCODE_WARPS {GPU_ENCODE_WARPS}").unwrap();
     writeln!(h, "#define PK_TOPK_THREADS_ {GPU_TOPK_THREADS}").unwrap();

@@ -2,8 +2,8 @@
 // attention::attend): rows are gathered by cell from K and V (device memory, or pinned host
 // memory through UVA), each row loaded once for a batch of the group's heads; a unit's rows
 // are split evenly over a fixed number of blocks (flash-decoding), each warp keeping an
-// online softmax in registers, then the blocks are combined. Row counts are read on the
-// device.
+// online softmax in registers; the last block of a unit to finish combines the blocks' states
+// (one launch, no second kernel). Row counts are read on the device.
 #pragma once
 
 #include "common.cuh"
@@ -23,10 +23,15 @@ struct pk_attend_args {
     const char * v; int v_dtype; long long v_stride;
     int dk, dv;
     float scale, softcap;
-    float * partial;            // [units][chunks][heads][2 + dv]: max, sum, accumulator
+    float * partial;            // [units][chunks][heads][PK_ATT_PART(dv)]: max, sum, padding, accumulator
     char * out;                 // head h of unit u at out + off(u) + h*out_stride bytes (f32)
     long long out_stride;
+    unsigned int * done;        // per unit, blocks finished; 0 between steps (the last resets it)
 };
+
+// floats of one block's state for one head: max, sum, padding, then the accumulator (16-byte
+// aligned for the combine's vector loads)
+#define PK_ATT_PART(dv) (PK_ATT_STATE_HEAD + (dv))
 
 __device__ __forceinline__ long long pk_att_off(const pk_attend_args & a, int u, long long sa, long long sh) {
     return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
@@ -50,6 +55,65 @@ __device__ __forceinline__ float pk_logit(const pk_attend_args & a, float dot) {
     return a.softcap > 0.0f ? a.softcap * tanhf(s / a.softcap) : s;
 }
 
+// Combines the n_blk blocks' states of unit u into its outputs (run by the unit's last
+// block; `sm` holds at least PK_ATT_COMBINE_SMEM floats): one warp per head finds the overall
+// maximum and each block's weight exp(max_b - max), then every output element is the
+// weighted sum of the blocks' accumulators over the total weight. Blocks without rows have
+// sum 0 and weight 0. Reads bypass L1: other blocks wrote them.
+#define PK_ATT_COMBINE_SMEM(heads, n_blk) ((heads) * ((n_blk) + 1))
+__device__ __forceinline__ void pk_attend_combine(const pk_attend_args & a, int u, int n_blk, float * sm) {
+    const int H = a.n_heads, P = PK_ATT_PART(a.dv), lane = threadIdx.x % 32;
+    float * weight = sm;             // [H][n_blk]
+    float * total = sm + H * n_blk;  // [H]
+    const float * part0 = a.partial + (long long) u * n_blk * H * P;
+    for (int h = threadIdx.x / 32; h < H; h += blockDim.x / 32) {
+        float mm = -INFINITY;
+        for (int c = lane; c < n_blk; c += 32) {
+            const float * p = part0 + ((long long) c * H + h) * P;
+            if (__ldcg(p + 1) > 0.0f) mm = fmaxf(mm, __ldcg(p));
+        }
+        for (int o = 16; o > 0; o /= 2) mm = fmaxf(mm, __shfl_xor_sync(0xFFFFFFFFu, mm, o));
+        float l = 0.0f;
+        for (int c = lane; c < n_blk; c += 32) {
+            const float * p = part0 + ((long long) c * H + h) * P;
+            const float sum = __ldcg(p + 1);
+            const float w = sum > 0.0f ? __expf(__ldcg(p) - mm) : 0.0f;
+            weight[h * n_blk + c] = w;
+            l += sum > 0.0f ? sum * w : 0.0f;
+        }
+        for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xFFFFFFFFu, l, o);
+        if (lane == 0) total[h] = l;
+    }
+    __syncthreads();
+    // four elements at a time where the accumulators allow it
+    const int width = a.dv % 4 == 0 ? 4 : 1, per_head = a.dv / width;
+    for (int e = threadIdx.x; e < H * per_head; e += blockDim.x) {
+        const int h = e / per_head, j = e % per_head * width;
+        const float * w = weight + h * n_blk;
+        const float * p = part0 + (long long) h * P + PK_ATT_STATE_HEAD + j;
+        const long long step = (long long) H * P;
+        float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (width == 4) {
+#pragma unroll 8
+            for (int c = 0; c < n_blk; ++c) {
+                const float4 x = __ldcg((const float4 *) (p + c * step));
+                s.x += x.x * w[c]; s.y += x.y * w[c]; s.z += x.z * w[c]; s.w += x.w * w[c];
+            }
+        } else {
+#pragma unroll 8
+            for (int c = 0; c < n_blk; ++c) s.x += __ldcg(p + c * step) * w[c];
+        }
+        const float t = total[h], inv = t > 0.0f ? 1.0f / t : 0.0f;
+        float * out = (float *) (a.out + pk_att_off(a, u, a.L.out_a, a.L.out_h) + h * a.out_stride) + j;
+        out[0] = s.x * inv;
+        if (width == 4) {
+            out[1] = s.y * inv;
+            out[2] = s.z * inv;
+            out[3] = s.w * inv;
+        }
+    }
+}
+
 // Rows of a warp in flight at once: their loads are independent, so their latencies overlap.
 #define PK_ATT_BATCH 4
 
@@ -58,8 +122,9 @@ __device__ __forceinline__ float pk_logit(const pk_attend_args & a, float dot) {
 // with the queries and the softmax state in registers: lane i holds elements 4i..4i+3 of
 // each 128-element slice of the L slices of a row (dk, dv <= 128 L; hb <= HB <= 8 / L; HB
 // fixes the registers and unrolled work, so a group of 4 does not pay for 8). Every
-// block writes its partial (max, sum, accumulator; sum 0 when it has no rows). Dynamic
-// shared memory: PK_ATT_WARPS * hb * (2 + dv) floats, for combining the warps.
+// block writes its state (max, sum, accumulator; sum 0 when it has no rows), and the unit's
+// last block combines them. Dynamic shared memory: PK_ATT_WARPS * hb * (2 + dv) floats, for
+// combining the warps, and at least PK_ATT_COMBINE_SMEM(heads, blocks) for the blocks.
 template <int L, int HB>
 __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb) {
     static_assert(HB * L <= 8, "head batch too wide for the registers");
@@ -186,79 +251,47 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         }
     }
     __syncthreads();
+    const int P = PK_ATT_PART(a.dv);
     for (int h = 0; h < nh; ++h) {
         float mm = -INFINITY;
         for (int w = 0; w < PK_ATT_WARPS; ++w) {
             const float * st = sm + (w * hb + h) * stride;
             if (st[1] > 0.0f) mm = fmaxf(mm, st[0]);
         }
-        float * part = a.partial + (((long long) u * n_blk + blk) * H + h0 + h) * stride;
+        float * part = a.partial + (((long long) u * n_blk + blk) * H + h0 + h) * P;
         for (int j = threadIdx.x; j < a.dv + 1; j += blockDim.x) {
             float sum = 0.0f;
             for (int w = 0; w < PK_ATT_WARPS; ++w) {
                 const float * st = sm + (w * hb + h) * stride;
                 if (st[1] > 0.0f) sum += st[1 + j] * __expf(st[0] - mm);
             }
-            part[1 + j] = sum;
+            part[j == 0 ? 1 : PK_ATT_STATE_HEAD - 1 + j] = sum; // the sum, then the accumulator
         }
         if (threadIdx.x == 0) part[0] = mm;
     }
+    // The last block of the unit to finish (of every head batch) combines all of them: each
+    // block's writes are made visible before it counts itself (a fence, then the count).
+    __shared__ unsigned int ticket;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) ticket = atomicAdd(a.done + u, 1u);
+    __syncthreads();
+    if (ticket != gridDim.x * gridDim.y - 1) return;
+    __threadfence();
+    pk_attend_combine(a, u, n_blk, sm);
+    if (threadIdx.x == 0) a.done[u] = 0; // ready for the next step (graph replays too)
 }
 
 // grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of
-// up to 128 L elements, batches of up to HB heads (src/cuda/kernels.rs: ATTEND_PARTIAL)
-#define PK_ATTEND_PARTIAL(L, HB) \
-    extern "C" __global__ void pk_attend_partial_##L##_##HB(pk_attend_args a, int hb) { pk_attend_rows<L, HB>(a, hb); }
-PK_ATTEND_PARTIAL(1, 1)
-PK_ATTEND_PARTIAL(1, 2)
-PK_ATTEND_PARTIAL(1, 4)
-PK_ATTEND_PARTIAL(1, 8)
-PK_ATTEND_PARTIAL(2, 1)
-PK_ATTEND_PARTIAL(2, 2)
-PK_ATTEND_PARTIAL(2, 4)
-PK_ATTEND_PARTIAL(4, 1)
-PK_ATTEND_PARTIAL(4, 2)
-
-// grid (heads, 1, units), PK_ATT_COMBINE_THREADS threads: combines the blocks' partials
-// (those without rows have sum 0): their weights exp(max - overall max) first, in shared
-// memory (n_chunks <= PK_ATT_BLOCKS), then every output element as independent loads
-extern "C" __global__ void pk_attend_combine(pk_attend_args a, int n_chunks) {
-    __shared__ float weight[PK_ATT_BLOCKS];
-    __shared__ float red[PK_ATT_COMBINE_THREADS / 32];
-    __shared__ float total;
-    const int h = blockIdx.x, u = blockIdx.z, H = a.n_heads, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    auto part = [&](int c) { return a.partial + (((long long) u * n_chunks + c) * H + h) * (2 + a.dv); };
-    float mm = -INFINITY;
-    for (int c = threadIdx.x; c < n_chunks; c += blockDim.x) {
-        if (part(c)[1] > 0.0f) mm = fmaxf(mm, part(c)[0]);
-    }
-    for (int o = 16; o > 0; o /= 2) mm = fmaxf(mm, __shfl_xor_sync(0xFFFFFFFFu, mm, o));
-    if (lane == 0) red[warp] = mm;
-    __syncthreads();
-    mm = -INFINITY;
-    for (int w = 0; w < PK_ATT_COMBINE_THREADS / 32; ++w) mm = fmaxf(mm, red[w]);
-    __syncthreads(); // red is reused below
-    float l = 0.0f;
-    for (int c = threadIdx.x; c < n_chunks; c += blockDim.x) {
-        const float sum = part(c)[1];
-        const float w = sum > 0.0f ? __expf(part(c)[0] - mm) : 0.0f;
-        weight[c] = w;
-        l += sum > 0.0f ? sum * w : 0.0f;
-    }
-    for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xFFFFFFFFu, l, o);
-    if (lane == 0) red[warp] = l;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float t = 0.0f;
-        for (int w = 0; w < PK_ATT_COMBINE_THREADS / 32; ++w) t += red[w];
-        total = t;
-    }
-    __syncthreads();
-    float * out = (float *) (a.out + pk_att_off(a, u, a.L.out_a, a.L.out_h) + h * a.out_stride);
-    for (int j = threadIdx.x; j < a.dv; j += blockDim.x) {
-        float s = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < n_chunks; ++c) s += part(c)[2 + j] * weight[c]; // a block without rows: 0 * 0
-        out[j] = total > 0.0f ? s / total : 0.0f;
-    }
-}
+// up to 128 L elements, batches of up to HB heads (src/cuda/kernels.rs: ATTEND)
+#define PK_ATTEND(L, HB) \
+    extern "C" __global__ void pk_attend_##L##_##HB(pk_attend_args a, int hb) { pk_attend_rows<L, HB>(a, hb); }
+PK_ATTEND(1, 1)
+PK_ATTEND(1, 2)
+PK_ATTEND(1, 4)
+PK_ATTEND(1, 8)
+PK_ATTEND(2, 1)
+PK_ATTEND(2, 2)
+PK_ATTEND(2, 4)
+PK_ATTEND(4, 1)
+PK_ATTEND(4, 2)

@@ -1,10 +1,10 @@
 // The group policy's selection (gqa::select_group_rows), for every unit of a layer at once:
 // k distinct rows per KV head, ranked by the group-mean softmax probability. The coarse
 // stage is search.cuh's, one retrieval per head, each looking for the whole shortlist; then
-//   pk_group_candidates  one pass over each chunk of cells for all heads: the cells any head
-//                        chose (the union, in retrieval 0's list), each estimated for every
-//                        head as a logit, its codes read once per batch of heads; the heads'
-//                        maxima and +inf counts;
+//   pk_group_union       one pass over each chunk of cells for all heads: the cells any head
+//                        chose (the union, in retrieval 0's list);
+//   pk_group_estimate    each union cell estimated for every head as a logit, its codes read
+//                        once per batch of heads; the heads' maxima and +inf counts;
 //   pk_group_norm        each head's softmax normaliser, in fixed point (portable.rs);
 //   pk_group_score       each cell's mean probability over the heads, as its key;
 // pk_topk keeps the best (or the shortlist when refining); refining runs pk_group_refine
@@ -42,12 +42,9 @@ __device__ __forceinline__ void pk_stat_extremes(pk_group_stat & st, float logit
 #define PK_CHUNK_ROUNDS (PK_CHUNK / PK_CHUNK_THREADS)
 
 // One pass over a chunk of cells for all heads of the unit: each cell is in the union when
-// any head chose it (pk_for_candidates' rule, every head's tie rank kept), then each union
-// cell's codes are read once per batch of `hb` heads and estimated for each of them;
-// appended to retrieval 0's list with its logits. grid (chunks, 1, units),
-// PK_CHUNK_THREADS threads, dynamic smem hb * dp floats (the heads' rotated queries)
-extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
-    extern __shared__ float pk_group_q[];
+// any head chose it (pk_for_candidates' rule, every head's tie rank kept); union cells are
+// appended to retrieval 0's list. grid (chunks, 1, units), PK_CHUNK_THREADS threads
+extern "C" __global__ void pk_group_union(pk_step_args a) {
     __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
     __shared__ int base[PK_MAX_GROUP];
     const int u = blockIdx.z, g = a.n_ret;
@@ -59,9 +56,6 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
     pk_retrieval & x0 = pk_ret(a, u, 0);
     unsigned long long * list = a.cand + (long long) u * g * a.n;
     const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
-    // 1. union membership and list slots, round by round (slot -1: not in the union)
-    int slot[PK_CHUNK_ROUNDS];
-#pragma unroll
     for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
         const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
         unsigned int chosen = 0; // bit r: head r chose c
@@ -94,19 +88,29 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
         int s0 = 0;
         if (lane == 0 && votes) s0 = atomicAdd(&x0.n_cand, __popc(votes));
         s0 = __shfl_sync(0xFFFFFFFFu, s0, 0) + __popc(votes & ((1u << lane) - 1));
-        slot[round] = in_union ? s0 : -1;
         if (in_union) list[s0] = (unsigned long long) c;
         __syncthreads();
     }
-    // 2. the union cells' estimates, a batch of heads at a time (each head's sums in
-    // pk_estimate's order). A table entry lut[j][code] is ±level * q[j] (pk_build_lut); it is
-    // computed here from the 16 signed levels (distinct banks, no conflicts) and q[j] (the
-    // same word for the whole warp), the same product to the bit, instead of looked up in
-    // tables of dp * 16 floats whose random reads conflict on the banks.
+}
+
+// Every union cell estimated for every head as a logit (each head's sums in pk_estimate's
+// order), its codes read once per batch of `hb` heads; the heads' maxima and +inf counts.
+// A thread per list entry, the grid striding over the list, so that every lane works. A
+// table entry lut[j][code] is ±level * q[j] (pk_build_lut); it is computed here from the 16
+// signed levels (distinct banks, no conflicts) and q[j] (the same word for the whole warp),
+// the same product to the bit, instead of looked up in tables of dp * 16 floats whose random
+// reads conflict on the banks. grid (blocks, 1, units), PK_CHUNK_THREADS threads, dynamic
+// shared memory hb * dp floats (the heads' rotated queries)
+extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
+    extern __shared__ float pk_group_q[];
+    __shared__ float signed_level[16];
+    const int u = blockIdx.z, g = a.n_ret, lane = threadIdx.x % 32;
+    const int n_list = pk_ret(a, u, 0).n_cand;
+    if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
+    const unsigned long long * list = a.cand + (long long) u * g * a.n;
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
     const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
     const bool words = ((unsigned long long) nibbles % 4 == 0) && (a.dp / 2) % 4 == 0;
-    __shared__ float signed_level[16];
     if (threadIdx.x < 16) signed_level[threadIdx.x] = (threadIdx.x & 8) ? PK_LEVELS[threadIdx.x & 7] : -PK_LEVELS[threadIdx.x & 7];
     float * qs = pk_group_q;
     for (int h0 = 0; h0 < g; h0 += hb) {
@@ -114,15 +118,17 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
         __syncthreads(); // the previous batch's queries are no longer read
         for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_rot[((long long) u * g + h0) * a.dp + i];
         __syncthreads();
-#pragma unroll
-        for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
-            const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
+        // whole warps stride together (pk_stat_extremes is a warp reduction)
+        for (int i0 = blockIdx.x * blockDim.x + threadIdx.x - lane; i0 < n_list; i0 += gridDim.x * blockDim.x) {
+            const int i = i0 + lane;
+            const bool valid = i < n_list;
             float acc[PK_GROUP_HEAD_BATCH][4];
 #pragma unroll
             for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-            if (slot[round] >= 0) {
-                const unsigned char * nib = nibbles + (long long) c * (a.dp / 2);
-                const __half * w = weights + (long long) c * a.nb;
+            if (valid) {
+                const long long c = (long long) (list[i] & 0xFFFFFFFFull);
+                const unsigned char * nib = nibbles + c * (a.dp / 2);
+                const __half * w = weights + c * a.nb;
                 // blocks four at a time, so that acc[j][b % 4] is a register
                 for (int b0 = 0; b0 < a.nb; b0 += 4) {
 #pragma unroll
@@ -138,10 +144,10 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
                         const float wb = __half2float(w[b]);
                         float lo[4], hi[4]; // the signed levels of dims 8b + 2i and 8b + 2i + 1
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) {
-                            const unsigned int by = by4 >> (8 * i) & 255;
-                            lo[i] = signed_level[by & 15];
-                            hi[i] = signed_level[by >> 4];
+                        for (int k = 0; k < 4; ++k) {
+                            const unsigned int by = by4 >> (8 * k) & 255;
+                            lo[k] = signed_level[by & 15];
+                            hi[k] = signed_level[by >> 4];
                         }
 #pragma unroll
                         for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
@@ -151,7 +157,7 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
                             const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
                             float pair[4];
 #pragma unroll
-                            for (int i = 0; i < 4; ++i) pair[i] = __fadd_rn(__fmul_rn(lo[i], qv[2 * i]), __fmul_rn(hi[i], qv[2 * i + 1]));
+                            for (int k = 0; k < 4; ++k) pair[k] = __fadd_rn(__fmul_rn(lo[k], qv[2 * k]), __fmul_rn(hi[k], qv[2 * k + 1]));
                             const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
                             acc[j][bb] = __fadd_rn(acc[j][bb], __fmul_rn(wb, dot));
                         }
@@ -162,27 +168,27 @@ extern "C" __global__ void pk_group_candidates(pk_step_args a, int hb) {
             for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
                 if (j >= nh) break;
                 float logit = -INFINITY;
-                if (slot[round] >= 0) {
+                if (valid) {
                     const float est = __fadd_rn(__fadd_rn(acc[j][0], acc[j][1]), __fadd_rn(acc[j][2], acc[j][3]));
                     logit = pk_selection_logit(est, a.scale, a.softcap);
-                    pk_logits(a, u, h0 + j)[slot[round]] = logit;
+                    pk_logits(a, u, h0 + j)[i] = logit;
                 }
-                pk_stat_extremes(pk_gstat(a, u, h0 + j, 0), logit, slot[round] >= 0);
+                pk_stat_extremes(pk_gstat(a, u, h0 + j, 0), logit, valid);
             }
         }
     }
 }
 
-// grid (chunks, heads, units), PK_CHUNK_THREADS threads
+// Both over a stage's list, the blocks striding over it (a thread per entry):
+// grid (blocks, heads, units), PK_CHUNK_THREADS threads
 extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
     const int h = blockIdx.y, u = blockIdx.z, n_list = pk_group_len(a, u, stage);
-    const int first = blockIdx.x * PK_CHUNK, end = min(n_list, first + PK_CHUNK);
-    if (first >= n_list) return;
+    if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
     pk_group_stat & st = pk_gstat(a, u, h, stage);
     const float mx = pk_unord(st.max_ord);
     const float * logits = pk_logits(a, u, h);
-    unsigned long long sum = 0;
-    for (int i = first + threadIdx.x; i < end; i += blockDim.x) {
+    unsigned long long sum = 0; // fixed point: the same total in any order
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_list; i += gridDim.x * blockDim.x) {
         const float l = logits[i];
         if (isfinite(l)) sum += pk_to_fixed(pk_exp_nonpositive(__fsub_rn(l, mx)));
     }
@@ -190,12 +196,12 @@ extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
     if (threadIdx.x % 32 == 0 && sum) atomicAdd(&st.norm, sum);
 }
 
-// grid (chunks, 1, units), PK_CHUNK_THREADS threads
+// grid (blocks, 1, units), PK_CHUNK_THREADS threads
 extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
     const int u = blockIdx.z, n_list = pk_group_len(a, u, stage);
     unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
     const float g = (float) a.n_ret;
-    for (int i = blockIdx.x * PK_CHUNK + threadIdx.x; i < min(n_list, (blockIdx.x + 1) * PK_CHUNK); i += blockDim.x) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_list; i += gridDim.x * blockDim.x) {
         float score = 0.0f;
         for (int h = 0; h < a.n_ret; ++h) {
             const pk_group_stat & st = pk_gstat(a, u, h, stage);

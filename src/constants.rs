@@ -65,10 +65,15 @@ pub const GPU_CHUNK_THREADS: usize = 256;
 /// small), which also sizes its partial results.
 pub const GPU_ATT_ROWS: usize = 64;
 /// Blocks one attention launch aims at, all units and head batches together: a unit's rows
-/// are split evenly over its share of them.
+/// are split evenly over its share of them. Also the most blocks the last block of a unit
+/// combines.
 pub const GPU_ATT_BLOCKS: usize = 512;
-/// Threads of the attention's combine of the blocks' partial results.
-pub const GPU_ATT_COMBINE_THREADS: usize = 128;
+/// Floats before a head's accumulator in a block's attention state (max, sum and padding
+/// that keeps the accumulator 16-byte aligned for vector loads).
+pub const GPU_ATT_STATE_HEAD: usize = 4;
+/// Blocks of a pass over candidate lists, all units together (about eight per SM of an
+/// H200): the blocks stride over the lists, whose lengths only the device knows.
+pub const GPU_LIST_BLOCKS: usize = 1024;
 /// Warps per block of the attention kernel.
 pub const GPU_ATT_WARPS: usize = 4;
 /// Warps (one key each) per block of the encode kernel.

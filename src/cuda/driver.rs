@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys;
 
-use super::kernels::{Kernel, ALL_KERNELS, ATTEND_PARTIAL};
+use super::kernels::{Kernel, ALL_KERNELS, ATTEND};
 use crate::error::{Error, Result};
 
 pub use sys::{CUcontext, CUdeviceptr, CUstream};
@@ -202,7 +202,7 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
         "cuModuleLoadData",
     )?;
     let mut functions = HashMap::new();
-    for k in ALL_KERNELS.iter().chain(ATTEND_PARTIAL.iter().map(|v| &v.2)) {
+    for k in ALL_KERNELS.iter().chain(ATTEND.iter().map(|v| &v.2)) {
         let name = CString::new(k.name).unwrap();
         let mut f: sys::CUfunction = std::ptr::null_mut();
         // SAFETY: `module` was loaded above; `name` is NUL-terminated.

@@ -3,9 +3,9 @@
 //! shapes from `constants` that the kernels are compiled with.
 
 use crate::constants::{
-    GPU_ATT_BLOCKS, GPU_ATT_COMBINE_THREADS, GPU_ATT_ROWS, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
-    GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_MAX_GROUP, GPU_REFINE_WARPS,
-    GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
+    GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_LIST_BLOCKS, GPU_MAX_GROUP,
+    GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -19,7 +19,6 @@ pub const CHUNK: usize = GPU_CHUNK;
 pub const THREADS: u32 = GPU_CHUNK_THREADS as u32;
 pub const ATT_ROWS: usize = GPU_ATT_ROWS;
 pub const ATT_BLOCKS: usize = GPU_ATT_BLOCKS;
-pub const ATT_COMBINE_THREADS: u32 = GPU_ATT_COMBINE_THREADS as u32;
 pub const ATT_WARPS: u32 = GPU_ATT_WARPS as u32;
 pub const ENCODE_WARPS: u32 = GPU_ENCODE_WARPS as u32;
 pub const GATHER_WARPS: u32 = GPU_GATHER_WARPS as u32;
@@ -40,7 +39,7 @@ pub fn attend_variant(dk: usize, dv: usize, heads: usize) -> (Kernel, usize) {
     };
     let batch = heads.clamp(1, 8 / slices);
     let width = batch.next_power_of_two();
-    let kernel = ATTEND_PARTIAL
+    let kernel = ATTEND
         .iter()
         .find(|(l, hb, _)| *l == slices && *hb == width)
         .map(|v| v.2)
@@ -48,10 +47,23 @@ pub fn attend_variant(dk: usize, dv: usize, heads: usize) -> (Kernel, usize) {
     (kernel, batch)
 }
 
-/// Dynamic shared memory of the attention kernel for a batch of `heads` heads of value dim
-/// dv: every warp's softmax state, for combining them.
-pub const fn attend_smem(heads: usize, dv: usize) -> usize {
-    GPU_ATT_WARPS * heads * (2 + dv) * 4
+/// Dynamic shared memory of the attention kernel for a batch of `batch` heads of value dim
+/// dv, `heads` heads per unit and `blocks` blocks per unit: every warp's softmax state, for
+/// combining the warps, or the blocks' weights and totals for the last block's combine
+/// (`PK_ATT_COMBINE_SMEM`), whichever is larger.
+pub const fn attend_smem(batch: usize, dv: usize, heads: usize, blocks: usize) -> usize {
+    let warps = GPU_ATT_WARPS * batch * (2 + dv) * 4;
+    let combine = heads * (blocks + 1) * 4;
+    if warps > combine {
+        warps
+    } else {
+        combine
+    }
+}
+
+/// Floats of one block's attention state for one head of value dim dv (`PK_ATT_PART`).
+pub const fn attend_state(dv: usize) -> usize {
+    GPU_ATT_STATE_HEAD + dv
 }
 
 const fn k(name: &'static str) -> Kernel {
@@ -104,19 +116,21 @@ pub const fn refine_smem(head_dim: usize, elem_bytes: usize) -> usize {
 
 pub const REFINE: Kernel = Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
-/// Heads pk_group_candidates estimates at once.
+pub const LIST_BLOCKS: usize = GPU_LIST_BLOCKS;
+/// Heads pk_group_estimate estimates at once.
 pub fn group_head_batch(heads: usize) -> usize {
     heads.clamp(1, GPU_GROUP_HEAD_BATCH)
 }
 
-/// Dynamic shared memory of pk_group_candidates: the rotated queries of a batch of heads.
-pub const fn group_candidates_smem(head_batch: usize, padded_dim: usize) -> usize {
+/// Dynamic shared memory of pk_group_estimate: the rotated queries of a batch of heads.
+pub const fn group_estimate_smem(head_batch: usize, padded_dim: usize) -> usize {
     head_batch * padded_dim * 4
 }
 
-pub const GROUP_CANDIDATES: Kernel = Kernel {
-    name: "pk_group_candidates",
-    dynamic_smem: group_candidates_smem(GPU_GROUP_HEAD_BATCH, MAX_HEAD_DIM),
+pub const GROUP_UNION: Kernel = k("pk_group_union");
+pub const GROUP_ESTIMATE: Kernel = Kernel {
+    name: "pk_group_estimate",
+    dynamic_smem: group_estimate_smem(GPU_GROUP_HEAD_BATCH, MAX_HEAD_DIM),
 };
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
 pub const GROUP_SCORE: Kernel = k("pk_group_score");
@@ -130,26 +144,26 @@ pub const fn group_refine_smem(heads: usize, head_dim: usize, elem_bytes: usize)
 pub const GROUP_REFINE: Kernel =
     Kernel { name: "pk_group_refine", dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, 4) };
 pub const UNMARK: Kernel = k("pk_unmark");
-const fn partial(name: &'static str, slices: usize, batch: usize) -> (usize, usize, Kernel) {
-    (slices, batch, Kernel { name, dynamic_smem: attend_smem(batch, 128 * slices) })
+const fn variant(name: &'static str, slices: usize, batch: usize) -> (usize, usize, Kernel) {
+    let smem = attend_smem(batch, 128 * slices, GPU_MAX_GROUP, GPU_ATT_BLOCKS);
+    (slices, batch, Kernel { name, dynamic_smem: smem })
 }
 
-/// (slices L, head batch HB, kernel) of kernels/attention.cuh's partial kernels.
-pub const ATTEND_PARTIAL: [(usize, usize, Kernel); 9] = [
-    partial("pk_attend_partial_1_1", 1, 1),
-    partial("pk_attend_partial_1_2", 1, 2),
-    partial("pk_attend_partial_1_4", 1, 4),
-    partial("pk_attend_partial_1_8", 1, 8),
-    partial("pk_attend_partial_2_1", 2, 1),
-    partial("pk_attend_partial_2_2", 2, 2),
-    partial("pk_attend_partial_2_4", 2, 4),
-    partial("pk_attend_partial_4_1", 4, 1),
-    partial("pk_attend_partial_4_2", 4, 2),
+/// (slices L, head batch HB, kernel) of kernels/attention.cuh's attention kernels.
+pub const ATTEND: [(usize, usize, Kernel); 9] = [
+    variant("pk_attend_1_1", 1, 1),
+    variant("pk_attend_1_2", 1, 2),
+    variant("pk_attend_1_4", 1, 4),
+    variant("pk_attend_1_8", 1, 8),
+    variant("pk_attend_2_1", 2, 1),
+    variant("pk_attend_2_2", 2, 2),
+    variant("pk_attend_2_4", 2, 4),
+    variant("pk_attend_4_1", 4, 1),
+    variant("pk_attend_4_2", 4, 2),
 ];
-pub const ATTEND_COMBINE: Kernel = k("pk_attend_combine");
 pub const GATHER: Kernel = k("pk_gather");
 
-/// Every kernel but the attention partials (ATTEND_PARTIAL).
+/// Every kernel but the attention variants (ATTEND).
 pub const ALL_KERNELS: &[Kernel] = &[
     ENCODE,
     CENTER_INIT,
@@ -166,11 +180,11 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TOPK,
     REFINE,
     REFINE_PICK,
-    GROUP_CANDIDATES,
+    GROUP_UNION,
+    GROUP_ESTIMATE,
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,
     UNMARK,
-    ATTEND_COMBINE,
     GATHER,
 ];

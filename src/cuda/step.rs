@@ -3,7 +3,7 @@
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
 //! device-to-host read, so it can be captured in a CUDA graph. 12 launches (14 when
-//! refining; the group policy 14, 18 when refining) plus 2 for the attention, whatever the
+//! refining; the group policy 15, 19 when refining) plus 1 for the attention, whatever the
 //! number of units.
 
 use std::ffi::c_void;
@@ -177,6 +177,7 @@ struct AttendArgs {
     partial: u64,
     out: u64,
     out_stride: i64,
+    done: u64,
 }
 
 /// Scratch of a step, sized once for `max_units` units of up to `max_heads` query heads
@@ -199,6 +200,8 @@ pub struct StepBuffers {
     pub mark: DeviceBuffer,
     pub rows: DeviceBuffer,
     pub partial: DeviceBuffer,
+    /// Per unit, the attention blocks done (zero between steps).
+    pub att_done: DeviceBuffer,
     /// The group policy's per-head logits over the union and its softmax statistics.
     pub logits: DeviceBuffer,
     pub gstat: DeviceBuffer,
@@ -289,7 +292,8 @@ impl StepBuffers {
             cand: DeviceBuffer::new(u * r * n * 8)?,
             mark: zeroed(u * n * 4)?,
             rows: DeviceBuffer::new(u * n * 4)?,
-            partial: DeviceBuffer::new(u * n.div_ceil(ATT_ROWS) * r * (2 + dv) * 4)?,
+            partial: DeviceBuffer::new(u * n.div_ceil(ATT_ROWS).min(ATT_BLOCKS) * r * attend_state(dv) * 4)?,
+            att_done: zeroed(u * 4)?,
             logits: DeviceBuffer::new(u * r * n * 4)?,
             gstat: DeviceBuffer::new(u * r * 2 * GROUP_STAT_BYTES)?,
         })
@@ -514,22 +518,19 @@ fn group_select(
     let shape = buf.shape;
     let (c, r, u) = (n_chunks as u32, n_ret as u32, units as u32);
     let mut p = [ap];
+    launch(module, GROUP_UNION, (c, 1, u), THREADS, 0, stream, &mut p)?;
     let hb = group_head_batch(n_ret);
     let mut hb_arg = hb as i32;
-    let mut cp = [ap, &mut hb_arg as *mut i32 as *mut c_void];
-    launch(
-        module,
-        GROUP_CANDIDATES,
-        (c, 1, u),
-        THREADS,
-        group_candidates_smem(hb, shape.padded_dim) as u32,
-        stream,
-        &mut cp,
-    )?;
+    let mut ep = [ap, &mut hb_arg as *mut i32 as *mut c_void];
+    // lists' lengths are known on the device only: blocks stride over a bound of them
+    let blocks =
+        |per_unit: usize| layer.n.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / per_unit).max(1)) as u32;
+    let smem = group_estimate_smem(hb, shape.padded_dim) as u32;
+    launch(module, GROUP_ESTIMATE, (blocks(units), 1, u), THREADS, smem, stream, &mut ep)?;
     let mut stage = 0i32;
     let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
-    launch(module, GROUP_NORM, (c, r, u), THREADS, 0, stream, &mut sp)?;
-    launch(module, GROUP_SCORE, (c, 1, u), THREADS, 0, stream, &mut sp)?;
+    launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
+    launch(module, GROUP_SCORE, (blocks(units), 1, u), THREADS, 0, stream, &mut sp)?;
     marks.mark("candidates + rerank", stream)?;
     launch(module, TOPK, (r, 1, u), TOPK_THREADS, 0, stream, &mut p)?;
     if params.refine > 1 {
@@ -542,8 +543,8 @@ fn group_select(
         launch(module, GROUP_REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
         stage = 1;
         let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
-        launch(module, GROUP_NORM, (c, r, u), THREADS, 0, stream, &mut sp)?;
-        launch(module, GROUP_SCORE, (c, 1, u), THREADS, 0, stream, &mut sp)?;
+        launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
+        launch(module, GROUP_SCORE, (blocks(units), 1, u), THREADS, 0, stream, &mut sp)?;
         launch(module, REFINE_PICK, (r, 1, u), TOPK_THREADS, 0, stream, &mut p)?;
     }
     Ok(())
@@ -605,12 +606,12 @@ pub fn attend(
         partial: buf.partial.ptr,
         out: layer.out,
         out_stride: layer.out_stride as i64,
+        done: buf.att_done.ptr,
     };
     let attp = &mut att as *mut AttendArgs as *mut c_void;
     let mut hb_arg = hb as i32;
-    let smem = attend_smem(hb, buf.dv) as u32;
-    let u = units as u32;
-    let grid = (max_chunks as u32, batches as u32, u);
+    let smem = attend_smem(hb, buf.dv, layer.n_heads, max_chunks) as u32;
+    let grid = (max_chunks as u32, batches as u32, units as u32);
     launch(
         module,
         kernel,
@@ -619,10 +620,7 @@ pub fn attend(
         smem,
         stream,
         &mut [attp, &mut hb_arg as *mut i32 as *mut c_void],
-    )?;
-    let mut mc = max_chunks as i32;
-    let mut p2 = [attp, &mut mc as *mut i32 as *mut c_void];
-    launch(module, ATTEND_COMBINE, (layer.n_heads as u32, 1, u), ATT_COMBINE_THREADS, 0, stream, &mut p2)
+    )
 }
 
 /// `pk_gather_args` of kernels/gather.cuh, field for field.
