@@ -7,7 +7,7 @@
 #pragma once
 
 #include "common.cuh"
-#include "search.cuh"
+#include "step.cuh"
 
 struct pk_attend_args {
     pk_unit_layout L;

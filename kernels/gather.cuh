@@ -5,7 +5,7 @@
 // device; the grid covers max_rows.
 #pragma once
 
-#include "search.cuh"
+#include "step.cuh"
 
 struct pk_gather_args {
     pk_unit_layout L;

@@ -1,6 +1,6 @@
 // The group policy's selection (gqa::select_group_rows), for every unit of a layer at once:
 // k distinct rows per KV head, ranked by the group-mean softmax probability. The coarse
-// stage is search.cuh's, one retrieval per head, each looking for the whole shortlist; then
+// stage is collisions.cuh's, one retrieval per head, each looking for the whole shortlist; then
 //   pk_group_union       one pass over each chunk of cells for all heads: the cells any head
 //                        chose (the union, in retrieval 0's list);
 //   pk_group_estimate    each union cell estimated for every head as a logit, its codes read
@@ -13,7 +13,7 @@
 // the bit and the rows chosen are the same. `stage` 0 is the union, 1 the shortlist.
 #pragma once
 
-#include "search.cuh"
+#include "refine.cuh"
 
 __device__ __forceinline__ pk_group_stat & pk_gstat(const pk_step_args & a, int u, int h, int stage) {
     return a.gstat[((long long) u * a.n_ret + h) * 2 + stage];

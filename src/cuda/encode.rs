@@ -2,6 +2,7 @@
 
 use std::ffi::c_void;
 
+use super::args::EncodeArgs;
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::kernels::{CENTER_INIT, ENCODE, ENCODE_WARPS};
 use crate::algorithm::rotation::Rotation;
@@ -52,28 +53,6 @@ pub struct EncodeTarget {
     /// The heads' key centres (`center::len` f32 each, head after head), or 0: keys
     /// encoded as they are.
     pub center: CUdeviceptr,
-}
-
-/// `pk_encode_args` of kernels/encode.cuh, field for field.
-#[repr(C)]
-struct EncodeArgs {
-    keys: u64,
-    key_dtype: i32,
-    key_row_stride: i64,
-    key_head_stride: i64,
-    cells: u64,
-    n_cells: u64,
-    max_cells: i64,
-    codes: u64,
-    nibbles: u64,
-    weights: u64,
-    kv_size: i64,
-    n_heads: i32,
-    center: u64,
-    signs: u64,
-    scale: f32,
-    head_dim: i32,
-    padded_dim: i32,
 }
 
 /// The kernels' code of an element type; they read f32, f16 and bf16 rows (not Q8_0 blocks).

@@ -4,6 +4,7 @@
 //! mirror the CPU modules one for one: `encode` here is `crate::algorithm::encode` there,
 //! `step` is `crate::step`; the GPU index handle is `crate::index::cuda`.
 
+pub mod args;
 pub mod driver;
 pub mod encode;
 pub mod kernels;

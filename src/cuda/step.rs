@@ -8,6 +8,8 @@
 
 use std::ffi::c_void;
 
+use super::args::{AttendArgs, GatherArgs, GroupStat, StepArgs};
+pub use super::args::{Retrieval, UnitLayout, UnitState};
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::encode::{dtype_code, GpuRotation};
 use super::kernels::*;
@@ -17,63 +19,6 @@ use crate::error::{Error, Result};
 use crate::rows::DType;
 use crate::shape::{Shape, N_CENTROIDS};
 use crate::step::StepParams;
-
-/// `pk_retrieval` of kernels/search.cuh.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Retrieval {
-    pub k: i32,
-    pub m: i32,
-    pub cutoff: i32,
-    pub ties_left: i32,
-    pub n_cand: i32,
-    /// Cells it contributes (`k` is a longer shortlist when refining).
-    pub keep: i32,
-    /// Shortlisted cells rescored exactly (0 without refining).
-    pub n_refined: i32,
-    _pad: i32,
-}
-
-/// `pk_unit_state`; each unit's retrievals follow it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UnitState {
-    pub n_visible: i32,
-    pub n_zone: i32,
-    pub n_rows: i32,
-    pub p_min: i32,
-    pub p_max: i32,
-    pub tag: u32,
-}
-
-// The device reads these two through the same layout (kernels/search.cuh asserts the
-// same sizes there).
-const _: () = assert!(std::mem::size_of::<Retrieval>() == 32 && std::mem::size_of::<UnitState>() == 24);
-
-/// Where each unit's data lives: unit u = a * n_h + h (`a` the token, `h` the KV head);
-/// every per-unit address is base + a * stride_a + h * stride_h, in bytes. `pk_unit_layout`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UnitLayout {
-    pub n_units: i32,
-    pub n_h: i32,
-    pub k_a: i64,
-    pub k_h: i64,
-    pub v_a: i64,
-    pub v_h: i64,
-    pub codes_a: i64,
-    pub codes_h: i64,
-    pub nib_a: i64,
-    pub nib_h: i64,
-    pub w_a: i64,
-    pub w_h: i64,
-    pub mask_a: i64,
-    pub pos_a: i64,
-    pub q_a: i64,
-    pub q_h: i64,
-    pub out_a: i64,
-    pub out_h: i64,
-}
 
 /// The cache and queries of a layer's step: bases (unit 0) and per-unit strides in
 /// `layout`; rows of K, V `k_stride` / `v_stride` bytes apart; the query heads of a unit
@@ -99,85 +44,6 @@ pub struct GpuLayer {
     pub n_heads: usize,
     pub out: CUdeviceptr,
     pub out_stride: usize,
-}
-
-/// `pk_step_args`, field for field.
-#[repr(C)]
-struct StepArgs {
-    layout: UnitLayout,
-    state: u64,
-    n: i32,
-    nb: i32,
-    dp: i32,
-    n_ret: i32,
-    top_k: i32,
-    n_sink: i32,
-    n_local: i32,
-    adaptive: i32,
-    rho_cand: f64,
-    rho_coll: f64,
-    max_collisions: i32,
-    dense_zone: i32,
-    q: u64,
-    q_stride: i64,
-    n_heads: i32,
-    mask: u64,
-    mask_dtype: i32,
-    pos: u64,
-    codes: u64,
-    nibbles: u64,
-    weights: u64,
-    klass: u64,
-    hist: u64,
-    q_rot: u64,
-    levels: u64,
-    counts: u64,
-    count_hist: u64,
-    chunk_ties: u64,
-    cand: u64,
-    mark: u64,
-    rows: u64,
-    refine: i32,
-    d: i32,
-    k: u64,
-    k_dtype: i32,
-    k_stride: i64,
-    group: i32,
-    scale: f32,
-    softcap: f32,
-    logits: u64,
-    gstat: u64,
-}
-
-/// `pk_group_stat` of kernels/search.cuh: bytes per head and stage.
-const GROUP_STAT_BYTES: usize = 16;
-
-/// `pk_attend_args`, field for field.
-#[repr(C)]
-struct AttendArgs {
-    layout: UnitLayout,
-    rows: u64,
-    row_stride: i64,
-    n_rows: u64,
-    n_rows_stride: i32,
-    max_rows: i32,
-    q: u64,
-    q_stride: i64,
-    n_heads: i32,
-    k: u64,
-    k_dtype: i32,
-    k_stride: i64,
-    v: u64,
-    v_dtype: i32,
-    v_stride: i64,
-    dk: i32,
-    dv: i32,
-    scale: f32,
-    softcap: f32,
-    partial: u64,
-    out: u64,
-    out_stride: i64,
-    done: u64,
 }
 
 /// Scratch of a step, sized once for `max_units` units of up to `max_heads` query heads
@@ -295,7 +161,7 @@ impl StepBuffers {
             partial: DeviceBuffer::new(u * n.div_ceil(ATT_ROWS).min(ATT_BLOCKS) * r * attend_state(dv) * 4)?,
             att_done: zeroed(u * 4)?,
             logits: DeviceBuffer::new(u * r * n * 4)?,
-            gstat: DeviceBuffer::new(u * r * 2 * GROUP_STAT_BYTES)?,
+            gstat: DeviceBuffer::new(u * r * 2 * std::mem::size_of::<GroupStat>())?,
         })
     }
 }
@@ -621,25 +487,6 @@ pub fn attend(
         stream,
         &mut [attp, &mut hb_arg as *mut i32 as *mut c_void],
     )
-}
-
-/// `pk_gather_args` of kernels/gather.cuh, field for field.
-#[repr(C)]
-struct GatherArgs {
-    layout: UnitLayout,
-    rows: u64,
-    row_stride: i64,
-    n_rows: u64,
-    n_rows_stride: i32,
-    max_rows: i32,
-    k: u64,
-    k_stride: i64,
-    k_bytes: i32,
-    v: u64,
-    v_stride: i64,
-    v_bytes: i32,
-    out_k: u64,
-    out_v: u64,
 }
 
 /// Where `gather` writes: unit u's i-th row of K at `k + (u * max_rows + i) * k_bytes`,

@@ -1,0 +1,152 @@
+// Stage 3 of a step: every zone cell's collision count per retrieval, their histogram,
+// the candidate cutoff and the ties' ranks.
+#pragma once
+
+#include "step.cuh"
+
+// collision counts per cell and their histogram, for `r_batch` retrievals per block (each
+// cell's codes loaded once for all of them, into registers); grid (chunks, retrieval
+// batches, units). The levels of four retrievals share a word, one byte each, so one
+// shared-memory load serves four and the words add bytewise (a level is at most
+// PK_N_TIERS: 32 blocks sum to 192, below a byte's 256, before the bytes are unpacked).
+// Dynamic shared memory (src/cuda/kernels.rs: collisions_smem): ceil(r_batch / 4) * nb*256
+// words, then r_batch * (max_collisions + 1) counters.
+#define PK_PACKED_BLOCKS 32
+static_assert(PK_PACKED_BLOCKS * PK_N_TIERS < 256, "packed levels overflow a byte");
+extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
+    extern __shared__ unsigned int pk_lv_words[];
+    constexpr int MAX_WORDS = PK_MAX_HEAD_DIM / PK_BLOCK / 4;
+    const int u = blockIdx.z, r0 = blockIdx.y * r_batch, nr = min(r_batch, a.n_ret - r0);
+    const int n_lv = a.nb * PK_N_CENTROIDS, n_ch = a.max_collisions + 1, n_quads = (nr + 3) / 4;
+    const int n_words = a.nb % 4 == 0 ? a.nb / 4 : 0; // 0: byte by byte
+    unsigned int * local = pk_lv_words + (r_batch + 3) / 4 * n_lv;
+    const unsigned char * lv = a.levels + ((long long) u * a.n_ret + r0) * n_lv;
+    for (int i = threadIdx.x; i < n_quads * n_lv; i += blockDim.x) {
+        const int q = i / n_lv, e = i % n_lv;
+        unsigned int w = 0;
+        for (int j = 0; j < 4 && 4 * q + j < nr; ++j) w |= (unsigned int) lv[(4 * q + j) * n_lv + e] << (8 * j);
+        pk_lv_words[i] = w;
+    }
+    for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) local[i] = 0;
+    __syncthreads();
+    const unsigned char * codes = pk_codes_of(a, u);
+    const unsigned char * klass = a.klass + (long long) u * a.n;
+    const int c1 = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    for (int c = blockIdx.x * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
+        const bool in_zone = klass[c] == PK_ZONE;
+        const unsigned char * code = codes + (long long) c * a.nb;
+        unsigned int words[MAX_WORDS];
+#pragma unroll
+        for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
+        for (int q = 0; q < n_quads; ++q) {
+            const unsigned int * L = pk_lv_words + q * n_lv;
+            int total[4] = {0, 0, 0, 0};
+            unsigned int packed = 0;
+            auto unpack = [&]() {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
+                packed = 0;
+            };
+            if (in_zone && n_words > 0) {
+#pragma unroll
+                for (int i = 0; i < MAX_WORDS; ++i) {
+                    if (i >= n_words) break;
+                    const unsigned int x = words[i];
+                    const int b = 4 * i;
+                    packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
+                            + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                    if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
+                }
+            } else if (in_zone) {
+                for (int b = 0; b < a.nb; ++b) {
+                    packed += L[b * PK_N_CENTROIDS + code[b]];
+                    if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
+                }
+            }
+            unpack();
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int r = 4 * q + j;
+                if (r >= nr) break;
+                a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
+                if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+            }
+        }
+    }
+    __syncthreads();
+    unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r0) * n_ch;
+    for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {
+        if (local[i]) atomicAdd(&ch[i], local[i]);
+    }
+}
+
+// each retrieval's k, candidate count, cutoff and ties left (search::candidates);
+// grid (retrievals, 1, units)
+extern "C" __global__ void pk_cutoff(pk_step_args a) {
+    const int r = blockIdx.x, u = blockIdx.z;
+    if (threadIdx.x != 0) return;
+    const int n_zone = pk_unit(a, u).n_zone;
+    pk_retrieval & x = pk_ret(a, u, r);
+    // small zones: everything (cache_step attends every visible cell)
+    // per head its share of top-k; the group policy's heads each look for all k
+    int k = n_zone <= a.dense_zone ? n_zone : a.group ? a.top_k : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
+    k = min(k, n_zone);
+    const int keep = k;
+    // a shortlist of refine * k estimates (gqa::select_group); a zone taken whole is not
+    if (a.refine > 1 && n_zone > a.dense_zone) k = (int) min((long long) n_zone, (long long) k * a.refine);
+    double cand, coll;
+    pk_ratios(a, n_zone, cand, coll);
+    long long m = pk_ceil_count(n_zone, cand, 1.0);
+    m = min((long long) n_zone, max(m, (long long) k));
+    const unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r) * (a.max_collisions + 1);
+    long long above = 0;
+    int cutoff = 0;
+    for (int c = a.max_collisions; c >= 0; --c) {
+        if (above + ch[c] >= m) {
+            cutoff = c;
+            break;
+        }
+        above += ch[c];
+    }
+    x.k = k;
+    x.keep = keep;
+    x.n_refined = 0;
+    x.m = (int) m;
+    x.cutoff = cutoff;
+    x.ties_left = (int) max(0ll, m - above);
+}
+
+// cells at the cutoff count per chunk (for their rank among ties); grid (chunks, retrievals, units)
+extern "C" __global__ void pk_tie_chunks(pk_step_args a) {
+    __shared__ int ties;
+    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
+    if (threadIdx.x == 0) ties = 0;
+    __syncthreads();
+    const unsigned short * counts = a.counts + (long long) ur * a.n;
+    const int cutoff = pk_ret(a, u, r).cutoff;
+    const int c1 = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    int mine = 0;
+    for (int c = blockIdx.x * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) mine += counts[c] == cutoff;
+    for (int o = 16; o > 0; o /= 2) mine += __shfl_xor_sync(0xFFFFFFFFu, mine, o);
+    if (threadIdx.x % 32 == 0 && mine) atomicAdd(&ties, mine);
+    __syncthreads();
+    if (threadIdx.x == 0) a.chunk_ties[(long long) ur * (gridDim.x + 1) + blockIdx.x] = ties;
+}
+
+// exclusive prefix of the chunks' tie counts; grid (retrievals, 1, units), one warp
+extern "C" __global__ void pk_scan_chunks(pk_step_args a, int n_chunks) {
+    int * t = a.chunk_ties + ((long long) blockIdx.z * a.n_ret + blockIdx.x) * (n_chunks + 1);
+    const int lane = threadIdx.x;
+    int carry = 0;
+    for (int i0 = 0; i0 < n_chunks; i0 += 32) {
+        const int i = i0 + lane;
+        const int v = i < n_chunks ? t[i] : 0;
+        int incl = v;
+        for (int o = 1; o < 32; o *= 2) {
+            const int n = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+            if (lane >= o) incl += n;
+        }
+        if (i < n_chunks) t[i] = carry + incl - v;
+        carry += __shfl_sync(0xFFFFFFFFu, incl, 31);
+    }
+}

@@ -1,0 +1,106 @@
+// Stage 4 of a step (per-head and mean policies): the candidates scored with the 4-bit
+// estimator (group.cuh is the group policy's).
+#pragma once
+
+#include "step.cuh"
+
+// the 4-bit estimate of <q, key> for one cell from the retrieval's table `lut` (dp*16
+// floats), summed exactly as encode::estimate
+__device__ __forceinline__ float pk_estimate(const float * lut, const unsigned char * nib, const __half * w, int nb) {
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // blocks four at a time, so that acc[b % 4] is a register
+    for (int b0 = 0; b0 < nb; b0 += 4) {
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) {
+            const int b = b0 + bb;
+            if (b >= nb) break;
+            const float * t = lut + b * PK_BLOCK * 16;
+            const unsigned char * by = nib + b * 4;
+            float pair[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                pair[i] = __fadd_rn(t[(2 * i) * 16 + (by[i] & 15)], t[(2 * i + 1) * 16 + (by[i] >> 4)]);
+            }
+            const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
+            acc[bb] = __fadd_rn(acc[bb], __fmul_rn(__half2float(w[b]), dot));
+        }
+    }
+    return __fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3]));
+}
+
+// the estimator table of rotated query q (dp floats) into lut (dp*16 floats), by the block
+__device__ __forceinline__ void pk_build_lut(float * lut, const float * q, int dp) {
+    for (int i = threadIdx.x; i < dp * 16; i += blockDim.x) {
+        const int j = i / 16, code = i % 16;
+        const float level = PK_LEVELS[code & 7];
+        lut[i] = __fmul_rn((code & 8) ? level : -level, q[j]);
+    }
+}
+
+// Walks this block's chunk of cells for retrieval r of unit u, PK_CHUNK_THREADS cells a
+// round, and calls f(c, chosen) on every thread every round (so that f may use warp
+// collectives; c may be past the end, then chosen is false). chosen: c is one of the
+// retrieval's candidates (count above the cutoff, or at it among the first ties_left cells).
+// warp_ties and base are the caller's shared memory.
+template <typename F>
+__device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u, int r, int * warp_ties, int & base, F f) {
+    const int ur = u * a.n_ret + r;
+    if (threadIdx.x == 0) base = a.chunk_ties[(long long) ur * (gridDim.x + 1) + blockIdx.x];
+    __syncthreads();
+    const pk_retrieval & x = pk_ret(a, u, r);
+    const unsigned short * counts = a.counts + (long long) ur * a.n;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    for (int c0 = blockIdx.x * PK_CHUNK; c0 < end; c0 += PK_CHUNK_THREADS) {
+        const int c = c0 + threadIdx.x;
+        const int count = c < end ? counts[c] : PK_NOT_IN_ZONE;
+        const bool tie = count == x.cutoff;
+        // rank among the ties before this cell: block-wide exclusive scan of `tie`
+        const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, tie);
+        if (lane == 0) warp_ties[warp] = __popc(ballot);
+        __syncthreads();
+        int rank = base + __popc(ballot & ((1u << lane) - 1));
+        for (int w = 0; w < warp; ++w) rank += warp_ties[w];
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int t = 0;
+            for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) t += warp_ties[w];
+            base += t;
+        }
+        f(c, count != PK_NOT_IN_ZONE && (count > x.cutoff || (tie && rank < x.ties_left)));
+        __syncthreads();
+    }
+}
+
+// appends `value` to list (counter n) for every lane with emit, one atomic per warp
+__device__ __forceinline__ void pk_append(bool emit, unsigned long long value, int * n, unsigned long long * list) {
+    const int lane = threadIdx.x % 32;
+    const unsigned int votes = __ballot_sync(0xFFFFFFFFu, emit);
+    int slot = 0;
+    if (lane == 0 && votes) slot = atomicAdd(n, __popc(votes));
+    slot = __shfl_sync(0xFFFFFFFFu, slot, 0);
+    if (emit) list[slot + __popc(votes & ((1u << lane) - 1))] = value;
+}
+
+// every retrieval's candidates scored with the 4-bit estimator (pk_estimate) and appended
+// (key) to its list; grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic
+// smem dp*16 floats
+extern "C" __global__ void pk_select_rerank(pk_step_args a) {
+    extern __shared__ float pk_lut[];
+    __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
+    __shared__ int base;
+    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
+    pk_build_lut(pk_lut, a.q_rot + (long long) ur * a.dp, a.dp);
+    pk_retrieval & x = pk_ret(a, u, r);
+    unsigned long long * cand = a.cand + (long long) ur * a.n;
+    const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
+    const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
+    pk_for_candidates(a, u, r, warp_ties, base, [&](int c, bool chosen) {
+        const bool emit = chosen && x.k > 0;
+        unsigned long long key = 0;
+        if (emit) {
+            key = pk_key(pk_estimate(pk_lut, nibbles + (long long) c * (a.dp / 2), weights + (long long) c * a.nb, a.nb), c);
+        }
+        pk_append(emit, key, &x.n_cand, cand);
+    });
+}

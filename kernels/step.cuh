@@ -1,0 +1,167 @@
+// One decode step's retrieval, for every unit (a KV head of a token: its query group) of a
+// layer at once: the CUDA twin of cache_step::attend_cache / gqa::select_group /
+// search::select_top_k, stage for stage. Every size that changes per step (visible cells,
+// zone, candidates, rows) is read on the device; grids are sized from bounds fixed at
+// setup. blockIdx.z is the unit everywhere. This file holds the structs and helpers every
+// stage shares; one file per stage, in launch order (src/cuda/step.rs):
+//   visibility.cuh  begin, visibility, classify
+//   query.cuh       query_rot, tiers
+//   collisions.cuh  collisions, cutoff, tie_chunks, scan_chunks
+//   rerank.cuh      select_rerank (per-head and mean policies)
+//   group.cuh       the group policy's union, estimate, norm, score (and refine)
+//   topk.cuh        topk, and unmark after the attention's rows are chosen
+//   refine.cuh      refine, refine_pick (refine >= 2)
+//   attention.cuh   the attention over each unit's rows
+#pragma once
+
+#include "common.cuh"
+
+#define PK_NOT_IN_ZONE 0xFFFF
+#define PK_TOPK_THREADS PK_TOPK_THREADS_
+
+enum pk_class : unsigned char { PK_HIDDEN = 0, PK_ZONE = 1, PK_FIXED = 2 };
+
+// Per retrieval (one per query head, or one for the group's mean query).
+struct pk_retrieval {
+    int k;                      // best estimates kept: its share of top-k (or the whole zone
+                                // when that is small), times the refine factor
+    int m;                      // candidates wanted
+    int cutoff;                 // collision count at the candidate cutoff
+    int ties_left;              // cells at the cutoff still taken, lowest cells first
+    int n_cand;                 // candidates written
+    int keep;                   // cells it contributes: its share (k is a longer shortlist when refining)
+    int n_refined;              // shortlisted cells rescored exactly (0 without refining)
+    int pad;
+};
+// mirrored field for field by Retrieval and UnitState in src/cuda/step.rs (which asserts the
+// same sizes)
+
+// Per unit, followed by its retrievals.
+struct pk_unit_state {
+    int n_visible, n_zone, n_rows;
+    int p_min, p_max;
+    unsigned int tag;           // the mark value (1): marks are cleared after every step
+};
+
+// Unit u = a * n_h + h: `a` the token (or group of heads), `h` the KV head. Every per-unit
+// array of the cache is addressed as base + a*stride_a + h*stride_h (bytes).
+struct pk_unit_layout {
+    int n_units, n_h;
+    long long k_a, k_h, v_a, v_h;
+    long long codes_a, codes_h, nib_a, nib_h, w_a, w_h;
+    long long mask_a, pos_a;
+    long long q_a, q_h, out_a, out_h;
+};
+
+struct pk_step_args {
+    pk_unit_layout L;
+    unsigned char * state;      // [n_units] x (pk_unit_state + n_ret pk_retrieval)
+    int n;                      // cells in the cache view
+    int nb;                     // blocks per key
+    int dp;                     // padded head dim
+    int n_ret;                  // retrievals per unit
+    int top_k, n_sink, n_local;
+    int adaptive;               // ratio table: 1 the reference's, 2 the tuned one; 0 rho_cand / rho_coll
+    double rho_cand, rho_coll;
+    int max_collisions;
+    int dense_zone;             // zones up to this size are attended whole (top_k in a step)
+    const char * q;             // query heads of unit 0 (f32 rows q_stride bytes apart)
+    long long q_stride;
+    int n_heads;                // query heads per unit
+    const char * mask; int mask_dtype;
+    const char * pos;
+    const char * codes;
+    const char * nibbles;
+    const char * weights;
+    unsigned char * klass;      // [units][n]
+    unsigned int * hist;        // [units][nb][256]
+    float * q_rot;              // [units][n_ret][dp]
+    unsigned char * levels;     // [units][n_ret][nb][256]
+    unsigned short * counts;    // [units][n_ret][n]
+    unsigned int * count_hist;  // [units][n_ret][max_collisions + 1]
+    int * chunk_ties;           // [units][n_ret][chunks + 1]
+    unsigned long long * cand;  // [units][n_ret][n]: keys of the candidates
+    unsigned int * mark;        // [units][n]
+    int * rows;                 // [units][n]
+    int refine;                 // shortlist factor of the exact rescoring (<= 1: off)
+    int d;                      // head dim (unpadded)
+    const char * k;             // key row of cell c of unit u at k + off(u) + c*k_stride
+    int k_dtype;
+    long long k_stride;
+    int group;                  // the group policy: one candidate union per unit (group.cuh)
+    float scale, softcap;       // of the attention, for the group's selection logits
+    float * logits;             // [units][n_ret][n]: per head, over the unit's union or shortlist
+    struct pk_group_stat * gstat; // [units][n_ret][2]: per head, over the union and the shortlist
+};
+
+// One head's softmax statistics over a list of logits (gqa::rank_by_group_probability):
+// the largest finite logit (as pk_ord), the +inf count, and the fixed-point sum of
+// exp(logit - max) over the finite ones.
+struct pk_group_stat {
+    int max_ord;
+    int n_inf;
+    unsigned long long norm;
+};
+
+__device__ __forceinline__ size_t pk_state_stride(const pk_step_args & a) {
+    return sizeof(pk_unit_state) + a.n_ret * sizeof(pk_retrieval);
+}
+__device__ __forceinline__ pk_unit_state & pk_unit(const pk_step_args & a, int u) {
+    return *(pk_unit_state *) (a.state + u * pk_state_stride(a));
+}
+__device__ __forceinline__ pk_retrieval & pk_ret(const pk_step_args & a, int u, int r) {
+    return ((pk_retrieval *) (a.state + u * pk_state_stride(a) + sizeof(pk_unit_state)))[r];
+}
+__device__ __forceinline__ long long pk_off(const pk_step_args & a, int u, long long sa, long long sh) {
+    return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
+}
+__device__ __forceinline__ const unsigned char * pk_codes_of(const pk_step_args & a, int u) {
+    return (const unsigned char *) (a.codes + pk_off(a, u, a.L.codes_a, a.L.codes_h));
+}
+__device__ __forceinline__ float pk_mask_of(const pk_step_args & a, int u, int c) {
+    return pk_load(a.mask + (u / a.L.n_h) * a.L.mask_a, a.mask_dtype, c);
+}
+__device__ __forceinline__ int pk_pos_of(const pk_step_args & a, int u, int c) {
+    return ((const int *) (a.pos + (u / a.L.n_h) * a.L.pos_a))[c];
+}
+
+__device__ __forceinline__ void pk_ratios(const pk_step_args & a, int n_zone, double & cand, double & coll) {
+    if (!a.adaptive) {
+        cand = a.rho_cand;
+        coll = a.rho_coll;
+        return;
+    }
+    // 1: search::Ratios::reference, 2: search::Ratios::tuned
+    const pk_ratio_row * table = a.adaptive == 2 ? PK_TUNED_RATIOS : PK_REFERENCE_RATIOS;
+    for (int i = 0; i < PK_N_RATIO_ROWS; ++i) {
+        const pk_ratio_row & row = table[i];
+        if (row.below < 0 || n_zone < row.below) {
+            cand = row.cand;
+            coll = row.coll;
+            return;
+        }
+    }
+}
+
+// ceil(n * ratio * fraction) in double, multiplied left to right (search::ceil_count)
+__device__ __forceinline__ long long pk_ceil_count(int n, double ratio, double fraction) {
+    return (long long) ceil(__dmul_rn(__dmul_rn((double) n, ratio), fraction));
+}
+
+// floats as ints that order alike (for atomicMax), and back
+__device__ __forceinline__ int pk_ord(float f) {
+    const int i = __float_as_int(f);
+    return i >= 0 ? i : i ^ 0x7FFFFFFF;
+}
+__device__ __forceinline__ float pk_unord(int i) {
+    return __int_as_float(i >= 0 ? i : i ^ 0x7FFFFFFF);
+}
+
+// the order-preserving key of (score, cell): smaller is better
+__device__ __forceinline__ unsigned long long pk_key(float score, int cell) {
+    if (isnan(score)) score = -INFINITY;
+    if (score == 0.0f) score = 0.0f; // -0 ranks as +0
+    unsigned int bits = __float_as_uint(score);
+    bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u); // ascending with the score
+    return ((unsigned long long) ~bits << 32) | (unsigned int) cell;
+}
