@@ -148,6 +148,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_cuda_layer",
             "pariskv_cuda_available",
             "pariskv_host_alloc",
+            "pariskv_host_alloc_progress",
             "pariskv_host_free",
             "pariskv_cuda_encode",
             "pariskv_cuda_step_create",

@@ -714,12 +714,25 @@ typedef struct pariskv_cuda_layer {
 enum pariskv_status pariskv_cuda_available(uint32_t *out);
 
 // Allocates `bytes` of pinned host memory mapped into the device address space
-// (cuMemHostAlloc DEVICEMAP | PORTABLE, not write-combined), in the current context:
-// `*host` for the CPU, `*device` for kernels (equal on UVA systems). A failure is an error,
-// never pageable memory.
+// (DEVICEMAP | PORTABLE, not write-combined), in the current context: `*host` for the CPU,
+// `*device` for kernels (equal on UVA systems). A failure is an error, never pageable
+// memory. Buffers of 256 MiB and more are mapped (huge pages where the system has them),
+// faulted in and registered with the driver in 1 GiB chunks by several threads.
 enum pariskv_status pariskv_host_alloc(size_t bytes, void **host, uint64_t *device);
 
-// Frees memory from `pariskv_host_alloc`. NULL is a no-op.
+// `pariskv_host_alloc`, calling `progress(done, total, user)` (when not NULL; on the calling
+// thread) with the bytes pinned so far as the chunks of a large buffer are pinned, and once
+// at the end with done == total.
+enum pariskv_status pariskv_host_alloc_progress(size_t bytes,
+                                                void **host,
+                                                uint64_t *device,
+                                                void (*progress)(size_t done,
+                                                                 size_t total,
+                                                                 void *user),
+                                                void *user);
+
+// Frees memory from `pariskv_host_alloc`. NULL is a no-op; a pointer that did not come
+// from it, or was freed already, is an error (nothing is freed).
 enum pariskv_status pariskv_host_free(void *host);
 
 // Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test suite with feature `cuda` here and stages it for a GPU machine:
 #   scripts/gpu-tests.sh           -> build/gpu-carry/ (the GPU test binary and the library's
-#                                     unit tests, stripped, + run script; the other suites
+#                                     unit tests, stripped, + run script, and bench/ with
+#                                     gpu_bench and pin_bench; the other suites
 #                                     need the source tree and run in CI)
 #   build/gpu-carry/run.sh OUTDIR  (on the GPU machine) runs every test binary, GPU tests
 #                                  included, logs to OUTDIR; PARISKV_SANITIZE=memcheck|racecheck
@@ -23,9 +24,9 @@ while read -r exe; do
     case "$name" in gpu|pariskv) strip -o "$carry/$name" "$exe" ;; esac
 done < "$carry/list"
 rm "$carry/list"
-cargo build --release --features cuda --example gpu_bench 2>/dev/null
+cargo build --release --features cuda --example gpu_bench --example pin_bench 2>/dev/null
 mkdir -p "$carry/bench"
-strip -o "$carry/bench/gpu_bench" target/release/examples/gpu_bench
+for b in gpu_bench pin_bench; do strip -o "$carry/bench/$b" "target/release/examples/$b"; done
 cat > "$carry/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the staged test binaries; exit status non-zero if any failed.

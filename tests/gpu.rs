@@ -1369,3 +1369,44 @@ mod index {
         }
     }
 }
+
+/// Pinned host memory: a buffer large enough for the fast path (two 1 GiB chunks pinned by
+/// several threads) reports its progress and is read by the device at its host address
+/// across the chunk boundary; a small one takes one cuMemHostAlloc; the C ABI refuses to
+/// free a pointer twice or one it did not hand out.
+#[test]
+fn pinned_host_memory_fast_path() {
+    use pariskv::cuda::pinned::PinnedHost;
+    use pariskv::ffi::cuda::pariskv_host_free;
+    use pariskv::ffi::pariskv_status;
+    if gpu().is_none() {
+        return;
+    }
+    let bytes = (1usize << 30) + (320 << 20);
+    let mut seen = Vec::new();
+    let start = std::time::Instant::now();
+    let big = PinnedHost::with_progress(bytes, &mut |done, total| seen.push((done, total))).unwrap();
+    eprintln!("pinned {} MiB in {:.2} s, {} progress reports", bytes >> 20, start.elapsed().as_secs_f64(), seen.len());
+    assert_eq!(seen.last(), Some(&(bytes, bytes)), "the last report is the whole buffer");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == bytes), "reports only grow: {seen:?}");
+    assert_eq!(big.device, big.host as u64, "mapped at its host address");
+    // a pattern across the chunk boundary, read back by the copy engine from the device address
+    let (at, len) = ((1usize << 30) - 4096, 8192usize);
+    let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    // SAFETY (test): inside the buffer.
+    unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), (big.host as *mut u8).add(at), len) };
+    let dev = DeviceBuffer::new(len).unwrap();
+    // SAFETY (test): both ranges are live device-accessible memory of `len` bytes.
+    let r = unsafe { cudarc::driver::sys::cuMemcpyDtoD_v2(dev.ptr, big.device + at as u64, len) };
+    driver::check(r, "cuMemcpyDtoD").unwrap();
+    assert_eq!(dev.read::<u8>(len).unwrap(), pattern, "the device reads what the host wrote");
+    // small: one cuMemHostAlloc
+    let small = PinnedHost::with_progress(4096, &mut |_, _| {}).unwrap();
+    assert_eq!(small.device, small.host as u64);
+    // the C ABI's free: once, and only what it handed out
+    let (h, _) = big.into_raw();
+    assert_eq!(pariskv_host_free(h), pariskv_status::PARISKV_OK);
+    assert_ne!(pariskv_host_free(h), pariskv_status::PARISKV_OK, "a second free is refused");
+    assert_ne!(pariskv_host_free(small.host), pariskv_status::PARISKV_OK, "not handed out: refused");
+    drop(small);
+}

@@ -420,56 +420,6 @@ pub fn synchronize() -> Result<()> {
     check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
 }
 
-/// Pinned host memory mapped into the device address space (DEVICEMAP | PORTABLE, not
-/// write-combined: the GPU reads it through UVA, the CPU reads and writes it normally).
-pub struct PinnedHost {
-    pub host: *mut c_void,
-    pub device: CUdeviceptr,
-    pub bytes: usize,
-}
-
-// SAFETY: the allocation is plain memory; ownership moves with the value.
-unsafe impl Send for PinnedHost {}
-
-impl PinnedHost {
-    pub fn new(bytes: usize) -> Result<PinnedHost> {
-        init()?;
-        let mut host = std::ptr::null_mut();
-        let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
-        // SAFETY: allocates `bytes` of pinned memory in the current context; fails cleanly.
-        check(unsafe { sys::cuMemHostAlloc(&mut host, bytes.max(1), flags) }, "cuMemHostAlloc")?;
-        let mut device = 0;
-        // SAFETY: `host` was just allocated with DEVICEMAP.
-        let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) };
-        if let Err(e) = check(r, "cuMemHostGetDevicePointer") {
-            // SAFETY: frees the allocation made above.
-            unsafe { sys::cuMemFreeHost(host) };
-            return Err(e);
-        }
-        Ok(PinnedHost { host, device, bytes })
-    }
-
-    /// Gives up ownership (the C ABI's caller frees it with `free_raw`).
-    pub fn into_raw(self) -> (*mut c_void, CUdeviceptr) {
-        let me = std::mem::ManuallyDrop::new(self);
-        (me.host, me.device)
-    }
-
-    /// # Safety
-    /// `host` must come from `PinnedHost::new(..).into_raw()` and not be freed yet.
-    pub unsafe fn free_raw(host: *mut c_void) -> Result<()> {
-        // SAFETY: by the contract above.
-        check(unsafe { sys::cuMemFreeHost(host) }, "cuMemFreeHost")
-    }
-}
-
-impl Drop for PinnedHost {
-    fn drop(&mut self) {
-        // SAFETY: frees the allocation made in `new`, once.
-        unsafe { sys::cuMemFreeHost(self.host) };
-    }
-}
-
 /// The context current on this thread, or the one `stream` belongs to.
 pub fn context_of(stream: &Stream) -> Result<CUcontext> {
     init()?;

@@ -8,4 +8,5 @@ pub mod args;
 pub mod driver;
 pub mod encode;
 pub mod kernels;
+pub mod pinned;
 pub mod step;

@@ -131,36 +131,59 @@ pub extern "C" fn pariskv_cuda_available(out: *mut u32) -> pariskv_status {
 }
 
 /// Allocates `bytes` of pinned host memory mapped into the device address space
-/// (cuMemHostAlloc DEVICEMAP | PORTABLE, not write-combined), in the current context:
-/// `*host` for the CPU, `*device` for kernels (equal on UVA systems). A failure is an error,
-/// never pageable memory.
+/// (DEVICEMAP | PORTABLE, not write-combined), in the current context: `*host` for the CPU,
+/// `*device` for kernels (equal on UVA systems). A failure is an error, never pageable
+/// memory. Buffers of 256 MiB and more are mapped (huge pages where the system has them),
+/// faulted in and registered with the driver in 1 GiB chunks by several threads.
 #[no_mangle]
 pub extern "C" fn pariskv_host_alloc(
     bytes: usize,
     host: *mut *mut c_void,
     device: *mut u64,
 ) -> pariskv_status {
+    pariskv_host_alloc_progress(bytes, host, device, None, std::ptr::null_mut())
+}
+
+/// `pariskv_host_alloc`, calling `progress(done, total, user)` (when not NULL; on the calling
+/// thread) with the bytes pinned so far as the chunks of a large buffer are pinned, and once
+/// at the end with done == total.
+// A C entry point cannot be `unsafe` to its caller; `user` only travels to the caller's
+// own callback.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+#[no_mangle]
+pub extern "C" fn pariskv_host_alloc_progress(
+    bytes: usize,
+    host: *mut *mut c_void,
+    device: *mut u64,
+    progress: Option<unsafe extern "C" fn(done: usize, total: usize, user: *mut c_void)>,
+    user: *mut c_void,
+) -> pariskv_status {
     boundary("pariskv_host_alloc", || {
         let host = out_ref(host, "host")?;
         let device = out_ref(device, "device")?;
         #[cfg(feature = "cuda")]
         {
-            let (h, d) = crate::cuda::driver::PinnedHost::new(bytes)?.into_raw();
+            let mut report = |done: usize, total: usize| {
+                if let Some(f) = progress {
+                    // SAFETY: the caller's callback, with the caller's pointer.
+                    unsafe { f(done, total, user) }
+                }
+            };
+            let (h, d) = crate::cuda::pinned::PinnedHost::with_progress(bytes, &mut report)?.into_raw();
             *host = h;
             *device = d;
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (bytes, host, device);
+            let _ = (bytes, host, device, progress, user);
             no_cuda()
         }
     })
 }
 
-/// Frees memory from `pariskv_host_alloc`. NULL is a no-op.
-// A C entry point cannot be `unsafe` to its caller; the pointer's origin is the contract.
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
+/// Frees memory from `pariskv_host_alloc`. NULL is a no-op; a pointer that did not come
+/// from it, or was freed already, is an error (nothing is freed).
 #[no_mangle]
 pub extern "C" fn pariskv_host_free(host: *mut c_void) -> pariskv_status {
     boundary("pariskv_host_free", || {
@@ -169,8 +192,7 @@ pub extern "C" fn pariskv_host_free(host: *mut c_void) -> pariskv_status {
         }
         #[cfg(feature = "cuda")]
         {
-            // SAFETY: by the API's contract `host` came from `pariskv_host_alloc`.
-            unsafe { crate::cuda::driver::PinnedHost::free_raw(host) }
+            crate::cuda::pinned::PinnedHost::free_raw(host)
         }
         #[cfg(not(feature = "cuda"))]
         no_cuda()

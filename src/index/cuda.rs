@@ -9,7 +9,8 @@
 use crate::algorithm::gqa::merge_ranks;
 use crate::algorithm::rotation::Rotation;
 use crate::config::{Config, Device};
-use crate::cuda::driver::{self, CUdeviceptr, DeviceBuffer, Module, PinnedHost, PrimaryContext, Stream};
+use crate::cuda::driver::{self, CUdeviceptr, DeviceBuffer, Module, PrimaryContext, Stream};
+use crate::cuda::pinned::PinnedHost;
 use crate::cuda::encode::{encode, EncodeTarget, GpuRotation};
 use crate::cuda::kernels::MAX_GROUP;
 use crate::cuda::step::{self, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState};
