@@ -55,7 +55,7 @@ const char *pariskv_version(void);
 // against this header can compare these with what the library it runs with reports.
 #define PARISKV_VERSION_MAJOR 0
 
-#define PARISKV_VERSION_MINOR 3
+#define PARISKV_VERSION_MINOR 4
 
 #define PARISKV_VERSION_PATCH 0
 

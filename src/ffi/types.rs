@@ -79,7 +79,7 @@ pub enum pariskv_backend {
 /// The library's version (`pariskv_version()` gives it as text): a program compiled
 /// against this header can compare these with what the library it runs with reports.
 pub const PARISKV_VERSION_MAJOR: u32 = 0;
-pub const PARISKV_VERSION_MINOR: u32 = 3;
+pub const PARISKV_VERSION_MINOR: u32 = 4;
 pub const PARISKV_VERSION_PATCH: u32 = 0;
 
 /// Seed of the rotation that `pariskv_config_init` sets and that engines encoding their own
