@@ -26,7 +26,11 @@ fn main() -> pariskv::Result<()> {
             let s = t.elapsed().as_secs_f64();
             let t = Instant::now();
             drop(one);
-            println!("{gib:7.2} GiB  one cuMemHostAlloc: {s:7.2} s ({:6.2} GiB/s), freed in {:.2} s", gib / s, t.elapsed().as_secs_f64());
+            println!(
+                "{gib:7.2} GiB  one cuMemHostAlloc: {s:7.2} s ({:6.2} GiB/s), freed in {:.2} s",
+                gib / s,
+                t.elapsed().as_secs_f64()
+            );
         }
         let t = Instant::now();
         let mut reports = 0;

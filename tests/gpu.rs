@@ -1386,7 +1386,12 @@ fn pinned_host_memory_fast_path() {
     let mut seen = Vec::new();
     let start = std::time::Instant::now();
     let big = PinnedHost::with_progress(bytes, &mut |done, total| seen.push((done, total))).unwrap();
-    eprintln!("pinned {} MiB in {:.2} s, {} progress reports", bytes >> 20, start.elapsed().as_secs_f64(), seen.len());
+    eprintln!(
+        "pinned {} MiB in {:.2} s, {} progress reports",
+        bytes >> 20,
+        start.elapsed().as_secs_f64(),
+        seen.len()
+    );
     assert_eq!(seen.last(), Some(&(bytes, bytes)), "the last report is the whole buffer");
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == bytes), "reports only grow: {seen:?}");
     assert_eq!(big.device, big.host as u64, "mapped at its host address");

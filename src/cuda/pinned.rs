@@ -60,7 +60,11 @@ impl PinnedHost {
     /// chunks finish, and once at the end.
     pub fn with_progress(bytes: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<PinnedHost> {
         init()?;
-        let pinned = if bytes < FAST_FROM { PinnedHost::alloc(bytes)? } else { PinnedHost::register(bytes, progress)? };
+        let pinned = if bytes < FAST_FROM {
+            PinnedHost::alloc(bytes)?
+        } else {
+            PinnedHost::register(bytes, progress)?
+        };
         progress(bytes, bytes);
         Ok(pinned)
     }
@@ -110,7 +114,8 @@ impl PinnedHost {
         // SAFETY: advice on the mapping made above.
         unsafe { libc::madvise(host, mapped, libc::MADV_HUGEPAGE) };
         let n_chunks = mapped.div_ceil(CHUNK);
-        let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(1, MAX_THREADS).min(n_chunks);
+        let threads =
+            std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(1, MAX_THREADS).min(n_chunks);
         let (next, done, failed) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
         let registered: Vec<AtomicBool> = (0..n_chunks).map(|_| AtomicBool::new(false)).collect();
         let errors = Mutex::new(Vec::new());
@@ -120,7 +125,9 @@ impl PinnedHost {
                 s.spawn(|| {
                     // SAFETY: `ctx` is the caller's live context; making it current on this
                     // worker thread affects this thread only.
-                    if let Err(e) = check(unsafe { sys::cuCtxSetCurrent(ctx as sys::CUcontext) }, "cuCtxSetCurrent") {
+                    if let Err(e) =
+                        check(unsafe { sys::cuCtxSetCurrent(ctx as sys::CUcontext) }, "cuCtxSetCurrent")
+                    {
                         errors.lock().unwrap().push(e);
                         failed.store(true, Ordering::Relaxed);
                         return;
@@ -181,7 +188,9 @@ impl PinnedHost {
         for i in 0..n_chunks {
             let chunk = (base + i * CHUNK) as *mut c_void;
             if device_pointer(chunk)? != chunk as CUdeviceptr {
-                return Err(Error::cuda("pinned host memory is not mapped at its host address (no unified addressing)"));
+                return Err(Error::cuda(
+                    "pinned host memory is not mapped at its host address (no unified addressing)",
+                ));
             }
         }
         pinned.device = host as CUdeviceptr;
@@ -202,7 +211,9 @@ impl PinnedHost {
                 drop(pinned);
                 Ok(())
             }
-            None => Err(Error::invalid(format!("{host:p} is not pinned memory from pariskv_host_alloc (or was freed)"))),
+            None => Err(Error::invalid(format!(
+                "{host:p} is not pinned memory from pariskv_host_alloc (or was freed)"
+            ))),
         }
     }
 }

@@ -20,15 +20,14 @@ use crate::rows::DType;
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
 
-/// An element type the kernels read: f32, f16 or bf16 (Q8_0 blocks are the CPU's).
+/// An element type the kernels read (`cuda::encode::dtype_code` says which), the refusal
+/// naming the argument.
 #[cfg(feature = "cuda")]
 fn gpu_dtype(raw: pariskv_dtype, what: &str) -> Result<DType> {
-    match dtype(raw, what)? {
-        DType::Q8_0 => Err(Error::unsupported(format!(
-            "{what}: q8_0 rows are read on the CPU only (CUDA: f32, f16, bf16)"
-        ))),
-        d => Ok(d),
-    }
+    let d = dtype(raw, what)?;
+    crate::cuda::encode::dtype_code(d)
+        .map_err(|e| Error { message: format!("{what}: {}", e.message), ..e })?;
+    Ok(d)
 }
 
 /// Where an engine's KV cache and its index live on the device, for `pariskv_cuda_encode`:
