@@ -714,15 +714,16 @@ typedef struct pariskv_cuda_layer {
 enum pariskv_status pariskv_cuda_available(uint32_t *out);
 
 // Allocates `bytes` of pinned host memory mapped into the device address space
-// (DEVICEMAP | PORTABLE, not write-combined), in the current context: `*host` for the CPU,
-// `*device` for kernels (equal on UVA systems). A failure is an error, never pageable
-// memory. Buffers of 256 MiB and more are mapped (huge pages where the system has them),
-// faulted in and registered with the driver in 1 GiB chunks by several threads.
+// (cuMemHostAlloc DEVICEMAP | PORTABLE, not write-combined), in the current context:
+// `*host` for the CPU, `*device` for kernels (equal on UVA systems). A failure is an error,
+// never pageable memory.
 enum pariskv_status pariskv_host_alloc(size_t bytes, void **host, uint64_t *device);
 
-// `pariskv_host_alloc`, calling `progress(done, total, user)` (when not NULL; on the calling
-// thread) with the bytes pinned so far as the chunks of a large buffer are pinned, and once
-// at the end with done == total.
+// `pariskv_host_alloc` made fast for large buffers: from 256 MiB on, the memory is mapped
+// (huge pages where the system has them), faulted in and registered with the driver in
+// 1 GiB chunks by several threads, calling `progress(done, total, user)` (when not NULL; on
+// the calling thread) with the bytes pinned so far as chunks finish, and once at the end
+// with done == total.
 enum pariskv_status pariskv_host_alloc_progress(size_t bytes,
                                                 void **host,
                                                 uint64_t *device,

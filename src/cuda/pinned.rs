@@ -3,7 +3,8 @@
 //! anonymously (transparent huge pages asked for), their pages faulted in and registered
 //! with the driver (cuMemHostRegister, DEVICEMAP | PORTABLE) a chunk at a time by several
 //! threads, with progress reported as chunks finish. One cuMemHostAlloc call does the same
-//! work on one thread: tens of seconds for tens of GiB. Small buffers take that one call.
+//! work on one thread: tens of seconds for tens of GiB. Small buffers, and `new`, take that
+//! one call.
 //! Buffers given to C (`into_raw`) are kept in a registry, so that a pointer the library
 //! did not hand out, or one freed twice, is refused instead of freed.
 
@@ -50,9 +51,9 @@ pub struct PinnedHost {
 unsafe impl Send for PinnedHost {}
 
 impl PinnedHost {
-    /// `bytes` of pinned memory in the current context, without progress reports.
+    /// `bytes` of pinned memory in the current context, in one cuMemHostAlloc.
     pub fn new(bytes: usize) -> Result<PinnedHost> {
-        PinnedHost::with_progress(bytes, &mut |_, _| {})
+        PinnedHost::alloc(bytes)
     }
 
     /// `bytes` of pinned memory in the current context; large buffers are pinned by
@@ -69,7 +70,7 @@ impl PinnedHost {
         Ok(pinned)
     }
 
-    /// The slow path: one cuMemHostAlloc, for small buffers.
+    /// One cuMemHostAlloc (small buffers, and `new`).
     pub fn alloc(bytes: usize) -> Result<PinnedHost> {
         init()?;
         let mut host = std::ptr::null_mut();

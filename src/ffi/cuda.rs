@@ -130,22 +130,38 @@ pub extern "C" fn pariskv_cuda_available(out: *mut u32) -> pariskv_status {
 }
 
 /// Allocates `bytes` of pinned host memory mapped into the device address space
-/// (DEVICEMAP | PORTABLE, not write-combined), in the current context: `*host` for the CPU,
-/// `*device` for kernels (equal on UVA systems). A failure is an error, never pageable
-/// memory. Buffers of 256 MiB and more are mapped (huge pages where the system has them),
-/// faulted in and registered with the driver in 1 GiB chunks by several threads.
+/// (cuMemHostAlloc DEVICEMAP | PORTABLE, not write-combined), in the current context:
+/// `*host` for the CPU, `*device` for kernels (equal on UVA systems). A failure is an error,
+/// never pageable memory.
 #[no_mangle]
 pub extern "C" fn pariskv_host_alloc(
     bytes: usize,
     host: *mut *mut c_void,
     device: *mut u64,
 ) -> pariskv_status {
-    pariskv_host_alloc_progress(bytes, host, device, None, std::ptr::null_mut())
+    boundary("pariskv_host_alloc", || {
+        let host = out_ref(host, "host")?;
+        let device = out_ref(device, "device")?;
+        #[cfg(feature = "cuda")]
+        {
+            let (h, d) = crate::cuda::pinned::PinnedHost::new(bytes)?.into_raw();
+            *host = h;
+            *device = d;
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (bytes, host, device);
+            no_cuda()
+        }
+    })
 }
 
-/// `pariskv_host_alloc`, calling `progress(done, total, user)` (when not NULL; on the calling
-/// thread) with the bytes pinned so far as the chunks of a large buffer are pinned, and once
-/// at the end with done == total.
+/// `pariskv_host_alloc` made fast for large buffers: from 256 MiB on, the memory is mapped
+/// (huge pages where the system has them), faulted in and registered with the driver in
+/// 1 GiB chunks by several threads, calling `progress(done, total, user)` (when not NULL; on
+/// the calling thread) with the bytes pinned so far as chunks finish, and once at the end
+/// with done == total.
 // A C entry point cannot be `unsafe` to its caller; `user` only travels to the caller's
 // own callback.
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -157,7 +173,7 @@ pub extern "C" fn pariskv_host_alloc_progress(
     progress: Option<unsafe extern "C" fn(done: usize, total: usize, user: *mut c_void)>,
     user: *mut c_void,
 ) -> pariskv_status {
-    boundary("pariskv_host_alloc", || {
+    boundary("pariskv_host_alloc_progress", || {
         let host = out_ref(host, "host")?;
         let device = out_ref(device, "device")?;
         #[cfg(feature = "cuda")]
