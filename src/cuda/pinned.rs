@@ -207,7 +207,9 @@ impl PinnedHost {
 
     /// Frees a buffer given to C by `into_raw`; any other pointer is refused.
     pub fn free_raw(host: *mut c_void) -> Result<()> {
-        match registry().lock().unwrap().remove(&(host as usize)) {
+        // taken out under the lock, unpinned after it (unregistering tens of GiB takes time)
+        let found = registry().lock().unwrap().remove(&(host as usize));
+        match found {
             Some(pinned) => {
                 drop(pinned);
                 Ok(())
