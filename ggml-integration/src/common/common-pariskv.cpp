@@ -199,6 +199,10 @@ void common_pariskv_report_exit(const llama_context * ctx) {
             (unsigned long long) st.n_pariskv, st.n_pariskv ? (double) st.n_rows / st.n_pariskv : 0.0,
             (unsigned long long) n_dense, (unsigned long long) st.n_prompt, (unsigned long long) st.n_mixed,
             (unsigned long long) st.n_shallow, (unsigned long long) st.n_unsupported);
+    // the tool's last line: written now rather than left to the log's worker thread, which
+    // loses what it still holds if the process ends abnormally after this (seen, rarely, in
+    // the older tree's server e2e test)
+    common_log_flush(common_log_main());
 }
 
 std::string common_pariskv_slot_json(const llama_context * ctx, int32_t seq_id) {
