@@ -21,28 +21,28 @@ fn main() -> pariskv::Result<()> {
     for gib in sizes {
         let bytes = (gib * (1u64 << 30) as f64) as usize;
         if !fast_only {
-            let t = Instant::now();
-            let one = PinnedHost::alloc(bytes)?;
-            let s = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            drop(one);
+            let (pin, free) = timed(|| PinnedHost::alloc(bytes))?;
             println!(
-                "{gib:7.2} GiB  one cuMemHostAlloc: {s:7.2} s ({:6.2} GiB/s), freed in {:.2} s",
-                gib / s,
-                t.elapsed().as_secs_f64()
+                "{gib:7.2} GiB  one cuMemHostAlloc: {pin:7.2} s ({:6.2} GiB/s), freed in {free:.2} s",
+                gib / pin
             );
         }
-        let t = Instant::now();
         let mut reports = 0;
-        let fast = PinnedHost::with_progress(bytes, &mut |_, _| reports += 1)?;
-        let s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        drop(fast);
+        let (pin, free) = timed(|| PinnedHost::with_progress(bytes, &mut |_, _| reports += 1))?;
         println!(
-            "{gib:7.2} GiB  fast path:         {s:7.2} s ({:6.2} GiB/s, {reports} progress reports), freed in {:.2} s",
-            gib / s,
-            t.elapsed().as_secs_f64()
+            "{gib:7.2} GiB  fast path:         {pin:7.2} s ({:6.2} GiB/s, {reports} progress reports), freed in {free:.2} s",
+            gib / pin
         );
     }
     Ok(())
+}
+
+/// Seconds to pin a buffer with `pin`, and to free it.
+fn timed(pin: impl FnOnce() -> pariskv::Result<PinnedHost>) -> pariskv::Result<(f64, f64)> {
+    let t = Instant::now();
+    let buffer = pin()?;
+    let pinned = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    drop(buffer);
+    Ok((pinned, t.elapsed().as_secs_f64()))
 }

@@ -56,11 +56,10 @@ __device__ __forceinline__ float pk_logit(const pk_attend_args & a, float dot) {
 }
 
 // Combines the n_blk blocks' states of unit u into its outputs (run by the unit's last
-// block; `sm` holds at least PK_ATT_COMBINE_SMEM floats): one warp per head finds the overall
-// maximum and each block's weight exp(max_b - max), then every output element is the
-// weighted sum of the blocks' accumulators over the total weight. Blocks without rows have
+// block; `sm` holds heads * (n_blk + 1) floats, src/cuda/kernels.rs: attend_smem): one warp
+// per head finds the overall maximum and each block's weight exp(max_b - max), then every
+// output element is the weighted sum of the blocks' accumulators over the total weight. Blocks without rows have
 // sum 0 and weight 0. Reads bypass L1: other blocks wrote them.
-#define PK_ATT_COMBINE_SMEM(heads, n_blk) ((heads) * ((n_blk) + 1))
 __device__ __forceinline__ void pk_attend_combine(const pk_attend_args & a, int u, int n_blk, float * sm) {
     const int H = a.n_heads, P = PK_ATT_PART(a.dv), lane = threadIdx.x % 32;
     float * weight = sm;             // [H][n_blk]
@@ -124,7 +123,7 @@ __device__ __forceinline__ void pk_attend_combine(const pk_attend_args & a, int 
 // fixes the registers and unrolled work, so a group of 4 does not pay for 8). Every
 // block writes its state (max, sum, accumulator; sum 0 when it has no rows), and the unit's
 // last block combines them. Dynamic shared memory: PK_ATT_WARPS * hb * (2 + dv) floats, for
-// combining the warps, and at least PK_ATT_COMBINE_SMEM(heads, blocks) for the blocks.
+// combining the warps, and at least heads * (blocks + 1) for the blocks (attend_smem).
 template <int L, int HB>
 __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb) {
     static_assert(HB * L <= 8, "head batch too wide for the registers");

@@ -50,7 +50,7 @@ pub fn attend_variant(dk: usize, dv: usize, heads: usize) -> (Kernel, usize) {
 /// Dynamic shared memory of the attention kernel for a batch of `batch` heads of value dim
 /// dv, `heads` heads per unit and `blocks` blocks per unit: every warp's softmax state, for
 /// combining the warps, or the blocks' weights and totals for the last block's combine
-/// (`PK_ATT_COMBINE_SMEM`), whichever is larger.
+/// (`pk_attend_combine`), whichever is larger.
 pub const fn attend_smem(batch: usize, dv: usize, heads: usize, blocks: usize) -> usize {
     let warps = GPU_ATT_WARPS * batch * (2 + dv) * 4;
     let combine = heads * (blocks + 1) * 4;

@@ -139,22 +139,7 @@ pub extern "C" fn pariskv_host_alloc(
     host: *mut *mut c_void,
     device: *mut u64,
 ) -> pariskv_status {
-    boundary("pariskv_host_alloc", || {
-        let host = out_ref(host, "host")?;
-        let device = out_ref(device, "device")?;
-        #[cfg(feature = "cuda")]
-        {
-            let (h, d) = crate::cuda::pinned::PinnedHost::new(bytes)?.into_raw();
-            *host = h;
-            *device = d;
-            Ok(())
-        }
-        #[cfg(not(feature = "cuda"))]
-        {
-            let _ = (bytes, host, device);
-            no_cuda()
-        }
-    })
+    host_alloc("pariskv_host_alloc", bytes, host, device, None)
 }
 
 /// `pariskv_host_alloc` made fast for large buffers: from 256 MiB on, the memory is mapped
@@ -173,25 +158,40 @@ pub extern "C" fn pariskv_host_alloc_progress(
     progress: Option<unsafe extern "C" fn(done: usize, total: usize, user: *mut c_void)>,
     user: *mut c_void,
 ) -> pariskv_status {
-    boundary("pariskv_host_alloc_progress", || {
+    let mut report = |done: usize, total: usize| {
+        if let Some(f) = progress {
+            // SAFETY: the caller's callback, with the caller's pointer.
+            unsafe { f(done, total, user) }
+        }
+    };
+    host_alloc("pariskv_host_alloc_progress", bytes, host, device, Some(&mut report))
+}
+
+/// Both allocation entry points: one cuMemHostAlloc without `progress`, the fast path
+/// (`PinnedHost::with_progress`) with it.
+fn host_alloc(
+    function: &str,
+    bytes: usize,
+    host: *mut *mut c_void,
+    device: *mut u64,
+    progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> pariskv_status {
+    boundary(function, || {
         let host = out_ref(host, "host")?;
         let device = out_ref(device, "device")?;
         #[cfg(feature = "cuda")]
         {
-            let mut report = |done: usize, total: usize| {
-                if let Some(f) = progress {
-                    // SAFETY: the caller's callback, with the caller's pointer.
-                    unsafe { f(done, total, user) }
-                }
+            use crate::cuda::pinned::PinnedHost;
+            let pinned = match progress {
+                None => PinnedHost::new(bytes)?,
+                Some(report) => PinnedHost::with_progress(bytes, report)?,
             };
-            let (h, d) = crate::cuda::pinned::PinnedHost::with_progress(bytes, &mut report)?.into_raw();
-            *host = h;
-            *device = d;
+            (*host, *device) = pinned.into_raw();
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (bytes, host, device, progress, user);
+            let _ = (bytes, host, device, progress);
             no_cuda()
         }
     })
