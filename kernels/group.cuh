@@ -196,21 +196,31 @@ extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
     if (threadIdx.x % 32 == 0 && sum) atomicAdd(&st.norm, sum);
 }
 
-// grid (blocks, 1, units), PK_CHUNK_THREADS threads
+// grid (blocks, 1, units), PK_CHUNK_THREADS threads; each head's statistics converted once
+// per block
 extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
+    __shared__ float head_max[PK_MAX_GROUP], head_norm[PK_MAX_GROUP];
+    __shared__ int head_inf[PK_MAX_GROUP];
     const int u = blockIdx.z, n_list = pk_group_len(a, u, stage);
+    if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
+    for (int h = threadIdx.x; h < a.n_ret; h += blockDim.x) {
+        const pk_group_stat & st = pk_gstat(a, u, h, stage);
+        head_max[h] = pk_unord(st.max_ord);
+        head_norm[h] = pk_from_fixed(st.norm);
+        head_inf[h] = st.n_inf;
+    }
+    __syncthreads();
     unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
     const float g = (float) a.n_ret;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_list; i += gridDim.x * blockDim.x) {
         float score = 0.0f;
         for (int h = 0; h < a.n_ret; ++h) {
-            const pk_group_stat & st = pk_gstat(a, u, h, stage);
             const float l = pk_logits(a, u, h)[i];
             float prob = 0.0f;
-            if (st.n_inf == 0 && isfinite(l)) {
-                prob = __fdiv_rn(pk_exp_nonpositive(__fsub_rn(l, pk_unord(st.max_ord))), pk_from_fixed(st.norm));
+            if (head_inf[h] == 0 && isfinite(l)) {
+                prob = __fdiv_rn(pk_exp_nonpositive(__fsub_rn(l, head_max[h])), head_norm[h]);
             } else if (l == INFINITY) {
-                prob = __fdiv_rn(1.0f, (float) st.n_inf);
+                prob = __fdiv_rn(1.0f, (float) head_inf[h]);
             }
             score = __fadd_rn(score, __fdiv_rn(prob, g));
         }

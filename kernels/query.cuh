@@ -37,20 +37,15 @@ extern "C" __global__ void pk_query_rot(pk_step_args a, int mean, const float * 
     for (int j = lane; j < dp; j += 32) out[j] = __fmul_rn(y[j], scale);
 }
 
-// higher score first, NaN as -inf, -0 == +0, ties by lower index (rank::rank_order)
-__device__ __forceinline__ bool pk_better(float sa, int ia, float sb, int ib) {
-    sa = isnan(sa) ? -INFINITY : sa;
-    sb = isnan(sb) ? -INFINITY : sb;
-    return sa > sb || (sa == sb && ia < ib);
-}
-
 // tier level of every centroid; grid (blocks, retrievals, units), PK_N_CENTROIDS threads.
-// Thread i takes the i-th best centroid: its level counts the tiers whose budget the zone
-// cells of the better centroids (an exclusive prefix sum) have not used up. Levels only fall
-// along the order, so this is the serial walk of search::tiers that stops at level 0.
+// The centroids are ordered by a bitonic sort of their keys (pk_key: higher score first,
+// NaN as -inf, -0 == +0, ties by lower index, as rank::rank_order). Thread i takes the i-th
+// best centroid: its level counts the tiers whose budget the zone cells of the better
+// centroids (an exclusive prefix sum) have not used up. Levels only fall along the order,
+// so this is the serial walk of search::tiers that stops at level 0.
 extern "C" __global__ void pk_tiers(pk_step_args a) {
-    __shared__ float score[PK_N_CENTROIDS];
-    __shared__ unsigned char order[PK_N_CENTROIDS];
+    static_assert((PK_N_CENTROIDS & (PK_N_CENTROIDS - 1)) == 0, "a bitonic sort of a power of two");
+    __shared__ unsigned long long order[PK_N_CENTROIDS];
     __shared__ long long budget[PK_N_TIERS];
     __shared__ long long warp_total[PK_N_CENTROIDS / 32];
     const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x;
@@ -59,7 +54,7 @@ extern "C" __global__ void pk_tiers(pk_step_args a) {
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < PK_BLOCK; ++j) s = __fadd_rn(s, (c >> j & 1) ? q[j] : -q[j]);
-    score[c] = s;
+    order[c] = pk_key(s, c);
     if (c == 0) {
         const int n_zone = pk_unit(a, u).n_zone;
         double cand, coll;
@@ -67,11 +62,20 @@ extern "C" __global__ void pk_tiers(pk_step_args a) {
         for (int t = 0; t < PK_N_TIERS; ++t) budget[t] = pk_ceil_count(n_zone, coll, PK_TIER_FRACTIONS[t]);
     }
     __syncthreads();
-    int rank = 0;
-    for (int o = 0; o < PK_N_CENTROIDS; ++o) rank += pk_better(score[o], o, s, c);
-    order[rank] = (unsigned char) c;
-    __syncthreads();
-    const int mine = order[c];
+    for (int size = 2; size <= PK_N_CENTROIDS; size *= 2) {
+        for (int stride = size / 2; stride > 0; stride /= 2) {
+            const int partner = c ^ stride;
+            if (partner > c) {
+                const unsigned long long x = order[c], y = order[partner];
+                if ((x > y) == ((c & size) == 0)) {
+                    order[c] = y;
+                    order[partner] = x;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    const int mine = (int) (order[c] & 0xFFFFFFFFull);
     const long long size = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + mine];
     long long before = size;
     for (int o = 1; o < 32; o *= 2) {

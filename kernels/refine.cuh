@@ -75,15 +75,10 @@ extern "C" __global__ void pk_refine(pk_step_args a, int pitch) {
 // The keep best exact scores of each shortlist are chosen (marked and appended to the unit's
 // rows as pk_topk does); grid (retrievals, 1, units), PK_TOPK_THREADS threads
 extern "C" __global__ void pk_refine_pick(pk_step_args a) {
-    __shared__ unsigned int h[256];
-    __shared__ unsigned long long prefix;
-    __shared__ int remaining;
-    __shared__ int done;
+    __shared__ pk_select S;
     const int r = blockIdx.x, u = blockIdx.z, ur = u * a.n_ret + r;
-    pk_retrieval & x = pk_ret(a, u, r);
+    const pk_retrieval & x = pk_ret(a, u, r);
     const int n = x.n_refined;
     if (n <= 0) return;
-    const unsigned long long * cand = a.cand + (long long) ur * a.n;
-    const unsigned long long threshold = pk_threshold(cand, n, x.keep, h, prefix, remaining, done);
-    pk_take_chosen(a, u, cand, n, threshold);
+    pk_take_best(a, u, S, a.cand + (long long) ur * a.n, n, x.keep);
 }
