@@ -279,6 +279,7 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_TOPK_THREADS_ {GPU_TOPK_THREADS}").unwrap();
     writeln!(h, "#define PK_REFINE_WARPS {GPU_REFINE_WARPS}").unwrap();
     writeln!(h, "#define PK_MAX_GROUP {GPU_MAX_GROUP}").unwrap();
+    writeln!(h, "#define PK_DONE_SLOTS {GPU_DONE_SLOTS}").unwrap();
     writeln!(h, "#define PK_GROUP_HEAD_BATCH {GPU_GROUP_HEAD_BATCH}").unwrap();
     writeln!(h, "__constant__ const float PK_LEVELS[{N_LEVELS}] = {{{}}};", list(&LEVELS)).unwrap();
     writeln!(h, "__constant__ const float PK_THRESHOLDS[{}] = {{{}}};", N_LEVELS - 1, list(&THRESHOLDS))

@@ -268,17 +268,8 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         }
         if (threadIdx.x == 0) part[0] = mm;
     }
-    // The last block of the unit to finish (of every head batch) combines all of them: each
-    // block's writes are made visible before it counts itself (a fence, then the count).
-    __shared__ unsigned int ticket;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) ticket = atomicAdd(a.done + u, 1u);
-    __syncthreads();
-    if (ticket != gridDim.x * gridDim.y - 1) return;
-    __threadfence();
-    pk_attend_combine(a, u, n_blk, sm);
-    if (threadIdx.x == 0) a.done[u] = 0; // ready for the next step (graph replays too)
+    // the last block of the unit to finish (of every head batch) combines all of them
+    if (pk_last_block(a.done + u, gridDim.x * gridDim.y)) pk_attend_combine(a, u, n_blk, sm);
 }
 
 // grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of

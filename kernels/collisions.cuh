@@ -4,6 +4,54 @@
 
 #include "step.cuh"
 
+// a retrieval's k, candidate count, cutoff and ties left (search::candidates), by one warp:
+// the highest count whose cells, with those of every higher count, reach the candidates
+// wanted, 32 counts at a time from the top
+__device__ void pk_cutoff(const pk_step_args & a, int u, int r) {
+    const int lane = threadIdx.x % 32;
+    const int n_zone = pk_unit(a, u).n_zone;
+    pk_retrieval & x = pk_ret(a, u, r);
+    // small zones: everything (cache_step attends every visible cell)
+    // per head its share of top-k; the group policy's heads each look for all k
+    int k = n_zone <= a.dense_zone ? n_zone : a.group ? a.top_k : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
+    k = min(k, n_zone);
+    const int keep = k;
+    // a shortlist of refine * k estimates (gqa::select_group); a zone taken whole is not
+    if (a.refine > 1 && n_zone > a.dense_zone) k = (int) min((long long) n_zone, (long long) k * a.refine);
+    double cand, coll;
+    pk_ratios(a, n_zone, cand, coll);
+    long long m = pk_ceil_count(n_zone, cand, 1.0);
+    m = min((long long) n_zone, max(m, (long long) k));
+    const unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r) * (a.max_collisions + 1);
+    long long above = 0; // cells of the counts above those of this round
+    int cutoff = 0;
+    for (int top = a.max_collisions; top >= 0; top -= 32) {
+        const int c = top - lane;
+        const long long here = c >= 0 ? __ldcg(ch + c) : 0;
+        long long incl = here; // cells of counts c..top
+        for (int o = 1; o < 32; o *= 2) {
+            const long long y = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+            if (lane >= o) incl += y;
+        }
+        const unsigned int reached = __ballot_sync(0xFFFFFFFFu, c >= 0 && above + incl >= m);
+        if (reached) {
+            const int first = __ffs(reached) - 1;
+            cutoff = top - first;
+            above += __shfl_sync(0xFFFFFFFFu, incl - here, first);
+            break;
+        }
+        above += __shfl_sync(0xFFFFFFFFu, incl, 31);
+    }
+    if (lane == 0) {
+        x.k = k;
+        x.keep = keep;
+        x.n_refined = 0;
+        x.m = (int) m;
+        x.cutoff = cutoff;
+        x.ties_left = (int) max(0ll, m - above);
+    }
+}
+
 // collision counts per cell and their histogram, for `r_batch` retrievals per block (each
 // cell's codes loaded once for all of them, into registers); grid (chunks, retrieval
 // batches, units). The levels of four retrievals share a word, one byte each, so one
@@ -78,45 +126,13 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {
         if (local[i]) atomicAdd(&ch[i], local[i]);
     }
+    // the batch's last block sets its retrievals' cutoffs, a warp each
+    if (!pk_last_block(a.done + u * PK_DONE_SLOTS + blockIdx.y, gridDim.x)) return;
+    for (int r = threadIdx.x / 32; r < nr; r += blockDim.x / 32) pk_cutoff(a, u, r0 + r);
 }
 
-// each retrieval's k, candidate count, cutoff and ties left (search::candidates);
-// grid (retrievals, 1, units)
-extern "C" __global__ void pk_cutoff(pk_step_args a) {
-    const int r = blockIdx.x, u = blockIdx.z;
-    if (threadIdx.x != 0) return;
-    const int n_zone = pk_unit(a, u).n_zone;
-    pk_retrieval & x = pk_ret(a, u, r);
-    // small zones: everything (cache_step attends every visible cell)
-    // per head its share of top-k; the group policy's heads each look for all k
-    int k = n_zone <= a.dense_zone ? n_zone : a.group ? a.top_k : a.top_k / a.n_ret + (r < a.top_k % a.n_ret);
-    k = min(k, n_zone);
-    const int keep = k;
-    // a shortlist of refine * k estimates (gqa::select_group); a zone taken whole is not
-    if (a.refine > 1 && n_zone > a.dense_zone) k = (int) min((long long) n_zone, (long long) k * a.refine);
-    double cand, coll;
-    pk_ratios(a, n_zone, cand, coll);
-    long long m = pk_ceil_count(n_zone, cand, 1.0);
-    m = min((long long) n_zone, max(m, (long long) k));
-    const unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r) * (a.max_collisions + 1);
-    long long above = 0;
-    int cutoff = 0;
-    for (int c = a.max_collisions; c >= 0; --c) {
-        if (above + ch[c] >= m) {
-            cutoff = c;
-            break;
-        }
-        above += ch[c];
-    }
-    x.k = k;
-    x.keep = keep;
-    x.n_refined = 0;
-    x.m = (int) m;
-    x.cutoff = cutoff;
-    x.ties_left = (int) max(0ll, m - above);
-}
-
-// cells at the cutoff count per chunk (for their rank among ties); grid (chunks, retrievals, units)
+// cells at the cutoff count per chunk (for their rank among ties), then, by the last block
+// of each retrieval, their exclusive prefix over the chunks; grid (chunks, retrievals, units)
 extern "C" __global__ void pk_tie_chunks(pk_step_args a) {
     __shared__ int ties;
     const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
@@ -130,17 +146,14 @@ extern "C" __global__ void pk_tie_chunks(pk_step_args a) {
     for (int o = 16; o > 0; o /= 2) mine += __shfl_xor_sync(0xFFFFFFFFu, mine, o);
     if (threadIdx.x % 32 == 0 && mine) atomicAdd(&ties, mine);
     __syncthreads();
-    if (threadIdx.x == 0) a.chunk_ties[(long long) ur * (gridDim.x + 1) + blockIdx.x] = ties;
-}
-
-// exclusive prefix of the chunks' tie counts; grid (retrievals, 1, units), one warp
-extern "C" __global__ void pk_scan_chunks(pk_step_args a, int n_chunks) {
-    int * t = a.chunk_ties + ((long long) blockIdx.z * a.n_ret + blockIdx.x) * (n_chunks + 1);
-    const int lane = threadIdx.x;
+    int * t = a.chunk_ties + (long long) ur * (gridDim.x + 1);
+    if (threadIdx.x == 0) t[blockIdx.x] = ties;
+    if (!pk_last_block(a.done + u * PK_DONE_SLOTS + PK_DONE_TIES + r, gridDim.x) || threadIdx.x >= 32) return;
+    const int lane = threadIdx.x, n_chunks = gridDim.x;
     int carry = 0;
     for (int i0 = 0; i0 < n_chunks; i0 += 32) {
         const int i = i0 + lane;
-        const int v = i < n_chunks ? t[i] : 0;
+        const int v = i < n_chunks ? __ldcg(t + i) : 0;
         int incl = v;
         for (int o = 1; o < 32; o *= 2) {
             const int n = __shfl_up_sync(0xFFFFFFFFu, incl, o);

@@ -6,7 +6,7 @@
 // stage shares; one file per stage, in launch order (src/cuda/step.rs):
 //   visibility.cuh  begin, visibility, classify
 //   query.cuh       query_rot, tiers
-//   collisions.cuh  collisions, cutoff, tie_chunks, scan_chunks
+//   collisions.cuh  collisions (and the cutoffs), tie_chunks (and their scan)
 //   rerank.cuh      select_rerank (per-head and mean policies)
 //   group.cuh       the group policy's union, estimate, norm, score (and refine)
 //   topk.cuh        topk, and unmark after the attention's rows are chosen
@@ -92,7 +92,29 @@ struct pk_step_args {
     float scale, softcap;       // of the attention, for the group's selection logits
     float * logits;             // [units][n_ret][n]: per head, over the unit's union or shortlist
     struct pk_group_stat * gstat; // [units][n_ret][2]: per head, over the union and the shortlist
+    unsigned int * done;        // [units][PK_DONE_SLOTS]: blocks finished (pk_last_block)
 };
+
+// a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch, then from
+// PK_DONE_TIES one per retrieval's tie count
+#define PK_DONE_TIES PK_MAX_GROUP
+static_assert(PK_DONE_SLOTS >= 2 * PK_MAX_GROUP, "a counter per batch and per retrieval");
+
+// Whether this block is the last of `blocks` to count itself at `*done`, which is 0 between
+// steps (the last block resets it, so graph replays work). Each block's writes are made
+// visible before it counts itself, so the last block sees all of them (read with __ldcg or
+// atomics: not through L1). Every thread of the block calls it.
+__device__ __forceinline__ bool pk_last_block(unsigned int * done, unsigned int blocks) {
+    __shared__ unsigned int ticket;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) ticket = atomicAdd(done, 1u);
+    __syncthreads();
+    if (ticket != blocks - 1) return false;
+    __threadfence();
+    if (threadIdx.x == 0) *done = 0;
+    return true;
+}
 
 // One head's softmax statistics over a list of logits (gqa::rank_by_group_probability):
 // the largest finite logit (as pk_ord), the +inf count, and the fixed-point sum of

@@ -86,6 +86,9 @@ pub const GPU_REFINE_WARPS: usize = 4;
 pub const GPU_TOPK_THREADS: usize = 1024;
 /// Most query heads per KV head the attention kernel takes at once.
 pub const GPU_MAX_GROUP: usize = 16;
+/// Counters of finished blocks per unit of a step: one per collision batch and one per
+/// retrieval's tie count (at most `GPU_MAX_GROUP` of each).
+pub const GPU_DONE_SLOTS: usize = 2 * GPU_MAX_GROUP;
 /// Most heads one block of the group policy's candidate pass estimates at once (their
 /// accumulators live in registers, their rotated queries in shared memory).
 pub const GPU_GROUP_HEAD_BATCH: usize = 8;

@@ -149,6 +149,7 @@ device_struct! {
         pub(crate) softcap: f32,
         pub(crate) logits: u64,
         pub(crate) gstat: u64,
+        pub(crate) done: u64,
     }
 }
 

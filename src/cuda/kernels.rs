@@ -4,7 +4,7 @@
 
 use crate::constants::{
     GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
-    GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_LIST_BLOCKS, GPU_MAX_GROUP,
+    GPU_DONE_SLOTS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_LIST_BLOCKS, GPU_MAX_GROUP,
     GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
@@ -27,6 +27,7 @@ pub const REFINE_WARPS: u32 = GPU_REFINE_WARPS as u32;
 /// Shortlisted rows per block of the exact rescoring: four per warp (8 lanes each).
 pub const REFINE_ROWS: usize = GPU_REFINE_WARPS * 4;
 pub const MAX_GROUP: usize = GPU_MAX_GROUP;
+pub const DONE_SLOTS: usize = GPU_DONE_SLOTS;
 
 /// The attention kernel for rows of `dk`, `dv` elements and `heads` query heads per unit:
 /// its variant (lanes hold 4 elements of each of L slices of 128, a batch of up to HB heads,
@@ -96,9 +97,7 @@ pub fn collisions_batch(n_ret: usize, n_blocks: usize) -> usize {
     (4 * quads).clamp(1, n_ret.max(1))
 }
 
-pub const CUTOFF: Kernel = k("pk_cutoff");
 pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
-pub const SCAN_CHUNKS: Kernel = k("pk_scan_chunks");
 pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
 pub const TOPK: Kernel = k("pk_topk");
 
@@ -173,9 +172,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     QUERY_ROT,
     TIERS,
     COLLISIONS,
-    CUTOFF,
     TIE_CHUNKS,
-    SCAN_CHUNKS,
     SELECT_RERANK,
     TOPK,
     REFINE,

@@ -2,8 +2,8 @@
 //! one token, with the query heads sharing it): the twin of `cache_step::attend_cache`.
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
-//! device-to-host read, so it can be captured in a CUDA graph. 12 launches (14 when
-//! refining; the group policy 15, 19 when refining) plus 1 for the attention, whatever the
+//! device-to-host read, so it can be captured in a CUDA graph. 10 launches (12 when
+//! refining; the group policy 13, 17 when refining) plus 1 for the attention, whatever the
 //! number of units.
 
 use std::ffi::c_void;
@@ -68,6 +68,8 @@ pub struct StepBuffers {
     pub partial: DeviceBuffer,
     /// Per unit, the attention blocks done (zero between steps).
     pub att_done: DeviceBuffer,
+    /// Per unit, the search stages' blocks done, `DONE_SLOTS` counters (zero between steps).
+    pub done: DeviceBuffer,
     /// The group policy's per-head logits over the union and its softmax statistics.
     pub logits: DeviceBuffer,
     pub gstat: DeviceBuffer,
@@ -160,6 +162,7 @@ impl StepBuffers {
             rows: DeviceBuffer::new(u * n * 4)?,
             partial: DeviceBuffer::new(u * n.div_ceil(ATT_ROWS).min(ATT_BLOCKS) * r * attend_state(dv) * 4)?,
             att_done: zeroed(u * 4)?,
+            done: zeroed(u * DONE_SLOTS * 4)?,
             logits: DeviceBuffer::new(u * r * n * 4)?,
             gstat: DeviceBuffer::new(u * r * 2 * std::mem::size_of::<GroupStat>())?,
         })
@@ -303,6 +306,7 @@ fn search(
         softcap: params.attn.softcap,
         logits: buf.logits.ptr,
         gstat: buf.gstat.ptr,
+        done: buf.done.ptr,
     };
     let u = units as u32;
     let cells = (n_chunks as u32, 1, u);
@@ -336,13 +340,11 @@ fn search(
     let mut cp = [ap, &mut rb as *mut i32 as *mut c_void];
     let batches = (n_chunks as u32, n_ret.div_ceil(r_batch) as u32, u);
     let smem = collisions_smem(r_batch, shape.n_blocks) as u32;
+    // with the cutoffs (the last block of each batch)
     launch(module, COLLISIONS, batches, THREADS, smem, stream, &mut cp)?;
-    launch(module, CUTOFF, one_per_ret, 32, 0, stream, &mut p)?;
     marks.mark("query + tiers + collision counts", stream)?;
+    // with their scan (the last block of each retrieval)
     launch(module, TIE_CHUNKS, per_ret, THREADS, 0, stream, &mut p)?;
-    let mut nc = n_chunks as i32;
-    let mut sp = [ap, &mut nc as *mut i32 as *mut c_void];
-    launch(module, SCAN_CHUNKS, one_per_ret, 32, 0, stream, &mut sp)?;
     if params.gqa == GqaPolicy::Group {
         group_select(module, params, layer, buf, stream, marks, ap, (n_chunks, n_ret, units))?;
     } else {
