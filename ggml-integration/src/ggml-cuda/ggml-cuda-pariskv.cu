@@ -252,28 +252,58 @@ bool ggml_backend_buft_is_cuda_pariskv_host(ggml_backend_buffer_type_t buft) {
 }
 
 static void ggml_backend_cuda_pariskv_host_buffer_free(ggml_backend_buffer_t buffer) {
-    CUDA_CHECK(cudaFreeHost(buffer->context));
+    if (pariskv_host_free(buffer->context) != PARISKV_OK) {
+        GGML_LOG_ERROR("%s: %s\n", __func__, pariskv_last_error());
+    }
 }
+
+// Pinning a large cache takes seconds (tens at a million tokens): a line when it starts,
+// a dot per 5% as the library's threads finish chunks, the time at the end.
+struct ggml_cuda_pariskv_pin_progress {
+    int64_t t_start_us;
+    int dots;
+};
+
+static void ggml_cuda_pariskv_pin_report(size_t done, size_t total, void * user) {
+    auto * p = (ggml_cuda_pariskv_pin_progress *) user;
+    const int dots = total ? (int) (20 * (double) done / (double) total) : 20;
+    for (; p->dots < dots; p->dots++) {
+        GGML_LOG_CONT(".");
+    }
+    if (done == total) {
+        GGML_LOG_CONT(" done in %.1f s\n", (ggml_time_us() - p->t_start_us) / 1e6);
+    }
+}
+
+// buffers from this size on log their pinning
+static const size_t GGML_CUDA_PARISKV_PIN_LOG_BYTES = (size_t) 1 << 30;
 
 static ggml_backend_buffer_t ggml_backend_cuda_pariskv_host_buffer_type_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
     const auto * bctx = (const ggml_backend_cuda_pariskv_host_buft_context *) buft->context;
     ggml_cuda_set_device(bctx->device);
 
     void * ptr = nullptr;
-    cudaError_t err = cudaHostAlloc(&ptr, size, cudaHostAllocPortable | cudaHostAllocMapped);
-    if (err != cudaSuccess) {
-        (void) cudaGetLastError();
+    uint64_t dev_ptr = 0;
+    ggml_cuda_pariskv_pin_progress progress = { ggml_time_us(), 0 };
+    const bool logged = size >= GGML_CUDA_PARISKV_PIN_LOG_BYTES;
+    if (logged) {
+        GGML_LOG_INFO("%s: pinning %.2f GiB of host memory for the KV cache (%s) ",
+                __func__, size/1024.0/1024.0/1024.0, bctx->name.c_str());
+    }
+    const pariskv_status status = pariskv_host_alloc_progress(size, &ptr, &dev_ptr,
+            logged ? ggml_cuda_pariskv_pin_report : nullptr, &progress);
+    if (status != PARISKV_OK) {
+        if (logged) {
+            GGML_LOG_CONT(" failed\n");
+        }
         GGML_LOG_ERROR("%s: cannot pin %.2f MiB of host memory for the KV cache: %s "
                 "(no pageable fallback: reduce the context or raise the locked-memory limit, ulimit -l)\n",
-                __func__, size/1024.0/1024.0, cudaGetErrorString(err));
+                __func__, size/1024.0/1024.0, pariskv_last_error());
         return nullptr;
     }
     // the kernels use the host address as is: that needs unified addressing
-    void * dev_ptr = nullptr;
-    err = cudaHostGetDevicePointer(&dev_ptr, ptr, 0);
-    if (err != cudaSuccess || dev_ptr != ptr) {
-        (void) cudaGetLastError();
-        CUDA_CHECK(cudaFreeHost(ptr));
+    if (dev_ptr != (uint64_t) (uintptr_t) ptr) {
+        pariskv_host_free(ptr);
         GGML_LOG_ERROR("%s: pinned host memory is not mapped at its host address on device %d "
                 "(no unified addressing)\n", __func__, bctx->device);
         return nullptr;

@@ -36,6 +36,7 @@ const ggml_pariskv_fn ggml_pariskv_entry_points[] = {
     (ggml_pariskv_fn) pariskv_cuda_step_free,
     (ggml_pariskv_fn) pariskv_cuda_step_stats,
     (ggml_pariskv_fn) pariskv_host_alloc,
+    (ggml_pariskv_fn) pariskv_host_alloc_progress,
     (ggml_pariskv_fn) pariskv_host_free,
 };
 
