@@ -162,6 +162,20 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
 #pragma unroll
         for (int r = 0; r < PK_ATT_BATCH; ++r) cell[r] = base + r < r1 ? rows[base + r] : -1;
         float s[PK_ATT_BATCH][MAXHB];
+        // the value rows are loaded with the key rows where the registers allow (one
+        // memory latency per round instead of two)
+        constexpr bool V_EARLY = L == 1;
+        float4 v4[PK_ATT_BATCH][L];
+        auto load_v = [&]() {
+#pragma unroll
+            for (int r = 0; r < PK_ATT_BATCH; ++r) {
+#pragma unroll
+                for (int t = 0; t < L; ++t) {
+                    const int j = 128 * t + 4 * lane;
+                    v4[r][t] = cell[r] >= 0 && j < a.dv ? pk_load4(vb + cell[r] * a.v_stride, a.v_dtype, j) : zero;
+                }
+            }
+        };
         {
             float4 k4[PK_ATT_BATCH][L];
 #pragma unroll
@@ -172,6 +186,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
                     k4[r][t] = cell[r] >= 0 && j < a.dk ? pk_load4(kb + cell[r] * a.k_stride, a.k_dtype, j) : zero;
                 }
             }
+            if (V_EARLY) load_v();
 #pragma unroll
             for (int r = 0; r < PK_ATT_BATCH; ++r) {
 #pragma unroll
@@ -188,15 +203,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
                 }
             }
         }
-        float4 v4[PK_ATT_BATCH][L];
-#pragma unroll
-        for (int r = 0; r < PK_ATT_BATCH; ++r) {
-#pragma unroll
-            for (int t = 0; t < L; ++t) {
-                const int j = 128 * t + 4 * lane;
-                v4[r][t] = cell[r] >= 0 && j < a.dv ? pk_load4(vb + cell[r] * a.v_stride, a.v_dtype, j) : zero;
-            }
-        }
+        if (!V_EARLY) load_v();
 #pragma unroll
         for (int h = 0; h < MAXHB; ++h) {
             float mb = -INFINITY;
