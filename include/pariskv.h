@@ -724,6 +724,9 @@ enum pariskv_status pariskv_host_alloc(size_t bytes, void **host, uint64_t *devi
 // 1 GiB chunks by several threads, calling `progress(done, total, user)` (when not NULL; on
 // the calling thread) with the bytes pinned so far as chunks finish, and once at the end
 // with done == total.
+// Kernels read and write such a buffer across its chunks freely, but the driver sees one
+// registration per 1 GiB chunk (from the buffer's start): one copy-engine copy
+// (`cudaMemcpy*`, `cuMemcpy*`) must not span two chunks; split it, or copy with a kernel.
 enum pariskv_status pariskv_host_alloc_progress(size_t bytes,
                                                 void **host,
                                                 uint64_t *device,

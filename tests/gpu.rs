@@ -1371,12 +1371,13 @@ mod index {
 }
 
 /// Pinned host memory: a buffer large enough for the fast path (two 1 GiB chunks pinned by
-/// several threads) reports its progress and is read by the device at its host address
-/// across the chunk boundary; a small one takes one cuMemHostAlloc; the C ABI refuses to
+/// several threads) reports its progress and is read by the device at its host address: by
+/// the copy engine within each chunk, by a kernel across the boundary; a small one takes one cuMemHostAlloc; the C ABI refuses to
 /// free a pointer twice or one it did not hand out.
 #[test]
 fn pinned_host_memory_fast_path() {
     use pariskv::cuda::pinned::PinnedHost;
+    use pariskv::cuda::step::{gather, Gathered, GpuLayer, Rows as StepRows, UnitLayout};
     use pariskv::ffi::cuda::pariskv_host_free;
     use pariskv::ffi::pariskv_status;
     if gpu().is_none() {
@@ -1395,16 +1396,57 @@ fn pinned_host_memory_fast_path() {
     assert_eq!(seen.last(), Some(&(bytes, bytes)), "the last report is the whole buffer");
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == bytes), "reports only grow: {seen:?}");
     assert_eq!(big.device, big.host as u64, "mapped at its host address");
-    // a pattern across the chunk boundary, read back by the copy engine from the device address
+    // a pattern across the chunk boundary, written by the host, read from the device address
     let (at, len) = ((1usize << 30) - 4096, 8192usize);
     let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
     // SAFETY (test): inside the buffer.
     unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), (big.host as *mut u8).add(at), len) };
+    // by the copy engine, a copy within each chunk (one across them is refused by the driver)
     let dev = DeviceBuffer::new(len).unwrap();
-    // SAFETY (test): both ranges are live device-accessible memory of `len` bytes.
-    let r = unsafe { cudarc::driver::sys::cuMemcpyDtoD_v2(dev.ptr, big.device + at as u64, len) };
-    driver::check(r, "cuMemcpyDtoD").unwrap();
-    assert_eq!(dev.read::<u8>(len).unwrap(), pattern, "the device reads what the host wrote");
+    for half in [0, len / 2] {
+        // SAFETY (test): both ranges are live device-accessible memory of len / 2 bytes.
+        let r = unsafe {
+            cudarc::driver::sys::cuMemcpyDtoD_v2(
+                dev.ptr + half as u64,
+                big.device + (at + half) as u64,
+                len / 2,
+            )
+        };
+        driver::check(r, "cuMemcpyDtoD").unwrap();
+    }
+    assert_eq!(dev.read::<u8>(len).unwrap(), pattern, "the copy engine reads what the host wrote");
+    // by a kernel (the step's gather) in one row across the boundary
+    let module = driver::module_for(&Stream::null()).unwrap();
+    let (rows, n_rows) =
+        (DeviceBuffer::from_slice(&[0i32]).unwrap(), DeviceBuffer::from_slice(&[1i32]).unwrap());
+    let (out_k, out_v) = (DeviceBuffer::new(len).unwrap(), DeviceBuffer::new(len).unwrap());
+    let row = big.device + at as u64;
+    let layer = GpuLayer {
+        layout: UnitLayout { n_units: 1, n_h: 1, ..Default::default() },
+        n: 1,
+        k: row,
+        k_dtype: DType::F16,
+        k_stride: len,
+        v: row,
+        v_dtype: DType::F16,
+        v_stride: len,
+        codes: 0,
+        nibbles: 0,
+        weights: 0,
+        mask: 0,
+        mask_dtype: DType::F32,
+        pos: 0,
+        q: 0,
+        q_stride: 0,
+        n_heads: 1,
+        out: 0,
+        out_stride: 0,
+    };
+    let rows = StepRows { rows: rows.ptr, row_stride: 1, n_rows: n_rows.ptr, n_rows_stride: 1 };
+    let to = Gathered { k: out_k.ptr, k_bytes: len, v: out_v.ptr, v_bytes: len, max_rows: 1 };
+    gather(module, &layer, &rows, &to, &Stream::null()).unwrap();
+    driver::synchronize().unwrap();
+    assert_eq!(out_k.read::<u8>(len).unwrap(), pattern, "a kernel reads across the chunks");
     // small: one cuMemHostAlloc
     let small = PinnedHost::with_progress(4096, &mut |_, _| {}).unwrap();
     assert_eq!(small.device, small.host as u64);

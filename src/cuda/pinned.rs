@@ -4,7 +4,9 @@
 //! with the driver (cuMemHostRegister, DEVICEMAP | PORTABLE) a chunk at a time by several
 //! threads, with progress reported as chunks finish. One cuMemHostAlloc call does the same
 //! work on one thread: tens of seconds for tens of GiB. Small buffers, and `new`, take that
-//! one call.
+//! one call. The driver sees a chunked buffer as one registration per chunk: kernels read
+//! across chunks freely, but a copy-engine copy must stay within one (measured: a
+//! cuMemcpyDtoD across two chunks fails with CUDA_ERROR_INVALID_VALUE).
 //! Buffers given to C (`into_raw`) are kept in a registry, so that a pointer the library
 //! did not hand out, or one freed twice, is refused instead of freed.
 

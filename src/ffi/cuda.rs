@@ -147,6 +147,9 @@ pub extern "C" fn pariskv_host_alloc(
 /// 1 GiB chunks by several threads, calling `progress(done, total, user)` (when not NULL; on
 /// the calling thread) with the bytes pinned so far as chunks finish, and once at the end
 /// with done == total.
+/// Kernels read and write such a buffer across its chunks freely, but the driver sees one
+/// registration per 1 GiB chunk (from the buffer's start): one copy-engine copy
+/// (`cudaMemcpy*`, `cuMemcpy*`) must not span two chunks; split it, or copy with a kernel.
 // A C entry point cannot be `unsafe` to its caller; `user` only travels to the caller's
 // own callback.
 #[allow(clippy::not_unsafe_ptr_arg_deref)]

@@ -316,6 +316,49 @@ static ggml_backend_buffer_t ggml_backend_cuda_pariskv_host_buffer_type_alloc_bu
     return buffer;
 }
 
+bool ggml_cuda_pariskv_host_tensor(const ggml_tensor * t) {
+    const ggml_backend_buffer_t buf = t->view_src ? t->view_src->buffer : t->buffer;
+    return buf && buf->buft && ggml_backend_buft_is_cuda_pariskv_host(buf->buft);
+}
+
+// one word of W bytes per thread and step, the grid striding over rows x words
+template <typename W>
+static __global__ void ggml_cuda_pariskv_copy_words(char * dst, size_t dpitch, const char * src, size_t spitch,
+                                                    size_t words, size_t height) {
+    const size_t total = words * height;
+    for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t) gridDim.x * blockDim.x) {
+        const size_t row = i / words, w = i % words;
+        ((W *) (dst + row * dpitch))[w] = ((const W *) (src + row * spitch))[w];
+    }
+}
+
+void ggml_cuda_pariskv_copy_2d(char * dst, size_t dpitch, const char * src, size_t spitch,
+                               size_t width, size_t height, cudaStream_t stream) {
+    if (width == 0 || height == 0) {
+        return;
+    }
+    if (height == 1) {
+        dpitch = spitch = width;
+    }
+    const uintptr_t all = (uintptr_t) dst | (uintptr_t) src | dpitch | spitch | width;
+    const int threads = 256;
+    const int max_blocks = 4096;
+    auto run = [&](auto word) {
+        using W = decltype(word);
+        const size_t words = width / sizeof(W);
+        const size_t blocks = std::min<size_t>((words * height + threads - 1) / threads, max_blocks);
+        ggml_cuda_pariskv_copy_words<W><<<(unsigned) blocks, threads, 0, stream>>>(dst, dpitch, src, spitch, words, height);
+    };
+    if (all % 16 == 0) {
+        run(uint4{});
+    } else if (all % 4 == 0) {
+        run(uint32_t{});
+    } else {
+        run(uint8_t{});
+    }
+    CUDA_CHECK(cudaGetLastError());
+}
+
 ggml_backend_buffer_type_t ggml_backend_cuda_pariskv_host_buffer_type(int device) {
     static std::mutex mutex;
     std::lock_guard<std::mutex> lock(mutex);

@@ -22,3 +22,13 @@ ggml_backend_buffer_type_t ggml_backend_cuda_pariskv_host_buffer_type(int device
 // every device could read it through UVA, so that the scheduler runs every op on a layer's
 // offloaded K/V on that layer's GPU, in order on its stream
 bool ggml_backend_buft_is_cuda_pariskv_host(ggml_backend_buffer_type_t buft);
+
+// whether tensor t lives in such a buffer
+bool ggml_cuda_pariskv_host_tensor(const ggml_tensor * t);
+
+// Copies `height` rows of `width` bytes (pitches in bytes) on `stream` with a kernel. For
+// copies where either side lives in a pinned offload buffer: its memory is pinned in 1 GiB
+// chunks (pariskv_host_alloc_progress), and one copy-engine copy (cudaMemcpy*) must not
+// span two of them, while kernels read and write across them freely.
+void ggml_cuda_pariskv_copy_2d(char * dst, size_t dpitch, const char * src, size_t spitch,
+                               size_t width, size_t height, cudaStream_t stream);
