@@ -9,7 +9,8 @@
 #                                                    with --pariskv-offload on every server
 #   ggml-integration/device-run.sh bench OUT [DEPTHS] llama-bench tg128 on a random-weights 8B-shaped
 #                                                    Q4_0 model made here: dense flash attention vs
-#                                                    ParisKV vs ParisKV offload, same run
+#                                                    ParisKV vs ParisKV offload, same run (llama-bench
+#                                                    JSON per mode, a depth / tok/s table in bench.md)
 #                                                    (PARISKV_BENCH_MODES, PARISKV_BENCH_REPS,
 #                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL)
 # PARISKV_BUILD_TARGETS replaces build's list of targets (e.g. llama-bench alone).
@@ -60,7 +61,7 @@ bench)
     # one llama-bench per mode, each at every depth; the same -b/-ub for every mode (they
     # matter only for the prefill to the depth, which is dense in every mode)
     ub=${PARISKV_BENCH_UBATCH:-2048}
-    common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b "$ub" -ub "$ub" -r "${PARISKV_BENCH_REPS:-2}" -o md)
+    common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b "$ub" -ub "$ub" -r "${PARISKV_BENCH_REPS:-2}" -o json)
     # PARISKV_BENCH_FILL=local: the depth filled in linear time (speed only; exact,local both)
     [ -z "${PARISKV_BENCH_FILL:-}" ] || common+=(--pariskv-fill "$PARISKV_BENCH_FILL")
     rc=0
@@ -71,7 +72,8 @@ bench)
         # PARISKV_BENCH_MODES picks some (deep contexts need one device call per mode)
         [[ " ${PARISKV_BENCH_MODES:-dense pariskv offload} " == *" $name "* ]] || continue
         echo "## $name: llama-bench ${common[*]} ${mode#*:}" | tee -a "$out/bench.md"
-        "$bin/llama-bench" "${common[@]}" ${mode#*:} 2> "$out/bench-$name.err" | tee -a "$out/bench.md" || rc=1
+        "$bin/llama-bench" "${common[@]}" ${mode#*:} 2> "$out/bench-$name.err" > "$out/bench-$name.json" || rc=1
+        python3 ggml-integration/tools/bench_json_table.py "$out/bench-$name.json" | tee -a "$out/bench.md"
     done
     grep -hE "ParisKV|PKV_Host|error" "$out"/bench-*.err | sort | uniq -c | head -20
     exit $rc
