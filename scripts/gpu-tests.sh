@@ -7,6 +7,9 @@
 #   build/gpu-carry/run.sh OUTDIR  (on the GPU machine) runs every test binary, GPU tests
 #                                  included, logs to OUTDIR; PARISKV_SANITIZE=memcheck|racecheck
 #                                  runs the GPU tests under compute-sanitizer
+#   build/gpu-carry/profile.sh OUTDIR [N]  (on the GPU machine) Nsight Compute of one layer's
+#                                  step: times and bytes per kernel, then the largest kernels'
+#                                  limiters and stall reasons
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/cuda-toolchain.sh)"
@@ -31,8 +34,8 @@ cat > "$carry/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the staged test binaries; exit status non-zero if any failed.
 out=${1:-.}; here=$(cd "$(dirname "$0")" && pwd); rc=0
-for t in "$here"/*; do
-    [ -f "$t" ] && [ "$t" != "$here/run.sh" ] || continue
+for t in "$here"/gpu "$here"/pariskv; do
+    [ -f "$t" ] || continue
     name=$(basename "$t")
     if [ -n "${PARISKV_SANITIZE:-}" ]; then
         [ "$name" = gpu ] || continue
@@ -47,4 +50,21 @@ done
 exit $rc
 RUN
 chmod +x "$carry/run.sh"
+cat > "$carry/profile.sh" <<'PROFILE'
+#!/usr/bin/env bash
+# Profiles one layer of the default step at N cells (default 32768) with Nsight Compute on
+# the GPU machine: per kernel its time and DRAM bytes (OUTDIR/ncu-times.csv), then the
+# largest kernels' limiters: throughput against the peaks, occupancy, warp stall reasons
+# (OUTDIR/ncu-details.csv).
+out=${1:-.}; n=${2:-32768}; here=$(cd "$(dirname "$0")" && pwd)
+ncu --clock-control none -k regex:pk_ --launch-skip 40 --launch-count 40 \
+    --metrics gpu__time_duration.sum,dram__bytes.sum,launch__grid_size,launch__block_size \
+    --csv "$here/bench/gpu_bench" --defaults-only "$n" > "$out/ncu-times.csv" 2> "$out/ncu-times.err"
+ncu --clock-control none -k 'regex:pk_(topk|refine_pick|group_estimate|group_union|group_refine|collisions|attend)' \
+    --launch-skip 14 --launch-count 14 --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --page details \
+    --csv "$here/bench/gpu_bench" --defaults-only "$n" > "$out/ncu-details.csv" 2> "$out/ncu-details.err"
+grep -c pk_ "$out/ncu-times.csv" "$out/ncu-details.csv"
+PROFILE
+chmod +x "$carry/profile.sh"
 du -sh "$carry"; ls "$carry"
