@@ -11,8 +11,11 @@
 #                                                    Q4_0 model made here: dense flash attention vs
 #                                                    ParisKV vs ParisKV offload, same run (llama-bench
 #                                                    JSON per mode, a depth / tok/s table in bench.md)
-#                                                    (PARISKV_BENCH_MODES, PARISKV_BENCH_REPS,
-#                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL)
+#                                                    (PARISKV_BENCH_MODES: dense pariskv offload paper
+#                                                    nkvo; PARISKV_BENCH_SHAPE: llama8b qwen7b;
+#                                                    PARISKV_BENCH_KV: f16 q8_0; PARISKV_BENCH_REPS,
+#                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL;
+#                                                    PARISKV_BENCH_DRY=1 prints the commands only)
 # PARISKV_BUILD_TARGETS replaces build's list of targets (e.g. llama-bench alone).
 #   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
 #                                                    vs ParisKV (GPU KV) vs ParisKV (offload), top-k
@@ -55,27 +58,44 @@ check)
     ;;
 bench)
     depths=${3:-32768,131072}
-    model=$PARISKV_WORK/bench-8b-q4_0.gguf
-    [ -f "$model" ] || python3 ggml-integration/tools/make_bench_model.py "$model" || exit 1
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+    # PARISKV_BENCH_SHAPE: llama8b (Llama-3.1-8B, the default) or qwen7b (Qwen2.5-7B-1M:
+    # 28 layers, 28 query and 4 KV heads of 128)
+    case ${PARISKV_BENCH_SHAPE:-llama8b} in
+        llama8b) model=$PARISKV_WORK/bench-8b-q4_0.gguf; shape=() ;;
+        qwen7b)  model=$PARISKV_WORK/bench-qwen7b-q4_0.gguf
+                 shape=(--layers 28 --embd 3584 --heads 28 --kv-heads 4 --ff 18944 --vocab 152064) ;;
+        *) echo "PARISKV_BENCH_SHAPE: llama8b or qwen7b" >&2; exit 2 ;;
+    esac
+    dry=${PARISKV_BENCH_DRY:-}
+    [ -n "$dry" ] || [ -f "$model" ] || python3 ggml-integration/tools/make_bench_model.py "$model" "${shape[@]}" || exit 1
+    [ -n "$dry" ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
     # one llama-bench per mode, each at every depth; the same -b/-ub for every mode (they
     # matter only for the prefill to the depth, which is dense in every mode)
     ub=${PARISKV_BENCH_UBATCH:-2048}
     common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 128 -d "$depths" -b "$ub" -ub "$ub" -r "${PARISKV_BENCH_REPS:-2}" -o json)
+    # PARISKV_BENCH_KV: the K/V cache type (f16, or q8_0)
+    kv=${PARISKV_BENCH_KV:-f16}
+    common+=(-ctk "$kv" -ctv "$kv")
     # PARISKV_BENCH_FILL=local: the depth filled in linear time (speed only; exact,local both)
     [ -z "${PARISKV_BENCH_FILL:-}" ] || common+=(--pariskv-fill "$PARISKV_BENCH_FILL")
     rc=0
     # ParisKV over K/V in GPU memory is forced on (its automatic threshold keeps it dense there
-    # until the GPU step beats flash attention), so that the rows measure its step
-    for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0 --pariskv-dense-threshold 1" "offload:-pkt 2048 -pko 1"; do
+    # until the GPU step beats flash attention), so that the rows measure its step; "paper" is
+    # the paper's configuration; "nkvo" stock llama.cpp with the K/V in host memory
+    # (attention on the CPU), what users whose cache does not fit have today
+    forced="-pkt 2048 -pko 0 --pariskv-dense-threshold 1"
+    for mode in "dense:-pkt 0" "pariskv:$forced" "offload:-pkt 2048 -pko 1" \
+                "paper:$forced --pariskv-gqa mean --pariskv-ratios reference --pariskv-refine 1 --pariskv-center off" \
+                "nkvo:-pkt 0 -nkvo 1"; do
         name=${mode%%:*}
         # PARISKV_BENCH_MODES picks some (deep contexts need one device call per mode)
         [[ " ${PARISKV_BENCH_MODES:-dense pariskv offload} " == *" $name "* ]] || continue
         echo "## $name: llama-bench ${common[*]} ${mode#*:}" | tee -a "$out/bench.md"
+        [ -z "$dry" ] || continue
         "$bin/llama-bench" "${common[@]}" ${mode#*:} 2> "$out/bench-$name.err" > "$out/bench-$name.json" || rc=1
         python3 ggml-integration/tools/bench_json_table.py "$out/bench-$name.json" | tee -a "$out/bench.md"
     done
-    grep -hE "ParisKV|PKV_Host|error" "$out"/bench-*.err | sort | uniq -c | head -20
+    [ -n "$dry" ] || grep -hE "ParisKV|PKV_Host|error" "$out"/bench-*.err | sort | uniq -c | head -20
     exit $rc
     ;;
 passkey)
