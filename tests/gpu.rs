@@ -175,6 +175,9 @@ mod step {
         pub tuned: bool,
         /// attention logit soft-capping (0: off)
         pub softcap: f32,
+        /// cells in runs of this many with equal keys and values (1: all distinct), so that
+        /// whole runs tie in every count, estimate and score (ties go to the lower cell)
+        pub tied: usize,
     }
 
     /// The CPU's stages for one retrieval, for stage-by-stage comparison.
@@ -205,8 +208,12 @@ mod step {
         spec.n_outlier_channels = 0;
         spec.topic_len = 513;
         let cache = SynthCache::generate(&spec);
-        let (kb, kf) = keys_in(c.dtype, &cache.keys);
-        let (vb, vf) = keys_in(c.dtype, &cache.values);
+        let tie = |rows: &[f32]| -> Vec<f32> {
+            let w = kv * d; // a cell's row of every KV head
+            (0..n).flat_map(|cell| rows[cell / c.tied * c.tied * w..][..w].iter().copied()).collect()
+        };
+        let (kb, kf) = keys_in(c.dtype, &tie(&cache.keys));
+        let (vb, vf) = keys_in(c.dtype, &tie(&cache.values));
         let (cb, nbb, nw) = (shape.code_bytes(), shape.nibble_bytes(), shape.n_weights());
         let mut stores = Vec::new();
         for h in 0..kv {
@@ -609,6 +616,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -622,6 +630,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 64,
@@ -635,6 +644,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 64,
@@ -648,6 +658,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 256,
@@ -661,6 +672,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 256,
@@ -674,6 +686,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -687,6 +700,7 @@ mod step {
                 refine: 1,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -700,6 +714,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             // refining: shortlists of 2x and 4x, both policies, all key types, K through the
             // row strides of several heads
@@ -715,6 +730,7 @@ mod step {
                 refine: 2,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -728,6 +744,7 @@ mod step {
                 refine: 4,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 64,
@@ -741,6 +758,7 @@ mod step {
                 refine: 3,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 256,
@@ -754,6 +772,37 @@ mod step {
                 refine: 4,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
+            },
+            // runs of equal keys: ties in the collision counts, estimates and scores, decided
+            // by the cell (the selects' cell digits)
+            Case {
+                d: 128,
+                g: 4,
+                n: 9000,
+                gqa: Group,
+                top_k: 512,
+                dtype: F16,
+                kv: 2,
+                two_sequences: false,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+                tied: 64,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 6000,
+                gqa: PerHead,
+                top_k: 256,
+                dtype: F16,
+                kv: 1,
+                two_sequences: true,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+                tied: 16,
             },
             // the group policy (k rows for the group): every key type, one and two
             // sequences, refining 1-4, the zone taken whole, soft-capped logits, Qwen2.5's
@@ -770,6 +819,7 @@ mod step {
                 refine: 1,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -783,6 +833,7 @@ mod step {
                 refine: 2,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 64,
@@ -796,6 +847,7 @@ mod step {
                 refine: 3,
                 tuned: false,
                 softcap: 30.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -809,6 +861,7 @@ mod step {
                 refine: 2,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 256,
@@ -822,6 +875,7 @@ mod step {
                 refine: 4,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 256,
@@ -835,6 +889,7 @@ mod step {
                 refine: 2,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 64,
@@ -848,6 +903,7 @@ mod step {
                 refine: 2,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
         ];
         // One set of buffers for steps of different cell counts, group sizes, GQA policies and
@@ -866,6 +922,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -879,6 +936,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -892,6 +950,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -905,6 +964,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -918,6 +978,7 @@ mod step {
                 refine: 1,
                 tuned: false,
                 softcap: 0.0,
+                tied: 1,
             },
             Case {
                 d: 128,
@@ -931,6 +992,7 @@ mod step {
                 refine: 2,
                 tuned: true,
                 softcap: 0.0,
+                tied: 1,
             },
         ] {
             check_case_with(&c, Some(&shared));
