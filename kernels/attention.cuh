@@ -116,6 +116,21 @@ __device__ __forceinline__ void pk_attend_combine(const pk_attend_args & a, int 
 // Rows of a warp in flight at once: their loads are independent, so their latencies overlap.
 #define PK_ATT_BATCH 4
 
+// a warp's PK_ATT_BATCH rows of `dim` elements (cell < 0: none, zeros), lane i holding
+// elements 4i..4i+3 of each of the L slices of 128
+template <int L>
+__device__ __forceinline__ void pk_load_rows(float4 (&out)[PK_ATT_BATCH][L], const long long (&cell)[PK_ATT_BATCH],
+                                             const char * base, long long stride, int dtype, int dim, int lane) {
+#pragma unroll
+    for (int r = 0; r < PK_ATT_BATCH; ++r) {
+#pragma unroll
+        for (int t = 0; t < L; ++t) {
+            const int j = 128 * t + 4 * lane;
+            out[r][t] = cell[r] >= 0 && j < dim ? pk_load4(base + cell[r] * stride, dtype, j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    }
+}
+
 // The partial attention of one block: a 1/gridDim.x share of unit u's rows (blockIdx.z) for
 // a batch of `hb` query heads (blockIdx.y), each warp taking PK_ATT_BATCH rows at a time
 // with the queries and the softmax state in registers: lane i holds elements 4i..4i+3 of
@@ -162,31 +177,9 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
 #pragma unroll
         for (int r = 0; r < PK_ATT_BATCH; ++r) cell[r] = base + r < r1 ? rows[base + r] : -1;
         float s[PK_ATT_BATCH][MAXHB];
-        // the value rows are loaded with the key rows where the registers allow (one
-        // memory latency per round instead of two)
-        constexpr bool V_EARLY = L == 1;
-        float4 v4[PK_ATT_BATCH][L];
-        auto load_v = [&]() {
-#pragma unroll
-            for (int r = 0; r < PK_ATT_BATCH; ++r) {
-#pragma unroll
-                for (int t = 0; t < L; ++t) {
-                    const int j = 128 * t + 4 * lane;
-                    v4[r][t] = cell[r] >= 0 && j < a.dv ? pk_load4(vb + cell[r] * a.v_stride, a.v_dtype, j) : zero;
-                }
-            }
-        };
         {
             float4 k4[PK_ATT_BATCH][L];
-#pragma unroll
-            for (int r = 0; r < PK_ATT_BATCH; ++r) {
-#pragma unroll
-                for (int t = 0; t < L; ++t) {
-                    const int j = 128 * t + 4 * lane;
-                    k4[r][t] = cell[r] >= 0 && j < a.dk ? pk_load4(kb + cell[r] * a.k_stride, a.k_dtype, j) : zero;
-                }
-            }
-            if (V_EARLY) load_v();
+            pk_load_rows<L>(k4, cell, kb, a.k_stride, a.k_dtype, a.dk, lane);
 #pragma unroll
             for (int r = 0; r < PK_ATT_BATCH; ++r) {
 #pragma unroll
@@ -203,7 +196,8 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
                 }
             }
         }
-        if (!V_EARLY) load_v();
+        float4 v4[PK_ATT_BATCH][L];
+        pk_load_rows<L>(v4, cell, vb, a.v_stride, a.v_dtype, a.dv, lane);
 #pragma unroll
         for (int h = 0; h < MAXHB; ++h) {
             float mb = -INFINITY;
