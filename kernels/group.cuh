@@ -101,6 +101,9 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
 // the same product to the bit, instead of looked up in tables of dp * 16 floats whose random
 // reads conflict on the banks. grid (blocks, 1, units), PK_CHUNK_THREADS threads, dynamic
 // shared memory hb * dp floats (the heads' rotated queries)
+// groups of four blocks whose codes and weights a thread loads before using them
+#define PK_ESTIMATE_GROUPS 4
+
 extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
     extern __shared__ float pk_group_q[];
     __shared__ float signed_level[16];
@@ -110,7 +113,9 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
     const unsigned long long * list = a.cand + (long long) u * g * a.n;
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
     const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
-    const bool words = ((unsigned long long) nibbles % 4 == 0) && (a.dp / 2) % 4 == 0;
+    // 16-byte code words and 8-byte weight words per four blocks, where every row allows
+    const bool wide = (unsigned long long) nibbles % 16 == 0 && (a.dp / 2) % 16 == 0 &&
+                      (unsigned long long) weights % 8 == 0 && a.nb % 4 == 0;
     if (threadIdx.x < 16) signed_level[threadIdx.x] = (threadIdx.x & 8) ? PK_LEVELS[threadIdx.x & 7] : -PK_LEVELS[threadIdx.x & 7];
     float * qs = pk_group_q;
     for (int h0 = 0; h0 < g; h0 += hb) {
@@ -129,37 +134,59 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
                 const long long c = (long long) (list[i] & 0xFFFFFFFFull);
                 const unsigned char * nib = nibbles + c * (a.dp / 2);
                 const __half * w = weights + c * a.nb;
-                // blocks four at a time, so that acc[j][b % 4] is a register
-                for (int b0 = 0; b0 < a.nb; b0 += 4) {
+                // four blocks at a time (acc[j][b % 4] a register): their 4-bit codes one
+                // 16-byte word, their weights one 8-byte word where the rows allow, and up to
+                // PK_ESTIMATE_GROUPS such groups loaded before any is used
+                for (int g0 = 0; g0 < a.nb; g0 += 4 * PK_ESTIMATE_GROUPS) {
+                    uint4 codes4[PK_ESTIMATE_GROUPS];
+                    uint2 w4[PK_ESTIMATE_GROUPS];
 #pragma unroll
-                    for (int bb = 0; bb < 4; ++bb) {
-                        const int b = b0 + bb;
-                        if (b >= a.nb) break;
-                        unsigned int by4;
-                        if (words) {
-                            by4 = ((const unsigned int *) nib)[b];
+                    for (int s = 0; s < PK_ESTIMATE_GROUPS; ++s) {
+                        const int b0 = g0 + 4 * s;
+                        if (b0 >= a.nb) break;
+                        if (wide) {
+                            codes4[s] = ((const uint4 *) nib)[b0 / 4];
+                            w4[s] = ((const uint2 *) w)[b0 / 4];
                         } else {
-                            by4 = nib[4 * b] | nib[4 * b + 1] << 8 | nib[4 * b + 2] << 16 | (unsigned int) nib[4 * b + 3] << 24;
+                            unsigned int word[4] = {0, 0, 0, 0};
+                            unsigned short half[4] = {0, 0, 0, 0};
+                            for (int bb = 0; bb < 4 && b0 + bb < a.nb; ++bb) {
+                                const unsigned char * x = nib + 4 * (b0 + bb);
+                                word[bb] = x[0] | x[1] << 8 | x[2] << 16 | (unsigned int) x[3] << 24;
+                                half[bb] = __half_as_ushort(w[b0 + bb]);
+                            }
+                            codes4[s] = make_uint4(word[0], word[1], word[2], word[3]);
+                            w4[s] = make_uint2(half[0] | (unsigned int) half[1] << 16, half[2] | (unsigned int) half[3] << 16);
                         }
-                        const float wb = __half2float(w[b]);
-                        float lo[4], hi[4]; // the signed levels of dims 8b + 2i and 8b + 2i + 1
+                    }
 #pragma unroll
-                        for (int k = 0; k < 4; ++k) {
-                            const unsigned int by = by4 >> (8 * k) & 255;
-                            lo[k] = signed_level[by & 15];
-                            hi[k] = signed_level[by >> 4];
-                        }
+                    for (int s = 0; s < PK_ESTIMATE_GROUPS; ++s) {
 #pragma unroll
-                        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
-                            if (j >= nh) break;
-                            const float4 qa = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK);
-                            const float4 qb = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK + 4);
-                            const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
-                            float pair[4];
+                        for (int bb = 0; bb < 4; ++bb) {
+                            const int b = g0 + 4 * s + bb;
+                            if (b >= a.nb) break;
+                            const unsigned int by4 = bb == 0 ? codes4[s].x : bb == 1 ? codes4[s].y : bb == 2 ? codes4[s].z : codes4[s].w;
+                            const unsigned int wpair = bb < 2 ? w4[s].x : w4[s].y;
+                            const float wb = __half2float(__ushort_as_half((unsigned short) (wpair >> (16 * (bb % 2)))));
+                            float lo[4], hi[4]; // the signed levels of dims 8b + 2i and 8b + 2i + 1
 #pragma unroll
-                            for (int k = 0; k < 4; ++k) pair[k] = __fadd_rn(__fmul_rn(lo[k], qv[2 * k]), __fmul_rn(hi[k], qv[2 * k + 1]));
-                            const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
-                            acc[j][bb] = __fadd_rn(acc[j][bb], __fmul_rn(wb, dot));
+                            for (int k = 0; k < 4; ++k) {
+                                const unsigned int by = by4 >> (8 * k) & 255;
+                                lo[k] = signed_level[by & 15];
+                                hi[k] = signed_level[by >> 4];
+                            }
+#pragma unroll
+                            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+                                if (j >= nh) break;
+                                const float4 qa = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK);
+                                const float4 qb = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK + 4);
+                                const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+                                float pair[4];
+#pragma unroll
+                                for (int k = 0; k < 4; ++k) pair[k] = __fadd_rn(__fmul_rn(lo[k], qv[2 * k]), __fmul_rn(hi[k], qv[2 * k + 1]));
+                                const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
+                                acc[j][bb] = __fadd_rn(acc[j][bb], __fmul_rn(wb, dot));
+                            }
                         }
                     }
                 }
