@@ -37,9 +37,15 @@ __device__ __forceinline__ long long pk_att_off(const pk_attend_args & a, int u,
     return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
 }
 
-// four consecutive elements j..j+3 of a row as floats
+// four consecutive elements j..j+3 (j a multiple of 4) of a row as floats
 __device__ __forceinline__ float4 pk_load4(const char * row, int dtype, int j) {
     if (dtype == PK_F32) return *(const float4 *) (row + 4 * j);
+    if (dtype == PK_Q8_0) { // the four bytes lie in one block, 2-byte aligned
+        const char * b = row + j / PK_Q8_0_BLOCK * PK_Q8_0_BYTES;
+        const float d = __half2float(*(const __half *) b);
+        const char2 lo = *(const char2 *) (b + 2 + j % PK_Q8_0_BLOCK), hi = *(const char2 *) (b + 4 + j % PK_Q8_0_BLOCK);
+        return make_float4(lo.x * d, lo.y * d, hi.x * d, hi.y * d);
+    }
     const uint2 raw = *(const uint2 *) (row + 2 * j);
     if (dtype == PK_F16) {
         const float2 lo = __half22float2(*(const __half2 *) &raw.x), hi = __half22float2(*(const __half2 *) &raw.y);

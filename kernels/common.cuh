@@ -9,13 +9,31 @@
 
 #include "pariskv_constants.cuh"
 
-// Element types, numbered as pariskv_dtype.
-enum pk_dtype : int { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2 };
+// Element types, numbered as pariskv_dtype. PK_Q8_0 is ggml's block_q8_0: 32 elements in 34
+// bytes (an f16 scale, then 32 signed bytes), 2-byte aligned.
+enum pk_dtype : int { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2, PK_Q8_0 = 3 };
+#define PK_Q8_0_BLOCK 32
+#define PK_Q8_0_BYTES 34
 
+// bytes of a row of d elements (d a multiple of PK_Q8_0_BLOCK for q8_0)
+__device__ __forceinline__ int pk_row_bytes(int dtype, int d) {
+    switch (dtype) {
+        case PK_F32:  return 4 * d;
+        case PK_Q8_0: return d / PK_Q8_0_BLOCK * PK_Q8_0_BYTES;
+        default:      return 2 * d;
+    }
+}
+
+// element i of a row; q8_0 as ggml's dequantize_row_q8_0 (and rows.rs): the byte times the
+// block's scale, one rounding
 __device__ __forceinline__ float pk_load(const void * row, int dtype, int i) {
     switch (dtype) {
         case PK_F16:  return __half2float(((const __half *) row)[i]);
         case PK_BF16: return __bfloat162float(((const __nv_bfloat16 *) row)[i]);
+        case PK_Q8_0: {
+            const unsigned char * b = (const unsigned char *) row + i / PK_Q8_0_BLOCK * PK_Q8_0_BYTES;
+            return __fmul_rn((float) (signed char) b[2 + i % PK_Q8_0_BLOCK], __half2float(*(const __half *) b));
+        }
         default:      return ((const float *) row)[i];
     }
 }

@@ -25,7 +25,7 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
 __device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u, int cell, unsigned char * stage, int pitch) {
     const int lane = threadIdx.x % 32;
     const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
-    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = a.d * esize;
+    const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = pk_row_bytes(a.k_dtype, a.d); // q8_0: 2-aligned
     const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
     for (int row_t = 0; row_t < 4; ++row_t) {
         const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);

@@ -9,7 +9,7 @@ use pariskv::algorithm::rotation::Rotation;
 use pariskv::cuda::driver::{self, DeviceBuffer, Stream};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
 use pariskv::eval::synth::{SynthCache, SynthSpec};
-use pariskv::rows::{DType, RowData, Rows};
+use pariskv::rows::{DType, RowBuf, RowData, Rows};
 use pariskv::shape::Shape;
 
 /// The current context of device 0, or None (after saying why) when there is no GPU.
@@ -35,7 +35,14 @@ fn keys_in(dtype: DType, f: &[f32]) -> (Vec<u8>, Vec<f32>) {
             let h: Vec<bf16> = f.iter().map(|&x| bf16::from_f32(x)).collect();
             (h.iter().flat_map(|x| x.to_le_bytes()).collect(), h.iter().map(|x| x.to_f32()).collect())
         }
-        DType::Q8_0 => unimplemented!("the CUDA kernels read no q8_0 rows"),
+        DType::Q8_0 => {
+            // ggml's quantisation (RowBuf), and each byte times its block's scale back
+            let mut buf = RowBuf::new(DType::Q8_0);
+            buf.extend_from_f32(f);
+            let RowData::Q8_0(blocks) = buf.data() else { unreachable!() };
+            let exact = blocks.iter().flat_map(|b| b.quants.map(|q| q as f32 * b.scale.to_f32())).collect();
+            (buf.data().as_bytes().to_vec(), exact)
+        }
     }
 }
 
@@ -47,9 +54,12 @@ fn encode_is_bitwise_equal_to_the_cpu() {
     let module = driver::module_for(&Stream::null()).unwrap();
     let mut checked = 0;
     for (d, n_heads, n) in
-        [(128, 2, 4099), (64, 1, 1), (256, 1, 1000), (96, 3, 77), (8, 1, 33), (512, 1, 257)]
+        [(128usize, 2, 4099), (64, 1, 1), (256, 1, 1000), (96, 3, 77), (8, 1, 33), (512, 1, 257)]
     {
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0] {
+            if dtype == DType::Q8_0 && !d.is_multiple_of(32) {
+                continue; // q8_0 rows are whole blocks of 32
+            }
             let shape = Shape::new(d).unwrap();
             let rot = Rotation::new(shape, 0x5EED + d as u64);
             // [n][n_heads][d], structured keys plus a few degenerate ones: a zero key, and a
@@ -267,15 +277,15 @@ mod step {
                 &own
             }
         };
-        let el = c.dtype.bytes(1);
+        let row_bytes = c.dtype.bytes(d); // q8_0: whole blocks
         let layer = GpuLayer {
             layout: UnitLayout {
                 n_units: units as i32,
                 n_h: kv as i32,
                 k_a: 0,
-                k_h: (d * el) as i64,
+                k_h: row_bytes as i64,
                 v_a: 0,
-                v_h: (d * el) as i64,
+                v_h: row_bytes as i64,
                 codes_a: 0,
                 codes_h: (n * cb) as i64,
                 nib_a: 0,
@@ -292,10 +302,10 @@ mod step {
             n,
             k: gk.ptr,
             k_dtype: c.dtype,
-            k_stride: kv * d * el,
+            k_stride: kv * row_bytes,
             v: gv.ptr,
             v_dtype: c.dtype,
-            v_stride: kv * d * el,
+            v_stride: kv * row_bytes,
             codes: gcodes.ptr,
             nibbles: gnib.ptr,
             weights: gw.ptr,
@@ -324,7 +334,6 @@ mod step {
         let rows_all: Vec<i32> = buf.rows.read(units * n).unwrap();
         let out: Vec<f32> = gout.read(units * g * d).unwrap();
         // the standalone gather of the same rows: raw bytes equal to the stored rows
-        let row_bytes = d * el;
         let (gath_k, gath_v) = (
             DeviceBuffer::new(units * n * row_bytes).unwrap(),
             DeviceBuffer::new(units * n * row_bytes).unwrap(),
@@ -803,6 +812,35 @@ mod step {
                 tuned: true,
                 softcap: 0.0,
                 tied: 16,
+            },
+            // q8_0 K/V (ggml's -ctk q8_0 -ctv q8_0): both policies, refining
+            Case {
+                d: 128,
+                g: 4,
+                n: 5000,
+                gqa: PerHead,
+                top_k: 256,
+                dtype: Q8_0,
+                kv: 2,
+                two_sequences: true,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+                tied: 1,
+            },
+            Case {
+                d: 128,
+                g: 4,
+                n: 9000,
+                gqa: Group,
+                top_k: 512,
+                dtype: Q8_0,
+                kv: 2,
+                two_sequences: false,
+                refine: 2,
+                tuned: true,
+                softcap: 0.0,
+                tied: 1,
             },
             // the group policy (k rows for the group): every key type, one and two
             // sequences, refining 1-4, the zone taken whole, soft-capped logits, Qwen2.5's

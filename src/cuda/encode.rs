@@ -7,7 +7,7 @@ use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::kernels::{CENTER_INIT, ENCODE, ENCODE_WARPS};
 use crate::algorithm::rotation::Rotation;
 use crate::error::{Error, Result};
-use crate::rows::DType;
+use crate::rows::{DType, Q8_0_BLOCK};
 use crate::shape::Shape;
 
 /// The rotation's sign diagonal on the device.
@@ -55,14 +55,26 @@ pub struct EncodeTarget {
     pub center: CUdeviceptr,
 }
 
-/// The kernels' code of an element type; they read f32, f16 and bf16 rows (not Q8_0 blocks).
+/// The kernels' code of an element type (`pk_dtype`, numbered as `pariskv_dtype`): f32, f16,
+/// bf16 and q8_0 rows (row lengths a whole number of q8_0 blocks, checked by the callers).
 pub fn dtype_code(d: DType) -> Result<i32> {
-    match d {
-        DType::F32 => Ok(0),
-        DType::F16 => Ok(1),
-        DType::BF16 => Ok(2),
-        DType::Q8_0 => Err(Error::unsupported("q8_0 K/V rows: the CUDA kernels read f32, f16 and bf16 rows")),
+    Ok(match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        DType::Q8_0 => 3,
+    })
+}
+
+/// Refuses rows of `len` elements of `dtype` the kernels cannot read: q8_0 rows must be
+/// whole blocks.
+pub fn check_rows(dtype: DType, len: usize, what: &str) -> Result<()> {
+    if dtype == DType::Q8_0 && !len.is_multiple_of(Q8_0_BLOCK) {
+        return Err(Error::unsupported(format!(
+            "{what}: q8_0 rows of {len} elements (whole blocks of {Q8_0_BLOCK} needed)"
+        )));
     }
+    Ok(())
 }
 
 /// Encodes the keys of the global cells `cells` (I64, on the device; `*n_cells`, an i32 on
@@ -81,6 +93,7 @@ pub fn encode(
     stream: &Stream,
 ) -> Result<()> {
     let shape = rotation.shape;
+    check_rows(target.key_dtype, shape.head_dim, "keys")?;
     let mut args = EncodeArgs {
         keys: target.keys,
         key_dtype: dtype_code(target.key_dtype)?,

@@ -101,19 +101,20 @@ pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
 pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
 pub const TOPK: Kernel = k("pk_topk");
 
-/// Bytes between the key rows a warp of the exact rescoring stages: the row (`elem_bytes`
-/// per value) rounded up to 16, plus 32 so that its four rows' 8-lane groups start on
-/// distinct shared-memory banks.
-pub const fn refine_pitch(head_dim: usize, elem_bytes: usize) -> usize {
-    (head_dim * elem_bytes).div_ceil(16) * 16 + 32
+/// Bytes between the key rows a warp of the exact rescoring stages: the row (`row_bytes`)
+/// rounded up to 16, plus 32 so that its four rows' 8-lane groups start on distinct
+/// shared-memory banks.
+pub const fn refine_pitch(row_bytes: usize) -> usize {
+    row_bytes.div_ceil(16) * 16 + 32
 }
 
 /// Dynamic shared memory of the exact rescoring: the query, then every warp's four rows.
-pub const fn refine_smem(head_dim: usize, elem_bytes: usize) -> usize {
-    head_dim * 4 + REFINE_ROWS * refine_pitch(head_dim, elem_bytes)
+pub const fn refine_smem(head_dim: usize, row_bytes: usize) -> usize {
+    head_dim * 4 + REFINE_ROWS * refine_pitch(row_bytes)
 }
 
-pub const REFINE: Kernel = Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, 4) };
+pub const REFINE: Kernel =
+    Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, MAX_HEAD_DIM * 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
 pub const LIST_BLOCKS: usize = GPU_LIST_BLOCKS;
 /// Heads pk_group_estimate estimates at once.
@@ -136,12 +137,14 @@ pub const GROUP_SCORE: Kernel = k("pk_group_score");
 
 /// Dynamic shared memory of the group's exact rescoring: the `heads` queries, then every
 /// warp's four rows.
-pub const fn group_refine_smem(heads: usize, head_dim: usize, elem_bytes: usize) -> usize {
-    heads * head_dim * 4 + REFINE_ROWS * refine_pitch(head_dim, elem_bytes)
+pub const fn group_refine_smem(heads: usize, head_dim: usize, row_bytes: usize) -> usize {
+    heads * head_dim * 4 + REFINE_ROWS * refine_pitch(row_bytes)
 }
 
-pub const GROUP_REFINE: Kernel =
-    Kernel { name: "pk_group_refine", dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, 4) };
+pub const GROUP_REFINE: Kernel = Kernel {
+    name: "pk_group_refine",
+    dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM * 4),
+};
 pub const UNMARK: Kernel = k("pk_unmark");
 const fn variant(name: &'static str, slices: usize, batch: usize) -> (usize, usize, Kernel) {
     let smem = attend_smem(batch, 128 * slices, GPU_MAX_GROUP, GPU_ATT_BLOCKS);

@@ -11,7 +11,7 @@ use std::ffi::c_void;
 use super::args::{AttendArgs, GatherArgs, GroupStat, StepArgs};
 pub use super::args::{Retrieval, UnitLayout, UnitState};
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
-use super::encode::{dtype_code, GpuRotation};
+use super::encode::{check_rows, dtype_code, GpuRotation};
 use super::kernels::*;
 use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::RatioPolicy;
@@ -253,6 +253,10 @@ fn search(
             layer.n, layer.n_heads, units, buf.max_cells, buf.max_heads, buf.max_units, shape, buf.shape
         )));
     }
+    check_rows(layer.k_dtype, shape.head_dim, "K")?;
+    if layer.mask_dtype == DType::Q8_0 {
+        return Err(Error::invalid("GPU step: a mask is f32, f16 or bf16, not q8_0"));
+    }
     let n_ret = n_retrievals(params.gqa, layer.n_heads);
     let (adaptive, rho_cand, rho_coll) = match params.ratios {
         RatioPolicy::Adaptive => (1, 0.0, 0.0),
@@ -355,10 +359,10 @@ fn search(
             // shortlists hold at most refine times a retrieval's share of top-k cells
             let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
             let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
-            let elem = layer.k_dtype.bytes(1);
-            let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
+            let row = layer.k_dtype.bytes(shape.head_dim);
+            let mut pitch = refine_pitch(row) as i32;
             let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
-            let smem = refine_smem(shape.head_dim, elem) as u32;
+            let smem = refine_smem(shape.head_dim, row) as u32;
             launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
             launch(module, REFINE_PICK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
         }
@@ -404,10 +408,10 @@ fn group_select(
     if params.refine > 1 {
         let shortlist = params.top_k.saturating_mul(params.refine).min(layer.n);
         let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, 1, u);
-        let elem = layer.k_dtype.bytes(1);
-        let mut pitch = refine_pitch(shape.head_dim, elem) as i32;
+        let row = layer.k_dtype.bytes(shape.head_dim);
+        let mut pitch = refine_pitch(row) as i32;
         let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
-        let smem = group_refine_smem(n_ret, shape.head_dim, elem) as u32;
+        let smem = group_refine_smem(n_ret, shape.head_dim, row) as u32;
         launch(module, GROUP_REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
         stage = 1;
         let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
@@ -447,6 +451,8 @@ pub fn attend(
         )));
     }
     let shape = buf.shape;
+    check_rows(layer.k_dtype, shape.head_dim, "K")?;
+    check_rows(layer.v_dtype, buf.dv, "V")?;
     let (kernel, hb) = attend_variant(shape.head_dim, buf.dv, layer.n_heads);
     let batches = layer.n_heads.div_ceil(hb);
     // blocks per unit: the rows split evenly, at least ATT_ROWS each where the bound is small

@@ -41,9 +41,9 @@ static bool pariskv_cuda_ready() {
     return ready;
 }
 
-// the K/V element types the kernels read (q8_0 caches run the ops on the CPU backend only)
+// the K/V element types the kernels read (q8_0 rows are whole blocks in ggml)
 static bool pariskv_cuda_kv_type(ggml_type type) {
-    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16 || type == GGML_TYPE_Q8_0;
 }
 
 bool ggml_cuda_pariskv_supported(int device, const ggml_tensor * op) {

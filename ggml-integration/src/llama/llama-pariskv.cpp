@@ -284,7 +284,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
 
     if (n_device > 0) {
         LLAMA_LOG_WARN("%s: ParisKV: %d layer(s) keep their KV cache on a device whose backend cannot run ParisKV "
-                "with these settings or cache types (CUDA needs -DGGML_CUDA=ON, a GPU and f32, f16 or bf16 K/V); "
+                "with these settings or cache types (CUDA needs -DGGML_CUDA=ON, a GPU and f32, f16, bf16 or q8_0 K/V); "
                 "they stay dense (use -nkvo for a CPU KV cache)\n", __func__, n_device);
     }
     if (n_handled == 0) {

@@ -126,10 +126,11 @@ static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & tes
             test_cases.emplace_back(new test_pariskv(hs, hs, 2, group, 5037, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 256, 0));
         }
     }
-    // q8_0 (-ctk q8_0 -ctv q8_0): the CPU backend's; CUDA reports it not supported
+    // q8_0 (-ctk q8_0 -ctv q8_0): rows read as ggml dequantizes them, per head and for the group
     for (ggml_type type : { GGML_TYPE_F32, GGML_TYPE_BF16, GGML_TYPE_Q8_0 }) {
         test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 3001, 1, 1, type, type, 256, 0));
     }
+    test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 2, GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 2));
     test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 1, GGML_TYPE_F16, GGML_TYPE_F16, 256, 0)); // streams
     test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 1, 2, GGML_TYPE_F16, GGML_TYPE_F16, 256, 0)); // unified
     test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 2, GGML_TYPE_F16, GGML_TYPE_F16, 256, 1)); // mean
