@@ -124,9 +124,6 @@ impl Config {
             if ordinal > i32::MAX as u32 {
                 return Err(Error::invalid(format!("CUDA device ordinal {ordinal} is out of range")));
             }
-            if self.kv_dtype == DType::Q8_0 {
-                return Err(Error::unsupported("kv_dtype q8_0: CUDA indexes store f32, f16 or bf16 rows"));
-            }
         }
         Ok(shape)
     }

@@ -1308,7 +1308,7 @@ mod index {
     /// The GPU index answers as the CPU index does: the same ranked search lists and stats,
     /// attention within 1e-3 relative, across appends that grow its storage; K/V in device
     /// memory or in pinned host memory (UVA); head dims 64/128/256, GQA 1/4/8; with and
-    /// without refining.
+    /// without refining; f32, f16, bf16 and q8_0 rows.
     #[test]
     fn gpu_index_matches_the_cpu_index() {
         if gpu().is_none() {
@@ -1331,6 +1331,9 @@ mod index {
             Case { d: 256, nq: 8, nkv: 1, dtype: F32, gqa: PerHead, kv_in_host: true, refine: 4 },
             Case { d: 128, nq: 12, nkv: 2, dtype: F16, gqa: Group, kv_in_host: false, refine: 2 },
             Case { d: 256, nq: 4, nkv: 1, dtype: BF16, gqa: Group, kv_in_host: true, refine: 1 },
+            // q8_0 rows: the values the CPU index gets are the blocks' own, so both round alike
+            Case { d: 128, nq: 8, nkv: 2, dtype: Q8_0, gqa: PerHead, kv_in_host: false, refine: 2 },
+            Case { d: 128, nq: 8, nkv: 2, dtype: Q8_0, gqa: Group, kv_in_host: true, refine: 2 },
         ] {
             check(&c);
         }
