@@ -67,7 +67,7 @@ pub const GPU_ATT_ROWS: usize = 64;
 /// Blocks one attention launch aims at, all units and head batches together: a unit's rows
 /// are split evenly over its share of them. Also the most blocks the last block of a unit
 /// combines.
-pub const GPU_ATT_BLOCKS: usize = 512;
+pub const GPU_ATT_BLOCKS: usize = 256;
 /// Floats before a head's accumulator in a block's attention state (max, sum and padding
 /// that keeps the accumulator 16-byte aligned for vector loads).
 pub const GPU_ATT_STATE_HEAD: usize = 4;
@@ -75,7 +75,7 @@ pub const GPU_ATT_STATE_HEAD: usize = 4;
 /// H200): the blocks stride over the lists, whose lengths only the device knows.
 pub const GPU_LIST_BLOCKS: usize = 1024;
 /// Warps per block of the attention kernel.
-pub const GPU_ATT_WARPS: usize = 4;
+pub const GPU_ATT_WARPS: usize = 8;
 /// Warps (one key each) per block of the encode kernel.
 pub const GPU_ENCODE_WARPS: usize = 4;
 /// Warps (one row each) per block of the gather kernel.
