@@ -53,8 +53,9 @@ __device__ void pk_cutoff(const pk_step_args & a, int u, int r) {
 }
 
 // collision counts per cell and their histogram, for `r_batch` retrievals per block (each
-// cell's codes loaded once for all of them, into registers); grid (chunks, retrieval
-// batches, units). The levels of four retrievals share a word, one byte each, so one
+// cell's codes loaded once for all of them, into registers); grid (blocks striding over the
+// chunks, retrieval batches, units): a block loads the tier tables and flushes its
+// histogram once, however many chunks it takes. The levels of four retrievals share a word, one byte each, so one
 // shared-memory load serves four and the words add bytewise (a level is at most
 // PK_N_TIERS: 32 blocks sum to 192, below a byte's 256, before the bytes are unpacked).
 // Dynamic shared memory (src/cuda/kernels.rs: collisions_smem): ceil(r_batch / 4) * nb*256
@@ -79,45 +80,47 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     __syncthreads();
     const unsigned char * codes = pk_codes_of(a, u);
     const unsigned char * klass = a.klass + (long long) u * a.n;
-    const int c1 = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
-    for (int c = blockIdx.x * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
-        const bool in_zone = klass[c] == PK_ZONE;
-        const unsigned char * code = codes + (long long) c * a.nb;
-        unsigned int words[MAX_WORDS];
+    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
+        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
+        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
+            const bool in_zone = klass[c] == PK_ZONE;
+            const unsigned char * code = codes + (long long) c * a.nb;
+            unsigned int words[MAX_WORDS];
 #pragma unroll
-        for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
-        for (int q = 0; q < n_quads; ++q) {
-            const unsigned int * L = pk_lv_words + q * n_lv;
-            int total[4] = {0, 0, 0, 0};
-            unsigned int packed = 0;
-            auto unpack = [&]() {
+            for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
+            for (int q = 0; q < n_quads; ++q) {
+                const unsigned int * L = pk_lv_words + q * n_lv;
+                int total[4] = {0, 0, 0, 0};
+                unsigned int packed = 0;
+                auto unpack = [&]() {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
-                packed = 0;
-            };
-            if (in_zone && n_words > 0) {
+                    for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
+                    packed = 0;
+                };
+                if (in_zone && n_words > 0) {
 #pragma unroll
-                for (int i = 0; i < MAX_WORDS; ++i) {
-                    if (i >= n_words) break;
-                    const unsigned int x = words[i];
-                    const int b = 4 * i;
-                    packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
-                            + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
-                    if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
+                    for (int i = 0; i < MAX_WORDS; ++i) {
+                        if (i >= n_words) break;
+                        const unsigned int x = words[i];
+                        const int b = 4 * i;
+                        packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
+                                + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                        if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
+                    }
+                } else if (in_zone) {
+                    for (int b = 0; b < a.nb; ++b) {
+                        packed += L[b * PK_N_CENTROIDS + code[b]];
+                        if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
+                    }
                 }
-            } else if (in_zone) {
-                for (int b = 0; b < a.nb; ++b) {
-                    packed += L[b * PK_N_CENTROIDS + code[b]];
-                    if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
-                }
-            }
-            unpack();
+                unpack();
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int r = 4 * q + j;
-                if (r >= nr) break;
-                a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
-                if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+                for (int j = 0; j < 4; ++j) {
+                    const int r = 4 * q + j;
+                    if (r >= nr) break;
+                    a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
+                    if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+                }
             }
         }
     }
@@ -132,24 +135,27 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
 }
 
 // cells at the cutoff count per chunk (for their rank among ties), then, by the last block
-// of each retrieval, their exclusive prefix over the chunks; grid (chunks, retrievals, units)
+// of each retrieval, their exclusive prefix over the chunks; grid (blocks striding over the
+// chunks, retrievals, units)
 extern "C" __global__ void pk_tie_chunks(pk_step_args a) {
     __shared__ int ties;
-    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
-    if (threadIdx.x == 0) ties = 0;
-    __syncthreads();
+    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r, n_chunks = pk_n_chunks(a);
     const unsigned short * counts = a.counts + (long long) ur * a.n;
     const int cutoff = pk_ret(a, u, r).cutoff;
-    const int c1 = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
-    int mine = 0;
-    for (int c = blockIdx.x * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) mine += counts[c] == cutoff;
-    for (int o = 16; o > 0; o /= 2) mine += __shfl_xor_sync(0xFFFFFFFFu, mine, o);
-    if (threadIdx.x % 32 == 0 && mine) atomicAdd(&ties, mine);
-    __syncthreads();
-    int * t = a.chunk_ties + (long long) ur * (gridDim.x + 1);
-    if (threadIdx.x == 0) t[blockIdx.x] = ties;
+    int * t = a.chunk_ties + (long long) ur * (n_chunks + 1);
+    for (int chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
+        if (threadIdx.x == 0) ties = 0;
+        __syncthreads();
+        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
+        int mine = 0;
+        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) mine += counts[c] == cutoff;
+        for (int o = 16; o > 0; o /= 2) mine += __shfl_xor_sync(0xFFFFFFFFu, mine, o);
+        if (threadIdx.x % 32 == 0 && mine) atomicAdd(&ties, mine);
+        __syncthreads();
+        if (threadIdx.x == 0) t[chunk] = ties;
+    }
     if (!pk_last_block(a.done + u * PK_DONE_SLOTS + PK_DONE_TIES + r, gridDim.x) || threadIdx.x >= 32) return;
-    const int lane = threadIdx.x, n_chunks = gridDim.x;
+    const int lane = threadIdx.x;
     int carry = 0;
     for (int i0 = 0; i0 < n_chunks; i0 += 32) {
         const int i = i0 + lane;

@@ -50,7 +50,7 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
     const int u = blockIdx.z, g = a.n_ret;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int r = threadIdx.x; r < g; r += blockDim.x) {
-        base[r] = a.chunk_ties[((long long) u * g + r) * (gridDim.x + 1) + blockIdx.x];
+        base[r] = a.chunk_ties[((long long) u * g + r) * (pk_n_chunks(a) + 1) + blockIdx.x];
     }
     __syncthreads();
     pk_retrieval & x0 = pk_ret(a, u, 0);

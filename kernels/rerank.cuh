@@ -45,7 +45,7 @@ __device__ __forceinline__ void pk_build_lut(float * lut, const float * q, int d
 template <typename F>
 __device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u, int r, int * warp_ties, int & base, F f) {
     const int ur = u * a.n_ret + r;
-    if (threadIdx.x == 0) base = a.chunk_ties[(long long) ur * (gridDim.x + 1) + blockIdx.x];
+    if (threadIdx.x == 0) base = a.chunk_ties[(long long) ur * (pk_n_chunks(a) + 1) + blockIdx.x];
     __syncthreads();
     const pk_retrieval & x = pk_ret(a, u, r);
     const unsigned short * counts = a.counts + (long long) ur * a.n;

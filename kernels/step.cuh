@@ -95,6 +95,13 @@ struct pk_step_args {
     unsigned int * done;        // [units][PK_DONE_SLOTS]: blocks finished (pk_last_block)
 };
 
+// Chunks of PK_CHUNK cells of a cell pass (at least one, as src/cuda/step.rs counts them).
+// Passes whose blocks pay a fixed cost (shared tables loaded, histograms flushed) run a grid
+// of bounded size: block x takes chunks x, x + gridDim.x, ...
+__device__ __forceinline__ int pk_n_chunks(const pk_step_args & a) {
+    return a.n > PK_CHUNK ? (a.n + PK_CHUNK - 1) / PK_CHUNK : 1;
+}
+
 // a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch, then from
 // PK_DONE_TIES one per retrieval's tie count
 #define PK_DONE_TIES PK_MAX_GROUP

@@ -74,6 +74,11 @@ pub const GPU_ATT_STATE_HEAD: usize = 4;
 /// Blocks of a pass over candidate lists, all units together (about eight per SM of an
 /// H200): the blocks stride over the lists, whose lengths only the device knows.
 pub const GPU_LIST_BLOCKS: usize = 1024;
+/// Blocks of a cell pass whose blocks pay a fixed cost (loading the tier tables, clearing
+/// and flushing shared histograms), all units together: beyond it blocks stride over the
+/// chunks (about four per SM of an H100 or H200; fewer blocks each taking more chunks
+/// measured faster at 128K cells, more no faster at 32K).
+pub const GPU_CELL_BLOCKS: usize = 512;
 /// Warps per block of the attention kernel.
 pub const GPU_ATT_WARPS: usize = 8;
 /// Warps (one key each) per block of the encode kernel.

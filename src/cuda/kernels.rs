@@ -3,7 +3,7 @@
 //! shapes from `constants` that the kernels are compiled with.
 
 use crate::constants::{
-    GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
+    GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_CELL_BLOCKS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CHUNK, GPU_CHUNK_THREADS,
     GPU_DONE_SLOTS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH, GPU_LIST_BLOCKS, GPU_MAX_GROUP,
     GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
@@ -117,6 +117,7 @@ pub const REFINE: Kernel =
     Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, MAX_HEAD_DIM * 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
 pub const LIST_BLOCKS: usize = GPU_LIST_BLOCKS;
+pub const CELL_BLOCKS: usize = GPU_CELL_BLOCKS;
 /// Heads pk_group_estimate estimates at once.
 pub fn group_head_batch(heads: usize) -> usize {
     heads.clamp(1, GPU_GROUP_HEAD_BATCH)

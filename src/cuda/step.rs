@@ -314,14 +314,17 @@ fn search(
     };
     let u = units as u32;
     let cells = (n_chunks as u32, 1, u);
+    // passes with a fixed cost per block: at most CELL_BLOCKS for the layer, striding over
+    // the chunks (`per_unit`: the grid's y extent times the units)
+    let strided = |per_unit: usize| (n_chunks.min((CELL_BLOCKS / per_unit).max(1))) as u32;
     let per_ret = (n_chunks as u32, n_ret as u32, u);
     let one_per_ret = (n_ret as u32, 1, u);
     let ap = &mut a as *mut StepArgs as *mut c_void;
     let mut p = [ap];
     launch(module, BEGIN, (1, 1, u), THREADS, 0, stream, &mut p)?;
-    launch(module, VISIBILITY, cells, THREADS, 0, stream, &mut p)?;
+    launch(module, VISIBILITY, (strided(units), 1, u), THREADS, 0, stream, &mut p)?;
     let hist_smem = (shape.n_blocks * N_CENTROIDS * 4) as u32;
-    launch(module, CLASSIFY, cells, THREADS, hist_smem, stream, &mut p)?;
+    launch(module, CLASSIFY, (strided(units), 1, u), THREADS, hist_smem, stream, &mut p)?;
     marks.mark("validity + histogram", stream)?;
 
     let (mut mean, mut signs, mut scale, mut d) = (
@@ -342,13 +345,14 @@ fn search(
     let r_batch = collisions_batch(n_ret, shape.n_blocks);
     let mut rb = r_batch as i32;
     let mut cp = [ap, &mut rb as *mut i32 as *mut c_void];
-    let batches = (n_chunks as u32, n_ret.div_ceil(r_batch) as u32, u);
+    let n_batches = n_ret.div_ceil(r_batch);
+    let batches = (strided(units * n_batches), n_batches as u32, u);
     let smem = collisions_smem(r_batch, shape.n_blocks) as u32;
     // with the cutoffs (the last block of each batch)
     launch(module, COLLISIONS, batches, THREADS, smem, stream, &mut cp)?;
     marks.mark("query + tiers + collision counts", stream)?;
     // with their scan (the last block of each retrieval)
-    launch(module, TIE_CHUNKS, per_ret, THREADS, 0, stream, &mut p)?;
+    launch(module, TIE_CHUNKS, (strided(units * n_ret), n_ret as u32, u), THREADS, 0, stream, &mut p)?;
     if params.gqa == GqaPolicy::Group {
         group_select(module, params, layer, buf, stream, marks, ap, (n_chunks, n_ret, units))?;
     } else {
