@@ -4,6 +4,8 @@
 # with its CUDA kernels, the patched llama.cpp tree, the tiny test models):
 #
 #   ggml-integration/device-run.sh build OUT         llama.cpp with -DGGML_CUDA=ON -DGGML_PARISKV=ON
+#                                                    (or, staged with PARISKV_STAGE_PREBUILT=1, its
+#                                                    binaries unpacked: seconds, not minutes)
 #   ggml-integration/device-run.sh check OUT         test-backend-ops (CUDA vs CPU) and the end-to-end
 #                                                    tests with every layer on the GPU, then again
 #                                                    with --pariskv-offload on every server
@@ -31,10 +33,21 @@ carry=build/device-carry
 export PARISKV_WORK=${PARISKV_WORK:-/tmp/pariskv-work}
 bin=$PARISKV_WORK/build-cuda/bin
 export PYTHONPATH=$PARISKV_WORK/llama.cpp/gguf-py${PYTHONPATH:+:$PYTHONPATH}
+# binaries built elsewhere find their libraries here and the toolkit's cuBLAS and runtime
+[ ! -f "$carry/llama-bin.tar.xz" ] ||
+    export LD_LIBRARY_PATH=$bin:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 case $cmd in
 build)
     rm -rf "$PARISKV_WORK/llama.cpp" && mkdir -p "$PARISKV_WORK/llama.cpp"
+    if [ -f "$carry/llama-bin.tar.xz" ]; then
+        rm -rf "$bin" && mkdir -p "$bin"
+        tar -xJf "$carry/llama-bin.tar.xz" -C "$bin" && tar -xzf "$carry/gguf-py.tar.gz" -C "$PARISKV_WORK/llama.cpp" || exit 1
+        missing=$(ldd "$bin"/llama-* "$bin"/test-backend-ops | grep "not found" | sort -u)
+        [ -z "$missing" ] || { echo "the prebuilt binaries miss libraries: $missing"; exit 1; }
+        echo "prebuilt binaries unpacked into $bin"
+        exit 0
+    fi
     tar -xzf "$carry/llama.tar.gz" -C "$PARISKV_WORK/llama.cpp"
     cp "$carry/libpariskv.a" "$PARISKV_WORK/libpariskv.a"  # the carried copy is replaced by later calls
     start=$(date +%s)
