@@ -57,13 +57,13 @@ pub struct EncodeTarget {
 
 /// The kernels' code of an element type (`pk_dtype`, numbered as `pariskv_dtype`): f32, f16,
 /// bf16 and q8_0 rows (row lengths a whole number of q8_0 blocks, checked by the callers).
-pub fn dtype_code(d: DType) -> Result<i32> {
-    Ok(match d {
+pub fn dtype_code(d: DType) -> i32 {
+    match d {
         DType::F32 => 0,
         DType::F16 => 1,
         DType::BF16 => 2,
         DType::Q8_0 => 3,
-    })
+    }
 }
 
 /// Refuses rows of `len` elements of `dtype` the kernels cannot read: q8_0 rows must be
@@ -96,7 +96,7 @@ pub fn encode(
     check_rows(target.key_dtype, shape.head_dim, "keys")?;
     let mut args = EncodeArgs {
         keys: target.keys,
-        key_dtype: dtype_code(target.key_dtype)?,
+        key_dtype: dtype_code(target.key_dtype),
         key_row_stride: target.key_row_stride as i64,
         key_head_stride: target.key_head_stride as i64,
         cells,

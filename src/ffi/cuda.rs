@@ -13,22 +13,11 @@ use super::handle::Registry;
 use super::types::pariskv_status;
 #[cfg(feature = "cuda")]
 use crate::error::Error;
+#[cfg(not(feature = "cuda"))]
 use crate::error::Result;
-#[cfg(feature = "cuda")]
-use crate::rows::DType;
 
 /// `pariskv_dtype` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_dtype = u32;
-
-/// An element type the kernels read (`cuda::encode::dtype_code` says which), the refusal
-/// naming the argument.
-#[cfg(feature = "cuda")]
-fn gpu_dtype(raw: pariskv_dtype, what: &str) -> Result<DType> {
-    let d = dtype(raw, what)?;
-    crate::cuda::encode::dtype_code(d)
-        .map_err(|e| Error { message: format!("{what}: {}", e.message), ..e })?;
-    Ok(d)
-}
 
 /// Where an engine's KV cache and its index live on the device, for `pariskv_cuda_encode`:
 /// a cache of streams of `kv_size` cells with `n_heads` KV heads; global cell
@@ -260,7 +249,7 @@ pub extern "C" fn pariskv_cuda_encode(
             let rot = rotation_for(&stream, shape, seed)?;
             let target = EncodeTarget {
                 keys: t.keys,
-                key_dtype: gpu_dtype(t.key_dtype, "target.key_dtype")?,
+                key_dtype: dtype(t.key_dtype, "target.key_dtype")?,
                 key_row_stride: t.key_row_stride,
                 key_head_stride: t.key_head_stride,
                 codes: t.codes,
@@ -391,16 +380,16 @@ pub extern "C" fn pariskv_cuda_step_run(
                 },
                 n: l.n_cells,
                 k: l.k,
-                k_dtype: gpu_dtype(l.k_dtype, "layer.k_dtype")?,
+                k_dtype: dtype(l.k_dtype, "layer.k_dtype")?,
                 k_stride: l.k_row_stride,
                 v: l.v,
-                v_dtype: gpu_dtype(l.v_dtype, "layer.v_dtype")?,
+                v_dtype: dtype(l.v_dtype, "layer.v_dtype")?,
                 v_stride: l.v_row_stride,
                 codes: l.codes,
                 nibbles: l.nibbles,
                 weights: l.weights,
                 mask: l.mask,
-                mask_dtype: gpu_dtype(l.mask_dtype, "layer.mask_dtype")?,
+                mask_dtype: dtype(l.mask_dtype, "layer.mask_dtype")?,
                 pos: l.pos,
                 q: l.q,
                 q_stride: l.q_row_stride,
