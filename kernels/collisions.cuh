@@ -80,50 +80,47 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     __syncthreads();
     const unsigned char * codes = pk_codes_of(a, u);
     const unsigned char * klass = a.klass + (long long) u * a.n;
-    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
-        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
-        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
-            const bool in_zone = klass[c] == PK_ZONE;
-            const unsigned char * code = codes + (long long) c * a.nb;
-            unsigned int words[MAX_WORDS];
+    pk_for_block_cells(a, [&](int c) {
+        const bool in_zone = klass[c] == PK_ZONE;
+        const unsigned char * code = codes + (long long) c * a.nb;
+        unsigned int words[MAX_WORDS];
 #pragma unroll
-            for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
-            for (int q = 0; q < n_quads; ++q) {
-                const unsigned int * L = pk_lv_words + q * n_lv;
-                int total[4] = {0, 0, 0, 0};
-                unsigned int packed = 0;
-                auto unpack = [&]() {
+        for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
+        for (int q = 0; q < n_quads; ++q) {
+            const unsigned int * L = pk_lv_words + q * n_lv;
+            int total[4] = {0, 0, 0, 0};
+            unsigned int packed = 0;
+            auto unpack = [&]() {
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
-                    packed = 0;
-                };
-                if (in_zone && n_words > 0) {
+                for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
+                packed = 0;
+            };
+            if (in_zone && n_words > 0) {
 #pragma unroll
-                    for (int i = 0; i < MAX_WORDS; ++i) {
-                        if (i >= n_words) break;
-                        const unsigned int x = words[i];
-                        const int b = 4 * i;
-                        packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
-                                + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
-                        if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
-                    }
-                } else if (in_zone) {
-                    for (int b = 0; b < a.nb; ++b) {
-                        packed += L[b * PK_N_CENTROIDS + code[b]];
-                        if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
-                    }
+                for (int i = 0; i < MAX_WORDS; ++i) {
+                    if (i >= n_words) break;
+                    const unsigned int x = words[i];
+                    const int b = 4 * i;
+                    packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
+                            + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                    if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
                 }
-                unpack();
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int r = 4 * q + j;
-                    if (r >= nr) break;
-                    a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
-                    if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+            } else if (in_zone) {
+                for (int b = 0; b < a.nb; ++b) {
+                    packed += L[b * PK_N_CENTROIDS + code[b]];
+                    if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
                 }
             }
+            unpack();
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int r = 4 * q + j;
+                if (r >= nr) break;
+                a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
+                if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+            }
         }
-    }
+    });
     __syncthreads();
     unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r0) * n_ch;
     for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {

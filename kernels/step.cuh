@@ -102,6 +102,15 @@ __device__ __forceinline__ int pk_n_chunks(const pk_step_args & a) {
     return a.n > PK_CHUNK ? (a.n + PK_CHUNK - 1) / PK_CHUNK : 1;
 }
 
+// f(c) for every cell c of this block's chunks in a strided cell pass
+template <typename F>
+__device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, F f) {
+    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
+        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
+        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) f(c);
+    }
+}
+
 // a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch, then from
 // PK_DONE_TIES one per retrieval's tie count
 #define PK_DONE_TIES PK_MAX_GROUP

@@ -33,17 +33,14 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
 extern "C" __global__ void pk_visibility(pk_step_args a) {
     const int u = blockIdx.z;
     int lo = 0x7FFFFFFF, hi = -0x7FFFFFFF - 1, count = 0;
-    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
-        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
-        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
-            if (pk_mask_of(a, u, c) > -INFINITY) {
-                const int p = pk_pos_of(a, u, c);
-                lo = min(lo, p);
-                hi = max(hi, p);
-                count++;
-            }
+    pk_for_block_cells(a, [&](int c) {
+        if (pk_mask_of(a, u, c) > -INFINITY) {
+            const int p = pk_pos_of(a, u, c);
+            lo = min(lo, p);
+            hi = max(hi, p);
+            count++;
         }
-    }
+    });
     for (int o = 16; o > 0; o /= 2) {
         lo = min(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, o));
         hi = max(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, o));
@@ -75,31 +72,28 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
     unsigned char * klass = a.klass + (long long) u * a.n;
     int * rows = a.rows + (long long) u * a.n;
     int zone = 0;
-    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
-        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
-        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
-            unsigned char k = PK_HIDDEN;
-            if (pk_mask_of(a, u, c) > -INFINITY) {
-                const long long p = pk_pos_of(a, u, c);
-                k = (p < sink_end || p > window_start) ? PK_FIXED : PK_ZONE;
-            }
-            klass[c] = k;
-            if (k == PK_FIXED) {
-                rows[atomicAdd(&s.n_rows, 1)] = c;
-            } else if (k == PK_ZONE) {
-                zone++;
-                const unsigned char * code = codes + (long long) c * a.nb;
-                if (a.nb % 4 == 0) {
-                    for (int i = 0; i < a.nb / 4; ++i) {
-                        const unsigned int x = ((const unsigned int *) code)[i];
-                        for (int j = 0; j < 4; ++j) atomicAdd(&pk_hist_smem[(4 * i + j) * PK_N_CENTROIDS + (x >> (8 * j) & 255)], 1u);
-                    }
-                } else {
-                    for (int b = 0; b < a.nb; ++b) atomicAdd(&pk_hist_smem[b * PK_N_CENTROIDS + code[b]], 1u);
+    pk_for_block_cells(a, [&](int c) {
+        unsigned char k = PK_HIDDEN;
+        if (pk_mask_of(a, u, c) > -INFINITY) {
+            const long long p = pk_pos_of(a, u, c);
+            k = (p < sink_end || p > window_start) ? PK_FIXED : PK_ZONE;
+        }
+        klass[c] = k;
+        if (k == PK_FIXED) {
+            rows[atomicAdd(&s.n_rows, 1)] = c;
+        } else if (k == PK_ZONE) {
+            zone++;
+            const unsigned char * code = codes + (long long) c * a.nb;
+            if (a.nb % 4 == 0) {
+                for (int i = 0; i < a.nb / 4; ++i) {
+                    const unsigned int x = ((const unsigned int *) code)[i];
+                    for (int j = 0; j < 4; ++j) atomicAdd(&pk_hist_smem[(4 * i + j) * PK_N_CENTROIDS + (x >> (8 * j) & 255)], 1u);
                 }
+            } else {
+                for (int b = 0; b < a.nb; ++b) atomicAdd(&pk_hist_smem[b * PK_N_CENTROIDS + code[b]], 1u);
             }
         }
-    }
+    });
     for (int o = 16; o > 0; o /= 2) zone += __shfl_xor_sync(0xFFFFFFFFu, zone, o);
     if (threadIdx.x % 32 == 0 && zone) atomicAdd(&s.n_zone, zone);
     __syncthreads();
