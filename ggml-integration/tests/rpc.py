@@ -10,7 +10,9 @@ whose CPU backend runs the ParisKV ops. Checked against the same runs without RP
 - two rpc-servers, the layers split between them;
 - an rpc-server built without -DGGML_PARISKV: the client refuses it at connection time with
   one line naming the problem, and never sends it a ParisKV op;
-- --pariskv-offload: one line saying it does not apply, answers unchanged.
+- --pariskv-offload: one line saying it does not apply, answers unchanged;
+- llama-bench's fill=local: the remote device's compute buffer no larger than the exact
+  fill's (a per-layer cut of the CPU-side KQ mask once cost a mask-sized copy per layer).
 
   rpc.py --bin build/build-cpu/bin --plain-rpc-server BUILD/bin/ggml-rpc-server --tiny build/models/tiny.gguf
 
@@ -151,6 +153,28 @@ def test_refusals(a):
     check(got == dense, "--pariskv-offload over RPC, top-k >= context: identical to dense")
 
 
+def remote_compute_buffer(stderr):
+    """The RPC device's compute buffer (MiB) that llama-bench -v reports at its first reserve."""
+    for line in stderr.splitlines():
+        if "RPC0" in line and "compute buffer size =" in line:
+            return float(line.split("=")[1].split()[0])
+    return None
+
+
+def test_fill_buffer(a):
+    print("llama-bench --pariskv-fill local over RPC: no per-layer copy of the KQ mask")
+    sizes = {}
+    with RpcServer(a.rpc_server) as r:
+        for fill in ("exact", "local"):
+            out = subprocess.run([os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "--rpc", r.endpoint, "-ngl", "99",
+                                  "-fa", "1", "-p", "0", "-n", "4", "-d", "4096", "-ub", "512", "-pkt", "32",
+                                  "--pariskv-fill", fill, "-r", "1", "-t", "2", "-v"],
+                                 capture_output=True, text=True, timeout=600)
+            sizes[fill] = remote_compute_buffer(out.stderr) if out.returncode == 0 else None
+    check(None not in sizes.values() and sizes["local"] <= sizes["exact"],
+          f"the rpc device's compute buffer (MiB) with fill=local no larger than with fill=exact ({sizes})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bin", required=True, help="the patched build's bin directory (llama-server, ggml-rpc-server)")
@@ -158,7 +182,7 @@ def main():
     p.add_argument("--tiny", required=True, help="the tiny test model")
     a = p.parse_args()
     a.rpc_server = os.path.join(a.bin, "ggml-rpc-server")
-    e2e.run_tests([test_answers, test_two_servers, test_shift_and_restore, test_refusals], a)
+    e2e.run_tests([test_answers, test_two_servers, test_shift_and_restore, test_refusals, test_fill_buffer], a)
 
 
 if __name__ == "__main__":

@@ -620,6 +620,10 @@ void llama_pariskv_kv::count(const llama_kv_cache_context & mctx, const llama_ub
     }
 }
 
+bool llama_pariskv_kv::same_cache(const llama_kv_cache_context & prev, const llama_kv_cache_context & next) {
+    return next.kv == prev.kv;
+}
+
 bool llama_pariskv_kv::same_choice(const llama_kv_cache_context & prev, const llama_kv_cache_context & next,
         const llama_ubatch & ubatch, bool training, bool chose) {
     return next.kv == prev.kv && next.kv->pariskv &&
@@ -706,6 +710,40 @@ static bool pariskv_fill_local(const llama_cparams & cparams) {
     return local;
 }
 
+std::pair<int64_t, int64_t> llama_pariskv_kv::fill_tiles(const llama_kv_cache_context & mctx, int64_t n_kv) {
+    const auto & cells = mctx.sinfos[mctx.i_cur].idxs[0];
+    const auto [lo, hi] = std::minmax_element(cells.begin(), cells.end());
+    const int64_t tile = 256;
+    return { (int64_t) *lo / tile * tile, std::min<int64_t>(n_kv, ((int64_t) *hi + tile) / tile * tile) };
+}
+
+// fill=local: the KQ mask's columns of the window, cut once per graph. The cut runs on the CPU,
+// where the mask input lives: a view of the mask taken by a GPU node would be copied to the
+// GPU with the mask's strides, i.e. nearly the whole mask, once for every layer (28 x 512 MiB
+// of compute buffer at 512K cells and ubatch 512). A graph whose window moved is not reused.
+class llm_graph_input_pariskv_fill : public llm_graph_input_i {
+public:
+    llm_graph_input_pariskv_fill(const llama_kv_cache_context * mctx, ggml_tensor * mask, std::pair<int64_t, int64_t> tiles) :
+        mctx(mctx), mask(mask), tiles(tiles) {}
+
+    void set_input(const llama_ubatch *) override {}
+
+    bool can_reuse(const llm_graph_params & params) override {
+        const llama_kv_cache_context * next = pariskv_kv_context(params.mctx);
+        if (!next || !llama_pariskv_kv::same_cache(*mctx, *next) ||
+                llama_pariskv_kv::fill_tiles(*next, mask->ne[0]) != tiles) {
+            return false;
+        }
+        mctx = next;
+        return true;
+    }
+
+    const llama_kv_cache_context * mctx;
+    ggml_tensor * mask;                 // the graph's KQ mask input
+    std::pair<int64_t, int64_t> tiles;  // the window's cells
+    ggml_tensor * window = nullptr;     // its columns of the window, contiguous
+};
+
 void llama_pariskv_kv::fill_window(const llm_graph_context & g, const llama_kv_cache_context & mctx, ggml_tensor *& k,
         ggml_tensor *& v, ggml_tensor *& kq_mask, int il) {
     const llama_kv_cache & kv = *mctx.kv;
@@ -722,20 +760,32 @@ void llama_pariskv_kv::fill_window(const llm_graph_context & g, const llama_kv_c
         LLAMA_LOG_WARN("%s: ParisKV fill=local: prompt ubatches attend only within their own cells "
                 "(speed only, for decode benchmarks at depth)\n", __func__);
     }
-    // the 256-cell tiles (llama.cpp pads n_kv to them for flash attention) holding the ubatch's cells
-    const auto & cells = mctx.sinfos[mctx.i_cur].idxs[0];
-    const auto [lo, hi] = std::minmax_element(cells.begin(), cells.end());
-    const int64_t tile = 256;
-    const int64_t w0 = (int64_t) *lo / tile * tile;
-    const int64_t w1 = std::min<int64_t>(k->ne[2], ((int64_t) *hi + tile) / tile * tile);
+    llm_graph_input_pariskv_fill * inp = nullptr;
+    for (auto & i : g.res->inputs) {
+        auto * p = dynamic_cast<llm_graph_input_pariskv_fill *>(i.get());
+        if (p && p->mask == kq_mask) {
+            inp = p;
+        }
+    }
+    if (!inp) {
+        auto made = std::make_unique<llm_graph_input_pariskv_fill>(&mctx, kq_mask, fill_tiles(mctx, k->ne[2]));
+        const auto [w0, w1] = made->tiles;
+        // flash attention takes a contiguous mask
+        made->window = ggml_cont(g.ctx0, ggml_view_4d(g.ctx0, kq_mask, w1 - w0, kq_mask->ne[1], kq_mask->ne[2],
+                kq_mask->ne[3], kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], w0*kq_mask->nb[0]));
+        ggml_set_name(made->window, "pariskv_fill_mask");
+        if (g.backend_cpu) {
+            ggml_backend_sched_set_tensor_backend(g.sched, made->window, g.backend_cpu);
+        }
+        inp = (llm_graph_input_pariskv_fill *) g.res->add_input(std::move(made));
+    }
+    const auto [w0, w1] = inp->tiles;
     auto window = [&](ggml_tensor * t) {
         return ggml_view_4d(g.ctx0, t, t->ne[0], t->ne[1], w1 - w0, 1, t->nb[1], t->nb[2], t->nb[3], w0*t->nb[2]);
     };
     k = window(k);
     v = window(v);
-    // flash attention takes a contiguous mask: its columns of the window
-    kq_mask = ggml_cont(g.ctx0, ggml_view_4d(g.ctx0, kq_mask, w1 - w0, kq_mask->ne[1], kq_mask->ne[2], kq_mask->ne[3],
-            kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], w0*kq_mask->nb[0]));
+    kq_mask = inp->window;
 }
 
 ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_tensor * q, ggml_tensor *& k, ggml_tensor *& v,

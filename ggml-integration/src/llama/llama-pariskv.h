@@ -22,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 struct llama_context;
@@ -96,6 +97,9 @@ struct llama_pariskv_kv {
     // the 256-cell tiles holding the ubatch's cells (left as they are where that does not apply)
     static void fill_window(const llm_graph_context & g, const llama_kv_cache_context & mctx, ggml_tensor *& k,
             ggml_tensor *& v, ggml_tensor *& kq_mask, int il);
+    // the tiles of 256 cells (llama.cpp pads n_kv to them for flash attention) holding the
+    // current ubatch's cells, [w0, w1) clipped to n_kv
+    static std::pair<int64_t, int64_t> fill_tiles(const llama_kv_cache_context & mctx, int64_t n_kv);
 
     // end of llama_model::create_memory: one log line where ParisKV was asked for but the
     // model's memory is of a kind it does not handle
@@ -151,6 +155,8 @@ struct llama_pariskv_kv {
             ggml_tensor * encoded, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * kq_b,
             ggml_tensor * kq_mask, ggml_tensor * sinks, ggml_tensor * v_mla, float kq_scale, int il);
 
+    // whether prev and next are contexts of one cache
+    static bool same_cache(const llama_kv_cache_context & prev, const llama_kv_cache_context & next);
     // whether a graph built for prev, which chose ParisKV or not (chose), chooses the same for
     // ubatch over next (then it can be reused)
     static bool same_choice(const llama_kv_cache_context & prev, const llama_kv_cache_context & next,
