@@ -652,6 +652,11 @@ typedef struct pariskv_cuda_step pariskv_cuda_step;
 // g = stream * kv_size + cell. The key of (g, head h) is at
 // `keys + g * key_row_stride + h * key_head_stride` bytes; the index of (g, h) is row
 // `(stream * n_heads + h) * kv_size + cell` of `codes`, `nibbles` and `weights`.
+// Optionally (both 0: none kept) the histogram of the codes of the cells flagged counted,
+// `hist` `[stream * n_heads + h][n_blocks][256]` uint32, and the flags, `counted`, one
+// uint8 per index row, at the row's number (1 = counted; all 0 for a new cache): an encode
+// takes a counted cell's old codes out of `hist` and puts every encoded cell's new ones in,
+// as `pariskv_codes_tally` does, so that a step can start from it (`pariskv_cuda_layer`).
 typedef struct pariskv_cuda_encode_target {
   uint64_t keys;
   pariskv_dtype key_dtype;
@@ -662,6 +667,8 @@ typedef struct pariskv_cuda_encode_target {
   uint64_t weights;
   size_t kv_size;
   uint32_t n_heads;
+  uint64_t hist;
+  uint64_t counted;
 } pariskv_cuda_encode_target;
 
 // One layer's decode step on the device, for `pariskv_cuda_step_run`: `n_units` units, unit
@@ -670,7 +677,12 @@ typedef struct pariskv_cuda_encode_target {
 // bytes. Within a unit: cell c's K row at `+ c * k_row_stride` (likewise V, `n_cells` cells),
 // its index rows (codes, nibbles, weights as in `pariskv_codes`), mask value (0 or -inf,
 // `mask_dtype`) and int32 position at element c; query head i at `+ i * q_row_stride`
-// (f32), its output at `+ i * out_row_stride` (f32).
+// (f32), its output at `+ i * out_row_stride` (f32). Optionally (both 0: the zone's
+// histogram counted every step) the histogram the encodes keep and its flags
+// (`pariskv_cuda_encode_target`): the unit's `[n_blocks][256]` counts at `hist` and flag of
+// cell c at `counted + c`; the step takes its zone's histogram from them where that is
+// exact, and counts it where not (a counted cell outside the view, a visible cell not
+// counted).
 typedef struct pariskv_cuda_layer {
   uint32_t n_units;
   uint32_t n_kv_heads;
@@ -708,6 +720,12 @@ typedef struct pariskv_cuda_layer {
   size_t out_row_stride;
   int64_t out_token_stride;
   int64_t out_head_stride;
+  uint64_t hist;
+  int64_t hist_token_stride;
+  int64_t hist_head_stride;
+  uint64_t counted;
+  int64_t counted_token_stride;
+  int64_t counted_head_stride;
 } pariskv_cuda_layer;
 
 // `*out` = 1 when a CUDA driver and a GPU are available to this build, else 0.

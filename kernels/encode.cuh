@@ -17,6 +17,8 @@ struct pk_encode_args {
     unsigned char * codes;      // index of (g, h) at ((stream*n_heads + h)*kv_size + cell) rows
     unsigned char * nibbles;
     __half *     weights;
+    unsigned int * hist;        // the kept histogram, [stream*n_heads + h][nb][256], or null: none kept
+    unsigned char * counted;    // its flags, one a row of codes (1: the row's codes are in hist)
     long long    kv_size;
     int          n_heads;
     float *      center;        // per KV head center_len = head_dim + 1 floats (centre, count), or null
@@ -85,6 +87,9 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
 
     const long long s = g / a.kv_size, cell = g % a.kv_size;
     const long long row = (s * a.n_heads + h) * a.kv_size + cell;
+    // the kept histogram (kept::tally): the cell's old codes out if they were counted, the new in
+    unsigned int * hist = a.hist ? a.hist + (s * a.n_heads + h) * nb * PK_N_CENTROIDS : nullptr;
+    const bool was_counted = hist && a.counted[row] != 0;
     for (int b = lane; b < nb; b += 32) {
         const float * yb = y + b * PK_BLOCK;
         unsigned int code = 0;
@@ -104,12 +109,18 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
             alpha = __fadd_rn(alpha, __fmul_rn(PK_LEVELS[t], u));
             packed |= (unsigned int) (t | ((yb[j] >= 0.0f) << 3)) << (4 * j);
         }
+        if (was_counted) atomicSub(&hist[b * PK_N_CENTROIDS + a.codes[row * nb + b]], 1u);
         a.codes[row * nb + b] = (unsigned char) code;
+        if (hist) atomicAdd(&hist[b * PK_N_CENTROIDS + code], 1u);
         unsigned char * nib = a.nibbles + row * (dp / 2) + b * (PK_BLOCK / 2);
 #pragma unroll
         for (int k = 0; k < PK_BLOCK / 2; ++k) {
             nib[k] = (unsigned char) (packed >> (8 * k));
         }
         a.weights[row * nb + b] = pk_store_weight(__fdiv_rn(r, alpha));
+    }
+    if (hist) {
+        __syncwarp(); // every lane has read the flag
+        if (lane == 0) a.counted[row] = 1;
     }
 }

@@ -41,6 +41,10 @@ struct pk_unit_state {
     int n_visible, n_zone, n_rows;
     int p_min, p_max;
     unsigned int tag;           // the mark value (1): marks are cleared after every step
+    // with a kept histogram: cells of the view counted in it, visible cells not counted, and
+    // all cells counted in it (its block 0's total)
+    int n_counted, n_uncounted;
+    unsigned int kept_total;
 };
 
 // Unit u = a * n_h + h: `a` the token (or group of heads), `h` the KV head. Every per-unit
@@ -51,6 +55,7 @@ struct pk_unit_layout {
     long long codes_a, codes_h, nib_a, nib_h, w_a, w_h;
     long long mask_a, pos_a;
     long long q_a, q_h, out_a, out_h;
+    long long kept_a, kept_h, counted_a, counted_h;
 };
 
 struct pk_step_args {
@@ -73,8 +78,10 @@ struct pk_step_args {
     const char * codes;
     const char * nibbles;
     const char * weights;
+    const unsigned int * kept;  // the histogram the encodes keep ([nb][256] a unit), or null
+    const unsigned char * counted; // its flags, one a cell (1: the cell's codes are in it)
     unsigned char * klass;      // [units][n]
-    unsigned int * hist;        // [units][nb][256]
+    unsigned int * hist;        // [units][nb][256]: the zone's
     float * q_rot;              // [units][n_ret][dp]
     unsigned char * levels;     // [units][n_ret][nb][256]
     unsigned short * counts;    // [units][n_ret][n]
@@ -155,6 +162,18 @@ __device__ __forceinline__ long long pk_off(const pk_step_args & a, int u, long 
 }
 __device__ __forceinline__ const unsigned char * pk_codes_of(const pk_step_args & a, int u) {
     return (const unsigned char *) (a.codes + pk_off(a, u, a.L.codes_a, a.L.codes_h));
+}
+__device__ __forceinline__ const unsigned int * pk_kept_of(const pk_step_args & a, int u) {
+    return (const unsigned int *) ((const char *) a.kept + pk_off(a, u, a.L.kept_a, a.L.kept_h));
+}
+__device__ __forceinline__ const unsigned char * pk_counted_of(const pk_step_args & a, int u) {
+    return a.counted + pk_off(a, u, a.L.counted_a, a.L.counted_h);
+}
+// Whether the kept histogram gives the zone's exactly (kept::zone_histogram): every counted
+// cell lies in the view and every visible cell is counted, so the zone's histogram is the
+// kept one less the counted cells outside the zone. Known from pk_visibility on.
+__device__ __forceinline__ bool pk_kept_exact(const pk_step_args & a, const pk_unit_state & s) {
+    return a.kept && s.n_uncounted == 0 && (unsigned int) s.n_counted == s.kept_total;
 }
 __device__ __forceinline__ float pk_mask_of(const pk_step_args & a, int u, int c) {
     return pk_load(a.mask + (u / a.L.n_h) * a.L.mask_a, a.mask_dtype, c);

@@ -1,5 +1,6 @@
 // Stage 1 of a step: each unit's state reset, every cell classified (hidden, zone, sink or
-// window) and the zone's code histogram counted.
+// window) and the zone's code histogram made: from the one the encodes keep, less the
+// counted cells outside the zone (a few hundred), or where that is not exact counted.
 #pragma once
 
 #include "step.cuh"
@@ -16,6 +17,20 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
         s.p_max = -0x7FFFFFFF - 1;
         // marks are 0 between steps (pk_unmark), whatever layout the last step had
         s.tag = 1;
+        s.n_counted = 0;
+        s.n_uncounted = 0;
+    }
+    if (a.kept) {
+        // every counted cell is in block 0's histogram once
+        __shared__ unsigned int total;
+        if (threadIdx.x == 0) total = 0;
+        __syncthreads();
+        const unsigned int * kept = pk_kept_of(a, u);
+        unsigned int part = 0;
+        for (int i = threadIdx.x; i < PK_N_CENTROIDS; i += blockDim.x) part += kept[i];
+        atomicAdd(&total, part);
+        __syncthreads();
+        if (threadIdx.x == 0) pk_unit(a, u).kept_total = total;
     }
     for (int r = threadIdx.x; r < a.n_ret; r += blockDim.x) pk_ret(a, u, r).n_cand = 0;
     unsigned int * h = a.hist + (long long) u * a.nb * PK_N_CENTROIDS;
@@ -29,22 +44,30 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
     }
 }
 
-// the extremes of the visible cells' positions; grid (blocks striding over the chunks, 1, units)
+// the extremes of the visible cells' positions and, with a kept histogram, the view's
+// counted cells and its visible cells not counted; grid (blocks striding over the chunks, 1,
+// units)
 extern "C" __global__ void pk_visibility(pk_step_args a) {
     const int u = blockIdx.z;
-    int lo = 0x7FFFFFFF, hi = -0x7FFFFFFF - 1, count = 0;
+    const unsigned char * counted = a.kept ? pk_counted_of(a, u) : nullptr;
+    int lo = 0x7FFFFFFF, hi = -0x7FFFFFFF - 1, count = 0, n_counted = 0, n_uncounted = 0;
     pk_for_block_cells(a, [&](int c) {
+        const bool is_counted = counted && counted[c];
+        n_counted += is_counted;
         if (pk_mask_of(a, u, c) > -INFINITY) {
             const int p = pk_pos_of(a, u, c);
             lo = min(lo, p);
             hi = max(hi, p);
             count++;
+            n_uncounted += !is_counted;
         }
     });
     for (int o = 16; o > 0; o /= 2) {
         lo = min(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, o));
         hi = max(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, o));
         count += __shfl_xor_sync(0xFFFFFFFFu, count, o);
+        n_counted += __shfl_xor_sync(0xFFFFFFFFu, n_counted, o);
+        n_uncounted += __shfl_xor_sync(0xFFFFFFFFu, n_uncounted, o);
     }
     if (threadIdx.x % 32 == 0) {
         pk_unit_state & s = pk_unit(a, u);
@@ -53,12 +76,30 @@ extern "C" __global__ void pk_visibility(pk_step_args a) {
             atomicMax(&s.p_max, hi);
             atomicAdd(&s.n_visible, count);
         }
+        if (counted) {
+            if (n_counted) atomicAdd(&s.n_counted, n_counted);
+            if (n_uncounted) atomicAdd(&s.n_uncounted, n_uncounted);
+        }
+    }
+}
+
+// adds `delta` (1, or ~0u to take one away) to the shared [nb][256] counters of `code`'s blocks
+__device__ __forceinline__ void pk_tally_smem(unsigned int * hist, const unsigned char * code, int nb, unsigned int delta) {
+    if (nb % 4 == 0) {
+        for (int i = 0; i < nb / 4; ++i) {
+            const unsigned int x = ((const unsigned int *) code)[i];
+            for (int j = 0; j < 4; ++j) atomicAdd(&hist[(4 * i + j) * PK_N_CENTROIDS + (x >> (8 * j) & 255)], delta);
+        }
+    } else {
+        for (int b = 0; b < nb; ++b) atomicAdd(&hist[b * PK_N_CENTROIDS + code[b]], delta);
     }
 }
 
 // classes (hidden, zone, fixed: p < p_min + n_sink or p > p_max - n_local), the zone's
 // cluster sizes, and the fixed cells appended to the unit's rows; grid (blocks striding over
-// the chunks, 1, units), dynamic shared memory nb*256 counters (flushed once per block)
+// the chunks, 1, units), dynamic shared memory nb*256 counters (flushed once per block).
+// Where the kept histogram is exact the blocks count only what lies outside the zone, taken
+// away (modulo 2^32), and the first block adds the kept one.
 extern "C" __global__ void pk_classify(pk_step_args a) {
     extern __shared__ unsigned int pk_hist_smem[];
     const int u = blockIdx.z;
@@ -69,6 +110,8 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
     const long long sink_end = (long long) s.p_min + a.n_sink;
     const long long window_start = (long long) s.p_max - a.n_local;
     const unsigned char * codes = pk_codes_of(a, u);
+    const bool from_kept = pk_kept_exact(a, s);
+    const unsigned char * counted = from_kept ? pk_counted_of(a, u) : nullptr;
     unsigned char * klass = a.klass + (long long) u * a.n;
     int * rows = a.rows + (long long) u * a.n;
     int zone = 0;
@@ -81,24 +124,19 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
         klass[c] = k;
         if (k == PK_FIXED) {
             rows[atomicAdd(&s.n_rows, 1)] = c;
-        } else if (k == PK_ZONE) {
-            zone++;
-            const unsigned char * code = codes + (long long) c * a.nb;
-            if (a.nb % 4 == 0) {
-                for (int i = 0; i < a.nb / 4; ++i) {
-                    const unsigned int x = ((const unsigned int *) code)[i];
-                    for (int j = 0; j < 4; ++j) atomicAdd(&pk_hist_smem[(4 * i + j) * PK_N_CENTROIDS + (x >> (8 * j) & 255)], 1u);
-                }
-            } else {
-                for (int b = 0; b < a.nb; ++b) atomicAdd(&pk_hist_smem[b * PK_N_CENTROIDS + code[b]], 1u);
-            }
+        }
+        zone += k == PK_ZONE;
+        if (from_kept ? k != PK_ZONE && counted[c] : k == PK_ZONE) {
+            pk_tally_smem(pk_hist_smem, codes + (long long) c * a.nb, a.nb, from_kept ? ~0u : 1u);
         }
     });
     for (int o = 16; o > 0; o /= 2) zone += __shfl_xor_sync(0xFFFFFFFFu, zone, o);
     if (threadIdx.x % 32 == 0 && zone) atomicAdd(&s.n_zone, zone);
     __syncthreads();
     unsigned int * h = a.hist + (long long) u * total;
+    const unsigned int * kept = from_kept && blockIdx.x == 0 ? pk_kept_of(a, u) : nullptr;
     for (int i = threadIdx.x; i < total; i += blockDim.x) {
-        if (pk_hist_smem[i]) atomicAdd(&h[i], pk_hist_smem[i]);
+        const unsigned int add = pk_hist_smem[i] + (kept ? kept[i] : 0u);
+        if (add) atomicAdd(&h[i], add);
     }
 }

@@ -111,6 +111,8 @@ fn encode_case(
         codes: codes.ptr,
         nibbles: nibbles.ptr,
         weights: weights.ptr,
+        hist: 0,
+        counted: 0,
         kv_size: n,
         n_heads,
         center: if centered { centers.ptr } else { 0 },
@@ -153,6 +155,81 @@ fn encode_case(
     n * n_heads
 }
 
+/// The histogram an encode keeps (`kept::tally` on the GPU): after encoding every cell of
+/// two streams of two KV heads, then again a third of them from other keys, it counts each
+/// encoded cell's final codes once (recounted from the codes read back, which
+/// `encode_is_bitwise_equal_to_the_cpu` checks), flags exactly the encoded cells, and
+/// leaves cells never encoded out.
+#[test]
+fn encode_keeps_the_histogram() {
+    if gpu().is_none() {
+        return;
+    }
+    let module = driver::module_for(&Stream::null()).unwrap();
+    let (d, n_heads, kv_size, streams) = (128usize, 2, 700, 2);
+    let shape = Shape::new(d).unwrap();
+    let grot = GpuRotation::new(&Rotation::new(shape, 11)).unwrap();
+    let cells_total = kv_size * streams;
+    let keys = |seed: u64| {
+        let f = SynthCache::generate(&SynthSpec::new(cells_total * n_heads, d, seed)).keys;
+        keys_in(DType::F16, &f).0
+    };
+    let (keys_a, keys_b) =
+        (DeviceBuffer::from_slice(&keys(1)).unwrap(), DeviceBuffer::from_slice(&keys(2)).unwrap());
+    let (cb, blocks) = (shape.code_bytes(), shape.n_blocks);
+    let zeros = |bytes: usize| DeviceBuffer::from_slice(&vec![0u8; bytes]).unwrap();
+    let codes = zeros(cells_total * n_heads * cb);
+    let nibbles = zeros(cells_total * n_heads * shape.nibble_bytes());
+    let weights = zeros(cells_total * n_heads * shape.n_weights() * 2);
+    let hist = zeros(streams * n_heads * blocks * 256 * 4);
+    let counted = zeros(cells_total * n_heads);
+    let target = |keys: &DeviceBuffer| EncodeTarget {
+        keys: keys.ptr,
+        key_dtype: DType::F16,
+        key_row_stride: n_heads * d * 2,
+        key_head_stride: d * 2,
+        codes: codes.ptr,
+        nibbles: nibbles.ptr,
+        weights: weights.ptr,
+        hist: hist.ptr,
+        counted: counted.ptr,
+        kv_size,
+        n_heads,
+        center: 0,
+    };
+    // every cell of each stream but its last 50, then every third of those again, other keys
+    let first: Vec<i64> =
+        (0..cells_total as i64).filter(|g| (*g as usize) % kv_size < kv_size - 50).collect();
+    let again: Vec<i64> = first.iter().copied().filter(|g| g % 3 == 0).collect();
+    for (keys, cells) in [(&keys_a, &first), (&keys_b, &again)] {
+        let gcells = DeviceBuffer::from_slice(cells).unwrap();
+        encode(module, &grot, &target(keys), gcells.ptr, 0, cells.len(), &Stream::null()).unwrap();
+    }
+    driver::synchronize().unwrap();
+    let got_codes: Vec<u8> = codes.read(cells_total * n_heads * cb).unwrap();
+    let got_hist: Vec<u32> = hist.read(streams * n_heads * blocks * 256).unwrap();
+    let got_counted: Vec<u8> = counted.read(cells_total * n_heads).unwrap();
+    let mut want_hist = vec![0u32; got_hist.len()];
+    let mut want_counted = vec![0u8; got_counted.len()];
+    for &g in &first {
+        let (s, cell) = (g as usize / kv_size, g as usize % kv_size);
+        for h in 0..n_heads {
+            let row = (s * n_heads + h) * kv_size + cell;
+            want_counted[row] = 1;
+            for (b, &code) in got_codes[row * cb..][..cb].iter().enumerate() {
+                want_hist[((s * n_heads + h) * blocks + b) * 256 + code as usize] += 1;
+            }
+        }
+    }
+    assert_eq!(got_counted, want_counted, "the encoded cells flagged, and only they");
+    assert_eq!(got_hist, want_hist, "each encoded cell's final codes counted once");
+    println!(
+        "kept histogram: {} cells encoded, {} again, over {streams} streams x {n_heads} KV heads",
+        first.len(),
+        again.len()
+    );
+}
+
 mod step {
     use super::*;
     use pariskv::algorithm::attention::{attend, AttnParams, AttnScratch};
@@ -168,6 +245,7 @@ mod step {
     use pariskv::step::{attend_cache, CacheView, StepParams, StepScratch};
     use std::collections::BTreeSet;
 
+    #[derive(Clone, Copy)]
     pub struct Case {
         pub d: usize,
         pub g: usize,
@@ -201,12 +279,27 @@ mod step {
         top: BTreeSet<u32>,
     }
 
-    pub fn check_case(c: &Case) {
-        check_case_with(c, None)
+    /// What a step case gives the GPU of the zone's histogram (the CPU always counts it).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum KeptMode {
+        /// Nothing: the step counts it.
+        Counted,
+        /// A kept histogram of every cell: the step takes it less what is outside the zone.
+        Exact,
+        /// Kept, with three more counted cells beyond the view: the step must count instead.
+        BeyondView,
+        /// Kept, but one cell (visible to the first token) not counted in it: the step must
+        /// count for that token.
+        Uncounted,
     }
 
-    /// `check_case` on `shared` buffers (left as earlier steps left them) or fresh ones.
-    pub fn check_case_with(c: &Case, shared: Option<&StepBuffers>) {
+    pub fn check_case(c: &Case) {
+        check_case_with(c, None, KeptMode::Counted)
+    }
+
+    /// `check_case` on `shared` buffers (left as earlier steps left them) or fresh ones,
+    /// with the zone's histogram given as `kept` says.
+    pub fn check_case_with(c: &Case, shared: Option<&StepBuffers>, kept: KeptMode) {
         let module = driver::module_for(&Stream::null()).unwrap();
         let (d, n, g, kv) = (c.d, c.n, c.g, c.kv);
         let tokens = if c.two_sequences { 2 } else { 1 };
@@ -265,6 +358,31 @@ mod step {
         let nib_all: Vec<u8> = stores.iter().flat_map(|s| s.nibbles.clone()).collect();
         let w_all: Vec<u16> = stores.iter().flat_map(|s| s.weights.iter().map(|w| w.to_bits())).collect();
         let (gcodes, gnib, gw) = (up(&codes_all), up(&nib_all), DeviceBuffer::from_slice(&w_all).unwrap());
+        // the kept histograms and flags, per KV head, as the encodes would have left them
+        let extra = if kept == KeptMode::BeyondView { 3 } else { 0 };
+        let (hist_len, flags_len) = (shape.n_blocks * 256, n + extra);
+        let mut kept_hist = vec![0u32; kv * hist_len];
+        let mut kept_flags = vec![0u8; kv * flags_len];
+        for (h, store) in stores.iter().enumerate() {
+            // cell `flag` counted with cell x's codes
+            let mut count = |flag: usize, x: usize| {
+                kept_flags[h * flags_len + flag] = 1;
+                for (b, &code) in store.codes[x * cb..][..cb].iter().enumerate() {
+                    kept_hist[h * hist_len + b * 256 + code as usize] += 1;
+                }
+            };
+            // the sixth cell the first token sees left out (past the sink of four)
+            let left_out =
+                if kept == KeptMode::Uncounted { (0..n).filter(|&x| visible(0, x)).nth(5) } else { None };
+            for x in (0..n).filter(|&x| Some(x) != left_out) {
+                count(x, x);
+            }
+            for i in 0..extra {
+                count(n + i, i % n);
+            }
+        }
+        let gkept = DeviceBuffer::from_slice(&kept_hist).unwrap();
+        let gflags = DeviceBuffer::from_slice(&kept_flags).unwrap();
         let gmask = DeviceBuffer::from_slice(&mask).unwrap();
         let gpos = DeviceBuffer::from_slice(&pos).unwrap();
         let gq = DeviceBuffer::from_slice(&q).unwrap();
@@ -298,6 +416,10 @@ mod step {
                 q_h: (g * d * 4) as i64,
                 out_a: (kv * g * d * 4) as i64,
                 out_h: (g * d * 4) as i64,
+                kept_a: 0,
+                kept_h: (hist_len * 4) as i64,
+                counted_a: 0,
+                counted_h: flags_len as i64,
             },
             n,
             k: gk.ptr,
@@ -309,6 +431,8 @@ mod step {
             codes: gcodes.ptr,
             nibbles: gnib.ptr,
             weights: gw.ptr,
+            kept: if kept == KeptMode::Counted { 0 } else { gkept.ptr },
+            counted: if kept == KeptMode::Counted { 0 } else { gflags.ptr },
             mask: gmask.ptr,
             mask_dtype: DType::F32,
             pos: gpos.ptr,
@@ -328,6 +452,16 @@ mod step {
         let state: Vec<u8> = buf.state.read(units * stride).unwrap();
         let klass: Vec<u8> = buf.klass.read(units * n).unwrap();
         let hist_all: Vec<u32> = buf.hist.read(units * shape.n_blocks * 256).unwrap();
+        assert_eq!(
+            gkept.read::<u32>(kept_hist.len()).unwrap(),
+            kept_hist,
+            "the step leaves the kept histogram"
+        );
+        assert_eq!(
+            gflags.read::<u8>(kept_flags.len()).unwrap(),
+            kept_flags,
+            "the step leaves the kept flags"
+        );
         let levels: Vec<u8> = buf.levels.read(units * n_ret * shape.n_blocks * 256).unwrap();
         let counts: Vec<u16> = buf.counts.read(units * n_ret * n).unwrap();
         let cand: Vec<u64> = buf.cand.read(units * n_ret * n).unwrap();
@@ -348,8 +482,10 @@ mod step {
 
         for u in 0..units {
             let (t, h) = (u / kv, u % kv);
-            let what =
-                format!("d={d} g={g} n={n} {:?} k={} {:?} unit {u} of {units}", c.gqa, c.top_k, c.dtype);
+            let what = format!(
+                "d={d} g={g} n={n} {:?} k={} {:?} {kept:?} unit {u} of {units}",
+                c.gqa, c.top_k, c.dtype
+            );
             // the CPU: the whole step, then its stages one by one
             let krows = Rows::head_of(RowData::F32(&kf), kv, d, h, n).unwrap();
             let vrows = Rows::head_of(RowData::F32(&vf), kv, d, h, n).unwrap();
@@ -602,6 +738,43 @@ mod step {
             let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
             let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "graph replay: output of unit {u} off by {worst}");
+        }
+    }
+
+    /// The zone's histogram from a kept one (less the counted cells outside the zone: the
+    /// sink, the window, the other sequence's cells), and counted where the kept one cannot
+    /// give it exactly: the step's histogram, classes, selections and output as the CPU's.
+    #[test]
+    fn step_takes_the_kept_histogram() {
+        if gpu().is_none() {
+            return;
+        }
+        use GqaPolicy::*;
+        let base = Case {
+            d: 128,
+            g: 4,
+            n: 5000,
+            gqa: PerHead,
+            top_k: 256,
+            dtype: DType::F16,
+            kv: 2,
+            two_sequences: false,
+            refine: 1,
+            tuned: false,
+            softcap: 0.0,
+            tied: 1,
+        };
+        let cases = [
+            base,
+            Case { gqa: Mean, two_sequences: true, ..base },
+            Case { g: 8, n: 4500, gqa: Group, two_sequences: true, refine: 2, tuned: true, ..base },
+            Case { d: 64, g: 1, n: 1, top_k: 16, dtype: DType::F32, kv: 1, ..base },
+            Case { n: 40_000, gqa: Group, refine: 2, tuned: true, ..base },
+        ];
+        for c in &cases {
+            for kept in [KeptMode::Exact, KeptMode::BeyondView, KeptMode::Uncounted] {
+                check_case_with(c, None, kept);
+            }
         }
     }
 
@@ -1033,7 +1206,7 @@ mod step {
                 tied: 1,
             },
         ] {
-            check_case_with(&c, Some(&shared));
+            check_case_with(&c, Some(&shared), KeptMode::Counted);
         }
         // Under compute-sanitizer (PARISKV_GPU_TEST_SMALL=1) the largest case would take too long.
         let small = std::env::var_os("PARISKV_GPU_TEST_SMALL").is_some();
@@ -1079,6 +1252,9 @@ fn c_abi_step_with_kv_in_host_memory() {
     let cells: Vec<i64> = (0..n as i64).collect();
     let gcells = DeviceBuffer::from_slice(&cells).unwrap();
     let gn = DeviceBuffer::from_slice(&[n as i32]).unwrap();
+    // the histogram the encode keeps, which the step starts from
+    let ghist = DeviceBuffer::from_slice(&vec![0u32; shape.n_blocks * 256]).unwrap();
+    let gflags = DeviceBuffer::from_slice(&vec![0u8; n]).unwrap();
     let target = pariskv_cuda_encode_target {
         keys: kd,
         key_dtype: 1,
@@ -1089,6 +1265,8 @@ fn c_abi_step_with_kv_in_host_memory() {
         weights: weights.ptr,
         kv_size: n,
         n_heads: 1,
+        hist: ghist.ptr,
+        counted: gflags.ptr,
     };
     let null = std::ptr::null_mut();
     // centred keys (the centre set by this first encode, from K in host memory)
@@ -1162,6 +1340,12 @@ fn c_abi_step_with_kv_in_host_memory() {
         out_row_stride: d * 4,
         out_token_stride: 0,
         out_head_stride: 0,
+        hist: ghist.ptr,
+        hist_token_stride: 0,
+        hist_head_stride: 0,
+        counted: gflags.ptr,
+        counted_token_stride: 0,
+        counted_head_stride: 0,
     };
     assert_eq!(pariskv_cuda_step_run(step, &params, &layer, null), pariskv_status::PARISKV_OK);
     driver::synchronize().unwrap();
@@ -1216,6 +1400,12 @@ fn c_abi_step_with_kv_in_host_memory() {
     // bad input is an error with a message, not a crash
     let bad = pariskv_step { seed: 1, ..params };
     assert_eq!(pariskv_cuda_step_run(step, &bad, &layer, null), pariskv_status::PARISKV_ERR_INVALID_ARGUMENT);
+    let half_kept = pariskv_cuda_layer { counted: 0, ..layer };
+    assert_eq!(
+        pariskv_cuda_step_run(step, &params, &half_kept, null),
+        pariskv_status::PARISKV_ERR_INVALID_ARGUMENT,
+        "a kept histogram without its flags"
+    );
     assert_eq!(
         pariskv_cuda_step_run(null as _, &params, &layer, null),
         pariskv_status::PARISKV_ERR_INVALID_ARGUMENT
@@ -1536,6 +1726,8 @@ fn pinned_host_memory_fast_path() {
         codes: 0,
         nibbles: 0,
         weights: 0,
+        kept: 0,
+        counted: 0,
         mask: 0,
         mask_dtype: DType::F32,
         pos: 0,

@@ -74,6 +74,11 @@ device_struct! {
         pub p_min: i32,
         pub p_max: i32,
         pub tag: u32,
+        /// With a kept histogram: cells of the view counted in it, visible cells not counted
+        /// in it, and all the cells it counts.
+        pub n_counted: i32,
+        pub n_uncounted: i32,
+        pub kept_total: u32,
     }
 }
 
@@ -100,6 +105,10 @@ device_struct! {
         pub q_h: i64,
         pub out_a: i64,
         pub out_h: i64,
+        pub kept_a: i64,
+        pub kept_h: i64,
+        pub counted_a: i64,
+        pub counted_h: i64,
     }
 }
 
@@ -129,6 +138,8 @@ device_struct! {
         pub(crate) codes: u64,
         pub(crate) nibbles: u64,
         pub(crate) weights: u64,
+        pub(crate) kept: u64,
+        pub(crate) counted: u64,
         pub(crate) klass: u64,
         pub(crate) hist: u64,
         pub(crate) q_rot: u64,
@@ -225,6 +236,8 @@ device_struct! {
         pub(crate) codes: u64,
         pub(crate) nibbles: u64,
         pub(crate) weights: u64,
+        pub(crate) hist: u64,
+        pub(crate) counted: u64,
         pub(crate) kv_size: i64,
         pub(crate) n_heads: i32,
         pub(crate) center: u64,

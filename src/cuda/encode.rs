@@ -48,6 +48,11 @@ pub struct EncodeTarget {
     pub codes: CUdeviceptr,
     pub nibbles: CUdeviceptr,
     pub weights: CUdeviceptr,
+    /// The kept histogram of the codes, `[stream * n_heads + h][n_blocks][256]` u32, and its
+    /// flags, one byte a row of codes (`kept::tally`: a cell's old codes leave it, its new
+    /// ones enter), or 0 and 0: none kept.
+    pub hist: CUdeviceptr,
+    pub counted: CUdeviceptr,
     pub kv_size: usize,
     pub n_heads: usize,
     /// The heads' key centres (`center::len` f32 each, head after head), or 0: keys
@@ -94,6 +99,9 @@ pub fn encode(
 ) -> Result<()> {
     let shape = rotation.shape;
     check_rows(target.key_dtype, shape.head_dim, "keys")?;
+    if (target.hist == 0) != (target.counted == 0) {
+        return Err(Error::invalid("encode: a kept histogram needs both its counts and its flags"));
+    }
     let mut args = EncodeArgs {
         keys: target.keys,
         key_dtype: dtype_code(target.key_dtype),
@@ -105,6 +113,8 @@ pub fn encode(
         codes: target.codes,
         nibbles: target.nibbles,
         weights: target.weights,
+        hist: target.hist,
+        counted: target.counted,
         kv_size: target.kv_size as i64,
         n_heads: target.n_heads as i32,
         center: target.center,

@@ -36,6 +36,11 @@ pub struct GpuLayer {
     pub codes: CUdeviceptr,
     pub nibbles: CUdeviceptr,
     pub weights: CUdeviceptr,
+    /// The histogram the encodes keep and its flags (`EncodeTarget::hist`), per unit at
+    /// `layout`'s kept and counted strides, or 0 and 0: the zone's histogram counted every
+    /// step.
+    pub kept: CUdeviceptr,
+    pub counted: CUdeviceptr,
     pub mask: CUdeviceptr,
     pub mask_dtype: DType,
     pub pos: CUdeviceptr,
@@ -257,6 +262,9 @@ fn search(
     if layer.mask_dtype == DType::Q8_0 {
         return Err(Error::invalid("GPU step: a mask is f32, f16 or bf16, not q8_0"));
     }
+    if (layer.kept == 0) != (layer.counted == 0) {
+        return Err(Error::invalid("GPU step: a kept histogram needs both its counts and its flags"));
+    }
     let n_ret = n_retrievals(params.gqa, layer.n_heads);
     let (adaptive, rho_cand, rho_coll) = match params.ratios {
         RatioPolicy::Adaptive => (1, 0.0, 0.0),
@@ -290,6 +298,8 @@ fn search(
         codes: layer.codes,
         nibbles: layer.nibbles,
         weights: layer.weights,
+        kept: layer.kept,
+        counted: layer.counted,
         klass: buf.klass.ptr,
         hist: buf.hist.ptr,
         q_rot: buf.q_rot.ptr,

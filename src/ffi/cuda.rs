@@ -24,6 +24,11 @@ type pariskv_dtype = u32;
 /// g = stream * kv_size + cell. The key of (g, head h) is at
 /// `keys + g * key_row_stride + h * key_head_stride` bytes; the index of (g, h) is row
 /// `(stream * n_heads + h) * kv_size + cell` of `codes`, `nibbles` and `weights`.
+/// Optionally (both 0: none kept) the histogram of the codes of the cells flagged counted,
+/// `hist` `[stream * n_heads + h][n_blocks][256]` uint32, and the flags, `counted`, one
+/// uint8 per index row, at the row's number (1 = counted; all 0 for a new cache): an encode
+/// takes a counted cell's old codes out of `hist` and puts every encoded cell's new ones in,
+/// as `pariskv_codes_tally` does, so that a step can start from it (`pariskv_cuda_layer`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct pariskv_cuda_encode_target {
@@ -36,6 +41,8 @@ pub struct pariskv_cuda_encode_target {
     pub weights: u64,
     pub kv_size: usize,
     pub n_heads: u32,
+    pub hist: u64,
+    pub counted: u64,
 }
 
 /// One layer's decode step on the device, for `pariskv_cuda_step_run`: `n_units` units, unit
@@ -44,7 +51,12 @@ pub struct pariskv_cuda_encode_target {
 /// bytes. Within a unit: cell c's K row at `+ c * k_row_stride` (likewise V, `n_cells` cells),
 /// its index rows (codes, nibbles, weights as in `pariskv_codes`), mask value (0 or -inf,
 /// `mask_dtype`) and int32 position at element c; query head i at `+ i * q_row_stride`
-/// (f32), its output at `+ i * out_row_stride` (f32).
+/// (f32), its output at `+ i * out_row_stride` (f32). Optionally (both 0: the zone's
+/// histogram counted every step) the histogram the encodes keep and its flags
+/// (`pariskv_cuda_encode_target`): the unit's `[n_blocks][256]` counts at `hist` and flag of
+/// cell c at `counted + c`; the step takes its zone's histogram from them where that is
+/// exact, and counts it where not (a counted cell outside the view, a visible cell not
+/// counted).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct pariskv_cuda_layer {
@@ -84,6 +96,12 @@ pub struct pariskv_cuda_layer {
     pub out_row_stride: usize,
     pub out_token_stride: i64,
     pub out_head_stride: i64,
+    pub hist: u64,
+    pub hist_token_stride: i64,
+    pub hist_head_stride: i64,
+    pub counted: u64,
+    pub counted_token_stride: i64,
+    pub counted_head_stride: i64,
 }
 
 /// A GPU decode step's scratch, allocated once in the CUDA context current at creation: a
@@ -241,8 +259,11 @@ pub extern "C" fn pariskv_cuda_encode(
             if t.keys == 0 || t.codes == 0 || t.nibbles == 0 || t.weights == 0 || cells == 0 {
                 return Err(Error::invalid("a device address in target or cells is 0"));
             }
-            if !center.is_multiple_of(4) {
-                return Err(Error::invalid(format!("center address {center:#x} is not aligned to f32")));
+            if !center.is_multiple_of(4) || !t.hist.is_multiple_of(4) {
+                return Err(Error::invalid(format!(
+                    "center {center:#x} or target.hist {:#x} is not aligned to 4 bytes",
+                    t.hist
+                )));
             }
             let stream = stream_of(stream);
             let module = crate::cuda::driver::module_for(&stream)?;
@@ -255,6 +276,8 @@ pub extern "C" fn pariskv_cuda_encode(
                 codes: t.codes,
                 nibbles: t.nibbles,
                 weights: t.weights,
+                hist: t.hist,
+                counted: t.counted,
                 kv_size: t.kv_size,
                 n_heads: t.n_heads as usize,
                 center,
@@ -377,6 +400,10 @@ pub extern "C" fn pariskv_cuda_step_run(
                     q_h: l.q_head_stride,
                     out_a: l.out_token_stride,
                     out_h: l.out_head_stride,
+                    kept_a: l.hist_token_stride,
+                    kept_h: l.hist_head_stride,
+                    counted_a: l.counted_token_stride,
+                    counted_h: l.counted_head_stride,
                 },
                 n: l.n_cells,
                 k: l.k,
@@ -388,6 +415,8 @@ pub extern "C" fn pariskv_cuda_step_run(
                 codes: l.codes,
                 nibbles: l.nibbles,
                 weights: l.weights,
+                kept: l.hist,
+                counted: l.counted,
                 mask: l.mask,
                 mask_dtype: dtype(l.mask_dtype, "layer.mask_dtype")?,
                 pos: l.pos,

@@ -78,6 +78,8 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     const ggml_tensor * nibbles = dst->src[3];
     const ggml_tensor * weights = dst->src[4];
     const ggml_tensor * centers = dst->src[5];
+    const ggml_tensor * hist    = dst->src[6]; // the kept histogram and its flags, or null
+    const ggml_tensor * counted = dst->src[7];
 
     const int64_t n = ggml_nelements(idxs);
     if (n == 0) {
@@ -96,6 +98,8 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     t.weights         = (uint64_t) (uintptr_t) weights->data;
     t.kv_size         = (size_t) codes->ne[1];
     t.n_heads         = (uint32_t) n_head_kv;
+    t.hist            = hist    ? (uint64_t) (uintptr_t) hist->data    : 0;
+    t.counted         = counted ? (uint64_t) (uintptr_t) counted->data : 0;
 
     // count 0: exactly n cells (the count is part of the graph's shape)
     const uint64_t center = centers ? (uint64_t) (uintptr_t) centers->data : 0;
@@ -219,6 +223,14 @@ static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tens
         l.out_row_stride   = dst->nb[1];
         l.out_token_stride = (int64_t) dst->nb[2];
         l.out_head_stride  = (int64_t) (group*dst->nb[1]);
+
+        // the histogram the encodes keep, shared by the stream's tokens
+        if (a.hist) {
+            l.hist                 = (uint64_t) (uintptr_t) ((const char *) a.hist->data    + s*a.hist->nb[2]);
+            l.hist_head_stride     = (int64_t) a.hist->nb[1];
+            l.counted              = (uint64_t) (uintptr_t) ((const char *) a.counted->data + s*a.counted->nb[2]);
+            l.counted_head_stride  = (int64_t) a.counted->nb[1];
+        }
 
         pariskv_check(pariskv_cuda_step_run(scratch, &step, &l, ctx.stream()), "attention step");
         pariskv_log_stats(ctx, scratch, s, n_tps, n_head_kv);

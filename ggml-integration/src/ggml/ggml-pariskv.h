@@ -11,7 +11,7 @@
 //   weights F16 [dims[2], n_cells, n_head_kv, n_stream]   per-block weights
 // and, optionally, one key centre per KV head (shared by the streams):
 //   centers F32 [head_dim + 1, n_head_kv]                  centre, then keys averaged (0: unset)
-// and, optionally (the CPU backend), the histogram of the codes kept between steps
+// and, optionally, the histogram of the codes kept between steps
 // (ggml_pariskv_keep_histogram):
 //   hist    I32 [n_blocks*256, n_head_kv, n_stream]       codes of the counted cells
 //   counted I8  [n_cells, n_head_kv, n_stream]            1 = the cell's codes are in hist
@@ -75,7 +75,7 @@ GGML_API struct ggml_tensor * ggml_pariskv_attn(
 // an encode or attention op (returned) that keeps or reads the index's code histogram
 // (hist, counted: the optional index tensors above, zeroed when allocated): an encode takes
 // the cells it rewrites out of the histogram and adds their new codes; an attention takes
-// its zone's histogram from it instead of counting the zone every step. CPU backend only.
+// its zone's histogram from it instead of counting the zone every step (CPU and CUDA).
 GGML_API struct ggml_tensor * ggml_pariskv_keep_histogram(
         struct ggml_tensor * op,
         struct ggml_tensor * hist,

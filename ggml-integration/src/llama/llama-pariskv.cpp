@@ -269,13 +269,11 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
                 x.centers = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hparams.n_embd_head_k(il) + 1, n_head_kv);
                 ggml_format_name(x.centers, "pariskv_centers_l%d", il);
             }
-            // on the CPU the step takes its zone's code histogram from one kept by the encodes
-            if (ggml_backend_buft_is_host(index_buft)) {
-                x.hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, n_head_kv, kv.n_stream);
-                x.counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  kv_size,     n_head_kv, kv.n_stream);
-                ggml_format_name(x.hist,    "pariskv_hist_l%d",    il);
-                ggml_format_name(x.counted, "pariskv_counted_l%d", il);
-            }
+            // the step takes its zone's code histogram from one kept by the encodes
+            x.hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, n_head_kv, kv.n_stream);
+            x.counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  kv_size,     n_head_kv, kv.n_stream);
+            ggml_format_name(x.hist,    "pariskv_hist_l%d",    il);
+            ggml_format_name(x.counted, "pariskv_counted_l%d", il);
         }
 
         handled += (n_handled++ ? "," : "") + std::to_string(il);

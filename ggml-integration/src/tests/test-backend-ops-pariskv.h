@@ -4,7 +4,11 @@
 #include "ggml-pariskv.h"
 
 // GGML_OP_PARISKV_ENCODE + GGML_OP_PARISKV_ATTN: the index encoded from K, then one decode
-// step over sink + top-k + window; the codes must match bitwise, the output to rounding
+// step over sink + top-k + window; the codes must match bitwise, the output to rounding.
+// With a kept code histogram (ggml_pariskv_keep_histogram) the encode keeps it and the step
+// starts from it: kept 1 encodes only the cells in the step's view (the step takes the
+// histogram from the kept one), kept 2 every cell of the cache (counted cells beyond the
+// view: the step must count the zone itself).
 struct test_pariskv : public test_case {
     const int64_t hs;       // K head size
     const int64_t hsv;      // V head size
@@ -17,18 +21,21 @@ struct test_pariskv : public test_case {
     const ggml_type type_V;
     const int top_k;
     const int gqa;          // a pariskv_gqa: 0 per query head, 1 the group-mean query, 2 k rows for the group
+    const int kept;         // 0 no kept histogram; 1 kept, the view's cells encoded; 2 kept, every cell
 
     std::string vars() override {
-        return VARS_TO_STR11(hs, hsv, nh_kv, group, n_kv, ns, n_tps, type_K, type_V, top_k, gqa);
+        return VARS_TO_STR12(hs, hsv, nh_kv, group, n_kv, ns, n_tps, type_K, type_V, top_k, gqa, kept);
     }
 
     test_pariskv(int64_t hs, int64_t hsv, int64_t nh_kv, int64_t group, int64_t n_kv, int64_t ns, int64_t n_tps,
-                 ggml_type type_K, ggml_type type_V, int top_k, int gqa)
+                 ggml_type type_K, ggml_type type_V, int top_k, int gqa, int kept = 0)
         : hs(hs), hsv(hsv), nh_kv(nh_kv), group(group), n_kv(n_kv), ns(ns), n_tps(n_tps),
-          type_K(type_K), type_V(type_V), top_k(top_k), gqa(gqa) {}
+          type_K(type_K), type_V(type_V), top_k(top_k), gqa(gqa), kept(kept) {}
 
     // the cache holds more cells than the step looks at
     int64_t n_cells() const { return n_kv + 100; }
+    // cells encoded per stream
+    int64_t n_encoded() const { return kept == 1 ? n_kv : n_cells(); }
 
     ggml_tensor * build_graph(ggml_context * ctx) override {
         int64_t dims[3];
@@ -38,7 +45,7 @@ struct test_pariskv : public test_case {
         ggml_set_name(kc, "k_cache");
         ggml_tensor * vc = ggml_new_tensor_3d(ctx, type_V, hsv*nh_kv, n_cells(), ns);
         ggml_set_name(vc, "v_cache");
-        ggml_tensor * idxs = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_cells()*ns);
+        ggml_tensor * idxs = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_encoded()*ns);
         ggml_set_name(idxs, "idxs");
 
         ggml_tensor * codes   = ggml_new_tensor_4d(ctx, GGML_TYPE_I8,  dims[0], n_cells(), nh_kv, ns);
@@ -52,6 +59,14 @@ struct test_pariskv : public test_case {
 
         ggml_tensor * encoded = ggml_pariskv_encode(ctx, kc, idxs, codes, nibbles, weights, centers);
         ggml_set_name(encoded, "encoded");
+        ggml_tensor * hist = nullptr, * counted = nullptr;
+        if (kept) {
+            hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, nh_kv, ns);
+            counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  n_cells(),   nh_kv, ns);
+            ggml_set_name(hist, "hist");
+            ggml_set_name(counted, "counted");
+            ggml_pariskv_keep_histogram(encoded, hist, counted);
+        }
 
         ggml_tensor * q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hs, nh_kv*group, ns*n_tps);
         ggml_set_name(q, "q");
@@ -72,6 +87,9 @@ struct test_pariskv : public test_case {
         settings.gqa      = (pariskv_gqa) gqa;
         ggml_tensor * out = ggml_pariskv_attn(ctx, q, k, v, m, pos, encoded, nibbles, weights, &settings,
                                               1.0f/sqrtf((float) hs), 0.0f);
+        if (kept) {
+            ggml_pariskv_keep_histogram(out, hist, counted);
+        }
         ggml_set_name(out, "out");
         return out;
     }
@@ -84,7 +102,7 @@ struct test_pariskv : public test_case {
             if (strcmp(t->name, "idxs") == 0) {
                 std::vector<int64_t> data(ggml_nelements(t));
                 for (size_t i = 0; i < data.size(); ++i) {
-                    data[i] = (int64_t) i;
+                    data[i] = (int64_t) (i / n_encoded() * n_cells() + i % n_encoded());
                 }
                 ggml_backend_tensor_set(t, data.data(), 0, ggml_nbytes(t));
             } else if (strcmp(t->name, "pos") == 0) {
@@ -106,8 +124,8 @@ struct test_pariskv : public test_case {
                     }
                 }
                 ggml_backend_tensor_set(t, data.data(), 0, ggml_nbytes(t));
-            } else if (t->type == GGML_TYPE_I8 || strcmp(t->name, "centers") == 0) {
-                // the index: every cell is encoded by the graph, the key centres set by it
+            } else if (t->type == GGML_TYPE_I8 || strcmp(t->name, "centers") == 0 || strcmp(t->name, "hist") == 0) {
+                // the index: the graph encodes the cells, sets the key centres, keeps the histogram
                 std::vector<uint8_t> zeros(ggml_nbytes(t), 0);
                 ggml_backend_tensor_set(t, zeros.data(), 0, zeros.size());
             } else {
@@ -141,4 +159,11 @@ static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & tes
     }
     test_cases.emplace_back(new test_pariskv(128, 128, 2, 6, 4000, 2, 2, GGML_TYPE_BF16, GGML_TYPE_BF16, 256, 2));
     test_cases.emplace_back(new test_pariskv(128, 128, 8, 4, 70001, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 2048, 2));
+    // the kept histogram: taken (the view's cells encoded; holes, other sequences' and fixed
+    // cells taken out of it) or recounted (counted cells beyond the view)
+    for (int kept : { 1, 2 }) {
+        test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 2, GGML_TYPE_F16, GGML_TYPE_F16, 256, 2, kept));
+        test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 1, 2, GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 0, kept));
+        test_cases.emplace_back(new test_pariskv(64, 64, 8, 4, 70001, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 2048, 2, kept));
+    }
 }
