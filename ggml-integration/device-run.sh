@@ -11,10 +11,11 @@
 #                                                    with --pariskv-offload on every server
 #   ggml-integration/device-run.sh bench OUT [DEPTHS] llama-bench tg128 on a random-weights 8B-shaped
 #                                                    Q4_0 model made here: dense flash attention vs
-#                                                    ParisKV vs ParisKV offload, same run (llama-bench
-#                                                    JSON per mode, a depth / tok/s table in bench.md)
-#                                                    (PARISKV_BENCH_MODES: dense pariskv offload paper
-#                                                    nkvo; PARISKV_BENCH_SHAPE: llama8b qwen7b;
+#                                                    ParisKV vs ParisKV offload (K/V, and V alone:
+#                                                    offload-v), same run (llama-bench JSON per mode,
+#                                                    a depth / tok/s table in bench.md)
+#                                                    (PARISKV_BENCH_MODES: dense pariskv offload
+#                                                    offload-v paper nkvo; PARISKV_BENCH_SHAPE: llama8b qwen7b;
 #                                                    PARISKV_BENCH_KV: f16 q8_0; PARISKV_BENCH_REPS,
 #                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL;
 #                                                    PARISKV_BENCH_DRY=1 prints the commands only)
@@ -98,11 +99,12 @@ bench)
     # (attention on the CPU), what users whose cache does not fit have today
     forced="-pkt 2048 -pko 0 --pariskv-dense-threshold 1"
     for mode in "dense:-pkt 0" "pariskv:$forced" "offload:-pkt 2048 -pko 1" \
+                "offload-v:-pkt 2048 -pko 1 --pariskv-offload-keys device" \
                 "paper:$forced --pariskv-gqa mean --pariskv-ratios reference --pariskv-refine 1 --pariskv-center off" \
                 "nkvo:-pkt 0 -nkvo 1"; do
         name=${mode%%:*}
         # PARISKV_BENCH_MODES picks some (deep contexts need one device call per mode)
-        [[ " ${PARISKV_BENCH_MODES:-dense pariskv offload} " == *" $name "* ]] || continue
+        [[ " ${PARISKV_BENCH_MODES:-dense pariskv offload offload-v} " == *" $name "* ]] || continue
         echo "## $name: llama-bench ${common[*]} ${mode#*:}" | tee -a "$out/bench.md"
         [ -z "$dry" ] || continue
         "$bin/llama-bench" "${common[@]}" ${mode#*:} 2> "$out/bench-$name.err" > "$out/bench-$name.json" || rc=1

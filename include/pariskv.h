@@ -538,6 +538,9 @@ typedef struct pariskv_settings {
   uint32_t center;
   // `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
   uint32_t offload;
+  // `offload-keys`: under `offload`, 0 = K with V in host memory, 1 = K in GPU memory
+  // (only V in host memory).
+  uint32_t offload_keys;
   // `fill`: llama-bench's depth fill, 0 = exact, 1 = local (prompt ubatches attend only
   // within themselves; speed only).
   uint32_t fill;

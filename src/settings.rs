@@ -41,8 +41,22 @@ pub struct Settings {
     pub center: bool,
     /// K/V of the handled layers in pinned host memory that the GPU reads (CUDA).
     pub offload: bool,
+    /// Under `offload`, where the K rows go (V always goes to host memory).
+    pub offload_keys: OffloadKeys,
     /// How prompt ubatches attend (llama-bench's depth fill, speed only).
     pub fill: Fill,
+}
+
+/// Under `offload`, where the K rows of the handled layers live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OffloadKeys {
+    /// With V, in pinned host memory: the least GPU memory; every row a step reads (the
+    /// refine's K rows, the attention's K and V rows) crosses PCIe.
+    #[default]
+    Host,
+    /// In GPU memory: the refine and the attention read K at memory speed and only V rows
+    /// cross PCIe; the K half of the cache stays in GPU memory. Same results as `Host`.
+    Device,
 }
 
 /// How prompt ubatches attend while llama-bench fills a cache to its depth.
@@ -71,6 +85,7 @@ impl Default for Settings {
             candidates: 0.0,
             center: DEFAULT_CENTER,
             offload: false,
+            offload_keys: OffloadKeys::Host,
             fill: Fill::Exact,
         }
     }
@@ -217,7 +232,7 @@ macro_rules! pair_spec {
 }
 
 /// Every setting, in the order help lists them.
-pub static SPECS: [Spec; 11] = [
+pub static SPECS: [Spec; 12] = [
     count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off;\n\
 long-context decoding attends exactly over the first --pariskv-sink and last --pariskv-window\n\
 positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build"),
@@ -288,6 +303,10 @@ fit in GPU memory run; fails if the memory cannot be pinned",
             Ok(())
         },
     },
+    pair_spec!(c"offload-keys", offload_keys, "host" => OffloadKeys::Host, "device" => OffloadKeys::Device,
+        c"ParisKV, with --pariskv-offload: where the K rows of the offloaded layers live: host (with V,\n\
+in pinned host memory: the least GPU memory) or device (in GPU memory: the step reads K at memory\n\
+speed and only V rows cross PCIe, for the GPU memory of K; the same results)"),
     pair_spec!(c"fill", fill, "exact" => Fill::Exact, "local" => Fill::Local,
         c"ParisKV, llama-bench only, speed only: how prompt ubatches attend while the cache is filled to\n\
 its depth (-d): exact, or local (each prompt token only over its own ubatch's cells: a D-token\n\
@@ -434,17 +453,19 @@ mod tests {
     fn text_round_trips_and_defaults_are_empty() {
         assert_eq!(Settings::default().format(), "");
         let s = Settings::parse(
-            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,center=off,offload=on,candidates=0.1,fill=local",
+            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,center=off,offload=on,candidates=0.1,fill=local,\
+             offload-keys=device",
         )
         .unwrap();
         assert_eq!(
-            (s.top_k, s.n_window, s.gqa, s.table, s.refine, s.center, s.offload, s.fill),
-            (256, 64, GqaPolicy::Mean, Table::Reference, 1, false, true, Fill::Local)
+            (s.top_k, s.n_window, s.gqa, s.table, s.refine, s.center, s.offload, s.offload_keys, s.fill),
+            (256, 64, GqaPolicy::Mean, Table::Reference, 1, false, true, OffloadKeys::Device, Fill::Local)
         );
         assert_eq!(Settings::parse(&s.format()).unwrap(), s);
         assert_eq!(
             s.format(),
-            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,candidates=0.1,center=off,offload=on,fill=local"
+            "topk=256,window=64,gqa=mean,ratios=reference,refine=1,candidates=0.1,center=off,offload=on,\
+             offload-keys=device,fill=local"
         );
     }
 
@@ -461,6 +482,7 @@ mod tests {
             ("gqa=both", "per-head, mean or group"),
             ("center=yes", "on or off"),
             ("fill=fast", "exact or local"),
+            ("offload-keys=gpu", "host or device"),
             ("candidates=1.5", "(0, 1]"),
             ("candidates=abc", "not a number"),
             ("speed=max", "no setting 'speed'"),

@@ -378,30 +378,32 @@ def test_flags(a):
 
 
 def test_offload(a):
-    print("--pariskv-offload: K/V in pinned host memory read in place by the GPU, answers equal dense")
+    print("--pariskv-offload: K/V (or V alone) in pinned host memory read in place by the GPU, answers equal dense")
     with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
         dense = generations(s, 90)
     # GGML_SCHED_DEBUG=2 logs every graph split with its inputs (what the scheduler copies
     # between backends) and the backend of every node
     env = {**STATS, "GGML_SCHED_DEBUG": "2"}
-    with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "5", "--pariskv-offload", *FULL_COVERAGE], env=env,
-                name="offload") as s:
-        got = generations(s, 90)
-        log = s.log_text()
-    check_full_coverage("offload", log)
-    check(got == dense, f"offload, op with full coverage: {len(dense)} greedy generations identical to dense")
-    if "_PKV_Host" not in log:  # a CPU build: the cache is in host memory already
-        lines = [l for l in log.splitlines() if "ParisKV offload not used" in l]
-        check(len(lines) > 0 and all("host memory already" in l for l in lines), f"CPU build: logged ({lines[:1]})")
-        return
-    check(re.search(r"ParisKV offload: K/V of 2 layer\(s\) in pinned host memory", log) is not None,
-          "both layers' K/V in the pinned host buffer type (CUDA0_PKV_Host)")
-    splits, on = sched_debug(log)
-    copied = [i for _, inputs in splits for i in inputs if i.startswith("cache_")]
-    check(len(splits) > 0 and not copied,
-          f"GGML_SCHED_DEBUG: {len(splits)} graph splits, no K/V cache view among their inputs ({copied[:3]})")
-    check(on.get("PARISKV_AT") == {"CUDA0"} and on.get("PARISKV_EN") == {"CUDA0"},
-          f"both ParisKV ops run on the GPU ({on.get('PARISKV_AT')}, {on.get('PARISKV_EN')})")
+    # K with V in host memory (the default), then K in GPU memory and only V in host memory
+    for what, args in [("K/V", []), ("V", ["--pariskv-offload-keys", "device"])]:
+        with Server(a.bin, a.tiny, ["-c", "4096", "-lv", "5", "--pariskv-offload", *args, *FULL_COVERAGE], env=env,
+                    name=f"offload-{what.replace('/', '')}") as s:
+            got = generations(s, 90)
+            log = s.log_text()
+        check_full_coverage(f"offload {what}", log)
+        check(got == dense, f"offload {what}, op with full coverage: {len(dense)} greedy generations identical to dense")
+        if "_PKV_Host" not in log:  # a CPU build: the cache is in host memory already
+            lines = [l for l in log.splitlines() if "ParisKV offload not used" in l]
+            check(len(lines) > 0 and all("host memory already" in l for l in lines), f"CPU build: logged ({lines[:1]})")
+            continue
+        check(re.search(rf"ParisKV offload: {what} of 2 layer\(s\) in pinned host memory", log) is not None,
+              f"both layers' {what} in the pinned host buffer type (CUDA0_PKV_Host)")
+        splits, on = sched_debug(log)
+        copied = [i for _, inputs in splits for i in inputs if i.startswith("cache_")]
+        check(len(splits) > 0 and not copied,
+              f"GGML_SCHED_DEBUG: {len(splits)} graph splits, no K/V cache view among their inputs ({copied[:3]})")
+        check(on.get("PARISKV_AT") == {"CUDA0"} and on.get("PARISKV_EN") == {"CUDA0"},
+              f"both ParisKV ops run on the GPU ({on.get('PARISKV_AT')}, {on.get('PARISKV_EN')})")
 
 
 def sched_debug(log):

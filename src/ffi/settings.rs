@@ -8,7 +8,7 @@ use super::boundary::{boundary, gqa, in_ref, in_slice, out_ref, out_slice, raw_g
 use super::cache::pariskv_step;
 use super::types::{self, pariskv_status};
 use crate::error::{Error, Result};
-use crate::settings::{self, Fill, Kind, OpParams, Settings, Table, OP_PARAMS, SPECS};
+use crate::settings::{self, Fill, Kind, OffloadKeys, OpParams, Settings, Table, OP_PARAMS, SPECS};
 
 /// `pariskv_gqa` as Rust reads it: a raw `u32` (see `config.rs`).
 type pariskv_gqa = u32;
@@ -50,6 +50,9 @@ pub struct pariskv_settings {
     pub center: u32,
     /// `offload`: 1 = the K/V of the handled layers in pinned host memory read by the GPU.
     pub offload: u32,
+    /// `offload-keys`: under `offload`, 0 = K with V in host memory, 1 = K in GPU memory
+    /// (only V in host memory).
+    pub offload_keys: u32,
     /// `fill`: llama-bench's depth fill, 0 = exact, 1 = local (prompt ubatches attend only
     /// within themselves; speed only).
     pub fill: u32,
@@ -98,6 +101,7 @@ impl pariskv_settings {
             candidates: s.candidates,
             center: s.center as u32,
             offload: s.offload as u32,
+            offload_keys: (s.offload_keys == OffloadKeys::Device) as u32,
             fill: (s.fill == Fill::Local) as u32,
         }
     }
@@ -128,13 +132,19 @@ impl pariskv_settings {
             }
         };
         s.set("candidates", &self.candidates.to_string())?;
-        for (key, v) in [("center", self.center), ("offload", self.offload), ("fill", self.fill)] {
+        for (key, v) in [
+            ("center", self.center),
+            ("offload", self.offload),
+            ("offload-keys", self.offload_keys),
+            ("fill", self.fill),
+        ] {
             if v > 1 {
                 return Err(Error::invalid(format!("settings {key} = {v}: 0 or 1")));
             }
         }
         s.center = self.center == 1;
         s.offload = self.offload == 1;
+        s.offload_keys = if self.offload_keys == 1 { OffloadKeys::Device } else { OffloadKeys::Host };
         s.fill = if self.fill == 1 { Fill::Local } else { Fill::Exact };
         Ok(s)
     }

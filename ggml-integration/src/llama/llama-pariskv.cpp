@@ -169,6 +169,15 @@ ggml_backend_buffer_type_t llama_pariskv_kv::layer_buft(llama_kv_cache & kv, uin
     return host;
 }
 
+ggml_backend_buffer_type_t llama_pariskv_kv::k_buft(const llama_kv_cache & kv, uint32_t il, ggml_backend_buffer_type_t buft) {
+    const pariskv_settings * s = llama_pariskv_scope::current();
+    if (!s || !s->offload_keys || !kv.pariskv) {
+        return buft;
+    }
+    const auto it = kv.pariskv->offload_dev_buft.find(il);
+    return it != kv.pariskv->offload_dev_buft.end() ? it->second : buft;
+}
+
 void llama_pariskv_kv::init(llama_kv_cache & kv) {
     const pariskv_settings * s = llama_pariskv_scope::current();
     if (!s || s->top_k == 0 || kv.swa_type != LLAMA_SWA_TYPE_NONE) {
@@ -358,14 +367,16 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     LLAMA_LOG_INFO("%s: %s\n", __func__, summary);
 
     if (!pk.offload_dev_buft.empty()) {
-        size_t kv_bytes = 0;
+        const bool keys_on_device = s->offload_keys != 0;
+        size_t host_bytes = 0;
         for (const auto & layer : kv.layers) {
             if (pk.offload_dev_buft.count(layer.il)) {
-                kv_bytes += ggml_nbytes(layer.k) + ggml_nbytes(layer.v);
+                host_bytes += (keys_on_device ? 0 : ggml_nbytes(layer.k)) + ggml_nbytes(layer.v);
             }
         }
-        LLAMA_LOG_INFO("%s: ParisKV offload: K/V of %zu layer(s) in pinned host memory (%.2f MiB), read by the device "
-                "through UVA; the index stays on the device\n", __func__, pk.offload_dev_buft.size(), kv_bytes/1024.0/1024.0);
+        LLAMA_LOG_INFO("%s: ParisKV offload: %s of %zu layer(s) in pinned host memory (%.2f MiB), read by the device "
+                "through UVA; %s\n", __func__, keys_on_device ? "V" : "K/V", pk.offload_dev_buft.size(),
+                host_bytes/1024.0/1024.0, keys_on_device ? "K and the index stay on the device" : "the index stays on the device");
     }
 }
 
@@ -838,10 +849,13 @@ ggml_tensor * llama_pariskv_kv::build_attn(const llm_graph_context & g, ggml_ten
     if (!cur) {
         // dense attention of many queries over K/V in host memory (--pariskv-offload): one copy
         // to the device per ubatch, instead of every query tile of the kernel reading it over PCIe
+        // (K only where it is in host memory too)
         if (g.n_tokens > 1 && pk.offloaded(il, kv)) {
-            k = ggml_cont(g.ctx0, k);
+            if (!pk.settings.offload_keys) {
+                k = ggml_cont(g.ctx0, k);
+                g.cb(k, "pariskv_k_dev", il);
+            }
             v = ggml_cont(g.ctx0, v);
-            g.cb(k, "pariskv_k_dev", il);
             g.cb(v, "pariskv_v_dev", il);
         }
         return nullptr;

@@ -63,6 +63,9 @@ struct llama_pariskv_kv {
     // --pariskv-offload puts a handled layer in pinned host memory of its device dev)
     static ggml_backend_buffer_type_t layer_buft(llama_kv_cache & kv, uint32_t il, ggml_backend_dev_t dev,
             ggml_backend_buffer_type_t buft, ggml_type type_k, ggml_type type_v);
+    // then, of layer il's K alone: its device's buffer type under --pariskv-offload-keys device
+    // (only V in pinned host memory), else buft, layer_buft's answer
+    static ggml_backend_buffer_type_t k_buft(const llama_kv_cache & kv, uint32_t il, ggml_backend_buffer_type_t buft);
 
     // end of the llama_kv_cache constructor: allocates the index of every layer it can
     // handle; layers, models and cache types it cannot handle stay dense, with one log line
@@ -122,8 +125,9 @@ struct llama_pariskv_kv {
     uint64_t dense_threshold = 0;     // caches of more cells than this are attended with ParisKV
     std::vector<layer_index> layers;  // [kv.layers.size()], null tensors where a layer is not handled
 
-    // --pariskv-offload: the device buffer type (where the index goes) of each layer whose K/V
-    // the constructor put in pinned host memory, and why none was when none was
+    // --pariskv-offload: the device buffer type (where the index goes, and K under
+    // --pariskv-offload-keys device) of each layer whose K/V (or V) the constructor put in
+    // pinned host memory, and why none was when none was
     std::unordered_map<uint32_t, ggml_backend_buffer_type_t> offload_dev_buft;
     const char * offload_why_not = nullptr;
 
