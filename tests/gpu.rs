@@ -1392,6 +1392,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         (cpu.n_visible, cpu.n_zone, cpu.n_candidates, cpu.n_attended, cpu.n_refined),
         "step stats"
     );
+    assert_eq!(st[0].zone_counted, 0, "the step took its zone's histogram from the kept one");
     assert!(cpu.n_refined > 0, "the step refined (shortlists read K through UVA)");
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);

@@ -111,9 +111,10 @@ pub struct pariskv_cuda_step {
     buffers: crate::cuda::step::StepBuffers,
     #[cfg(feature = "cuda")]
     seed: u64,
-    /// Units and retrievals per unit of the last run, to read its state back.
+    /// Units and retrievals per unit of the last run, and whether it was given a kept
+    /// histogram, to read its state back.
     #[cfg(feature = "cuda")]
-    last: std::sync::Mutex<(usize, usize)>,
+    last: std::sync::Mutex<(usize, usize, bool)>,
 }
 
 static STEPS: Registry<pariskv_cuda_step> = Registry::new("step");
@@ -428,7 +429,8 @@ pub extern "C" fn pariskv_cuda_step_run(
             };
             run(module, rot, &params, &layer, &step.buffers, &stream)?;
             let n_ret = crate::cuda::step::n_retrievals(params.gqa, layer.n_heads);
-            *step.last.lock().unwrap_or_else(|e| e.into_inner()) = (layer.layout.n_units as usize, n_ret);
+            *step.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                (layer.layout.n_units as usize, n_ret, layer.kept != 0);
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
@@ -455,7 +457,7 @@ pub extern "C" fn pariskv_cuda_step_stats(
         #[cfg(feature = "cuda")]
         {
             let step = STEPS.lookup(step)?;
-            let (units, n_ret) = *step.last.lock().unwrap_or_else(|e| e.into_inner());
+            let (units, n_ret, kept) = *step.last.lock().unwrap_or_else(|e| e.into_inner());
             let n = units.min(n_out);
             if n == 0 {
                 return Ok(());
@@ -470,8 +472,10 @@ pub extern "C" fn pariskv_cuda_step_stats(
                     n_candidates: candidates.max(0) as usize,
                     n_attended: state.n_rows.max(0) as usize,
                     n_refined: rets.iter().map(|r| r.n_refined.max(0) as usize).sum(),
-                    // the GPU step counts the zone every step
-                    zone_counted: 1,
+                    // where the kept histogram was not exact (kernels/step.cuh, pk_kept_exact)
+                    zone_counted: u32::from(
+                        !kept || state.n_uncounted != 0 || state.n_counted as u32 != state.kept_total,
+                    ),
                 };
             }
             *n_written = n;

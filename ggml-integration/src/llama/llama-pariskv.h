@@ -125,7 +125,7 @@ struct llama_pariskv_kv {
         ggml_tensor * weights = nullptr;
         ggml_tensor * centers = nullptr; // key centre per KV head (null: keys indexed as they are)
         ggml_tensor * hist    = nullptr; // the codes' histogram kept between steps, and which
-        ggml_tensor * counted = nullptr; // cells it counts (host indexes; null elsewhere)
+        ggml_tensor * counted = nullptr; // cells it counts
     };
 
     pariskv_settings settings;
