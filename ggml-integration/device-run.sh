@@ -46,7 +46,7 @@ build)
         tar -xJf "$carry/llama-bin.tar.xz" -C "$bin" && tar -xzf "$carry/gguf-py.tar.gz" -C "$PARISKV_WORK/llama.cpp" || exit 1
         missing=$(ldd "$bin"/llama-* "$bin"/test-backend-ops | grep "not found" | sort -u)
         [ -z "$missing" ] || { echo "the prebuilt binaries miss libraries: $missing"; exit 1; }
-        echo "prebuilt binaries unpacked into $bin"
+        echo "prebuilt binaries of $(cat "$carry/COMMIT" 2>/dev/null || echo '?') unpacked into $bin"
         exit 0
     fi
     tar -xzf "$carry/llama.tar.gz" -C "$PARISKV_WORK/llama.cpp"

@@ -40,6 +40,8 @@ else
     # the patched tree, without the vocabularies and docs no target needs
     tree_git archive --format=tar.gz -o "$out/llama.tar.gz" HEAD -- . ':!models' ':!docs'
 fi
+# what was staged, for the device's logs
+echo "$(git -C "$REPO_ROOT" rev-parse --short HEAD)$(git -C "$REPO_ROOT" diff --quiet HEAD || echo +changes)" > "$out/COMMIT"
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$out/tiny.gguf" >/dev/null
 "$VENV/bin/python" "$REPO_ROOT/ggml-integration/tools/make_tiny_model.py" "$out/tiny-hd20.gguf" --head-dim 20 >/dev/null
 

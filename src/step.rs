@@ -46,6 +46,9 @@ pub struct StepStats {
     /// Cells rescored exactly (refine).
     pub n_refined: usize,
     pub n_attended: usize,
+    /// The step counted its zone's code histogram itself: it was given none and its index's
+    /// kept one (`CacheView::kept`) could not give it.
+    pub zone_counted: bool,
 }
 
 /// Reusable buffers of a step.
@@ -148,7 +151,8 @@ pub fn attend_cache<V: Fn(usize) -> bool>(
             Class::Hidden
         }
     }));
-    let mut stats = StepStats { n_visible, ..StepStats::default() };
+    // the oracle counts the zone's histogram unless given it
+    let mut stats = StepStats { n_visible, zone_counted: cache.zone_hist.is_none(), ..StepStats::default() };
     scratch.cells.clear();
     if n_visible > 0 {
         let (sink_end, window_start) = (p_min + p.n_sink as i64, p_max - p.n_local as i64);

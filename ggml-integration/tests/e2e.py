@@ -175,6 +175,30 @@ def test_context_shift_and_cache_reuse(a):
         check(cached > 0 and got == dense, f"prompt-cache reuse ({cached} cells reused), {name}: identical")
 
 
+def test_kept_after_erase(a):
+    print("cells a new prompt drops from a slot leave the kept code histogram: later steps still take it")
+    if "-ngl" in a.server_args:
+        # a device index keeps emptied cells; its steps count the zone while one lies beyond the view
+        print("  (a CPU index's behaviour: not run with --server-args)")
+        return
+    args = ["-c", "4096", "-np", "1", "-lv", "4", "--pariskv-topk", "16", "--pariskv-window", "16",
+            *early(16, window=16)]
+    with Server(a.bin, a.tiny, args, env=STATS, name="pk-erase") as s:
+        s.complete(PROMPTS[0] * 8, 40, cache_prompt=True)
+        first = s.log_text()
+        # a prompt sharing no prefix: the slot's cells past the first few are removed, most of
+        # them beyond the next steps' view
+        s.complete(PROMPTS[2], 40, cache_prompt=True)
+        second = s.log_text()[len(first):]
+    retrieving = [c for c in op_calls(second) if c["zone"] > 16]
+    counted = second.count("zone histogram counted")
+    check(len(op_calls(first)) > 0 and first.count("zone histogram counted") == 0,
+          f"the long prompt's steps took their zone's histogram from the kept one ({len(op_calls(first))} calls)")
+    check(len(retrieving) > 0 and counted == 0,
+          f"after the slot's cells were cut, every step still took it ({len(retrieving)} retrieving calls, "
+          f"{counted} counted)")
+
+
 def test_state_restore(a):
     print("slot save / erase / restore (a state load): the index is rebuilt, generation equals an uninterrupted run")
     args = ["-c", "4096", "-np", "1", "--pariskv-topk", "16", "--pariskv-window", "16", *early(16, window=16),
@@ -473,7 +497,7 @@ def main():
     server.EXTRA_ARGS = shlex.split(a.server_args)
     server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
-             test_state_restore, test_fallbacks, test_q8_0_cache, test_cpu_threshold, test_visible_state, test_flags,
+             test_kept_after_erase, test_state_restore, test_fallbacks, test_q8_0_cache, test_cpu_threshold, test_visible_state, test_flags,
              test_offload]
     tests += ([test_gemma_passkey] if a.gemma else []) + ([test_qwen_passkey] if a.qwen else [])
     run_tests(tests, a, set(a.only.split(",")) if a.only else None)

@@ -244,14 +244,16 @@ fn classify<V: Fn(usize) -> bool + Sync>(
             *h += x;
         }
     }
+    let mut zone_counted = !counted;
     if let Some(given) = cache.zone_hist {
         s.hist.copy_from_slice(given);
     } else if let Some(kept) = cache.kept {
         if !kept::zone_histogram(shape, &cache.codes, &kept, &s.in_zone, n_zone, &mut s.hist) {
             count_zone(team, shape, cache, s);
+            zone_counted = true;
         }
     }
-    StepStats { n_visible, n_zone, ..StepStats::default() }
+    StepStats { n_visible, n_zone, zone_counted, ..StepStats::default() }
 }
 
 /// The zone's code histogram counted, into `s.hist` (where the kept one cannot give it).
@@ -772,7 +774,8 @@ mod tests {
                         let (mut got, mut fast) = (vec![0.0; g * d], Scratch::default());
                         let st =
                             attend_cache(&Team::solo(), &rot, &p, &counted, &q, &mut fast, &mut got).unwrap();
-                        assert_eq!((st, fast.attended()), (w, oracle.attended()), "given histogram");
+                        let given = StepStats { zone_counted: false, ..w };
+                        assert_eq!((st, fast.attended()), (given, oracle.attended()), "given histogram");
                         assert!(
                             got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "given histogram"
@@ -783,14 +786,15 @@ mod tests {
                         kept::tally(&shape, &store.as_ref(), &all, &mut kh, &mut flags, Tally::Add);
                         let mut partly = flags.clone();
                         partly[(0..n).find(|&c| in_zone(c)).unwrap()] = 0;
-                        for flags in [&flags, &partly] {
+                        for (flags, zone_counted) in [(&flags, false), (&partly, true)] {
                             let with_kept =
                                 CacheView { kept: Some(Kept { hist: &kh, counted: flags }), ..view };
                             let (mut got, mut fast) = (vec![0.0; g * d], Scratch::default());
                             let st =
                                 attend_cache(&Team::solo(), &rot, &p, &with_kept, &q, &mut fast, &mut got)
                                     .unwrap();
-                            assert_eq!((st, fast.attended()), (w, oracle.attended()), "kept histogram");
+                            let want_st = StepStats { zone_counted, ..w };
+                            assert_eq!((st, fast.attended()), (want_st, oracle.attended()), "kept histogram");
                             assert!(
                                 got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                                 "kept histogram"

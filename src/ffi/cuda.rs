@@ -441,6 +441,8 @@ pub extern "C" fn pariskv_cuda_step_stats(
                     n_candidates: candidates.max(0) as usize,
                     n_attended: state.n_rows.max(0) as usize,
                     n_refined: rets.iter().map(|r| r.n_refined.max(0) as usize).sum(),
+                    // the GPU step counts the zone every step
+                    zone_counted: 1,
                 };
             }
             *n_written = n;

@@ -446,8 +446,11 @@ int main(void) {
         float kout[4 * D];
         pariskv_step_stats kst;
         CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &kept, &vis, kout, D * 4, &kst) == PARISKV_OK &&
-                  memcmp(kout, cout, sizeof cout) == 0 && memcmp(&kst, &sst, sizeof sst) == 0,
-              "attend_cache with a kept histogram = without: %s", pariskv_last_error());
+                  memcmp(kout, cout, sizeof cout) == 0 && sst.zone_counted == 1 && kst.zone_counted == 0,
+              "attend_cache with a kept histogram = without, and takes the histogram from it: %s",
+              pariskv_last_error());
+        kst.zone_counted = sst.zone_counted;
+        CHECK(memcmp(&kst, &sst, sizeof sst) == 0, "attend_cache with a kept histogram: the same stats");
         CHECK(pariskv_codes_tally(D, &kept, cells, 3, 0) == PARISKV_OK && flags[0] == 0 && flags[3] == 1,
               "codes_tally remove");
         CHECK(pariskv_attend_cache(&step, q, D * 4, &kv, &kept, &vis, kout, D * 4, &kst) == PARISKV_OK &&

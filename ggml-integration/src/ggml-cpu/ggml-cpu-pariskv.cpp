@@ -188,8 +188,10 @@ static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params
             pariskv_check(pariskv_attend_cache(&a.step, qh, a.q->nb[1], &kv, &c, &vis, out, dst->nb[1], &st), "attention");
         }
         if (log_stats && (!teams || params->ith == 0)) {
-            GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended\n",
-                          (long long) t, (long long) h, st.n_visible, st.n_zone, st.n_candidates, st.n_attended);
+            // the zone's code histogram counted by the step (not taken from the kept one) is said
+            GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended%s\n",
+                          (long long) t, (long long) h, st.n_visible, st.n_zone, st.n_candidates, st.n_attended,
+                          st.zone_counted ? ", zone histogram counted" : "");
         }
     }
 }

@@ -164,9 +164,10 @@ static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cud
     size_t n = 0;
     pariskv_check(pariskv_cuda_step_stats(scratch, st.data(), st.size(), &n), "step stats");
     for (size_t u = 0; u < n; ++u) {
-        GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended\n",
+        GGML_LOG_INFO("pariskv_attn: token %lld, KV head %lld: %zu cells visible, %zu in the zone, %zu candidates, %zu attended%s\n",
                       (long long) (s*n_tps + (int64_t) u/n_head_kv), (long long) ((int64_t) u % n_head_kv),
-                      st[u].n_visible, st[u].n_zone, st[u].n_candidates, st[u].n_attended);
+                      st[u].n_visible, st[u].n_zone, st[u].n_candidates, st[u].n_attended,
+                      st[u].zone_counted ? ", zone histogram counted" : "");
     }
 }
 

@@ -455,7 +455,72 @@ void llama_pariskv_kv::rewritten(llama_kv_cache & kv) {
 }
 
 bool llama_pariskv_kv::pending(const llama_kv_cache & kv) {
-    return kv.pariskv && kv.pariskv->reencode;
+    if (!kv.pariskv) {
+        return false;
+    }
+    settle_kept(kv);
+    return kv.pariskv->reencode;
+}
+
+void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
+    const auto & pk = *kv.pariskv;
+    // the handled layers whose index keeps its histogram in host memory (one per index:
+    // layers aliased onto one K share it); their counted flags are alike, each encode
+    // writing every layer's cells
+    std::vector<size_t> host;
+    for (size_t ikv = 0; ikv < pk.layers.size(); ++ikv) {
+        const auto & x = pk.layers[ikv];
+        bool first = x.hist && x.hist->data && ggml_backend_buffer_is_host(x.hist->buffer);
+        for (size_t j : host) {
+            first = first && pk.layers[j].hist != x.hist;
+        }
+        if (first) {
+            host.push_back(ikv);
+        }
+    }
+    if (host.empty()) {
+        return;
+    }
+    const layer_index & x0 = pk.layers[host[0]];
+    std::vector<int64_t> emptied;
+    for (size_t s = 0; s < kv.v_cells.size(); ++s) {
+        const auto & cells = kv.v_cells[s];
+        // every counted cell is once in block 0 of a head's histogram: more than the cells
+        // in use means some were emptied since they were encoded
+        const uint32_t * h0 = (const uint32_t *) ((const char *) x0.hist->data + s*x0.hist->nb[2]);
+        uint64_t n_counted = 0;
+        for (int i = 0; i < 256; ++i) {
+            n_counted += h0[i];
+        }
+        if (n_counted <= cells.get_used()) {
+            continue;
+        }
+        const uint8_t * flags = (const uint8_t *) x0.counted->data + s*x0.counted->nb[2];
+        emptied.clear();
+        for (uint32_t c = 0; c < cells.size(); ++c) {
+            if (flags[c] && cells.is_empty(c)) {
+                emptied.push_back(c);
+            }
+        }
+        for (size_t ikv : host) {
+            const layer_index & x = pk.layers[ikv];
+            const uint32_t head_dim = kv.hparams.n_embd_head_k(kv.layers[ikv].il);
+            for (int64_t h = 0; h < x.codes->ne[2]; ++h) {
+                pariskv_codes c;
+                c.codes   = (uint8_t  *) x.codes->data   + s*x.codes->nb[3]   + h*x.codes->nb[2];
+                c.nibbles = (uint8_t  *) x.nibbles->data + s*x.nibbles->nb[3] + h*x.nibbles->nb[2];
+                c.weights = (uint16_t *) ((char *) x.weights->data + s*x.weights->nb[3] + h*x.weights->nb[2]);
+                c.n_cells = (size_t) x.codes->ne[1];
+                c.hist    = (uint32_t *) ((char *) x.hist->data + s*x.hist->nb[2] + h*x.hist->nb[1]);
+                c.counted = (uint8_t  *) x.counted->data + s*x.counted->nb[2] + h*x.counted->nb[1];
+                if (pariskv_codes_tally(head_dim, &c, emptied.data(), emptied.size(), 0) != PARISKV_OK) {
+                    LLAMA_LOG_WARN("%s: %s\n", __func__, pariskv_last_error());
+                }
+            }
+        }
+        LLAMA_LOG_DEBUG("%s: stream %zu: %zu emptied cells taken out of the kept code histograms\n", __func__, s,
+                emptied.size());
+    }
 }
 
 // the occupied cells of all streams, for a re-encode: empty cells are never attended and are

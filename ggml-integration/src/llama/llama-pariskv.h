@@ -77,8 +77,15 @@ struct llama_pariskv_kv {
     // llama_kv_cache::state_read: restored keys wait for their re-encode
     static void rewritten(llama_kv_cache & kv);
 
-    // llama_kv_cache_context (update): whether a re-encode is pending
+    // llama_kv_cache_context (update, before every batch): whether a re-encode is pending;
+    // first, settle_kept
     static bool pending(const llama_kv_cache & kv);
+    // cells emptied since the last batch (seq_rm, seq_keep, clear) taken out of the kept code
+    // histograms of host indexes, so that a step keeps taking its zone's histogram from them
+    // (a counted cell beyond a step's view would make it count the zone every step). A check
+    // of one histogram per stream when nothing was emptied. Device indexes keep such cells
+    // (their steps count the zone while one lies beyond the view).
+    static void settle_kept(const llama_kv_cache & kv);
 
     // end of llama_kv_cache::update: re-encodes every occupied cell after keys were
     // rewritten in place (shifted: a K-shift or stream copy ran); true if it computed
@@ -118,7 +125,7 @@ struct llama_pariskv_kv {
         ggml_tensor * weights = nullptr;
         ggml_tensor * centers = nullptr; // key centre per KV head (null: keys indexed as they are)
         ggml_tensor * hist    = nullptr; // the codes' histogram kept between steps, and which
-        ggml_tensor * counted = nullptr; // cells it counts (CPU layers; null elsewhere)
+        ggml_tensor * counted = nullptr; // cells it counts (host indexes; null elsewhere)
     };
 
     pariskv_settings settings;
