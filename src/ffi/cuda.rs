@@ -473,7 +473,7 @@ pub extern "C" fn pariskv_cuda_step_stats(
                     n_attended: state.n_rows.max(0) as usize,
                     n_refined: rets.iter().map(|r| r.n_refined.max(0) as usize).sum(),
                     // where the kept histogram was not exact (kernels/step.cuh, pk_kept_exact)
-                    zone_counted: u32::from(
+                    zone_counted: usize::from(
                         !kept || state.n_uncounted != 0 || state.n_counted as u32 != state.kept_total,
                     ),
                 };
