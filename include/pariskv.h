@@ -389,8 +389,9 @@ typedef struct pariskv_step_stats {
   size_t n_refined;
   // 1 when the step counted its zone's code histogram itself (its index keeps none, or
   // the kept one could not give it: a counted cell outside the view, a zone cell not
-  // counted); 0 when it took it from the kept one or was given it.
-  uint32_t zone_counted;
+  // counted); 0 when it took it from the kept one or was given it. (A size_t like the
+  // other fields, so that the struct has no padding and compares with memcmp.)
+  size_t zone_counted;
 } pariskv_step_stats;
 
 // Fills `out` with the index layout for `head_dim`.

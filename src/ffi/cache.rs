@@ -132,8 +132,9 @@ pub struct pariskv_step_stats {
     pub n_refined: usize,
     /// 1 when the step counted its zone's code histogram itself (its index keeps none, or
     /// the kept one could not give it: a counted cell outside the view, a zone cell not
-    /// counted); 0 when it took it from the kept one or was given it.
-    pub zone_counted: u32,
+    /// counted); 0 when it took it from the kept one or was given it. (A size_t like the
+    /// other fields, so that the struct has no padding and compares with memcmp.)
+    pub zone_counted: usize,
 }
 
 #[derive(Default)]
@@ -584,7 +585,7 @@ fn attend_cache_on(
                 n_candidates: st.n_candidates,
                 n_attended: st.n_attended,
                 n_refined: st.n_refined,
-                zone_counted: st.zone_counted as u32,
+                zone_counted: st.zone_counted as usize,
             };
         }
         Ok(())
