@@ -27,20 +27,6 @@ static void pariskv_check(pariskv_status status, const char * what) {
     }
 }
 
-// the index of KV head h of stream s, with its kept histogram where hist is not NULL
-static pariskv_codes pariskv_codes_of(const ggml_tensor * codes, const ggml_tensor * nibbles,
-                                      const ggml_tensor * weights, const ggml_tensor * hist,
-                                      const ggml_tensor * counted, int64_t s, int64_t h) {
-    pariskv_codes c;
-    c.codes   = (uint8_t  *) codes->data   + s*codes->nb[3]   + h*codes->nb[2];
-    c.nibbles = (uint8_t  *) nibbles->data + s*nibbles->nb[3] + h*nibbles->nb[2];
-    c.weights = (uint16_t *) ((char *) weights->data + s*weights->nb[3] + h*weights->nb[2]);
-    c.n_cells = (size_t) codes->ne[1];
-    c.hist    = hist    ? (uint32_t *) ((char *) hist->data + s*hist->nb[2] + h*hist->nb[1]) : nullptr;
-    c.counted = counted ? (uint8_t *) counted->data + s*counted->nb[2] + h*counted->nb[1] : nullptr;
-    return c;
-}
-
 static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * params, ggml_tensor * dst) {
     const ggml_tensor * k       = dst->src[0];
     const ggml_tensor * idxs    = dst->src[1];
@@ -88,7 +74,7 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
             for (int64_t s = 0; s < n_stream; ++s) {
                 stream_cells(s, written);
                 for (int64_t h = 0; h < n_head_kv && !written.empty(); ++h) {
-                    const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, hist, counted, s, h);
+                    const pariskv_codes c = ggml_pariskv_codes_of(codes, nibbles, weights, hist, counted, s, h);
                     pariskv_check(pariskv_codes_tally((uint32_t) head_dim, &c, written.data(), written.size(), add), "histogram");
                 }
             }
@@ -119,7 +105,7 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
             continue;
         }
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            const pariskv_codes c = pariskv_codes_of(codes, nibbles, weights, nullptr, nullptr, s, h);
+            const pariskv_codes c = ggml_pariskv_codes_of(codes, nibbles, weights, nullptr, nullptr, s, h);
             const char * keys = (const char *) k->data + (s*n_cells)*k->nb[1] + ggml_row_size(k->type, h*head_dim);
             const float * center = centers ? (const float *) centers->data + h*centers->ne[0] : nullptr;
             pariskv_check(pariskv_encode_cells((uint32_t) head_dim, PARISKV_DEFAULT_SEED, dtype,
@@ -176,7 +162,7 @@ static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params
         vis.mask       = (const char *) a.mask->data + s*a.mask->nb[3] + tr*a.mask->nb[1];
         vis.pos        = (const int32_t *) ((const char *) a.pos->data + s*a.pos->nb[1]);
 
-        const pariskv_codes c = pariskv_codes_of(a.codes, a.nibbles, a.weights, a.hist, a.counted, s, h);
+        const pariskv_codes c = ggml_pariskv_codes_of(a.codes, a.nibbles, a.weights, a.hist, a.counted, s, h);
 
         const float * qh = (const float *) ((const char *) a.q->data + t*a.q->nb[2] + h*group*a.q->nb[1]);
         float * out = (float *) ((char *) dst->data + t*dst->nb[2] + h*group*dst->nb[1]);

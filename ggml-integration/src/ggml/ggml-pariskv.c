@@ -191,6 +191,24 @@ bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out) {
     }
 }
 
+struct pariskv_codes ggml_pariskv_codes_of(
+        const struct ggml_tensor * codes,
+        const struct ggml_tensor * nibbles,
+        const struct ggml_tensor * weights,
+        const struct ggml_tensor * hist,
+        const struct ggml_tensor * counted,
+        int64_t s,
+        int64_t h) {
+    struct pariskv_codes c;
+    c.codes   = (uint8_t  *) codes->data   + s*codes->nb[3]   + h*codes->nb[2];
+    c.nibbles = (uint8_t  *) nibbles->data + s*nibbles->nb[3] + h*nibbles->nb[2];
+    c.weights = (uint16_t *) ((char *) weights->data + s*weights->nb[3] + h*weights->nb[2]);
+    c.n_cells = (size_t) codes->ne[1];
+    c.hist    = hist    ? (uint32_t *) ((char *) hist->data + s*hist->nb[2] + h*hist->nb[1]) : NULL;
+    c.counted = counted ? (uint8_t *) counted->data + s*counted->nb[2] + h*counted->nb[1] : NULL;
+    return c;
+}
+
 struct ggml_pariskv_attn_args ggml_pariskv_attn_args_of(const struct ggml_tensor * node) {
     GGML_ASSERT(node->op == GGML_OP_PARISKV_ATTN);
     struct ggml_pariskv_attn_args a;

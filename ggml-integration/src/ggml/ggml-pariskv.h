@@ -84,6 +84,17 @@ GGML_API struct ggml_tensor * ggml_pariskv_keep_histogram(
 // the library's element type of a tensor type (F32, F16, BF16, Q8_0); false for any other
 GGML_API bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out);
 
+// the index of KV head h of stream s as the library reads it (index tensors as above, in
+// host memory), with its kept histogram and flags where hist is not NULL
+GGML_API struct pariskv_codes ggml_pariskv_codes_of(
+        const struct ggml_tensor * codes,
+        const struct ggml_tensor * nibbles,
+        const struct ggml_tensor * weights,
+        const struct ggml_tensor * hist,
+        const struct ggml_tensor * counted,
+        int64_t s,
+        int64_t h);
+
 // what a PARISKV_ATTN node holds, as both backends read it: its sources, shapes and the
 // library's decode step (unpacked from its op params)
 struct ggml_pariskv_attn_args {

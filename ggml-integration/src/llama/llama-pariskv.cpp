@@ -504,13 +504,7 @@ void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
             const layer_index & x = pk.layers[ikv];
             const uint32_t head_dim = kv.hparams.n_embd_head_k(kv.layers[ikv].il);
             for (int64_t h = 0; h < x.codes->ne[2]; ++h) {
-                pariskv_codes c;
-                c.codes   = (uint8_t  *) x.codes->data   + s*x.codes->nb[3]   + h*x.codes->nb[2];
-                c.nibbles = (uint8_t  *) x.nibbles->data + s*x.nibbles->nb[3] + h*x.nibbles->nb[2];
-                c.weights = (uint16_t *) ((char *) x.weights->data + s*x.weights->nb[3] + h*x.weights->nb[2]);
-                c.n_cells = (size_t) x.codes->ne[1];
-                c.hist    = (uint32_t *) ((char *) x.hist->data + s*x.hist->nb[2] + h*x.hist->nb[1]);
-                c.counted = (uint8_t  *) x.counted->data + s*x.counted->nb[2] + h*x.counted->nb[1];
+                pariskv_codes c = ggml_pariskv_codes_of(x.codes, x.nibbles, x.weights, x.hist, x.counted, s, h);
                 if (pariskv_codes_tally(head_dim, &c, emptied.data(), emptied.size(), 0) != PARISKV_OK) {
                     LLAMA_LOG_WARN("%s: %s\n", __func__, pariskv_last_error());
                 }
