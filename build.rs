@@ -100,6 +100,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
       keys of given cells, and one decode step over the engine's cache, on the CPU.",
         &[
             "PARISKV_CENTER_ROWS",
+            "PARISKV_N_CENTROIDS",
             "pariskv_layout",
             "pariskv_codes",
             "pariskv_step",

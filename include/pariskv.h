@@ -297,6 +297,9 @@ enum pariskv_status pariskv_index_attend(struct pariskv_index *index,
 // Most keys `pariskv_center_init` averages into a KV head's key centre.
 #define PARISKV_CENTER_ROWS 4096
 
+// Centroids of a code block: a kept code histogram holds this many counts per block.
+#define PARISKV_N_CENTROIDS 256
+
 // Sizes of the index for one head dimension, per cell and KV head.
 typedef struct pariskv_layout {
   uint32_t head_dim;

@@ -96,6 +96,9 @@ pub const PARISKV_TUNED_RHO_COLL: f64 = 1.0;
 /// Most keys `pariskv_center_init` averages into a KV head's key centre.
 pub const PARISKV_CENTER_ROWS: u32 = 4096;
 
+/// Centroids of a code block: a kept code histogram holds this many counts per block.
+pub const PARISKV_N_CENTROIDS: u32 = 256;
+
 /// Memory use and the last search's work, summed over KV heads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,6 +133,7 @@ mod tests {
         assert_eq!(super::PARISKV_DEFAULT_SEED, crate::config::DEFAULT_SEED);
         assert_eq!(super::PARISKV_DEFAULT_REFINE as usize, crate::config::DEFAULT_REFINE);
         assert_eq!(super::PARISKV_CENTER_ROWS as usize, crate::constants::CENTER_ROWS);
+        assert_eq!(super::PARISKV_N_CENTROIDS as usize, crate::constants::N_CENTROIDS);
         assert_eq!(super::PARISKV_TUNED_RHO_COLL, crate::constants::TUNED_RHO_COLL);
     }
 }

@@ -174,7 +174,7 @@ struct ggml_tensor * ggml_pariskv_keep_histogram(
     const struct ggml_tensor * codes = op->src[encode ? 2 : 5];
     GGML_ASSERT(hist->type == GGML_TYPE_I32 && counted->type == GGML_TYPE_I8);
     GGML_ASSERT(ggml_is_contiguous(hist) && ggml_is_contiguous(counted));
-    GGML_ASSERT(hist->ne[0] == codes->ne[0]*256 && hist->ne[1] == codes->ne[2] && hist->ne[2] == codes->ne[3]);
+    GGML_ASSERT(hist->ne[0] == codes->ne[0]*PARISKV_N_CENTROIDS && hist->ne[1] == codes->ne[2] && hist->ne[2] == codes->ne[3]);
     GGML_ASSERT(counted->ne[0] >= codes->ne[1] && counted->ne[1] == codes->ne[2] && counted->ne[2] == codes->ne[3]);
     op->src[encode ? 6 : 8] = hist;
     op->src[encode ? 7 : 9] = counted;

@@ -15,6 +15,7 @@
 // (ggml_pariskv_keep_histogram):
 //   hist    I32 [n_blocks*256, n_head_kv, n_stream]       codes of the counted cells
 //   counted I8  [n_cells, n_head_kv, n_stream]            1 = the cell's codes are in hist
+// (256: PARISKV_N_CENTROIDS, the centroids of a code block)
 
 #include "ggml.h"
 #include "pariskv.h"

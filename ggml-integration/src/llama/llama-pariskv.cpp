@@ -279,7 +279,7 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
                 ggml_format_name(x.centers, "pariskv_centers_l%d", il);
             }
             // the step takes its zone's code histogram from one kept by the encodes
-            x.hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, n_head_kv, kv.n_stream);
+            x.hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*PARISKV_N_CENTROIDS, n_head_kv, kv.n_stream);
             x.counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  kv_size,     n_head_kv, kv.n_stream);
             ggml_format_name(x.hist,    "pariskv_hist_l%d",    il);
             ggml_format_name(x.counted, "pariskv_counted_l%d", il);
@@ -487,7 +487,7 @@ void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
         // in use means some were emptied since they were encoded
         const uint32_t * h0 = (const uint32_t *) ((const char *) x0.hist->data + s*x0.hist->nb[2]);
         uint64_t n_counted = 0;
-        for (int i = 0; i < 256; ++i) {
+        for (int i = 0; i < PARISKV_N_CENTROIDS; ++i) {
             n_counted += h0[i];
         }
         if (n_counted <= cells.get_used()) {

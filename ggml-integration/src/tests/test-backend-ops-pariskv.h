@@ -61,7 +61,7 @@ struct test_pariskv : public test_case {
         ggml_set_name(encoded, "encoded");
         ggml_tensor * hist = nullptr, * counted = nullptr;
         if (kept) {
-            hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, nh_kv, ns);
+            hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*PARISKV_N_CENTROIDS, nh_kv, ns);
             counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  n_cells(),   nh_kv, ns);
             ggml_set_name(hist, "hist");
             ggml_set_name(counted, "counted");
