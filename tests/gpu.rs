@@ -268,6 +268,25 @@ mod step {
         pub tied: usize,
     }
 
+    impl Case {
+        /// 5000 cells of two KV heads of four query heads, per head, top-k 256, f16: the
+        /// case others vary
+        pub const BASE: Case = Case {
+            d: 128,
+            g: 4,
+            n: 5000,
+            gqa: GqaPolicy::PerHead,
+            top_k: 256,
+            dtype: DType::F16,
+            kv: 2,
+            two_sequences: false,
+            refine: 1,
+            tuned: false,
+            softcap: 0.0,
+            tied: 1,
+        };
+    }
+
     /// The CPU's stages for one retrieval, for stage-by-stage comparison.
     struct CpuRetrieval {
         levels: Vec<u8>,
@@ -750,20 +769,7 @@ mod step {
             return;
         }
         use GqaPolicy::*;
-        let base = Case {
-            d: 128,
-            g: 4,
-            n: 5000,
-            gqa: PerHead,
-            top_k: 256,
-            dtype: DType::F16,
-            kv: 2,
-            two_sequences: false,
-            refine: 1,
-            tuned: false,
-            softcap: 0.0,
-            tied: 1,
-        };
+        let base = Case::BASE;
         let cases = [
             base,
             Case { gqa: Mean, two_sequences: true, ..base },
@@ -786,34 +792,8 @@ mod step {
         use DType::*;
         use GqaPolicy::*;
         let cases = [
-            Case {
-                d: 128,
-                g: 4,
-                n: 5000,
-                gqa: PerHead,
-                top_k: 256,
-                dtype: F16,
-                kv: 2,
-                two_sequences: false,
-                refine: 1,
-                tuned: false,
-                softcap: 0.0,
-                tied: 1,
-            },
-            Case {
-                d: 128,
-                g: 4,
-                n: 5000,
-                gqa: Mean,
-                top_k: 256,
-                dtype: F16,
-                kv: 2,
-                two_sequences: true,
-                refine: 1,
-                tuned: false,
-                softcap: 0.0,
-                tied: 1,
-            },
+            Case::BASE,
+            Case { gqa: Mean, two_sequences: true, ..Case::BASE },
             Case {
                 d: 64,
                 g: 1,
