@@ -278,6 +278,9 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_GATHER_WARPS {GPU_GATHER_WARPS}").unwrap();
     writeln!(h, "#define PK_ENCODE_WARPS {GPU_ENCODE_WARPS}").unwrap();
     writeln!(h, "#define PK_TOPK_THREADS_ {GPU_TOPK_THREADS}").unwrap();
+    writeln!(h, "#define PK_TOPK_CLUSTER {GPU_TOPK_CLUSTER}").unwrap();
+    writeln!(h, "#define PK_TOPK_STASH {GPU_TOPK_STASH}").unwrap();
+    writeln!(h, "#define PK_TOPK_CLUSTER_SMEM {GPU_TOPK_CLUSTER_SMEM}").unwrap();
     writeln!(h, "#define PK_REFINE_WARPS {GPU_REFINE_WARPS}").unwrap();
     writeln!(h, "#define PK_MAX_GROUP {GPU_MAX_GROUP}").unwrap();
     writeln!(h, "#define PK_DONE_SLOTS {GPU_DONE_SLOTS}").unwrap();

@@ -3,7 +3,8 @@
 //! sink 4, window 512), at N cells, with K/V in device memory and in pinned host memory
 //! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
 //! The step starts from the zone histogram the encodes keep, as in llama.cpp; the row
-//! "recounting" counts it every step instead.
+//! "recounting" counts it every step instead, the row "1-block top-k" selects each list in
+//! one block where the GPU has thread-block clusters.
 //!
 //! Settings: the paper's (reference ratio table; group-mean and per-head query), then
 //! per-head with the first tuned table (share 0.1 above 30K keys) and with today's (0.2),
@@ -11,8 +12,8 @@
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only] [N ...]
 //!
-//! `--defaults-only`: only the default settings with K/V in HBM, kept and recounting (for
-//! profilers).
+//! `--defaults-only`: only the default settings with K/V in HBM, kept, recounting and with
+//! the one-block top-k (for profilers).
 
 use pariskv::algorithm::attention::AttnParams;
 use pariskv::algorithm::gqa::GqaPolicy;
@@ -143,12 +144,15 @@ fn bench(
     );
     // the step as llama.cpp runs it (with the encodes' kept histogram), and counting the
     // zone's histogram itself every step
+    // and with the one-block top-k kernels instead of the clusters' (where the GPU has them)
     let places = [
-        ("K/V in HBM", k_dev.ptr, v_dev.ptr, true),
-        ("K/V in HBM, recounting", k_dev.ptr, v_dev.ptr, false),
-        ("K/V in host RAM (UVA)", k_host.device, v_host.device, true),
+        ("K/V in HBM", k_dev.ptr, v_dev.ptr, true, true),
+        ("K/V in HBM, recounting", k_dev.ptr, v_dev.ptr, false, true),
+        ("K/V in HBM, 1-block top-k", k_dev.ptr, v_dev.ptr, true, false),
+        ("K/V in host RAM (UVA)", k_host.device, v_host.device, true, true),
     ];
-    for (where_, kptr, vptr, kept) in places.into_iter().take(if defaults_only { 2 } else { 3 }) {
+    for (where_, kptr, vptr, kept, clusters) in places.into_iter().take(if defaults_only { 3 } else { 4 }) {
+        driver::allow_clusters(clusters);
         // one layer: the 8 KV heads of one token are the units
         let layer = GpuLayer {
             layout: UnitLayout {
@@ -224,7 +228,7 @@ fn bench(
             }
             let stages: Vec<String> = ev.totals.iter().map(|(s, ms)| format!("{s} {ms:.2} ms")).collect();
             println!(
-                "  {where_:<22} ParisKV ({gqa:?}, {ratios:?}, refine {refine}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
+                "  {where_:<26} ParisKV ({gqa:?}, {ratios:?}, refine {refine}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
                 stages.join(", ")
             );
         }
@@ -250,7 +254,7 @@ fn bench(
         let dense_graph_ms = graph_ms(dense_ms, |gs| attend(module, &buf, &layer, &params, &all, n, gs))?;
         let kv_bytes = (n * KV_HEADS * D * 2 * 2 * LAYERS) as f64;
         println!(
-            "  {where_:<22} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V), {dense_graph_ms:.2} ms as a CUDA graph",
+            "  {where_:<26} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V), {dense_graph_ms:.2} ms as a CUDA graph",
             kv_bytes / (dense_ms / 1e3) / 1e9
         );
     }

@@ -58,8 +58,10 @@ __device__ void pk_cutoff(const pk_step_args & a, int u, int r) {
 // histogram once, however many chunks it takes. The levels of four retrievals share a word, one byte each, so one
 // shared-memory load serves four and the words add bytewise (a level is at most
 // PK_N_TIERS: 32 blocks sum to 192, below a byte's 256, before the bytes are unpacked).
+// Each chunk's histogram is kept too (chunk_hist), so that the batch's last block, once it
+// has the cutoffs, has every chunk's ties at the cutoff without reading the counts again.
 // Dynamic shared memory (src/cuda/kernels.rs: collisions_smem): ceil(r_batch / 4) * nb*256
-// words, then r_batch * (max_collisions + 1) counters.
+// words, then r_batch * (max_collisions + 1) counters for the block and as many for a chunk.
 #define PK_PACKED_BLOCKS 32
 static_assert(PK_PACKED_BLOCKS * PK_N_TIERS < 256, "packed levels overflow a byte");
 extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
@@ -68,7 +70,9 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     const int u = blockIdx.z, r0 = blockIdx.y * r_batch, nr = min(r_batch, a.n_ret - r0);
     const int n_lv = a.nb * PK_N_CENTROIDS, n_ch = a.max_collisions + 1, n_quads = (nr + 3) / 4;
     const int n_words = a.nb % 4 == 0 ? a.nb / 4 : 0; // 0: byte by byte
+    const int n_chunks = pk_n_chunks(a);
     unsigned int * local = pk_lv_words + (r_batch + 3) / 4 * n_lv;
+    unsigned int * in_chunk = local + nr * n_ch;
     const unsigned char * lv = a.levels + ((long long) u * a.n_ret + r0) * n_lv;
     for (int i = threadIdx.x; i < n_quads * n_lv; i += blockDim.x) {
         const int q = i / n_lv, e = i % n_lv;
@@ -76,93 +80,90 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
         for (int j = 0; j < 4 && 4 * q + j < nr; ++j) w |= (unsigned int) lv[(4 * q + j) * n_lv + e] << (8 * j);
         pk_lv_words[i] = w;
     }
-    for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) local[i] = 0;
+    for (int i = threadIdx.x; i < 2 * nr * n_ch; i += blockDim.x) local[i] = 0;
     __syncthreads();
     const unsigned char * codes = pk_codes_of(a, u);
     const unsigned char * klass = a.klass + (long long) u * a.n;
-    pk_for_block_cells(a, [&](int c) {
-        const bool in_zone = klass[c] == PK_ZONE;
-        const unsigned char * code = codes + (long long) c * a.nb;
-        unsigned int words[MAX_WORDS];
+    for (int chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
+        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
+        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) {
+            const bool in_zone = klass[c] == PK_ZONE;
+            const unsigned char * code = codes + (long long) c * a.nb;
+            unsigned int words[MAX_WORDS];
 #pragma unroll
-        for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
-        for (int q = 0; q < n_quads; ++q) {
-            const unsigned int * L = pk_lv_words + q * n_lv;
-            int total[4] = {0, 0, 0, 0};
-            unsigned int packed = 0;
-            auto unpack = [&]() {
+            for (int i = 0; i < MAX_WORDS; ++i) words[i] = in_zone && i < n_words ? ((const unsigned int *) code)[i] : 0u;
+            for (int q = 0; q < n_quads; ++q) {
+                const unsigned int * L = pk_lv_words + q * n_lv;
+                int total[4] = {0, 0, 0, 0};
+                unsigned int packed = 0;
+                auto unpack = [&]() {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
-                packed = 0;
-            };
-            if (in_zone && n_words > 0) {
+                    for (int j = 0; j < 4; ++j) total[j] += packed >> (8 * j) & 255;
+                    packed = 0;
+                };
+                if (in_zone && n_words > 0) {
 #pragma unroll
-                for (int i = 0; i < MAX_WORDS; ++i) {
-                    if (i >= n_words) break;
-                    const unsigned int x = words[i];
-                    const int b = 4 * i;
-                    packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
-                            + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
-                    if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
+                    for (int i = 0; i < MAX_WORDS; ++i) {
+                        if (i >= n_words) break;
+                        const unsigned int x = words[i];
+                        const int b = 4 * i;
+                        packed += L[(b + 0) * PK_N_CENTROIDS + (x & 255)] + L[(b + 1) * PK_N_CENTROIDS + (x >> 8 & 255)]
+                                + L[(b + 2) * PK_N_CENTROIDS + (x >> 16 & 255)] + L[(b + 3) * PK_N_CENTROIDS + (x >> 24)];
+                        if ((b + 4) % PK_PACKED_BLOCKS == 0) unpack();
+                    }
+                } else if (in_zone) {
+                    for (int b = 0; b < a.nb; ++b) {
+                        packed += L[b * PK_N_CENTROIDS + code[b]];
+                        if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
+                    }
                 }
-            } else if (in_zone) {
-                for (int b = 0; b < a.nb; ++b) {
-                    packed += L[b * PK_N_CENTROIDS + code[b]];
-                    if ((b + 1) % PK_PACKED_BLOCKS == 0) unpack();
-                }
-            }
-            unpack();
+                unpack();
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int r = 4 * q + j;
-                if (r >= nr) break;
-                a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
-                if (in_zone) atomicAdd(&local[r * n_ch + total[j]], 1u);
+                for (int j = 0; j < 4; ++j) {
+                    const int r = 4 * q + j;
+                    if (r >= nr) break;
+                    a.counts[((long long) u * a.n_ret + r0 + r) * a.n + c] = in_zone ? (unsigned short) total[j] : PK_NOT_IN_ZONE;
+                    if (in_zone) atomicAdd(&in_chunk[r * n_ch + total[j]], 1u);
+                }
             }
         }
-    });
-    __syncthreads();
+        __syncthreads();
+        // the chunk's histogram out (at most PK_CHUNK cells: a short each), into the block's
+        for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {
+            const int r = i / n_ch, bin = i % n_ch;
+            const unsigned int v = in_chunk[i];
+            a.chunk_hist[(((long long) u * a.n_ret + r0 + r) * n_chunks + chunk) * n_ch + bin] = (unsigned short) v;
+            local[i] += v;
+            in_chunk[i] = 0;
+        }
+        __syncthreads();
+    }
     unsigned int * ch = a.count_hist + ((long long) u * a.n_ret + r0) * n_ch;
     for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {
         if (local[i]) atomicAdd(&ch[i], local[i]);
     }
-    // the batch's last block sets its retrievals' cutoffs, a warp each
+    // the batch's last block sets its retrievals' cutoffs, a warp each, then the ties before
+    // each chunk: the exclusive prefix over the chunks of their bins at the cutoff
     if (!pk_last_block(a.done + u * PK_DONE_SLOTS + blockIdx.y, gridDim.x)) return;
-    for (int r = threadIdx.x / 32; r < nr; r += blockDim.x / 32) pk_cutoff(a, u, r0 + r);
-}
-
-// cells at the cutoff count per chunk (for their rank among ties), then, by the last block
-// of each retrieval, their exclusive prefix over the chunks; grid (blocks striding over the
-// chunks, retrievals, units)
-extern "C" __global__ void pk_tie_chunks(pk_step_args a) {
-    __shared__ int ties;
-    const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r, n_chunks = pk_n_chunks(a);
-    const unsigned short * counts = a.counts + (long long) ur * a.n;
-    const int cutoff = pk_ret(a, u, r).cutoff;
-    int * t = a.chunk_ties + (long long) ur * (n_chunks + 1);
-    for (int chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
-        if (threadIdx.x == 0) ties = 0;
-        __syncthreads();
-        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
-        int mine = 0;
-        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) mine += counts[c] == cutoff;
-        for (int o = 16; o > 0; o /= 2) mine += __shfl_xor_sync(0xFFFFFFFFu, mine, o);
-        if (threadIdx.x % 32 == 0 && mine) atomicAdd(&ties, mine);
-        __syncthreads();
-        if (threadIdx.x == 0) t[chunk] = ties;
-    }
-    if (!pk_last_block(a.done + u * PK_DONE_SLOTS + PK_DONE_TIES + r, gridDim.x) || threadIdx.x >= 32) return;
-    const int lane = threadIdx.x;
-    int carry = 0;
-    for (int i0 = 0; i0 < n_chunks; i0 += 32) {
-        const int i = i0 + lane;
-        const int v = i < n_chunks ? __ldcg(t + i) : 0;
-        int incl = v;
-        for (int o = 1; o < 32; o *= 2) {
-            const int n = __shfl_up_sync(0xFFFFFFFFu, incl, o);
-            if (lane >= o) incl += n;
+    const int lane = threadIdx.x % 32;
+    for (int r = threadIdx.x / 32; r < nr; r += blockDim.x / 32) {
+        const int ur = u * a.n_ret + r0 + r;
+        pk_cutoff(a, u, r0 + r);
+        __syncwarp();
+        const int cutoff = pk_ret(a, u, r0 + r).cutoff;
+        const unsigned short * h = a.chunk_hist + (long long) ur * n_chunks * n_ch + cutoff;
+        int * t = a.chunk_ties + (long long) ur * (n_chunks + 1);
+        int carry = 0;
+        for (int i0 = 0; i0 < n_chunks; i0 += 32) {
+            const int i = i0 + lane;
+            const int v = i < n_chunks ? __ldcg(h + (long long) i * n_ch) : 0;
+            int incl = v;
+            for (int o = 1; o < 32; o *= 2) {
+                const int y = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            if (i < n_chunks) t[i] = carry + incl - v;
+            carry += __shfl_sync(0xFFFFFFFFu, incl, 31);
         }
-        if (i < n_chunks) t[i] = carry + incl - v;
-        carry += __shfl_sync(0xFFFFFFFFu, incl, 31);
     }
 }

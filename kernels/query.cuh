@@ -5,88 +5,63 @@
 
 // coordinate j of the mean of query heads h0..h1 of a unit (at q0, q_stride bytes apart),
 // summed in head order, then divided, as search::group_query: the group-mean retrieval
-// query of pk_query_rot, and the unrotated query that pk_topk refines with
+// query of pk_tiers, and the unrotated query that pk_topk refines with
 __device__ __forceinline__ float pk_head_mean(const char * q0, long long q_stride, int h0, int h1, int j) {
     float s = 0.0f;
     for (int h = h0; h < h1; ++h) s = __fadd_rn(s, ((const float *) (q0 + h * q_stride))[j]);
     return __fdiv_rn(s, (float) (h1 - h0));
 }
 
-// rotated retrieval queries: retrieval r of unit u is query head r (per-head) or the mean
-// of the group's heads (pk_head_mean); one warp per (retrieval, unit), dynamic shared memory
-// dp floats
-extern "C" __global__ void pk_query_rot(pk_step_args a, int mean, const float * signs, float scale, int d) {
+// Tier level of every centroid, with the retrieval queries rotated on the way: grid
+// (blocks, retrievals, units), PK_N_CENTROIDS threads, dynamic shared memory dp floats.
+// Warp 0 rotates retrieval r of unit u (query head r, or the mean of the group's heads:
+// pk_head_mean) with the Walsh-Hadamard butterflies of rotation::fwht; block b writes code
+// block b of it to q_rot for the later stages. Thread c scores centroid c (its sign pattern
+// against the block's 8 coordinates) and ranks it by counting: the zone cells of the
+// centroids whose keys (pk_key: higher score first, NaN as -inf, -0 == +0, ties by lower
+// index, as rank::rank_order) come first are summed in any order (integers). Its level
+// counts the tiers whose budget that sum has not used up: the serial walk of search::tiers.
+extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * signs, float scale, int d) {
     extern __shared__ float y[];
-    const int r = blockIdx.x, u = blockIdx.z, lane = threadIdx.x, dp = a.dp;
-    const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
-    for (int j = lane; j < dp; j += 32) {
-        float v = 0.0f;
-        if (j < d) {
-            if (mean) {
-                v = pk_head_mean(q0, a.q_stride, 0, a.n_heads, j);
-            } else {
-                v = ((const float *) (q0 + r * a.q_stride))[j];
-            }
-            v = v * signs[j];
-        }
-        y[j] = v;
-    }
-    __syncwarp();
-    pk_fwht_warp(y, dp, lane);
-    float * out = a.q_rot + ((long long) u * a.n_ret + r) * dp;
-    for (int j = lane; j < dp; j += 32) out[j] = __fmul_rn(y[j], scale);
-}
-
-// tier level of every centroid; grid (blocks, retrievals, units), PK_N_CENTROIDS threads.
-// The centroids are ordered by a bitonic sort of their keys (pk_key: higher score first,
-// NaN as -inf, -0 == +0, ties by lower index, as rank::rank_order). Thread i takes the i-th
-// best centroid: its level counts the tiers whose budget the zone cells of the better
-// centroids (an exclusive prefix sum) have not used up. Levels only fall along the order,
-// so this is the serial walk of search::tiers that stops at level 0.
-extern "C" __global__ void pk_tiers(pk_step_args a) {
-    static_assert((PK_N_CENTROIDS & (PK_N_CENTROIDS - 1)) == 0, "a bitonic sort of a power of two");
-    __shared__ unsigned long long order[PK_N_CENTROIDS];
+    __shared__ unsigned long long key[PK_N_CENTROIDS];
+    __shared__ unsigned int size[PK_N_CENTROIDS];
     __shared__ long long budget[PK_N_TIERS];
-    __shared__ long long warp_total[PK_N_CENTROIDS / 32];
-    const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x;
-    const int lane = c % 32, warp = c / 32;
-    const float * q = a.q_rot + ((long long) u * a.n_ret + r) * a.dp + b * PK_BLOCK;
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < PK_BLOCK; ++j) s = __fadd_rn(s, (c >> j & 1) ? q[j] : -q[j]);
-    order[c] = pk_key(s, c);
+    const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x, dp = a.dp;
+    if (c < 32) {
+        const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
+        for (int j = c; j < dp; j += 32) {
+            float v = 0.0f;
+            if (j < d) {
+                v = mean ? pk_head_mean(q0, a.q_stride, 0, a.n_heads, j) : ((const float *) (q0 + r * a.q_stride))[j];
+                v = v * signs[j];
+            }
+            y[j] = v;
+        }
+        __syncwarp();
+        pk_fwht_warp(y, dp, c);
+        for (int j = c; j < dp; j += 32) y[j] = __fmul_rn(y[j], scale);
+        __syncwarp();
+        if (c < PK_BLOCK) a.q_rot[((long long) u * a.n_ret + r) * dp + b * PK_BLOCK + c] = y[b * PK_BLOCK + c];
+    }
     if (c == 0) {
         const int n_zone = pk_unit(a, u).n_zone;
         double cand, coll;
         pk_ratios(a, n_zone, cand, coll);
         for (int t = 0; t < PK_N_TIERS; ++t) budget[t] = pk_ceil_count(n_zone, coll, PK_TIER_FRACTIONS[t]);
     }
+    size[c] = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + c];
     __syncthreads();
-    for (int size = 2; size <= PK_N_CENTROIDS; size *= 2) {
-        for (int stride = size / 2; stride > 0; stride /= 2) {
-            const int partner = c ^ stride;
-            if (partner > c) {
-                const unsigned long long x = order[c], y = order[partner];
-                if ((x > y) == ((c & size) == 0)) {
-                    order[c] = y;
-                    order[partner] = x;
-                }
-            }
-            __syncthreads();
-        }
-    }
-    const int mine = (int) (order[c] & 0xFFFFFFFFull);
-    const long long size = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + mine];
-    long long before = size;
-    for (int o = 1; o < 32; o *= 2) {
-        const long long x = __shfl_up_sync(0xFFFFFFFFu, before, o);
-        if (lane >= o) before += x;
-    }
-    if (lane == 31) warp_total[warp] = before;
+    const float * q = y + b * PK_BLOCK;
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PK_BLOCK; ++j) s = __fadd_rn(s, (c >> j & 1) ? q[j] : -q[j]);
+    const unsigned long long mine = pk_key(s, c);
+    key[c] = mine;
     __syncthreads();
-    before -= size;
-    for (int w = 0; w < warp; ++w) before += warp_total[w];
+    long long before = 0;
+#pragma unroll 8
+    for (int j = 0; j < PK_N_CENTROIDS; ++j) before += key[j] < mine ? size[j] : 0u;
     int level = 0;
     for (int t = 0; t < PK_N_TIERS; ++t) level += before < budget[t];
-    a.levels[(((long long) u * a.n_ret + r) * a.nb + b) * PK_N_CENTROIDS + mine] = (unsigned char) level;
+    a.levels[(((long long) u * a.n_ret + r) * a.nb + b) * PK_N_CENTROIDS + c] = (unsigned char) level;
 }

@@ -5,11 +5,12 @@
 // setup. blockIdx.z is the unit everywhere. This file holds the structs and helpers every
 // stage shares; one file per stage, in launch order (src/cuda/step.rs):
 //   visibility.cuh  begin, visibility, classify
-//   query.cuh       query_rot, tiers
-//   collisions.cuh  collisions (and the cutoffs), tie_chunks (and their scan)
+//   query.cuh       tiers (and the queries rotated)
+//   collisions.cuh  collisions (and the cutoffs and the ties before each chunk)
 //   rerank.cuh      select_rerank (per-head and mean policies)
 //   group.cuh       the group policy's union, estimate, norm, score (and refine)
 //   topk.cuh        topk, and unmark after the attention's rows are chosen
+//   topk_cluster.cuh  topk and refine_pick by thread-block clusters (sm_90 on)
 //   refine.cuh      refine, refine_pick (refine >= 2)
 //   attention.cuh   the attention over each unit's rows
 #pragma once
@@ -86,7 +87,9 @@ struct pk_step_args {
     unsigned char * levels;     // [units][n_ret][nb][256]
     unsigned short * counts;    // [units][n_ret][n]
     unsigned int * count_hist;  // [units][n_ret][max_collisions + 1]
-    int * chunk_ties;           // [units][n_ret][chunks + 1]
+    unsigned short * chunk_hist; // [units][n_ret][chunks][max_collisions + 1]: each chunk's
+                                // share of count_hist
+    int * chunk_ties;           // [units][n_ret][chunks + 1]: ties before each chunk
     unsigned long long * cand;  // [units][n_ret][n]: keys of the candidates
     unsigned int * mark;        // [units][n]
     int * rows;                 // [units][n]
@@ -118,10 +121,8 @@ __device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, F f) 
     }
 }
 
-// a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch, then from
-// PK_DONE_TIES one per retrieval's tie count
-#define PK_DONE_TIES PK_MAX_GROUP
-static_assert(PK_DONE_SLOTS >= 2 * PK_MAX_GROUP, "a counter per batch and per retrieval");
+// a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch
+static_assert(PK_DONE_SLOTS >= PK_MAX_GROUP, "a counter per batch");
 
 // Whether this block is the last of `blocks` to count itself at `*done`, which is 0 between
 // steps (the last block resets it, so graph replays work). Each block's writes are made

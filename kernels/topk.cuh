@@ -57,13 +57,14 @@ __device__ void pk_select_count(pk_select & S, const unsigned long long * src, i
     __syncthreads();
 }
 
-// settles the digit at `shift` from the histogram: thread t sums bins per*t.., a block scan
-// finds the thread whose bins reach the count still wanted, the thread its bin
-__device__ void pk_select_digit(pk_select & S, int shift) {
+// settles the digit at `shift` from the histogram `h` (S.h, or a cluster's sum of them):
+// thread t sums bins per*t.., a block scan finds the thread whose bins reach the count still
+// wanted, the thread its bin
+__device__ void pk_select_digit(pk_select & S, const unsigned int * h, int shift) {
     const int per = PK_SELECT_BINS / PK_TOPK_THREADS, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const unsigned int need = (unsigned int) S.remaining;
     unsigned int sum = 0;
-    for (int j = 0; j < per; ++j) sum += S.h[per * threadIdx.x + j];
+    for (int j = 0; j < per; ++j) sum += h[per * threadIdx.x + j];
     unsigned int incl = sum;
     for (int o = 1; o < 32; o *= 2) {
         const unsigned int x = __shfl_up_sync(0xFFFFFFFFu, incl, o);
@@ -75,7 +76,7 @@ __device__ void pk_select_digit(pk_select & S, int shift) {
     for (int w = 0; w < warp; ++w) below += S.warp_sum[w];
     if (below < need && below + sum >= need) {
         for (int j = 0; j < per; ++j) {
-            const unsigned int digit = per * threadIdx.x + j, here = S.h[digit];
+            const unsigned int digit = per * threadIdx.x + j, here = h[digit];
             if (below + here >= need) {
                 S.prefix |= (unsigned long long) digit << shift;
                 S.known |= (unsigned long long) (PK_SELECT_BINS - 1) << shift;
@@ -91,11 +92,8 @@ __device__ void pk_select_digit(pk_select & S, int shift) {
     __syncthreads();
 }
 
-// Settles digits over the n keys at `cand` until the k-th smallest (k < n) is settled or
-// its bin fits in shared memory. Then the chosen keys are those at or below
-// pk_select_threshold when S.settled, else those below S.prefix and, of the keys matching
-// it (held, then pk_select_held), the S.remaining smallest.
-__device__ void pk_select_list(pk_select & S, const unsigned long long * cand, int n, int k) {
+// a select of the k smallest keys, nothing settled yet
+__device__ __forceinline__ void pk_select_begin(pk_select & S, int k) {
     if (threadIdx.x == 0) {
         S.prefix = 0;
         S.known = 0;
@@ -104,9 +102,27 @@ __device__ void pk_select_list(pk_select & S, const unsigned long long * cand, i
         S.n_held = 0;
     }
     __syncthreads();
+}
+
+// the whole list wanted (k >= n): every key at or below the threshold ~0
+__device__ __forceinline__ void pk_select_all(pk_select & S) {
+    if (threadIdx.x == 0) {
+        S.settled = 1;
+        S.prefix = ~0ull;
+        S.known = ~0ull;
+    }
+    __syncthreads();
+}
+
+// Settles digits over the n keys at `cand` until the k-th smallest (k < n) is settled or
+// its bin fits in shared memory. Then the chosen keys are those at or below
+// pk_select_threshold when S.settled, else those below S.prefix and, of the keys matching
+// it (held, then pk_select_held), the S.remaining smallest.
+__device__ void pk_select_list(pk_select & S, const unsigned long long * cand, int n, int k) {
+    pk_select_begin(S, k);
     for (int shift = 64 - PK_SELECT_BITS;; shift = pk_next_shift(shift)) {
         pk_select_count(S, cand, n, shift);
-        pk_select_digit(S, shift);
+        pk_select_digit(S, S.h, shift);
         if (S.settled || S.here <= PK_SELECT_HELD) return;
     }
 }
@@ -130,7 +146,7 @@ __device__ void pk_select_held(pk_select & S) {
     while (!S.settled) {
         const int shift = pk_next_shift(S.shift);
         pk_select_count(S, S.held, S.n_held, shift);
-        pk_select_digit(S, shift);
+        pk_select_digit(S, S.h, shift);
     }
 }
 
@@ -152,12 +168,7 @@ __device__ __forceinline__ void pk_take_round(pk_unit_state & s, unsigned int * 
 __device__ void pk_take_best(const pk_step_args & a, int u, pk_select & S, const unsigned long long * cand, int n, int k) {
     if (k <= 0) return;
     if (k >= n) {
-        if (threadIdx.x == 0) {
-            S.settled = 1;
-            S.prefix = ~0ull;
-            S.known = ~0ull;
-        }
-        __syncthreads();
+        pk_select_all(S);
     } else {
         pk_select_list(S, cand, n, k);
     }

@@ -89,11 +89,23 @@ pub const GPU_GATHER_WARPS: usize = 8;
 pub const GPU_REFINE_WARPS: usize = 4;
 /// Threads of the one-block top-k selection.
 pub const GPU_TOPK_THREADS: usize = 1024;
+/// Blocks of a thread-block cluster that selects one list's top-k on GPUs that have
+/// clusters (sm_90 on): each counts and takes an eighth of the list, and the digit
+/// histograms are summed through distributed shared memory (8: the portable cluster size).
+pub const GPU_TOPK_CLUSTER: usize = 8;
+/// Most shortlist keys one block of such a cluster holds while the cluster compacts the
+/// shortlist to the front of its list (32 KiB of shared memory); longer shortlists (top-k
+/// times refine above it) take the one-block select.
+pub const GPU_TOPK_STASH: usize = 4096;
+/// Dynamic shared memory of a block of such a cluster, a bound on its struct (the kernel
+/// asserts that it fits): counts and held keys as the one-block select, the cluster's
+/// summed counts, the stash.
+pub const GPU_TOPK_CLUSTER_SMEM: usize = 84 * 1024;
 /// Most query heads per KV head the attention kernel takes at once.
 pub const GPU_MAX_GROUP: usize = 16;
-/// Counters of finished blocks per unit of a step: one per collision batch and one per
-/// retrieval's tie count (at most `GPU_MAX_GROUP` of each).
-pub const GPU_DONE_SLOTS: usize = 2 * GPU_MAX_GROUP;
+/// Counters of finished blocks per unit of a step: one per collision batch (at most
+/// `GPU_MAX_GROUP`).
+pub const GPU_DONE_SLOTS: usize = GPU_MAX_GROUP;
 /// Most heads one block of the group policy's candidate pass estimates at once (their
 /// accumulators live in registers, their rotated queries in shared memory).
 pub const GPU_GROUP_HEAD_BATCH: usize = 8;

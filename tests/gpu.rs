@@ -1194,6 +1194,40 @@ mod step {
             check_case(c);
         }
     }
+
+    /// Thread-block clusters allowed again when dropped (a failed case must not change the
+    /// kernels later tests run).
+    struct OneBlockTopK;
+    impl Drop for OneBlockTopK {
+        fn drop(&mut self) {
+            driver::allow_clusters(true);
+        }
+    }
+
+    /// The one-block top-k kernels (GPUs without clusters; shortlists longer than a cluster
+    /// block's stash on any GPU) against the CPU, on a GPU that has clusters too. Clusters
+    /// are forbidden process-wide meanwhile: run with --test-threads 1 to keep the other
+    /// tests on the cluster kernels.
+    #[test]
+    fn step_matches_the_cpu_with_one_block_top_k() {
+        if gpu().is_none() {
+            return;
+        }
+        use GqaPolicy::*;
+        let base = Case::BASE;
+        let cases = [
+            base,
+            Case { refine: 2, tuned: true, two_sequences: true, ..base },
+            Case { gqa: Mean, refine: 4, ..base },
+            Case { n: 40_000, gqa: Group, refine: 2, tuned: true, ..base },
+            Case { n: 9000, gqa: Group, top_k: 512, refine: 2, tuned: true, tied: 64, ..base },
+        ];
+        driver::allow_clusters(false);
+        let _restore = OneBlockTopK;
+        for c in &cases {
+            check_case(c);
+        }
+    }
 }
 
 /// Through the C ABI, with K and V in pinned host memory read by the kernels through UVA:

@@ -146,6 +146,7 @@ device_struct! {
         pub(crate) levels: u64,
         pub(crate) counts: u64,
         pub(crate) count_hist: u64,
+        pub(crate) chunk_hist: u64,
         pub(crate) chunk_ties: u64,
         pub(crate) cand: u64,
         pub(crate) mark: u64,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys;
@@ -168,6 +169,18 @@ pub fn init() -> Result<()> {
 /// The kernels loaded into one context.
 pub struct Module {
     functions: HashMap<&'static str, sys::CUfunction>,
+    /// The context's device has thread-block clusters (compute capability 9.0 on).
+    has_clusters: bool,
+}
+
+/// Whether launches may use thread-block clusters where the device has them (the default);
+/// off, every stage takes its one-block kernels, so that tests can check those on any GPU.
+static CLUSTERS_ALLOWED: AtomicBool = AtomicBool::new(true);
+
+/// Allows or forbids thread-block clusters for launches from now on, process-wide (tests
+/// and benchmarks compare both variants; nothing else needs it).
+pub fn allow_clusters(allowed: bool) {
+    CLUSTERS_ALLOWED.store(allowed, Ordering::Relaxed);
 }
 
 // SAFETY: a CUfunction is a handle valid in every thread for the context's lifetime; the
@@ -179,6 +192,23 @@ impl Module {
     pub fn function(&self, k: Kernel) -> sys::CUfunction {
         self.functions[k.name]
     }
+
+    /// Whether a stage may launch its cluster kernel (kernels/topk_cluster.cuh).
+    pub fn clusters(&self) -> bool {
+        self.has_clusters && CLUSTERS_ALLOWED.load(Ordering::Relaxed)
+    }
+}
+
+/// The compute capability's major number of the current context's device.
+fn compute_major() -> Result<i32> {
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: writes the current context's device.
+    check(unsafe { sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
+    let mut major = 0;
+    let attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR;
+    // SAFETY: `dev` is a device ordinal the driver returned; writes one int.
+    check(unsafe { sys::cuDeviceGetAttribute(&mut major, attr, dev) }, "cuDeviceGetAttribute")?;
+    Ok(major)
 }
 
 /// The module of the context `stream` belongs to (the null stream: the current context),
@@ -214,7 +244,8 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
         }
         functions.insert(k.name, f);
     }
-    let m: &'static Module = Box::leak(Box::new(Module { functions }));
+    let has_clusters = compute_major()? >= 9;
+    let m: &'static Module = Box::leak(Box::new(Module { functions, has_clusters }));
     modules.insert(ctx as usize, m);
     Ok(m)
 }

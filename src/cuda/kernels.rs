@@ -5,7 +5,8 @@
 use crate::constants::{
     GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CELL_BLOCKS, GPU_CHUNK,
     GPU_CHUNK_THREADS, GPU_DONE_SLOTS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH,
-    GPU_LIST_BLOCKS, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_LIST_BLOCKS, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_CLUSTER, GPU_TOPK_CLUSTER_SMEM,
+    GPU_TOPK_STASH, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -77,17 +78,17 @@ pub const BEGIN: Kernel = k("pk_begin");
 pub const VISIBILITY: Kernel = k("pk_visibility");
 pub const CLASSIFY: Kernel =
     Kernel { name: "pk_classify", dynamic_smem: MAX_HEAD_DIM / BLOCK * N_CENTROIDS * 4 };
-pub const QUERY_ROT: Kernel = Kernel { name: "pk_query_rot", dynamic_smem: MAX_HEAD_DIM * 4 };
-pub const TIERS: Kernel = k("pk_tiers");
+/// Dynamic shared memory: the rotated query.
+pub const TIERS: Kernel = Kernel { name: "pk_tiers", dynamic_smem: MAX_HEAD_DIM * 4 };
 /// Most shared memory a collision block asks for; retrievals are batched to fit.
 pub const COLLISIONS_SMEM: usize = 96 * 1024;
 pub const COLLISIONS: Kernel = Kernel { name: "pk_collisions", dynamic_smem: COLLISIONS_SMEM };
 
 /// Dynamic shared memory of the collision kernel for `r_batch` retrievals of `n_blocks`
 /// blocks per key: their levels, four retrievals to a 4-byte word, then their count
-/// histograms (6 tiers per block + 1).
+/// histograms (`N_TIERS` per block + 1 bins), the block's and its current chunk's.
 pub const fn collisions_smem(r_batch: usize, n_blocks: usize) -> usize {
-    r_batch.div_ceil(4) * 4 * n_blocks * N_CENTROIDS + r_batch * (crate::shape::N_TIERS * n_blocks + 1) * 4
+    r_batch.div_ceil(4) * 4 * n_blocks * N_CENTROIDS + 2 * r_batch * (crate::shape::N_TIERS * n_blocks + 1) * 4
 }
 
 /// How many retrievals one collision block handles at once: all of them, or as many
@@ -97,7 +98,6 @@ pub fn collisions_batch(n_ret: usize, n_blocks: usize) -> usize {
     (4 * quads).clamp(1, n_ret.max(1))
 }
 
-pub const TIE_CHUNKS: Kernel = k("pk_tie_chunks");
 pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
 pub const TOPK: Kernel = k("pk_topk");
 
@@ -116,6 +116,15 @@ pub const fn refine_smem(head_dim: usize, row_bytes: usize) -> usize {
 pub const REFINE: Kernel =
     Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, MAX_HEAD_DIM * 4) };
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
+
+/// Blocks of a cluster of the clustered top-k, and the longest shortlist it compacts.
+pub const TOPK_CLUSTER: usize = GPU_TOPK_CLUSTER;
+pub const TOPK_STASH: usize = GPU_TOPK_STASH;
+/// pk_topk and pk_refine_pick by thread-block clusters (kernels/topk_cluster.cuh), for
+/// devices that have them (`Module::clusters`).
+pub const TOPK_BY_CLUSTER: Kernel = Kernel { name: "pk_topk_cluster", dynamic_smem: GPU_TOPK_CLUSTER_SMEM };
+pub const REFINE_PICK_BY_CLUSTER: Kernel =
+    Kernel { name: "pk_refine_pick_cluster", dynamic_smem: GPU_TOPK_CLUSTER_SMEM };
 pub const LIST_BLOCKS: usize = GPU_LIST_BLOCKS;
 pub const CELL_BLOCKS: usize = GPU_CELL_BLOCKS;
 /// Heads pk_group_estimate estimates at once.
@@ -173,14 +182,14 @@ pub const ALL_KERNELS: &[Kernel] = &[
     BEGIN,
     VISIBILITY,
     CLASSIFY,
-    QUERY_ROT,
     TIERS,
     COLLISIONS,
-    TIE_CHUNKS,
     SELECT_RERANK,
     TOPK,
     REFINE,
     REFINE_PICK,
+    TOPK_BY_CLUSTER,
+    REFINE_PICK_BY_CLUSTER,
     GROUP_UNION,
     GROUP_ESTIMATE,
     GROUP_NORM,

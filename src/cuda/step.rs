@@ -2,8 +2,8 @@
 //! one token, with the query heads sharing it): the twin of `cache_step::attend_cache`.
 //! Buffers are allocated once for upper bounds (`StepBuffers::new`); `run` only launches
 //! kernels on the caller's stream: no allocation, no host synchronisation, no
-//! device-to-host read, so it can be captured in a CUDA graph. 10 launches (12 when
-//! refining; the group policy 13, 17 when refining) plus 1 for the attention, whatever the
+//! device-to-host read, so it can be captured in a CUDA graph. 8 launches (10 when
+//! refining; the group policy 11, 15 when refining) plus 1 for the attention, whatever the
 //! number of units.
 
 use std::ffi::c_void;
@@ -66,6 +66,7 @@ pub struct StepBuffers {
     pub levels: DeviceBuffer,
     pub counts: DeviceBuffer,
     pub count_hist: DeviceBuffer,
+    pub chunk_hist: DeviceBuffer,
     pub chunk_ties: DeviceBuffer,
     pub cand: DeviceBuffer,
     pub mark: DeviceBuffer,
@@ -161,6 +162,7 @@ impl StepBuffers {
             levels: DeviceBuffer::new(u * r * nb * N_CENTROIDS)?,
             counts: DeviceBuffer::new(u * r * n * 2)?,
             count_hist: DeviceBuffer::new(u * r * (shape.max_collisions() + 1) * 4)?,
+            chunk_hist: DeviceBuffer::new(u * r * chunks(n) * (shape.max_collisions() + 1) * 2)?,
             chunk_ties: DeviceBuffer::new(u * r * (chunks(n) + 1) * 4)?,
             cand: DeviceBuffer::new(u * r * n * 8)?,
             mark: zeroed(u * n * 4)?,
@@ -306,6 +308,7 @@ fn search(
         levels: buf.levels.ptr,
         counts: buf.counts.ptr,
         count_hist: buf.count_hist.ptr,
+        chunk_hist: buf.chunk_hist.ptr,
         chunk_ties: buf.chunk_ties.ptr,
         cand: buf.cand.ptr,
         mark: buf.mark.ptr,
@@ -328,7 +331,6 @@ fn search(
     // the chunks (`per_unit`: the grid's y extent times the units)
     let strided = |per_unit: usize| (n_chunks.min((CELL_BLOCKS / per_unit).max(1))) as u32;
     let per_ret = (n_chunks as u32, n_ret as u32, u);
-    let one_per_ret = (n_ret as u32, 1, u);
     let ap = &mut a as *mut StepArgs as *mut c_void;
     let mut p = [ap];
     launch(module, BEGIN, (1, 1, u), THREADS, 0, stream, &mut p)?;
@@ -350,35 +352,42 @@ fn search(
         &mut scale as *mut f32 as *mut c_void,
         &mut d as *mut i32 as *mut c_void,
     ];
-    launch(module, QUERY_ROT, one_per_ret, 32, (shape.padded_dim * 4) as u32, stream, &mut qp)?;
-    launch(module, TIERS, (shape.n_blocks as u32, n_ret as u32, u), N_CENTROIDS as u32, 0, stream, &mut p)?;
+    let rot_smem = (shape.padded_dim * 4) as u32;
+    launch(
+        module,
+        TIERS,
+        (shape.n_blocks as u32, n_ret as u32, u),
+        N_CENTROIDS as u32,
+        rot_smem,
+        stream,
+        &mut qp,
+    )?;
     let r_batch = collisions_batch(n_ret, shape.n_blocks);
     let mut rb = r_batch as i32;
     let mut cp = [ap, &mut rb as *mut i32 as *mut c_void];
     let n_batches = n_ret.div_ceil(r_batch);
     let batches = (strided(units * n_batches), n_batches as u32, u);
     let smem = collisions_smem(r_batch, shape.n_blocks) as u32;
-    // with the cutoffs (the last block of each batch)
+    // with the cutoffs and the ties before each chunk (the last block of each batch)
     launch(module, COLLISIONS, batches, THREADS, smem, stream, &mut cp)?;
     marks.mark("query + tiers + collision counts", stream)?;
-    // with their scan (the last block of each retrieval)
-    launch(module, TIE_CHUNKS, (strided(units * n_ret), n_ret as u32, u), THREADS, 0, stream, &mut p)?;
     if params.gqa == GqaPolicy::Group {
         group_select(module, params, layer, buf, stream, marks, ap, (n_chunks, n_ret, units))?;
     } else {
         launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
         marks.mark("candidates + rerank", stream)?;
-        launch(module, TOPK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
-        if params.refine > 1 {
-            // shortlists hold at most refine times a retrieval's share of top-k cells
-            let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
+        // shortlists hold at most refine times a retrieval's share of top-k cells
+        let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
+        let refining = params.refine > 1;
+        top_k(module, TopK::Select, if refining { shortlist } else { 0 }, (n_ret, units), stream, &mut p)?;
+        if refining {
             let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
             let row = layer.k_dtype.bytes(shape.head_dim);
             let mut pitch = refine_pitch(row) as i32;
             let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
             let smem = refine_smem(shape.head_dim, row) as u32;
             launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
-            launch(module, REFINE_PICK, one_per_ret, TOPK_THREADS, 0, stream, &mut p)?;
+            top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
         }
     }
     launch(module, UNMARK, cells, THREADS, 0, stream, &mut p)?;
@@ -418,9 +427,10 @@ fn group_select(
     launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
     launch(module, GROUP_SCORE, (blocks(units), 1, u), THREADS, 0, stream, &mut sp)?;
     marks.mark("candidates + rerank", stream)?;
-    launch(module, TOPK, (r, 1, u), TOPK_THREADS, 0, stream, &mut p)?;
-    if params.refine > 1 {
-        let shortlist = params.top_k.saturating_mul(params.refine).min(layer.n);
+    let shortlist = params.top_k.saturating_mul(params.refine).min(layer.n);
+    let refining = params.refine > 1;
+    top_k(module, TopK::Select, if refining { shortlist } else { 0 }, (n_ret, units), stream, &mut p)?;
+    if refining {
         let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, 1, u);
         let row = layer.k_dtype.bytes(shape.head_dim);
         let mut pitch = refine_pitch(row) as i32;
@@ -431,9 +441,42 @@ fn group_select(
         let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
         launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
         launch(module, GROUP_SCORE, (blocks(units), 1, u), THREADS, 0, stream, &mut sp)?;
-        launch(module, REFINE_PICK, (r, 1, u), TOPK_THREADS, 0, stream, &mut p)?;
+        top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
     }
     Ok(())
+}
+
+/// Which top-k stage `top_k` launches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TopK {
+    /// pk_topk: each retrieval's best candidates (its shortlist when refining)
+    Select,
+    /// pk_refine_pick: the best of each rescored shortlist
+    Pick,
+}
+
+/// Launches a top-k stage for `n_ret` retrievals of each of `units` units: each list by a
+/// thread-block cluster where the module may use clusters and a shortlist of up to
+/// `shortlist` keys (0: none compacted) fits a cluster block's stash, else by one block.
+/// `p` holds the step's arguments.
+fn top_k(
+    module: &Module,
+    stage: TopK,
+    shortlist: usize,
+    (n_ret, units): (usize, usize),
+    stream: &Stream,
+    p: &mut [*mut c_void],
+) -> Result<()> {
+    let (one_block, by_cluster) = match stage {
+        TopK::Select => (TOPK, TOPK_BY_CLUSTER),
+        TopK::Pick => (REFINE_PICK, REFINE_PICK_BY_CLUSTER),
+    };
+    if module.clusters() && shortlist <= TOPK_STASH {
+        let grid = ((n_ret * TOPK_CLUSTER) as u32, 1, units as u32);
+        launch(module, by_cluster, grid, TOPK_THREADS, by_cluster.dynamic_smem as u32, stream, p)
+    } else {
+        launch(module, one_block, (n_ret as u32, 1, units as u32), TOPK_THREADS, 0, stream, p)
+    }
 }
 
 /// The rows each unit attends: unit u's cells at `rows + u * row_stride` (i32), its count
