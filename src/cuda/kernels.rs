@@ -88,7 +88,8 @@ pub const COLLISIONS: Kernel = Kernel { name: "pk_collisions", dynamic_smem: COL
 /// blocks per key: their levels, four retrievals to a 4-byte word, then their count
 /// histograms (`N_TIERS` per block + 1 bins), the block's and its current chunk's.
 pub const fn collisions_smem(r_batch: usize, n_blocks: usize) -> usize {
-    r_batch.div_ceil(4) * 4 * n_blocks * N_CENTROIDS + 2 * r_batch * (crate::shape::N_TIERS * n_blocks + 1) * 4
+    r_batch.div_ceil(4) * 4 * n_blocks * N_CENTROIDS
+        + 2 * r_batch * (crate::shape::N_TIERS * n_blocks + 1) * 4
 }
 
 /// How many retrievals one collision block handles at once: all of them, or as many
