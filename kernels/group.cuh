@@ -27,15 +27,49 @@ __device__ __forceinline__ int pk_group_len(const pk_step_args & a, int u, int s
     return stage ? x.n_refined : x.n_cand;
 }
 
-// the finite maximum and +inf count of the logit each lane holds (valid: it counts), into
-// the stat; every lane of the warp calls it
-__device__ __forceinline__ void pk_stat_extremes(pk_group_stat & st, float logit, bool valid) {
-    int m = valid && isfinite(logit) ? pk_ord(logit) : pk_ord(-INFINITY);
-    for (int o = 16; o > 0; o /= 2) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
-    const int infs = __popc(__ballot_sync(0xFFFFFFFFu, valid && logit == INFINITY));
+// Heads' softmax extremes (the largest finite logit, as pk_ord, and the +inf count), kept
+// per thread while it goes over its logits, merged over the block in shared memory, then
+// added to each head's stat with one atomic per block: one per warp and round put tens of
+// thousands of atomics on the same few words.
+struct pk_extremes {
+    int max_ord;
+    int n_inf;
+};
+__device__ __forceinline__ pk_extremes pk_no_extremes() {
+    return pk_extremes{pk_ord(-INFINITY), 0};
+}
+__device__ __forceinline__ void pk_extremes_take(pk_extremes & e, float logit, bool valid) {
+    if (valid && isfinite(logit)) e.max_ord = max(e.max_ord, pk_ord(logit));
+    e.n_inf += valid && logit == INFINITY;
+}
+
+struct pk_block_extremes {
+    pk_extremes head[PK_MAX_GROUP];
+};
+// every thread calls it; a __syncthreads must follow before the first pk_block_extremes_add
+__device__ __forceinline__ void pk_block_extremes_clear(pk_block_extremes & B) {
+    for (int j = threadIdx.x; j < PK_MAX_GROUP; j += blockDim.x) B.head[j] = pk_no_extremes();
+}
+// head j's extremes of each lane into the block's; every lane of the warp calls it
+__device__ __forceinline__ void pk_block_extremes_add(pk_block_extremes & B, int j, pk_extremes e) {
+    for (int o = 16; o > 0; o /= 2) {
+        e.max_ord = max(e.max_ord, __shfl_xor_sync(0xFFFFFFFFu, e.max_ord, o));
+        e.n_inf += __shfl_xor_sync(0xFFFFFFFFu, e.n_inf, o);
+    }
     if (threadIdx.x % 32 == 0) {
-        if (m != pk_ord(-INFINITY)) atomicMax(&st.max_ord, m);
-        if (infs) atomicAdd(&st.n_inf, infs);
+        if (e.max_ord != pk_ord(-INFINITY)) atomicMax(&B.head[j].max_ord, e.max_ord);
+        if (e.n_inf) atomicAdd(&B.head[j].n_inf, e.n_inf);
+    }
+}
+// the block's heads 0..nh-1 into the stage's stats of heads h0..; every thread calls it
+// (it begins with the __syncthreads that every warp's additions need)
+__device__ __forceinline__ void pk_block_extremes_flush(const pk_block_extremes & B, const pk_step_args & a, int u,
+                                                        int h0, int nh, int stage) {
+    __syncthreads();
+    for (int j = threadIdx.x; j < nh; j += blockDim.x) {
+        pk_group_stat & st = pk_gstat(a, u, h0 + j, stage);
+        if (B.head[j].max_ord != pk_ord(-INFINITY)) atomicMax(&st.max_ord, B.head[j].max_ord);
+        if (B.head[j].n_inf) atomicAdd(&st.n_inf, B.head[j].n_inf);
     }
 }
 
@@ -116,14 +150,18 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
     // 16-byte code words and 8-byte weight words per four blocks, where every row allows
     const bool wide = (unsigned long long) nibbles % 16 == 0 && (a.dp / 2) % 16 == 0 &&
                       (unsigned long long) weights % 8 == 0 && a.nb % 4 == 0;
+    __shared__ pk_block_extremes B;
     if (threadIdx.x < 16) signed_level[threadIdx.x] = (threadIdx.x & 8) ? PK_LEVELS[threadIdx.x & 7] : -PK_LEVELS[threadIdx.x & 7];
     float * qs = pk_group_q;
     for (int h0 = 0; h0 < g; h0 += hb) {
         const int nh = min(hb, g - h0);
-        __syncthreads(); // the previous batch's queries are no longer read
+        __syncthreads(); // the previous batch's queries and extremes are no longer read
         for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_rot[((long long) u * g + h0) * a.dp + i];
+        pk_block_extremes_clear(B);
         __syncthreads();
-        // whole warps stride together (pk_stat_extremes is a warp reduction)
+        pk_extremes ext[PK_GROUP_HEAD_BATCH];
+#pragma unroll
+        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) ext[j] = pk_no_extremes();
         for (int i0 = blockIdx.x * blockDim.x + threadIdx.x - lane; i0 < n_list; i0 += gridDim.x * blockDim.x) {
             const int i = i0 + lane;
             const bool valid = i < n_list;
@@ -200,9 +238,14 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
                     logit = pk_selection_logit(est, a.scale, a.softcap);
                     pk_logits(a, u, h0 + j)[i] = logit;
                 }
-                pk_stat_extremes(pk_gstat(a, u, h0 + j, 0), logit, valid);
+                pk_extremes_take(ext[j], logit, valid);
             }
         }
+#pragma unroll
+        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+            if (j < nh) pk_block_extremes_add(B, j, ext[j]);
+        }
+        pk_block_extremes_flush(B, a, u, h0, nh, 0);
     }
 }
 
@@ -261,9 +304,11 @@ extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
 // then the warps' rows
 extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
     extern __shared__ float pk_refine_smem[];
+    __shared__ pk_block_extremes B;
     const int u = blockIdx.z, n_refined = pk_group_len(a, u, 1);
     const int first = blockIdx.x * PK_REFINE_WARPS * 4;
     if (first >= n_refined) return;
+    pk_block_extremes_clear(B);
     float * qs = pk_refine_smem;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     unsigned char * stage = (unsigned char *) (qs + a.n_ret * a.d) + warp * 4 * pitch;
@@ -282,6 +327,9 @@ extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
         const float logit = pk_selection_logit(dot, a.scale, a.softcap);
         if (valid && lane % 8 == 0) pk_logits(a, u, h)[i0 + t] = logit;
         // each row's 8 lanes hold its logit: count the row once
-        pk_stat_extremes(pk_gstat(a, u, h, 1), logit, valid && lane % 8 == 0);
+        pk_extremes e = pk_no_extremes();
+        pk_extremes_take(e, logit, valid && lane % 8 == 0);
+        pk_block_extremes_add(B, h, e);
     }
+    pk_block_extremes_flush(B, a, u, 0, a.n_ret, 1);
 }

@@ -23,8 +23,9 @@ __device__ __forceinline__ float pk_head_mean(const char * q0, long long q_strid
 // counts the tiers whose budget that sum has not used up: the serial walk of search::tiers.
 extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * signs, float scale, int d) {
     extern __shared__ float y[];
-    __shared__ unsigned long long key[PK_N_CENTROIDS];
-    __shared__ unsigned int size[PK_N_CENTROIDS];
+    // centroid j's rank key (pk_key's score half: higher score first) and zone cells, side
+    // by side for one 8-byte load each
+    __shared__ uint2 entry[PK_N_CENTROIDS];
     __shared__ long long budget[PK_N_TIERS];
     const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x, dp = a.dp;
     if (c < 32) {
@@ -49,19 +50,24 @@ extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * sign
         pk_ratios(a, n_zone, cand, coll);
         for (int t = 0; t < PK_N_TIERS; ++t) budget[t] = pk_ceil_count(n_zone, coll, PK_TIER_FRACTIONS[t]);
     }
-    size[c] = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + c];
+    const unsigned int size = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + c];
     __syncthreads();
     const float * q = y + b * PK_BLOCK;
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < PK_BLOCK; ++j) s = __fadd_rn(s, (c >> j & 1) ? q[j] : -q[j]);
-    const unsigned long long mine = pk_key(s, c);
-    key[c] = mine;
+    const unsigned int mine = (unsigned int) (pk_key(s, c) >> 32);
+    entry[c] = make_uint2(mine, size);
     __syncthreads();
-    long long before = 0;
+    // j comes first when its key is smaller, or equal with a lower index; the sum of at
+    // most n cells fits 32 bits
+    unsigned int before = 0;
 #pragma unroll 8
-    for (int j = 0; j < PK_N_CENTROIDS; ++j) before += key[j] < mine ? size[j] : 0u;
+    for (int j = 0; j < PK_N_CENTROIDS; ++j) {
+        const uint2 e = entry[j];
+        before += e.x < mine || (e.x == mine && j < c) ? e.y : 0u;
+    }
     int level = 0;
-    for (int t = 0; t < PK_N_TIERS; ++t) level += before < budget[t];
+    for (int t = 0; t < PK_N_TIERS; ++t) level += (long long) before < budget[t];
     a.levels[(((long long) u * a.n_ret + r) * a.nb + b) * PK_N_CENTROIDS + c] = (unsigned char) level;
 }

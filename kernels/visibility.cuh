@@ -99,7 +99,8 @@ __device__ __forceinline__ void pk_tally_smem(unsigned int * hist, const unsigne
 // cluster sizes, and the fixed cells appended to the unit's rows; grid (blocks striding over
 // the chunks, 1, units), dynamic shared memory nb*256 counters (flushed once per block).
 // Where the kept histogram is exact the blocks count only what lies outside the zone, taken
-// away (modulo 2^32), and the first block adds the kept one.
+// away (modulo 2^32), and add the kept one, a slice each (one block adding all of it waits
+// on nb*256 / blockDim.x loads in a row: the longest block of the pass).
 extern "C" __global__ void pk_classify(pk_step_args a) {
     extern __shared__ unsigned int pk_hist_smem[];
     const int u = blockIdx.z;
@@ -134,9 +135,15 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
     if (threadIdx.x % 32 == 0 && zone) atomicAdd(&s.n_zone, zone);
     __syncthreads();
     unsigned int * h = a.hist + (long long) u * total;
-    const unsigned int * kept = from_kept && blockIdx.x == 0 ? pk_kept_of(a, u) : nullptr;
     for (int i = threadIdx.x; i < total; i += blockDim.x) {
-        const unsigned int add = pk_hist_smem[i] + (kept ? kept[i] : 0u);
+        const unsigned int add = pk_hist_smem[i];
         if (add) atomicAdd(&h[i], add);
+    }
+    if (from_kept) {
+        const unsigned int * kept = pk_kept_of(a, u);
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+            const unsigned int add = kept[i];
+            if (add) atomicAdd(&h[i], add);
+        }
     }
 }
