@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root, with build/gpu-builds staged by
+# scripts/stage-gpu-lib.sh: every staged build's GPU tests (the CPU oracle against the
+# kernels), then `gpu_bench --defaults-only` of all of them interleaved, twice, and with
+# PROFILE=1 Nsight Compute's per-kernel times of the first build at each size:
+#
+#   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
+#
+# SIZES (default "32768 131072") sets the cache sizes. Logs go to OUT; a summary is printed.
+set -uo pipefail
+out=${1:?usage: run-gpu-lib.sh OUT [NAME ...]}
+shift
+carry=build/gpu-builds
+[ $# -gt 0 ] || set -- $(cd "$carry" && ls -d */ | tr -d /)
+sizes=${SIZES:-32768 131072}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+for b in "$@"; do
+    "$carry/$b/gpu" --test-threads 1 > "$out/tests-$b.log" 2>&1
+    echo "$b ($(cat "$carry/$b/REV")): GPU tests rc $?, $(grep -h 'test result' "$out/tests-$b.log")"
+done
+for i in 1 2; do
+    for b in "$@"; do
+        echo "== $b ($(cat "$carry/$b/REV")) run $i"
+        "$carry/$b/gpu_bench" --defaults-only $sizes
+    done
+done > "$out/gpu_bench.log" 2>&1
+grep -E '^==|^N =|ParisKV' "$out/gpu_bench.log" | sed -E 's/ per decode step.*, ([0-9.]+ ms as a CUDA graph).*/: \1/'
+if [ "${PROFILE:-0}" = 1 ]; then
+    for n in $sizes; do
+        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 40 \
+            --metrics gpu__time_duration.sum,dram__bytes.sum,launch__grid_size --csv \
+            "$carry/$1/gpu_bench" --defaults-only "$n" > "$out/ncu-$1-$n.csv" 2>> "$out/ncu.err"
+        echo "ncu $1 at $n: rc $?"
+    done
+fi

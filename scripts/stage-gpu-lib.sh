@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Stages the library's GPU tests and gpu_bench of several git revisions for a GPU machine
+# without Rust (like the lent H100/H200), so that the kernels of several builds are checked
+# and timed side by side in one device call:
+#
+#   scripts/stage-gpu-lib.sh [NAME=REV ...]     (default: head=HEAD; REV "." = the working tree)
+#
+# writes build/gpu-builds/NAME/{gpu,gpu_bench,REV} (stripped; about 11 MB a build). Carry
+# build/gpu-builds and run, from the repository root on the GPU machine:
+#
+#   scripts/run-gpu-lib.sh OUT [NAME ...]
+#
+# Revisions are built in a worktree under build/stage-gpu/ with the pinned CUDA toolchain
+# (scripts/cuda-toolchain.sh), all sharing one target directory, so later builds are
+# incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+eval "$(scripts/cuda-toolchain.sh)"
+carry=$root/build/gpu-builds
+export CARGO_TARGET_DIR=$root/build/stage-gpu/target
+[ $# -gt 0 ] || set -- head=HEAD
+for spec in "$@"; do
+    name=${spec%%=*}
+    rev=${spec#*=}
+    [ "$name" != "$spec" ] || { echo "expected NAME=REV, got '$spec'" >&2; exit 2; }
+    if [ "$rev" = . ]; then
+        src=$root
+        label="$(git rev-parse --short HEAD) + working tree"
+    else
+        src=$root/build/stage-gpu/tree
+        [ -e "$src/.git" ] || git worktree add -q --detach "$src" "$rev"
+        git -C "$src" checkout -q --detach "$rev"
+        label=$(git rev-parse --short "$rev")
+    fi
+    echo "[stage-gpu-lib] $name: building $label" >&2
+    (cd "$src" && cargo build --release --quiet --features cuda --example gpu_bench &&
+        cargo test --release --features cuda --test gpu --no-run 2> "$CARGO_TARGET_DIR/no-run.log") ||
+        { cat "$CARGO_TARGET_DIR/no-run.log" >&2; exit 1; }
+    test_bin=$(grep -o '[^ (]*/release/deps/gpu-[0-9a-f]*' "$CARGO_TARGET_DIR/no-run.log" | tail -1)
+    [ -n "$test_bin" ] || { echo "no test binary in the cargo output" >&2; exit 1; }
+    case $test_bin in /*) ;; *) test_bin=$src/$test_bin ;; esac
+    mkdir -p "$carry/$name"
+    strip -o "$carry/$name/gpu" "$test_bin"
+    strip -o "$carry/$name/gpu_bench" "$CARGO_TARGET_DIR/release/examples/gpu_bench"
+    echo "$label" > "$carry/$name/REV"
+done
+du -sh "$carry"
