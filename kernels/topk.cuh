@@ -164,6 +164,17 @@ __device__ __forceinline__ void pk_take_round(pk_unit_state & s, unsigned int * 
     if (fresh) rows[slot] = c;
 }
 
+// the held keys still wanted settled and taken (after a pass that held the boundary bin)
+__device__ void pk_take_held(pk_select & S, pk_unit_state & s, unsigned int * mark, int * rows) {
+    pk_select_held(S);
+    const unsigned long long t = pk_select_threshold(S);
+    for (int i0 = 0; i0 < S.n_held; i0 += blockDim.x) {
+        const int i = i0 + threadIdx.x;
+        const unsigned long long key = i < S.n_held ? S.held[i] : ~0ull;
+        pk_take_round(s, mark, rows, i < S.n_held && key <= t, key);
+    }
+}
+
 // the k smallest keys of cand[0..n) taken (marked and appended to the unit's rows)
 __device__ void pk_take_best(const pk_step_args & a, int u, pk_select & S, const unsigned long long * cand, int n, int k) {
     if (k <= 0) return;
@@ -181,14 +192,7 @@ __device__ void pk_take_best(const pk_step_args & a, int u, pk_select & S, const
         if (i < n) pk_select_hold(S, key);
         pk_take_round(s, mark, rows, i < n && pk_select_sure(S, key), key);
     }
-    if (S.settled) return;
-    pk_select_held(S);
-    const unsigned long long t = pk_select_threshold(S);
-    for (int i0 = 0; i0 < S.n_held; i0 += blockDim.x) {
-        const int i = i0 + threadIdx.x;
-        const unsigned long long key = i < S.n_held ? S.held[i] : ~0ull;
-        pk_take_round(s, mark, rows, i < S.n_held && key <= t, key);
-    }
+    if (!S.settled) pk_take_held(S, s, mark, rows);
 }
 
 // whether retrieval steps of this unit refine (gqa::select_group refines every retrieval of

@@ -86,14 +86,7 @@ __device__ void pk_cluster_take_best(const pk_step_args & a, int u, pk_cluster_s
         pk_take_round(s, mark, rows, i < hi && pk_select_sure(S, key), key);
     }
     cluster.sync(); // the held keys are all in block 0; no block touches another's after
-    if (cluster.block_rank() != 0 || S.settled) return;
-    pk_select_held(S);
-    const unsigned long long t = pk_select_threshold(S);
-    for (int i0 = 0; i0 < S.n_held; i0 += blockDim.x) {
-        const int i = i0 + threadIdx.x;
-        const unsigned long long key = i < S.n_held ? S.held[i] : ~0ull;
-        pk_take_round(s, mark, rows, i < S.n_held && key <= t, key);
-    }
+    if (cluster.block_rank() == 0 && !S.settled) pk_take_held(S, s, mark, rows);
 }
 
 // The shortlist of k keys (k < n) to the front of the list by the cluster, in no particular
