@@ -242,7 +242,7 @@ fn bench(
             refine: 1,
             attn,
         };
-        let all = Rows { rows: iota.ptr, row_stride: 0, n_rows: gall.ptr, n_rows_stride: 0 };
+        let all = Rows { rows: iota.ptr, row_stride: 0, n_rows: gall.ptr, n_rows_stride: 0, mark: 0 };
         attend(module, &buf, &layer, &params, &all, n, stream)?;
         driver::synchronize()?;
         let whole = Timer::new()?;

@@ -27,6 +27,8 @@ struct pk_attend_args {
     char * out;                 // head h of unit u at out + off(u) + h*out_stride bytes (f32)
     long long out_stride;
     unsigned int * done;        // per unit, blocks finished; 0 between steps (the last resets it)
+    unsigned int * mark;        // the step's marks, unit u's at mark + u*row_stride, cleared
+                                // for the rows attended (pk_unmark's work); null: none
 };
 
 // floats of one block's state for one head: max, sum, padding, then the accumulator (16-byte
@@ -156,6 +158,10 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     const int n_rows = a.n_rows[u * a.n_rows_stride];
     const int per = (n_rows + n_blk - 1) / n_blk;
     const int r0 = min(n_rows, blk * per), r1 = min(n_rows, r0 + per);
+    const int * rows = a.rows + u * a.row_stride;
+    if (a.mark && blockIdx.y == 0) { // one head batch's blocks cover every row once
+        for (int i = r0 + threadIdx.x; i < r1; i += blockDim.x) a.mark[u * a.row_stride + rows[i]] = 0;
+    }
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 q[MAXHB][L], acc[MAXHB][L];
     float m[MAXHB], l[MAXHB];
@@ -175,7 +181,6 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
             }
         }
     }
-    const int * rows = a.rows + u * a.row_stride;
     const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);
     const char * vb = a.v + pk_att_off(a, u, a.L.v_a, a.L.v_h);
     for (int base = r0 + warp * PK_ATT_BATCH; base < r1; base += PK_ATT_WARPS * PK_ATT_BATCH) {

@@ -24,17 +24,26 @@ __device__ __forceinline__ int pk_row_bytes(int dtype, int d) {
     }
 }
 
-// element i of a row; q8_0 as ggml's dequantize_row_q8_0 (and rows.rs): the byte times the
-// block's scale, one rounding
+// element i of a row of type DT; q8_0 as ggml's dequantize_row_q8_0 (and rows.rs): the
+// byte times the block's scale, one rounding
+template <int DT>
+__device__ __forceinline__ float pk_load_as(const void * row, int i) {
+    if (DT == PK_F16) return __half2float(((const __half *) row)[i]);
+    if (DT == PK_BF16) return __bfloat162float(((const __nv_bfloat16 *) row)[i]);
+    if (DT == PK_Q8_0) {
+        const unsigned char * b = (const unsigned char *) row + i / PK_Q8_0_BLOCK * PK_Q8_0_BYTES;
+        return __fmul_rn((float) (signed char) b[2 + i % PK_Q8_0_BLOCK], __half2float(*(const __half *) b));
+    }
+    return ((const float *) row)[i];
+}
+
+// pk_load_as with the type known at run time only
 __device__ __forceinline__ float pk_load(const void * row, int dtype, int i) {
     switch (dtype) {
-        case PK_F16:  return __half2float(((const __half *) row)[i]);
-        case PK_BF16: return __bfloat162float(((const __nv_bfloat16 *) row)[i]);
-        case PK_Q8_0: {
-            const unsigned char * b = (const unsigned char *) row + i / PK_Q8_0_BLOCK * PK_Q8_0_BYTES;
-            return __fmul_rn((float) (signed char) b[2 + i % PK_Q8_0_BLOCK], __half2float(*(const __half *) b));
-        }
-        default:      return ((const float *) row)[i];
+        case PK_F16:  return pk_load_as<PK_F16>(row, i);
+        case PK_BF16: return pk_load_as<PK_BF16>(row, i);
+        case PK_Q8_0: return pk_load_as<PK_Q8_0>(row, i);
+        default:      return pk_load_as<PK_F32>(row, i);
     }
 }
 

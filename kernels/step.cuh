@@ -9,7 +9,8 @@
 //   collisions.cuh  collisions (and the cutoffs and the ties before each chunk)
 //   rerank.cuh      select_rerank (per-head and mean policies)
 //   group.cuh       the group policy's union, estimate, norm, score (and refine)
-//   topk.cuh        topk, and unmark after the attention's rows are chosen
+//   topk.cuh        topk, and unmark (for searches without attention; a step's attention
+//                   clears the marks of the rows it reads)
 //   topk_cluster.cuh  topk and refine_pick by thread-block clusters (sm_90 on)
 //   refine.cuh      refine, refine_pick (refine >= 2)
 //   attention.cuh   the attention over each unit's rows

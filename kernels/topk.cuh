@@ -275,7 +275,8 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
 }
 
 // clears the marks the top-k set, so that the next step, whatever its cell count or unit
-// layout, starts from zero marks; grid (chunks, 1, units)
+// layout, starts from zero marks (searches without attention: a step's attention clears
+// the marks of its rows itself); grid (chunks, 1, units)
 extern "C" __global__ void pk_unmark(pk_step_args a) {
     const int u = blockIdx.z;
     const int n_rows = pk_unit(a, u).n_rows;

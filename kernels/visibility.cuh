@@ -15,7 +15,8 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
         s.n_rows = 0;
         s.p_min = 0x7FFFFFFF;
         s.p_max = -0x7FFFFFFF - 1;
-        // marks are 0 between steps (pk_unmark), whatever layout the last step had
+        // marks are 0 between steps (cleared by the attention or pk_unmark), whatever layout
+        // the last step had
         s.tag = 1;
         s.n_counted = 0;
         s.n_uncounted = 0;

@@ -1442,7 +1442,7 @@ fn pinned_host_memory_fast_path() {
         out: 0,
         out_stride: 0,
     };
-    let rows = StepRows { rows: rows.ptr, row_stride: 1, n_rows: n_rows.ptr, n_rows_stride: 1 };
+    let rows = StepRows { rows: rows.ptr, row_stride: 1, n_rows: n_rows.ptr, n_rows_stride: 1, mark: 0 };
     let to = Gathered { k: out_k.ptr, k_bytes: len, v: out_v.ptr, v_bytes: len, max_rows: 1 };
     gather(module, &layer, &rows, &to, &Stream::null()).unwrap();
     driver::synchronize().unwrap();

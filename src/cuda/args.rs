@@ -201,6 +201,7 @@ device_struct! {
         pub(crate) out: u64,
         pub(crate) out_stride: i64,
         pub(crate) done: u64,
+        pub(crate) mark: u64,
     }
 }
 

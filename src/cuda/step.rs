@@ -106,6 +106,7 @@ impl StepBuffers {
             row_stride: n,
             n_rows: self.state.ptr + std::mem::offset_of!(UnitState, n_rows) as u64,
             n_rows_stride: state_stride(n_ret) / 4,
+            mark: self.mark.ptr,
         }
     }
 
@@ -212,7 +213,8 @@ pub fn run_marked(
     stream: &Stream,
     marks: &mut dyn StageMarks,
 ) -> Result<()> {
-    let n_ret = search(module, rotation, params, layer, buf, stream, marks, params.top_k)?;
+    // the attention clears the marks of the rows it reads (one launch less than pk_unmark)
+    let n_ret = search(module, rotation, params, layer, buf, stream, marks, params.top_k, false)?;
     attend(module, buf, layer, params, &buf.rows_of(layer.n, n_ret), layer.n, stream)?;
     marks.mark("attention", stream)
 }
@@ -229,11 +231,12 @@ pub fn select(
     buf: &StepBuffers,
     stream: &Stream,
 ) -> Result<usize> {
-    search(module, rotation, params, layer, buf, stream, &mut NoMarks, 0)
+    search(module, rotation, params, layer, buf, stream, &mut NoMarks, 0, true)
 }
 
 /// Launches the stages up to the top-k and the rows; zones of up to `dense_zone` cells are
-/// taken whole.
+/// taken whole. With `unmark`, the marks the top-k set are cleared here (pk_unmark);
+/// without, the caller's attention over `rows_of` clears them.
 #[allow(clippy::too_many_arguments)]
 fn search(
     module: &Module,
@@ -244,6 +247,7 @@ fn search(
     stream: &Stream,
     marks: &mut dyn StageMarks,
     dense_zone: usize,
+    unmark: bool,
 ) -> Result<usize> {
     let shape = rotation.shape;
     let units = layer.layout.n_units as usize;
@@ -390,7 +394,9 @@ fn search(
             top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
         }
     }
-    launch(module, UNMARK, cells, THREADS, 0, stream, &mut p)?;
+    if unmark {
+        launch(module, UNMARK, cells, THREADS, 0, stream, &mut p)?;
+    }
     marks.mark("top-k + rows", stream)?;
     Ok(n_ret)
 }
@@ -487,6 +493,9 @@ pub struct Rows {
     pub row_stride: usize,
     pub n_rows: CUdeviceptr,
     pub n_rows_stride: usize,
+    /// The step's marks of the rows' cells (unit u's at `mark + u * row_stride * 4`, u32),
+    /// cleared by the attention that reads the rows; 0: none.
+    pub mark: CUdeviceptr,
 }
 
 /// Exact attention of each unit's queries over its rows (at most `max_rows` each): the last
@@ -538,6 +547,7 @@ pub fn attend(
         out: layer.out,
         out_stride: layer.out_stride as i64,
         done: buf.att_done.ptr,
+        mark: rows.mark,
     };
     let attp = &mut att as *mut AttendArgs as *mut c_void;
     let mut hb_arg = hb as i32;
