@@ -3,15 +3,16 @@
 
 Defaults are Llama-3.1-8B's shapes: 32 layers, n_embd 4096, 32 query heads and 8 KV heads of
 128, n_ff 14336, vocabulary 128256, rope base 500000, context 1M. Every matrix is Q4_0 with
-uniformly random 4-bit values and one scale per tensor chosen so the activations keep unit
-size; norms are ones. Decoding costs what the real model's does (same shapes, same types, same
-KV cache), but the model knows nothing: never use it to judge output quality.
+uniformly random zero-mean 4-bit values and one scale per tensor chosen so the activations
+keep unit size; norms are ones. Decoding costs what the real model's does (same shapes,
+same types, same KV cache), but the model knows nothing: never use it to judge output quality.
 
   usage: make_bench_model.py OUT.gguf [--layers 32] [--embd 4096] [--heads 32] [--kv-heads 8]
                              [--ff 14336] [--vocab 128256] [--ctx 1048576] [--seed 0]
 
 Layers share their random blocks (generated once per shape), which keeps writing the ~4.5 GB
-file to seconds; the speed of a decode step does not depend on the values.
+file to seconds. Dense decoding's speed does not depend on the values; ParisKV's selection
+passes do (a list of nearly tied scores takes more radix passes), hence zero-mean weights.
 """
 
 import argparse
@@ -55,9 +56,15 @@ def main():
         """A (rows, cols) Q4_0 matrix of the given standard deviation, as its raw bytes."""
         key = (rows, cols, std)
         if key not in blocks:
-            raw = rng.integers(0, 256, size=(rows * cols // QK4_0, Q4_0_BYTES), dtype=np.uint8)
-            # nibbles uniform in 0..15 give values (q - 8) * d of standard deviation ~4.6 d
-            raw[:, :2] = np.frombuffer(np.float16(std / 4.6).tobytes(), dtype=np.uint8)
+            # nibbles uniform in 1..15: values (q - 8) * d with mean 0 and standard deviation
+            # sqrt(56/3) d ~ 4.32 d. (Nibbles in 0..15 have mean -0.5 d: every matrix then
+            # adds the same offset to all tokens, the residual stream of deeper layers drifts
+            # towards one direction, and every cell's attention score nearly ties, which no
+            # trained model shows and which slows score-dependent selection.)
+            nib = rng.integers(1, 16, size=(rows * cols // QK4_0, 2, Q4_0_BYTES - 2), dtype=np.uint8)
+            raw = np.empty((rows * cols // QK4_0, Q4_0_BYTES), dtype=np.uint8)
+            raw[:, 2:] = nib[:, 0] | (nib[:, 1] << 4)
+            raw[:, :2] = np.frombuffer(np.float16(std / 4.32).tobytes(), dtype=np.uint8)
             blocks[key] = raw.reshape(rows, cols // QK4_0 * Q4_0_BYTES)
         return blocks[key]
 
