@@ -124,6 +124,41 @@ __device__ __forceinline__ void pk_attend_combine(const pk_attend_args & a, int 
 // Rows of a warp in flight at once: their loads are independent, so their latencies overlap.
 #define PK_ATT_BATCH 4
 
+__device__ __forceinline__ constexpr int pk_log2(int v) { return v <= 1 ? 0 : 1 + pk_log2(v / 2); }
+
+// One halving stage of pk_warp_sum_many: lanes whose bit `o` is set keep the upper HALF of
+// their values and send the lower to their partner, the others the reverse. The choice is
+// bitwise: a select of two elements would become a select of their addresses and put the
+// values in local memory.
+template <int HALF>
+__device__ __forceinline__ void pk_sum_halve(float * v, int lane, int o) {
+    const unsigned int upper = lane & o ? 0xFFFFFFFFu : 0u;
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+        const unsigned int lo = __float_as_uint(v[i]), hi = __float_as_uint(v[i + HALF]);
+        const float send = __uint_as_float((lo & upper) | (hi & ~upper));
+        const float keep = __uint_as_float((hi & upper) | (lo & ~upper));
+        v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, o);
+    }
+}
+
+// Sums each of V values (V a power of two, at most 32) over the warp's lanes with V - 1 +
+// (5 - log2 V) shuffles in all instead of 5 per value. Returns the total of value
+// (lane >> (5 - log2 V)) & (V - 1), which every lane of that group of 32 / V holds.
+template <int V>
+__device__ __forceinline__ float pk_warp_sum_many(float (&v)[V], int lane) {
+    static_assert(V >= 1 && V <= 32 && (V & (V - 1)) == 0, "a power of two up to 32");
+    if constexpr (V >= 2) pk_sum_halve<V / 2>(v, lane, 16);
+    if constexpr (V >= 4) pk_sum_halve<V / 4>(v, lane, 8);
+    if constexpr (V >= 8) pk_sum_halve<V / 8>(v, lane, 4);
+    if constexpr (V >= 16) pk_sum_halve<V / 16>(v, lane, 2);
+    if constexpr (V >= 32) pk_sum_halve<V / 32>(v, lane, 1);
+    float x = v[0];
+#pragma unroll
+    for (int o = 16 / V; o > 0; o /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, o);
+    return x;
+}
+
 // a warp's PK_ATT_BATCH rows of `dim` elements (cell < 0: none, zeros), lane i holding
 // elements 4i..4i+3 of each of the L slices of 128
 template <int L>
@@ -164,12 +199,18 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     }
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 q[MAXHB][L], acc[MAXHB][L];
-    float m[MAXHB], l[MAXHB];
+    // The batch's (row, head) pairs are summed over the warp at once (pk_warp_sum_many):
+    // lane i ends with pair (i >> (5 - log2 NV)) & (NV - 1) = row * MAXHB + head, the row
+    // i >> 3, and keeps the softmax state (max, sum) of that head; pk_att_lane is the
+    // first lane holding a pair.
+    constexpr int NV = PK_ATT_BATCH * MAXHB, SHIFT = 5 - pk_log2(NV);
+    static_assert(PK_ATT_BATCH == 4 && NV <= 32, "rows in lane bits 3 and 4");
+    const auto pk_att_lane = [](int r, int h) { return (r * MAXHB + h) << SHIFT; };
+    const int my_r = lane >> 3;
+    float m_mine = -INFINITY, l_mine = 0.0f;
     const char * qb = a.q + pk_att_off(a, u, a.L.q_a, a.L.q_h);
 #pragma unroll
     for (int h = 0; h < MAXHB; ++h) {
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
 #pragma unroll
         for (int t = 0; t < L; ++t) {
             acc[h][t] = zero;
@@ -187,7 +228,8 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         long long cell[PK_ATT_BATCH];
 #pragma unroll
         for (int r = 0; r < PK_ATT_BATCH; ++r) cell[r] = base + r < r1 ? rows[base + r] : -1;
-        float s[PK_ATT_BATCH][MAXHB];
+        // the batch's PK_ATT_BATCH x MAXHB dot products, partial over the lane's elements
+        float d[NV];
         {
             float4 k4[PK_ATT_BATCH][L];
             pk_load_rows<L>(k4, cell, kb, a.k_stride, a.k_dtype, a.dk, lane);
@@ -195,40 +237,45 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
             for (int r = 0; r < PK_ATT_BATCH; ++r) {
 #pragma unroll
                 for (int h = 0; h < MAXHB; ++h) {
-                    float d = 0.0f;
+                    float x = 0.0f;
 #pragma unroll
                     for (int t = 0; t < L; ++t) {
-                        d += q[h][t].x * k4[r][t].x + q[h][t].y * k4[r][t].y + q[h][t].z * k4[r][t].z + q[h][t].w * k4[r][t].w;
+                        x += q[h][t].x * k4[r][t].x + q[h][t].y * k4[r][t].y + q[h][t].z * k4[r][t].z + q[h][t].w * k4[r][t].w;
                     }
-                    if (h < nh) {
-                        for (int o = 16; o > 0; o /= 2) d += __shfl_xor_sync(0xFFFFFFFFu, d, o);
-                    }
-                    s[r][h] = cell[r] >= 0 ? pk_logit(a, d) : -INFINITY;
+                    d[r * MAXHB + h] = x;
                 }
             }
         }
         float4 v4[PK_ATT_BATCH][L];
         pk_load_rows<L>(v4, cell, vb, a.v_stride, a.v_dtype, a.dv, lane);
+        // this lane's (row, head): its logit, the head's new maximum over the batch's rows
+        // (lanes of one head differ in lane bits 3 and 4, the row), each row's weight and
+        // their sum
+        const float dot = pk_warp_sum_many<NV>(d, lane); // every lane: it shuffles
+        const float s_mine = base + my_r < r1 ? pk_logit(a, dot) : -INFINITY;
+        float mb = fmaxf(s_mine, __shfl_xor_sync(0xFFFFFFFFu, s_mine, 8));
+        mb = fmaxf(mb, __shfl_xor_sync(0xFFFFFFFFu, mb, 16));
+        const float m_new = fmaxf(m_mine, mb);
+        const bool any = m_new != -INFINITY; // else nothing to attend yet: nothing changes
+        const float corr = any ? __expf(m_mine - m_new) : 1.0f;
+        const float p_mine = any ? __expf(s_mine - m_new) : 0.0f;
+        float psum = p_mine + __shfl_xor_sync(0xFFFFFFFFu, p_mine, 8);
+        psum += __shfl_xor_sync(0xFFFFFFFFu, psum, 16);
+        l_mine = l_mine * corr + psum;
+        m_mine = m_new;
+        // every lane's accumulators take every (row, head)'s weight (nh is uniform: the
+        // shuffles run in every lane or none)
 #pragma unroll
         for (int h = 0; h < MAXHB; ++h) {
-            float mb = -INFINITY;
+            if (h >= nh) break;
+            const float c = __shfl_sync(0xFFFFFFFFu, corr, pk_att_lane(0, h));
+            float p[PK_ATT_BATCH];
 #pragma unroll
-            for (int r = 0; r < PK_ATT_BATCH; ++r) mb = fmaxf(mb, s[r][h]);
-            const float m_new = fmaxf(m[h], mb);
-            if (h >= nh || m_new == -INFINITY) continue; // nothing to attend yet
-            const float corr = __expf(m[h] - m_new);
-            float p[PK_ATT_BATCH], psum = 0.0f;
-#pragma unroll
-            for (int r = 0; r < PK_ATT_BATCH; ++r) {
-                p[r] = __expf(s[r][h] - m_new);
-                psum += p[r];
-            }
-            l[h] = l[h] * corr + psum;
-            m[h] = m_new;
+            for (int r = 0; r < PK_ATT_BATCH; ++r) p[r] = __shfl_sync(0xFFFFFFFFu, p_mine, pk_att_lane(r, h));
 #pragma unroll
             for (int t = 0; t < L; ++t) {
                 float4 x = acc[h][t];
-                x.x *= corr; x.y *= corr; x.z *= corr; x.w *= corr;
+                x.x *= c; x.y *= c; x.z *= c; x.w *= c;
 #pragma unroll
                 for (int r = 0; r < PK_ATT_BATCH; ++r) {
                     x.x += p[r] * v4[r][t].x;
@@ -246,9 +293,11 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     for (int h = 0; h < MAXHB; ++h) {
         if (h >= nh) break;
         float * st = sm + (warp * hb + h) * stride;
+        const float m_h = __shfl_sync(0xFFFFFFFFu, m_mine, pk_att_lane(0, h));
+        const float l_h = __shfl_sync(0xFFFFFFFFu, l_mine, pk_att_lane(0, h));
         if (lane == 0) {
-            st[0] = m[h];
-            st[1] = l[h];
+            st[0] = m_h;
+            st[1] = l_h;
         }
 #pragma unroll
         for (int t = 0; t < L; ++t) {

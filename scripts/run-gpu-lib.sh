@@ -6,7 +6,8 @@
 #
 #   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
 #
-# SIZES (default "32768 131072") sets the cache sizes. Logs go to OUT; a summary is printed.
+# SIZES (default "32768 131072") sets the cache sizes; TEST_TIMEOUT and BENCH_TIMEOUT (240 s
+# each) bound each build's tests and each benchmark run. Logs go to OUT; a summary is printed.
 set -uo pipefail
 out=${1:?usage: run-gpu-lib.sh OUT [NAME ...]}
 shift
@@ -16,13 +17,14 @@ sizes=${SIZES:-32768 131072}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 for b in "$@"; do
-    "$carry/$b/gpu" --test-threads 1 > "$out/tests-$b.log" 2>&1
-    echo "$b ($(cat "$carry/$b/REV")): GPU tests rc $?, $(grep -h 'test result' "$out/tests-$b.log")"
+    # a kernel that hangs (a shuffle in divergent code) must not take the whole device call
+    timeout "${TEST_TIMEOUT:-240}" "$carry/$b/gpu" --test-threads 1 > "$out/tests-$b.log" 2>&1
+    echo "$b ($(cat "$carry/$b/REV")): GPU tests rc $? (124: timed out), $(grep -h 'test result' "$out/tests-$b.log")"
 done
 for i in 1 2; do
     for b in "$@"; do
         echo "== $b ($(cat "$carry/$b/REV")) run $i"
-        "$carry/$b/gpu_bench" --defaults-only $sizes
+        timeout "${BENCH_TIMEOUT:-240}" "$carry/$b/gpu_bench" --defaults-only $sizes
     done
 done > "$out/gpu_bench.log" 2>&1
 grep -E '^==|^N =|ParisKV' "$out/gpu_bench.log" | sed -E 's/ per decode step.*, ([0-9.]+ ms as a CUDA graph).*/: \1/'
