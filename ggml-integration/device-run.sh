@@ -20,6 +20,11 @@
 #                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL;
 #                                                    PARISKV_BENCH_DRY=1 prints the commands only)
 # PARISKV_BUILD_TARGETS replaces build's list of targets (e.g. llama-bench alone).
+#   ggml-integration/device-run.sh profile OUT [DEPTH]  Nsight Compute's time of every kernel of a few
+#                                                    llama-bench decode tokens at DEPTH (default 4096:
+#                                                    one prompt ubatch), dense and ParisKV on the bench
+#                                                    model; tools/ncu_tokens.py sums the last token by
+#                                                    kernel and lists each layer's ParisKV kernels
 #   ggml-integration/device-run.sh passkey OUT GGUF  Gemma 3 270M passkey at 8K/16K/32K tokens: dense
 #                                                    vs ParisKV (GPU KV) vs ParisKV (offload), top-k
 #                                                    256; at 32K also top-k 1024
@@ -27,7 +32,7 @@
 # Builds and models go to PARISKV_WORK (default /tmp/pariskv-work) and are reused by later
 # calls while the machine stays up; logs go to OUT.
 set -uo pipefail
-cmd=${1:?usage: device-run.sh build|check|bench|passkey OUT [...]}
+cmd=${1:?usage: device-run.sh build|check|bench|profile|passkey OUT [...]}
 out=${2:?OUT directory}
 mkdir -p "$out"
 carry=build/device-carry
@@ -111,6 +116,23 @@ bench)
         python3 ggml-integration/tools/bench_json_table.py "$out/bench-$name.json" | tee -a "$out/bench.md"
     done
     [ -n "$dry" ] || grep -hE "ParisKV|PKV_Host|error" "$out"/bench-*.err | sort | uniq -c | head -20
+    exit $rc
+    ;;
+profile)
+    depth=${3:-4096}
+    model=$PARISKV_WORK/bench-8b-q4_0.gguf
+    [ -f "$model" ] || python3 ggml-integration/tools/make_bench_model.py "$model" || exit 1
+    # the depth in one prompt ubatch, so that few kernels precede the decode tokens
+    ub=$(( depth > 512 ? depth : 512 ))
+    common=(-m "$model" -ngl 99 -fa 1 -p 0 -n 3 -d "$depth" -b "$ub" -ub "$ub" -r 1 -o json)
+    rc=0
+    for mode in "dense:-pkt 0" "pariskv:-pkt 2048 -pko 0 --pariskv-dense-threshold 1"; do
+        name=${mode%%:*}
+        ncu --clock-control none --metrics gpu__time_duration.sum --csv "$bin/llama-bench" "${common[@]}" ${mode#*:} \
+            > "$out/ncu-$name-$depth.csv" 2> "$out/ncu-$name-$depth.err" || rc=1
+        echo "## $name at depth $depth"
+        python3 ggml-integration/tools/ncu_tokens.py "$out/ncu-$name-$depth.csv" --top 25 || rc=1
+    done
     exit $rc
     ;;
 passkey)
