@@ -807,6 +807,8 @@ mod step {
                 ..Case::BASE
             },
             Case { d: 256, n: 2000, top_k: 4096, kv: 1, ..Case::BASE },
+            // d 512: the attention's widest rows (four 128-element slices a lane, pk_attend_4_2)
+            Case { d: 512, g: 2, n: 1500, kv: 1, ..Case::BASE },
             Case { g: 8, n: 70_001, gqa: Mean, top_k: 2048, tuned: true, ..Case::BASE },
             Case { n: 1 << 20, top_k: 2048, kv: 1, ..Case::BASE },
             // refining: shortlists of 2x and 4x, both policies, all key types, K through the
