@@ -138,7 +138,9 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
 // groups of four blocks whose codes and weights a thread loads before using them
 #define PK_ESTIMATE_GROUPS 4
 
-extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
+// HB: the most heads a thread holds sums and extremes for (the registers it needs); hb <= HB
+template <int HB>
+__device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, int hb) {
     extern __shared__ float pk_group_q[];
     __shared__ float signed_level[16];
     const int u = blockIdx.z, g = a.n_ret, lane = threadIdx.x % 32;
@@ -159,15 +161,15 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
         for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_rot[((long long) u * g + h0) * a.dp + i];
         pk_block_extremes_clear(B);
         __syncthreads();
-        pk_extremes ext[PK_GROUP_HEAD_BATCH];
+        pk_extremes ext[HB];
 #pragma unroll
-        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) ext[j] = pk_no_extremes();
+        for (int j = 0; j < HB; ++j) ext[j] = pk_no_extremes();
         for (int i0 = blockIdx.x * blockDim.x + threadIdx.x - lane; i0 < n_list; i0 += gridDim.x * blockDim.x) {
             const int i = i0 + lane;
             const bool valid = i < n_list;
-            float acc[PK_GROUP_HEAD_BATCH][4];
+            float acc[HB][4];
 #pragma unroll
-            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            for (int j = 0; j < HB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
             if (valid) {
                 const long long c = (long long) (list[i] & 0xFFFFFFFFull);
                 const unsigned char * nib = nibbles + c * (a.dp / 2);
@@ -214,7 +216,7 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
                                 hi[k] = signed_level[by >> 4];
                             }
 #pragma unroll
-                            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+                            for (int j = 0; j < HB; ++j) {
                                 if (j >= nh) break;
                                 const float4 qa = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK);
                                 const float4 qb = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK + 4);
@@ -230,7 +232,7 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
                 }
             }
 #pragma unroll
-            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+            for (int j = 0; j < HB; ++j) {
                 if (j >= nh) break;
                 float logit = -INFINITY;
                 if (valid) {
@@ -242,12 +244,17 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
             }
         }
 #pragma unroll
-        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+        for (int j = 0; j < HB; ++j) {
             if (j < nh) pk_block_extremes_add(B, j, ext[j]);
         }
         pk_block_extremes_flush(B, a, u, h0, nh, 0);
     }
 }
+
+// pk_group_estimate_rows for batches of up to 4 heads (a group of 4 does not pay the
+// registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs: group_estimate_kernel)
+extern "C" __global__ void pk_group_estimate_4(pk_step_args a, int hb) { pk_group_estimate_rows<4>(a, hb); }
+extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) { pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb); }
 
 // Both over a stage's list, the blocks striding over it (a thread per entry):
 // grid (blocks, heads, units), PK_CHUNK_THREADS threads
