@@ -320,8 +320,9 @@ extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     unsigned char * stage = (unsigned char *) (qs + a.n_ret * a.d) + warp * 4 * pitch;
     const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
-    for (int i = threadIdx.x; i < a.n_ret * a.d; i += blockDim.x) {
-        qs[i] = ((const float *) (q0 + (i / a.d) * a.q_stride))[i % a.d];
+    for (int h = 0; h < a.n_ret; ++h) { // by head and coordinate: no run-time division
+        const float * qh = (const float *) (q0 + h * a.q_stride);
+        for (int j = threadIdx.x; j < a.d; j += blockDim.x) qs[h * a.d + j] = qh[j];
     }
     __syncthreads();
     const unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
