@@ -74,13 +74,17 @@ __device__ __forceinline__ void pk_block_extremes_flush(const pk_block_extremes 
 }
 
 #define PK_CHUNK_ROUNDS (PK_CHUNK / PK_CHUNK_THREADS)
+static_assert(PK_CHUNK_ROUNDS <= 32, "a thread's rounds are bits of a word");
 
 // One pass over a chunk of cells for all heads of the unit: each cell is in the union when
 // any head chose it (pk_for_candidates' rule, every head's tie rank kept); union cells are
-// appended to retrieval 0's list. grid (chunks, 1, units), PK_CHUNK_THREADS threads
+// appended to retrieval 0's list (in no particular order: the list is ranked by key), with
+// one atomic on its length per block. grid (chunks, 1, units), PK_CHUNK_THREADS threads
 extern "C" __global__ void pk_group_union(pk_step_args a) {
     __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
     __shared__ int base[PK_MAX_GROUP];
+    __shared__ int warp_union[PK_CHUNK_THREADS / 32];
+    __shared__ int block_slot;
     const int u = blockIdx.z, g = a.n_ret;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int r = threadIdx.x; r < g; r += blockDim.x) {
@@ -90,6 +94,7 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
     pk_retrieval & x0 = pk_ret(a, u, 0);
     unsigned long long * list = a.cand + (long long) u * g * a.n;
     const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    unsigned int mine = 0; // bit round: this thread's cell of that round is in the union
     for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
         const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
         unsigned int chosen = 0; // bit r: head r chose c
@@ -117,13 +122,28 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
         for (int r = threadIdx.x; r < g; r += blockDim.x) {
             for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) base[r] += warp_ties[r][w];
         }
-        const bool in_union = chosen != 0;
-        const unsigned int votes = __ballot_sync(0xFFFFFFFFu, in_union);
-        int s0 = 0;
-        if (lane == 0 && votes) s0 = atomicAdd(&x0.n_cand, __popc(votes));
-        s0 = __shfl_sync(0xFFFFFFFFu, s0, 0) + __popc(votes & ((1u << lane) - 1));
-        if (in_union) list[s0] = (unsigned long long) c;
+        mine |= (unsigned int) (chosen != 0) << round;
         __syncthreads();
+    }
+    // the block's union cells: a scan over its threads, one atomic for the block
+    const int n_mine = __popc(mine);
+    int incl = n_mine;
+    for (int o = 1; o < 32; o *= 2) {
+        const int y = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) warp_union[warp] = incl;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int total = 0;
+        for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) total += warp_union[w];
+        block_slot = total ? atomicAdd(&x0.n_cand, total) : 0;
+    }
+    __syncthreads();
+    int slot = block_slot + incl - n_mine;
+    for (int w = 0; w < warp; ++w) slot += warp_union[w];
+    for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
+        if (mine >> round & 1) list[slot++] = (unsigned long long) (blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x);
     }
 }
 
