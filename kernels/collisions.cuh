@@ -74,11 +74,18 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     unsigned int * local = pk_lv_words + (r_batch + 3) / 4 * n_lv;
     unsigned int * in_chunk = local + nr * n_ch;
     const unsigned char * lv = a.levels + ((long long) u * a.n_ret + r0) * n_lv;
-    for (int i = threadIdx.x; i < n_quads * n_lv; i += blockDim.x) {
-        const int q = i / n_lv, e = i % n_lv;
-        unsigned int w = 0;
-        for (int j = 0; j < 4 && 4 * q + j < nr; ++j) w |= (unsigned int) lv[(4 * q + j) * n_lv + e] << (8 * j);
-        pk_lv_words[i] = w;
+    // (loops by quad and entry, not a flat index split by a run-time division: the block's
+    // fixed cost was mostly that arithmetic)
+    for (int q = 0; q < n_quads; ++q) {
+        const unsigned char * lq = lv + (long long) 4 * q * n_lv;
+        const int nj = min(4, nr - 4 * q);
+        for (int e = threadIdx.x; e < n_lv; e += blockDim.x) {
+            unsigned int w = lq[e];
+            if (nj > 1) w |= (unsigned int) lq[n_lv + e] << 8;
+            if (nj > 2) w |= (unsigned int) lq[2 * n_lv + e] << 16;
+            if (nj > 3) w |= (unsigned int) lq[3 * n_lv + e] << 24;
+            pk_lv_words[q * n_lv + e] = w;
+        }
     }
     for (int i = threadIdx.x; i < 2 * nr * n_ch; i += blockDim.x) local[i] = 0;
     __syncthreads();
@@ -129,12 +136,15 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
         }
         __syncthreads();
         // the chunk's histogram out (at most PK_CHUNK cells: a short each), into the block's
-        for (int i = threadIdx.x; i < nr * n_ch; i += blockDim.x) {
-            const int r = i / n_ch, bin = i % n_ch;
-            const unsigned int v = in_chunk[i];
-            a.chunk_hist[(((long long) u * a.n_ret + r0 + r) * n_chunks + chunk) * n_ch + bin] = (unsigned short) v;
-            local[i] += v;
-            in_chunk[i] = 0;
+        for (int r = 0; r < nr; ++r) {
+            unsigned short * out = a.chunk_hist + (((long long) u * a.n_ret + r0 + r) * n_chunks + chunk) * n_ch;
+            for (int bin = threadIdx.x; bin < n_ch; bin += blockDim.x) {
+                const int i = r * n_ch + bin;
+                const unsigned int v = in_chunk[i];
+                out[bin] = (unsigned short) v;
+                local[i] += v;
+                in_chunk[i] = 0;
+            }
         }
         __syncthreads();
     }

@@ -26,13 +26,16 @@ struct pk_encode_args {
     float        scale;         // 1/sqrt(padded_dim)
     int          head_dim;
     int          padded_dim;
+    int          init_center;   // 1: the grid has one block per head, which sets an unset centre
+                                // itself (pk_center_init's work, without its launch)
 };
 
-// The twin of center::init: one block per KV head (blockIdx.x), a thread per coordinate.
-// Sets an unset centre to the mean of the keys of the first PK_CENTER_ROWS listed cells:
-// each coordinate summed in f32 in list order, one rounded division, non-finite -> 0.
-extern "C" __global__ void pk_center_init(pk_encode_args a) {
-    const int d = a.head_dim, h = blockIdx.x;
+// The twin of center::init for KV head h by one block, a thread per coordinate: sets an
+// unset centre to the mean of the keys of the first PK_CENTER_ROWS listed cells, each
+// coordinate summed in f32 in list order, one rounded division, non-finite -> 0. Every
+// thread of the block calls it (it ends with a barrier where it sets the centre).
+__device__ __forceinline__ void pk_center_set(const pk_encode_args & a, int h) {
+    const int d = a.head_dim;
     float * c = a.center + (long long) h * (d + 1);
     const long long n = min((long long) PK_CENTER_ROWS, a.n_cells ? (long long) *a.n_cells : a.max_cells);
     // every thread reads the count before any thread can write it (after the barrier)
@@ -53,7 +56,11 @@ extern "C" __global__ void pk_center_init(pk_encode_args a) {
     if (threadIdx.x == 0) {
         c[d] = (float) n;
     }
+    __syncthreads();
 }
+
+// pk_center_set, one block per KV head (blockIdx.x), before a ubatch's encode
+extern "C" __global__ void pk_center_init(pk_encode_args a) { pk_center_set(a, blockIdx.x); }
 
 // One warp per (cell, head); blockIdx.y = head. Dynamic shared memory: padded_dim floats
 // per warp.
@@ -62,6 +69,7 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long i = (long long) blockIdx.x * PK_ENCODE_WARPS + warp;
     const int h = blockIdx.y;
+    if (a.init_center) pk_center_set(a, h); // every thread: it has barriers
     if (i >= (a.n_cells ? (long long) *a.n_cells : a.max_cells)) {
         return;
     }

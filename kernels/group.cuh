@@ -74,13 +74,17 @@ __device__ __forceinline__ void pk_block_extremes_flush(const pk_block_extremes 
 }
 
 #define PK_CHUNK_ROUNDS (PK_CHUNK / PK_CHUNK_THREADS)
+static_assert(PK_CHUNK_ROUNDS <= 32, "a thread's rounds are bits of a word");
 
 // One pass over a chunk of cells for all heads of the unit: each cell is in the union when
 // any head chose it (pk_for_candidates' rule, every head's tie rank kept); union cells are
-// appended to retrieval 0's list. grid (chunks, 1, units), PK_CHUNK_THREADS threads
+// appended to retrieval 0's list (in no particular order: the list is ranked by key), with
+// one atomic on its length per block. grid (chunks, 1, units), PK_CHUNK_THREADS threads
 extern "C" __global__ void pk_group_union(pk_step_args a) {
     __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
     __shared__ int base[PK_MAX_GROUP];
+    __shared__ int warp_union[PK_CHUNK_THREADS / 32];
+    __shared__ int block_slot;
     const int u = blockIdx.z, g = a.n_ret;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int r = threadIdx.x; r < g; r += blockDim.x) {
@@ -90,6 +94,7 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
     pk_retrieval & x0 = pk_ret(a, u, 0);
     unsigned long long * list = a.cand + (long long) u * g * a.n;
     const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    unsigned int mine = 0; // bit round: this thread's cell of that round is in the union
     for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
         const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
         unsigned int chosen = 0; // bit r: head r chose c
@@ -117,13 +122,28 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
         for (int r = threadIdx.x; r < g; r += blockDim.x) {
             for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) base[r] += warp_ties[r][w];
         }
-        const bool in_union = chosen != 0;
-        const unsigned int votes = __ballot_sync(0xFFFFFFFFu, in_union);
-        int s0 = 0;
-        if (lane == 0 && votes) s0 = atomicAdd(&x0.n_cand, __popc(votes));
-        s0 = __shfl_sync(0xFFFFFFFFu, s0, 0) + __popc(votes & ((1u << lane) - 1));
-        if (in_union) list[s0] = (unsigned long long) c;
+        mine |= (unsigned int) (chosen != 0) << round;
         __syncthreads();
+    }
+    // the block's union cells: a scan over its threads, one atomic for the block
+    const int n_mine = __popc(mine);
+    int incl = n_mine;
+    for (int o = 1; o < 32; o *= 2) {
+        const int y = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) warp_union[warp] = incl;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int total = 0;
+        for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) total += warp_union[w];
+        block_slot = total ? atomicAdd(&x0.n_cand, total) : 0;
+    }
+    __syncthreads();
+    int slot = block_slot + incl - n_mine;
+    for (int w = 0; w < warp; ++w) slot += warp_union[w];
+    for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
+        if (mine >> round & 1) list[slot++] = (unsigned long long) (blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x);
     }
 }
 
@@ -138,7 +158,9 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
 // groups of four blocks whose codes and weights a thread loads before using them
 #define PK_ESTIMATE_GROUPS 4
 
-extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
+// HB: the most heads a thread holds sums and extremes for (the registers it needs); hb <= HB
+template <int HB>
+__device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, int hb) {
     extern __shared__ float pk_group_q[];
     __shared__ float signed_level[16];
     const int u = blockIdx.z, g = a.n_ret, lane = threadIdx.x % 32;
@@ -159,15 +181,15 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
         for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_rot[((long long) u * g + h0) * a.dp + i];
         pk_block_extremes_clear(B);
         __syncthreads();
-        pk_extremes ext[PK_GROUP_HEAD_BATCH];
+        pk_extremes ext[HB];
 #pragma unroll
-        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) ext[j] = pk_no_extremes();
+        for (int j = 0; j < HB; ++j) ext[j] = pk_no_extremes();
         for (int i0 = blockIdx.x * blockDim.x + threadIdx.x - lane; i0 < n_list; i0 += gridDim.x * blockDim.x) {
             const int i = i0 + lane;
             const bool valid = i < n_list;
-            float acc[PK_GROUP_HEAD_BATCH][4];
+            float acc[HB][4];
 #pragma unroll
-            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            for (int j = 0; j < HB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
             if (valid) {
                 const long long c = (long long) (list[i] & 0xFFFFFFFFull);
                 const unsigned char * nib = nibbles + c * (a.dp / 2);
@@ -214,7 +236,7 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
                                 hi[k] = signed_level[by >> 4];
                             }
 #pragma unroll
-                            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+                            for (int j = 0; j < HB; ++j) {
                                 if (j >= nh) break;
                                 const float4 qa = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK);
                                 const float4 qb = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK + 4);
@@ -230,7 +252,7 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
                 }
             }
 #pragma unroll
-            for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+            for (int j = 0; j < HB; ++j) {
                 if (j >= nh) break;
                 float logit = -INFINITY;
                 if (valid) {
@@ -242,12 +264,17 @@ extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
             }
         }
 #pragma unroll
-        for (int j = 0; j < PK_GROUP_HEAD_BATCH; ++j) {
+        for (int j = 0; j < HB; ++j) {
             if (j < nh) pk_block_extremes_add(B, j, ext[j]);
         }
         pk_block_extremes_flush(B, a, u, h0, nh, 0);
     }
 }
+
+// pk_group_estimate_rows for batches of up to 4 heads (a group of 4 does not pay the
+// registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs: group_estimate_kernel)
+extern "C" __global__ void pk_group_estimate_4(pk_step_args a, int hb) { pk_group_estimate_rows<4>(a, hb); }
+extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) { pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb); }
 
 // Both over a stage's list, the blocks striding over it (a thread per entry):
 // grid (blocks, heads, units), PK_CHUNK_THREADS threads
@@ -313,8 +340,9 @@ extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     unsigned char * stage = (unsigned char *) (qs + a.n_ret * a.d) + warp * 4 * pitch;
     const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
-    for (int i = threadIdx.x; i < a.n_ret * a.d; i += blockDim.x) {
-        qs[i] = ((const float *) (q0 + (i / a.d) * a.q_stride))[i % a.d];
+    for (int h = 0; h < a.n_ret; ++h) { // by head and coordinate: no run-time division
+        const float * qh = (const float *) (q0 + h * a.q_stride);
+        for (int j = threadIdx.x; j < a.d; j += blockDim.x) qs[h * a.d + j] = qh[j];
     }
     __syncthreads();
     const unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;

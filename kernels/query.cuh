@@ -17,15 +17,17 @@ __device__ __forceinline__ float pk_head_mean(const char * q0, long long q_strid
 // Warp 0 rotates retrieval r of unit u (query head r, or the mean of the group's heads:
 // pk_head_mean) with the Walsh-Hadamard butterflies of rotation::fwht; block b writes code
 // block b of it to q_rot for the later stages. Thread c scores centroid c (its sign pattern
-// against the block's 8 coordinates) and ranks it by counting: the zone cells of the
-// centroids whose keys (pk_key: higher score first, NaN as -inf, -0 == +0, ties by lower
-// index, as rank::rank_order) come first are summed in any order (integers). Its level
-// counts the tiers whose budget that sum has not used up: the serial walk of search::tiers.
+// against the block's 8 coordinates); the block sorts the 256 centroids by key (pk_key:
+// higher score first, NaN as -inf, -0 == +0, ties by lower index, as rank::rank_order) with
+// a bitonic sort, one centroid a thread, and an exclusive scan of their zone cells in that
+// order gives each centroid the cells of those before it (integers: the same sum as the
+// serial walk's). Its level counts the tiers whose budget that sum has not used up: the
+// serial walk of search::tiers.
 extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * signs, float scale, int d) {
     extern __shared__ float y[];
-    // centroid j's rank key (pk_key's score half: higher score first) and zone cells, side
-    // by side for one 8-byte load each
-    __shared__ uint2 entry[PK_N_CENTROIDS];
+    // the sort's exchanges across warps, the scan's warp totals, the cells before each centroid
+    __shared__ unsigned long long swap_key[PK_N_CENTROIDS];
+    __shared__ unsigned int swap_size[PK_N_CENTROIDS], warp_total[PK_N_CENTROIDS / 32], before_of[PK_N_CENTROIDS];
     __shared__ long long budget[PK_N_TIERS];
     const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x, dp = a.dp;
     if (c < 32) {
@@ -56,17 +58,47 @@ extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * sign
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < PK_BLOCK; ++j) s = __fadd_rn(s, (c >> j & 1) ? q[j] : -q[j]);
-    const unsigned int mine = (unsigned int) (pk_key(s, c) >> 32);
-    entry[c] = make_uint2(mine, size);
-    __syncthreads();
-    // j comes first when its key is smaller, or equal with a lower index; the sum of at
-    // most n cells fits 32 bits
-    unsigned int before = 0;
-#pragma unroll 8
-    for (int j = 0; j < PK_N_CENTROIDS; ++j) {
-        const uint2 e = entry[j];
-        before += e.x < mine || (e.x == mine && j < c) ? e.y : 0u;
+    // (score key, centroid): unique, so the order is total
+    unsigned long long key = (pk_key(s, c) & 0xFFFFFFFF00000000ull) | (unsigned int) c;
+    unsigned int cells = size;
+    for (int run = 2; run <= PK_N_CENTROIDS; run *= 2) {
+        for (int j = run / 2; j > 0; j /= 2) {
+            unsigned long long other_key;
+            unsigned int other_cells;
+            if (j >= 32) {
+                swap_key[c] = key;
+                swap_size[c] = cells;
+                __syncthreads();
+                other_key = swap_key[c ^ j];
+                other_cells = swap_size[c ^ j];
+                __syncthreads();
+            } else {
+                other_key = __shfl_xor_sync(0xFFFFFFFFu, key, j);
+                other_cells = __shfl_xor_sync(0xFFFFFFFFu, cells, j);
+            }
+            // ascending runs where bit `run` is clear; the lower thread of a pair keeps the
+            // smaller key of an ascending run, the larger of a descending one
+            const bool ascending = (c & run) == 0, lower = (c & j) == 0;
+            if (lower == ascending ? other_key < key : other_key > key) {
+                key = other_key;
+                cells = other_cells;
+            }
+        }
     }
+    // thread i holds the i-th centroid: the cells before it are an exclusive scan
+    const int lane = c % 32, warp = c / 32;
+    unsigned int incl = cells;
+    for (int o = 1; o < 32; o *= 2) {
+        const unsigned int x = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+        if (lane >= o) incl += x;
+    }
+    if (lane == 31) warp_total[warp] = incl;
+    __syncthreads();
+    unsigned int sorted_before = incl - cells; // at most n cells: fits 32 bits
+    for (int w = 0; w < warp; ++w) sorted_before += warp_total[w];
+    before_of[key & 0xFFu] = sorted_before;
+    __syncthreads();
+    const unsigned int before = before_of[c];
     int level = 0;
     for (int t = 0; t < PK_N_TIERS; ++t) level += (long long) before < budget[t];
     a.levels[(((long long) u * a.n_ret + r) * a.nb + b) * PK_N_CENTROIDS + c] = (unsigned char) level;

@@ -247,5 +247,6 @@ device_struct! {
         pub(crate) scale: f32,
         pub(crate) head_dim: i32,
         pub(crate) padded_dim: i32,
+        pub(crate) init_center: i32,
     }
 }

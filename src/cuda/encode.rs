@@ -122,8 +122,14 @@ pub fn encode(
         scale: rotation.scale,
         head_dim: shape.head_dim as i32,
         padded_dim: shape.padded_dim as i32,
+        init_center: 0,
     };
-    if target.center != 0 && max_cells > 0 {
+    // A ubatch that one encode block per head covers (a decode token) sets an unset centre
+    // in that block; larger ones need every cell's key first: a launch of its own.
+    let one_block = max_cells <= ENCODE_WARPS as usize;
+    if target.center != 0 && max_cells > 0 && one_block {
+        args.init_center = 1;
+    } else if target.center != 0 && max_cells > 0 {
         let mut params = [&mut args as *mut EncodeArgs as *mut c_void];
         launch(module, CENTER_INIT, (target.n_heads as u32, 1, 1), 256, 0, stream, &mut params)?;
     }

@@ -143,6 +143,18 @@ pub const GROUP_ESTIMATE: Kernel = Kernel {
     name: "pk_group_estimate",
     dynamic_smem: group_estimate_smem(GPU_GROUP_HEAD_BATCH, MAX_HEAD_DIM),
 };
+/// pk_group_estimate compiled for head batches of up to 4 (fewer registers).
+pub const GROUP_ESTIMATE_4: Kernel =
+    Kernel { name: "pk_group_estimate_4", dynamic_smem: group_estimate_smem(4, MAX_HEAD_DIM) };
+
+/// The group estimate kernel for a head batch of `hb` (from `group_head_batch`).
+pub fn group_estimate_kernel(hb: usize) -> Kernel {
+    if hb <= 4 {
+        GROUP_ESTIMATE_4
+    } else {
+        GROUP_ESTIMATE
+    }
+}
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
 pub const GROUP_SCORE: Kernel = k("pk_group_score");
 
@@ -193,6 +205,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     REFINE_PICK_BY_CLUSTER,
     GROUP_UNION,
     GROUP_ESTIMATE,
+    GROUP_ESTIMATE_4,
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,
