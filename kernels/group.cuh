@@ -273,7 +273,10 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
 
 // pk_group_estimate_rows for batches of up to 4 heads (a group of 4 does not pay the
 // registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs: group_estimate_kernel)
-extern "C" __global__ void pk_group_estimate_4(pk_step_args a, int hb) { pk_group_estimate_rows<4>(a, hb); }
+// (three blocks an SM: 80 registers, one 4-byte spill)
+extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 3) pk_group_estimate_4(pk_step_args a, int hb) {
+    pk_group_estimate_rows<4>(a, hb);
+}
 extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) { pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb); }
 
 // Both over a stage's list, the blocks striding over it (a thread per entry):
