@@ -124,8 +124,15 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
             k = (p < sink_end || p > window_start) ? PK_FIXED : PK_ZONE;
         }
         klass[c] = k;
-        if (k == PK_FIXED) {
-            rows[atomicAdd(&s.n_rows, 1)] = c;
+        // the warp's fixed cells with one atomic (the lanes here: a chunk's tail diverges)
+        const unsigned int here = __activemask();
+        const unsigned int fixed = __ballot_sync(here, k == PK_FIXED);
+        if (fixed) {
+            const int lane = threadIdx.x % 32, leader = __ffs(fixed) - 1;
+            int slot = 0;
+            if (lane == leader) slot = atomicAdd(&s.n_rows, __popc(fixed));
+            slot = __shfl_sync(here, slot, leader) + __popc(fixed & ((1u << lane) - 1));
+            if (k == PK_FIXED) rows[slot] = c;
         }
         zone += k == PK_ZONE;
         if (from_kept ? k != PK_ZONE && counted[c] : k == PK_ZONE) {
