@@ -72,16 +72,6 @@ __device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u,
     }
 }
 
-// appends `value` to list (counter n) for every lane with emit, one atomic per warp
-__device__ __forceinline__ void pk_append(bool emit, unsigned long long value, int * n, unsigned long long * list) {
-    const int lane = threadIdx.x % 32;
-    const unsigned int votes = __ballot_sync(0xFFFFFFFFu, emit);
-    int slot = 0;
-    if (lane == 0 && votes) slot = atomicAdd(n, __popc(votes));
-    slot = __shfl_sync(0xFFFFFFFFu, slot, 0);
-    if (emit) list[slot + __popc(votes & ((1u << lane) - 1))] = value;
-}
-
 // every retrieval's candidates scored with the 4-bit estimator (pk_estimate) and appended
 // (key) to its list; grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic
 // smem dp*16 floats

@@ -125,6 +125,20 @@ __device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, F f) 
 // a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch
 static_assert(PK_DONE_SLOTS >= PK_MAX_GROUP, "a counter per batch");
 
+// appends `value` to list (counter n) for every lane with emit, one atomic per warp: the
+// lanes in `lanes` take part (all 32, or __activemask() where a loop's tail diverges)
+template <typename T>
+__device__ __forceinline__ void pk_append(bool emit, T value, int * n, T * list, unsigned int lanes = 0xFFFFFFFFu) {
+    const int lane = threadIdx.x % 32;
+    const unsigned int votes = __ballot_sync(lanes, emit);
+    if (!votes) return;
+    const int leader = __ffs(votes) - 1;
+    int slot = 0;
+    if (lane == leader) slot = atomicAdd(n, __popc(votes));
+    slot = __shfl_sync(lanes, slot, leader);
+    if (emit) list[slot + __popc(votes & ((1u << lane) - 1))] = value;
+}
+
 // Whether this block is the last of `blocks` to count itself at `*done`, which is 0 between
 // steps (the last block resets it, so graph replays work). Each block's writes are made
 // visible before it counts itself, so the last block sees all of them (read with __ldcg or

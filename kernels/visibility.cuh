@@ -125,15 +125,7 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
         }
         klass[c] = k;
         // the warp's fixed cells with one atomic (the lanes here: a chunk's tail diverges)
-        const unsigned int here = __activemask();
-        const unsigned int fixed = __ballot_sync(here, k == PK_FIXED);
-        if (fixed) {
-            const int lane = threadIdx.x % 32, leader = __ffs(fixed) - 1;
-            int slot = 0;
-            if (lane == leader) slot = atomicAdd(&s.n_rows, __popc(fixed));
-            slot = __shfl_sync(here, slot, leader) + __popc(fixed & ((1u << lane) - 1));
-            if (k == PK_FIXED) rows[slot] = c;
-        }
+        pk_append(k == PK_FIXED, c, &s.n_rows, rows, __activemask());
         zone += k == PK_ZONE;
         if (from_kept ? k != PK_ZONE && counted[c] : k == PK_ZONE) {
             pk_tally_smem(pk_hist_smem, codes + (long long) c * a.nb, a.nb, from_kept ? ~0u : 1u);
