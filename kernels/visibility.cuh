@@ -70,16 +70,33 @@ extern "C" __global__ void pk_visibility(pk_step_args a) {
         n_counted += __shfl_xor_sync(0xFFFFFFFFu, n_counted, o);
         n_uncounted += __shfl_xor_sync(0xFFFFFFFFu, n_uncounted, o);
     }
-    if (threadIdx.x % 32 == 0) {
+    // the warps' results merged in shared memory, then one atomic per block and field: one
+    // per warp put thousands of atomics on the same few words of each unit
+    __shared__ int b_lo, b_hi, b_count, b_counted, b_uncounted;
+    if (threadIdx.x == 0) {
+        b_lo = 0x7FFFFFFF;
+        b_hi = -0x7FFFFFFF - 1;
+        b_count = b_counted = b_uncounted = 0;
+    }
+    __syncthreads();
+    if (threadIdx.x % 32 == 0 && (count || n_counted)) {
+        atomicMin(&b_lo, lo);
+        atomicMax(&b_hi, hi);
+        atomicAdd(&b_count, count);
+        atomicAdd(&b_counted, n_counted);
+        atomicAdd(&b_uncounted, n_uncounted);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
         pk_unit_state & s = pk_unit(a, u);
-        if (count) {
-            atomicMin(&s.p_min, lo);
-            atomicMax(&s.p_max, hi);
-            atomicAdd(&s.n_visible, count);
+        if (b_count) {
+            atomicMin(&s.p_min, b_lo);
+            atomicMax(&s.p_max, b_hi);
+            atomicAdd(&s.n_visible, b_count);
         }
         if (counted) {
-            if (n_counted) atomicAdd(&s.n_counted, n_counted);
-            if (n_uncounted) atomicAdd(&s.n_uncounted, n_uncounted);
+            if (b_counted) atomicAdd(&s.n_counted, b_counted);
+            if (b_uncounted) atomicAdd(&s.n_uncounted, b_uncounted);
         }
     }
 }
@@ -131,9 +148,13 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
             pk_tally_smem(pk_hist_smem, codes + (long long) c * a.nb, a.nb, from_kept ? ~0u : 1u);
         }
     });
+    __shared__ int b_zone; // one atomic per block; reset before the barrier ahead of the additions
+    if (threadIdx.x == 0) b_zone = 0;
     for (int o = 16; o > 0; o /= 2) zone += __shfl_xor_sync(0xFFFFFFFFu, zone, o);
-    if (threadIdx.x % 32 == 0 && zone) atomicAdd(&s.n_zone, zone);
     __syncthreads();
+    if (threadIdx.x % 32 == 0 && zone) atomicAdd(&b_zone, zone);
+    __syncthreads();
+    if (threadIdx.x == 0 && b_zone) atomicAdd(&s.n_zone, b_zone);
     unsigned int * h = a.hist + (long long) u * total;
     for (int i = threadIdx.x; i < total; i += blockDim.x) {
         const unsigned int add = pk_hist_smem[i];
