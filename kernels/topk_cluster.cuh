@@ -23,6 +23,7 @@ struct pk_cluster_select {
     int n_stash;
 };
 static_assert(sizeof(pk_cluster_select) <= PK_TOPK_CLUSTER_SMEM, "the shared memory src/cuda asks for");
+static_assert(PK_SELECT_BINS % PK_TOPK_CLUSTER == 0, "an equal share of the bins per cluster block");
 
 #ifdef PK_CLUSTERS
 namespace pk_cg = cooperative_groups;
@@ -43,12 +44,15 @@ __device__ void pk_cluster_select_list(pk_cluster_select & C, const unsigned lon
     for (int shift = 64 - PK_SELECT_BITS;; shift = pk_next_shift(shift)) {
         pk_select_count(S, cand + lo, hi - lo, shift);
         cluster.sync(); // every slice counted
-        for (int i = threadIdx.x; i < PK_SELECT_BINS; i += blockDim.x) {
+        // each block sums its share of the bins over the cluster and writes the sums into every
+        // block's total: remote reads wait on their latency, remote writes do not
+        const int share = PK_SELECT_BINS / PK_TOPK_CLUSTER, first = (int) cluster.block_rank() * share;
+        for (int i = first + threadIdx.x; i < first + share; i += blockDim.x) {
             unsigned int sum = 0;
             for (int b = 0; b < PK_TOPK_CLUSTER; ++b) sum += cluster.map_shared_rank(S.h, b)[i];
-            C.total[i] = sum;
+            for (int b = 0; b < PK_TOPK_CLUSTER; ++b) cluster.map_shared_rank(C.total, b)[i] = sum;
         }
-        cluster.sync(); // every block has read the counts before any clears them
+        cluster.sync(); // every block's total complete, every count read before any is cleared
         pk_select_digit(S, C.total, shift);
         if (S.settled || S.here <= PK_SELECT_HELD) return;
     }
