@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The fidelity suite's CI subset on the tiny model over a short text: capture-qkv, then
-pariskv-fidelity on the capture, then kl-vs-dense. With top-k at least the retrieval zone
-every visible key is attended: recall, the coarse stage's recall and the attention mass must
+pariskv-fidelity on the capture (the fidelity report, then row reuse between decode steps),
+then kl-vs-dense. With top-k at least the retrieval zone every visible key is attended: recall, the coarse stage's recall and the attention mass must
 be exactly 1, the output equal to dense attention's, the next-token KL 0 and every greedy
 token the same; with a small top-k the numbers must be sane (and the KL above 0: ParisKV ran).
 
@@ -47,6 +47,24 @@ def main():
             check(0.0 < r["recall"] <= 1.0 and 0.0 < r["mass"] <= 1.0 + 1e-9 and r["zone"] > r["k"]
                   and len(r["recall_along"]) == 6,
                   f"{name}: recall {r['recall']:.3f}, mass {r['mass']:.3f} over a zone of {r['zone']:.0f}")
+
+    # row reuse between consecutive decode steps: 4 steps measured at 2 positions per KV head
+    reuse_json = os.path.join(a.work, "reuse.json")
+    out = subprocess.run([a.fidelity, "--capture", cap, "--reuse", "4", "--k", "16,4096", "--gqa", "group",
+                          "--positions", "2", "--min-pos", "600", "--window", "32", "--json", reuse_json],
+                         check=True, capture_output=True, text=True).stdout
+    print(out)
+    reuse = json.load(open(reuse_json))
+    check(len(reuse) == 2 * 2, f"reuse: a row per layer and k ({len(reuse)})")
+    for r in reuse:
+        name = f"reuse, layer {r['layer']} k={r['k']}"
+        hit, held = r["hit"], r["held_over_k"]
+        if r["k"] >= meta["n_tokens"]:
+            check(r["steps"] == 0, f"{name}: a zone attended whole is not measured")
+        else:
+            check(r["steps"] == 2 * 4 * meta["n_head_kv"] and 0.0 <= hit[0] <= hit[1] <= hit[2] <= 1.0
+                  and held[0] == 1.0 and held[0] <= held[1] <= held[2] <= 4.0,
+                  f"{name}: {r['steps']} steps, hit {hit}, held {held} (k rows a step)")
 
     kl_json = os.path.join(a.work, "kl.json")
     out = subprocess.run([a.kl_tool, "-m", a.model, "-f", a.text, "-n", "1200", "--prefill", "600", "--topk", "16,4096",

@@ -12,7 +12,7 @@
 //!   pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean,group]
 //!       [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S]
 //!       [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512]
-//!       [--json OUT]
+//!       [--reuse STEPS] [--json OUT]
 //!
 //! Ratios and refine default to the library's defaults (`Config::new`); `--ratios
 //! reference --gqa mean --refine 1` is the paper's setting. `--refine R` rescores each
@@ -33,6 +33,9 @@
 //! cluster centres move by DRIFT (in units of their norm) from the first token to the last,
 //! one KV head of 4 query heads aimed at 8 random earlier keys: how recall holds along a
 //! drifting sequence with the fixed codebook.
+//!
+//! `--reuse STEPS` measures instead how many of a decode step's retrieved rows the steps just
+//! before it retrieved too (`reuse.rs`): the hit rate a cache of recent rows would have.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -46,6 +49,8 @@ use pariskv::eval::{
     best_shared_mass, exact_top_k, group_mass, group_probabilities, recall, relative_l2_error,
 };
 use pariskv::{Config, DType, Index, Result, RowData};
+
+mod reuse;
 
 struct Args {
     capture: PathBuf,
@@ -63,6 +68,8 @@ struct Args {
     refine: usize,
     center: bool,
     ubatch: usize,
+    /// consecutive decode steps measured per position for row reuse (0: the fidelity report)
+    reuse: usize,
     json: Option<PathBuf>,
 }
 
@@ -70,7 +77,7 @@ fn usage(why: &str) -> ! {
     eprintln!("pariskv-fidelity: {why}");
     eprintln!(
         "usage: pariskv-fidelity --capture DIR [--layers 5,11,17] [--k 64,256,1024] [--gqa per-head,mean,group (all)] \
-         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512] [--json OUT]"
+         [--positions 16] [--min-pos 1024] [--max-pos P] [--sink 4] [--window 512] [--scale S] [--ratios tuned|reference|CAND:COLL] [--refine R] [--center on|off] [--ubatch 512] [--reuse STEPS] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -80,6 +87,11 @@ fn list<T: std::str::FromStr>(s: &str, what: &str) -> Vec<T> {
 }
 
 fn parse_args() -> Args {
+    parse_args_from(std::env::args().skip(1))
+}
+
+/// The arguments after the program's name.
+fn parse_args_from(argv: impl Iterator<Item = String>) -> Args {
     let mut a = Args {
         capture: PathBuf::new(),
         synthetic: None,
@@ -96,9 +108,10 @@ fn parse_args() -> Args {
         refine: pariskv::config::DEFAULT_REFINE,
         center: pariskv::config::DEFAULT_CENTER,
         ubatch: 512,
+        reuse: 0,
         json: None,
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<String> = argv.collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -144,6 +157,7 @@ fn parse_args() -> Args {
                 }
             }
             "--ubatch" => a.ubatch = list(val, "ubatch")[0],
+            "--reuse" => a.reuse = list(val, "steps")[0],
             "--json" => a.json = Some(PathBuf::from(val)),
             _ => usage(&format!("unknown flag {flag}")),
         }
@@ -328,17 +342,14 @@ fn step_bytes(
     coarse + rerank + st.n_refined * 2 * d + attention
 }
 
-/// Replays one layer under one GQA policy, for every k.
-fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
-    let (nq, d) = (layer.q.shape[1], layer.q.shape[2]);
-    // positions up to --max-pos (the capture is causal: a prefix is a shorter capture)
-    let n = a.max_pos.map_or(layer.q.shape[0], |m| layer.q.shape[0].min(m + 1));
-    let (nkv, dv) = (layer.k.shape[1], layer.v.shape[2]);
-    let g = nq / nkv;
+/// The index configuration of a replay: the flags' settings, ParisKV from the first cell,
+/// f16 K/V as llama.cpp's default cache.
+fn config(a: &Args, layer: &Layer, policy: GqaPolicy) -> Config {
+    let (nq, d, nkv) = (layer.q.shape[1], layer.q.shape[2], layer.k.shape[1]);
     let mut cfg = Config::new(d, nq, nkv);
     cfg.n_sink = a.sink;
     cfg.n_local = a.window;
-    cfg.dense_threshold = 1; // ParisKV from the first cell
+    cfg.dense_threshold = 1;
     cfg.ratios = a.ratios;
     cfg.gqa = policy;
     cfg.refine = a.refine;
@@ -347,32 +358,55 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     if let Some(s) = a.scale {
         cfg.attn.scale = s;
     }
-    let scale = cfg.attn.scale;
-    let mut index = Index::new(cfg.clone())?;
+    cfg
+}
+
+/// The replay's positions: `--positions` of them evenly spaced from `--min-pos` to the last
+/// of `n`, each once.
+fn positions(a: &Args, n: usize) -> Vec<usize> {
     let first = a.min_pos.min(n.saturating_sub(1));
-    let positions: Vec<usize> = (0..a.positions)
+    (0..a.positions)
         .map(|i| first + (n - 1 - first) * i / (a.positions - 1).max(1))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
-        .collect();
+        .collect()
+}
+
+/// Appends the layer's keys and values up to position t (`appended` of them are in the
+/// index): the first append one ubatch (it sets the key centre), then the rest at once.
+fn append_until(a: &Args, layer: &Layer, index: &mut Index, appended: &mut usize, t: usize) -> Result<()> {
+    let (nkv, d, dv) = (layer.k.shape[1], layer.k.shape[2], layer.v.shape[2]);
+    for end in [a.ubatch.min(t + 1), t + 1] {
+        if end > *appended {
+            let span = |dim: usize| *appended * nkv * dim..end * nkv * dim;
+            index.append(
+                RowData::F32(&layer.k.data[span(d)]),
+                RowData::F32(&layer.v.data[span(dv)]),
+                end - *appended,
+            )?;
+            *appended = end;
+        }
+    }
+    Ok(())
+}
+
+/// Replays one layer under one GQA policy, for every k.
+fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
+    let (nq, d) = (layer.q.shape[1], layer.q.shape[2]);
+    // positions up to --max-pos (the capture is causal: a prefix is a shorter capture)
+    let n = a.max_pos.map_or(layer.q.shape[0], |m| layer.q.shape[0].min(m + 1));
+    let (nkv, dv) = (layer.k.shape[1], layer.v.shape[2]);
+    let g = nq / nkv;
+    let cfg = config(a, layer, policy);
+    let scale = cfg.attn.scale;
+    let mut index = Index::new(cfg.clone())?;
+    let positions = positions(a, n);
     let mut sums = vec![Sums::default(); a.ks.len()];
     let (mut seen, mut dense, mut sparse, mut scratch) =
         (HashSet::new(), vec![0.0f32; g * dv], vec![0.0f32; g * dv], AttnScratch::default());
-    let (keys, values) = (&layer.k.data, &layer.v.data);
     let mut appended = 0;
     for &t in &positions {
-        // the first append is one ubatch (it sets the key centre), then up to t
-        for end in [a.ubatch.min(t + 1), t + 1] {
-            if end > appended {
-                let span = |dim: usize| appended * nkv * dim..end * nkv * dim;
-                index.append(
-                    RowData::F32(&keys[span(d)]),
-                    RowData::F32(&values[span(dv)]),
-                    end - appended,
-                )?;
-                appended = end;
-            }
-        }
+        append_until(a, layer, &mut index, &mut appended, t)?;
         let q = &layer.q.data[t * nq * d..(t + 1) * nq * d];
         let zone = cfg.zone(t + 1);
         let zone_cells: Vec<u32> = (zone.start as u32..zone.end as u32).collect();
@@ -490,6 +524,15 @@ fn run(a: &Args) -> Result<()> {
         a.positions,
         a.min_pos
     );
+    let load = |il: usize| match a.synthetic {
+        Some((n, drift)) => Ok(synthetic_layer(n, drift)),
+        None => load_layer(&a.capture, il),
+    };
+    let mut json = String::from("[\n");
+    if a.reuse > 0 {
+        reuse::run(a, &layers, load, &mut json)?;
+        return write_json(a, json);
+    }
     println!(
         "{:>5} {:>9} {:>5} | {:>8} {:>8} | {:>7} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>8} {:>8} {:>8} | {:>7}",
         "layer",
@@ -510,13 +553,9 @@ fn run(a: &Args) -> Result<()> {
         "refined",
         "MB/step"
     );
-    let mut json = String::from("[\n");
     let mut overall: Vec<((GqaPolicy, usize), Sums)> = Vec::new();
     for &il in &layers {
-        let layer = match a.synthetic {
-            Some((n, drift)) => synthetic_layer(n, drift),
-            None => load_layer(&a.capture, il)?,
-        };
+        let layer = load(il)?;
         for &policy in &a.policies {
             for (ki, s) in replay(a, &layer, policy)?.into_iter().enumerate() {
                 let k = a.ks[ki];
@@ -555,6 +594,11 @@ fn run(a: &Args) -> Result<()> {
     for ((policy, k), s) in &overall {
         s.print_row("all", *policy, *k);
     }
+    write_json(a, json)
+}
+
+/// Closes the JSON rows' list (each row ends with ",\n") and writes it to `--json`, if given.
+fn write_json(a: &Args, mut json: String) -> Result<()> {
     if let Some(path) = &a.json {
         if json.ends_with(",\n") {
             json.truncate(json.len() - 2);
