@@ -361,6 +361,12 @@ fn config(a: &Args, layer: &Layer, policy: GqaPolicy) -> Config {
     cfg
 }
 
+/// The positions a replay may use: the capture's, up to `--max-pos` (the capture is causal:
+/// a prefix is a shorter capture).
+fn replay_len(a: &Args, layer: &Layer) -> usize {
+    a.max_pos.map_or(layer.q.shape[0], |m| layer.q.shape[0].min(m + 1))
+}
+
 /// The replay's positions: `--positions` of them evenly spaced from `--min-pos` to the last
 /// of `n`, each once.
 fn positions(a: &Args, n: usize) -> Vec<usize> {
@@ -393,8 +399,7 @@ fn append_until(a: &Args, layer: &Layer, index: &mut Index, appended: &mut usize
 /// Replays one layer under one GQA policy, for every k.
 fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<Sums>> {
     let (nq, d) = (layer.q.shape[1], layer.q.shape[2]);
-    // positions up to --max-pos (the capture is causal: a prefix is a shorter capture)
-    let n = a.max_pos.map_or(layer.q.shape[0], |m| layer.q.shape[0].min(m + 1));
+    let n = replay_len(a, layer);
     let (nkv, dv) = (layer.k.shape[1], layer.v.shape[2]);
     let g = nq / nkv;
     let cfg = config(a, layer, policy);

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use pariskv::algorithm::gqa::GqaPolicy;
 use pariskv::{Index, Result, RowData};
 
-use crate::{append_until, config, positions, Args, Layer};
+use crate::{append_until, config, positions, replay_len, Args, Layer};
 
 /// The histories compared: the rows of the last m steps.
 const HISTORIES: [usize; 3] = [1, 2, 4];
@@ -113,7 +113,7 @@ type History = VecDeque<HashSet<u32>>;
 /// Replays one layer's decode steps under one GQA policy, for every k.
 fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> {
     let (nq, d, nkv) = (layer.q.shape[1], layer.q.shape[2], layer.k.shape[1]);
-    let n = a.max_pos.map_or(layer.q.shape[0], |m| layer.q.shape[0].min(m + 1));
+    let n = replay_len(a, layer);
     let cfg = config(a, layer, policy);
     let mut index = Index::new(cfg.clone())?;
     let mut sums = vec![ReuseSums::default(); a.ks.len()];
