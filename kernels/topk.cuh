@@ -154,14 +154,8 @@ __device__ void pk_select_held(pk_select & S) {
 // tag and appended to the unit's rows once per unit (one atomic on the row count per warp)
 __device__ __forceinline__ void pk_take_round(pk_unit_state & s, unsigned int * mark, int * rows, bool chosen,
                                               unsigned long long key) {
-    const int lane = threadIdx.x % 32;
     const int c = (int) (key & 0xFFFFFFFFull);
-    const bool fresh = chosen && atomicExch(&mark[c], s.tag) != s.tag;
-    const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, fresh);
-    int slot = 0;
-    if (lane == 0 && ballot) slot = atomicAdd(&s.n_rows, __popc(ballot));
-    slot = __shfl_sync(0xFFFFFFFFu, slot, 0) + __popc(ballot & ((1u << lane) - 1));
-    if (fresh) rows[slot] = c;
+    pk_append(chosen && atomicExch(&mark[c], s.tag) != s.tag, c, &s.n_rows, rows);
 }
 
 // the held keys still wanted settled and taken (after a pass that held the boundary bin)
