@@ -73,9 +73,6 @@ __device__ __forceinline__ void pk_block_extremes_flush(const pk_block_extremes 
     }
 }
 
-#define PK_CHUNK_ROUNDS (PK_CHUNK / PK_CHUNK_THREADS)
-static_assert(PK_CHUNK_ROUNDS <= 32, "a thread's rounds are bits of a word");
-
 // One pass over a chunk of cells for all heads of the unit: each cell is in the union when
 // any head chose it (pk_for_candidates' rule, every head's tie rank kept); union cells are
 // appended to retrieval 0's list (in no particular order: the list is ranked by key), with

@@ -113,14 +113,9 @@ __device__ __forceinline__ int pk_n_chunks(const pk_step_args & a) {
     return a.n > PK_CHUNK ? (a.n + PK_CHUNK - 1) / PK_CHUNK : 1;
 }
 
-// f(c) for every cell c of this block's chunks in a strided cell pass
-template <typename F>
-__device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, F f) {
-    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
-        const int c1 = min(a.n, (chunk + 1) * PK_CHUNK);
-        for (int c = chunk * PK_CHUNK + threadIdx.x; c < c1; c += blockDim.x) f(c);
-    }
-}
+// Cells a thread takes of a chunk, in a pass of PK_CHUNK_THREADS threads a block.
+#define PK_CHUNK_ROUNDS (PK_CHUNK / PK_CHUNK_THREADS)
+static_assert(PK_CHUNK_ROUNDS <= 32, "a thread's rounds are bits of a word");
 
 // a unit's PK_DONE_SLOTS counters of finished blocks: one per collision batch
 static_assert(PK_DONE_SLOTS >= PK_MAX_GROUP, "a counter per batch");
@@ -196,6 +191,31 @@ __device__ __forceinline__ float pk_mask_of(const pk_step_args & a, int u, int c
 }
 __device__ __forceinline__ int pk_pos_of(const pk_step_args & a, int u, int c) {
     return ((const int *) (a.pos + (u / a.L.n_h) * a.L.pos_a))[c];
+}
+
+// f(c, mask, pos) for every cell c of this block's chunks in a strided cell pass of
+// PK_CHUNK_THREADS threads a block, with unit u's mask value and position of the cell: a
+// thread's PK_CHUNK_ROUNDS cells of a chunk are loaded first, all in flight together, then
+// taken in order (one cell's loads after another's, behind the stores f makes, wait on
+// memory PK_CHUNK_ROUNDS times as long)
+template <typename F>
+__device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, int u, F f) {
+    for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
+        const int c0 = chunk * PK_CHUNK + threadIdx.x;
+        float mask[PK_CHUNK_ROUNDS];
+        int pos[PK_CHUNK_ROUNDS];
+#pragma unroll
+        for (int r = 0; r < PK_CHUNK_ROUNDS; ++r) {
+            const int c = c0 + r * PK_CHUNK_THREADS;
+            mask[r] = c < a.n ? pk_mask_of(a, u, c) : -INFINITY;
+            pos[r] = c < a.n ? pk_pos_of(a, u, c) : 0;
+        }
+#pragma unroll
+        for (int r = 0; r < PK_CHUNK_ROUNDS; ++r) {
+            const int c = c0 + r * PK_CHUNK_THREADS;
+            if (c < a.n) f(c, mask[r], pos[r]);
+        }
+    }
 }
 
 __device__ __forceinline__ void pk_ratios(const pk_step_args & a, int n_zone, double & cand, double & coll) {

@@ -52,11 +52,10 @@ extern "C" __global__ void pk_visibility(pk_step_args a) {
     const int u = blockIdx.z;
     const unsigned char * counted = a.kept ? pk_counted_of(a, u) : nullptr;
     int lo = 0x7FFFFFFF, hi = -0x7FFFFFFF - 1, count = 0, n_counted = 0, n_uncounted = 0;
-    pk_for_block_cells(a, [&](int c) {
+    pk_for_block_cells(a, u, [&](int c, float mask, int p) {
         const bool is_counted = counted && counted[c];
         n_counted += is_counted;
-        if (pk_mask_of(a, u, c) > -INFINITY) {
-            const int p = pk_pos_of(a, u, c);
+        if (mask > -INFINITY) {
             lo = min(lo, p);
             hi = max(hi, p);
             count++;
@@ -134,12 +133,9 @@ extern "C" __global__ void pk_classify(pk_step_args a) {
     unsigned char * klass = a.klass + (long long) u * a.n;
     int * rows = a.rows + (long long) u * a.n;
     int zone = 0;
-    pk_for_block_cells(a, [&](int c) {
+    pk_for_block_cells(a, u, [&](int c, float mask, int p) {
         unsigned char k = PK_HIDDEN;
-        if (pk_mask_of(a, u, c) > -INFINITY) {
-            const long long p = pk_pos_of(a, u, c);
-            k = (p < sink_end || p > window_start) ? PK_FIXED : PK_ZONE;
-        }
+        if (mask > -INFINITY) k = (p < sink_end || p > window_start) ? PK_FIXED : PK_ZONE;
         klass[c] = k;
         // the warp's fixed cells with one atomic (the lanes here: a chunk's tail diverges)
         pk_append(k == PK_FIXED, c, &s.n_rows, rows, __activemask());
