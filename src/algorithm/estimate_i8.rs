@@ -91,6 +91,54 @@ pub fn estimate_i8(q: &QueryI8, nibbles: &[u8], weights: &[f16]) -> f32 {
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
+/// `estimate_i8` with AVX2 (and F16C for the weights), for a whole number of groups of 8
+/// blocks: codes expanded to int8 levels by a byte shuffle, the level's sign moved onto the
+/// query (`sign`), `maddubs` and `madd` to a block's integer dot, then the f32 terms and
+/// sums in the oracle's order. Bitwise equal to `estimate_i8` (tested).
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; `nibbles`, `weights` and `q` must hold `n_blocks`
+/// blocks (a multiple of 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn estimate_i8_avx2(q: &QueryI8, nibbles: &[u8], weights: &[f16], n_blocks: usize) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(n_blocks.is_multiple_of(8));
+    debug_assert!(
+        nibbles.len() >= n_blocks * BLOCK / 2 && weights.len() >= n_blocks && q.q.len() >= n_blocks * BLOCK
+    );
+    let signed: [i8; 16] = std::array::from_fn(|c| nibble_value_i8(c as u8) as i8);
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(signed.as_ptr() as *const __m128i));
+    let low4 = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    // the integer dots of blocks 4g..4g+3, as [b0 b0 b1 b1 | b2 b2 b3 b3] halves (i32)
+    let quad = |g: usize| {
+        let x = _mm_loadu_si128(nibbles.as_ptr().add(16 * g) as *const __m128i);
+        let lo = _mm_and_si128(x, low4);
+        let hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4);
+        let codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+        let levels = _mm256_shuffle_epi8(table, codes);
+        let qv = _mm256_loadu_si256(q.q.as_ptr().add(32 * g) as *const __m256i);
+        let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(levels), _mm256_sign_epi8(qv, levels));
+        _mm256_madd_epi16(pairs, ones)
+    };
+    let mut acc = _mm_setzero_ps();
+    for e in 0..n_blocks / 8 {
+        // blocks 8e..8e+7 in order: hadd gives [0 1 4 5 | 2 3 6 7]
+        let dots = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(quad(2 * e), quad(2 * e + 1)), order);
+        let factor = _mm256_loadu_ps(q.factor.as_ptr().add(8 * e));
+        let w = _mm256_cvtph_ps(_mm_loadu_si128(weights.as_ptr().add(8 * e) as *const __m128i));
+        let terms = _mm256_mul_ps(w, _mm256_mul_ps(factor, _mm256_cvtepi32_ps(dots)));
+        // block b into accumulator b mod 4, in block order
+        acc = _mm_add_ps(acc, _mm256_castps256_ps128(terms));
+        acc = _mm_add_ps(acc, _mm256_extractf128_ps(terms, 1));
+    }
+    let mut a = [0.0f32; 4];
+    _mm_storeu_ps(a.as_mut_ptr(), acc);
+    (a[0] + a[1]) + (a[2] + a[3])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +171,38 @@ mod tests {
         assert_eq!((q.q.clone(), q.factor.clone()), (vec![0; 8], vec![0.0]));
         q.set(&[1.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert!(q.factor[0].is_nan());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernel_equals_the_oracle_bit_for_bit() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")) {
+            eprintln!("no AVX2/F16C: the kernel is not checked on this CPU");
+            return;
+        }
+        let mut rng = Rng::new(17);
+        for d in [64usize, 128, 256, 512] {
+            let shape = Shape::new(d).unwrap();
+            let nb = shape.n_blocks;
+            let n = 300;
+            // random codes and weights (every nibble value, weights of both signs and zero)
+            let nibbles: Vec<u8> = (0..n * nb * BLOCK / 2).map(|_| (rng.next_u64() & 255) as u8).collect();
+            let weights: Vec<f16> = (0..n * nb)
+                .map(|i| if i % 97 == 0 { f16::ZERO } else { f16::from_f32(2.0 * rng.normal()) })
+                .collect();
+            let mut q_rot: Vec<f32> = (0..shape.padded_dim).map(|_| rng.normal()).collect();
+            q_rot[..BLOCK].fill(0.0); // an all-zero block
+            let mut qi = QueryI8::default();
+            qi.set(&q_rot);
+            for cell in 0..n {
+                let nib = &nibbles[cell * nb * BLOCK / 2..][..nb * BLOCK / 2];
+                let w = &weights[cell * nb..][..nb];
+                let want = estimate_i8(&qi, nib, w);
+                // SAFETY: AVX2 and F16C detected above; the slices hold nb blocks.
+                let got = unsafe { estimate_i8_avx2(&qi, nib, w, nb) };
+                assert_eq!(got.to_bits(), want.to_bits(), "d={d} cell {cell}: {got} vs {want}");
+            }
+        }
     }
 
     #[test]
