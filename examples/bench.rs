@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use pariskv::algorithm::attention::{attend, AttnScratch};
-use pariskv::algorithm::encode::{encode_rows, estimator_lut, CodeStore, EncodeScratch};
+use pariskv::algorithm::encode::{encode_rows, CodeStore, EncodeScratch};
 use pariskv::algorithm::gqa::GqaPolicy;
 use pariskv::algorithm::rotation::Rotation;
 use pariskv::algorithm::search::{
@@ -89,8 +89,8 @@ fn bench(n: usize) {
     let t_cand = time(reps, || {
         candidates(&shape, &s.counts, zone.start, m, &mut s.count_hist, &mut s.candidates);
     });
-    estimator_lut(&q_rot, &mut s.lut);
-    let t_rerank = time(reps, || rerank(&shape, &codes, &s.lut, &s.candidates, cfg.top_k, &mut s.top));
+    s.query.set(&q_rot);
+    let t_rerank = time(reps, || rerank(&shape, &codes, &s.query, &s.candidates, cfg.top_k, &mut s.top));
 
     // End to end through the index handle, against dense attention over all N: the
     // paper's group-mean retrieval, then one retrieval per query head (the default).

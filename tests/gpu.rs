@@ -235,7 +235,7 @@ fn encode_keeps_the_histogram() {
 mod step {
     use super::*;
     use pariskv::algorithm::attention::{attend, AttnParams, AttnScratch};
-    use pariskv::algorithm::encode::estimator_lut;
+    use pariskv::algorithm::estimate::QueryI8;
     use pariskv::algorithm::gqa::{select_group, GqaPolicy, GroupScratch, Refine};
     use pariskv::algorithm::search::{
         candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets,
@@ -566,10 +566,10 @@ mod step {
                 let m = candidate_count(n_zone, ratios.cand, shortlist);
                 let (mut ch, mut cand) = (Vec::new(), Vec::new());
                 let cutoff = candidates(&shape, &counts, 0, m, &mut ch, &mut cand);
-                let mut lut = Vec::new();
-                estimator_lut(&q_rot, &mut lut);
+                let mut qi = QueryI8::default();
+                qi.set(&q_rot);
                 let mut top = Vec::new();
-                rerank(&shape, &store.as_ref(), &lut, &cand, shortlist, &mut top);
+                rerank(&shape, &store.as_ref(), &qi, &cand, shortlist, &mut top);
                 let listed: BTreeSet<u32> = top.iter().map(|&(_, x)| x).collect();
                 if refining {
                     let mut mean = Vec::new();

@@ -6,13 +6,12 @@
 //! paper's weight ||k|| r_b / alpha_b equals ||y_b|| / alpha_b.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
-use crate::algorithm::codebook::{magnitude_index, nibble, nibble_value, sign_code, LEVELS};
+use crate::algorithm::codebook::{magnitude_index, nibble, sign_code, LEVELS};
 use crate::algorithm::rotation::Rotation;
 use crate::error::{try_reserve, Error, Result};
 use crate::rows::Rows;
-use crate::shape::{Shape, BLOCK, MAX_HEAD_DIM};
+use crate::shape::{Shape, BLOCK};
 
 /// Encoded keys of one KV head, read-only: `n` cells of codes, 4-bit codes and weights.
 #[derive(Clone, Copy, Debug)]
@@ -204,53 +203,11 @@ pub fn encode_rows(
     Ok(())
 }
 
-/// Per-query lookup table of the 4-bit estimator: `lut[j * 16 + code]` is the
-/// reconstruction value of `code` times rotated query coordinate j. 16 entries per
-/// coordinate (8 KiB at d = 128) so that it stays in L1 while candidates stream past.
-pub fn estimator_lut(q_rot: &[f32], lut: &mut Vec<f32>) {
-    lut.clear();
-    for &q in q_rot {
-        lut.extend((0u8..16).map(|code| nibble_value(code) * q));
-    }
-}
-
-/// <v_b, q_b> of one block: its 4 packed bytes looked up in the block's 128 LUT entries.
-#[inline(always)]
-fn block_dot(t: &[f32], bytes: &[u8]) -> f32 {
-    let at = |j: usize, code: u8| t[j * 16 + code as usize];
-    let pair = |i: usize| at(2 * i, bytes[i] & 15) + at(2 * i + 1, bytes[i] >> 4);
-    (pair(0) + pair(1)) + (pair(2) + pair(3))
-}
-
-/// The 4-bit estimate of <k, q> for one cell: sum_b w_b <v_b, (R q)_b>. Blocks are taken
-/// four at a time into four independent sums, so that lookups and additions overlap
-/// instead of forming one long dependency chain.
-#[inline]
-pub fn estimate(lut: &[f32], nibbles: &[u8], weights: &[f16]) -> f32 {
-    const BYTES: usize = BLOCK / 2;
-    const TABLE: usize = BLOCK * 16;
-    // One converting call for all weights: f16 -> f32 one by one dispatches per value.
-    let mut w = [0.0f32; MAX_HEAD_DIM / BLOCK];
-    let w = &mut w[..weights.len()];
-    weights.convert_to_f32_slice(w);
-    let mut acc = [0.0f32; 4];
-    let quads = nibbles.chunks_exact(4 * BYTES).zip(w.chunks_exact(4)).zip(lut.chunks_exact(4 * TABLE));
-    for ((bytes, w), t) in quads {
-        for i in 0..4 {
-            acc[i] += w[i] * block_dot(&t[i * TABLE..][..TABLE], &bytes[i * BYTES..][..BYTES]);
-        }
-    }
-    // Head dims below 32 have fewer than four blocks.
-    let done = nibbles.len() / (4 * BYTES) * 4;
-    for b in done..w.len() {
-        acc[b % 4] += w[b] * block_dot(&lut[b * TABLE..][..TABLE], &nibbles[b * BYTES..][..BYTES]);
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithm::codebook::nibble_value;
+    use crate::algorithm::estimate::{estimate, QueryI8};
     use crate::eval::synth::Rng;
     use crate::rows::RowData;
 
@@ -302,13 +259,13 @@ mod tests {
         let q: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
         let mut q_rot = vec![0.0; d];
         rot.apply(&q, &mut q_rot);
-        let mut lut = Vec::new();
-        estimator_lut(&q_rot, &mut lut);
+        let mut qi = QueryI8::default();
+        qi.set(&q_rot);
         for _ in 0..2000 {
             let key: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
             let store = encode_one(&rot, &key);
             exact.push(key.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>());
-            approx.push(estimate(&lut, &store.nibbles, &store.weights));
+            approx.push(estimate(&qi, &store.nibbles, &store.weights));
         }
         let corr = crate::eval::synth::correlation(&exact, &approx);
         let rms_err = (exact.iter().zip(&approx).map(|(e, a)| (e - a).powi(2)).sum::<f32>()

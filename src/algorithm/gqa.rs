@@ -22,7 +22,8 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use crate::algorithm::attention::{dot, AttnParams};
-use crate::algorithm::encode::{estimate, Codes};
+use crate::algorithm::encode::Codes;
+use crate::algorithm::estimate::{estimate, QueryI8};
 use crate::algorithm::portable::{exp_nonpositive, from_fixed, to_fixed};
 use crate::algorithm::rank::top_k_in_place;
 use crate::algorithm::rotation::Rotation;
@@ -78,7 +79,7 @@ pub struct GroupScratch {
     score: Vec<f32>,
     touched: Vec<u32>,
     pool: Vec<(f32, u32)>,
-    luts: Vec<Vec<f32>>,
+    queries: Vec<QueryI8>,
     /// Candidate cells of every retrieval of the last call (for measuring the coarse stage).
     pub candidates: Vec<u32>,
 }
@@ -221,9 +222,10 @@ fn select_group_rows<F: Fn(usize) -> bool>(
     };
     let refining = p.refine.factor > 1;
     let shortlist = if refining { p.k.saturating_mul(p.refine.factor) } else { p.k };
-    // 1. every head's candidates (the coarse stage), their union, and every head's table
+    // 1. every head's candidates (the coarse stage), their union, and every head's query in
+    //    the estimate's form
     scratch.candidates.clear();
-    scratch.luts.resize_with(g, Vec::new);
+    scratch.queries.resize_with(g, QueryI8::default);
     let mut total = SearchStats::default();
     for (h, q) in heads.iter().enumerate() {
         scratch.q_rot.resize(shape.padded_dim, 0.0);
@@ -239,7 +241,7 @@ fn select_group_rows<F: Fn(usize) -> bool>(
             k: shortlist,
         };
         let st = select_candidates(&sel, &mut scratch.search)?;
-        std::mem::swap(&mut scratch.luts[h], &mut scratch.search.lut);
+        std::mem::swap(&mut scratch.queries[h], &mut scratch.search.query);
         scratch.candidates.extend_from_slice(&scratch.search.candidates);
         total = st;
     }
@@ -255,7 +257,7 @@ fn select_group_rows<F: Fn(usize) -> bool>(
         let nibbles = p.codes.cell_nibbles(&shape, c as usize);
         let weights = p.codes.cell_weights(&shape, c as usize);
         for h in 0..g {
-            let logit = p.refine.attn.selection_logit(estimate(&scratch.luts[h], nibbles, weights));
+            let logit = p.refine.attn.selection_logit(estimate(&scratch.queries[h], nibbles, weights));
             scratch.scored[h].push((logit, c));
         }
     }

@@ -7,7 +7,7 @@ pub mod attention;
 pub mod center;
 pub mod codebook;
 pub mod encode;
-pub mod estimate_i8;
+pub mod estimate;
 pub mod gqa;
 pub mod portable;
 pub mod prefetch;

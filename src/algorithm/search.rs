@@ -6,7 +6,8 @@
 use std::ops::Range;
 
 use crate::algorithm::codebook::{centroid_order, centroid_scores};
-use crate::algorithm::encode::{estimate, estimator_lut, Codes};
+use crate::algorithm::encode::Codes;
+use crate::algorithm::estimate::{estimate, QueryI8};
 use crate::algorithm::prefetch;
 use crate::algorithm::rank::top_k_in_place;
 use crate::constants::{REFERENCE_RATIOS, TUNED_RATIOS};
@@ -236,7 +237,7 @@ pub fn candidates(
 }
 
 /// Scores `cands` with the 4-bit estimator and keeps the best `k` in rank order.
-pub fn rerank(shape: &Shape, codes: &Codes, lut: &[f32], cands: &[u32], k: usize, out: &mut Vec<(f32, u32)>) {
+pub fn rerank(shape: &Shape, codes: &Codes, q: &QueryI8, cands: &[u32], k: usize, out: &mut Vec<(f32, u32)>) {
     out.clear();
     for (i, &cell) in cands.iter().enumerate() {
         if let Some(&ahead) = cands.get(i + prefetch::DISTANCE) {
@@ -244,7 +245,7 @@ pub fn rerank(shape: &Shape, codes: &Codes, lut: &[f32], cands: &[u32], k: usize
             prefetch::prefetch(codes.cell_weights(shape, ahead as usize));
         }
         let cell = cell as usize;
-        let score = estimate(lut, codes.cell_nibbles(shape, cell), codes.cell_weights(shape, cell));
+        let score = estimate(q, codes.cell_nibbles(shape, cell), codes.cell_weights(shape, cell));
         out.push((score, cell as u32));
     }
     top_k_in_place(out, k);
@@ -295,7 +296,8 @@ pub struct SearchScratch {
     pub levels: Vec<u8>,
     pub counts: Vec<u16>,
     pub count_hist: Vec<u32>,
-    pub lut: Vec<f32>,
+    /// The rotated query of the last selection in the estimate's form.
+    pub query: QueryI8,
     /// Candidate cells of the last selection, in cell order.
     pub candidates: Vec<u32>,
     /// Top-k of the last selection: (estimated score, cell), best first.
@@ -323,12 +325,12 @@ pub fn select_top_k<F: Fn(usize) -> bool>(
     scratch: &mut SearchScratch,
 ) -> Result<SearchStats> {
     let stats = select_candidates(sel, scratch)?;
-    rerank(&sel.shape, &sel.codes, &scratch.lut, &scratch.candidates, sel.k, &mut scratch.top);
+    rerank(&sel.shape, &sel.codes, &scratch.query, &scratch.candidates, sel.k, &mut scratch.top);
     Ok(stats)
 }
 
 /// The coarse stage of `select_top_k`: the candidates into `scratch.candidates` and the
-/// query's estimator table into `scratch.lut`, without the rerank.
+/// query in the estimate's form into `scratch.query`, without the rerank.
 pub fn select_candidates<F: Fn(usize) -> bool>(
     sel: &Selection<F>,
     scratch: &mut SearchScratch,
@@ -374,7 +376,7 @@ pub fn select_candidates<F: Fn(usize) -> bool>(
         &mut scratch.count_hist,
         &mut scratch.candidates,
     );
-    estimator_lut(sel.q_rot, &mut scratch.lut);
+    scratch.query.set(sel.q_rot);
     Ok(SearchStats {
         n_zone,
         n_candidates: scratch.candidates.len(),
