@@ -286,6 +286,12 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_DONE_SLOTS {GPU_DONE_SLOTS}").unwrap();
     writeln!(h, "#define PK_GROUP_HEAD_BATCH {GPU_GROUP_HEAD_BATCH}").unwrap();
     writeln!(h, "__constant__ const float PK_LEVELS[{N_LEVELS}] = {{{}}};", list(&LEVELS)).unwrap();
+    // the int8 magnitudes, 4 to a word (byte i of word w: level 4w + i), for __byte_perm
+    const _: () = assert!(N_LEVELS == 8);
+    let word = |w: usize| (0..4).map(|i| (LEVELS_I8[4 * w + i] as u8 as u32) << (8 * i)).sum::<u32>();
+    writeln!(h, "#define PK_LEVELS_I8_LO {:#010x}u", word(0)).unwrap();
+    writeln!(h, "#define PK_LEVELS_I8_HI {:#010x}u", word(1)).unwrap();
+    writeln!(h, "#define PK_LEVEL_SCALE {LEVEL_SCALE:?}f").unwrap();
     writeln!(h, "__constant__ const float PK_THRESHOLDS[{}] = {{{}}};", N_LEVELS - 1, list(&THRESHOLDS))
         .unwrap();
     writeln!(h, "#define PK_EXP_LOG2E {EXP_LOG2E:?}f").unwrap();

@@ -144,22 +144,19 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
     }
 }
 
-// Every union cell estimated for every head as a logit (each head's sums in pk_estimate's
-// order), its codes read once per batch of `hb` heads; the heads' maxima and +inf counts.
-// A thread per list entry, the grid striding over the list, so that every lane works. A
-// table entry lut[j][code] is ±level * q[j] (pk_build_lut); it is computed here from the 16
-// signed levels (distinct banks, no conflicts) and q[j] (the same word for the whole warp),
-// the same product to the bit, instead of looked up in tables of dp * 16 floats whose random
-// reads conflict on the banks. grid (blocks, 1, units), PK_CHUNK_THREADS threads, dynamic
-// shared memory hb * dp floats (the heads' rotated queries)
+// Every union cell estimated for every head as a logit (pk_estimate's integers and sums),
+// its codes read once per batch of `hb` heads and their signed int8 levels expanded once
+// for the batch; the heads' maxima and +inf counts. A thread per list entry, the grid
+// striding over the list, so that every lane works. grid (blocks, 1, units),
+// PK_CHUNK_THREADS threads, dynamic shared memory hb queries in the estimate's form (the
+// heads' int8 coordinates, then their factors: group_estimate_smem)
 // groups of four blocks whose codes and weights a thread loads before using them
 #define PK_ESTIMATE_GROUPS 4
 
 // HB: the most heads a thread holds sums and extremes for (the registers it needs); hb <= HB
 template <int HB>
 __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, int hb) {
-    extern __shared__ float pk_group_q[];
-    __shared__ float signed_level[16];
+    extern __shared__ int2 pk_group_q[];
     const int u = blockIdx.z, g = a.n_ret, lane = threadIdx.x % 32;
     const int n_list = pk_ret(a, u, 0).n_cand;
     if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
@@ -170,12 +167,14 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
     const bool wide = (unsigned long long) nibbles % 16 == 0 && (a.dp / 2) % 16 == 0 &&
                       (unsigned long long) weights % 8 == 0 && a.nb % 4 == 0;
     __shared__ pk_block_extremes B;
-    if (threadIdx.x < 16) signed_level[threadIdx.x] = (threadIdx.x & 8) ? PK_LEVELS[threadIdx.x & 7] : -PK_LEVELS[threadIdx.x & 7];
-    float * qs = pk_group_q;
+    signed char * qs = (signed char *) pk_group_q;
+    float * fs = (float *) (qs + hb * a.dp);
     for (int h0 = 0; h0 < g; h0 += hb) {
         const int nh = min(hb, g - h0);
         __syncthreads(); // the previous batch's queries and extremes are no longer read
-        for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_rot[((long long) u * g + h0) * a.dp + i];
+        const long long ur0 = (long long) u * g + h0;
+        for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_i8[ur0 * a.dp + i];
+        for (int i = threadIdx.x; i < nh * a.nb; i += blockDim.x) fs[i] = a.q_factor[ur0 * a.nb + i];
         pk_block_extremes_clear(B);
         __syncthreads();
         pk_extremes ext[HB];
@@ -225,24 +224,15 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
                             const unsigned int by4 = bb == 0 ? codes4[s].x : bb == 1 ? codes4[s].y : bb == 2 ? codes4[s].z : codes4[s].w;
                             const unsigned int wpair = bb < 2 ? w4[s].x : w4[s].y;
                             const float wb = __half2float(__ushort_as_half((unsigned short) (wpair >> (16 * (bb % 2)))));
-                            float lo[4], hi[4]; // the signed levels of dims 8b + 2i and 8b + 2i + 1
-#pragma unroll
-                            for (int k = 0; k < 4; ++k) {
-                                const unsigned int by = by4 >> (8 * k) & 255;
-                                lo[k] = signed_level[by & 15];
-                                hi[k] = signed_level[by >> 4];
-                            }
+                            // the block's signed levels, coordinates 0-3 and 4-7, for every head
+                            const int lv_lo = pk_signed_levels(by4 & 0xFFFFu), lv_hi = pk_signed_levels(by4 >> 16);
 #pragma unroll
                             for (int j = 0; j < HB; ++j) {
                                 if (j >= nh) break;
-                                const float4 qa = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK);
-                                const float4 qb = *(const float4 *) (qs + j * a.dp + b * PK_BLOCK + 4);
-                                const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
-                                float pair[4];
-#pragma unroll
-                                for (int k = 0; k < 4; ++k) pair[k] = __fadd_rn(__fmul_rn(lo[k], qv[2 * k]), __fmul_rn(hi[k], qv[2 * k + 1]));
-                                const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
-                                acc[j][bb] = __fadd_rn(acc[j][bb], __fmul_rn(wb, dot));
+                                const int2 q = *(const int2 *) (qs + j * a.dp + b * PK_BLOCK);
+                                const int dot = __dp4a(lv_lo, q.x, __dp4a(lv_hi, q.y, 0));
+                                const float term = __fmul_rn(wb, __fmul_rn(fs[j * a.nb + b], __int2float_rn(dot)));
+                                acc[j][bb] = __fadd_rn(acc[j][bb], term);
                             }
                         }
                     }

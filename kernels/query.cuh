@@ -1,6 +1,7 @@
 // Stage 2 of a step: the retrieval queries rotated, and each centroid's tier level.
 #pragma once
 
+#include "estimate.cuh"
 #include "step.cuh"
 
 // coordinate j of the mean of query heads h0..h1 of a unit (at q0, q_stride bytes apart),
@@ -16,8 +17,9 @@ __device__ __forceinline__ float pk_head_mean(const char * q0, long long q_strid
 // (blocks, retrievals, units), PK_N_CENTROIDS threads, dynamic shared memory dp floats.
 // Warp 0 rotates retrieval r of unit u (query head r, or the mean of the group's heads:
 // pk_head_mean) with the Walsh-Hadamard butterflies of rotation::fwht; block b writes code
-// block b of it to q_rot for the later stages. Thread c scores centroid c (its sign pattern
-// against the block's 8 coordinates); the block sorts the 256 centroids by key (pk_key:
+// block b of it, rounded to int8 (pk_round_query_block), to q_i8 and q_factor for the
+// estimates. Thread c scores centroid c (its sign pattern against the block's 8
+// coordinates); the block sorts the 256 centroids by key (pk_key:
 // higher score first, NaN as -inf, -0 == +0, ties by lower index, as rank::rank_order) with
 // a bitonic sort, one centroid a thread, and an exclusive scan of their zone cells in that
 // order gives each centroid the cells of those before it (integers: the same sum as the
@@ -44,7 +46,12 @@ extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * sign
         pk_fwht_warp(y, dp, c);
         for (int j = c; j < dp; j += 32) y[j] = __fmul_rn(y[j], scale);
         __syncwarp();
-        if (c < PK_BLOCK) a.q_rot[((long long) u * a.n_ret + r) * dp + b * PK_BLOCK + c] = y[b * PK_BLOCK + c];
+        if (c < PK_BLOCK) {
+            const long long ur = (long long) u * a.n_ret + r;
+            float factor;
+            a.q_i8[ur * dp + b * PK_BLOCK + c] = pk_round_query_block(y + b * PK_BLOCK, c, &factor);
+            if (c == 0) a.q_factor[ur * a.nb + b] = factor;
+        }
     }
     if (c == 0) {
         const int n_zone = pk_unit(a, u).n_zone;

@@ -2,39 +2,14 @@
 // estimator (group.cuh is the group policy's).
 #pragma once
 
+#include "estimate.cuh"
 #include "step.cuh"
 
-// the 4-bit estimate of <q, key> for one cell from the retrieval's table `lut` (dp*16
-// floats), summed exactly as encode::estimate
-__device__ __forceinline__ float pk_estimate(const float * lut, const unsigned char * nib, const __half * w, int nb) {
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    // blocks four at a time, so that acc[b % 4] is a register
-    for (int b0 = 0; b0 < nb; b0 += 4) {
-#pragma unroll
-        for (int bb = 0; bb < 4; ++bb) {
-            const int b = b0 + bb;
-            if (b >= nb) break;
-            const float * t = lut + b * PK_BLOCK * 16;
-            const unsigned char * by = nib + b * 4;
-            float pair[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                pair[i] = __fadd_rn(t[(2 * i) * 16 + (by[i] & 15)], t[(2 * i + 1) * 16 + (by[i] >> 4)]);
-            }
-            const float dot = __fadd_rn(__fadd_rn(pair[0], pair[1]), __fadd_rn(pair[2], pair[3]));
-            acc[bb] = __fadd_rn(acc[bb], __fmul_rn(__half2float(w[b]), dot));
-        }
-    }
-    return __fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3]));
-}
-
-// the estimator table of rotated query q (dp floats) into lut (dp*16 floats), by the block
-__device__ __forceinline__ void pk_build_lut(float * lut, const float * q, int dp) {
-    for (int i = threadIdx.x; i < dp * 16; i += blockDim.x) {
-        const int j = i / 16, code = i % 16;
-        const float level = PK_LEVELS[code & 7];
-        lut[i] = __fmul_rn((code & 8) ? level : -level, q[j]);
-    }
+// the rotated query of retrieval ur in int8 and its factors into shared memory (qi: dp
+// bytes, factor: nb floats), by the block
+__device__ __forceinline__ void pk_load_query_i8(const pk_step_args & a, long long ur, signed char * qi, float * factor) {
+    for (int i = threadIdx.x; i < a.dp; i += blockDim.x) qi[i] = a.q_i8[ur * a.dp + i];
+    for (int i = threadIdx.x; i < a.nb; i += blockDim.x) factor[i] = a.q_factor[ur * a.nb + i];
 }
 
 // Walks this block's chunk of cells for retrieval r of unit u, PK_CHUNK_THREADS cells a
@@ -74,13 +49,15 @@ __device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u,
 
 // every retrieval's candidates scored with the 4-bit estimator (pk_estimate) and appended
 // (key) to its list; grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic
-// smem dp*16 floats
+// smem dp bytes then nb floats (pk_load_query_i8; dp is a multiple of 8)
 extern "C" __global__ void pk_select_rerank(pk_step_args a) {
-    extern __shared__ float pk_lut[];
+    extern __shared__ int2 pk_rerank_query[];
     __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
     __shared__ int base;
     const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
-    pk_build_lut(pk_lut, a.q_rot + (long long) ur * a.dp, a.dp);
+    signed char * qi = (signed char *) pk_rerank_query;
+    float * factor = (float *) (qi + a.dp);
+    pk_load_query_i8(a, ur, qi, factor);
     pk_retrieval & x = pk_ret(a, u, r);
     unsigned long long * cand = a.cand + (long long) ur * a.n;
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
@@ -89,7 +66,7 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
         const bool emit = chosen && x.k > 0;
         unsigned long long key = 0;
         if (emit) {
-            key = pk_key(pk_estimate(pk_lut, nibbles + (long long) c * (a.dp / 2), weights + (long long) c * a.nb, a.nb), c);
+            key = pk_key(pk_estimate(qi, factor, nibbles + (long long) c * (a.dp / 2), weights + (long long) c * a.nb, a.nb), c);
         }
         pk_append(emit, key, &x.n_cand, cand);
     });

@@ -84,7 +84,8 @@ struct pk_step_args {
     const unsigned char * counted; // its flags, one a cell (1: the cell's codes are in it)
     unsigned char * klass;      // [units][n]
     unsigned int * hist;        // [units][nb][256]: the zone's
-    float * q_rot;              // [units][n_ret][dp]
+    signed char * q_i8;         // [units][n_ret][dp]: the rotated queries in int8 (estimate.cuh)
+    float * q_factor;           // [units][n_ret][nb]: their blocks' factors
     unsigned char * levels;     // [units][n_ret][nb][256]
     unsigned short * counts;    // [units][n_ret][n]
     unsigned int * count_hist;  // [units][n_ret][max_collisions + 1]

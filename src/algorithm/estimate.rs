@@ -133,7 +133,8 @@ mod tests {
             let byte = nibbles[j / 2];
             nibble_value(if j % 2 == 0 { byte & 15 } else { byte >> 4 }) as f64
         };
-        let block = |b: usize| (0..BLOCK).map(|i| level(b * BLOCK + i) * q_rot[b * BLOCK + i] as f64).sum::<f64>();
+        let block =
+            |b: usize| (0..BLOCK).map(|i| level(b * BLOCK + i) * q_rot[b * BLOCK + i] as f64).sum::<f64>();
         weights.iter().enumerate().map(|(b, w)| w.to_f64() * block(b)).sum()
     }
 

@@ -162,8 +162,10 @@ mod x86 {
                         let qh = &q.queries[h0 + o];
                         // a quad's integer dots as [b0 b0 b1 b1 | b2 b2 b3 b3] halves
                         let quad = |half: usize| {
-                            let qv = _mm256_loadu_si256(qh.q.as_ptr().add(64 * e + 32 * half) as *const __m256i);
-                            let pairs = _mm256_maddubs_epi16(magnitude[half], _mm256_sign_epi8(qv, levels[half]));
+                            let qv =
+                                _mm256_loadu_si256(qh.q.as_ptr().add(64 * e + 32 * half) as *const __m256i);
+                            let pairs =
+                                _mm256_maddubs_epi16(magnitude[half], _mm256_sign_epi8(qv, levels[half]));
                             _mm256_madd_epi16(pairs, ones)
                         };
                         let dots = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(quad(0), quad(1)), order);

@@ -99,7 +99,15 @@ pub fn collisions_batch(n_ret: usize, n_blocks: usize) -> usize {
     (4 * quads).clamp(1, n_ret.max(1))
 }
 
-pub const SELECT_RERANK: Kernel = Kernel { name: "pk_select_rerank", dynamic_smem: MAX_HEAD_DIM * 16 * 4 };
+/// Shared memory of one rotated query in the estimate's form (kernels/estimate.cuh): its
+/// int8 coordinates, then its blocks' f32 factors.
+pub const fn query_i8_smem(padded_dim: usize) -> usize {
+    padded_dim + padded_dim / BLOCK * 4
+}
+
+/// Dynamic shared memory of pk_select_rerank: the retrieval's query.
+pub const SELECT_RERANK: Kernel =
+    Kernel { name: "pk_select_rerank", dynamic_smem: query_i8_smem(MAX_HEAD_DIM) };
 pub const TOPK: Kernel = k("pk_topk");
 
 /// Bytes between the key rows a warp of the exact rescoring stages: the row (`row_bytes`)
@@ -133,9 +141,9 @@ pub fn group_head_batch(heads: usize) -> usize {
     heads.clamp(1, GPU_GROUP_HEAD_BATCH)
 }
 
-/// Dynamic shared memory of pk_group_estimate: the rotated queries of a batch of heads.
+/// Dynamic shared memory of pk_group_estimate: the queries of a batch of heads.
 pub const fn group_estimate_smem(head_batch: usize, padded_dim: usize) -> usize {
-    head_batch * padded_dim * 4
+    head_batch * query_i8_smem(padded_dim)
 }
 
 pub const GROUP_UNION: Kernel = k("pk_group_union");

@@ -62,7 +62,8 @@ pub struct StepBuffers {
     pub state: DeviceBuffer,
     pub klass: DeviceBuffer,
     pub hist: DeviceBuffer,
-    pub q_rot: DeviceBuffer,
+    pub q_i8: DeviceBuffer,
+    pub q_factor: DeviceBuffer,
     pub levels: DeviceBuffer,
     pub counts: DeviceBuffer,
     pub count_hist: DeviceBuffer,
@@ -159,7 +160,8 @@ impl StepBuffers {
             state: zeroed(u * state_stride(r))?,
             klass: DeviceBuffer::new(u * n)?,
             hist: DeviceBuffer::new(u * nb * N_CENTROIDS * 4)?,
-            q_rot: DeviceBuffer::new(u * r * shape.padded_dim * 4)?,
+            q_i8: DeviceBuffer::new(u * r * shape.padded_dim)?,
+            q_factor: DeviceBuffer::new(u * r * nb * 4)?,
             levels: DeviceBuffer::new(u * r * nb * N_CENTROIDS)?,
             counts: DeviceBuffer::new(u * r * n * 2)?,
             count_hist: DeviceBuffer::new(u * r * (shape.max_collisions() + 1) * 4)?,
@@ -308,7 +310,8 @@ fn search(
         counted: layer.counted,
         klass: buf.klass.ptr,
         hist: buf.hist.ptr,
-        q_rot: buf.q_rot.ptr,
+        q_i8: buf.q_i8.ptr,
+        q_factor: buf.q_factor.ptr,
         levels: buf.levels.ptr,
         counts: buf.counts.ptr,
         count_hist: buf.count_hist.ptr,
@@ -378,7 +381,15 @@ fn search(
     if params.gqa == GqaPolicy::Group {
         group_select(module, params, layer, buf, stream, marks, ap, (n_chunks, n_ret, units))?;
     } else {
-        launch(module, SELECT_RERANK, per_ret, THREADS, (shape.padded_dim * 16 * 4) as u32, stream, &mut p)?;
+        launch(
+            module,
+            SELECT_RERANK,
+            per_ret,
+            THREADS,
+            query_i8_smem(shape.padded_dim) as u32,
+            stream,
+            &mut p,
+        )?;
         marks.mark("candidates + rerank", stream)?;
         // shortlists hold at most refine times a retrieval's share of top-k cells
         let shortlist = params.top_k.div_ceil(n_ret).saturating_mul(params.refine).min(n);
