@@ -131,7 +131,7 @@ mod tests {
     fn estimate_unrounded(q_rot: &[f32], nibbles: &[u8], weights: &[f16]) -> f64 {
         let level = |j: usize| {
             let byte = nibbles[j / 2];
-            nibble_value(if j % 2 == 0 { byte & 15 } else { byte >> 4 }) as f64
+            nibble_value(if j.is_multiple_of(2) { byte & 15 } else { byte >> 4 }) as f64
         };
         let block =
             |b: usize| (0..BLOCK).map(|i| level(b * BLOCK + i) * q_rot[b * BLOCK + i] as f64).sum::<f64>();
