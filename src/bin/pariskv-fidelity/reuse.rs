@@ -7,6 +7,10 @@
 //! steps' rows (reported as a multiple of k). Sink and window rows are not counted (every
 //! step reads them), nor the refine shortlist's rows (the index does not report them), nor
 //! steps whose zone is attended whole.
+//!
+//! Besides the ideal history, a slot table like the one a GPU row cache would keep is
+//! simulated (`SlotCache`): k, 2k and 4k slots per layer and KV head, 4-way set associative,
+//! a miss filling its set's least recently used slot; "cache" is its hit rate.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -19,6 +23,10 @@ use crate::{append_until, config, positions, replay_len, Args, Layer};
 /// The histories compared: the rows of the last m steps.
 const HISTORIES: [usize; 3] = [1, 2, 4];
 const DEEPEST: usize = HISTORIES[HISTORIES.len() - 1];
+/// The slot tables simulated: slots as multiples of k.
+const CAPACITIES: [usize; 3] = [1, 2, 4];
+/// Slots of a set of the slot table.
+const WAYS: usize = 4;
 
 /// Sums of one (layer, policy, k) configuration over the measured steps and KV heads.
 #[derive(Default, Clone)]
@@ -29,6 +37,8 @@ pub struct ReuseSums {
     hits: [f64; HISTORIES.len()],
     /// the last m steps' distinct rows over k, per history
     held: [f64; HISTORIES.len()],
+    /// the share of a step's rows the slot table held, per capacity
+    cached: [f64; CAPACITIES.len()],
 }
 
 impl ReuseSums {
@@ -39,6 +49,9 @@ impl ReuseSums {
             self.hits[i] += o.hits[i];
             self.held[i] += o.held[i];
         }
+        for i in 0..CAPACITIES.len() {
+            self.cached[i] += o.cached[i];
+        }
     }
 
     fn mean(&self, x: f64) -> f64 {
@@ -47,7 +60,7 @@ impl ReuseSums {
 
     pub fn header() {
         println!(
-            "{:>5} {:>9} {:>5} | {:>6} {:>7} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7}",
+            "{:>5} {:>9} {:>5} | {:>6} {:>7} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7}",
             "layer",
             "gqa",
             "k",
@@ -58,14 +71,17 @@ impl ReuseSums {
             "hit(4)",
             "held(1)",
             "held(2)",
-            "held(4)"
+            "held(4)",
+            "c(1k)",
+            "c(2k)",
+            "c(4k)"
         );
     }
 
     fn print_row(&self, layer: &str, policy: GqaPolicy, k: usize) {
         let m = |x: f64| self.mean(x);
         println!(
-            "{layer:>5} {:>9} {k:>5} | {:>6} {:>7.1} | {:>7.3} {:>7.3} {:>7.3} | {:>7.2} {:>7.2} {:>7.2}",
+            "{layer:>5} {:>9} {k:>5} | {:>6} {:>7.1} | {:>7.3} {:>7.3} {:>7.3} | {:>7.2} {:>7.2} {:>7.2} | {:>7.3} {:>7.3} {:>7.3}",
             policy.name(),
             self.n,
             m(self.rows),
@@ -74,23 +90,28 @@ impl ReuseSums {
             m(self.hits[2]),
             m(self.held[0]),
             m(self.held[1]),
-            m(self.held[2])
+            m(self.held[2]),
+            m(self.cached[0]),
+            m(self.cached[1]),
+            m(self.cached[2])
         );
     }
 
     fn json(&self, il: usize, policy: GqaPolicy, k: usize) -> String {
-        let list = |v: &[f64; HISTORIES.len()]| {
-            v.iter().map(|x| format!("{:.6}", self.mean(*x))).collect::<Vec<_>>().join(", ")
-        };
+        let list =
+            |v: &[f64]| v.iter().map(|x| format!("{:.6}", self.mean(*x))).collect::<Vec<_>>().join(", ");
         format!(
             "  {{\"layer\": {il}, \"gqa\": \"{}\", \"k\": {k}, \"steps\": {}, \"rows\": {:.1}, \"histories\": {:?}, \
-             \"hit\": [{}], \"held_over_k\": [{}]}},",
+             \"hit\": [{}], \"held_over_k\": [{}], \"cache_slots_over_k\": {:?}, \"cache_ways\": {WAYS}, \
+             \"cache_hit\": [{}]}},",
             policy.name(),
             self.n,
             self.mean(self.rows),
             HISTORIES,
             list(&self.hits),
-            list(&self.held)
+            list(&self.held),
+            CAPACITIES,
+            list(&self.cached)
         )
     }
 }
@@ -110,6 +131,45 @@ fn steps(a: &Args, n: usize) -> Vec<usize> {
 /// One KV head's recent top-k sets, newest last.
 type History = VecDeque<HashSet<u32>>;
 
+/// A set-associative table of cells, as a GPU row cache would keep one per layer and KV
+/// head: WAYS slots a set, the set from a multiplicative hash of the cell (neighbouring
+/// cells spread over the sets), a miss filling the set's least recently used slot.
+#[derive(Clone)]
+struct SlotCache {
+    tags: Vec<u32>,
+    /// the step that last used each slot (0: empty)
+    used: Vec<u32>,
+}
+
+impl SlotCache {
+    const EMPTY: u32 = u32::MAX;
+
+    fn new(slots: usize) -> SlotCache {
+        let slots = slots.div_ceil(WAYS).max(1) * WAYS;
+        SlotCache { tags: vec![Self::EMPTY; slots], used: vec![0; slots] }
+    }
+
+    fn clear(&mut self) {
+        self.tags.fill(Self::EMPTY);
+        self.used.fill(0);
+    }
+
+    /// Looks `cell` up at `step` (> 0): true on a hit; a miss takes the slot.
+    fn access(&mut self, cell: u32, step: u32) -> bool {
+        let sets = self.tags.len() / WAYS;
+        let set = (((cell as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % sets as u64) as usize;
+        let (tags, used) = (&mut self.tags[set * WAYS..][..WAYS], &mut self.used[set * WAYS..][..WAYS]);
+        if let Some(w) = tags.iter().position(|&t| t == cell) {
+            used[w] = step;
+            return true;
+        }
+        let victim = (0..WAYS).min_by_key(|&w| used[w]).unwrap_or(0);
+        tags[victim] = cell;
+        used[victim] = step;
+        false
+    }
+}
+
 /// Replays one layer's decode steps under one GQA policy, for every k.
 fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> {
     let (nq, d, nkv) = (layer.q.shape[1], layer.q.shape[2], layer.k.shape[1]);
@@ -118,12 +178,17 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
     let mut index = Index::new(cfg.clone())?;
     let mut sums = vec![ReuseSums::default(); a.ks.len()];
     let mut history: Vec<Vec<History>> = vec![vec![History::new(); nkv]; a.ks.len()];
+    let mut caches: Vec<Vec<Vec<SlotCache>>> =
+        a.ks.iter()
+            .map(|&k| vec![CAPACITIES.iter().map(|&c| SlotCache::new(c * k)).collect(); nkv])
+            .collect();
     let (mut appended, mut last) = (0, None);
     let all = steps(a, n);
     for (i, &s) in all.iter().enumerate() {
         if last.is_some_and(|l| l + 1 != s) {
             // a gap since the last step: the history starts again
             history.iter_mut().flatten().for_each(|h| h.clear());
+            caches.iter_mut().flatten().flatten().for_each(SlotCache::clear);
         }
         last = Some(s);
         append_until(a, layer, &mut index, &mut appended, s)?;
@@ -132,13 +197,23 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
         for (ki, &k) in a.ks.iter().enumerate() {
             if zone.len() <= k {
                 history[ki].iter_mut().for_each(|h| h.clear());
+                caches[ki].iter_mut().flatten().for_each(SlotCache::clear);
                 continue;
             }
             let found = index.search_detailed(RowData::F32(q), k)?;
             for (h, r) in found.iter().enumerate() {
+                // every step goes through the slot tables (so they are warm when measured)
+                let stamp = s as u32 + 1;
+                let cached: Vec<usize> = caches[ki][h]
+                    .iter_mut()
+                    .map(|c| r.top.iter().filter(|&&cell| c.access(cell, stamp)).count())
+                    .collect();
                 let past = &mut history[ki][h];
                 if past.len() == DEEPEST {
                     measure(&mut sums[ki], past, &r.top, k);
+                    for (sum, hits) in sums[ki].cached.iter_mut().zip(&cached) {
+                        *sum += *hits as f64 / r.top.len().max(1) as f64;
+                    }
                 }
                 past.push_back(r.top.iter().copied().collect());
                 if past.len() > DEEPEST {
@@ -174,7 +249,7 @@ pub fn run(
 ) -> Result<()> {
     println!(
         "row reuse over {} consecutive decode steps at each of {} positions from {} (history: the last 1, 2, 4 steps; \
-         held: their distinct rows over k)",
+         held: their distinct rows over k; c(m k): hit rate of a {WAYS}-way slot table of m k rows)",
         a.reuse, a.positions, a.min_pos
     );
     ReuseSums::header();
@@ -222,6 +297,29 @@ mod tests {
         // the next step: 1 and 20 in the last step, 5 four steps back, 40 in none
         measure(&mut s, &history(&[b, c, d, &[20, 1]]), &[1, 5, 20, 40], 4);
         assert_eq!(s.hits, [1.0, 1.0, 1.25]);
+    }
+
+    #[test]
+    fn slot_cache_hits_what_it_holds_and_evicts_the_least_recent() {
+        // one set of WAYS slots: every cell lands in it
+        let mut c = SlotCache::new(WAYS);
+        for cell in 0..WAYS as u32 {
+            assert!(!c.access(cell, 1), "an empty table misses");
+        }
+        assert!((0..WAYS as u32).all(|cell| c.access(cell, 2 + cell)), "it holds WAYS cells");
+        // cell 0 was used least recently: a new cell takes its slot
+        assert!(!c.access(100, 10));
+        assert!(!c.access(0, 11), "cell 0 was evicted");
+        assert!(c.access(100, 12), "the new cell stays");
+        c.clear();
+        assert!(!c.access(100, 13));
+        // more sets: a row of k cells fits a table of 2k slots mostly
+        let mut big = SlotCache::new(2 * 256);
+        for cell in 0..256 {
+            big.access(cell * 7, 1);
+        }
+        let hits = (0..256).filter(|&cell| big.access(cell * 7, 2)).count();
+        assert!(hits > 240, "{hits} of 256");
     }
 
     #[test]
