@@ -44,10 +44,14 @@ __device__ __forceinline__ int pk_signed_levels(unsigned int codes) {
     return (int) ((mag ^ neg) + (neg & 0x01010101u));
 }
 
-// One block's term: w * (factor * <levels, q>) with the levels of its 4 code bytes (by4,
-// little-endian) and its 8 int8 query coordinates (q01: 0-3, q23: 4-7)
-__device__ __forceinline__ float pk_block_term(unsigned int by4, int q_lo, int q_hi, float factor, float w) {
-    const int dot = __dp4a(pk_signed_levels(by4 & 0xFFFFu), q_lo, __dp4a(pk_signed_levels(by4 >> 16), q_hi, 0));
+// A block's exact dot: its signed levels (coordinates 0-3 in lv_lo, 4-7 in lv_hi) against its
+// 8 int8 query coordinates (q.x: 0-3, q.y: 4-7)
+__device__ __forceinline__ int pk_block_dot(int lv_lo, int lv_hi, int2 q) {
+    return __dp4a(lv_lo, q.x, __dp4a(lv_hi, q.y, 0));
+}
+
+// A block's term of the estimate, w * (factor * dot), rounded as the oracle's
+__device__ __forceinline__ float pk_block_term(float w, float factor, int dot) {
     return __fmul_rn(w, __fmul_rn(factor, __int2float_rn(dot)));
 }
 
@@ -64,7 +68,8 @@ __device__ __forceinline__ float pk_estimate(const signed char * qi, const float
             const unsigned char * x = nib + b * 4;
             const unsigned int by4 = x[0] | x[1] << 8 | x[2] << 16 | (unsigned int) x[3] << 24;
             const int2 q = *(const int2 *) (qi + b * PK_BLOCK);
-            acc[bb] = __fadd_rn(acc[bb], pk_block_term(by4, q.x, q.y, factor[b], __half2float(w[b])));
+            const int dot = pk_block_dot(pk_signed_levels(by4 & 0xFFFFu), pk_signed_levels(by4 >> 16), q);
+            acc[bb] = __fadd_rn(acc[bb], pk_block_term(__half2float(w[b]), factor[b], dot));
         }
     }
     return __fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3]));

@@ -229,10 +229,8 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
 #pragma unroll
                             for (int j = 0; j < HB; ++j) {
                                 if (j >= nh) break;
-                                const int2 q = *(const int2 *) (qs + j * a.dp + b * PK_BLOCK);
-                                const int dot = __dp4a(lv_lo, q.x, __dp4a(lv_hi, q.y, 0));
-                                const float term = __fmul_rn(wb, __fmul_rn(fs[j * a.nb + b], __int2float_rn(dot)));
-                                acc[j][bb] = __fadd_rn(acc[j][bb], term);
+                                const int dot = pk_block_dot(lv_lo, lv_hi, *(const int2 *) (qs + j * a.dp + b * PK_BLOCK));
+                                acc[j][bb] = __fadd_rn(acc[j][bb], pk_block_term(wb, fs[j * a.nb + b], dot));
                             }
                         }
                     }
