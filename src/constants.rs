@@ -23,8 +23,8 @@ pub const MAX_HEAD_DIM: usize = 512;
 pub const LEVELS: [f32; N_LEVELS] =
     [0.042508665, 0.12804365, 0.21520121, 0.3053238, 0.40027127, 0.5030221, 0.61934763, 0.76483506];
 
-/// The levels in int8 for the integer estimate (`algorithm::estimate_i8`): LEVELS scaled so
-/// the largest is 127, rounded (`estimate_i8::tests` rederives them); LEVEL_SCALE takes an
+/// The levels in int8 for the integer estimate (`algorithm::estimate`): LEVELS scaled so
+/// the largest is 127, rounded (`estimate::tests` rederives them); LEVEL_SCALE takes an
 /// int8 level back to LEVELS' scale.
 pub const LEVELS_I8: [i8; N_LEVELS] = [7, 21, 36, 51, 66, 84, 103, 127];
 pub const LEVEL_SCALE: f32 = LEVELS[N_LEVELS - 1] / 127.0;

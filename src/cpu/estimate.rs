@@ -35,11 +35,6 @@ impl GroupQueries {
     pub fn heads(&self) -> usize {
         self.queries.len()
     }
-
-    /// Head h's query.
-    pub fn query(&self, h: usize) -> &QueryI8 {
-        &self.queries[h]
-    }
 }
 
 /// Which kernel `estimate_group` runs for a shape on this CPU.
