@@ -5,7 +5,8 @@
 // setup. blockIdx.z is the unit everywhere. This file holds the structs and helpers every
 // stage shares; one file per stage, in launch order (src/cuda/step.rs):
 //   visibility.cuh  begin, visibility, classify
-//   query.cuh       tiers (and the queries rotated)
+//   query.cuh       tiers (and the queries rotated, rounded to int8 for estimate.cuh)
+//   estimate.cuh    the 4-bit estimate in integers (helpers of rerank.cuh and group.cuh)
 //   collisions.cuh  collisions (and the cutoffs and the ties before each chunk)
 //   rerank.cuh      select_rerank (per-head and mean policies)
 //   group.cuh       the group policy's union, estimate, norm, score (and refine)
