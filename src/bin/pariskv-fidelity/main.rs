@@ -35,7 +35,8 @@
 //! drifting sequence with the fixed codebook.
 //!
 //! `--reuse STEPS` measures instead how many of a decode step's retrieved rows the steps just
-//! before it retrieved too (`reuse.rs`): the hit rate a cache of recent rows would have.
+//! before it retrieved too (`reuse.rs`): the hit rate a cache of recent rows would have, and
+//! that of a simulated set-associative slot table of k, 2k and 4k rows.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
