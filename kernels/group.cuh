@@ -172,9 +172,7 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
     for (int h0 = 0; h0 < g; h0 += hb) {
         const int nh = min(hb, g - h0);
         __syncthreads(); // the previous batch's queries and extremes are no longer read
-        const long long ur0 = (long long) u * g + h0;
-        for (int i = threadIdx.x; i < nh * a.dp; i += blockDim.x) qs[i] = a.q_i8[ur0 * a.dp + i];
-        for (int i = threadIdx.x; i < nh * a.nb; i += blockDim.x) fs[i] = a.q_factor[ur0 * a.nb + i];
+        pk_load_queries_i8(a, (long long) u * g + h0, nh, qs, fs);
         pk_block_extremes_clear(B);
         __syncthreads();
         pk_extremes ext[HB];

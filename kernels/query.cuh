@@ -13,6 +13,13 @@ __device__ __forceinline__ float pk_head_mean(const char * q0, long long q_strid
     return __fdiv_rn(s, (float) (h1 - h0));
 }
 
+// the rotated queries of retrievals ur0..ur0 + n - 1 (consecutive) in int8 and their factors
+// into shared memory (qi: n * dp bytes, factor: n * nb floats), by the block
+__device__ __forceinline__ void pk_load_queries_i8(const pk_step_args & a, long long ur0, int n, signed char * qi, float * factor) {
+    for (int i = threadIdx.x; i < n * a.dp; i += blockDim.x) qi[i] = a.q_i8[ur0 * a.dp + i];
+    for (int i = threadIdx.x; i < n * a.nb; i += blockDim.x) factor[i] = a.q_factor[ur0 * a.nb + i];
+}
+
 // Tier level of every centroid, with the retrieval queries rotated on the way: grid
 // (blocks, retrievals, units), PK_N_CENTROIDS threads, dynamic shared memory dp floats.
 // Warp 0 rotates retrieval r of unit u (query head r, or the mean of the group's heads:

@@ -2,15 +2,7 @@
 // estimator (group.cuh is the group policy's).
 #pragma once
 
-#include "estimate.cuh"
-#include "step.cuh"
-
-// the rotated query of retrieval ur in int8 and its factors into shared memory (qi: dp
-// bytes, factor: nb floats), by the block
-__device__ __forceinline__ void pk_load_query_i8(const pk_step_args & a, long long ur, signed char * qi, float * factor) {
-    for (int i = threadIdx.x; i < a.dp; i += blockDim.x) qi[i] = a.q_i8[ur * a.dp + i];
-    for (int i = threadIdx.x; i < a.nb; i += blockDim.x) factor[i] = a.q_factor[ur * a.nb + i];
-}
+#include "query.cuh"
 
 // Walks this block's chunk of cells for retrieval r of unit u, PK_CHUNK_THREADS cells a
 // round, and calls f(c, chosen) on every thread every round (so that f may use warp
@@ -49,7 +41,7 @@ __device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u,
 
 // every retrieval's candidates scored with the 4-bit estimator (pk_estimate) and appended
 // (key) to its list; grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic
-// smem dp bytes then nb floats (pk_load_query_i8; dp is a multiple of 8)
+// smem dp bytes then nb floats (pk_load_queries_i8; dp is a multiple of 8)
 extern "C" __global__ void pk_select_rerank(pk_step_args a) {
     extern __shared__ int2 pk_rerank_query[];
     __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
@@ -57,7 +49,7 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
     const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
     signed char * qi = (signed char *) pk_rerank_query;
     float * factor = (float *) (qi + a.dp);
-    pk_load_query_i8(a, ur, qi, factor);
+    pk_load_queries_i8(a, ur, 1, qi, factor);
     pk_retrieval & x = pk_ret(a, u, r);
     unsigned long long * cand = a.cand + (long long) ur * a.n;
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
