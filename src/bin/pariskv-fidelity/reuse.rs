@@ -194,6 +194,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
         append_until(a, layer, &mut index, &mut appended, s)?;
         let zone = cfg.zone(s + 1);
         let q = &layer.q.data[s * nq * d..(s + 1) * nq * d];
+        let stamp = s as u32 + 1; // the slot tables' clock (0: a slot never used)
         for (ki, &k) in a.ks.iter().enumerate() {
             if zone.len() <= k {
                 history[ki].iter_mut().for_each(|h| h.clear());
@@ -203,7 +204,6 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
             let found = index.search_detailed(RowData::F32(q), k)?;
             for (h, r) in found.iter().enumerate() {
                 // every step goes through the slot tables (so they are warm when measured)
-                let stamp = s as u32 + 1;
                 let cached: Vec<usize> = caches[ki][h]
                     .iter_mut()
                     .map(|c| r.top.iter().filter(|&&cell| c.access(cell, stamp)).count())
