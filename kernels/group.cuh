@@ -151,7 +151,7 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
 // PK_CHUNK_THREADS threads, dynamic shared memory hb queries in the estimate's form (the
 // heads' int8 coordinates, then their factors: group_estimate_smem)
 // groups of four blocks whose codes and weights a thread loads before using them
-#define PK_ESTIMATE_GROUPS 4
+#define PK_ESTIMATE_GROUPS 2
 
 // HB: the most heads a thread holds sums and extremes for (the registers it needs); hb <= HB
 template <int HB>
@@ -256,8 +256,8 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
 
 // pk_group_estimate_rows for batches of up to 4 heads (a group of 4 does not pay the
 // registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs: group_estimate_kernel)
-// (three blocks an SM: 80 registers, one 4-byte spill)
-extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 3) pk_group_estimate_4(pk_step_args a, int hb) {
+// (four blocks an SM: 64 registers, no spill, with two groups of blocks loaded at once)
+extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_4(pk_step_args a, int hb) {
     pk_group_estimate_rows<4>(a, hb);
 }
 extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) { pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb); }
