@@ -228,11 +228,15 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         long long cell[PK_ATT_BATCH];
 #pragma unroll
         for (int r = 0; r < PK_ATT_BATCH; ++r) cell[r] = base + r < r1 ? rows[base + r] : -1;
-        // the batch's PK_ATT_BATCH x MAXHB dot products, partial over the lane's elements
+        // the batch's K and V rows loaded together (both in flight: V's loads would otherwise
+        // wait behind the K products), then its PK_ATT_BATCH x MAXHB dot products, partial
+        // over the lane's elements
+        float4 v4[PK_ATT_BATCH][L];
         float d[NV];
         {
             float4 k4[PK_ATT_BATCH][L];
             pk_load_rows<L>(k4, cell, kb, a.k_stride, a.k_dtype, a.dk, lane);
+            pk_load_rows<L>(v4, cell, vb, a.v_stride, a.v_dtype, a.dv, lane);
 #pragma unroll
             for (int r = 0; r < PK_ATT_BATCH; ++r) {
 #pragma unroll
@@ -246,8 +250,6 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
                 }
             }
         }
-        float4 v4[PK_ATT_BATCH][L];
-        pk_load_rows<L>(v4, cell, vb, a.v_stride, a.v_dtype, a.dv, lane);
         // this lane's (row, head): its logit, the head's new maximum over the batch's rows
         // (lanes of one head differ in lane bits 3 and 4, the row), each row's weight and
         // their sum

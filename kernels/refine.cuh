@@ -32,12 +32,30 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
 
 // Stages the key rows of a warp's four shortlisted cells in shared memory, `pitch` bytes
 // apart (16-byte loads where the rows allow): lanes 8t..8t+7 hold row t's cell (-1: none;
-// the rows are a prefix of the tile). All 32 lanes call it; it ends with __syncwarp.
+// the rows are a prefix of the tile). All 32 lanes call it; it ends with __syncwarp. Rows
+// of at most 512 bytes (f16 up to d 256, f32 up to d 128) are loaded all four into
+// registers before any is stored, so that their loads are in flight together: a row's
+// store waits for its load, and the next row's load would wait behind that store.
 __device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u, int cell, unsigned char * stage, int pitch) {
     const int lane = threadIdx.x % 32;
     const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
     const int esize = a.k_dtype == PK_F32 ? 4 : 2, bytes = pk_row_bytes(a.k_dtype, a.d); // q8_0: 2-aligned
     const bool wide = ((unsigned long long) keys % 16 == 0) && a.k_stride % 16 == 0 && bytes % 16 == 0;
+    if (wide && bytes <= 16 * 32) {
+        int c[4];
+        uint4 v[4];
+#pragma unroll
+        for (int row_t = 0; row_t < 4; ++row_t) {
+            c[row_t] = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
+            if (c[row_t] >= 0 && 16 * lane < bytes) v[row_t] = *(const uint4 *) (keys + c[row_t] * a.k_stride + 16 * lane);
+        }
+#pragma unroll
+        for (int row_t = 0; row_t < 4; ++row_t) {
+            if (c[row_t] >= 0 && 16 * lane < bytes) *(uint4 *) (stage + row_t * pitch + 16 * lane) = v[row_t];
+        }
+        __syncwarp();
+        return;
+    }
     for (int row_t = 0; row_t < 4; ++row_t) {
         const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
         if (c < 0) break;
