@@ -2,7 +2,9 @@
 # On the GPU machine, from the repository root, with build/gpu-builds staged by
 # scripts/stage-gpu-lib.sh: every staged build's GPU tests (the CPU oracle against the
 # kernels), then `gpu_bench --defaults-only` of all of them interleaved, twice, and with
-# PROFILE=1 Nsight Compute's per-kernel times of the first build at each size:
+# PROFILE=1 Nsight Compute's per-kernel times of the first build at each size (PROFILE=full:
+# also one layer's kernels with their speed-of-light, occupancy, launch, warp-state and
+# scheduler sections, where the stall reasons say what a latency-bound kernel waits on):
 #
 #   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
 #
@@ -28,11 +30,20 @@ for i in 1 2; do
     done
 done > "$out/gpu_bench.log" 2>&1
 grep -E '^==|^N =|ParisKV' "$out/gpu_bench.log" | sed -E 's/ per decode step.*, ([0-9.]+ ms as a CUDA graph).*/: \1/'
-if [ "${PROFILE:-0}" = 1 ]; then
+if [ "${PROFILE:-0}" != 0 ]; then
     for n in $sizes; do
         ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 40 \
             --metrics gpu__time_duration.sum,dram__bytes.sum,launch__grid_size --csv \
             "$carry/$1/gpu_bench" --defaults-only "$n" > "$out/ncu-$1-$n.csv" 2>> "$out/ncu.err"
         echo "ncu $1 at $n: rc $?"
+    done
+fi
+if [ "${PROFILE:-0}" = full ]; then
+    for n in $sizes; do
+        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 14 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            --section WarpStateStats --section SchedulerStats --page details --csv \
+            "$carry/$1/gpu_bench" --defaults-only "$n" > "$out/ncu-full-$1-$n.csv" 2>> "$out/ncu.err"
+        echo "ncu sections $1 at $n: rc $?"
     done
 fi
