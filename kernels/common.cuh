@@ -11,14 +11,14 @@
 
 // Programmatic dependent launch (sm_90 on, where src/cuda/driver.rs launches every kernel
 // with it): the kernel waits until the grid before it in the stream has finished and its
-// writes are visible, then lets the grid after it be scheduled, whose blocks then wait in
-// hardware while this one runs: the next launch overlaps this kernel instead of following
-// it. Every kernel calls it first, before any early return: one that returned without
-// waiting would finish before its predecessor and release its successor too early.
+// writes are visible. The grid after it is released as this one's blocks exit (no early
+// launch_dependents: blocks of the next grid waiting in hardware from the start would take
+// the SM slots this grid's later blocks need), so its launch overlaps this grid's tail.
+// Every kernel calls it first, before any early return: one that returned without waiting
+// would finish before its predecessor and release its successor too early.
 __device__ __forceinline__ void pk_grid_order() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
