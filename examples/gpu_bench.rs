@@ -4,7 +4,9 @@
 //! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
 //! The step starts from the zone histogram the encodes keep, as in llama.cpp; the row
 //! "recounting" counts it every step instead, the row "1-block top-k" selects each list in
-//! one block where the GPU has thread-block clusters.
+//! one block where the GPU has thread-block clusters, the row "plain launches" launches
+//! each kernel after the one before it has finished where the GPU has programmatic
+//! dependent launch (sm_90 on).
 //!
 //! Settings: the paper's (reference ratio table; group-mean and per-head query), then
 //! per-head with the first tuned table (share 0.1 above 30K keys) and with today's (0.2),
@@ -12,8 +14,8 @@
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only] [N ...]
 //!
-//! `--defaults-only`: only the default settings with K/V in HBM, kept, recounting and with
-//! the one-block top-k (for profilers).
+//! `--defaults-only`: only the default settings with K/V in HBM, kept, recounting, with the
+//! one-block top-k and with plain launches (for profilers).
 
 use pariskv::algorithm::attention::AttnParams;
 use pariskv::algorithm::gqa::GqaPolicy;
@@ -143,16 +145,21 @@ fn bench(
         (n * KV_HEADS) as f64 / enc_ms as f64 / 1e3
     );
     // the step as llama.cpp runs it (with the encodes' kept histogram), and counting the
-    // zone's histogram itself every step
-    // and with the one-block top-k kernels instead of the clusters' (where the GPU has them)
+    // zone's histogram itself every step, with the one-block top-k kernels instead of the
+    // clusters' and with plain launches instead of programmatic dependent ones (where the
+    // GPU has them)
     let places = [
-        ("K/V in HBM", k_dev.ptr, v_dev.ptr, true, true),
-        ("K/V in HBM, recounting", k_dev.ptr, v_dev.ptr, false, true),
-        ("K/V in HBM, 1-block top-k", k_dev.ptr, v_dev.ptr, true, false),
-        ("K/V in host RAM (UVA)", k_host.device, v_host.device, true, true),
+        ("K/V in HBM", k_dev.ptr, v_dev.ptr, true, true, true),
+        ("K/V in HBM, recounting", k_dev.ptr, v_dev.ptr, false, true, true),
+        ("K/V in HBM, 1-block top-k", k_dev.ptr, v_dev.ptr, true, false, true),
+        ("K/V in HBM, plain launches", k_dev.ptr, v_dev.ptr, true, true, false),
+        ("K/V in host RAM (UVA)", k_host.device, v_host.device, true, true, true),
     ];
-    for (where_, kptr, vptr, kept, clusters) in places.into_iter().take(if defaults_only { 3 } else { 4 }) {
+    for (where_, kptr, vptr, kept, clusters, programmatic) in
+        places.into_iter().take(if defaults_only { 4 } else { 5 })
+    {
         driver::allow_clusters(clusters);
+        driver::allow_programmatic_launch(programmatic);
         // one layer: the 8 KV heads of one token are the units
         let layer = GpuLayer {
             layout: UnitLayout {

@@ -338,7 +338,10 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
 // grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of
 // up to 128 L elements, batches of up to HB heads (src/cuda/kernels.rs: ATTEND)
 #define PK_ATTEND(L, HB) \
-    extern "C" __global__ void pk_attend_##L##_##HB(pk_attend_args a, int hb) { pk_attend_rows<L, HB>(a, hb); }
+    extern "C" __global__ void pk_attend_##L##_##HB(pk_attend_args a, int hb) { \
+        pk_grid_order();                                                         \
+        pk_attend_rows<L, HB>(a, hb);                                            \
+    }
 PK_ATTEND(1, 1)
 PK_ATTEND(1, 2)
 PK_ATTEND(1, 4)

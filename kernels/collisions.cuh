@@ -65,6 +65,7 @@ __device__ void pk_cutoff(const pk_step_args & a, int u, int r) {
 #define PK_PACKED_BLOCKS 32
 static_assert(PK_PACKED_BLOCKS * PK_N_TIERS < 256, "packed levels overflow a byte");
 extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
+    pk_grid_order();
     extern __shared__ unsigned int pk_lv_words[];
     constexpr int MAX_WORDS = PK_MAX_HEAD_DIM / PK_BLOCK / 4;
     const int u = blockIdx.z, r0 = blockIdx.y * r_batch, nr = min(r_batch, a.n_ret - r0);

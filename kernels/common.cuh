@@ -9,6 +9,19 @@
 
 #include "pariskv_constants.cuh"
 
+// Programmatic dependent launch (sm_90 on, where src/cuda/driver.rs launches every kernel
+// with it): the kernel waits until the grid before it in the stream has finished and its
+// writes are visible. The grid after it is released as this one's blocks exit (no early
+// launch_dependents: blocks of the next grid waiting in hardware from the start would take
+// the SM slots this grid's later blocks need), so its launch overlaps this grid's tail.
+// Every kernel calls it first, before any early return: one that returned without waiting
+// would finish before its predecessor and release its successor too early.
+__device__ __forceinline__ void pk_grid_order() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Element types, numbered as pariskv_dtype. PK_Q8_0 is ggml's block_q8_0: 32 elements in 34
 // bytes (an f16 scale, then 32 signed bytes), 2-byte aligned.
 enum pk_dtype : int { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2, PK_Q8_0 = 3 };

@@ -60,11 +60,12 @@ __device__ __forceinline__ void pk_center_set(const pk_encode_args & a, int h) {
 }
 
 // pk_center_set, one block per KV head (blockIdx.x), before a ubatch's encode
-extern "C" __global__ void pk_center_init(pk_encode_args a) { pk_center_set(a, blockIdx.x); }
+extern "C" __global__ void pk_center_init(pk_encode_args a) { pk_grid_order(); pk_center_set(a, blockIdx.x); }
 
 // One warp per (cell, head); blockIdx.y = head. Dynamic shared memory: padded_dim floats
 // per warp.
 extern "C" __global__ void pk_encode(pk_encode_args a) {
+    pk_grid_order();
     extern __shared__ float pk_encode_smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long i = (long long) blockIdx.x * PK_ENCODE_WARPS + warp;

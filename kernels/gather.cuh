@@ -31,6 +31,7 @@ __device__ __forceinline__ void pk_copy_row(char * dst, const char * src, int by
 
 // grid (ceil(max_rows / PK_GATHER_WARPS), 1, units), PK_GATHER_WARPS warps
 extern "C" __global__ void pk_gather(pk_gather_args a) {
+    pk_grid_order();
     const int u = blockIdx.z, lane = threadIdx.x % 32;
     const int i = blockIdx.x * PK_GATHER_WARPS + threadIdx.x / 32;
     if (i >= min(a.n_rows[u * a.n_rows_stride], a.max_rows)) return;

@@ -78,6 +78,7 @@ __device__ __forceinline__ void pk_block_extremes_flush(const pk_block_extremes 
 // appended to retrieval 0's list (in no particular order: the list is ranked by key), with
 // one atomic on its length per block. grid (chunks, 1, units), PK_CHUNK_THREADS threads
 extern "C" __global__ void pk_group_union(pk_step_args a) {
+    pk_grid_order();
     __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
     __shared__ int base[PK_MAX_GROUP];
     __shared__ int warp_union[PK_CHUNK_THREADS / 32];
@@ -258,13 +259,18 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
 // registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs: group_estimate_kernel)
 // (four blocks an SM: 64 registers, no spill, with two groups of blocks loaded at once)
 extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_4(pk_step_args a, int hb) {
+    pk_grid_order();
     pk_group_estimate_rows<4>(a, hb);
 }
-extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) { pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb); }
+extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
+    pk_grid_order();
+    pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb);
+}
 
 // Both over a stage's list, the blocks striding over it (a thread per entry):
 // grid (blocks, heads, units), PK_CHUNK_THREADS threads
 extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
+    pk_grid_order();
     const int h = blockIdx.y, u = blockIdx.z, n_list = pk_group_len(a, u, stage);
     if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
     pk_group_stat & st = pk_gstat(a, u, h, stage);
@@ -282,6 +288,7 @@ extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
 // grid (blocks, 1, units), PK_CHUNK_THREADS threads; each head's statistics converted once
 // per block
 extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
+    pk_grid_order();
     __shared__ float head_max[PK_MAX_GROUP], head_norm[PK_MAX_GROUP];
     __shared__ int head_inf[PK_MAX_GROUP];
     const int u = blockIdx.z, n_list = pk_group_len(a, u, stage);
@@ -316,6 +323,7 @@ extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
 // units), PK_REFINE_WARPS warps, dynamic shared memory n_ret * d floats (the heads' queries)
 // then the warps' rows
 extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
+    pk_grid_order();
     extern __shared__ float pk_refine_smem[];
     __shared__ pk_block_extremes B;
     const int u = blockIdx.z, n_refined = pk_group_len(a, u, 1);

@@ -33,6 +33,7 @@ __device__ __forceinline__ void pk_load_queries_i8(const pk_step_args & a, long 
 // serial walk's). Its level counts the tiers whose budget that sum has not used up: the
 // serial walk of search::tiers.
 extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * signs, float scale, int d) {
+    pk_grid_order();
     extern __shared__ float y[];
     // the sort's exchanges across warps, the scan's warp totals, the cells before each centroid
     __shared__ unsigned long long swap_key[PK_N_CENTROIDS];

@@ -78,6 +78,7 @@ __device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u,
 // score row t. grid (shortlist tiles of PK_REFINE_WARPS * 4, retrievals, units),
 // PK_REFINE_WARPS warps, dynamic shared memory d floats (the query) then the warps' rows
 extern "C" __global__ void pk_refine(pk_step_args a, int pitch) {
+    pk_grid_order();
     extern __shared__ float pk_refine_smem[];
     const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
     const int n_refined = pk_ret(a, u, r).n_refined;
@@ -104,6 +105,7 @@ extern "C" __global__ void pk_refine(pk_step_args a, int pitch) {
 // The keep best exact scores of each shortlist are chosen (marked and appended to the unit's
 // rows as pk_topk does); grid (retrievals, 1, units), PK_TOPK_THREADS threads
 extern "C" __global__ void pk_refine_pick(pk_step_args a) {
+    pk_grid_order();
     __shared__ pk_select S;
     const int r = blockIdx.x, u = blockIdx.z, ur = u * a.n_ret + r;
     const pk_retrieval & x = pk_ret(a, u, r);

@@ -43,6 +43,7 @@ __device__ __forceinline__ void pk_for_candidates(const pk_step_args & a, int u,
 // (key) to its list; grid (chunks, retrievals, units), PK_CHUNK_THREADS threads, dynamic
 // smem dp bytes then nb floats (pk_load_queries_i8; dp is a multiple of 8)
 extern "C" __global__ void pk_select_rerank(pk_step_args a) {
+    pk_grid_order();
     extern __shared__ int2 pk_rerank_query[];
     __shared__ int warp_ties[PK_CHUNK_THREADS / 32];
     __shared__ int base;

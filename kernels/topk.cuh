@@ -202,6 +202,7 @@ __device__ __forceinline__ bool pk_refining(const pk_step_args & a, int u) {
 // chosen), for pk_refine and pk_refine_pick. grid (retrievals, 1, units), PK_TOPK_THREADS
 // threads
 extern "C" __global__ void pk_topk(pk_step_args a) {
+    pk_grid_order();
     __shared__ pk_select S;
     __shared__ int warp_sel[PK_TOPK_THREADS / 32];
     __shared__ int base;
@@ -272,6 +273,7 @@ extern "C" __global__ void pk_topk(pk_step_args a) {
 // layout, starts from zero marks (searches without attention: a step's attention clears
 // the marks of its rows itself); grid (chunks, 1, units)
 extern "C" __global__ void pk_unmark(pk_step_args a) {
+    pk_grid_order();
     const int u = blockIdx.z;
     const int n_rows = pk_unit(a, u).n_rows;
     unsigned int * mark = a.mark + (long long) u * a.n;

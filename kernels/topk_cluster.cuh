@@ -146,6 +146,7 @@ extern "C" __global__ void
 __cluster_dims__(PK_TOPK_CLUSTER, 1, 1)
 #endif
 pk_topk_cluster(pk_step_args a) {
+    pk_grid_order();
 #ifdef PK_CLUSTERS
     extern __shared__ __align__(16) unsigned char pk_cluster_smem[];
     pk_cluster_select & C = *(pk_cluster_select *) pk_cluster_smem;
@@ -170,6 +171,7 @@ extern "C" __global__ void
 __cluster_dims__(PK_TOPK_CLUSTER, 1, 1)
 #endif
 pk_refine_pick_cluster(pk_step_args a) {
+    pk_grid_order();
 #ifdef PK_CLUSTERS
     extern __shared__ __align__(16) unsigned char pk_cluster_smem[];
     pk_cluster_select & C = *(pk_cluster_select *) pk_cluster_smem;

@@ -7,6 +7,7 @@
 
 // resets each unit's state and clears its histograms; grid (1, 1, units)
 extern "C" __global__ void pk_begin(pk_step_args a) {
+    pk_grid_order();
     const int u = blockIdx.z;
     if (threadIdx.x == 0) {
         pk_unit_state & s = pk_unit(a, u);
@@ -49,6 +50,7 @@ extern "C" __global__ void pk_begin(pk_step_args a) {
 // counted cells and its visible cells not counted; grid (blocks striding over the chunks, 1,
 // units)
 extern "C" __global__ void pk_visibility(pk_step_args a) {
+    pk_grid_order();
     const int u = blockIdx.z;
     const unsigned char * counted = a.kept ? pk_counted_of(a, u) : nullptr;
     int lo = 0x7FFFFFFF, hi = -0x7FFFFFFF - 1, count = 0, n_counted = 0, n_uncounted = 0;
@@ -119,6 +121,7 @@ __device__ __forceinline__ void pk_tally_smem(unsigned int * hist, const unsigne
 // away (modulo 2^32), and add the kept one, a slice each (one block adding all of it waits
 // on nb*256 / blockDim.x loads in a row: the longest block of the pass).
 extern "C" __global__ void pk_classify(pk_step_args a) {
+    pk_grid_order();
     extern __shared__ unsigned int pk_hist_smem[];
     const int u = blockIdx.z;
     pk_unit_state & s = pk_unit(a, u);

@@ -889,19 +889,21 @@ mod step {
         }
     }
 
-    /// Thread-block clusters allowed again when dropped (a failed case must not change the
-    /// kernels later tests run).
+    /// Thread-block clusters and programmatic launches allowed again when dropped (a failed
+    /// case must not change the kernels later tests run).
     struct OneBlockTopK;
     impl Drop for OneBlockTopK {
         fn drop(&mut self) {
             driver::allow_clusters(true);
+            driver::allow_programmatic_launch(true);
         }
     }
 
     /// The one-block top-k kernels (GPUs without clusters; shortlists longer than a cluster
-    /// block's stash on any GPU) against the CPU, on a GPU that has clusters too. Clusters
-    /// are forbidden process-wide meanwhile: run with --test-threads 1 to keep the other
-    /// tests on the cluster kernels.
+    /// block's stash on any GPU) and plain launches (GPUs without programmatic dependent
+    /// launch: those before sm_90, as without clusters) against the CPU, on a GPU that has
+    /// both. Both are forbidden process-wide meanwhile: run with --test-threads 1 to keep the
+    /// other tests on the cluster kernels and programmatic launches.
     #[test]
     fn step_matches_the_cpu_with_one_block_top_k() {
         if gpu().is_none() {
@@ -917,6 +919,7 @@ mod step {
             Case { n: 9000, gqa: Group, top_k: 512, refine: 2, tuned: true, tied: 64, ..base },
         ];
         driver::allow_clusters(false);
+        driver::allow_programmatic_launch(false);
         let _restore = OneBlockTopK;
         for c in &cases {
             check_case(c);

@@ -169,8 +169,9 @@ pub fn init() -> Result<()> {
 /// The kernels loaded into one context.
 pub struct Module {
     functions: HashMap<&'static str, sys::CUfunction>,
-    /// The context's device has thread-block clusters (compute capability 9.0 on).
-    has_clusters: bool,
+    /// The context's device has thread-block clusters and programmatic dependent launch
+    /// (compute capability 9.0 on).
+    sm90: bool,
 }
 
 /// Whether launches may use thread-block clusters where the device has them (the default);
@@ -181,6 +182,16 @@ static CLUSTERS_ALLOWED: AtomicBool = AtomicBool::new(true);
 /// and benchmarks compare both variants; nothing else needs it).
 pub fn allow_clusters(allowed: bool) {
     CLUSTERS_ALLOWED.store(allowed, Ordering::Relaxed);
+}
+
+/// Whether launches may be programmatic dependent launches where the device has them (the
+/// default; see `launch`).
+static PROGRAMMATIC_ALLOWED: AtomicBool = AtomicBool::new(true);
+
+/// Allows or forbids programmatic dependent launch from now on, process-wide (tests and
+/// benchmarks compare both variants; nothing else needs it).
+pub fn allow_programmatic_launch(allowed: bool) {
+    PROGRAMMATIC_ALLOWED.store(allowed, Ordering::Relaxed);
 }
 
 // SAFETY: a CUfunction is a handle valid in every thread for the context's lifetime; the
@@ -195,7 +206,12 @@ impl Module {
 
     /// Whether a stage may launch its cluster kernel (kernels/topk_cluster.cuh).
     pub fn clusters(&self) -> bool {
-        self.has_clusters && CLUSTERS_ALLOWED.load(Ordering::Relaxed)
+        self.sm90 && CLUSTERS_ALLOWED.load(Ordering::Relaxed)
+    }
+
+    /// Whether kernels are launched as programmatic dependent launches (`launch`).
+    pub fn programmatic(&self) -> bool {
+        self.sm90 && PROGRAMMATIC_ALLOWED.load(Ordering::Relaxed)
     }
 }
 
@@ -244,8 +260,8 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
         }
         functions.insert(k.name, f);
     }
-    let has_clusters = compute_major()? >= 9;
-    let m: &'static Module = Box::leak(Box::new(Module { functions, has_clusters }));
+    let sm90 = compute_major()? >= 9;
+    let m: &'static Module = Box::leak(Box::new(Module { functions, sm90 }));
     modules.insert(ctx as usize, m);
     Ok(m)
 }
@@ -281,6 +297,11 @@ impl Drop for CurrentContext {
 }
 
 /// Launches `k` on `stream` with kernel parameters `args` (pointers to each argument).
+/// Where the module allows it (sm_90 on), as a programmatic dependent launch: the kernel may
+/// be scheduled while the one before it in the stream still runs, and waits for it in
+/// hardware (every kernel begins with `pk_grid_order`, kernels/common.cuh), which hides the
+/// gap between the launches of a step's chain; captured into a CUDA graph as a programmatic
+/// edge.
 pub fn launch(
     module: &Module,
     k: Kernel,
@@ -293,23 +314,44 @@ pub fn launch(
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
-    // SAFETY: `args` holds one pointer per kernel parameter, each to a live value of the
-    // parameter's type (the callers in this module build them next to the launch); the
-    // grid and block fit the kernel's limits; `stream` is live (the promise of `Stream`).
-    let r = unsafe {
-        sys::cuLaunchKernel(
-            module.function(k),
-            grid.0,
-            grid.1,
-            grid.2,
-            block,
-            1,
-            1,
-            smem,
-            stream.raw(),
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
+    // SAFETY (both calls): `args` holds one pointer per kernel parameter, each to a live
+    // value of the parameter's type (the callers in this module build them next to the
+    // launch); the grid and block fit the kernel's limits; `stream` is live (the promise of
+    // `Stream`); the attribute and the config outlive the call.
+    let r = if module.programmatic() {
+        // SAFETY: a zeroed attribute value is a valid plain-data union
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: stream.raw(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        unsafe { sys::cuLaunchKernelEx(&config, module.function(k), args.as_mut_ptr(), std::ptr::null_mut()) }
+    } else {
+        unsafe {
+            sys::cuLaunchKernel(
+                module.function(k),
+                grid.0,
+                grid.1,
+                grid.2,
+                block,
+                1,
+                1,
+                smem,
+                stream.raw(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
     };
     check(r, k.name)
 }
