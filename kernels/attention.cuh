@@ -7,6 +7,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "row_cache.cuh"
 #include "step.cuh"
 
 struct pk_attend_args {
@@ -29,6 +30,7 @@ struct pk_attend_args {
     unsigned int * done;        // per unit, blocks finished; 0 between steps (the last resets it)
     unsigned int * mark;        // the step's marks, unit u's at mark + u*row_stride, cleared
                                 // for the rows attended (pk_unmark's work); null: none
+    pk_row_cache cache;         // rows kept across steps (row_cache.cuh); cache.slots 0: none
 };
 
 // floats of one block's state for one head: max, sum, padding, then the accumulator (16-byte
@@ -37,6 +39,69 @@ struct pk_attend_args {
 
 __device__ __forceinline__ long long pk_att_off(const pk_attend_args & a, int u, long long sa, long long sh) {
     return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
+}
+
+// unit u's row cache table: its KV head's (a step with a row cache reads one stream's rows,
+// every token's the same: src/cuda/step.rs checks; `cache` is that stream's tables)
+__device__ __forceinline__ int pk_cache_table(const pk_attend_args & a, int u) {
+    return u % a.L.n_h;
+}
+
+// Every row of each unit looked up in its row cache table (row_cache.cuh): a hit pins its
+// slot, a miss claims the least recently used slot of its set not taken this step (or
+// none); the answers go to cache.plan. grid (blocks, 1, units), PK_CHUNK_THREADS threads, a
+// thread per row
+extern "C" __global__ void pk_row_plan(pk_attend_args a) {
+    pk_grid_order();
+    const pk_row_cache & C = a.cache;
+    const int u = blockIdx.z;
+    const long long t = pk_cache_table(a, u);
+    const int n_rows = a.n_rows[u * a.n_rows_stride];
+    const int * rows = a.rows + u * a.row_stride;
+    const unsigned int pin = 2 * (C.clock[t] + 1), claim = pin + 1;
+    int * plan = C.plan + (long long) u * C.max_rows;
+    unsigned long long hits = 0, misses = 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_rows; i += gridDim.x * blockDim.x) {
+        const int c = rows[i], set = pk_cache_set(C, c);
+        volatile int * tag = C.tag + t * C.slots + set;
+        unsigned int * stamp = C.stamp + t * C.slots + set;
+        int p = -1;
+        for (int w = 0; w < PK_CACHE_WAYS; ++w) {
+            if (tag[w] == c) { // a hit, unless a miss claimed the slot first this step
+                if (atomicMax(stamp + w, pin) != claim) p = set + w;
+                break;
+            }
+        }
+        // a miss: the least recently used way not pinned or claimed this step, taken by
+        // compare-and-swap (another row of the set may take it first: look again)
+        for (int attempt = 0; p < 0 && attempt < PK_CACHE_WAYS; ++attempt) {
+            int victim = -1;
+            unsigned int oldest = pin;
+            for (int w = 0; w < PK_CACHE_WAYS; ++w) {
+                const unsigned int s = ((volatile unsigned int *) stamp)[w];
+                if (s < oldest) {
+                    oldest = s;
+                    victim = w;
+                }
+            }
+            if (victim < 0) break; // every way taken this step: host memory only
+            if (atomicCAS(stamp + victim, oldest, claim) == oldest) {
+                tag[victim] = c;
+                p = pk_plan_fill(set + victim);
+            }
+        }
+        plan[i] = p;
+        hits += p >= 0;
+        misses += p < 0;
+    }
+    for (int o = 16; o > 0; o /= 2) {
+        hits += __shfl_xor_sync(0xFFFFFFFFu, hits, o);
+        misses += __shfl_xor_sync(0xFFFFFFFFu, misses, o);
+    }
+    if (threadIdx.x % 32 == 0 && (hits || misses)) {
+        atomicAdd(C.stats + 2 * t, hits);
+        atomicAdd(C.stats + 2 * t + 1, misses);
+    }
 }
 
 // four consecutive elements j..j+3 (j a multiple of 4) of a row as floats
@@ -160,18 +225,48 @@ __device__ __forceinline__ float pk_warp_sum_many(float (&v)[V], int lane) {
 }
 
 // a warp's PK_ATT_BATCH rows of `dim` elements (cell < 0: none, zeros), lane i holding
-// elements 4i..4i+3 of each of the L slices of 128
+// elements 4i..4i+3 of each of the L slices of 128; row r at base + cell * stride, or where
+// slot[r] >= 0 in the row cache, at cached + slot * row_bytes
 template <int L>
 __device__ __forceinline__ void pk_load_rows(float4 (&out)[PK_ATT_BATCH][L], const long long (&cell)[PK_ATT_BATCH],
-                                             const char * base, long long stride, int dtype, int dim, int lane) {
+                                             const int (&slot)[PK_ATT_BATCH], const char * base, long long stride,
+                                             const char * cached, int row_bytes, int dtype, int dim, int lane) {
 #pragma unroll
     for (int r = 0; r < PK_ATT_BATCH; ++r) {
+        const char * row = slot[r] >= 0 ? cached + (long long) slot[r] * row_bytes : base + cell[r] * stride;
 #pragma unroll
         for (int t = 0; t < L; ++t) {
             const int j = 128 * t + 4 * lane;
-            out[r][t] = cell[r] >= 0 && j < dim ? pk_load4(base + cell[r] * stride, dtype, j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            out[r][t] = cell[r] >= 0 && j < dim ? pk_load4(row, dtype, j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
     }
+}
+
+// The row cache slots a warp reads its batch's rows (rows base.. of unit u) from (-1: host
+// memory): a hit's slot, or a fill's after the warp has copied the rows there from host
+// memory (by one head batch's blocks: the others read host memory, the slot being written).
+// Every lane calls it.
+__device__ __forceinline__ void pk_cached_rows(const pk_attend_args & a, int u, int base, const long long (&cell)[PK_ATT_BATCH],
+                                               const char * kb, const char * vb, int (&slot)[PK_ATT_BATCH], int lane) {
+    const pk_row_cache & C = a.cache;
+    char * table = C.data + (long long) pk_cache_table(a, u) * C.slots * C.row_bytes;
+    bool filled = false;
+#pragma unroll
+    for (int r = 0; r < PK_ATT_BATCH; ++r) {
+        slot[r] = -1;
+        if (cell[r] < 0) continue;
+        const int p = C.plan[(long long) u * C.max_rows + base + r];
+        if (p >= 0) {
+            slot[r] = p;
+        } else if (p <= -2 && blockIdx.y == 0) {
+            slot[r] = -2 - p;
+            char * s = table + (long long) slot[r] * C.row_bytes;
+            pk_warp_copy(s, kb + cell[r] * a.k_stride, pk_row_bytes(a.k_dtype, a.dk), lane);
+            pk_warp_copy(s + C.v_off, vb + cell[r] * a.v_stride, pk_row_bytes(a.v_dtype, a.dv), lane);
+            filled = true;
+        }
+    }
+    if (filled) __syncwarp(); // the copies visible to every lane before they are read
 }
 
 // The partial attention of one block: a 1/gridDim.x share of unit u's rows (blockIdx.z) for
@@ -204,7 +299,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     // i >> 3, and keeps the softmax state (max, sum) of that head; pk_att_lane is the
     // first lane holding a pair.
     constexpr int NV = PK_ATT_BATCH * MAXHB, SHIFT = 5 - pk_log2(NV);
-    static_assert(PK_ATT_BATCH == 4 && NV <= 32, "rows in lane bits 3 and 4");
+    static_assert(PK_ATT_BATCH == 4 && NV <= 32, "rows in lane bits 3 and 4 (and four slots)");
     const auto pk_att_lane = [](int r, int h) { return (r * MAXHB + h) << SHIFT; };
     const int my_r = lane >> 3;
     float m_mine = -INFINITY, l_mine = 0.0f;
@@ -224,6 +319,8 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     }
     const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);
     const char * vb = a.v + pk_att_off(a, u, a.L.v_a, a.L.v_h);
+    // the unit's row cache table, where rows with a slot are read
+    const char * cached = a.cache.slots ? a.cache.data + (long long) pk_cache_table(a, u) * a.cache.slots * a.cache.row_bytes : nullptr;
     for (int base = r0 + warp * PK_ATT_BATCH; base < r1; base += PK_ATT_WARPS * PK_ATT_BATCH) {
         long long cell[PK_ATT_BATCH];
 #pragma unroll
@@ -231,12 +328,14 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         // the batch's K and V rows loaded together (both in flight: V's loads would otherwise
         // wait behind the K products), then its PK_ATT_BATCH x MAXHB dot products, partial
         // over the lane's elements
+        int slot[PK_ATT_BATCH] = {-1, -1, -1, -1};
+        if (a.cache.slots) pk_cached_rows(a, u, base, cell, kb, vb, slot, lane);
         float4 v4[PK_ATT_BATCH][L];
         float d[NV];
         {
             float4 k4[PK_ATT_BATCH][L];
-            pk_load_rows<L>(k4, cell, kb, a.k_stride, a.k_dtype, a.dk, lane);
-            pk_load_rows<L>(v4, cell, vb, a.v_stride, a.v_dtype, a.dv, lane);
+            pk_load_rows<L>(k4, cell, slot, kb, a.k_stride, cached, a.cache.row_bytes, a.k_dtype, a.dk, lane);
+            pk_load_rows<L>(v4, cell, slot, vb, a.v_stride, cached + a.cache.v_off, a.cache.row_bytes, a.v_dtype, a.dv, lane);
 #pragma unroll
             for (int r = 0; r < PK_ATT_BATCH; ++r) {
 #pragma unroll
@@ -332,7 +431,11 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         if (threadIdx.x == 0) part[0] = mm;
     }
     // the last block of the unit to finish (of every head batch) combines all of them
-    if (pk_last_block(a.done + u, gridDim.x * gridDim.y)) pk_attend_combine(a, u, n_blk, sm);
+    if (pk_last_block(a.done + u, gridDim.x * gridDim.y)) {
+        pk_attend_combine(a, u, n_blk, sm);
+        // the next step's pins and claims outrank this one's (units sharing a table each add)
+        if (a.cache.slots && threadIdx.x == 0) atomicAdd(a.cache.clock + pk_cache_table(a, u), 1u);
+    }
 }
 
 // grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "row_cache.cuh"
 
 // Where the keys and the index of (global cell g, KV head h) live: a cache of n_stream
 // streams of kv_size cells; g = stream * kv_size + cell.
@@ -28,6 +29,8 @@ struct pk_encode_args {
     int          padded_dim;
     int          init_center;   // 1: the grid has one block per head, which sets an unset centre
                                 // itself (pk_center_init's work, without its launch)
+    pk_row_cache cache;         // rows kept across steps, [stream*n_heads + h] tables: an encoded
+                                // cell's are forgotten (cache.slots 0: none)
 };
 
 // The twin of center::init for KV head h by one block, a thread per coordinate: sets an
@@ -96,6 +99,7 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
 
     const long long s = g / a.kv_size, cell = g % a.kv_size;
     const long long row = (s * a.n_heads + h) * a.kv_size + cell;
+    if (lane == 0) pk_row_cache_forget(a.cache, s * a.n_heads + h, cell); // its rows are new
     // the kept histogram (kept::tally): the cell's old codes out if they were counted, the new in
     unsigned int * hist = a.hist ? a.hist + (s * a.n_heads + h) * nb * PK_N_CENTROIDS : nullptr;
     const bool was_counted = hist && a.counted[row] != 0;

@@ -117,6 +117,7 @@ fn encode_case(
         kv_size: n,
         n_heads,
         center: if centered { centers.ptr } else { 0 },
+        row_cache: Default::default(),
     };
     let grot = GpuRotation::new(rot).unwrap();
     for cells in [first.clone(), vec![0]] {
@@ -198,6 +199,7 @@ fn encode_keeps_the_histogram() {
         kv_size,
         n_heads,
         center: 0,
+        row_cache: Default::default(),
     };
     // every cell of each stream but its last 50, then every third of those again, other keys
     let first: Vec<i64> =
@@ -462,6 +464,7 @@ mod step {
             n_heads: g,
             out: gout.ptr,
             out_stride: d * 4,
+            row_cache: Default::default(),
         };
         let grot = GpuRotation::new(&rot).unwrap();
         for _ in 0..2 {
@@ -1448,6 +1451,7 @@ fn pinned_host_memory_fast_path() {
         n_heads: 1,
         out: 0,
         out_stride: 0,
+        row_cache: Default::default(),
     };
     let rows = StepRows { rows: rows.ptr, row_stride: 1, n_rows: n_rows.ptr, n_rows_stride: 1, mark: 0 };
     let to = Gathered { k: out_k.ptr, k_bytes: len, v: out_v.ptr, v_bytes: len, max_rows: 1 };
@@ -1463,4 +1467,194 @@ fn pinned_host_memory_fast_path() {
     assert_ne!(pariskv_host_free(h), pariskv_status::PARISKV_OK, "a second free is refused");
     assert_ne!(pariskv_host_free(small.host), pariskv_status::PARISKV_OK, "not handed out: refused");
     drop(small);
+}
+
+/// The row cache (src/cuda/row_cache.rs) with K/V in pinned host memory: attention outputs
+/// bitwise equal with and without it, step after step over overlapping rows; the second step
+/// over the same rows reads them from the cache; cells rewritten and encoded are forgotten
+/// (read again from host memory, so the answers follow the new rows).
+#[test]
+fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
+    use pariskv::algorithm::attention::AttnParams;
+    use pariskv::algorithm::gqa::GqaPolicy;
+    use pariskv::algorithm::search::RatioPolicy;
+    use pariskv::cuda::pinned::PinnedHost;
+    use pariskv::cuda::row_cache::RowCache;
+    use pariskv::cuda::step::{attend, GpuLayer, Rows as StepRows, StepBuffers, UnitLayout};
+    use pariskv::eval::synth::Rng;
+    use pariskv::step::StepParams;
+    if gpu().is_none() {
+        return;
+    }
+    let module = driver::module_for(&Stream::null()).unwrap();
+    let (n, d, kv, g, n_rows) = (4096usize, 128usize, 2usize, 4usize, 600usize);
+    let shape = Shape::new(d).unwrap();
+    let row = d * 2; // f16
+    let mut rng = Rng::new(11);
+    // K and V, [cell][head][d] f16, in pinned host memory
+    let pinned = |rng: &mut Rng| {
+        let (bytes, _) = keys_in(DType::F16, &(0..n * kv * d).map(|_| rng.normal()).collect::<Vec<f32>>());
+        let p = PinnedHost::new(bytes.len()).unwrap();
+        // SAFETY (test): `p` holds bytes.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.host as *mut u8, bytes.len()) };
+        p
+    };
+    let (k, v) = (pinned(&mut rng), pinned(&mut rng));
+    let q: Vec<f32> = (0..kv * g * d).map(|_| rng.normal()).collect();
+    let gq = DeviceBuffer::from_slice(&q).unwrap();
+    let gout = DeviceBuffer::new(kv * g * d * 4).unwrap();
+    let buf = StepBuffers::new(shape, d, n, g, kv).unwrap();
+    let cache = RowCache::new(1, kv, 4096, (kv, n), (row, row)).unwrap();
+    let mut layer = GpuLayer {
+        layout: UnitLayout {
+            n_units: kv as i32,
+            n_h: kv as i32,
+            k_h: row as i64,
+            v_h: row as i64,
+            q_h: (g * d * 4) as i64,
+            out_h: (g * d * 4) as i64,
+            ..Default::default()
+        },
+        n,
+        k: k.device,
+        k_dtype: DType::F16,
+        k_stride: kv * row,
+        v: v.device,
+        v_dtype: DType::F16,
+        v_stride: kv * row,
+        codes: 0,
+        nibbles: 0,
+        weights: 0,
+        kept: 0,
+        counted: 0,
+        mask: 0,
+        mask_dtype: DType::F32,
+        pos: 0,
+        q: gq.ptr,
+        q_stride: d * 4,
+        n_heads: g,
+        out: gout.ptr,
+        out_stride: d * 4,
+        row_cache: Default::default(),
+    };
+    let params = StepParams {
+        top_k: n_rows,
+        n_sink: 4,
+        n_local: 64,
+        ratios: RatioPolicy::Tuned,
+        gqa: GqaPolicy::Group,
+        refine: 1,
+        attn: AttnParams { scale: 1.0 / (d as f32).sqrt(), softcap: 0.0 },
+    };
+    // each unit's rows: distinct cells, a third of them kept from the step before
+    let mut cells: Vec<Vec<i32>> = vec![Vec::new(); kv];
+    let next_rows = |rng: &mut Rng, cells: &mut Vec<Vec<i32>>| {
+        for unit in cells.iter_mut() {
+            let mut keep: Vec<i32> = unit.iter().copied().take(n_rows / 3).collect();
+            while keep.len() < n_rows {
+                let c = rng.below(n) as i32;
+                if !keep.contains(&c) {
+                    keep.push(c);
+                }
+            }
+            *unit = keep;
+        }
+    };
+    let rows_buf = DeviceBuffer::new(kv * n * 4).unwrap();
+    let counts = DeviceBuffer::from_slice(&vec![n_rows as i32; kv]).unwrap();
+    let rows = StepRows { rows: rows_buf.ptr, row_stride: n, n_rows: counts.ptr, n_rows_stride: 1, mark: 0 };
+    let run = |layer: &GpuLayer| -> Vec<f32> {
+        attend(module, &buf, layer, &params, &rows, n_rows, &Stream::null()).unwrap();
+        driver::synchronize().unwrap();
+        gout.read(kv * g * d).unwrap()
+    };
+    let total =
+        |c: &RowCache| c.stats().unwrap().iter().fold((0u64, 0u64), |(h, m), s| (h + s.hits, m + s.misses));
+    let upload = |cells: &Vec<Vec<i32>>| {
+        for (u, c) in cells.iter().enumerate() {
+            rows_buf.write_at(u * n * 4, c).unwrap();
+        }
+    };
+    next_rows(&mut rng, &mut cells);
+    for step in 0..4 {
+        if step >= 2 {
+            next_rows(&mut rng, &mut cells);
+        }
+        upload(&cells);
+        layer.row_cache = Default::default();
+        let want = run(&layer);
+        layer.row_cache = cache.stream(0).unwrap();
+        let before = total(&cache);
+        let got = run(&layer);
+        let (hits, misses) = (total(&cache).0 - before.0, total(&cache).1 - before.1);
+        eprintln!("step {step}: {hits} hits, {misses} from host memory");
+        assert_eq!(hits + misses, (kv * n_rows) as u64, "every row planned once");
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "step {step}: outputs differ"
+        );
+        match step {
+            0 => assert_eq!(hits, 0, "a new cache holds nothing"),
+            1 => assert!(hits as f64 >= 0.95 * (kv * n_rows) as f64, "the same rows again: {hits} hits"),
+            _ => assert!(hits as f64 >= 0.3 * (kv * n_rows) as f64, "a third of the rows kept: {hits} hits"),
+        }
+    }
+    // cells of the last step rewritten (both heads' K and V) and encoded: forgotten, so the
+    // next step reads their new rows
+    let rewritten: Vec<i64> = cells[0].iter().take(50).map(|&c| c as i64).collect();
+    for &c in &rewritten {
+        let (nk, _) = keys_in(DType::F16, &(0..kv * d).map(|_| rng.normal()).collect::<Vec<f32>>());
+        let (nv, _) = keys_in(DType::F16, &(0..kv * d).map(|_| rng.normal()).collect::<Vec<f32>>());
+        // SAFETY (test): cell c's rows of every head lie inside the buffers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                nk.as_ptr(),
+                (k.host as *mut u8).add(c as usize * kv * row),
+                kv * row,
+            );
+            std::ptr::copy_nonoverlapping(
+                nv.as_ptr(),
+                (v.host as *mut u8).add(c as usize * kv * row),
+                kv * row,
+            );
+        }
+    }
+    let rot = Rotation::new(shape, pariskv::config::DEFAULT_SEED);
+    let grot = GpuRotation::new(&rot).unwrap();
+    let (codes, nibbles, weights) = (
+        DeviceBuffer::new(kv * n * shape.code_bytes()).unwrap(),
+        DeviceBuffer::new(kv * n * shape.nibble_bytes()).unwrap(),
+        DeviceBuffer::new(kv * n * shape.n_weights() * 2).unwrap(),
+    );
+    let target = EncodeTarget {
+        keys: k.device,
+        key_dtype: DType::F16,
+        key_row_stride: kv * row,
+        key_head_stride: row,
+        codes: codes.ptr,
+        nibbles: nibbles.ptr,
+        weights: weights.ptr,
+        hist: 0,
+        counted: 0,
+        kv_size: n,
+        n_heads: kv,
+        center: 0,
+        row_cache: cache.all(),
+    };
+    let gcells = DeviceBuffer::from_slice(&rewritten).unwrap();
+    encode(module, &grot, &target, gcells.ptr, 0, rewritten.len(), &Stream::null()).unwrap();
+    layer.row_cache = Default::default();
+    let want = run(&layer);
+    layer.row_cache = cache.stream(0).unwrap();
+    let before = total(&cache);
+    let got = run(&layer);
+    let misses = total(&cache).1 - before.1;
+    eprintln!("after the rewrite: {misses} rows from host memory");
+    assert!(misses >= (kv * rewritten.len()) as u64, "every rewritten (cell, head) read from host memory");
+    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "rewritten rows: outputs differ");
+    // clear: nothing held
+    cache.clear().unwrap();
+    let got = run(&layer);
+    assert_eq!(total(&cache), (0, (kv * n_rows) as u64), "a cleared cache holds nothing");
+    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "after clear: outputs differ");
 }

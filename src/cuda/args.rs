@@ -36,12 +36,13 @@ pub struct CLayout {
 }
 
 /// Every struct of this file, for build.rs.
-pub const ALL: [CLayout; 8] = [
+pub const ALL: [CLayout; 9] = [
     Retrieval::C_LAYOUT,
     UnitState::C_LAYOUT,
     UnitLayout::C_LAYOUT,
     StepArgs::C_LAYOUT,
     GroupStat::C_LAYOUT,
+    RowCacheArgs::C_LAYOUT,
     AttendArgs::C_LAYOUT,
     GatherArgs::C_LAYOUT,
     EncodeArgs::C_LAYOUT,
@@ -177,6 +178,26 @@ device_struct! {
 }
 
 device_struct! {
+    /// Where a row cache's tables lie (kernels/row_cache.cuh, src/cuda/row_cache.rs), as the
+    /// kernels take it; `Default`: no cache.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RowCacheArgs = "pk_row_cache" {
+        pub(crate) clock: u64,
+        pub(crate) tag: u64,
+        pub(crate) stamp: u64,
+        pub(crate) data: u64,
+        pub(crate) plan: u64,
+        pub(crate) stats: u64,
+        pub(crate) tables: i32,
+        pub(crate) slots: i32,
+        pub(crate) row_bytes: i32,
+        pub(crate) v_off: i32,
+        pub(crate) max_rows: i32,
+        pub(crate) max_units: i32,
+    }
+}
+
+device_struct! {
     /// The attention's arguments (kernels/attention.cuh).
     pub(crate) struct AttendArgs = "pk_attend_args" {
         pub(crate) layout: UnitLayout => "L",
@@ -203,6 +224,7 @@ device_struct! {
         pub(crate) out_stride: i64,
         pub(crate) done: u64,
         pub(crate) mark: u64,
+        pub(crate) cache: RowCacheArgs,
     }
 }
 
@@ -249,5 +271,6 @@ device_struct! {
         pub(crate) head_dim: i32,
         pub(crate) padded_dim: i32,
         pub(crate) init_center: i32,
+        pub(crate) cache: RowCacheArgs,
     }
 }

@@ -5,6 +5,7 @@ use std::ffi::c_void;
 use super::args::EncodeArgs;
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::kernels::{CENTER_INIT, ENCODE, ENCODE_WARPS};
+use super::row_cache::RowCacheArgs;
 use crate::algorithm::rotation::Rotation;
 use crate::error::{Error, Result};
 use crate::rows::{DType, Q8_0_BLOCK};
@@ -58,6 +59,9 @@ pub struct EncodeTarget {
     /// The heads' key centres (`center::len` f32 each, head after head), or 0: keys
     /// encoded as they are.
     pub center: CUdeviceptr,
+    /// Every table of the row cache the steps over these keys use (`RowCache::all`), which
+    /// forgets the cells encoded, or none (`Default`).
+    pub row_cache: RowCacheArgs,
 }
 
 /// The kernels' code of an element type (`pk_dtype`, numbered as `pariskv_dtype`): f32, f16,
@@ -123,6 +127,7 @@ pub fn encode(
         head_dim: shape.head_dim as i32,
         padded_dim: shape.padded_dim as i32,
         init_center: 0,
+        cache: target.row_cache,
     };
     // A ubatch that one encode block per head covers (a decode token) sets an unset centre
     // in that block; larger ones need every cell's key first: a launch of its own.

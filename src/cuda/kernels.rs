@@ -195,6 +195,8 @@ pub const ATTEND: [(usize, usize, Kernel); 9] = [
     variant("pk_attend_4_2", 4, 2),
 ];
 pub const GATHER: Kernel = k("pk_gather");
+/// A step's rows looked up in its row cache before the attention (kernels/attention.cuh)
+pub const ROW_PLAN: Kernel = k("pk_row_plan");
 
 /// Every kernel but the attention variants (ATTEND).
 pub const ALL_KERNELS: &[Kernel] = &[
@@ -219,4 +221,5 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GROUP_REFINE,
     UNMARK,
     GATHER,
+    ROW_PLAN,
 ];

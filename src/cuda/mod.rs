@@ -9,4 +9,5 @@ pub mod driver;
 pub mod encode;
 pub mod kernels;
 pub mod pinned;
+pub mod row_cache;
 pub mod step;

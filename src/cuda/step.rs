@@ -13,6 +13,7 @@ pub use super::args::{Retrieval, UnitLayout, UnitState};
 use super::driver::{launch, CUdeviceptr, DeviceBuffer, Module, Stream};
 use super::encode::{check_rows, dtype_code, GpuRotation};
 use super::kernels::*;
+use super::row_cache::RowCacheArgs;
 use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::RatioPolicy;
 use crate::error::{Error, Result};
@@ -49,6 +50,9 @@ pub struct GpuLayer {
     pub n_heads: usize,
     pub out: CUdeviceptr,
     pub out_stride: usize,
+    /// The stream's row cache tables (`RowCache::stream`), or none (`Default`): rows read
+    /// where K and V are, every step.
+    pub row_cache: RowCacheArgs,
 }
 
 /// Scratch of a step, sized once for `max_units` units of up to `max_heads` query heads
@@ -559,8 +563,21 @@ pub fn attend(
         out_stride: layer.out_stride as i64,
         done: buf.att_done.ptr,
         mark: rows.mark,
+        cache: layer.row_cache,
     };
     let attp = &mut att as *mut AttendArgs as *mut c_void;
+    if layer.row_cache.is_some() {
+        // one stream's rows, the same for every token (kernels/attention.cuh: pk_cache_table)
+        let tokens = layer.layout.n_units > layer.layout.n_h;
+        if tokens && (layer.layout.k_a != 0 || layer.layout.v_a != 0) {
+            return Err(Error::invalid("a row cache serves steps whose tokens read the same K/V rows"));
+        }
+        let (kb, vb) = (layer.k_dtype.bytes(shape.head_dim), layer.v_dtype.bytes(buf.dv));
+        let heads = layer.layout.n_h.max(0) as usize;
+        layer.row_cache.check_step(units, heads, max_rows, kb, vb)?;
+        let blocks = max_rows.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / units).max(1)) as u32;
+        launch(module, ROW_PLAN, (blocks, 1, units as u32), THREADS, 0, stream, &mut [attp])?;
+    }
     let mut hb_arg = hb as i32;
     let smem = attend_smem(hb, buf.dv, layer.n_heads, max_chunks) as u32;
     let grid = (max_chunks as u32, batches as u32, units as u32);

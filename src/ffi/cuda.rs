@@ -282,6 +282,7 @@ pub extern "C" fn pariskv_cuda_encode(
                 kv_size: t.kv_size,
                 n_heads: t.n_heads as usize,
                 center,
+                row_cache: Default::default(),
             };
             encode(module, rot, &target, cells, n_cells, max_cells, &stream)
         }
@@ -426,6 +427,7 @@ pub extern "C" fn pariskv_cuda_step_run(
                 n_heads: l.n_heads as usize,
                 out: l.out,
                 out_stride: l.out_row_stride,
+                row_cache: Default::default(),
             };
             run(module, rot, &params, &layer, &step.buffers, &stream)?;
             let n_ret = crate::cuda::step::n_retrievals(params.gqa, layer.n_heads);

@@ -275,6 +275,7 @@ impl GpuIndex {
             n_heads: g,
             out: s.out.ptr,
             out_stride: d * 4,
+            row_cache: Default::default(),
         }
     }
 
@@ -332,6 +333,7 @@ impl GpuIndex {
             kv_size: s.cap,
             n_heads: nkv,
             center: if self.cfg.center { s.center.ptr } else { 0 },
+            row_cache: Default::default(),
         };
         // count 0: exactly `n_tokens` cells
         encode(s.module, &s.rotation, &target, cells_dev.ptr, 0, n_tokens, &Stream::null())?;

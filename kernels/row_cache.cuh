@@ -1,0 +1,74 @@
+// A device cache of K/V rows across decode steps, for caches whose rows live in host memory
+// (read through UVA): consecutive steps retrieve largely the same rows (the sink and window
+// every step, most of the top-k again), so a row read once over PCIe is kept in GPU memory
+// and the next step reads it there. Per unit a table of `slots` slots, 4-way set
+// associative (a cell's set by a multiplicative hash), each slot the raw bytes of one cell's
+// K row and V row, tagged by the cell, stamped with the last step that used it (LRU).
+//
+// Tables are per KV head of a stream; a step reads one stream, its tokens' units sharing
+// their KV head's table (pk_cache_table in attention.cuh). Two units of one step may then
+// plan the same cell, which at worst tags it in two slots, both filled with its rows.
+//
+// A step plans before its attention (pk_row_plan, a thread per row): a row whose cell is
+// tagged in its set is a hit and pins its slot for the step (stamp 2 * step); a miss claims
+// the least recently used slot of its set not pinned or claimed this step (stamp 2 * step +
+// 1, by compare-and-swap, so that a slot is never both read and overwritten in one step),
+// retags it and is filled by the attention, which copies the row from host memory into the
+// slot and reads it there; a miss whose set is all taken this step reads host memory only.
+// The attention's last block of a unit advances the unit's step clock. Rows are unique per
+// unit and step.
+//
+// Coherence: the encode op, which runs for every K/V row written, untags the cells it
+// encodes (pk_row_cache_forget); every other change of rows in place (a K-shift, a state
+// load, a copy between sequences) clears the table (src/cuda/row_cache.rs: RowCache::clear).
+#pragma once
+
+#include "common.cuh"
+
+struct pk_row_cache {
+    unsigned int * clock;       // [tables]: steps planned (advanced by the attention)
+    int * tag;                  // [tables][slots]: the cell whose rows a slot holds, -1: none
+    unsigned int * stamp;       // [tables][slots]: 2 * step pinned, 2 * step + 1 claimed
+    char * data;                // [tables][slots][row_bytes]: the K row, then the V row at v_off
+    int * plan;                 // [units][max_rows]: per row of a step, pk_row_plan's answer
+    unsigned long long * stats; // [tables][2]: rows read from the cache, rows read from the host
+    int tables;                 // KV heads times streams
+    int slots;                  // per table, a power of two, at least 4; 0: no cache
+    int row_bytes;
+    int v_off;
+    int max_rows;
+    int max_units;
+};
+
+#define PK_CACHE_WAYS 4
+
+// the first slot of cell c's set (slots / 4 sets, a power of two)
+__device__ __forceinline__ int pk_cache_set(const pk_row_cache & C, long long c) {
+    const unsigned int sets = (unsigned int) C.slots / PK_CACHE_WAYS;
+    return (int) (((unsigned int) c * 2654435761u) & (sets - 1)) * PK_CACHE_WAYS;
+}
+
+// A plan entry: a hit's slot (>= 0), a fill's slot s as -2 - s, or -1 (host memory only).
+__device__ __forceinline__ int pk_plan_fill(int slot) { return -2 - slot; }
+
+// Untags cell c of table t (its rows are being rewritten); no-op without a cache
+__device__ __forceinline__ void pk_row_cache_forget(const pk_row_cache & C, long long t, long long c) {
+    if (C.slots == 0 || t >= C.tables) return;
+    int * tag = C.tag + t * C.slots + pk_cache_set(C, c);
+    for (int w = 0; w < PK_CACHE_WAYS; ++w) {
+        if (tag[w] == (int) c) tag[w] = -1;
+    }
+}
+
+// Copies `bytes` from src to dst by the 32 lanes of a warp, in the widest words both
+// addresses and the length allow
+__device__ __forceinline__ void pk_warp_copy(char * dst, const char * src, int bytes, int lane) {
+    const unsigned long long align = (unsigned long long) dst | (unsigned long long) src | (unsigned long long) bytes;
+    if (align % 16 == 0) {
+        for (int j = 16 * lane; j < bytes; j += 16 * 32) *(uint4 *) (dst + j) = *(const uint4 *) (src + j);
+    } else if (align % 4 == 0) {
+        for (int j = 4 * lane; j < bytes; j += 4 * 32) *(unsigned int *) (dst + j) = *(const unsigned int *) (src + j);
+    } else {
+        for (int j = lane; j < bytes; j += 32) dst[j] = src[j];
+    }
+}
