@@ -26,7 +26,7 @@ use pariskv::constants::TUNED_RHO_COLL;
 use pariskv::cuda::driver::{self, DeviceBuffer, Stream, Timer};
 use pariskv::cuda::encode::{encode, EncodeTarget, GpuRotation};
 use pariskv::cuda::pinned::PinnedHost;
-use pariskv::cuda::row_cache::RowCache;
+use pariskv::cuda::row_cache::{RowCache, RowCacheShape};
 use pariskv::cuda::step::{attend, run_marked, GpuLayer, Rows, StageMarks, StepBuffers, UnitLayout};
 use pariskv::eval::synth::Rng;
 use pariskv::rows::DType;
@@ -155,7 +155,7 @@ fn bench(
     // "layer" here is the same layer with the same query, so after the first step every row
     // is a hit: an upper bound (real prompts hit 0.8-0.84 of their rows with 2k slots:
     // docs/FIDELITY.md, "A slot table, simulated").
-    let cache = RowCache::new(1, KV_HEADS, 4096, (KV_HEADS, n), (D * 2, D * 2))?;
+    let cache = RowCache::new(RowCacheShape::new((1, KV_HEADS, 4096), (KV_HEADS, n), (D * 2, D * 2))?)?;
     let places = [
         ("K/V in HBM", k_dev.ptr, v_dev.ptr, true, true, true, false),
         ("K/V in HBM, recounting", k_dev.ptr, v_dev.ptr, false, true, true, false),

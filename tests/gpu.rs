@@ -1479,7 +1479,7 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     use pariskv::algorithm::gqa::GqaPolicy;
     use pariskv::algorithm::search::RatioPolicy;
     use pariskv::cuda::pinned::PinnedHost;
-    use pariskv::cuda::row_cache::RowCache;
+    use pariskv::cuda::row_cache::{RowCache, RowCacheShape};
     use pariskv::cuda::step::{attend, GpuLayer, Rows as StepRows, StepBuffers, UnitLayout};
     use pariskv::eval::synth::Rng;
     use pariskv::step::StepParams;
@@ -1504,7 +1504,7 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     let gq = DeviceBuffer::from_slice(&q).unwrap();
     let gout = DeviceBuffer::new(kv * g * d * 4).unwrap();
     let buf = StepBuffers::new(shape, d, n, g, kv).unwrap();
-    let cache = RowCache::new(1, kv, 4096, (kv, n), (row, row)).unwrap();
+    let cache = RowCache::new(RowCacheShape::new((1, kv, 4096), (kv, n), (row, row)).unwrap()).unwrap();
     let mut layer = GpuLayer {
         layout: UnitLayout {
             n_units: kv as i32,

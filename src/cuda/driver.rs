@@ -356,6 +356,15 @@ pub fn launch(
     check(r, k.name)
 }
 
+/// Sets `count` 32-bit words at `ptr` to `value`, in order on `stream` (graph-safe).
+pub fn memset_u32(ptr: CUdeviceptr, value: u32, count: usize, stream: &Stream) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller's `count` words at `ptr` are device memory of this context.
+    check(unsafe { sys::cuMemsetD32Async(ptr, value, count, stream.raw()) }, "cuMemsetD32Async")
+}
+
 /// Device memory owned by Rust, freed on drop (for tests, tools and the index handle).
 pub struct DeviceBuffer {
     pub ptr: CUdeviceptr,

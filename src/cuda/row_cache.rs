@@ -2,12 +2,15 @@
 //! UVA (kernels/row_cache.cuh has the protocol): per KV head of each stream, `slots` slots of
 //! one cell's raw K and V rows, 4-way set associative, least recently used first. A step
 //! given a stream's tables (`GpuLayer::row_cache`) plans its rows first and its attention
-//! reads hits from GPU memory, copying misses in as it reads them; an encode given the whole
-//! cache (`EncodeTarget::row_cache`) forgets the cells it encodes, so a cell rewritten is
+//! reads hits from GPU memory, copying misses in as it reads them; an encode given every
+//! table (`EncodeTarget::row_cache`) forgets the cells it encodes, so a cell rewritten is
 //! never read stale. Rows changed in place by anything else (a K-shift, a state load, a copy
-//! between sequences) need `clear`.
+//! between sequences) need a clear.
+//!
+//! A cache lies in one device allocation of `RowCacheShape::bytes` (the caller's, e.g. a
+//! ggml tensor, through the `_at` functions, or `RowCache`'s own).
 
-use super::driver::DeviceBuffer;
+use super::driver::{memset_u32, CUdeviceptr, DeviceBuffer, Stream};
 use crate::error::{Error, Result};
 
 pub use super::args::RowCacheArgs;
@@ -15,13 +18,14 @@ pub use super::args::RowCacheArgs;
 /// Ways of a set (kernels/row_cache.cuh: PK_CACHE_WAYS).
 pub const WAYS: usize = 4;
 
-/// Bytes a slot's row starts at: 16-byte aligned for the copies' widest words.
+/// Bytes a slot's rows start at: 16-byte aligned for the copies' widest words.
 const ROW_ALIGN: usize = 16;
 
-/// The tables of `streams` x `heads` KV heads, each `slots` slots of a K row of `k_bytes`
-/// and a V row of `v_bytes`, with a plan for steps of up to `max_units` units and
-/// `max_rows` rows each.
-pub struct RowCache {
+/// A row cache's dimensions: `streams` x `heads` tables of `slots` slots, each a K row of
+/// `k_bytes` and a V row of `v_bytes`, and a plan for steps of up to `max_units` units of
+/// up to `max_rows` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowCacheShape {
     pub streams: usize,
     pub heads: usize,
     pub slots: usize,
@@ -29,17 +33,9 @@ pub struct RowCache {
     pub max_rows: usize,
     pub k_bytes: usize,
     pub v_bytes: usize,
-    row_bytes: usize,
-    v_off: usize,
-    clock: DeviceBuffer,
-    tag: DeviceBuffer,
-    stamp: DeviceBuffer,
-    data: DeviceBuffer,
-    plan: DeviceBuffer,
-    stats: DeviceBuffer,
 }
 
-/// Rows read from the cache and from host memory, per table, since creation or `clear`.
+/// Rows read from the cache and from host memory, per table, since the last clear.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub hits: u64,
@@ -50,102 +46,147 @@ fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
-impl RowCache {
-    /// Device bytes of the tables of a cache of these dimensions, for the caller's memory plan
-    /// (the plan of a step, 4 bytes a row, aside).
-    pub fn bytes(streams: usize, heads: usize, slots: usize, k_bytes: usize, v_bytes: usize) -> usize {
-        let tables = streams * heads;
-        let row = round_up(k_bytes, ROW_ALIGN) + round_up(v_bytes, ROW_ALIGN);
-        tables * (4 + 16) + tables * slots * (4 + 4 + row)
-    }
+/// Byte offsets of a cache's parts in its allocation: stats (u64 pairs), clocks, tags,
+/// stamps, the plan, then the rows (16-byte aligned).
+struct Parts {
+    clock: usize,
+    tag: usize,
+    stamp: usize,
+    plan: usize,
+    data: usize,
+    end: usize,
+}
 
+impl RowCacheShape {
+    /// Checks the dimensions: a power of two of at least `WAYS` slots, rows of some bytes,
+    /// every count within the kernels' 32-bit indices.
     pub fn new(
-        streams: usize,
-        heads: usize,
-        slots: usize,
+        (streams, heads, slots): (usize, usize, usize),
         (max_units, max_rows): (usize, usize),
         (k_bytes, v_bytes): (usize, usize),
-    ) -> Result<RowCache> {
-        let tables = streams.checked_mul(heads).unwrap_or(0);
-        let row_bytes = round_up(k_bytes, ROW_ALIGN) + round_up(v_bytes, ROW_ALIGN);
-        let fits = |x: usize| i32::try_from(x).is_ok();
-        if tables == 0 || !slots.is_power_of_two() || slots < WAYS || k_bytes == 0 || v_bytes == 0 {
+    ) -> Result<RowCacheShape> {
+        let shape = RowCacheShape { streams, heads, slots, max_units, max_rows, k_bytes, v_bytes };
+        let fits = |x: Option<usize>| x.is_some_and(|x| i32::try_from(x).is_ok());
+        let tables = streams.checked_mul(heads);
+        let ok = tables.is_some_and(|t| t > 0)
+            && slots.is_power_of_two()
+            && slots >= WAYS
+            && k_bytes > 0
+            && v_bytes > 0
+            && max_units > 0
+            && fits(tables.and_then(|t| t.checked_mul(slots)))
+            && fits(max_units.checked_mul(max_rows))
+            && fits(Some(shape.row_bytes()));
+        if !ok {
             return Err(Error::invalid(format!(
                 "row cache: {streams} streams x {heads} heads of {slots} slots (a power of two, at least {WAYS}) \
-                 of {k_bytes} + {v_bytes} bytes"
+                 of {k_bytes} + {v_bytes} bytes, plans of {max_units} units x {max_rows} rows"
             )));
         }
-        if !fits(tables) || !fits(slots) || !fits(row_bytes) || !fits(max_rows) || max_units == 0 {
-            return Err(Error::invalid(format!(
-                "row cache: {tables} tables, {slots} slots, rows of {row_bytes} bytes, {max_units} units of {max_rows} rows"
-            )));
-        }
-        let cells = tables * slots;
-        let cache = RowCache {
-            streams,
-            heads,
-            slots,
-            max_units,
-            max_rows,
-            k_bytes,
-            v_bytes,
-            row_bytes,
-            v_off: round_up(k_bytes, ROW_ALIGN),
-            clock: DeviceBuffer::new(tables * 4)?,
-            tag: DeviceBuffer::new(cells * 4)?,
-            stamp: DeviceBuffer::new(cells * 4)?,
-            data: DeviceBuffer::new(cells * row_bytes)?,
-            plan: DeviceBuffer::new(max_units * max_rows.max(1) * 4)?,
-            stats: DeviceBuffer::new(tables * 16)?,
-        };
-        cache.clear()?;
-        Ok(cache)
+        Ok(shape)
     }
 
-    /// Forgets every row and zeroes the statistics (in order with the null stream's work):
-    /// after rows changed in place other than by an encode.
-    pub fn clear(&self) -> Result<()> {
-        let tables = self.streams * self.heads;
-        self.tag.write(&vec![-1i32; tables * self.slots])?;
-        self.stamp.write(&vec![0u32; tables * self.slots])?;
-        self.clock.write(&vec![0u32; tables])?;
-        self.stats.write(&vec![0u64; tables * 2])
+    fn tables(&self) -> usize {
+        self.streams * self.heads
     }
 
-    /// Stream `s`'s tables, for a step over that stream's rows.
-    pub fn stream(&self, s: usize) -> Result<RowCacheArgs> {
+    fn v_off(&self) -> usize {
+        round_up(self.k_bytes, ROW_ALIGN)
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.v_off() + round_up(self.v_bytes, ROW_ALIGN)
+    }
+
+    fn parts(&self) -> Parts {
+        let (t, cells) = (self.tables(), self.tables() * self.slots);
+        let clock = t * 16;
+        let tag = clock + t * 4;
+        let stamp = tag + cells * 4;
+        let plan = stamp + cells * 4;
+        let data = round_up(plan + self.max_units * self.max_rows * 4, ROW_ALIGN);
+        Parts { clock, tag, stamp, plan, data, end: data + cells * self.row_bytes() }
+    }
+
+    /// Device bytes of the cache (its allocation must be 16-byte aligned).
+    pub fn bytes(&self) -> usize {
+        self.parts().end
+    }
+
+    /// Stream `s`'s tables in the cache at `base`, for a step over that stream's rows.
+    pub fn stream_at(&self, base: CUdeviceptr, s: usize) -> Result<RowCacheArgs> {
         if s >= self.streams {
             return Err(Error::invalid(format!("row cache: stream {s} of {}", self.streams)));
         }
-        Ok(self.view(s * self.heads, self.heads))
+        Ok(self.view(base, s * self.heads, self.heads))
     }
 
-    /// Every table, for the encodes (table `stream * heads + h`).
-    pub fn all(&self) -> RowCacheArgs {
-        self.view(0, self.streams * self.heads)
+    /// Every table of the cache at `base`, for the encodes (table `stream * heads + h`).
+    pub fn all_at(&self, base: CUdeviceptr) -> RowCacheArgs {
+        self.view(base, 0, self.tables())
     }
 
-    fn view(&self, first: usize, tables: usize) -> RowCacheArgs {
+    /// Forgets every row of the cache at `base` and zeroes its statistics, in order on
+    /// `stream`: for a new cache, and after rows changed in place other than by an encode.
+    pub fn clear_at(&self, base: CUdeviceptr, stream: &Stream) -> Result<()> {
+        let (p, cells) = (self.parts(), self.tables() * self.slots);
+        memset_u32(base, 0, p.tag / 4, stream)?; // statistics and clocks
+        memset_u32(base + p.tag as u64, u32::MAX, cells, stream)?; // tags -1: empty
+        memset_u32(base + p.stamp as u64, 0, cells, stream)
+    }
+
+    fn view(&self, base: CUdeviceptr, first: usize, tables: usize) -> RowCacheArgs {
+        let p = self.parts();
         let (f, slots) = (first as u64, self.slots as u64);
         RowCacheArgs {
-            clock: self.clock.ptr + f * 4,
-            tag: self.tag.ptr + f * slots * 4,
-            stamp: self.stamp.ptr + f * slots * 4,
-            data: self.data.ptr + f * slots * self.row_bytes as u64,
-            plan: self.plan.ptr,
-            stats: self.stats.ptr + f * 16,
+            clock: base + p.clock as u64 + f * 4,
+            tag: base + p.tag as u64 + f * slots * 4,
+            stamp: base + p.stamp as u64 + f * slots * 4,
+            data: base + p.data as u64 + f * slots * self.row_bytes() as u64,
+            plan: base + p.plan as u64,
+            stats: base + f * 16,
             tables: tables as i32,
             slots: self.slots as i32,
-            row_bytes: self.row_bytes as i32,
-            v_off: self.v_off as i32,
+            row_bytes: self.row_bytes() as i32,
+            v_off: self.v_off() as i32,
             max_rows: self.max_rows as i32,
             max_units: self.max_units as i32,
         }
     }
+}
+
+/// A row cache in device memory of its own.
+pub struct RowCache {
+    pub shape: RowCacheShape,
+    buf: DeviceBuffer,
+}
+
+impl RowCache {
+    /// A cleared cache of `shape`.
+    pub fn new(shape: RowCacheShape) -> Result<RowCache> {
+        let cache = RowCache { shape, buf: DeviceBuffer::new(shape.bytes())? };
+        cache.clear()?;
+        Ok(cache)
+    }
+
+    /// Forgets every row and zeroes the statistics (on the null stream).
+    pub fn clear(&self) -> Result<()> {
+        self.shape.clear_at(self.buf.ptr, &Stream::null())
+    }
+
+    /// Stream `s`'s tables, for a step over that stream's rows.
+    pub fn stream(&self, s: usize) -> Result<RowCacheArgs> {
+        self.shape.stream_at(self.buf.ptr, s)
+    }
+
+    /// Every table, for the encodes.
+    pub fn all(&self) -> RowCacheArgs {
+        self.shape.all_at(self.buf.ptr)
+    }
 
     /// Each table's counts (table `stream * heads + h`), read after the work in flight.
     pub fn stats(&self) -> Result<Vec<CacheStats>> {
-        let raw: Vec<u64> = self.stats.read(self.streams * self.heads * 2)?;
+        let raw: Vec<u64> = self.buf.read(self.shape.tables() * 2)?;
         Ok(raw.chunks(2).map(|c| CacheStats { hits: c[0], misses: c[1] }).collect())
     }
 }
@@ -156,8 +197,8 @@ impl RowCacheArgs {
         self.slots > 0
     }
 
-    /// Checks that a step of `units` units over rows of `k_bytes` / `v_bytes` with up to
-    /// `max_rows` rows a unit fits the cache these tables belong to.
+    /// Checks that a step of `units` units of `heads` KV heads over rows of `k_bytes` /
+    /// `v_bytes`, up to `max_rows` a unit, fits the cache these tables belong to.
     pub(crate) fn check_step(
         &self,
         units: usize,
@@ -179,5 +220,34 @@ impl RowCacheArgs {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_aligned_and_disjoint() {
+        let s = RowCacheShape::new((2, 8, 4096), (8, 70_000), (256, 136)).unwrap();
+        let p = s.parts();
+        assert!(p.clock < p.tag && p.tag < p.stamp && p.stamp < p.plan && p.plan < p.data && p.data < p.end);
+        assert_eq!(p.data % ROW_ALIGN, 0);
+        assert_eq!(s.row_bytes(), 256 + 144);
+        assert_eq!(s.bytes(), p.data + 16 * 4096 * 400);
+        let all = s.all_at(0);
+        let one = s.stream_at(0, 1).unwrap();
+        assert_eq!(one.tag - all.tag, 8 * 4096 * 4, "stream 1's tables follow stream 0's");
+        assert_eq!(one.data - all.data, 8 * 4096 * 400);
+        assert!(s.stream_at(0, 2).is_err());
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        assert!(RowCacheShape::new((1, 8, 3000), (1, 10), (256, 256)).is_err(), "not a power of two");
+        assert!(RowCacheShape::new((1, 8, 2), (1, 10), (256, 256)).is_err(), "fewer than a set");
+        assert!(RowCacheShape::new((0, 8, 4096), (1, 10), (256, 256)).is_err(), "no tables");
+        assert!(RowCacheShape::new((1, 8, 4096), (1, 10), (0, 256)).is_err(), "empty rows");
+        assert!(RowCacheShape::new((1, 1 << 20, 4096), (1, 10), (256, 256)).is_err(), "too many slots");
     }
 }
