@@ -67,7 +67,7 @@ extern "C" __global__ void pk_row_plan(pk_attend_args a) {
         unsigned int * stamp = C.stamp + t * C.slots + set;
         int p = -1;
         for (int w = 0; w < PK_CACHE_WAYS; ++w) {
-            if (tag[w] == c) { // a hit, unless a miss claimed the slot first this step
+            if (tag[w] == c + 1) { // a hit, unless a miss claimed the slot first this step
                 if (atomicMax(stamp + w, pin) != claim) p = set + w;
                 break;
             }
@@ -86,7 +86,7 @@ extern "C" __global__ void pk_row_plan(pk_attend_args a) {
             }
             if (victim < 0) break; // every way taken this step: host memory only
             if (atomicCAS(stamp + victim, oldest, claim) == oldest) {
-                tag[victim] = c;
+                tag[victim] = c + 1;
                 p = pk_plan_fill(set + victim);
             }
         }

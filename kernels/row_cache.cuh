@@ -27,7 +27,8 @@
 
 struct pk_row_cache {
     unsigned int * clock;       // [tables]: steps planned (advanced by the attention)
-    int * tag;                  // [tables][slots]: the cell whose rows a slot holds, -1: none
+    int * tag;                  // [tables][slots]: 1 + the cell whose rows a slot holds, 0: none
+                                // (all-zero memory is an empty cache)
     unsigned int * stamp;       // [tables][slots]: 2 * step pinned, 2 * step + 1 claimed
     char * data;                // [tables][slots][row_bytes]: the K row, then the V row at v_off
     int * plan;                 // [units][max_rows]: per row of a step, pk_row_plan's answer
@@ -56,7 +57,7 @@ __device__ __forceinline__ void pk_row_cache_forget(const pk_row_cache & C, long
     if (C.slots == 0 || t >= C.tables) return;
     int * tag = C.tag + t * C.slots + pk_cache_set(C, c);
     for (int w = 0; w < PK_CACHE_WAYS; ++w) {
-        if (tag[w] == (int) c) tag[w] = -1;
+        if (tag[w] == (int) c + 1) tag[w] = 0;
     }
 }
 

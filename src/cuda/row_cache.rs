@@ -47,7 +47,8 @@ fn round_up(x: usize, to: usize) -> usize {
 }
 
 /// Byte offsets of a cache's parts in its allocation: stats (u64 pairs), clocks, tags,
-/// stamps, the plan, then the rows (16-byte aligned).
+/// stamps (all zero in an empty cache), the plan (written by each step), then the rows
+/// (16-byte aligned).
 struct Parts {
     clock: usize,
     tag: usize,
@@ -128,11 +129,9 @@ impl RowCacheShape {
 
     /// Forgets every row of the cache at `base` and zeroes its statistics, in order on
     /// `stream`: for a new cache, and after rows changed in place other than by an encode.
+    /// (All-zero memory is an empty cache: zeroing the tables up to the plan does the same.)
     pub fn clear_at(&self, base: CUdeviceptr, stream: &Stream) -> Result<()> {
-        let (p, cells) = (self.parts(), self.tables() * self.slots);
-        memset_u32(base, 0, p.tag / 4, stream)?; // statistics and clocks
-        memset_u32(base + p.tag as u64, u32::MAX, cells, stream)?; // tags -1: empty
-        memset_u32(base + p.stamp as u64, 0, cells, stream)
+        memset_u32(base, 0, self.parts().plan / 4, stream)
     }
 
     fn view(&self, base: CUdeviceptr, first: usize, tables: usize) -> RowCacheArgs {
