@@ -13,10 +13,11 @@
 //! per-head with the first tuned table (share 0.1 above 30K keys) and with today's (0.2),
 //! each without and with refine 2 (the defaults: today's table and refine 2).
 //!
-//!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only] [N ...]
+//!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only | --offload] [N ...]
 //!
 //! `--defaults-only`: only the default settings with K/V in HBM, kept, recounting, with the
-//! one-block top-k and with plain launches (for profilers).
+//! one-block top-k and with plain launches (for profilers). `--offload`: only the default
+//! settings with K/V in host RAM, without and with the row cache.
 
 use pariskv::algorithm::attention::AttnParams;
 use pariskv::algorithm::gqa::GqaPolicy;
@@ -65,9 +66,15 @@ impl StageMarks for Events {
 
 fn main() -> pariskv::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let defaults_only = args.iter().any(|a| a == "--defaults-only");
+    let mode = if args.iter().any(|a| a == "--defaults-only") {
+        Mode::DefaultsOnly
+    } else if args.iter().any(|a| a == "--offload") {
+        Mode::Offload
+    } else {
+        Mode::All
+    };
     let sizes: Vec<usize> =
-        args.iter().filter(|a| *a != "--defaults-only").map(|a| a.parse().expect("N")).collect();
+        args.iter().filter(|a| !a.starts_with("--")).map(|a| a.parse().expect("N")).collect();
     let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
     driver::use_primary_context(0)?;
     let stream = Stream::null();
@@ -77,14 +84,22 @@ fn main() -> pariskv::Result<()> {
     let grot = GpuRotation::new(&rot)?;
     println!("decode step for d={D}, {KV_HEADS} KV heads x {GROUP} query heads, {LAYERS} layers, top-k 2048, sink 4, window 512");
     for n in sizes {
-        bench(n, defaults_only, module, &grot, &stream)?;
+        bench(n, mode, module, &grot, &stream)?;
     }
     Ok(())
 }
 
+/// Which rows of the benchmark run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    All,
+    DefaultsOnly,
+    Offload,
+}
+
 fn bench(
     n: usize,
-    defaults_only: bool,
+    mode: Mode,
     module: &driver::Module,
     grot: &GpuRotation,
     stream: &Stream,
@@ -164,8 +179,12 @@ fn bench(
         ("K/V in host RAM (UVA)", k_host.device, v_host.device, true, true, true, false),
         ("K/V in host RAM, row cache", k_host.device, v_host.device, true, true, true, true),
     ];
-    for (where_, kptr, vptr, kept, clusters, programmatic, cached) in
-        places.into_iter().take(if defaults_only { 4 } else { 6 })
+    for (_, (where_, kptr, vptr, kept, clusters, programmatic, cached)) in
+        places.into_iter().enumerate().filter(|&(i, _)| match mode {
+            Mode::All => true,
+            Mode::DefaultsOnly => i < 4,
+            Mode::Offload => i >= 4,
+        })
     {
         driver::allow_clusters(clusters);
         driver::allow_programmatic_launch(programmatic);
@@ -223,7 +242,7 @@ fn bench(
             (GqaPolicy::Group, RatioPolicy::Tuned, 2),
         ]
         .into_iter()
-        .skip(if defaults_only { 7 } else { 0 })
+        .skip(if mode == Mode::All { 0 } else { 7 })
         {
             let params = StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios, gqa, refine, attn };
             run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
@@ -249,8 +268,8 @@ fn bench(
                 stages.join(", ")
             );
         }
-        if cached {
-            continue; // dense attention over every cell would only churn the cache
+        if cached || mode == Mode::Offload {
+            continue; // dense attention over every cell through PCIe (and churning the cache)
         }
         // dense attention over all N, same kernel, same run
         let params = StepParams {
