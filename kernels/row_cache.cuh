@@ -43,10 +43,12 @@ struct pk_row_cache {
 
 #define PK_CACHE_WAYS 4
 
-// the first slot of cell c's set (slots / 4 sets, a power of two)
+// the first slot of cell c's set (slots / 4 sets, a power of two): the high half of the
+// cell times 2^64 / golden ratio, as pariskv-fidelity's slot-table simulation sets it
+// (src/bin/pariskv-fidelity/reuse.rs: SlotCache), so its hit rates are this table's
 __device__ __forceinline__ int pk_cache_set(const pk_row_cache & C, long long c) {
-    const unsigned int sets = (unsigned int) C.slots / PK_CACHE_WAYS;
-    return (int) (((unsigned int) c * 2654435761u) & (sets - 1)) * PK_CACHE_WAYS;
+    const unsigned long long sets = (unsigned long long) C.slots / PK_CACHE_WAYS;
+    return (int) ((((unsigned long long) (unsigned int) c * 0x9E3779B97F4A7C15ull) >> 32) & (sets - 1)) * PK_CACHE_WAYS;
 }
 
 // A plan entry: a hit's slot (>= 0), a fill's slot s as -2 - s, or -1 (host memory only).
