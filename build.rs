@@ -146,6 +146,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
         &[
             "pariskv_cuda_step",
             "pariskv_cuda_encode_target",
+            "pariskv_cuda_row_cache",
             "pariskv_cuda_layer",
             "pariskv_cuda_available",
             "pariskv_host_alloc",
@@ -156,6 +157,8 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_cuda_step_free",
             "pariskv_cuda_step_run",
             "pariskv_cuda_step_stats",
+            "pariskv_cuda_row_cache_bytes",
+            "pariskv_cuda_row_cache_clear",
         ],
     ),
 ];

@@ -680,7 +680,32 @@ typedef struct pariskv_cuda_encode_target {
   uint32_t n_heads;
   uint64_t hist;
   uint64_t counted;
+  // The row cache the steps over these keys read through (`pariskv_cuda_row_cache`), whose
+  // cells the encode forgets as it rewrites them, or NULL: none.
+  const struct pariskv_cuda_row_cache *row_cache;
 } pariskv_cuda_encode_target;
+
+// A device cache of K/V rows across decode steps, for K/V in host memory (read through
+// UVA): consecutive steps retrieve largely the same rows, and a row read once over PCIe is
+// read from GPU memory the next time. One device allocation at `base` of
+// `pariskv_cuda_row_cache_bytes` bytes (16-byte aligned), all zero when new or after
+// `pariskv_cuda_row_cache_clear`: `n_streams` x `n_kv_heads` tables (stream s, KV head h:
+// table s * n_kv_heads + h) of `slots` slots (a power of two, at least 4), each one cell's K
+// row of `k_row_bytes` and V row of `v_row_bytes`, and the plan of a step of up to
+// `max_units` units of up to `max_rows` rows. Give it to every encode of the keys
+// (`pariskv_cuda_encode_target.row_cache`: rewritten cells are forgotten) and to the steps
+// (`pariskv_cuda_layer.row_cache`, with the stream the step reads); clear it after rows
+// change in place otherwise (a K-shift, a state load).
+typedef struct pariskv_cuda_row_cache {
+  uint64_t base;
+  uint32_t n_streams;
+  uint32_t n_kv_heads;
+  uint32_t slots;
+  uint32_t max_units;
+  size_t max_rows;
+  size_t k_row_bytes;
+  size_t v_row_bytes;
+} pariskv_cuda_row_cache;
 
 // One layer's decode step on the device, for `pariskv_cuda_step_run`: `n_units` units, unit
 // u = a * n_kv_heads + h being KV head h of token (or sequence) a, with `n_heads` query heads
@@ -737,6 +762,12 @@ typedef struct pariskv_cuda_layer {
   uint64_t counted;
   int64_t counted_token_stride;
   int64_t counted_head_stride;
+  // The row cache the step reads its rows through, with K/V in host memory
+  // (`pariskv_cuda_row_cache`; its tables of stream `row_cache_stream`), or NULL: none. The
+  // step's tokens must read the same rows (k_token_stride and v_token_stride 0, or one
+  // token).
+  const struct pariskv_cuda_row_cache *row_cache;
+  uint32_t row_cache_stream;
 } pariskv_cuda_layer;
 
 // `*out` = 1 when a CUDA driver and a GPU are available to this build, else 0.
@@ -814,6 +845,15 @@ enum pariskv_status pariskv_cuda_step_stats(const struct pariskv_cuda_step *step
                                             struct pariskv_step_stats *out,
                                             size_t n_out,
                                             size_t *n_written);
+
+// The device bytes of the row cache `cache` describes (its `base` is not read) into `*out`.
+enum pariskv_status pariskv_cuda_row_cache_bytes(const struct pariskv_cuda_row_cache *cache,
+                                                 size_t *out);
+
+// Empties the row cache `cache` and zeroes its counts, in order on `stream` (graph-safe):
+// after its rows changed in place other than by an encode given it.
+enum pariskv_status pariskv_cuda_row_cache_clear(const struct pariskv_cuda_row_cache *cache,
+                                                 void *stream);
 
 #ifdef __cplusplus
 }  // extern "C"

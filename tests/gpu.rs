@@ -981,6 +981,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         n_heads: 1,
         hist: ghist.ptr,
         counted: gflags.ptr,
+        row_cache: std::ptr::null(),
     };
     let null = std::ptr::null_mut();
     // centred keys (the centre set by this first encode, from K in host memory)
@@ -1060,6 +1061,8 @@ fn c_abi_step_with_kv_in_host_memory() {
         counted: gflags.ptr,
         counted_token_stride: 0,
         counted_head_stride: 0,
+        row_cache: std::ptr::null(),
+        row_cache_stream: 0,
     };
     assert_eq!(pariskv_cuda_step_run(step, &params, &layer, null), pariskv_status::PARISKV_OK);
     driver::synchronize().unwrap();
@@ -1657,4 +1660,48 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     let got = run(&layer);
     assert_eq!(total(&cache), (0, (kv * n_rows) as u64), "a cleared cache holds nothing");
     assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "after clear: outputs differ");
+}
+
+/// The row cache's C entry points check its description (no GPU needed for its size).
+#[test]
+fn row_cache_c_abi_checks_its_shape() {
+    use pariskv::cuda::row_cache::RowCacheShape;
+    use pariskv::ffi::cuda::{
+        pariskv_cuda_row_cache, pariskv_cuda_row_cache_bytes, pariskv_cuda_row_cache_clear,
+    };
+    use pariskv::ffi::pariskv_status;
+    let c = pariskv_cuda_row_cache {
+        base: 0,
+        n_streams: 2,
+        n_kv_heads: 8,
+        slots: 4096,
+        max_units: 8,
+        max_rows: 70_000,
+        k_row_bytes: 256,
+        v_row_bytes: 136,
+    };
+    let mut bytes = 0usize;
+    assert_eq!(pariskv_cuda_row_cache_bytes(&c, &mut bytes), pariskv_status::PARISKV_OK);
+    let want = RowCacheShape::new((2, 8, 4096), (8, 70_000), (256, 136)).unwrap().bytes();
+    assert_eq!(bytes, want);
+    for bad in [
+        pariskv_cuda_row_cache { slots: 3000, ..c },
+        pariskv_cuda_row_cache { slots: 2, ..c },
+        pariskv_cuda_row_cache { n_streams: 0, ..c },
+        pariskv_cuda_row_cache { k_row_bytes: 0, ..c },
+    ] {
+        assert_eq!(
+            pariskv_cuda_row_cache_bytes(&bad, &mut bytes),
+            pariskv_status::PARISKV_ERR_INVALID_ARGUMENT,
+            "{bad:?}"
+        );
+    }
+    assert_ne!(pariskv_cuda_row_cache_bytes(std::ptr::null(), &mut bytes), pariskv_status::PARISKV_OK);
+    // a cache at address 0 (or unaligned) is refused before any device work
+    let null = std::ptr::null_mut();
+    assert_eq!(pariskv_cuda_row_cache_clear(&c, null), pariskv_status::PARISKV_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        pariskv_cuda_row_cache_clear(&pariskv_cuda_row_cache { base: 8, ..c }, null),
+        pariskv_status::PARISKV_ERR_INVALID_ARGUMENT
+    );
 }

@@ -43,6 +43,33 @@ pub struct pariskv_cuda_encode_target {
     pub n_heads: u32,
     pub hist: u64,
     pub counted: u64,
+    /// The row cache the steps over these keys read through (`pariskv_cuda_row_cache`), whose
+    /// cells the encode forgets as it rewrites them, or NULL: none.
+    pub row_cache: *const pariskv_cuda_row_cache,
+}
+
+/// A device cache of K/V rows across decode steps, for K/V in host memory (read through
+/// UVA): consecutive steps retrieve largely the same rows, and a row read once over PCIe is
+/// read from GPU memory the next time. One device allocation at `base` of
+/// `pariskv_cuda_row_cache_bytes` bytes (16-byte aligned), all zero when new or after
+/// `pariskv_cuda_row_cache_clear`: `n_streams` x `n_kv_heads` tables (stream s, KV head h:
+/// table s * n_kv_heads + h) of `slots` slots (a power of two, at least 4), each one cell's K
+/// row of `k_row_bytes` and V row of `v_row_bytes`, and the plan of a step of up to
+/// `max_units` units of up to `max_rows` rows. Give it to every encode of the keys
+/// (`pariskv_cuda_encode_target.row_cache`: rewritten cells are forgotten) and to the steps
+/// (`pariskv_cuda_layer.row_cache`, with the stream the step reads); clear it after rows
+/// change in place otherwise (a K-shift, a state load).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pariskv_cuda_row_cache {
+    pub base: u64,
+    pub n_streams: u32,
+    pub n_kv_heads: u32,
+    pub slots: u32,
+    pub max_units: u32,
+    pub max_rows: usize,
+    pub k_row_bytes: usize,
+    pub v_row_bytes: usize,
 }
 
 /// One layer's decode step on the device, for `pariskv_cuda_step_run`: `n_units` units, unit
@@ -102,6 +129,12 @@ pub struct pariskv_cuda_layer {
     pub counted: u64,
     pub counted_token_stride: i64,
     pub counted_head_stride: i64,
+    /// The row cache the step reads its rows through, with K/V in host memory
+    /// (`pariskv_cuda_row_cache`; its tables of stream `row_cache_stream`), or NULL: none. The
+    /// step's tokens must read the same rows (k_token_stride and v_token_stride 0, or one
+    /// token).
+    pub row_cache: *const pariskv_cuda_row_cache,
+    pub row_cache_stream: u32,
 }
 
 /// A GPU decode step's scratch, allocated once in the CUDA context current at creation: a
@@ -232,6 +265,33 @@ fn stream_of(raw: *mut c_void) -> crate::cuda::driver::Stream {
     unsafe { crate::cuda::driver::Stream::from_raw(raw as crate::cuda::driver::CUstream) }
 }
 
+/// The row cache a C struct points at (NULL: none), checked, with its base address.
+#[cfg(feature = "cuda")]
+fn row_cache_of(
+    c: *const pariskv_cuda_row_cache,
+) -> crate::error::Result<Option<(crate::cuda::row_cache::RowCacheShape, u64)>> {
+    if c.is_null() {
+        return Ok(None);
+    }
+    let (shape, base) = row_cache_shape(in_ref(c, "row_cache")?)?;
+    if base == 0 || !base.is_multiple_of(16) {
+        return Err(Error::invalid(format!("row_cache.base {base:#x} is 0 or not aligned to 16 bytes")));
+    }
+    Ok(Some((shape, base)))
+}
+
+#[cfg(feature = "cuda")]
+fn row_cache_shape(
+    c: &pariskv_cuda_row_cache,
+) -> crate::error::Result<(crate::cuda::row_cache::RowCacheShape, u64)> {
+    let shape = crate::cuda::row_cache::RowCacheShape::new(
+        (c.n_streams as usize, c.n_kv_heads as usize, c.slots as usize),
+        (c.max_units as usize, c.max_rows),
+        (c.k_row_bytes, c.v_row_bytes),
+    )?;
+    Ok((shape, c.base))
+}
+
 /// Encodes, on `stream`, the keys of the global cells listed at `cells` (device int64; the
 /// count is the int32 at device address `n_cells`, at most `max_cells`, or when `n_cells`
 /// is 0 exactly `max_cells`, a count fixed when a graph is captured) into the index of
@@ -282,7 +342,10 @@ pub extern "C" fn pariskv_cuda_encode(
                 kv_size: t.kv_size,
                 n_heads: t.n_heads as usize,
                 center,
-                row_cache: Default::default(),
+                row_cache: match row_cache_of(t.row_cache)? {
+                    Some((shape, base)) => shape.all_at(base),
+                    None => Default::default(),
+                },
             };
             encode(module, rot, &target, cells, n_cells, max_cells, &stream)
         }
@@ -427,7 +490,10 @@ pub extern "C" fn pariskv_cuda_step_run(
                 n_heads: l.n_heads as usize,
                 out: l.out,
                 out_stride: l.out_row_stride,
-                row_cache: Default::default(),
+                row_cache: match row_cache_of(l.row_cache)? {
+                    Some((shape, base)) => shape.stream_at(base, l.row_cache_stream as usize)?,
+                    None => Default::default(),
+                },
             };
             run(module, rot, &params, &layer, &step.buffers, &stream)?;
             let n_ret = crate::cuda::step::n_retrievals(params.gqa, layer.n_heads);
@@ -486,6 +552,48 @@ pub extern "C" fn pariskv_cuda_step_stats(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (step, out, n_out);
+            no_cuda()
+        }
+    })
+}
+
+/// The device bytes of the row cache `cache` describes (its `base` is not read) into `*out`.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_row_cache_bytes(
+    cache: *const pariskv_cuda_row_cache,
+    out: *mut usize,
+) -> pariskv_status {
+    boundary("pariskv_cuda_row_cache_bytes", || {
+        #[cfg(feature = "cuda")]
+        {
+            let (shape, _) = row_cache_shape(in_ref(cache, "cache")?)?;
+            *out_ref(out, "out")? = shape.bytes();
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (cache, out);
+            no_cuda()
+        }
+    })
+}
+
+/// Empties the row cache `cache` and zeroes its counts, in order on `stream` (graph-safe):
+/// after its rows changed in place other than by an encode given it.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_row_cache_clear(
+    cache: *const pariskv_cuda_row_cache,
+    stream: *mut c_void,
+) -> pariskv_status {
+    boundary("pariskv_cuda_row_cache_clear", || {
+        #[cfg(feature = "cuda")]
+        {
+            let (shape, base) = row_cache_of(cache)?.ok_or_else(|| Error::invalid("cache is NULL"))?;
+            shape.clear_at(base, &stream_of(stream))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (cache, stream);
             no_cuda()
         }
     })

@@ -100,6 +100,7 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     t.n_heads         = (uint32_t) n_head_kv;
     t.hist            = hist    ? (uint64_t) (uintptr_t) hist->data    : 0;
     t.counted         = counted ? (uint64_t) (uintptr_t) counted->data : 0;
+    t.row_cache       = NULL;
 
     // count 0: exactly n cells (the count is part of the graph's shape)
     const uint64_t center = centers ? (uint64_t) (uintptr_t) centers->data : 0;
