@@ -1,9 +1,9 @@
 // A device cache of K/V rows across decode steps, for caches whose rows live in host memory
 // (read through UVA): consecutive steps retrieve largely the same rows (the sink and window
 // every step, most of the top-k again), so a row read once over PCIe is kept in GPU memory
-// and the next step reads it there. Per unit a table of `slots` slots, 4-way set
-// associative (a cell's set by a multiplicative hash), each slot the raw bytes of one cell's
-// K row and V row, tagged by the cell, stamped with the last step that used it (LRU).
+// and the next step reads it there. A table of `slots` slots, 4-way set associative (a
+// cell's set by a multiplicative hash), each slot the raw bytes of one cell's K row and V
+// row, tagged by the cell, stamped with the last step that used it (LRU).
 //
 // Tables are per KV head of a stream; a step reads one stream, its tokens' units sharing
 // their KV head's table (pk_cache_table in attention.cuh). Two units of one step may then
@@ -15,12 +15,13 @@
 // 1, by compare-and-swap, so that a slot is never both read and overwritten in one step),
 // retags it and is filled by the attention, which copies the row from host memory into the
 // slot and reads it there; a miss whose set is all taken this step reads host memory only.
-// The attention's last block of a unit advances the unit's step clock. Rows are unique per
+// The attention's last block of a unit advances its table's step clock. Rows are unique per
 // unit and step.
 //
 // Coherence: the encode op, which runs for every K/V row written, untags the cells it
 // encodes (pk_row_cache_forget); every other change of rows in place (a K-shift, a state
-// load, a copy between sequences) clears the table (src/cuda/row_cache.rs: RowCache::clear).
+// load, a copy between sequences) needs a clear (src/cuda/row_cache.rs:
+// RowCacheShape::clear_at, pariskv_cuda_row_cache_clear).
 #pragma once
 
 #include "common.cuh"
