@@ -50,8 +50,8 @@ pub struct GpuLayer {
     pub n_heads: usize,
     pub out: CUdeviceptr,
     pub out_stride: usize,
-    /// The stream's row cache tables (`RowCache::stream`), or none (`Default`): rows read
-    /// where K and V are, every step.
+    /// The stream's row cache tables (`RowCache::stream`, `RowCacheShape::stream_at`), or none
+    /// (`Default`): rows read where K and V are, every step.
     pub row_cache: RowCacheArgs,
 }
 
@@ -575,7 +575,7 @@ pub fn attend(
         let (kb, vb) = (layer.k_dtype.bytes(shape.head_dim), layer.v_dtype.bytes(buf.dv));
         let heads = layer.layout.n_h.max(0) as usize;
         layer.row_cache.check_step(units, heads, max_rows, kb, vb)?;
-        let blocks = max_rows.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / units).max(1)) as u32;
+        let blocks = max_rows.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / units.max(1)).max(1)) as u32;
         launch(module, ROW_PLAN, (blocks, 1, units as u32), THREADS, 0, stream, &mut [attp])?;
     }
     let mut hb_arg = hb as i32;
