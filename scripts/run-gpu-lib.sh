@@ -40,7 +40,8 @@ if [ "${PROFILE:-0}" != 0 ]; then
 fi
 if [ "${PROFILE:-0}" = full ]; then
     for n in $sizes; do
-        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 14 \
+        # a layer under the defaults is 15 kernels (group policy with refining, then attention)
+        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 15 \
             --section SpeedOfLight --section Occupancy --section LaunchStats \
             --section WarpStateStats --section SchedulerStats --page details --csv \
             "$carry/$1/gpu_bench" --defaults-only "$n" > "$out/ncu-full-$1-$n.csv" 2>> "$out/ncu.err"

@@ -297,11 +297,11 @@ impl Drop for CurrentContext {
 }
 
 /// Launches `k` on `stream` with kernel parameters `args` (pointers to each argument).
-/// Where the module allows it (sm_90 on), as a programmatic dependent launch: the kernel may
-/// be scheduled while the one before it in the stream still runs, and waits for it in
-/// hardware (every kernel begins with `pk_grid_order`, kernels/common.cuh), which hides the
-/// gap between the launches of a step's chain; captured into a CUDA graph as a programmatic
-/// edge.
+/// Where the module allows it (sm_90 on), as a programmatic dependent launch: the kernel is
+/// scheduled as the blocks of the one before it in the stream exit, and waits for it to
+/// finish in hardware (every kernel begins with `pk_grid_order`, kernels/common.cuh), which
+/// hides the gap between the launches of a step's chain; captured into a CUDA graph as a
+/// programmatic edge.
 pub fn launch(
     module: &Module,
     k: Kernel,
