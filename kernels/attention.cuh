@@ -261,8 +261,8 @@ __device__ __forceinline__ void pk_cached_rows(const pk_attend_args & a, int u, 
         } else if (p <= -2 && blockIdx.y == 0) {
             slot[r] = -2 - p;
             char * s = table + (long long) slot[r] * C.row_bytes;
-            pk_warp_copy(s, kb + cell[r] * a.k_stride, pk_row_bytes(a.k_dtype, a.dk), lane);
-            pk_warp_copy(s + C.v_off, vb + cell[r] * a.v_stride, pk_row_bytes(a.v_dtype, a.dv), lane);
+            pk_copy_row(s, kb + cell[r] * a.k_stride, pk_row_bytes(a.k_dtype, a.dk), lane);
+            pk_copy_row(s + C.v_off, vb + cell[r] * a.v_stride, pk_row_bytes(a.v_dtype, a.dv), lane);
             filled = true;
         }
     }

@@ -22,6 +22,20 @@ __device__ __forceinline__ void pk_grid_order() {
 #endif
 }
 
+// One row of `bytes` copied from src to dst by the 32 lanes of a warp, in the widest words
+// (16 or 4 bytes) both addresses and the length are aligned to, else bytes (the gather's
+// rows, the row cache's fills)
+__device__ __forceinline__ void pk_copy_row(char * dst, const char * src, int bytes, int lane) {
+    const unsigned long long align = (unsigned long long) dst | (unsigned long long) src | (unsigned long long) bytes;
+    if (align % 16 == 0) {
+        for (int j = lane; j < bytes / 16; j += 32) ((int4 *) dst)[j] = ((const int4 *) src)[j];
+    } else if (align % 4 == 0) {
+        for (int j = lane; j < bytes / 4; j += 32) ((int *) dst)[j] = ((const int *) src)[j];
+    } else {
+        for (int j = lane; j < bytes; j += 32) dst[j] = src[j];
+    }
+}
+
 // Element types, numbered as pariskv_dtype. PK_Q8_0 is ggml's block_q8_0: 32 elements in 34
 // bytes (an f16 scale, then 32 signed bytes), 2-byte aligned.
 enum pk_dtype : int { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2, PK_Q8_0 = 3 };

@@ -20,15 +20,6 @@ struct pk_gather_args {
     char * out_v;
 };
 
-// one row by one warp: 16-byte words when everything is aligned to them, else bytes
-__device__ __forceinline__ void pk_copy_row(char * dst, const char * src, int bytes, int lane) {
-    if ((((unsigned long long) dst | (unsigned long long) src | (unsigned long long) bytes) & 15) == 0) {
-        for (int j = lane; j < bytes / 16; j += 32) ((int4 *) dst)[j] = ((const int4 *) src)[j];
-    } else {
-        for (int j = lane; j < bytes; j += 32) dst[j] = src[j];
-    }
-}
-
 // grid (ceil(max_rows / PK_GATHER_WARPS), 1, units), PK_GATHER_WARPS warps
 extern "C" __global__ void pk_gather(pk_gather_args a) {
     pk_grid_order();

@@ -63,16 +63,3 @@ __device__ __forceinline__ void pk_row_cache_forget(const pk_row_cache & C, long
         if (tag[w] == (int) c + 1) tag[w] = 0;
     }
 }
-
-// Copies `bytes` from src to dst by the 32 lanes of a warp, in the widest words both
-// addresses and the length allow
-__device__ __forceinline__ void pk_warp_copy(char * dst, const char * src, int bytes, int lane) {
-    const unsigned long long align = (unsigned long long) dst | (unsigned long long) src | (unsigned long long) bytes;
-    if (align % 16 == 0) {
-        for (int j = 16 * lane; j < bytes; j += 16 * 32) *(uint4 *) (dst + j) = *(const uint4 *) (src + j);
-    } else if (align % 4 == 0) {
-        for (int j = 4 * lane; j < bytes; j += 4 * 32) *(unsigned int *) (dst + j) = *(const unsigned int *) (src + j);
-    } else {
-        for (int j = lane; j < bytes; j += 32) dst[j] = src[j];
-    }
-}
