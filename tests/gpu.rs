@@ -1489,6 +1489,9 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     if gpu().is_none() {
         return;
     }
+    if std::env::var_os("PK_DEBUG_PLAIN").is_some() {
+        driver::allow_programmatic_launch(false); // DEBUG: remove
+    }
     let module = driver::module_for(&Stream::null()).unwrap();
     let (n, d, kv, g, n_rows) = (4096usize, 128usize, 2usize, 4usize, 600usize);
     let shape = Shape::new(d).unwrap();
@@ -1566,6 +1569,37 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     let rows_buf = DeviceBuffer::new(kv * n * 4).unwrap();
     let counts = DeviceBuffer::from_slice(&vec![n_rows as i32; kv]).unwrap();
     let rows = StepRows { rows: rows_buf.ptr, row_stride: n, n_rows: counts.ptr, n_rows_stride: 1, mark: 0 };
+    // every tagged slot holds its cell's K and V rows of its table's head, each cell at most
+    // once a table
+    let held_rows_match = |cache: &RowCache, step: usize| {
+        let c = cache.contents().unwrap();
+        let slots = cache.shape.slots;
+        let (mut wrong, mut twice, mut held) = (0, 0, 0);
+        for t in 0..kv {
+            let mut seen = std::collections::HashSet::new();
+            for s in 0..slots {
+                let tag = c.tag[t * slots + s];
+                if tag == 0 {
+                    continue;
+                }
+                held += 1;
+                let cell = (tag - 1) as usize;
+                twice += !seen.insert(cell) as usize;
+                let at = (t * slots + s) * c.row_bytes;
+                let host = |p: &PinnedHost| {
+                    // SAFETY (test): cell < n, its head-t row lies inside the buffer.
+                    unsafe { std::slice::from_raw_parts((p.host as *const u8).add(cell * kv * row + t * row), row) }
+                };
+                let same = c.data[at..at + row] == *host(&k) && c.data[at + c.v_off..at + c.v_off + row] == *host(&v);
+                if !same && wrong < 5 {
+                    eprintln!("  table {t} slot {s}: cell {cell} (stamp {}) holds other rows", c.stamp[t * slots + s]);
+                }
+                wrong += !same as usize;
+            }
+        }
+        eprintln!("  clocks {:?}: {held} slots held, {twice} cells twice, {wrong} with other rows", c.clock);
+        assert_eq!(wrong, 0, "step {step}: slots hold rows other than their cells'");
+    };
     let run = |layer: &GpuLayer| -> Vec<f32> {
         attend(module, &buf, layer, &params, &rows, n_rows, &Stream::null()).unwrap();
         driver::synchronize().unwrap();
@@ -1591,6 +1625,7 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
         let got = run(&layer);
         let (hits, misses) = (total(&cache).0 - before.0, total(&cache).1 - before.1);
         eprintln!("step {step}: {hits} hits, {misses} from host memory");
+        held_rows_match(&cache, step);
         assert_eq!(hits + misses, (kv * n_rows) as u64, "every row planned once");
         assert!(
             got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),

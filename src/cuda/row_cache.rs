@@ -154,6 +154,18 @@ impl RowCacheShape {
     }
 }
 
+/// What a cache holds, read back for tests and diagnostics: per table, each slot's tag
+/// (1 + cell, 0 empty), stamp and bytes (`row_bytes` a slot, V at `v_off`).
+#[derive(Clone, Debug)]
+pub struct Contents {
+    pub clock: Vec<u32>,
+    pub tag: Vec<i32>,
+    pub stamp: Vec<u32>,
+    pub data: Vec<u8>,
+    pub row_bytes: usize,
+    pub v_off: usize,
+}
+
 /// A row cache in device memory of its own.
 pub struct RowCache {
     pub shape: RowCacheShape,
@@ -181,6 +193,20 @@ impl RowCache {
     /// Every table, for the encodes.
     pub fn all(&self) -> RowCacheArgs {
         self.shape.all_at(self.buf.ptr)
+    }
+
+    /// Every table's tags, stamps and rows (table `stream * heads + h`), read after the work
+    /// in flight.
+    pub fn contents(&self) -> Result<Contents> {
+        let (p, cells) = (self.shape.parts(), self.shape.tables() * self.shape.slots);
+        Ok(Contents {
+            clock: self.buf.read_at(p.clock, self.shape.tables())?,
+            tag: self.buf.read_at(p.tag, cells)?,
+            stamp: self.buf.read_at(p.stamp, cells)?,
+            data: self.buf.read_at(p.data, p.end - p.data)?,
+            row_bytes: self.shape.row_bytes(),
+            v_off: self.shape.v_off(),
+        })
     }
 
     /// Each table's counts (table `stream * heads + h`), read after the work in flight.
