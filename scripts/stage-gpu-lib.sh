@@ -29,6 +29,7 @@ for spec in "$@"; do
         label="$(git rev-parse --short HEAD) + working tree"
     else
         src=$root/build/stage-gpu/tree
+        rev=$(git rev-parse --verify "$rev^{commit}") # here, not in the worktree (its own HEAD)
         [ -e "$src/.git" ] || git worktree add -q --detach "$src" "$rev"
         git -C "$src" checkout -q --detach "$rev"
         label=$(git rev-parse --short "$rev")
