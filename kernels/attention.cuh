@@ -73,8 +73,9 @@ extern "C" __global__ void pk_row_plan(pk_attend_args a) {
             }
         }
         // a miss: the least recently used way not pinned or claimed this step, taken by
-        // compare-and-swap (another row of the set may take it first: look again)
-        for (int attempt = 0; p < 0 && attempt < PK_CACHE_WAYS; ++attempt) {
+        // compare-and-swap (another row of the set may take it first: look again); p stays
+        // -1 until a hit or a claim (a fill's plan entry is negative too)
+        for (int attempt = 0; p == -1 && attempt < PK_CACHE_WAYS; ++attempt) {
             int victim = -1;
             unsigned int oldest = pin;
             for (int w = 0; w < PK_CACHE_WAYS; ++w) {

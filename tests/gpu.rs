@@ -1489,9 +1489,6 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     if gpu().is_none() {
         return;
     }
-    if std::env::var_os("PK_DEBUG_PLAIN").is_some() {
-        driver::allow_programmatic_launch(false); // DEBUG: remove
-    }
     let module = driver::module_for(&Stream::null()).unwrap();
     let (n, d, kv, g, n_rows) = (4096usize, 128usize, 2usize, 4usize, 600usize);
     let shape = Shape::new(d).unwrap();
