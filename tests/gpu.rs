@@ -1596,6 +1596,7 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
         }
         eprintln!("  clocks {:?}: {held} slots held, {twice} cells twice, {wrong} with other rows", c.clock);
         assert_eq!(wrong, 0, "step {step}: slots hold rows other than their cells'");
+        assert_eq!(twice, 0, "step {step}: cells held twice in a table");
     };
     let run = |layer: &GpuLayer| -> Vec<f32> {
         attend(module, &buf, layer, &params, &rows, n_rows, &Stream::null()).unwrap();
