@@ -664,8 +664,10 @@ typedef struct pariskv_cuda_step pariskv_cuda_step;
 // `keys + g * key_row_stride + h * key_head_stride` bytes; the index of (g, h) is row
 // `(stream * n_heads + h) * kv_size + cell` of `codes`, `nibbles` and `weights`.
 // Optionally (both 0: none kept) the histogram of the codes of the cells flagged counted,
-// `hist` `[stream * n_heads + h][n_blocks][256]` uint32, and the flags, `counted`, one
-// uint8 per index row, at the row's number (1 = counted; all 0 for a new cache): an encode
+// `hist` `[n_blocks][256]` uint32 per (stream, head) t = stream * n_heads + h, and the
+// flags, `counted`, one uint8 a cell (1 = counted; all 0 for a new cache), t's histogram
+// and flags `kept_stride` bytes after t - 1's (0: packed, `n_blocks * 1024` bytes and
+// `kv_size` bytes apart; a multiple of 4 otherwise, so that both may share rows): an encode
 // takes a counted cell's old codes out of `hist` and puts every encoded cell's new ones in,
 // as `pariskv_codes_tally` does, so that a step can start from it (`pariskv_cuda_layer`).
 typedef struct pariskv_cuda_encode_target {
@@ -680,6 +682,7 @@ typedef struct pariskv_cuda_encode_target {
   uint32_t n_heads;
   uint64_t hist;
   uint64_t counted;
+  size_t kept_stride;
   // The row cache the steps over these keys read through (`pariskv_cuda_row_cache`), whose
   // cells the encode forgets as it rewrites them, or NULL: none.
   const struct pariskv_cuda_row_cache *row_cache;
@@ -691,8 +694,7 @@ typedef struct pariskv_cuda_encode_target {
 // `pariskv_cuda_row_cache_bytes` bytes (16-byte aligned), all zero when new or after
 // `pariskv_cuda_row_cache_clear`: `n_streams` x `n_kv_heads` tables (stream s, KV head h:
 // table s * n_kv_heads + h) of `slots` slots (a power of two, at least 4), each one cell's K
-// row of `k_row_bytes` and V row of `v_row_bytes`, and the plan of a step of up to
-// `max_units` units of up to `max_rows` rows. Give it to every encode of the keys
+// row of `k_row_bytes` and V row of `v_row_bytes`. Give it to every encode of the keys
 // (`pariskv_cuda_encode_target.row_cache`: rewritten cells are forgotten) and to the steps
 // (`pariskv_cuda_layer.row_cache`, with the stream the step reads); clear it after rows
 // change in place otherwise (a K-shift, a state load).
@@ -701,8 +703,6 @@ typedef struct pariskv_cuda_row_cache {
   uint32_t n_streams;
   uint32_t n_kv_heads;
   uint32_t slots;
-  uint32_t max_units;
-  size_t max_rows;
   size_t k_row_bytes;
   size_t v_row_bytes;
 } pariskv_cuda_row_cache;

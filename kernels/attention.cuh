@@ -31,6 +31,7 @@ struct pk_attend_args {
     unsigned int * mark;        // the step's marks, unit u's at mark + u*row_stride, cleared
                                 // for the rows attended (pk_unmark's work); null: none
     pk_row_cache cache;         // rows kept across steps (row_cache.cuh); cache.slots 0: none
+    int * plan;                 // with a cache: each row's slot, as rows (pk_row_plan's answer)
 };
 
 // floats of one block's state for one head: max, sum, padding, then the accumulator (16-byte
@@ -49,7 +50,7 @@ __device__ __forceinline__ int pk_cache_table(const pk_attend_args & a, int u) {
 
 // Every row of each unit looked up in its row cache table (row_cache.cuh): a hit pins its
 // slot, a miss claims the least recently used slot of its set not taken this step (or
-// none); the answers go to cache.plan. grid (blocks, 1, units), PK_CHUNK_THREADS threads, a
+// none); the answers go to a.plan. grid (blocks, 1, units), PK_CHUNK_THREADS threads, a
 // thread per row
 extern "C" __global__ void pk_row_plan(pk_attend_args a) {
     pk_grid_order();
@@ -59,7 +60,7 @@ extern "C" __global__ void pk_row_plan(pk_attend_args a) {
     const int n_rows = a.n_rows[u * a.n_rows_stride];
     const int * rows = a.rows + u * a.row_stride;
     const unsigned int pin = 2 * (C.clock[t] + 1), claim = pin + 1;
-    int * plan = C.plan + (long long) u * C.max_rows;
+    int * plan = a.plan + u * a.row_stride;
     unsigned long long hits = 0, misses = 0;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_rows; i += gridDim.x * blockDim.x) {
         const int c = rows[i], set = pk_cache_set(C, c);
@@ -256,7 +257,7 @@ __device__ __forceinline__ void pk_cached_rows(const pk_attend_args & a, int u, 
     for (int r = 0; r < PK_ATT_BATCH; ++r) {
         slot[r] = -1;
         if (cell[r] < 0) continue;
-        const int p = C.plan[(long long) u * C.max_rows + base + r];
+        const int p = a.plan[u * a.row_stride + base + r];
         if (p >= 0) {
             slot[r] = p;
         } else if (p <= -2 && blockIdx.y == 0) {

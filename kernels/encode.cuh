@@ -20,6 +20,8 @@ struct pk_encode_args {
     __half *     weights;
     unsigned int * hist;        // the kept histogram, [stream*n_heads + h][nb][256], or null: none kept
     unsigned char * counted;    // its flags, one a row of codes (1: the row's codes are in hist)
+    long long    hist_stride;   // bytes from (stream, head) t's histogram to t + 1's
+    long long    counted_stride;// bytes from t's flags to t + 1's (cell c's flag at c)
     long long    kv_size;
     int          n_heads;
     float *      center;        // per KV head center_len = head_dim + 1 floats (centre, count), or null
@@ -101,8 +103,10 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
     const long long row = (s * a.n_heads + h) * a.kv_size + cell;
     if (lane == 0) pk_row_cache_forget(a.cache, s * a.n_heads + h, cell); // its rows are new
     // the kept histogram (kept::tally): the cell's old codes out if they were counted, the new in
-    unsigned int * hist = a.hist ? a.hist + (s * a.n_heads + h) * nb * PK_N_CENTROIDS : nullptr;
-    const bool was_counted = hist && a.counted[row] != 0;
+    const long long t = s * a.n_heads + h;
+    unsigned int * hist = a.hist ? (unsigned int *) ((char *) a.hist + t * a.hist_stride) : nullptr;
+    unsigned char * counted = a.counted + t * a.counted_stride + cell;
+    const bool was_counted = hist && *counted != 0;
     for (int b = lane; b < nb; b += 32) {
         const float * yb = y + b * PK_BLOCK;
         unsigned int code = 0;
@@ -134,6 +138,6 @@ extern "C" __global__ void pk_encode(pk_encode_args a) {
     }
     if (hist) {
         __syncwarp(); // every lane has read the flag
-        if (lane == 0) a.counted[row] = 1;
+        if (lane == 0) *counted = 1;
     }
 }

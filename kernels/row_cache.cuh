@@ -32,14 +32,11 @@ struct pk_row_cache {
                                 // (all-zero memory is an empty cache)
     unsigned int * stamp;       // [tables][slots]: 2 * step pinned, 2 * step + 1 claimed
     char * data;                // [tables][slots][row_bytes]: the K row, then the V row at v_off
-    int * plan;                 // [units][max_rows]: per row of a step, pk_row_plan's answer
     unsigned long long * stats; // [tables][2]: rows read from the cache, rows read from the host
     int tables;                 // KV heads times streams
     int slots;                  // per table, a power of two, at least 4; 0: no cache
     int row_bytes;
     int v_off;
-    int max_rows;
-    int max_units;
 };
 
 #define PK_CACHE_WAYS 4
@@ -52,7 +49,7 @@ __device__ __forceinline__ int pk_cache_set(const pk_row_cache & C, long long c)
     return (int) ((((unsigned long long) (unsigned int) c * 0x9E3779B97F4A7C15ull) >> 32) & (sets - 1)) * PK_CACHE_WAYS;
 }
 
-// A plan entry: a hit's slot (>= 0), a fill's slot s as -2 - s, or -1 (host memory only).
+// A plan entry (the step's, pk_attend_args.plan): a hit's slot (>= 0), a fill's slot s as -2 - s, or -1 (host memory only).
 __device__ __forceinline__ int pk_plan_fill(int slot) { return -2 - slot; }
 
 // Untags cell c of table t (its rows are being rewritten); no-op without a cache

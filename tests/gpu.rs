@@ -114,6 +114,7 @@ fn encode_case(
         weights: weights.ptr,
         hist: 0,
         counted: 0,
+        kept_stride: 0,
         kv_size: n,
         n_heads,
         center: if centered { centers.ptr } else { 0 },
@@ -181,57 +182,70 @@ fn encode_keeps_the_histogram() {
         (DeviceBuffer::from_slice(&keys(1)).unwrap(), DeviceBuffer::from_slice(&keys(2)).unwrap());
     let (cb, blocks) = (shape.code_bytes(), shape.n_blocks);
     let zeros = |bytes: usize| DeviceBuffer::from_slice(&vec![0u8; bytes]).unwrap();
-    let codes = zeros(cells_total * n_heads * cb);
-    let nibbles = zeros(cells_total * n_heads * shape.nibble_bytes());
-    let weights = zeros(cells_total * n_heads * shape.n_weights() * 2);
-    let hist = zeros(streams * n_heads * blocks * 256 * 4);
-    let counted = zeros(cells_total * n_heads);
-    let target = |keys: &DeviceBuffer| EncodeTarget {
-        keys: keys.ptr,
-        key_dtype: DType::F16,
-        key_row_stride: n_heads * d * 2,
-        key_head_stride: d * 2,
-        codes: codes.ptr,
-        nibbles: nibbles.ptr,
-        weights: weights.ptr,
-        hist: hist.ptr,
-        counted: counted.ptr,
-        kv_size,
-        n_heads,
-        center: 0,
-        row_cache: Default::default(),
-    };
-    // every cell of each stream but its last 50, then every third of those again, other keys
-    let first: Vec<i64> =
-        (0..cells_total as i64).filter(|g| (*g as usize) % kv_size < kv_size - 50).collect();
-    let again: Vec<i64> = first.iter().copied().filter(|g| g % 3 == 0).collect();
-    for (keys, cells) in [(&keys_a, &first), (&keys_b, &again)] {
-        let gcells = DeviceBuffer::from_slice(cells).unwrap();
-        encode(module, &grot, &target(keys), gcells.ptr, 0, cells.len(), &Stream::null()).unwrap();
-    }
-    driver::synchronize().unwrap();
-    let got_codes: Vec<u8> = codes.read(cells_total * n_heads * cb).unwrap();
-    let got_hist: Vec<u32> = hist.read(streams * n_heads * blocks * 256).unwrap();
-    let got_counted: Vec<u8> = counted.read(cells_total * n_heads).unwrap();
-    let mut want_hist = vec![0u32; got_hist.len()];
-    let mut want_counted = vec![0u8; got_counted.len()];
-    for &g in &first {
-        let (s, cell) = (g as usize / kv_size, g as usize % kv_size);
-        for h in 0..n_heads {
-            let row = (s * n_heads + h) * kv_size + cell;
-            want_counted[row] = 1;
-            for (b, &code) in got_codes[row * cb..][..cb].iter().enumerate() {
-                want_hist[((s * n_heads + h) * blocks + b) * 256 + code as usize] += 1;
+    // packed (histograms, then flags), and merged: each (stream, head)'s histogram and flags
+    // in one row of a buffer (as the ggml integration keeps them)
+    let (hist_bytes, tables) = (blocks * 256 * 4, streams * n_heads);
+    for merged in [false, true] {
+        let codes = zeros(cells_total * n_heads * cb);
+        let nibbles = zeros(cells_total * n_heads * shape.nibble_bytes());
+        let weights = zeros(cells_total * n_heads * shape.n_weights() * 2);
+        let stride = if merged { (hist_bytes + kv_size).div_ceil(4) * 4 } else { 0 };
+        let kept = zeros(if merged { tables * stride } else { tables * (hist_bytes + kv_size) });
+        let (hist_at, counted_at) = if merged { (0, hist_bytes) } else { (0, tables * hist_bytes) };
+        let target = |keys: &DeviceBuffer| EncodeTarget {
+            keys: keys.ptr,
+            key_dtype: DType::F16,
+            key_row_stride: n_heads * d * 2,
+            key_head_stride: d * 2,
+            codes: codes.ptr,
+            nibbles: nibbles.ptr,
+            weights: weights.ptr,
+            hist: kept.ptr + hist_at as u64,
+            counted: kept.ptr + counted_at as u64,
+            kept_stride: stride,
+            kv_size,
+            n_heads,
+            center: 0,
+            row_cache: Default::default(),
+        };
+        // every cell of each stream but its last 50, then every third of those again, other keys
+        let first: Vec<i64> =
+            (0..cells_total as i64).filter(|g| (*g as usize) % kv_size < kv_size - 50).collect();
+        let again: Vec<i64> = first.iter().copied().filter(|g| g % 3 == 0).collect();
+        for (keys, cells) in [(&keys_a, &first), (&keys_b, &again)] {
+            let gcells = DeviceBuffer::from_slice(cells).unwrap();
+            encode(module, &grot, &target(keys), gcells.ptr, 0, cells.len(), &Stream::null()).unwrap();
+        }
+        driver::synchronize().unwrap();
+        let got_codes: Vec<u8> = codes.read(cells_total * n_heads * cb).unwrap();
+        // table t's histogram and flags, wherever the layout puts them
+        let raw: Vec<u8> = kept.read(kept.bytes).unwrap();
+        let (mut got_hist, mut got_counted) = (Vec::new(), Vec::new());
+        for t in 0..tables {
+            let (h0, c0) = if merged { (t * stride, t * stride + hist_bytes) } else { (t * hist_bytes, counted_at + t * kv_size) };
+            got_hist.extend(raw[h0..h0 + hist_bytes].chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            got_counted.extend_from_slice(&raw[c0..c0 + kv_size]);
+        }
+        let mut want_hist = vec![0u32; got_hist.len()];
+        let mut want_counted = vec![0u8; got_counted.len()];
+        for &g in &first {
+            let (s, cell) = (g as usize / kv_size, g as usize % kv_size);
+            for h in 0..n_heads {
+                let row = (s * n_heads + h) * kv_size + cell;
+                want_counted[row] = 1;
+                for (b, &code) in got_codes[row * cb..][..cb].iter().enumerate() {
+                    want_hist[((s * n_heads + h) * blocks + b) * 256 + code as usize] += 1;
+                }
             }
         }
+        assert_eq!(got_counted, want_counted, "the encoded cells flagged, and only they (merged {merged})");
+        assert_eq!(got_hist, want_hist, "each encoded cell's final codes counted once (merged {merged})");
+        println!(
+            "kept histogram (merged {merged}): {} cells encoded, {} again, over {streams} streams x {n_heads} KV heads",
+            first.len(),
+            again.len()
+        );
     }
-    assert_eq!(got_counted, want_counted, "the encoded cells flagged, and only they");
-    assert_eq!(got_hist, want_hist, "each encoded cell's final codes counted once");
-    println!(
-        "kept histogram: {} cells encoded, {} again, over {streams} streams x {n_heads} KV heads",
-        first.len(),
-        again.len()
-    );
 }
 
 mod step {
@@ -981,6 +995,7 @@ fn c_abi_step_with_kv_in_host_memory() {
         n_heads: 1,
         hist: ghist.ptr,
         counted: gflags.ptr,
+        kept_stride: 0,
         row_cache: std::ptr::null(),
     };
     let null = std::ptr::null_mut();
@@ -1507,7 +1522,7 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     let gq = DeviceBuffer::from_slice(&q).unwrap();
     let gout = DeviceBuffer::new(kv * g * d * 4).unwrap();
     let buf = StepBuffers::new(shape, d, n, g, kv).unwrap();
-    let cache = RowCache::new(RowCacheShape::new((1, kv, 4096), (kv, n), (row, row)).unwrap()).unwrap();
+    let cache = RowCache::new(RowCacheShape::new((1, kv, 4096), (row, row)).unwrap()).unwrap();
     let mut layer = GpuLayer {
         layout: UnitLayout {
             n_units: kv as i32,
@@ -1672,6 +1687,7 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
         weights: weights.ptr,
         hist: 0,
         counted: 0,
+        kept_stride: 0,
         kv_size: n,
         n_heads: kv,
         center: 0,
@@ -1708,14 +1724,12 @@ fn row_cache_c_abi_checks_its_shape() {
         n_streams: 2,
         n_kv_heads: 8,
         slots: 4096,
-        max_units: 8,
-        max_rows: 70_000,
         k_row_bytes: 256,
         v_row_bytes: 136,
     };
     let mut bytes = 0usize;
     assert_eq!(pariskv_cuda_row_cache_bytes(&c, &mut bytes), pariskv_status::PARISKV_OK);
-    let want = RowCacheShape::new((2, 8, 4096), (8, 70_000), (256, 136)).unwrap().bytes();
+    let want = RowCacheShape::new((2, 8, 4096), (256, 136)).unwrap().bytes();
     assert_eq!(bytes, want);
     for bad in [
         pariskv_cuda_row_cache { slots: 3000, ..c },

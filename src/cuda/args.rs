@@ -186,14 +186,11 @@ device_struct! {
         pub(crate) tag: u64,
         pub(crate) stamp: u64,
         pub(crate) data: u64,
-        pub(crate) plan: u64,
         pub(crate) stats: u64,
         pub(crate) tables: i32,
         pub(crate) slots: i32,
         pub(crate) row_bytes: i32,
         pub(crate) v_off: i32,
-        pub(crate) max_rows: i32,
-        pub(crate) max_units: i32,
     }
 }
 
@@ -225,6 +222,7 @@ device_struct! {
         pub(crate) done: u64,
         pub(crate) mark: u64,
         pub(crate) cache: RowCacheArgs,
+        pub(crate) plan: u64,
     }
 }
 
@@ -263,6 +261,8 @@ device_struct! {
         pub(crate) weights: u64,
         pub(crate) hist: u64,
         pub(crate) counted: u64,
+        pub(crate) hist_stride: i64,
+        pub(crate) counted_stride: i64,
         pub(crate) kv_size: i64,
         pub(crate) n_heads: i32,
         pub(crate) center: u64,

@@ -9,7 +9,7 @@ use super::row_cache::RowCacheArgs;
 use crate::algorithm::rotation::Rotation;
 use crate::error::{Error, Result};
 use crate::rows::{DType, Q8_0_BLOCK};
-use crate::shape::Shape;
+use crate::shape::{Shape, N_CENTROIDS};
 
 /// The rotation's sign diagonal on the device.
 pub struct GpuRotation {
@@ -49,11 +49,14 @@ pub struct EncodeTarget {
     pub codes: CUdeviceptr,
     pub nibbles: CUdeviceptr,
     pub weights: CUdeviceptr,
-    /// The kept histogram of the codes, `[stream * n_heads + h][n_blocks][256]` u32, and its
-    /// flags, one byte a row of codes (`kept::tally`: a cell's old codes leave it, its new
-    /// ones enter), or 0 and 0: none kept.
+    /// The kept histogram of the codes, per (stream, head) t = stream * n_heads + h
+    /// `[n_blocks][256]` u32, and its flags, one byte a cell (`kept::tally`: a cell's old
+    /// codes leave it, its new ones enter), or 0 and 0: none kept. t's histogram and flags
+    /// lie `kept_stride` bytes after t - 1's, or with `kept_stride` 0 packed (histograms
+    /// `n_blocks * 256 * 4` bytes apart, flags `kv_size`).
     pub hist: CUdeviceptr,
     pub counted: CUdeviceptr,
+    pub kept_stride: usize,
     pub kv_size: usize,
     pub n_heads: usize,
     /// The heads' key centres (`center::len` f32 each, head after head), or 0: keys
@@ -106,6 +109,17 @@ pub fn encode(
     if (target.hist == 0) != (target.counted == 0) {
         return Err(Error::invalid("encode: a kept histogram needs both its counts and its flags"));
     }
+    let packed_hist = shape.n_blocks * N_CENTROIDS * 4;
+    let (hist_stride, counted_stride) = match target.kept_stride {
+        0 => (packed_hist, target.kv_size),
+        s if s >= packed_hist && s >= target.kv_size && s.is_multiple_of(4) => (s, s),
+        s => {
+            return Err(Error::invalid(format!(
+                "encode: kept histograms {s} bytes apart (a multiple of 4, at least {packed_hist} and the {} cells' flags)",
+                target.kv_size
+            )))
+        }
+    };
     let mut args = EncodeArgs {
         keys: target.keys,
         key_dtype: dtype_code(target.key_dtype),
@@ -119,6 +133,8 @@ pub fn encode(
         weights: target.weights,
         hist: target.hist,
         counted: target.counted,
+        hist_stride: hist_stride as i64,
+        counted_stride: counted_stride as i64,
         kv_size: target.kv_size as i64,
         n_heads: target.n_heads as i32,
         center: target.center,

@@ -22,15 +22,12 @@ pub const WAYS: usize = 4;
 const ROW_ALIGN: usize = 16;
 
 /// A row cache's dimensions: `streams` x `heads` tables of `slots` slots, each a K row of
-/// `k_bytes` and a V row of `v_bytes`, and a plan for steps of up to `max_units` units of
-/// up to `max_rows` rows.
+/// `k_bytes` and a V row of `v_bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowCacheShape {
     pub streams: usize,
     pub heads: usize,
     pub slots: usize,
-    pub max_units: usize,
-    pub max_rows: usize,
     pub k_bytes: usize,
     pub v_bytes: usize,
 }
@@ -47,13 +44,11 @@ fn round_up(x: usize, to: usize) -> usize {
 }
 
 /// Byte offsets of a cache's parts in its allocation: stats (u64 pairs), clocks, tags,
-/// stamps (all zero in an empty cache), the plan (written by each step), then the rows
-/// (16-byte aligned).
+/// stamps (all zero in an empty cache), then the rows (16-byte aligned).
 struct Parts {
     clock: usize,
     tag: usize,
     stamp: usize,
-    plan: usize,
     data: usize,
     end: usize,
 }
@@ -61,12 +56,8 @@ struct Parts {
 impl RowCacheShape {
     /// Checks the dimensions: a power of two of at least `WAYS` slots, rows of some bytes,
     /// every count within the kernels' 32-bit indices.
-    pub fn new(
-        (streams, heads, slots): (usize, usize, usize),
-        (max_units, max_rows): (usize, usize),
-        (k_bytes, v_bytes): (usize, usize),
-    ) -> Result<RowCacheShape> {
-        let shape = RowCacheShape { streams, heads, slots, max_units, max_rows, k_bytes, v_bytes };
+    pub fn new((streams, heads, slots): (usize, usize, usize), (k_bytes, v_bytes): (usize, usize)) -> Result<RowCacheShape> {
+        let shape = RowCacheShape { streams, heads, slots, k_bytes, v_bytes };
         let fits = |x: Option<usize>| x.is_some_and(|x| i32::try_from(x).is_ok());
         let tables = streams.checked_mul(heads);
         let ok = tables.is_some_and(|t| t > 0)
@@ -74,14 +65,12 @@ impl RowCacheShape {
             && slots >= WAYS
             && k_bytes > 0
             && v_bytes > 0
-            && max_units > 0
             && fits(tables.and_then(|t| t.checked_mul(slots)))
-            && fits(max_units.checked_mul(max_rows))
             && fits(Some(shape.row_bytes()));
         if !ok {
             return Err(Error::invalid(format!(
                 "row cache: {streams} streams x {heads} heads of {slots} slots (a power of two, at least {WAYS}) \
-                 of {k_bytes} + {v_bytes} bytes, plans of {max_units} units x {max_rows} rows"
+                 of {k_bytes} + {v_bytes} bytes"
             )));
         }
         Ok(shape)
@@ -104,9 +93,8 @@ impl RowCacheShape {
         let clock = t * 16;
         let tag = clock + t * 4;
         let stamp = tag + cells * 4;
-        let plan = stamp + cells * 4;
-        let data = round_up(plan + self.max_units * self.max_rows * 4, ROW_ALIGN);
-        Parts { clock, tag, stamp, plan, data, end: data + cells * self.row_bytes() }
+        let data = round_up(stamp + cells * 4, ROW_ALIGN);
+        Parts { clock, tag, stamp, data, end: data + cells * self.row_bytes() }
     }
 
     /// Device bytes of the cache (its allocation must be 16-byte aligned).
@@ -129,9 +117,9 @@ impl RowCacheShape {
 
     /// Forgets every row of the cache at `base` and zeroes its statistics, in order on
     /// `stream`: for a new cache, and after rows changed in place other than by an encode.
-    /// (All-zero memory is an empty cache: zeroing the tables up to the plan does the same.)
+    /// (All-zero memory is an empty cache: zeroing the tables up to the rows does the same.)
     pub fn clear_at(&self, base: CUdeviceptr, stream: &Stream) -> Result<()> {
-        memset_u32(base, 0, self.parts().plan / 4, stream)
+        memset_u32(base, 0, self.parts().data / 4, stream)
     }
 
     fn view(&self, base: CUdeviceptr, first: usize, tables: usize) -> RowCacheArgs {
@@ -142,14 +130,11 @@ impl RowCacheShape {
             tag: base + p.tag as u64 + f * slots * 4,
             stamp: base + p.stamp as u64 + f * slots * 4,
             data: base + p.data as u64 + f * slots * self.row_bytes() as u64,
-            plan: base + p.plan as u64,
             stats: base + f * 16,
             tables: tables as i32,
             slots: self.slots as i32,
             row_bytes: self.row_bytes() as i32,
             v_off: self.v_off() as i32,
-            max_rows: self.max_rows as i32,
-            max_units: self.max_units as i32,
         }
     }
 }
@@ -222,26 +207,17 @@ impl RowCacheArgs {
         self.slots > 0
     }
 
-    /// Checks that a step of `units` units of `heads` KV heads over rows of `k_bytes` /
-    /// `v_bytes`, up to `max_rows` a unit, fits the cache these tables belong to.
-    pub(crate) fn check_step(
-        &self,
-        units: usize,
-        heads: usize,
-        max_rows: usize,
-        k_bytes: usize,
-        v_bytes: usize,
-    ) -> Result<()> {
+    /// Checks that a step of `heads` KV heads over rows of `k_bytes` / `v_bytes` fits the
+    /// cache these tables belong to.
+    pub(crate) fn check_step(&self, heads: usize, k_bytes: usize, v_bytes: usize) -> Result<()> {
         let fits = self.tables as usize == heads
-            && units <= self.max_units as usize
-            && max_rows <= self.max_rows as usize
             && round_up(k_bytes, ROW_ALIGN) <= self.v_off as usize
             && self.v_off as usize + v_bytes <= self.row_bytes as usize;
         if !fits {
             return Err(Error::invalid(format!(
-                "row cache of {} tables, rows of {} bytes, plans of {} units x {} rows, for a step of {units} units \
-                 ({heads} KV heads), {max_rows} rows, K/V rows of {k_bytes} / {v_bytes} bytes",
-                self.tables, self.row_bytes, self.max_units, self.max_rows
+                "row cache of {} tables, rows of {} bytes, for a step of {heads} KV heads, K/V rows of {k_bytes} / \
+                 {v_bytes} bytes",
+                self.tables, self.row_bytes
             )));
         }
         Ok(())
@@ -254,9 +230,9 @@ mod tests {
 
     #[test]
     fn parts_are_aligned_and_disjoint() {
-        let s = RowCacheShape::new((2, 8, 4096), (8, 70_000), (256, 136)).unwrap();
+        let s = RowCacheShape::new((2, 8, 4096), (256, 136)).unwrap();
         let p = s.parts();
-        assert!(p.clock < p.tag && p.tag < p.stamp && p.stamp < p.plan && p.plan < p.data && p.data < p.end);
+        assert!(p.clock < p.tag && p.tag < p.stamp && p.stamp < p.data && p.data < p.end);
         assert_eq!(p.data % ROW_ALIGN, 0);
         assert_eq!(s.row_bytes(), 256 + 144);
         assert_eq!(s.bytes(), p.data + 16 * 4096 * 400);
@@ -269,10 +245,10 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_refused() {
-        assert!(RowCacheShape::new((1, 8, 3000), (1, 10), (256, 256)).is_err(), "not a power of two");
-        assert!(RowCacheShape::new((1, 8, 2), (1, 10), (256, 256)).is_err(), "fewer than a set");
-        assert!(RowCacheShape::new((0, 8, 4096), (1, 10), (256, 256)).is_err(), "no tables");
-        assert!(RowCacheShape::new((1, 8, 4096), (1, 10), (0, 256)).is_err(), "empty rows");
-        assert!(RowCacheShape::new((1, 1 << 20, 4096), (1, 10), (256, 256)).is_err(), "too many slots");
+        assert!(RowCacheShape::new((1, 8, 3000), (256, 256)).is_err(), "not a power of two");
+        assert!(RowCacheShape::new((1, 8, 2), (256, 256)).is_err(), "fewer than a set");
+        assert!(RowCacheShape::new((0, 8, 4096), (256, 256)).is_err(), "no tables");
+        assert!(RowCacheShape::new((1, 8, 4096), (0, 256)).is_err(), "empty rows");
+        assert!(RowCacheShape::new((1, 1 << 20, 4096), (256, 256)).is_err(), "too many slots");
     }
 }

@@ -76,6 +76,8 @@ pub struct StepBuffers {
     pub cand: DeviceBuffer,
     pub mark: DeviceBuffer,
     pub rows: DeviceBuffer,
+    /// With a row cache, each row's slot (`rows`' shape; kernels/attention.cuh: pk_row_plan).
+    pub plan: DeviceBuffer,
     pub partial: DeviceBuffer,
     /// Per unit, the attention blocks done (zero between steps).
     pub att_done: DeviceBuffer,
@@ -174,6 +176,7 @@ impl StepBuffers {
             cand: DeviceBuffer::new(u * r * n * 8)?,
             mark: zeroed(u * n * 4)?,
             rows: DeviceBuffer::new(u * n * 4)?,
+            plan: DeviceBuffer::new(u * n * 4)?,
             partial: DeviceBuffer::new(u * n.div_ceil(ATT_ROWS).min(ATT_BLOCKS) * r * attend_state(dv) * 4)?,
             att_done: zeroed(u * 4)?,
             done: zeroed(u * DONE_SLOTS * 4)?,
@@ -564,6 +567,7 @@ pub fn attend(
         done: buf.att_done.ptr,
         mark: rows.mark,
         cache: layer.row_cache,
+        plan: buf.plan.ptr,
     };
     let attp = &mut att as *mut AttendArgs as *mut c_void;
     if layer.row_cache.is_some() {
@@ -574,7 +578,11 @@ pub fn attend(
         }
         let (kb, vb) = (layer.k_dtype.bytes(shape.head_dim), layer.v_dtype.bytes(buf.dv));
         let heads = layer.layout.n_h.max(0) as usize;
-        layer.row_cache.check_step(units, heads, max_rows, kb, vb)?;
+        layer.row_cache.check_step(heads, kb, vb)?;
+        if rows.row_stride > buf.max_cells {
+            // the plan has the rows' shape, in buffers of max_cells a unit
+            return Err(Error::invalid(format!("row cache plan: rows {} apart, buffers of {}", rows.row_stride, buf.max_cells)));
+        }
         let blocks = max_rows.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / units.max(1)).max(1)) as u32;
         launch(module, ROW_PLAN, (blocks, 1, units as u32), THREADS, 0, stream, &mut [attp])?;
     }

@@ -25,8 +25,10 @@ type pariskv_dtype = u32;
 /// `keys + g * key_row_stride + h * key_head_stride` bytes; the index of (g, h) is row
 /// `(stream * n_heads + h) * kv_size + cell` of `codes`, `nibbles` and `weights`.
 /// Optionally (both 0: none kept) the histogram of the codes of the cells flagged counted,
-/// `hist` `[stream * n_heads + h][n_blocks][256]` uint32, and the flags, `counted`, one
-/// uint8 per index row, at the row's number (1 = counted; all 0 for a new cache): an encode
+/// `hist` `[n_blocks][256]` uint32 per (stream, head) t = stream * n_heads + h, and the
+/// flags, `counted`, one uint8 a cell (1 = counted; all 0 for a new cache), t's histogram
+/// and flags `kept_stride` bytes after t - 1's (0: packed, `n_blocks * 1024` bytes and
+/// `kv_size` bytes apart; a multiple of 4 otherwise, so that both may share rows): an encode
 /// takes a counted cell's old codes out of `hist` and puts every encoded cell's new ones in,
 /// as `pariskv_codes_tally` does, so that a step can start from it (`pariskv_cuda_layer`).
 #[repr(C)]
@@ -43,6 +45,7 @@ pub struct pariskv_cuda_encode_target {
     pub n_heads: u32,
     pub hist: u64,
     pub counted: u64,
+    pub kept_stride: usize,
     /// The row cache the steps over these keys read through (`pariskv_cuda_row_cache`), whose
     /// cells the encode forgets as it rewrites them, or NULL: none.
     pub row_cache: *const pariskv_cuda_row_cache,
@@ -54,8 +57,7 @@ pub struct pariskv_cuda_encode_target {
 /// `pariskv_cuda_row_cache_bytes` bytes (16-byte aligned), all zero when new or after
 /// `pariskv_cuda_row_cache_clear`: `n_streams` x `n_kv_heads` tables (stream s, KV head h:
 /// table s * n_kv_heads + h) of `slots` slots (a power of two, at least 4), each one cell's K
-/// row of `k_row_bytes` and V row of `v_row_bytes`, and the plan of a step of up to
-/// `max_units` units of up to `max_rows` rows. Give it to every encode of the keys
+/// row of `k_row_bytes` and V row of `v_row_bytes`. Give it to every encode of the keys
 /// (`pariskv_cuda_encode_target.row_cache`: rewritten cells are forgotten) and to the steps
 /// (`pariskv_cuda_layer.row_cache`, with the stream the step reads); clear it after rows
 /// change in place otherwise (a K-shift, a state load).
@@ -66,8 +68,6 @@ pub struct pariskv_cuda_row_cache {
     pub n_streams: u32,
     pub n_kv_heads: u32,
     pub slots: u32,
-    pub max_units: u32,
-    pub max_rows: usize,
     pub k_row_bytes: usize,
     pub v_row_bytes: usize,
 }
@@ -286,7 +286,6 @@ fn row_cache_shape(
 ) -> crate::error::Result<(crate::cuda::row_cache::RowCacheShape, u64)> {
     let shape = crate::cuda::row_cache::RowCacheShape::new(
         (c.n_streams as usize, c.n_kv_heads as usize, c.slots as usize),
-        (c.max_units as usize, c.max_rows),
         (c.k_row_bytes, c.v_row_bytes),
     )?;
     Ok((shape, c.base))
@@ -339,6 +338,7 @@ pub extern "C" fn pariskv_cuda_encode(
                 weights: t.weights,
                 hist: t.hist,
                 counted: t.counted,
+                kept_stride: t.kept_stride,
                 kv_size: t.kv_size,
                 n_heads: t.n_heads as usize,
                 center,

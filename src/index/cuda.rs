@@ -330,6 +330,7 @@ impl GpuIndex {
             weights: s.weights.ptr,
             hist: 0,
             counted: 0,
+            kept_stride: 0,
             kv_size: s.cap,
             n_heads: nkv,
             center: if self.cfg.center { s.center.ptr } else { 0 },
