@@ -549,6 +549,9 @@ typedef struct pariskv_settings {
   // `offload-keys`: under `offload`, 0 = K with V in host memory, 1 = K in GPU memory
   // (only V in host memory).
   uint32_t offload_keys;
+  // `row-cache`: under `offload`, slots of the device row cache per KV head and stream
+  // (0 = none).
+  uint32_t row_cache;
   // `fill`: llama-bench's depth fill, 0 = exact, 1 = local (prompt ubatches attend only
   // within themselves; speed only).
   uint32_t fill;

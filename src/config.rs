@@ -24,6 +24,13 @@ pub const DEFAULT_REFINE: usize = 2;
 /// ranking and lifts recall@256 by 0.06-0.11 on Gemma 3 270M's keys, halving the attention
 /// mass lost (docs/FIDELITY.md, "Retrieval beyond the paper").
 pub const DEFAULT_CENTER: bool = true;
+/// Slots of the device row cache per KV head and stream under offload (K/V in host memory):
+/// twice the default top-k. Simulated on Gemma 3 270M and Qwen2.5-Coder-1.5B at top-k 2048,
+/// 2k slots serve 0.81-0.84 of the retrieved rows and 4k 0.92 (docs/FIDELITY.md, "A slot
+/// table, simulated").
+pub const DEFAULT_ROW_CACHE: usize = 2 * DEFAULT_TOP_K;
+/// Largest row cache accepted, slots per KV head and stream.
+pub const MAX_ROW_CACHE: usize = 1 << 24;
 /// Largest refine factor accepted.
 pub const MAX_REFINE: usize = 64;
 /// Seed of the rotation's sign diagonal ("PARISKV1").

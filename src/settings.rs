@@ -9,7 +9,9 @@ use std::ffi::CStr;
 
 use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::{RatioPolicy, Ratios};
-use crate::config::{DEFAULT_CENTER, DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_SEED, DEFAULT_SINK, MAX_REFINE};
+use crate::config::{
+    DEFAULT_CENTER, DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_ROW_CACHE, DEFAULT_SEED, DEFAULT_SINK, MAX_REFINE, MAX_ROW_CACHE,
+};
 use crate::constants::TUNED_RHO_COLL;
 use crate::error::{Error, Result};
 
@@ -43,6 +45,9 @@ pub struct Settings {
     pub offload: bool,
     /// Under `offload`, where the K rows go (V always goes to host memory).
     pub offload_keys: OffloadKeys,
+    /// Under `offload` (CUDA), slots of the device cache of K/V rows per KV head and stream
+    /// (rounded up to a power of two), 0 = none.
+    pub row_cache: u32,
     /// How prompt ubatches attend (llama-bench's depth fill, speed only).
     pub fill: Fill,
 }
@@ -86,6 +91,7 @@ impl Default for Settings {
             center: DEFAULT_CENTER,
             offload: false,
             offload_keys: OffloadKeys::Host,
+            row_cache: DEFAULT_ROW_CACHE as u32,
             fill: Fill::Exact,
         }
     }
@@ -232,7 +238,7 @@ macro_rules! pair_spec {
 }
 
 /// Every setting, in the order help lists them.
-pub static SPECS: [Spec; 12] = [
+pub static SPECS: [Spec; 13] = [
     count_spec!(c"topk", top_k, 0, MAX_COUNT, c"ParisKV top-k attention: keys retrieved per KV head and decode step, 0 = off;\n\
 long-context decoding attends exactly over the first --pariskv-sink and last --pariskv-window\n\
 positions and the N keys the ParisKV index retrieves; needs a GGML_PARISKV=ON build"),
@@ -307,6 +313,9 @@ fit in GPU memory run; fails if the memory cannot be pinned",
         c"ParisKV, with --pariskv-offload: where the K rows of the offloaded layers live: host (with V,\n\
 in pinned host memory: the least GPU memory) or device (in GPU memory: the step reads K at memory\n\
 speed and only V rows cross PCIe, for the GPU memory of K; the same results)"),
+    count_spec!(c"row-cache", row_cache, 0, MAX_ROW_CACHE as u32, c"ParisKV, with --pariskv-offload: slots per KV head and sequence of a cache in GPU memory of the\n\
+K/V rows decode steps read (rounded up to a power of two; 0 = none): a row retrieved again is read\n\
+from GPU memory instead of over PCIe; the same results"),
     pair_spec!(c"fill", fill, "exact" => Fill::Exact, "local" => Fill::Local,
         c"ParisKV, llama-bench only, speed only: how prompt ubatches attend while the cache is filled to\n\
 its depth (-d): exact, or local (each prompt token only over its own ubatch's cells: a D-token\n\

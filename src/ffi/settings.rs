@@ -53,6 +53,9 @@ pub struct pariskv_settings {
     /// `offload-keys`: under `offload`, 0 = K with V in host memory, 1 = K in GPU memory
     /// (only V in host memory).
     pub offload_keys: u32,
+    /// `row-cache`: under `offload`, slots of the device row cache per KV head and stream
+    /// (0 = none).
+    pub row_cache: u32,
     /// `fill`: llama-bench's depth fill, 0 = exact, 1 = local (prompt ubatches attend only
     /// within themselves; speed only).
     pub fill: u32,
@@ -102,6 +105,7 @@ impl pariskv_settings {
             center: s.center as u32,
             offload: s.offload as u32,
             offload_keys: (s.offload_keys == OffloadKeys::Device) as u32,
+            row_cache: s.row_cache,
             fill: (s.fill == Fill::Local) as u32,
         }
     }
@@ -117,6 +121,7 @@ impl pariskv_settings {
             ("window", self.n_window),
             ("dense-threshold", self.dense_threshold),
             ("refine", self.refine),
+            ("row-cache", self.row_cache),
         ] {
             s.set(key, &v.to_string())?;
         }

@@ -34,8 +34,8 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
     const ggml_tensor * nibbles = dst->src[3];
     const ggml_tensor * weights = dst->src[4];
     const ggml_tensor * centers = dst->src[5];
-    const ggml_tensor * hist    = dst->src[6]; // the kept code histogram, or NULL
-    const ggml_tensor * counted = dst->src[7];
+    const ggml_tensor * kept    = dst->src[6]; // the kept code histogram, or NULL (src[7], a
+                                               // device's row cache, is not the CPU's)
 
     const int64_t n_cells   = codes->ne[1];
     const int64_t n_head_kv = codes->ne[2];
@@ -74,14 +74,14 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
             for (int64_t s = 0; s < n_stream; ++s) {
                 stream_cells(s, written);
                 for (int64_t h = 0; h < n_head_kv && !written.empty(); ++h) {
-                    const pariskv_codes c = ggml_pariskv_codes_of(codes, nibbles, weights, hist, counted, s, h);
+                    const pariskv_codes c = ggml_pariskv_codes_of(codes, nibbles, weights, kept, s, h);
                     pariskv_check(pariskv_codes_tally((uint32_t) head_dim, &c, written.data(), written.size(), add), "histogram");
                 }
             }
         }
         ggml_barrier(params->threadpool);
     };
-    if (hist) {
+    if (kept) {
         tally(0);
     }
 
@@ -113,7 +113,7 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
                           "encode");
         }
     }
-    if (hist) {
+    if (kept) {
         ggml_barrier(params->threadpool);
         tally(1);
     }
@@ -162,7 +162,7 @@ static void ggml_compute_forward_pariskv_attn(const ggml_compute_params * params
         vis.mask       = (const char *) a.mask->data + s*a.mask->nb[3] + tr*a.mask->nb[1];
         vis.pos        = (const int32_t *) ((const char *) a.pos->data + s*a.pos->nb[1]);
 
-        const pariskv_codes c = ggml_pariskv_codes_of(a.codes, a.nibbles, a.weights, a.hist, a.counted, s, h);
+        const pariskv_codes c = ggml_pariskv_codes_of(a.codes, a.nibbles, a.weights, a.kept, s, h);
 
         const float * qh = (const float *) ((const char *) a.q->data + t*a.q->nb[2] + h*group*a.q->nb[1]);
         float * out = (float *) ((char *) dst->data + t*dst->nb[2] + h*group*dst->nb[1]);

@@ -78,8 +78,7 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     const ggml_tensor * nibbles = dst->src[3];
     const ggml_tensor * weights = dst->src[4];
     const ggml_tensor * centers = dst->src[5];
-    const ggml_tensor * hist    = dst->src[6]; // the kept histogram and its flags, or null
-    const ggml_tensor * counted = dst->src[7];
+    const ggml_tensor * kept    = dst->src[6]; // the kept histogram and its flags, or null
 
     const int64_t n = ggml_nelements(idxs);
     if (n == 0) {
@@ -98,9 +97,14 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     t.weights         = (uint64_t) (uintptr_t) weights->data;
     t.kv_size         = (size_t) codes->ne[1];
     t.n_heads         = (uint32_t) n_head_kv;
-    t.hist            = hist    ? (uint64_t) (uintptr_t) hist->data    : 0;
-    t.counted         = counted ? (uint64_t) (uintptr_t) counted->data : 0;
-    t.row_cache       = NULL;
+    // each (stream, head)'s histogram, then its flags, in one row of kept
+    t.hist            = kept ? (uint64_t) (uintptr_t) kept->data : 0;
+    t.counted         = kept ? t.hist + ggml_pariskv_kept_flags_offset(codes) : 0;
+    t.kept_stride     = kept ? kept->nb[1] : 0;
+    // the row cache forgets the cells rewritten
+    pariskv_cuda_row_cache rows;
+    uint32_t first_stream = 0;
+    t.row_cache = ggml_pariskv_row_cache_of(dst, t.key_head_stride, &rows, &first_stream) ? &rows : NULL;
 
     // count 0: exactly n cells (the count is part of the graph's shape)
     const uint64_t center = centers ? (uint64_t) (uintptr_t) centers->data : 0;
@@ -188,6 +192,10 @@ static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tens
     pariskv_cuda_step * scratch = pariskv_scratch_for(ctx, step.head_dim, step.v_dim, (size_t) codes->ne[1],
                                                       (uint32_t) group, (uint32_t) (n_tps*n_head_kv));
 
+    pariskv_cuda_row_cache rows;
+    uint32_t first_stream = 0;
+    const bool has_rows = ggml_pariskv_row_cache_of(dst, ggml_row_size(k->type, k->ne[0]), &rows, &first_stream) != nullptr;
+
     // one launch sequence per stream: unit u = token-in-stream * n_head_kv + KV head
     for (int64_t s = 0; s < a.n_stream; ++s) {
         pariskv_cuda_layer l = {};
@@ -226,12 +234,17 @@ static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tens
         l.out_token_stride = (int64_t) dst->nb[2];
         l.out_head_stride  = (int64_t) (group*dst->nb[1]);
 
-        // the histogram the encodes keep, shared by the stream's tokens
-        if (a.hist) {
-            l.hist                 = (uint64_t) (uintptr_t) ((const char *) a.hist->data    + s*a.hist->nb[2]);
-            l.hist_head_stride     = (int64_t) a.hist->nb[1];
-            l.counted              = (uint64_t) (uintptr_t) ((const char *) a.counted->data + s*a.counted->nb[2]);
-            l.counted_head_stride  = (int64_t) a.counted->nb[1];
+        // the histogram the encodes keep, shared by the stream's tokens, then its flags
+        if (a.kept) {
+            l.hist                 = (uint64_t) (uintptr_t) ((const char *) a.kept->data + s*a.kept->nb[2]);
+            l.hist_head_stride     = (int64_t) a.kept->nb[1];
+            l.counted              = l.hist + ggml_pariskv_kept_flags_offset(codes);
+            l.counted_head_stride  = (int64_t) a.kept->nb[1];
+        }
+        // the rows earlier steps of this stream read, kept on the device
+        if (has_rows) {
+            l.row_cache        = &rows;
+            l.row_cache_stream = first_stream + (uint32_t) s;
         }
 
         pariskv_check(pariskv_cuda_step_run(scratch, &step, &l, ctx.stream()), "attention step");

@@ -35,12 +35,19 @@ const ggml_pariskv_fn ggml_pariskv_entry_points[] = {
     (ggml_pariskv_fn) pariskv_cuda_step_run,
     (ggml_pariskv_fn) pariskv_cuda_step_free,
     (ggml_pariskv_fn) pariskv_cuda_step_stats,
+    (ggml_pariskv_fn) pariskv_cuda_row_cache_bytes,
+    (ggml_pariskv_fn) pariskv_cuda_row_cache_clear,
     (ggml_pariskv_fn) pariskv_host_alloc,
     (ggml_pariskv_fn) pariskv_host_alloc_progress,
     (ggml_pariskv_fn) pariskv_host_free,
 };
 
-static_assert(PARISKV_OP_PARAMS*sizeof(int32_t) <= GGML_MAX_OP_PARAMS, "the attention step's op params fit a node");
+// after the attention step's op params (an encode has none), a row cache's: its slots,
+// streams, the op's first stream and its V rows' bytes (ggml_pariskv_use_row_cache)
+enum { GGML_PARISKV_ROW_CACHE_PARAMS = PARISKV_OP_PARAMS, GGML_PARISKV_ROW_CACHE_N_PARAMS = 4 };
+
+static_assert((PARISKV_OP_PARAMS + GGML_PARISKV_ROW_CACHE_N_PARAMS)*sizeof(int32_t) <= GGML_MAX_OP_PARAMS,
+        "the attention step's and the row cache's op params fit a node");
 
 bool ggml_pariskv_index_dims(int64_t head_dim, int64_t dims[3]) {
     struct pariskv_layout layout;
@@ -164,21 +171,88 @@ struct ggml_tensor * ggml_pariskv_attn(
     return result;
 }
 
+int64_t ggml_pariskv_kept_ne0(int64_t n_blocks, int64_t n_cells) {
+    return n_blocks*PARISKV_N_CENTROIDS + (n_cells + 3)/4;
+}
+
+size_t ggml_pariskv_kept_flags_offset(const struct ggml_tensor * codes) {
+    return (size_t) codes->ne[0]*PARISKV_N_CENTROIDS*sizeof(int32_t);
+}
+
+// the sources an op's kept histogram and row cache take: encode's after its centres,
+// attention's after its index views (ggml's GGML_MAX_SRC = 10 are all used then)
+enum { GGML_PARISKV_ENCODE_KEPT = 6, GGML_PARISKV_ENCODE_ROWS = 7, GGML_PARISKV_ATTN_KEPT = 8, GGML_PARISKV_ATTN_ROWS = 9 };
+
 struct ggml_tensor * ggml_pariskv_keep_histogram(
         struct ggml_tensor * op,
-        struct ggml_tensor * hist,
-        struct ggml_tensor * counted) {
+        struct ggml_tensor * kept) {
     // the op's index tensors: encode's codes are src[2], attention's (a view of them) src[5]
     const bool encode = op->op == GGML_OP_PARISKV_ENCODE;
     GGML_ASSERT(encode || op->op == GGML_OP_PARISKV_ATTN);
     const struct ggml_tensor * codes = op->src[encode ? 2 : 5];
-    GGML_ASSERT(hist->type == GGML_TYPE_I32 && counted->type == GGML_TYPE_I8);
-    GGML_ASSERT(ggml_is_contiguous(hist) && ggml_is_contiguous(counted));
-    GGML_ASSERT(hist->ne[0] == codes->ne[0]*PARISKV_N_CENTROIDS && hist->ne[1] == codes->ne[2] && hist->ne[2] == codes->ne[3]);
-    GGML_ASSERT(counted->ne[0] >= codes->ne[1] && counted->ne[1] == codes->ne[2] && counted->ne[2] == codes->ne[3]);
-    op->src[encode ? 6 : 8] = hist;
-    op->src[encode ? 7 : 9] = counted;
+    GGML_ASSERT(kept->type == GGML_TYPE_I32 && kept->nb[0] == sizeof(int32_t));
+    GGML_ASSERT(kept->ne[0] >= ggml_pariskv_kept_ne0(codes->ne[0], codes->ne[1]));
+    GGML_ASSERT(kept->ne[1] == codes->ne[2] && kept->ne[2] == codes->ne[3] && kept->ne[3] == 1);
+    // one stride from a (stream, head)'s row to the next: the encode target's kept_stride
+    GGML_ASSERT(kept->nb[2] == kept->nb[1]*kept->ne[1]);
+    op->src[encode ? GGML_PARISKV_ENCODE_KEPT : GGML_PARISKV_ATTN_KEPT] = kept;
     return op;
+}
+
+size_t ggml_pariskv_row_cache_bytes(int64_t n_stream, int64_t n_head_kv, int64_t slots,
+        size_t k_row_bytes, size_t v_row_bytes) {
+    if (n_stream <= 0 || n_stream > UINT32_MAX || n_head_kv <= 0 || n_head_kv > UINT32_MAX || slots <= 0 || slots > UINT32_MAX) {
+        return 0;
+    }
+    struct pariskv_cuda_row_cache c;
+    memset(&c, 0, sizeof(c));
+    c.n_streams   = (uint32_t) n_stream;
+    c.n_kv_heads  = (uint32_t) n_head_kv;
+    c.slots       = (uint32_t) slots;
+    c.k_row_bytes = k_row_bytes;
+    c.v_row_bytes = v_row_bytes;
+    size_t bytes = 0;
+    return pariskv_cuda_row_cache_bytes(&c, &bytes) == PARISKV_OK ? bytes : 0;
+}
+
+struct ggml_tensor * ggml_pariskv_use_row_cache(
+        struct ggml_tensor * op,
+        struct ggml_tensor * rows,
+        int32_t              slots,
+        int32_t              n_stream,
+        int32_t              first_stream,
+        int32_t              v_row_bytes) {
+    const bool encode = op->op == GGML_OP_PARISKV_ENCODE;
+    GGML_ASSERT(encode || op->op == GGML_OP_PARISKV_ATTN);
+    GGML_ASSERT(rows->type == GGML_TYPE_I8 && ggml_is_contiguous(rows));
+    GGML_ASSERT(slots > 0 && n_stream > 0 && first_stream >= 0 && first_stream < n_stream && v_row_bytes > 0);
+    GGML_ASSERT(!encode || first_stream == 0);
+    const int32_t p[GGML_PARISKV_ROW_CACHE_N_PARAMS] = { slots, n_stream, first_stream, v_row_bytes };
+    for (int i = 0; i < GGML_PARISKV_ROW_CACHE_N_PARAMS; ++i) {
+        ggml_set_op_params_i32(op, GGML_PARISKV_ROW_CACHE_PARAMS + i, p[i]);
+    }
+    op->src[encode ? GGML_PARISKV_ENCODE_ROWS : GGML_PARISKV_ATTN_ROWS] = rows;
+    return op;
+}
+
+const struct ggml_tensor * ggml_pariskv_row_cache_of(const struct ggml_tensor * op,
+        size_t k_row_bytes, struct pariskv_cuda_row_cache * out, uint32_t * first_stream) {
+    const bool encode = op->op == GGML_OP_PARISKV_ENCODE;
+    GGML_ASSERT(encode || op->op == GGML_OP_PARISKV_ATTN);
+    const struct ggml_tensor * rows = op->src[encode ? GGML_PARISKV_ENCODE_ROWS : GGML_PARISKV_ATTN_ROWS];
+    if (!rows) {
+        return NULL;
+    }
+    const struct ggml_tensor * codes = op->src[encode ? 2 : 5];
+    memset(out, 0, sizeof(*out));
+    out->base        = (uint64_t) (uintptr_t) rows->data;
+    out->slots       = (uint32_t) ggml_get_op_params_i32(op, GGML_PARISKV_ROW_CACHE_PARAMS + 0);
+    out->n_streams   = (uint32_t) ggml_get_op_params_i32(op, GGML_PARISKV_ROW_CACHE_PARAMS + 1);
+    out->n_kv_heads  = (uint32_t) codes->ne[2];
+    out->k_row_bytes = k_row_bytes;
+    out->v_row_bytes = (size_t) ggml_get_op_params_i32(op, GGML_PARISKV_ROW_CACHE_PARAMS + 3);
+    *first_stream    = (uint32_t) ggml_get_op_params_i32(op, GGML_PARISKV_ROW_CACHE_PARAMS + 2);
+    return rows;
 }
 
 bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out) {
@@ -195,8 +269,7 @@ struct pariskv_codes ggml_pariskv_codes_of(
         const struct ggml_tensor * codes,
         const struct ggml_tensor * nibbles,
         const struct ggml_tensor * weights,
-        const struct ggml_tensor * hist,
-        const struct ggml_tensor * counted,
+        const struct ggml_tensor * kept,
         int64_t s,
         int64_t h) {
     struct pariskv_codes c;
@@ -204,8 +277,9 @@ struct pariskv_codes ggml_pariskv_codes_of(
     c.nibbles = (uint8_t  *) nibbles->data + s*nibbles->nb[3] + h*nibbles->nb[2];
     c.weights = (uint16_t *) ((char *) weights->data + s*weights->nb[3] + h*weights->nb[2]);
     c.n_cells = (size_t) codes->ne[1];
-    c.hist    = hist    ? (uint32_t *) ((char *) hist->data + s*hist->nb[2] + h*hist->nb[1]) : NULL;
-    c.counted = counted ? (uint8_t *) counted->data + s*counted->nb[2] + h*counted->nb[1] : NULL;
+    char * row = kept ? (char *) kept->data + s*kept->nb[2] + h*kept->nb[1] : NULL;
+    c.hist    = row ? (uint32_t *) row : NULL;
+    c.counted = row ? (uint8_t *) row + ggml_pariskv_kept_flags_offset(codes) : NULL;
     return c;
 }
 
@@ -220,8 +294,8 @@ struct ggml_pariskv_attn_args ggml_pariskv_attn_args_of(const struct ggml_tensor
     a.codes   = node->src[5];
     a.nibbles = node->src[6];
     a.weights = node->src[7];
-    a.hist    = node->src[8];
-    a.counted = node->src[9];
+    a.kept      = node->src[GGML_PARISKV_ATTN_KEPT];
+    a.row_cache = node->src[GGML_PARISKV_ATTN_ROWS];
 
     a.n_head_kv = a.k->ne[1];
     a.n_kv      = a.k->ne[2];

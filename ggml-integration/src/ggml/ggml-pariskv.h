@@ -11,11 +11,14 @@
 //   weights F16 [dims[2], n_cells, n_head_kv, n_stream]   per-block weights
 // and, optionally, one key centre per KV head (shared by the streams):
 //   centers F32 [head_dim + 1, n_head_kv]                  centre, then keys averaged (0: unset)
-// and, optionally, the histogram of the codes kept between steps
-// (ggml_pariskv_keep_histogram):
-//   hist    I32 [n_blocks*256, n_head_kv, n_stream]       codes of the counted cells
-//   counted I8  [n_cells, n_head_kv, n_stream]            1 = the cell's codes are in hist
-// (256: PARISKV_N_CENTROIDS, the centroids of a code block)
+// and, optionally, the histogram of the codes kept between steps with its flags
+// (ggml_pariskv_keep_histogram), one row per KV head and stream:
+//   kept    I32 [ggml_pariskv_kept_ne0(n_blocks, n_cells), n_head_kv, n_stream]
+//           the codes of the counted cells, n_blocks*256 counts (256: PARISKV_N_CENTROIDS,
+//           the centroids of a code block), then n_cells bytes, 1 = the cell is counted
+// and, for K/V in host memory on a CUDA device (--pariskv-offload), optionally a cache of
+// K/V rows in GPU memory across decode steps (ggml_pariskv_use_row_cache):
+//   rows    I8  [ggml_pariskv_row_cache_bytes(...)]       all zero when new
 
 #include "ggml.h"
 #include "pariskv.h"
@@ -73,34 +76,64 @@ GGML_API struct ggml_tensor * ggml_pariskv_attn(
         float                           scale,
         float                           softcap);
 
+// elements of a kept histogram row (above) for code blocks of n_blocks bytes, n_cells cells
+GGML_API int64_t ggml_pariskv_kept_ne0(int64_t n_blocks, int64_t n_cells);
+
 // an encode or attention op (returned) that keeps or reads the index's code histogram
-// (hist, counted: the optional index tensors above, zeroed when allocated): an encode takes
-// the cells it rewrites out of the histogram and adds their new codes; an attention takes
-// its zone's histogram from it instead of counting the zone every step (CPU and CUDA).
+// (kept: the optional index tensor above, zeroed when allocated; an attention takes a view
+// of its streams): an encode takes the cells it rewrites out of the histogram and adds
+// their new codes; an attention takes its zone's histogram from it instead of counting the
+// zone every step (CPU and CUDA).
 GGML_API struct ggml_tensor * ggml_pariskv_keep_histogram(
         struct ggml_tensor * op,
-        struct ggml_tensor * hist,
-        struct ggml_tensor * counted);
+        struct ggml_tensor * kept);
+
+// bytes of a row cache of `slots` slots (a power of two, at least 4) per KV head of each of
+// n_stream streams, for K rows of k_row_bytes and V rows of v_row_bytes; 0 where the
+// library cannot keep one (no CUDA, bad sizes: pariskv_last_error says why)
+GGML_API size_t ggml_pariskv_row_cache_bytes(int64_t n_stream, int64_t n_head_kv, int64_t slots,
+        size_t k_row_bytes, size_t v_row_bytes);
+
+// an encode or attention op (returned) that keeps K/V rows in `rows` (the optional tensor
+// above, of every stream of the cache, on the op's CUDA device): an attention reads the
+// rows of streams first_stream.. it retrieved in earlier steps from there, and copies the
+// others in; an encode forgets the cells it rewrites (first_stream 0). v_row_bytes: the
+// cache's V rows (an encode has no V). The CPU backend ignores it.
+GGML_API struct ggml_tensor * ggml_pariskv_use_row_cache(
+        struct ggml_tensor * op,
+        struct ggml_tensor * rows,
+        int32_t              slots,
+        int32_t              n_stream,
+        int32_t              first_stream,
+        int32_t              v_row_bytes);
 
 // the library's element type of a tensor type (F32, F16, BF16, Q8_0); false for any other
 GGML_API bool ggml_pariskv_dtype(enum ggml_type type, pariskv_dtype * out);
 
 // the index of KV head h of stream s as the library reads it (index tensors as above, in
-// host memory), with its kept histogram and flags where hist is not NULL
+// host memory), with its kept histogram and flags where kept is not NULL
 GGML_API struct pariskv_codes ggml_pariskv_codes_of(
         const struct ggml_tensor * codes,
         const struct ggml_tensor * nibbles,
         const struct ggml_tensor * weights,
-        const struct ggml_tensor * hist,
-        const struct ggml_tensor * counted,
+        const struct ggml_tensor * kept,
         int64_t s,
         int64_t h);
+
+// where a kept histogram row's flags start: bytes after its counts (codes: the index's)
+GGML_API size_t ggml_pariskv_kept_flags_offset(const struct ggml_tensor * codes);
+
+// an op's row cache (NULL: none) and its description as the library takes it, base at
+// stream 0 (the op's first stream: *first_stream)
+GGML_API const struct ggml_tensor * ggml_pariskv_row_cache_of(const struct ggml_tensor * op,
+        size_t k_row_bytes, struct pariskv_cuda_row_cache * out, uint32_t * first_stream);
 
 // what a PARISKV_ATTN node holds, as both backends read it: its sources, shapes and the
 // library's decode step (unpacked from its op params)
 struct ggml_pariskv_attn_args {
     const struct ggml_tensor * q, * k, * v, * mask, * pos, * codes, * nibbles, * weights;
-    const struct ggml_tensor * hist, * counted; // the kept histogram, or NULL
+    const struct ggml_tensor * kept;            // the kept histogram, or NULL
+    const struct ggml_tensor * row_cache;       // the K/V rows kept on the device, or NULL
     int64_t n_head_kv, n_kv, n_stream, n_tokens;
     int64_t n_tps; // tokens per stream
     int64_t group; // query heads per KV head

@@ -123,6 +123,20 @@ static bool pariskv_runs_on(ggml_backend_buffer_type_t buft, const llama_hparams
 }
 
 // a layer ParisKV may handle: global attention, K and V, a head size the index supports
+// the encode of cells idxs of k into index x: it keeps x's code histogram and makes x's row
+// cache forget the cells
+static ggml_tensor * pariskv_encode_op(ggml_context * ctx, ggml_tensor * k, ggml_tensor * idxs,
+        const llama_pariskv_kv::layer_index & x) {
+    ggml_tensor * encoded = ggml_pariskv_encode(ctx, k, idxs, x.codes, x.nibbles, x.weights, x.centers);
+    if (x.kept) {
+        ggml_pariskv_keep_histogram(encoded, x.kept);
+    }
+    if (x.rows) {
+        ggml_pariskv_use_row_cache(encoded, x.rows, x.row_slots, (int32_t) x.codes->ne[3], 0, x.v_row_bytes);
+    }
+    return encoded;
+}
+
 static bool pariskv_layer_shape(const llama_hparams & hparams, uint32_t il, int64_t dims[3]) {
     return !hparams.is_swa(il) && ggml_pariskv_index_dims(hparams.n_embd_head_k(il), dims);
 }
@@ -229,6 +243,12 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
     };
 
     pk.layers.assign(kv.layers.size(), {});
+    // under offload, the row caches' slots per KV head and stream (a power of two) and bytes
+    uint32_t row_slots = 4;
+    while (row_slots < s->row_cache) {
+        row_slots *= 2;
+    }
+    size_t row_cache_bytes = 0;
     std::string handled;
     int n_handled = 0;
     int n_cpu     = 0; // handled layers whose steps run on the CPU backend
@@ -279,10 +299,22 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
                 ggml_format_name(x.centers, "pariskv_centers_l%d", il);
             }
             // the step takes its zone's code histogram from one kept by the encodes
-            x.hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*PARISKV_N_CENTROIDS, n_head_kv, kv.n_stream);
-            x.counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  kv_size,     n_head_kv, kv.n_stream);
-            ggml_format_name(x.hist,    "pariskv_hist_l%d",    il);
-            ggml_format_name(x.counted, "pariskv_counted_l%d", il);
+            x.kept = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, ggml_pariskv_kept_ne0(dims[0], kv_size), n_head_kv, kv.n_stream);
+            ggml_format_name(x.kept, "pariskv_kept_l%d", il);
+            // under offload, the rows the steps read kept in GPU memory across steps
+            if (offloaded != pk.offload_dev_buft.end() && s->row_cache > 0) {
+                const size_t k_row = ggml_row_size(kv.type_k(), hparams.n_embd_head_k(il));
+                const size_t v_row = ggml_row_size(kv.type_v(), hparams.n_embd_head_v(il));
+                const size_t bytes = ggml_pariskv_row_cache_bytes(kv.n_stream, n_head_kv, row_slots, k_row, v_row);
+                if (bytes == 0) {
+                    throw std::runtime_error(std::string("ParisKV row cache: ") + pariskv_last_error());
+                }
+                x.rows        = ggml_new_tensor_1d(ctx, GGML_TYPE_I8, (int64_t) bytes);
+                x.row_slots   = (int32_t) row_slots;
+                x.v_row_bytes = (int32_t) v_row;
+                ggml_format_name(x.rows, "pariskv_rows_l%d", il);
+                row_cache_bytes += bytes;
+            }
         }
 
         handled += (n_handled++ ? "," : "") + std::to_string(il);
@@ -377,6 +409,12 @@ void llama_pariskv_kv::init(llama_kv_cache & kv) {
         LLAMA_LOG_INFO("%s: ParisKV offload: %s of %zu layer(s) in pinned host memory (%.2f MiB), read by the device "
                 "through UVA; %s\n", __func__, keys_on_device ? "V" : "K/V", pk.offload_dev_buft.size(),
                 host_bytes/1024.0/1024.0, keys_on_device ? "K and the index stay on the device" : "the index stays on the device");
+        if (row_cache_bytes > 0) {
+            LLAMA_LOG_INFO("%s: ParisKV row cache: %u slots per KV head and stream, %.2f MiB of the index on the device "
+                    "(--pariskv-row-cache)\n", __func__, row_slots, row_cache_bytes/1024.0/1024.0);
+        } else {
+            LLAMA_LOG_INFO("%s: ParisKV row cache: none (--pariskv-row-cache 0)\n", __func__);
+        }
     }
 }
 
@@ -468,9 +506,9 @@ void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
     std::vector<size_t> host;
     for (size_t ikv = 0; ikv < pk.layers.size(); ++ikv) {
         const auto & x = pk.layers[ikv];
-        bool first = x.hist && x.hist->data && ggml_backend_buffer_is_host(x.hist->buffer);
+        bool first = x.kept && x.kept->data && ggml_backend_buffer_is_host(x.kept->buffer);
         for (size_t j : host) {
-            first = first && pk.layers[j].hist != x.hist;
+            first = first && pk.layers[j].kept != x.kept;
         }
         if (first) {
             host.push_back(ikv);
@@ -485,7 +523,7 @@ void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
         const auto & cells = kv.v_cells[s];
         // every counted cell is once in block 0 of a head's histogram: more than the cells
         // in use means some were emptied since they were encoded
-        const uint32_t * h0 = (const uint32_t *) ((const char *) x0.hist->data + s*x0.hist->nb[2]);
+        const uint32_t * h0 = (const uint32_t *) ((const char *) x0.kept->data + s*x0.kept->nb[2]);
         uint64_t n_counted = 0;
         for (int i = 0; i < PARISKV_N_CENTROIDS; ++i) {
             n_counted += h0[i];
@@ -493,7 +531,7 @@ void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
         if (n_counted <= cells.get_used()) {
             continue;
         }
-        const uint8_t * flags = (const uint8_t *) x0.counted->data + s*x0.counted->nb[2];
+        const uint8_t * flags = (const uint8_t *) h0 + ggml_pariskv_kept_flags_offset(x0.codes);
         emptied.clear();
         for (uint32_t c = 0; c < cells.size(); ++c) {
             if (flags[c] && cells.is_empty(c)) {
@@ -504,7 +542,7 @@ void llama_pariskv_kv::settle_kept(const llama_kv_cache & kv) {
             const layer_index & x = pk.layers[ikv];
             const uint32_t head_dim = kv.hparams.n_embd_head_k(kv.layers[ikv].il);
             for (int64_t h = 0; h < x.codes->ne[2]; ++h) {
-                pariskv_codes c = ggml_pariskv_codes_of(x.codes, x.nibbles, x.weights, x.hist, x.counted, s, h);
+                pariskv_codes c = ggml_pariskv_codes_of(x.codes, x.nibbles, x.weights, x.kept, s, h);
                 if (pariskv_codes_tally(head_dim, &c, emptied.data(), emptied.size(), 0) != PARISKV_OK) {
                     LLAMA_LOG_WARN("%s: %s\n", __func__, pariskv_last_error());
                 }
@@ -577,8 +615,7 @@ bool llama_pariskv_kv::update(llama_kv_cache & kv, llama_context * lctx, bool sh
             first = pk.layers[j].codes != x.codes;
         }
         if (first) {
-            ggml_tensor * encoded = ggml_pariskv_encode(ctx, kv.layers[ikv].k, inp->idxs, x.codes, x.nibbles, x.weights, x.centers);
-            ggml_build_forward_expand(gf, x.hist ? ggml_pariskv_keep_histogram(encoded, x.hist, x.counted) : encoded);
+            ggml_build_forward_expand(gf, pariskv_encode_op(ctx, kv.layers[ikv].k, inp->idxs, x));
         }
     }
 
@@ -610,10 +647,7 @@ ggml_tensor * llama_pariskv_kv::encode(const llama_kv_cache & kv, ggml_context *
         return stored;
     }
     const auto & x = kv.pariskv->layers[kv.map_layer_ids.at(il)];
-    ggml_tensor * encoded = ggml_pariskv_encode(ctx, stored, k_idxs, x.codes, x.nibbles, x.weights, x.centers);
-    if (x.hist) {
-        ggml_pariskv_keep_histogram(encoded, x.hist, x.counted);
-    }
+    ggml_tensor * encoded = pariskv_encode_op(ctx, stored, k_idxs, x);
     // build_attn finds the encode of its own layer in the graph by this name
     ggml_format_name(encoded, "pariskv_encoded-%d", il);
     return encoded;
@@ -756,11 +790,14 @@ ggml_tensor * llama_pariskv_kv::attend(const llm_graph_context & g, const llama_
     const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
     ggml_tensor * cur = ggml_pariskv_attn(g.ctx0, q, k, v, kq_mask, pos,
             streams(encoded), streams(x.nibbles), streams(x.weights), &pk.settings, kq_scale, softcap);
-    if (x.hist) {
+    if (x.kept) {
         auto streams3 = [&](ggml_tensor * t) {
             return ggml_view_3d(g.ctx0, t, t->ne[0], t->ne[1], ns, t->nb[1], t->nb[2], sinfo.s0*t->nb[2]);
         };
-        ggml_pariskv_keep_histogram(cur, streams3(x.hist), streams3(x.counted));
+        ggml_pariskv_keep_histogram(cur, streams3(x.kept));
+    }
+    if (x.rows) {
+        ggml_pariskv_use_row_cache(cur, x.rows, x.row_slots, (int32_t) kv.n_stream, (int32_t) sinfo.s0, x.v_row_bytes);
     }
     g.cb(cur, "pariskv_attn", il);
 

@@ -124,8 +124,11 @@ struct llama_pariskv_kv {
         ggml_tensor * nibbles = nullptr;
         ggml_tensor * weights = nullptr;
         ggml_tensor * centers = nullptr; // key centre per KV head (null: keys indexed as they are)
-        ggml_tensor * hist    = nullptr; // the codes' histogram kept between steps, and which
-        ggml_tensor * counted = nullptr; // cells it counts
+        ggml_tensor * kept    = nullptr; // the codes' histogram kept between steps, and which
+                                         // cells it counts (ggml_pariskv_keep_histogram)
+        ggml_tensor * rows    = nullptr; // K/V rows kept on the device across steps (offload)
+        int32_t row_slots     = 0;       // its slots per KV head and stream
+        int32_t v_row_bytes   = 0;       // its V rows' bytes
     };
 
     pariskv_settings settings;

@@ -8,7 +8,9 @@
 // With a kept code histogram (ggml_pariskv_keep_histogram) the encode keeps it and the step
 // starts from it: kept 1 encodes only the cells in the step's view (the step takes the
 // histogram from the kept one), kept 2 every cell of the cache (counted cells beyond the
-// view: the step must count the zone itself).
+// view: the step must count the zone itself). With a row cache (rows > 0 slots per KV head,
+// ggml_pariskv_use_row_cache; a device's, the CPU ignores it) the step copies its rows
+// into the empty cache and reads them there, and the encode forgets the cells it writes.
 struct test_pariskv : public test_case {
     const int64_t hs;       // K head size
     const int64_t hsv;      // V head size
@@ -22,15 +24,16 @@ struct test_pariskv : public test_case {
     const int top_k;
     const int gqa;          // a pariskv_gqa: 0 per query head, 1 the group-mean query, 2 k rows for the group
     const int kept;         // 0 no kept histogram; 1 kept, the view's cells encoded; 2 kept, every cell
+    const int rows;         // slots of a row cache per KV head and stream, 0: none
 
     std::string vars() override {
-        return VARS_TO_STR12(hs, hsv, nh_kv, group, n_kv, ns, n_tps, type_K, type_V, top_k, gqa, kept);
+        return VARS_TO_STR13(hs, hsv, nh_kv, group, n_kv, ns, n_tps, type_K, type_V, top_k, gqa, kept, rows);
     }
 
     test_pariskv(int64_t hs, int64_t hsv, int64_t nh_kv, int64_t group, int64_t n_kv, int64_t ns, int64_t n_tps,
-                 ggml_type type_K, ggml_type type_V, int top_k, int gqa, int kept = 0)
+                 ggml_type type_K, ggml_type type_V, int top_k, int gqa, int kept = 0, int rows = 0)
         : hs(hs), hsv(hsv), nh_kv(nh_kv), group(group), n_kv(n_kv), ns(ns), n_tps(n_tps),
-          type_K(type_K), type_V(type_V), top_k(top_k), gqa(gqa), kept(kept) {}
+          type_K(type_K), type_V(type_V), top_k(top_k), gqa(gqa), kept(kept), rows(rows) {}
 
     // the cache holds more cells than the step looks at
     int64_t n_cells() const { return n_kv + 100; }
@@ -59,13 +62,20 @@ struct test_pariskv : public test_case {
 
         ggml_tensor * encoded = ggml_pariskv_encode(ctx, kc, idxs, codes, nibbles, weights, centers);
         ggml_set_name(encoded, "encoded");
-        ggml_tensor * hist = nullptr, * counted = nullptr;
+        ggml_tensor * hist = nullptr;
         if (kept) {
-            hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*PARISKV_N_CENTROIDS, nh_kv, ns);
-            counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  n_cells(),   nh_kv, ns);
-            ggml_set_name(hist, "hist");
-            ggml_set_name(counted, "counted");
-            ggml_pariskv_keep_histogram(encoded, hist, counted);
+            hist = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, ggml_pariskv_kept_ne0(dims[0], n_cells()), nh_kv, ns);
+            ggml_set_name(hist, "kept");
+            ggml_pariskv_keep_histogram(encoded, hist);
+        }
+        ggml_tensor * cache = nullptr;
+        const size_t k_row = ggml_row_size(type_K, hs), v_row = ggml_row_size(type_V, hsv);
+        if (rows) {
+            const size_t bytes = ggml_pariskv_row_cache_bytes(ns, nh_kv, rows, k_row, v_row);
+            GGML_ASSERT(bytes > 0);
+            cache = ggml_new_tensor_1d(ctx, GGML_TYPE_I8, (int64_t) bytes);
+            ggml_set_name(cache, "row_cache");
+            ggml_pariskv_use_row_cache(encoded, cache, rows, (int32_t) ns, 0, (int32_t) v_row);
         }
 
         ggml_tensor * q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hs, nh_kv*group, ns*n_tps);
@@ -88,7 +98,10 @@ struct test_pariskv : public test_case {
         ggml_tensor * out = ggml_pariskv_attn(ctx, q, k, v, m, pos, encoded, nibbles, weights, &settings,
                                               1.0f/sqrtf((float) hs), 0.0f);
         if (kept) {
-            ggml_pariskv_keep_histogram(out, hist, counted);
+            ggml_pariskv_keep_histogram(out, hist);
+        }
+        if (rows) {
+            ggml_pariskv_use_row_cache(out, cache, rows, (int32_t) ns, 0, (int32_t) v_row);
         }
         ggml_set_name(out, "out");
         return out;
@@ -124,7 +137,7 @@ struct test_pariskv : public test_case {
                     }
                 }
                 ggml_backend_tensor_set(t, data.data(), 0, ggml_nbytes(t));
-            } else if (t->type == GGML_TYPE_I8 || strcmp(t->name, "centers") == 0 || strcmp(t->name, "hist") == 0) {
+            } else if (t->type == GGML_TYPE_I8 || strcmp(t->name, "centers") == 0 || strcmp(t->name, "kept") == 0) {
                 // the index: the graph encodes the cells, sets the key centres, keeps the histogram
                 std::vector<uint8_t> zeros(ggml_nbytes(t), 0);
                 ggml_backend_tensor_set(t, zeros.data(), 0, zeros.size());
@@ -165,5 +178,12 @@ static void pariskv_add_eval_cases(std::vector<std::unique_ptr<test_case>> & tes
         test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 2, GGML_TYPE_F16, GGML_TYPE_F16, 256, 2, kept));
         test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 1, 2, GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 0, kept));
         test_cases.emplace_back(new test_pariskv(64, 64, 8, 4, 70001, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 2048, 2, kept));
+    }
+    // a row cache (a library built with CUDA only): filled by the step, q8_0 rows of 34-byte
+    // blocks, several streams and tokens sharing their stream's tables
+    if (ggml_pariskv_row_cache_bytes(1, 1, 4, 16, 16) > 0) {
+        test_cases.emplace_back(new test_pariskv(128, 128, 8, 4, 70001, 1, 1, GGML_TYPE_F16, GGML_TYPE_F16, 2048, 2, 1, 4096));
+        test_cases.emplace_back(new test_pariskv(128, 128, 2, 4, 4000, 2, 2, GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 0, 2, 512));
+        test_cases.emplace_back(new test_pariskv(256, 256, 1, 4, 5037, 1, 1, GGML_TYPE_BF16, GGML_TYPE_BF16, 256, 2, 0, 1024));
     }
 }
