@@ -8,14 +8,17 @@
 #                                                    binaries unpacked: seconds, not minutes)
 #   ggml-integration/device-run.sh check OUT         test-backend-ops (CUDA vs CPU) and the end-to-end
 #                                                    tests with every layer on the GPU, then again
-#                                                    with --pariskv-offload on every server
+#                                                    with --pariskv-offload on every server, and
+#                                                    with a 4-slot row cache besides
 #   ggml-integration/device-run.sh bench OUT [DEPTHS] llama-bench tg128 on a random-weights 8B-shaped
 #                                                    Q4_0 model made here: dense flash attention vs
 #                                                    ParisKV vs ParisKV offload (K/V, and V alone:
 #                                                    offload-v), same run (llama-bench JSON per mode,
 #                                                    a depth / tok/s table in bench.md)
 #                                                    (PARISKV_BENCH_MODES: dense pariskv offload
-#                                                    offload-v paper nkvo; PARISKV_BENCH_SHAPE: llama8b qwen7b;
+#                                                    offload-v paper nkvo, and offload-nc
+#                                                    offload-v-nc: without the row cache;
+#                                                    PARISKV_BENCH_SHAPE: llama8b qwen7b;
 #                                                    PARISKV_BENCH_KV: f16 q8_0; PARISKV_BENCH_REPS,
 #                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL;
 #                                                    PARISKV_BENCH_DRY=1 prints the commands only)
@@ -66,8 +69,14 @@ check)
     rc=0
     "$bin/test-backend-ops" -b CUDA0 -o PARISKV_ATTN > "$out/test-backend-ops.log" 2>&1 || rc=1
     grep -E "passed|FAIL" "$out/test-backend-ops.log" | tail -5
-    for mode in gpu offload; do
-        args="-ngl 99"; [ $mode = offload ] && args="-ngl 99 --pariskv-offload"
+    # offload-rc4: a row cache of one set per KV head, every step evicting (its claims and
+    # fills under pressure; the answers must not move)
+    for mode in gpu offload offload-rc4; do
+        case $mode in
+            gpu) args="-ngl 99" ;;
+            offload) args="-ngl 99 --pariskv-offload" ;;
+            offload-rc4) args="-ngl 99 --pariskv-offload --pariskv-row-cache 4" ;;
+        esac
         python3 ggml-integration/tests/e2e.py --bin "$bin" --tiny "$carry/tiny.gguf" --tiny-hd20 "$carry/tiny-hd20.gguf" \
             --server-args "$args" > "$out/e2e-cuda-$mode.log" 2>&1 || rc=1
         echo "e2e ($args): $(grep -E '^(OK|FAILED)' "$out/e2e-cuda-$mode.log")"
@@ -103,8 +112,11 @@ bench)
     # the paper's configuration; "nkvo" stock llama.cpp with the K/V in host memory
     # (attention on the CPU), what users whose cache does not fit have today
     forced="-pkt 2048 -pko 0 --pariskv-dense-threshold 1"
+    # (offload modes keep their rows in a device row cache by default; "-nc": without one)
     for mode in "dense:-pkt 0" "pariskv:$forced" "offload:-pkt 2048 -pko 1" \
                 "offload-v:-pkt 2048 -pko 1 --pariskv-offload-keys device" \
+                "offload-nc:-pkt 2048 -pko 1 --pariskv-row-cache 0" \
+                "offload-v-nc:-pkt 2048 -pko 1 --pariskv-offload-keys device --pariskv-row-cache 0" \
                 "paper:$forced --pariskv-gqa mean --pariskv-ratios reference --pariskv-refine 1 --pariskv-center off" \
                 "nkvo:-pkt 0 -nkvo 1"; do
         name=${mode%%:*}

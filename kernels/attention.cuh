@@ -279,7 +279,7 @@ __device__ __forceinline__ void pk_cached_rows(const pk_attend_args & a, int u, 
 // block writes its state (max, sum, accumulator; sum 0 when it has no rows), and the unit's
 // last block combines them. Dynamic shared memory: PK_ATT_WARPS * hb * (2 + dv) floats, for
 // combining the warps, and at least heads * (blocks + 1) for the blocks (attend_smem).
-template <int L, int HB>
+template <int L, int HB, bool CACHED>
 __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb) {
     static_assert(HB * L <= 8, "head batch too wide for the registers");
     constexpr int MAXHB = HB;
@@ -322,7 +322,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);
     const char * vb = a.v + pk_att_off(a, u, a.L.v_a, a.L.v_h);
     // the unit's row cache table, where rows with a slot are read
-    const char * cached = a.cache.slots ? a.cache.data + (long long) pk_cache_table(a, u) * a.cache.slots * a.cache.row_bytes : nullptr;
+    const char * cached = CACHED ? a.cache.data + (long long) pk_cache_table(a, u) * a.cache.slots * a.cache.row_bytes : nullptr;
     for (int base = r0 + warp * PK_ATT_BATCH; base < r1; base += PK_ATT_WARPS * PK_ATT_BATCH) {
         long long cell[PK_ATT_BATCH];
 #pragma unroll
@@ -331,7 +331,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
         // wait behind the K products), then its PK_ATT_BATCH x MAXHB dot products, partial
         // over the lane's elements
         int slot[PK_ATT_BATCH] = {-1, -1, -1, -1};
-        if (a.cache.slots) pk_cached_rows(a, u, base, cell, kb, vb, slot, lane);
+        if (CACHED) pk_cached_rows(a, u, base, cell, kb, vb, slot, lane);
         float4 v4[PK_ATT_BATCH][L];
         float d[NV];
         {
@@ -436,16 +436,21 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     if (pk_last_block(a.done + u, gridDim.x * gridDim.y)) {
         pk_attend_combine(a, u, n_blk, sm);
         // the next step's pins and claims outrank this one's (units sharing a table each add)
-        if (a.cache.slots && threadIdx.x == 0) atomicAdd(a.cache.clock + pk_cache_table(a, u), 1u);
+        if (CACHED && threadIdx.x == 0) atomicAdd(a.cache.clock + pk_cache_table(a, u), 1u);
     }
 }
 
 // grid (blocks per unit, head batches, units), PK_ATT_WARPS warps: pk_attend_rows for rows of
-// up to 128 L elements, batches of up to HB heads (src/cuda/kernels.rs: ATTEND)
+// up to 128 L elements, batches of up to HB heads (src/cuda/kernels.rs: ATTEND), without and
+// with a row cache (its code out of the plain kernel's registers and instructions)
 #define PK_ATTEND(L, HB) \
-    extern "C" __global__ void pk_attend_##L##_##HB(pk_attend_args a, int hb) { \
-        pk_grid_order();                                                         \
-        pk_attend_rows<L, HB>(a, hb);                                            \
+    extern "C" __global__ void pk_attend_##L##_##HB(pk_attend_args a, int hb) {        \
+        pk_grid_order();                                                                \
+        pk_attend_rows<L, HB, false>(a, hb);                                            \
+    }                                                                                   \
+    extern "C" __global__ void pk_attend_cached_##L##_##HB(pk_attend_args a, int hb) { \
+        pk_grid_order();                                                                \
+        pk_attend_rows<L, HB, true>(a, hb);                                             \
     }
 PK_ATTEND(1, 1)
 PK_ATTEND(1, 2)

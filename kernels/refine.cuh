@@ -35,7 +35,17 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
 // the rows are a prefix of the tile). All 32 lanes call it; it ends with __syncwarp. Rows
 // of at most 512 bytes (f16 up to d 256, f32 up to d 128) are loaded all four into
 // registers before any is stored, so that their loads are in flight together: a row's
-// store waits for its load, and the next row's load would wait behind that store.
+// store waits for its load, and the next row's load would wait behind that store. A row
+// the stream's row cache holds is read there (its K row, 16-byte aligned).
+__device__ __forceinline__ const char * pk_key_row(const pk_step_args & a, int u, const char * keys, int c) {
+    if (a.cache.slots) {
+        const long long t = u % a.L.n_h; // the unit's KV head's table (attention.cuh: pk_cache_table)
+        const int s = pk_row_cache_find(a.cache, t, c);
+        if (s >= 0) return a.cache.data + (t * a.cache.slots + s) * a.cache.row_bytes;
+    }
+    return keys + c * a.k_stride;
+}
+
 __device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u, int cell, unsigned char * stage, int pitch) {
     const int lane = threadIdx.x % 32;
     const char * keys = a.k + pk_off(a, u, a.L.k_a, a.L.k_h);
@@ -47,7 +57,7 @@ __device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u,
 #pragma unroll
         for (int row_t = 0; row_t < 4; ++row_t) {
             c[row_t] = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
-            if (c[row_t] >= 0 && 16 * lane < bytes) v[row_t] = *(const uint4 *) (keys + c[row_t] * a.k_stride + 16 * lane);
+            if (c[row_t] >= 0 && 16 * lane < bytes) v[row_t] = *(const uint4 *) (pk_key_row(a, u, keys, c[row_t]) + 16 * lane);
         }
 #pragma unroll
         for (int row_t = 0; row_t < 4; ++row_t) {
@@ -59,7 +69,7 @@ __device__ __forceinline__ void pk_stage_key_rows(const pk_step_args & a, int u,
     for (int row_t = 0; row_t < 4; ++row_t) {
         const int c = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t);
         if (c < 0) break;
-        const char * row = keys + c * a.k_stride;
+        const char * row = pk_key_row(a, u, keys, c);
         unsigned char * dst = stage + row_t * pitch;
         if (wide) {
             for (int o = 16 * lane; o < bytes; o += 16 * 32) *(uint4 *) (dst + o) = *(const uint4 *) (row + o);

@@ -9,6 +9,9 @@
 // their KV head's table (pk_cache_table in attention.cuh). Two units of one step may then
 // plan the same cell, which at worst tags it in two slots, both filled with its rows.
 //
+// The refine, before the plan, reads a cell's K row from its slot where one holds it
+// (pk_row_cache_find): only the attention's fills change slots.
+//
 // A step plans before its attention (pk_row_plan, a thread per row): a row whose cell is
 // tagged in its set is a hit and pins its slot for the step (stamp 2 * step); a miss claims
 // the least recently used slot of its set not pinned or claimed this step (stamp 2 * step +
@@ -51,6 +54,15 @@ __device__ __forceinline__ int pk_cache_set(const pk_row_cache & C, long long c)
 
 // A plan entry (the step's, pk_attend_args.plan): a hit's slot (>= 0), a fill's slot s as -2 - s, or -1 (host memory only).
 __device__ __forceinline__ int pk_plan_fill(int slot) { return -2 - slot; }
+
+// The slot of table t holding cell c's rows, or -1. For readers before the step's plan (the
+// refine): no slot changes between the step's encodes and its attention's fills.
+__device__ __forceinline__ int pk_row_cache_find(const pk_row_cache & C, long long t, long long c) {
+    const int set = pk_cache_set(C, c);
+    const int4 tags = *(const int4 *) (C.tag + t * C.slots + set); // a set's ways, 16-byte aligned
+    const int want = (int) c + 1;
+    return tags.x == want ? set : tags.y == want ? set + 1 : tags.z == want ? set + 2 : tags.w == want ? set + 3 : -1;
+}
 
 // Untags cell c of table t (its rows are being rewritten); no-op without a cache
 __device__ __forceinline__ void pk_row_cache_forget(const pk_row_cache & C, long long t, long long c) {

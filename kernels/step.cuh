@@ -18,6 +18,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "row_cache.cuh"
 
 #define PK_NOT_IN_ZONE 0xFFFF
 #define PK_TOPK_THREADS PK_TOPK_THREADS_
@@ -106,6 +107,8 @@ struct pk_step_args {
     float * logits;             // [units][n_ret][n]: per head, over the unit's union or shortlist
     struct pk_group_stat * gstat; // [units][n_ret][2]: per head, over the union and the shortlist
     unsigned int * done;        // [units][PK_DONE_SLOTS]: blocks finished (pk_last_block)
+    pk_row_cache cache;         // the stream's row cache (cache.slots 0: none): the refine reads
+                                // the key rows earlier steps left there (row_cache.cuh)
 };
 
 // Chunks of PK_CHUNK cells of a cell pass (at least one, as src/cuda/step.rs counts them).

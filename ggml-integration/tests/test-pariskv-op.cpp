@@ -122,11 +122,9 @@ static void run(const test_case & tc) {
     ggml_tensor * weights = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, dims[2], tc.kv_size, HKV, S);
     ggml_tensor * idxs    = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, tc.kv_size*S);
     ggml_tensor * centers = tc.center ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, D + 1, HKV) : nullptr;
-    // the code histogram the encode keeps (as llama.cpp's CPU layers have it), zeroed
-    ggml_tensor * hist    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, dims[0]*256, HKV, S);
-    ggml_tensor * counted = ggml_new_tensor_3d(ctx, GGML_TYPE_I8,  tc.kv_size,  HKV, S);
-    memset(hist->data, 0, ggml_nbytes(hist));
-    memset(counted->data, 0, ggml_nbytes(counted));
+    // the code histogram and flags the encode keeps (as llama.cpp's CPU layers have them), zeroed
+    ggml_tensor * kept    = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, ggml_pariskv_kept_ne0(dims[0], tc.kv_size), HKV, S);
+    memset(kept->data, 0, ggml_nbytes(kept));
     if (centers) {
         memset(centers->data, 0, ggml_nbytes(centers)); // not set: the encode op sets them
     }
@@ -165,7 +163,7 @@ static void run(const test_case & tc) {
     ggml_tensor * k_view = ggml_view_4d(ctx, k_store, D, HKV, tc.n_kv, S, ggml_row_size(k_store->type, D), k_store->nb[1], k_store->nb[2], 0);
     ggml_tensor * v_view = ggml_view_4d(ctx, v_store, D, HKV, tc.n_kv, S, ggml_row_size(v_store->type, D), v_store->nb[1], v_store->nb[2], 0);
     ggml_tensor * enc = ggml_pariskv_keep_histogram(ggml_pariskv_encode(ctx, k_store, idxs, codes, nibbles, weights, centers),
-                                                    hist, counted);
+                                                    kept);
     const float scale = 1.0f/sqrtf((float) D);
     // the op's settings as llama.cpp passes them; the reference below builds its step itself
     pariskv_settings settings;
@@ -180,7 +178,7 @@ static void run(const test_case & tc) {
     ggml_tensor * out = ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights, &settings, scale, 0.0f);
     // the same attention taking its zone's histogram from the kept one
     ggml_tensor * out_kept = ggml_pariskv_keep_histogram(
-        ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights, &settings, scale, 0.0f), hist, counted);
+        ggml_pariskv_attn(ctx, q, k_view, v_view, mask, pos, enc, nibbles, weights, &settings, scale, 0.0f), kept);
 
     // dense flash attention on the same inputs, for the full-coverage comparison
     ggml_tensor * qp = ggml_permute(ctx, ggml_view_4d(ctx, q, D, H, tc.n_tps, S, q->nb[1], q->nb[2], q->nb[2]*tc.n_tps, 0), 0, 2, 1, 3);
@@ -205,7 +203,7 @@ static void run(const test_case & tc) {
         for (int64_t i = 0; i < HKV*S; ++i) {
             int64_t total = 0;
             for (int64_t c = 0; c < 256; ++c) {
-                total += ((const int32_t *) hist->data)[i*dims[0]*256 + c];
+                total += ((const int32_t *) ((const char *) kept->data + i*kept->nb[1]))[c];
             }
             once &= total == tc.kv_size;
         }

@@ -164,6 +164,7 @@ device_struct! {
         pub(crate) logits: u64,
         pub(crate) gstat: u64,
         pub(crate) done: u64,
+        pub(crate) cache: RowCacheArgs,
     }
 }
 

@@ -248,7 +248,7 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
         "cuModuleLoadData",
     )?;
     let mut functions = HashMap::new();
-    for k in ALL_KERNELS.iter().chain(ATTEND.iter().map(|v| &v.2)) {
+    for k in ALL_KERNELS.iter().chain(ATTEND.iter().flat_map(|v| [&v.plain, &v.cached])) {
         let name = CString::new(k.name).unwrap();
         let mut f: sys::CUfunction = std::ptr::null_mut();
         // SAFETY: `module` was loaded above; `name` is NUL-terminated.

@@ -30,10 +30,11 @@ pub const REFINE_ROWS: usize = GPU_REFINE_WARPS * 4;
 pub const MAX_GROUP: usize = GPU_MAX_GROUP;
 pub const DONE_SLOTS: usize = GPU_DONE_SLOTS;
 
-/// The attention kernel for rows of `dk`, `dv` elements and `heads` query heads per unit:
-/// its variant (lanes hold 4 elements of each of L slices of 128, a batch of up to HB heads,
-/// HB * L <= 8, their state in registers) and the heads one block takes (the batch).
-pub fn attend_variant(dk: usize, dv: usize, heads: usize) -> (Kernel, usize) {
+/// The attention kernel for rows of `dk`, `dv` elements and `heads` query heads per unit,
+/// reading through a row cache or not: its variant (lanes hold 4 elements of each of L
+/// slices of 128, a batch of up to HB heads, HB * L <= 8, their state in registers) and the
+/// heads one block takes (the batch).
+pub fn attend_variant(dk: usize, dv: usize, heads: usize, cached: bool) -> (Kernel, usize) {
     let slices = match dk.max(dv).div_ceil(128) {
         0 | 1 => 1,
         2 => 2,
@@ -43,8 +44,8 @@ pub fn attend_variant(dk: usize, dv: usize, heads: usize) -> (Kernel, usize) {
     let width = batch.next_power_of_two();
     let kernel = ATTEND
         .iter()
-        .find(|(l, hb, _)| *l == slices && *hb == width)
-        .map(|v| v.2)
+        .find(|v| v.slices == slices && v.batch == width)
+        .map(|v| if cached { v.cached } else { v.plain })
         .expect("a variant for every slice count and power-of-two batch up to 8 / L");
     (kernel, batch)
 }
@@ -177,22 +178,36 @@ pub const GROUP_REFINE: Kernel = Kernel {
     dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM * 4),
 };
 pub const UNMARK: Kernel = k("pk_unmark");
-const fn variant(name: &'static str, slices: usize, batch: usize) -> (usize, usize, Kernel) {
-    let smem = attend_smem(batch, 128 * slices, GPU_MAX_GROUP, GPU_ATT_BLOCKS);
-    (slices, batch, Kernel { name, dynamic_smem: smem })
+/// One of kernels/attention.cuh's attention kernels: rows of up to 128 `slices` elements, a
+/// head batch of up to `batch`, its `plain` kernel and the one that reads through a row
+/// cache (`cached`; a kernel of its own, so that steps without one pay nothing for it).
+pub struct AttendVariant {
+    pub slices: usize,
+    pub batch: usize,
+    pub plain: Kernel,
+    pub cached: Kernel,
 }
 
-/// (slices L, head batch HB, kernel) of kernels/attention.cuh's attention kernels.
-pub const ATTEND: [(usize, usize, Kernel); 9] = [
-    variant("pk_attend_1_1", 1, 1),
-    variant("pk_attend_1_2", 1, 2),
-    variant("pk_attend_1_4", 1, 4),
-    variant("pk_attend_1_8", 1, 8),
-    variant("pk_attend_2_1", 2, 1),
-    variant("pk_attend_2_2", 2, 2),
-    variant("pk_attend_2_4", 2, 4),
-    variant("pk_attend_4_1", 4, 1),
-    variant("pk_attend_4_2", 4, 2),
+const fn variant(plain: &'static str, cached: &'static str, slices: usize, batch: usize) -> AttendVariant {
+    let dynamic_smem = attend_smem(batch, 128 * slices, GPU_MAX_GROUP, GPU_ATT_BLOCKS);
+    AttendVariant {
+        slices,
+        batch,
+        plain: Kernel { name: plain, dynamic_smem },
+        cached: Kernel { name: cached, dynamic_smem },
+    }
+}
+
+pub const ATTEND: [AttendVariant; 9] = [
+    variant("pk_attend_1_1", "pk_attend_cached_1_1", 1, 1),
+    variant("pk_attend_1_2", "pk_attend_cached_1_2", 1, 2),
+    variant("pk_attend_1_4", "pk_attend_cached_1_4", 1, 4),
+    variant("pk_attend_1_8", "pk_attend_cached_1_8", 1, 8),
+    variant("pk_attend_2_1", "pk_attend_cached_2_1", 2, 1),
+    variant("pk_attend_2_2", "pk_attend_cached_2_2", 2, 2),
+    variant("pk_attend_2_4", "pk_attend_cached_2_4", 2, 4),
+    variant("pk_attend_4_1", "pk_attend_cached_4_1", 4, 1),
+    variant("pk_attend_4_2", "pk_attend_cached_4_2", 4, 2),
 ];
 pub const GATHER: Kernel = k("pk_gather");
 /// A step's rows looked up in its row cache before the attention (kernels/attention.cuh)

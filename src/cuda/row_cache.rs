@@ -90,8 +90,9 @@ impl RowCacheShape {
 
     fn parts(&self) -> Parts {
         let (t, cells) = (self.tables(), self.tables() * self.slots);
+        // a set's tags are read as one 16-byte word
         let clock = t * 16;
-        let tag = clock + t * 4;
+        let tag = round_up(clock + t * 4, ROW_ALIGN);
         let stamp = tag + cells * 4;
         let data = round_up(stamp + cells * 4, ROW_ALIGN);
         Parts { clock, tag, stamp, data, end: data + cells * self.row_bytes() }
@@ -192,6 +193,16 @@ impl RowCache {
             row_bytes: self.shape.row_bytes(),
             v_off: self.shape.v_off(),
         })
+    }
+
+    /// Overwrites every slot's bytes (`Contents::data`'s layout), for tests that check who
+    /// reads them.
+    pub fn write_data(&self, data: &[u8]) -> Result<()> {
+        let p = self.shape.parts();
+        if data.len() != p.end - p.data {
+            return Err(Error::invalid(format!("row cache data: {} bytes, not {}", data.len(), p.end - p.data)));
+        }
+        self.buf.write_at(p.data, data)
     }
 
     /// Each table's counts (table `stream * heads + h`), read after the work in flight.

@@ -280,6 +280,7 @@ fn search(
     if (layer.kept == 0) != (layer.counted == 0) {
         return Err(Error::invalid("GPU step: a kept histogram needs both its counts and its flags"));
     }
+    check_row_cache(layer, shape.head_dim, buf.dv)?; // the refine reads K rows through it too
     let n_ret = n_retrievals(params.gqa, layer.n_heads);
     let (adaptive, rho_cand, rho_coll) = match params.ratios {
         RatioPolicy::Adaptive => (1, 0.0, 0.0),
@@ -338,6 +339,7 @@ fn search(
         logits: buf.logits.ptr,
         gstat: buf.gstat.ptr,
         done: buf.done.ptr,
+        cache: layer.row_cache,
     };
     let u = units as u32;
     let cells = (n_chunks as u32, 1, u);
@@ -537,7 +539,7 @@ pub fn attend(
     let shape = buf.shape;
     check_rows(layer.k_dtype, shape.head_dim, "K")?;
     check_rows(layer.v_dtype, buf.dv, "V")?;
-    let (kernel, hb) = attend_variant(shape.head_dim, buf.dv, layer.n_heads);
+    let (kernel, hb) = attend_variant(shape.head_dim, buf.dv, layer.n_heads, layer.row_cache.is_some());
     let batches = layer.n_heads.div_ceil(hb);
     // blocks per unit: the rows split evenly, at least ATT_ROWS each where the bound is small
     let max_chunks = max_rows.div_ceil(ATT_ROWS).clamp(1, (ATT_BLOCKS / (units * batches)).max(1));
@@ -571,14 +573,7 @@ pub fn attend(
     };
     let attp = &mut att as *mut AttendArgs as *mut c_void;
     if layer.row_cache.is_some() {
-        // one stream's rows, the same for every token (kernels/attention.cuh: pk_cache_table)
-        let tokens = layer.layout.n_units > layer.layout.n_h;
-        if tokens && (layer.layout.k_a != 0 || layer.layout.v_a != 0) {
-            return Err(Error::invalid("a row cache serves steps whose tokens read the same K/V rows"));
-        }
-        let (kb, vb) = (layer.k_dtype.bytes(shape.head_dim), layer.v_dtype.bytes(buf.dv));
-        let heads = layer.layout.n_h.max(0) as usize;
-        layer.row_cache.check_step(heads, kb, vb)?;
+        check_row_cache(layer, shape.head_dim, buf.dv)?;
         if rows.row_stride > buf.max_cells {
             // the plan has the rows' shape, in buffers of max_cells a unit
             return Err(Error::invalid(format!("row cache plan: rows {} apart, buffers of {}", rows.row_stride, buf.max_cells)));
@@ -598,6 +593,21 @@ pub fn attend(
         stream,
         &mut [attp, &mut hb_arg as *mut i32 as *mut c_void],
     )
+}
+
+/// Checks that `layer`'s row cache (if any) serves its step: one stream's rows, the same for
+/// every token (its tables are per KV head: kernels/attention.cuh, pk_cache_table), of the
+/// cache's row sizes.
+fn check_row_cache(layer: &GpuLayer, head_dim: usize, dv: usize) -> Result<()> {
+    if !layer.row_cache.is_some() {
+        return Ok(());
+    }
+    let tokens = layer.layout.n_units > layer.layout.n_h;
+    if tokens && (layer.layout.k_a != 0 || layer.layout.v_a != 0) {
+        return Err(Error::invalid("a row cache serves steps whose tokens read the same K/V rows"));
+    }
+    let (kb, vb) = (layer.k_dtype.bytes(head_dim), layer.v_dtype.bytes(dv));
+    layer.row_cache.check_step(layer.layout.n_h.max(0) as usize, kb, vb)
 }
 
 /// Where `gather` writes: unit u's i-th row of K at `k + (u * max_rows + i) * k_bytes`,

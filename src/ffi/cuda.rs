@@ -564,10 +564,10 @@ pub extern "C" fn pariskv_cuda_row_cache_bytes(
     out: *mut usize,
 ) -> pariskv_status {
     boundary("pariskv_cuda_row_cache_bytes", || {
+        let (cache, out) = (in_ref(cache, "cache")?, out_ref(out, "out")?);
         #[cfg(feature = "cuda")]
         {
-            let (shape, _) = row_cache_shape(in_ref(cache, "cache")?)?;
-            *out_ref(out, "out")? = shape.bytes();
+            *out = row_cache_shape(cache)?.0.bytes();
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
@@ -586,6 +586,7 @@ pub extern "C" fn pariskv_cuda_row_cache_clear(
     stream: *mut c_void,
 ) -> pariskv_status {
     boundary("pariskv_cuda_row_cache_clear", || {
+        in_ref(cache, "cache")?;
         #[cfg(feature = "cuda")]
         {
             let (shape, base) = row_cache_of(cache)?.ok_or_else(|| Error::invalid("cache is NULL"))?;

@@ -563,6 +563,18 @@ int main(void) {
     expect_error("host_alloc NULL device", pariskv_host_alloc(64, &hbuf, NULL), PARISKV_ERR_INVALID_ARGUMENT, "device");
     expect_error("cuda_step_create NULL out", pariskv_cuda_step_create(D, D, 1, 1024, 4, 8, NULL),
                  PARISKV_ERR_INVALID_ARGUMENT, "out");
+    pariskv_cuda_row_cache rc;
+    memset(&rc, 0, sizeof rc);
+    rc.n_streams = 1;
+    rc.n_kv_heads = 2;
+    rc.slots = 4096;
+    rc.k_row_bytes = rc.v_row_bytes = 2 * D;
+    size_t rc_bytes = 0;
+    expect_error("row_cache_bytes NULL cache", pariskv_cuda_row_cache_bytes(NULL, &rc_bytes),
+                 PARISKV_ERR_INVALID_ARGUMENT, "cache");
+    expect_error("row_cache_bytes NULL out", pariskv_cuda_row_cache_bytes(&rc, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
+    expect_error("row_cache_clear NULL cache", pariskv_cuda_row_cache_clear(NULL, NULL), PARISKV_ERR_INVALID_ARGUMENT,
+                 "cache");
     CHECK(pariskv_host_free(NULL) == PARISKV_OK, "host_free(NULL) is a no-op");
     pariskv_cuda_step_free(NULL);
     if (!has_cuda) {
@@ -573,6 +585,12 @@ int main(void) {
         got = pariskv_cuda_step_create(D, D, 1, 1024, 4, 8, &cs);
         CHECK((got == PARISKV_ERR_UNSUPPORTED || got == PARISKV_ERR_CUDA) && cs == NULL,
               "cuda_step_create without CUDA: status %d, %s", (int)got, pariskv_last_error());
+    }
+    /* (its shape's checks need a CUDA build: tests/gpu.rs, row_cache_c_abi_checks_its_shape) */
+    if (pariskv_cuda_row_cache_bytes(&rc, &rc_bytes) == PARISKV_OK) {
+        CHECK(rc_bytes > 4096u * 2 * 4 * D, "row cache of 2 x 4096 slots: %zu bytes", rc_bytes);
+    } else {
+        CHECK(strstr(pariskv_last_error(), "CUDA") != NULL, "row_cache_bytes without CUDA: %s", pariskv_last_error());
     }
 
     /* ---- stale and forged handles ---- */

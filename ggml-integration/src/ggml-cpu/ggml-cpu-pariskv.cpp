@@ -105,7 +105,7 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
             continue;
         }
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            const pariskv_codes c = ggml_pariskv_codes_of(codes, nibbles, weights, nullptr, nullptr, s, h);
+            const pariskv_codes c = ggml_pariskv_codes_of(codes, nibbles, weights, nullptr, s, h);
             const char * keys = (const char *) k->data + (s*n_cells)*k->nb[1] + ggml_row_size(k->type, h*head_dim);
             const float * center = centers ? (const float *) centers->data + h*centers->ne[0] : nullptr;
             pariskv_check(pariskv_encode_cells((uint32_t) head_dim, PARISKV_DEFAULT_SEED, dtype,
