@@ -10,7 +10,8 @@ use std::ffi::CStr;
 use crate::algorithm::gqa::GqaPolicy;
 use crate::algorithm::search::{RatioPolicy, Ratios};
 use crate::config::{
-    DEFAULT_CENTER, DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_ROW_CACHE, DEFAULT_SEED, DEFAULT_SINK, MAX_REFINE, MAX_ROW_CACHE,
+    DEFAULT_CENTER, DEFAULT_LOCAL, DEFAULT_REFINE, DEFAULT_ROW_CACHE, DEFAULT_SEED, DEFAULT_SINK, MAX_REFINE,
+    MAX_ROW_CACHE,
 };
 use crate::constants::TUNED_RHO_COLL;
 use crate::error::{Error, Result};

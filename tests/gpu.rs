@@ -222,8 +222,14 @@ fn encode_keeps_the_histogram() {
         let raw: Vec<u8> = kept.read(kept.bytes).unwrap();
         let (mut got_hist, mut got_counted) = (Vec::new(), Vec::new());
         for t in 0..tables {
-            let (h0, c0) = if merged { (t * stride, t * stride + hist_bytes) } else { (t * hist_bytes, counted_at + t * kv_size) };
-            got_hist.extend(raw[h0..h0 + hist_bytes].chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            let (h0, c0) = if merged {
+                (t * stride, t * stride + hist_bytes)
+            } else {
+                (t * hist_bytes, counted_at + t * kv_size)
+            };
+            got_hist.extend(
+                raw[h0..h0 + hist_bytes].chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
             got_counted.extend_from_slice(&raw[c0..c0 + kv_size]);
         }
         let mut want_hist = vec![0u32; got_hist.len()];
@@ -257,10 +263,10 @@ mod step {
         candidate_count, candidates, collision_counts, group_query, histogram, rerank, tier_budgets,
         tier_levels, RatioPolicy,
     };
+    use pariskv::cuda::row_cache::{RowCache, RowCacheShape};
     use pariskv::cuda::step::{
         gather, run, state_stride, Gathered, GpuLayer, Retrieval, StepBuffers, UnitLayout, UnitState,
     };
-    use pariskv::cuda::row_cache::{RowCache, RowCacheShape};
     use pariskv::step::{attend_cache, CacheView, StepParams, StepScratch};
     use std::collections::BTreeSet;
 
@@ -784,7 +790,8 @@ mod step {
         // exact scores and outputs equal up to the order rows are summed; every slot holds its
         // cell's rows. Then every held K row zeroed: the refine's exact scores change, so it
         // reads them there.
-        let cache = RowCache::new(RowCacheShape::new((1, kv, 4096), (row_bytes, row_bytes)).unwrap()).unwrap();
+        let cache =
+            RowCache::new(RowCacheShape::new((1, kv, 4096), (row_bytes, row_bytes)).unwrap()).unwrap();
         let cached = GpuLayer { row_cache: cache.stream(0).unwrap(), ..layer };
         let sorted_cand = || {
             let mut keys: Vec<u64> = buf.cand.read(units * n_ret * n).unwrap();
@@ -810,8 +817,13 @@ mod step {
                         std::ptr::read_unaligned(c_state[u * stride..].as_ptr() as *const UnitState),
                     )
                 };
-                let set = |r: &[i32], m: i32| r[u * n..][..m as usize].iter().copied().collect::<BTreeSet<i32>>();
-                assert_eq!(set(&c_rows, b.n_rows), set(&rows_all, a.n_rows), "row cache step {step}: rows of unit {u}");
+                let set =
+                    |r: &[i32], m: i32| r[u * n..][..m as usize].iter().copied().collect::<BTreeSet<i32>>();
+                assert_eq!(
+                    set(&c_rows, b.n_rows),
+                    set(&rows_all, a.n_rows),
+                    "row cache step {step}: rows of unit {u}"
+                );
                 let (got, want) = (&c_out[u * g * d..][..g * d], &out[u * g * d..][..g * d]);
                 let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
                 let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
@@ -832,7 +844,11 @@ mod step {
                 }
                 let (cell, at) = ((tag - 1) as usize, (t * slots + s) * held.row_bytes);
                 let src = (cell * kv + t) * row_bytes;
-                assert_eq!(held.data[at..][..row_bytes], kb[src..][..row_bytes], "slot {s} of head {t}: K of cell {cell}");
+                assert_eq!(
+                    held.data[at..][..row_bytes],
+                    kb[src..][..row_bytes],
+                    "slot {s} of head {t}: K of cell {cell}"
+                );
                 assert_eq!(
                     held.data[at + held.v_off..][..row_bytes],
                     vb[src..][..row_bytes],
@@ -1670,11 +1686,17 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
                 let at = (t * slots + s) * c.row_bytes;
                 let host = |p: &PinnedHost| {
                     // SAFETY (test): cell < n, its head-t row lies inside the buffer.
-                    unsafe { std::slice::from_raw_parts((p.host as *const u8).add(cell * kv * row + t * row), row) }
+                    unsafe {
+                        std::slice::from_raw_parts((p.host as *const u8).add(cell * kv * row + t * row), row)
+                    }
                 };
-                let same = c.data[at..at + row] == *host(&k) && c.data[at + c.v_off..at + c.v_off + row] == *host(&v);
+                let same = c.data[at..at + row] == *host(&k)
+                    && c.data[at + c.v_off..at + c.v_off + row] == *host(&v);
                 if !same && wrong < 5 {
-                    eprintln!("  table {t} slot {s}: cell {cell} (stamp {}) holds other rows", c.stamp[t * slots + s]);
+                    eprintln!(
+                        "  table {t} slot {s}: cell {cell} (stamp {}) holds other rows",
+                        c.stamp[t * slots + s]
+                    );
                 }
                 wrong += !same as usize;
             }

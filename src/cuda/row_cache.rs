@@ -56,7 +56,10 @@ struct Parts {
 impl RowCacheShape {
     /// Checks the dimensions: a power of two of at least `WAYS` slots, rows of some bytes,
     /// every count within the kernels' 32-bit indices.
-    pub fn new((streams, heads, slots): (usize, usize, usize), (k_bytes, v_bytes): (usize, usize)) -> Result<RowCacheShape> {
+    pub fn new(
+        (streams, heads, slots): (usize, usize, usize),
+        (k_bytes, v_bytes): (usize, usize),
+    ) -> Result<RowCacheShape> {
         let shape = RowCacheShape { streams, heads, slots, k_bytes, v_bytes };
         let fits = |x: Option<usize>| x.is_some_and(|x| i32::try_from(x).is_ok());
         let tables = streams.checked_mul(heads);
@@ -200,7 +203,11 @@ impl RowCache {
     pub fn write_data(&self, data: &[u8]) -> Result<()> {
         let p = self.shape.parts();
         if data.len() != p.end - p.data {
-            return Err(Error::invalid(format!("row cache data: {} bytes, not {}", data.len(), p.end - p.data)));
+            return Err(Error::invalid(format!(
+                "row cache data: {} bytes, not {}",
+                data.len(),
+                p.end - p.data
+            )));
         }
         self.buf.write_at(p.data, data)
     }

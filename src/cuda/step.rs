@@ -576,7 +576,10 @@ pub fn attend(
         check_row_cache(layer, shape.head_dim, buf.dv)?;
         if rows.row_stride > buf.max_cells {
             // the plan has the rows' shape, in buffers of max_cells a unit
-            return Err(Error::invalid(format!("row cache plan: rows {} apart, buffers of {}", rows.row_stride, buf.max_cells)));
+            return Err(Error::invalid(format!(
+                "row cache plan: rows {} apart, buffers of {}",
+                rows.row_stride, buf.max_cells
+            )));
         }
         let blocks = max_rows.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / units.max(1)).max(1)) as u32;
         launch(module, ROW_PLAN, (blocks, 1, units as u32), THREADS, 0, stream, &mut [attp])?;

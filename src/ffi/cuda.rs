@@ -5,9 +5,9 @@
 
 use std::ffi::c_void;
 
-use super::boundary::{boundary, in_ref, out_ref};
 #[cfg(feature = "cuda")]
 use super::boundary::dtype;
+use super::boundary::{boundary, in_ref, out_ref};
 use super::cache::pariskv_step;
 use super::handle::Registry;
 use super::types::pariskv_status;
