@@ -857,7 +857,17 @@ mod step {
                 zeroed.data[at..][..row_bytes].fill(0);
             }
         }
-        if c.refine > 1 && n > c.top_k {
+        // (where some retrieval refined: a zone of up to top-k cells is attended whole)
+        let refined = (0..units).any(|u| {
+            // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
+            let ret: Retrieval = unsafe {
+                std::ptr::read_unaligned(
+                    state[u * stride + std::mem::size_of::<UnitState>()..].as_ptr() as *const Retrieval
+                )
+            };
+            ret.n_refined > 0
+        });
+        if refined {
             cache.write_data(&zeroed.data).unwrap();
             run(module, &grot, &params, &cached, buf, &Stream::null()).unwrap();
             driver::synchronize().unwrap();
