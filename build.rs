@@ -159,6 +159,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "pariskv_cuda_step_stats",
             "pariskv_cuda_row_cache_bytes",
             "pariskv_cuda_row_cache_clear",
+            "pariskv_cuda_row_cache_stats",
         ],
     ),
 ];

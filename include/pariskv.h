@@ -858,6 +858,14 @@ enum pariskv_status pariskv_cuda_row_cache_bytes(const struct pariskv_cuda_row_c
 enum pariskv_status pariskv_cuda_row_cache_clear(const struct pariskv_cuda_row_cache *cache,
                                                  void *stream);
 
+// The rows the steps read from the row cache `cache` (`*hits`) and from host memory
+// (`*misses`) since it was cleared, over all its tables, in the current context; read
+// after the work using the cache is done (synchronize its stream first), never while a
+// CUDA graph is being captured.
+enum pariskv_status pariskv_cuda_row_cache_stats(const struct pariskv_cuda_row_cache *cache,
+                                                 uint64_t *hits,
+                                                 uint64_t *misses);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

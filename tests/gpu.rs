@@ -1809,6 +1809,22 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     eprintln!("after the rewrite: {misses} rows from host memory, {planned} rows of rewritten cells");
     assert!(misses >= planned as u64, "every row of a rewritten cell read from host memory");
     assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "rewritten rows: outputs differ");
+    // the C ABI's counts are the cache's
+    {
+        use pariskv::ffi::cuda::{pariskv_cuda_row_cache, pariskv_cuda_row_cache_stats};
+        use pariskv::ffi::pariskv_status;
+        let c = pariskv_cuda_row_cache {
+            base: cache.base(),
+            n_streams: 1,
+            n_kv_heads: kv as u32,
+            slots: cache.shape.slots as u32,
+            k_row_bytes: row,
+            v_row_bytes: row,
+        };
+        let (mut hits, mut misses) = (0u64, 0u64);
+        assert_eq!(pariskv_cuda_row_cache_stats(&c, &mut hits, &mut misses), pariskv_status::PARISKV_OK);
+        assert_eq!((hits, misses), total(&cache), "pariskv_cuda_row_cache_stats");
+    }
     // clear: nothing held
     cache.clear().unwrap();
     let got = run(&layer);

@@ -356,6 +356,19 @@ pub fn launch(
     check(r, k.name)
 }
 
+/// `n` values read from device memory at `ptr` (synchronous; after the work writing them).
+///
+/// # Safety
+/// `ptr` must address `n` readable values of `T` in the current context's device memory (or
+/// memory the device maps).
+pub unsafe fn read_raw<T: Copy + Default>(ptr: CUdeviceptr, n: usize) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); n];
+    let bytes = std::mem::size_of_val(&out[..]);
+    // SAFETY: `out` has `bytes` writable bytes; the caller vouches for `ptr`.
+    check(unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, ptr, bytes) }, "cuMemcpyDtoH")?;
+    Ok(out)
+}
+
 /// Sets `count` 32-bit words at `ptr` to `value`, in order on `stream` (graph-safe).
 pub fn memset_u32(ptr: CUdeviceptr, value: u32, count: usize, stream: &Stream) -> Result<()> {
     if count == 0 {

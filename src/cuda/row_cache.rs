@@ -10,7 +10,7 @@
 //! A cache lies in one device allocation of `RowCacheShape::bytes` (the caller's, e.g. a
 //! ggml tensor, through the `_at` functions, or `RowCache`'s own).
 
-use super::driver::{memset_u32, CUdeviceptr, DeviceBuffer, Stream};
+use super::driver::{memset_u32, read_raw, CUdeviceptr, DeviceBuffer, Stream};
 use crate::error::{Error, Result};
 
 pub use super::args::RowCacheArgs;
@@ -119,6 +119,17 @@ impl RowCacheShape {
         self.view(base, 0, self.tables())
     }
 
+    /// Each table's counts of the cache at `base` (table `stream * heads + h`), read after the
+    /// work in flight.
+    ///
+    /// # Safety
+    /// `base` must be a cache of this shape in the current context's device memory.
+    pub unsafe fn stats_at(&self, base: CUdeviceptr) -> Result<Vec<CacheStats>> {
+        // SAFETY: the stats lead the cache's allocation, two u64 a table (the caller's cache).
+        let raw: Vec<u64> = unsafe { read_raw(base, self.tables() * 2)? };
+        Ok(raw.chunks(2).map(|c| CacheStats { hits: c[0], misses: c[1] }).collect())
+    }
+
     /// Forgets every row of the cache at `base` and zeroes its statistics, in order on
     /// `stream`: for a new cache, and after rows changed in place other than by an encode.
     /// (All-zero memory is an empty cache: zeroing the tables up to the rows does the same.)
@@ -169,6 +180,11 @@ impl RowCache {
         Ok(cache)
     }
 
+    /// The cache's device address (for the `_at` functions and the C ABI).
+    pub fn base(&self) -> CUdeviceptr {
+        self.buf.ptr
+    }
+
     /// Forgets every row and zeroes the statistics (on the null stream).
     pub fn clear(&self) -> Result<()> {
         self.shape.clear_at(self.buf.ptr, &Stream::null())
@@ -214,8 +230,8 @@ impl RowCache {
 
     /// Each table's counts (table `stream * heads + h`), read after the work in flight.
     pub fn stats(&self) -> Result<Vec<CacheStats>> {
-        let raw: Vec<u64> = self.buf.read(self.shape.tables() * 2)?;
-        Ok(raw.chunks(2).map(|c| CacheStats { hits: c[0], misses: c[1] }).collect())
+        // SAFETY: `buf` is this cache, of `shape`, allocated in the current context.
+        unsafe { self.shape.stats_at(self.buf.ptr) }
     }
 }
 

@@ -578,6 +578,36 @@ pub extern "C" fn pariskv_cuda_row_cache_bytes(
     })
 }
 
+/// The rows the steps read from the row cache `cache` (`*hits`) and from host memory
+/// (`*misses`) since it was cleared, over all its tables, in the current context; read
+/// after the work using the cache is done (synchronize its stream first), never while a
+/// CUDA graph is being captured.
+#[no_mangle]
+pub extern "C" fn pariskv_cuda_row_cache_stats(
+    cache: *const pariskv_cuda_row_cache,
+    hits: *mut u64,
+    misses: *mut u64,
+) -> pariskv_status {
+    boundary("pariskv_cuda_row_cache_stats", || {
+        in_ref(cache, "cache")?;
+        let (hits, misses) = (out_ref(hits, "hits")?, out_ref(misses, "misses")?);
+        #[cfg(feature = "cuda")]
+        {
+            let (shape, base) = row_cache_of(cache)?.ok_or_else(|| Error::invalid("cache is NULL"))?;
+            // SAFETY: the caller's cache of this shape at `base` (the documented contract).
+            let stats = unsafe { shape.stats_at(base)? };
+            *hits = stats.iter().map(|s| s.hits).sum();
+            *misses = stats.iter().map(|s| s.misses).sum();
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (cache, hits, misses);
+            no_cuda()
+        }
+    })
+}
+
 /// Empties the row cache `cache` and zeroes its counts, in order on `stream` (graph-safe):
 /// after its rows changed in place other than by an encode given it.
 #[no_mangle]

@@ -575,6 +575,11 @@ int main(void) {
     expect_error("row_cache_bytes NULL out", pariskv_cuda_row_cache_bytes(&rc, NULL), PARISKV_ERR_INVALID_ARGUMENT, "out");
     expect_error("row_cache_clear NULL cache", pariskv_cuda_row_cache_clear(NULL, NULL), PARISKV_ERR_INVALID_ARGUMENT,
                  "cache");
+    uint64_t rc_hits = 0, rc_misses = 0;
+    expect_error("row_cache_stats NULL cache", pariskv_cuda_row_cache_stats(NULL, &rc_hits, &rc_misses),
+                 PARISKV_ERR_INVALID_ARGUMENT, "cache");
+    expect_error("row_cache_stats NULL hits", pariskv_cuda_row_cache_stats(&rc, NULL, &rc_misses),
+                 PARISKV_ERR_INVALID_ARGUMENT, "hits");
     CHECK(pariskv_host_free(NULL) == PARISKV_OK, "host_free(NULL) is a no-op");
     pariskv_cuda_step_free(NULL);
     if (!has_cuda) {

@@ -180,6 +180,27 @@ static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cud
     }
 }
 
+// GGML_PARISKV_STATS=1: the rows a layer's steps read from its row cache and from host
+// memory since the cache was cleared (after pariskv_log_stats, which waited for the device)
+static void pariskv_log_row_cache(ggml_backend_cuda_context & ctx, const ggml_tensor * dst,
+                                  const pariskv_cuda_row_cache & rows) {
+    static const bool log_stats = ggml_pariskv_log_steps();
+    if (!log_stats) {
+        return;
+    }
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(ctx.stream(), &capturing));
+    if (capturing != cudaStreamCaptureStatusNone) {
+        return;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+    uint64_t hits = 0, misses = 0;
+    pariskv_check(pariskv_cuda_row_cache_stats(&rows, &hits, &misses), "row cache stats");
+    GGML_LOG_INFO("pariskv_attn: %s: row cache: %llu rows read from GPU memory, %llu from host memory (%.1f%% hits)\n",
+                  dst->name, (unsigned long long) hits, (unsigned long long) misses,
+                  hits + misses ? 100.0*hits/(hits + misses) : 0.0);
+}
+
 static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const ggml_pariskv_attn_args a = ggml_pariskv_attn_args_of(dst);
     const ggml_tensor * q = a.q, * k = a.k, * v = a.v, * mask = a.mask, * pos = a.pos;
@@ -249,6 +270,9 @@ static void ggml_cuda_op_pariskv_attn(ggml_backend_cuda_context & ctx, ggml_tens
 
         pariskv_check(pariskv_cuda_step_run(scratch, &step, &l, ctx.stream()), "attention step");
         pariskv_log_stats(ctx, scratch, s, n_tps, n_head_kv);
+    }
+    if (has_rows) {
+        pariskv_log_row_cache(ctx, dst, rows);
     }
 }
 

@@ -37,6 +37,7 @@ const ggml_pariskv_fn ggml_pariskv_entry_points[] = {
     (ggml_pariskv_fn) pariskv_cuda_step_stats,
     (ggml_pariskv_fn) pariskv_cuda_row_cache_bytes,
     (ggml_pariskv_fn) pariskv_cuda_row_cache_clear,
+    (ggml_pariskv_fn) pariskv_cuda_row_cache_stats,
     (ggml_pariskv_fn) pariskv_host_alloc,
     (ggml_pariskv_fn) pariskv_host_alloc_progress,
     (ggml_pariskv_fn) pariskv_host_free,
