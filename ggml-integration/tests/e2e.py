@@ -428,6 +428,13 @@ def test_offload(a):
               f"GGML_SCHED_DEBUG: {len(splits)} graph splits, no K/V cache view among their inputs ({copied[:3]})")
         check(on.get("PARISKV_AT") == {"CUDA0"} and on.get("PARISKV_EN") == {"CUDA0"},
               f"both ParisKV ops run on the GPU ({on.get('PARISKV_AT')}, {on.get('PARISKV_EN')})")
+        # the row cache (default 4096 slots): announced, and read from by the later steps
+        check(re.search(r"ParisKV row cache: 4096 slots per KV head and stream, [0-9.]+ MiB", log) is not None,
+              f"offload {what}: the row cache in the start-up lines")
+        counts = [(int(h), int(m)) for h, m in
+                  re.findall(r"row cache: (\d+) rows read from GPU memory, (\d+) from host memory", log)]
+        check(len(counts) > 0 and counts[-1][0] > 0,
+              f"offload {what}: steps read rows from the row cache (last count {counts[-1:]})")
 
 
 def sched_debug(log):
