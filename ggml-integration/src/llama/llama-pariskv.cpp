@@ -122,7 +122,6 @@ static bool pariskv_runs_on(ggml_backend_buffer_type_t buft, const llama_hparams
     return ok;
 }
 
-// a layer ParisKV may handle: global attention, K and V, a head size the index supports
 // the encode of cells idxs of k into index x: it keeps x's code histogram and makes x's row
 // cache forget the cells
 static ggml_tensor * pariskv_encode_op(ggml_context * ctx, ggml_tensor * k, ggml_tensor * idxs,
@@ -137,6 +136,7 @@ static ggml_tensor * pariskv_encode_op(ggml_context * ctx, ggml_tensor * k, ggml
     return encoded;
 }
 
+// a layer ParisKV may handle: global attention, K and V, a head size the index supports
 static bool pariskv_layer_shape(const llama_hparams & hparams, uint32_t il, int64_t dims[3]) {
     return !hparams.is_swa(il) && ggml_pariskv_index_dims(hparams.n_embd_head_k(il), dims);
 }
