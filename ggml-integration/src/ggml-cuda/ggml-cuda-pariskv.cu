@@ -155,20 +155,29 @@ static pariskv_cuda_step * pariskv_scratch_for(ggml_backend_cuda_context & ctx, 
     return s.step;
 }
 
-// GGML_PARISKV_STATS=1: what each (token, KV head) did, in the CPU op's format; this waits
-// for the device, so nothing is logged while a CUDA graph is being captured or replayed
-static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cuda_step * scratch, int64_t s,
-                              int64_t n_tps, int64_t n_head_kv) {
+// GGML_PARISKV_STATS=1 and a stream that is not being captured: then the device is waited
+// for, so that counts can be read (nothing is logged while a CUDA graph is being captured or
+// replayed)
+static bool pariskv_log_now(ggml_backend_cuda_context & ctx) {
     static const bool log_stats = ggml_pariskv_log_steps();
     if (!log_stats) {
-        return;
+        return false;
     }
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(ctx.stream(), &capturing));
     if (capturing != cudaStreamCaptureStatusNone) {
-        return;
+        return false;
     }
     CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+    return true;
+}
+
+// GGML_PARISKV_STATS=1: what each (token, KV head) did, in the CPU op's format
+static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cuda_step * scratch, int64_t s,
+                              int64_t n_tps, int64_t n_head_kv) {
+    if (!pariskv_log_now(ctx)) {
+        return;
+    }
     std::vector<pariskv_step_stats> st(n_tps*n_head_kv);
     size_t n = 0;
     pariskv_check(pariskv_cuda_step_stats(scratch, st.data(), st.size(), &n), "step stats");
@@ -181,19 +190,12 @@ static void pariskv_log_stats(ggml_backend_cuda_context & ctx, const pariskv_cud
 }
 
 // GGML_PARISKV_STATS=1: the rows a layer's steps read from its row cache and from host
-// memory since the cache was cleared (after pariskv_log_stats, which waited for the device)
+// memory since the cache was cleared
 static void pariskv_log_row_cache(ggml_backend_cuda_context & ctx, const ggml_tensor * dst,
                                   const pariskv_cuda_row_cache & rows) {
-    static const bool log_stats = ggml_pariskv_log_steps();
-    if (!log_stats) {
+    if (!pariskv_log_now(ctx)) {
         return;
     }
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(ctx.stream(), &capturing));
-    if (capturing != cudaStreamCaptureStatusNone) {
-        return;
-    }
-    CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
     uint64_t hits = 0, misses = 0;
     pariskv_check(pariskv_cuda_row_cache_stats(&rows, &hits, &misses), "row cache stats");
     GGML_LOG_INFO("pariskv_attn: %s: row cache: %llu rows read from GPU memory, %llu from host memory (%.1f%% hits)\n",
