@@ -42,12 +42,6 @@ __device__ __forceinline__ long long pk_att_off(const pk_attend_args & a, int u,
     return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
 }
 
-// unit u's row cache table: its KV head's (a step with a row cache reads one stream's rows,
-// every token's the same: src/cuda/step.rs checks; `cache` is that stream's tables)
-__device__ __forceinline__ int pk_cache_table(const pk_attend_args & a, int u) {
-    return u % a.L.n_h;
-}
-
 // Every row of each unit looked up in its row cache table (row_cache.cuh): a hit pins its
 // slot, a miss claims the least recently used slot of its set not taken this step (or
 // none); the answers go to a.plan. grid (blocks, 1, units), PK_CHUNK_THREADS threads, a
@@ -56,7 +50,7 @@ extern "C" __global__ void pk_row_plan(pk_attend_args a) {
     pk_grid_order();
     const pk_row_cache & C = a.cache;
     const int u = blockIdx.z;
-    const long long t = pk_cache_table(a, u);
+    const long long t = pk_row_table(a.L.n_h, u);
     const int n_rows = a.n_rows[u * a.n_rows_stride];
     const int * rows = a.rows + u * a.row_stride;
     const unsigned int pin = 2 * (C.clock[t] + 1), claim = pin + 1;
@@ -251,7 +245,7 @@ __device__ __forceinline__ void pk_load_rows(float4 (&out)[PK_ATT_BATCH][L], con
 __device__ __forceinline__ void pk_cached_rows(const pk_attend_args & a, int u, int base, const long long (&cell)[PK_ATT_BATCH],
                                                const char * kb, const char * vb, int (&slot)[PK_ATT_BATCH], int lane) {
     const pk_row_cache & C = a.cache;
-    char * table = C.data + (long long) pk_cache_table(a, u) * C.slots * C.row_bytes;
+    char * table = pk_row_table_data(C, pk_row_table(a.L.n_h, u));
     bool filled = false;
 #pragma unroll
     for (int r = 0; r < PK_ATT_BATCH; ++r) {
@@ -322,7 +316,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     const char * kb = a.k + pk_att_off(a, u, a.L.k_a, a.L.k_h);
     const char * vb = a.v + pk_att_off(a, u, a.L.v_a, a.L.v_h);
     // the unit's row cache table, where rows with a slot are read
-    const char * cached = CACHED ? a.cache.data + (long long) pk_cache_table(a, u) * a.cache.slots * a.cache.row_bytes : nullptr;
+    const char * cached = CACHED ? pk_row_table_data(a.cache, pk_row_table(a.L.n_h, u)) : nullptr;
     for (int base = r0 + warp * PK_ATT_BATCH; base < r1; base += PK_ATT_WARPS * PK_ATT_BATCH) {
         long long cell[PK_ATT_BATCH];
 #pragma unroll
@@ -436,7 +430,7 @@ __device__ __forceinline__ void pk_attend_rows(const pk_attend_args & a, int hb)
     if (pk_last_block(a.done + u, gridDim.x * gridDim.y)) {
         pk_attend_combine(a, u, n_blk, sm);
         // the next step's pins and claims outrank this one's (units sharing a table each add)
-        if (CACHED && threadIdx.x == 0) atomicAdd(a.cache.clock + pk_cache_table(a, u), 1u);
+        if (CACHED && threadIdx.x == 0) atomicAdd(a.cache.clock + pk_row_table(a.L.n_h, u), 1u);
     }
 }
 

@@ -39,9 +39,9 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
 // the stream's row cache holds is read there (its K row, 16-byte aligned).
 __device__ __forceinline__ const char * pk_key_row(const pk_step_args & a, int u, const char * keys, int c) {
     if (a.cache.slots) {
-        const long long t = u % a.L.n_h; // the unit's KV head's table (attention.cuh: pk_cache_table)
+        const int t = pk_row_table(a.L.n_h, u);
         const int s = pk_row_cache_find(a.cache, t, c);
-        if (s >= 0) return a.cache.data + (t * a.cache.slots + s) * a.cache.row_bytes;
+        if (s >= 0) return pk_row_table_data(a.cache, t) + (long long) s * a.cache.row_bytes;
     }
     return keys + c * a.k_stride;
 }

@@ -6,7 +6,7 @@
 // row, tagged by the cell, stamped with the last step that used it (LRU).
 //
 // Tables are per KV head of a stream; a step reads one stream, its tokens' units sharing
-// their KV head's table (pk_cache_table in attention.cuh). Two units of one step may then
+// their KV head's table (pk_row_table). Two units of one step may then
 // plan the same cell, which at worst tags it in two slots, both filled with its rows.
 //
 // The refine, before the plan, reads a cell's K row from its slot where one holds it
@@ -54,6 +54,17 @@ __device__ __forceinline__ int pk_cache_set(const pk_row_cache & C, long long c)
 
 // A plan entry (the step's, pk_attend_args.plan): a hit's slot (>= 0), a fill's slot s as -2 - s, or -1 (host memory only).
 __device__ __forceinline__ int pk_plan_fill(int slot) { return -2 - slot; }
+
+// Unit u's table: its KV head's (a step with a cache reads one stream's rows, every token's
+// the same: src/cuda/step.rs checks; the tables a step is given are that stream's)
+__device__ __forceinline__ int pk_row_table(int n_h, int u) {
+    return u % n_h;
+}
+
+// table t's slots, row_bytes each
+__device__ __forceinline__ char * pk_row_table_data(const pk_row_cache & C, long long t) {
+    return C.data + t * C.slots * C.row_bytes;
+}
 
 // The slot of table t holding cell c's rows, or -1. For readers before the step's plan (the
 // refine): no slot changes between the step's encodes and its attention's fills.

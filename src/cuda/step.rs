@@ -599,7 +599,7 @@ pub fn attend(
 }
 
 /// Checks that `layer`'s row cache (if any) serves its step: one stream's rows, the same for
-/// every token (its tables are per KV head: kernels/attention.cuh, pk_cache_table), of the
+/// every token (its tables are per KV head: kernels/row_cache.cuh, pk_row_table), of the
 /// cache's row sizes.
 fn check_row_cache(layer: &GpuLayer, head_dim: usize, dv: usize) -> Result<()> {
     if !layer.row_cache.is_some() {
