@@ -762,28 +762,30 @@ mod step {
             graph.launch(&stream).unwrap();
         }
         driver::synchronize().unwrap();
-        let replay_state: Vec<u8> = buf.state.read(units * stride).unwrap();
-        let replay_rows: Vec<i32> = buf.rows.read(units * n).unwrap();
-        let replay_out: Vec<f32> = gout.read(units * g * d).unwrap();
-        for u in 0..units {
-            // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
-            let (a, b): (UnitState, UnitState) = unsafe {
-                (
-                    std::ptr::read_unaligned(state[u * stride..].as_ptr() as *const UnitState),
-                    std::ptr::read_unaligned(replay_state[u * stride..].as_ptr() as *const UnitState),
-                )
-            };
-            let set = |r: &[i32], m: i32| r[u * n..][..m as usize].iter().copied().collect::<BTreeSet<i32>>();
-            assert_eq!(
-                set(&replay_rows, b.n_rows),
-                set(&rows_all, a.n_rows),
-                "graph replay: rows of unit {u}"
-            );
-            let (got, want) = (&replay_out[u * g * d..][..g * d], &out[u * g * d..][..g * d]);
-            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-            let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
-            assert!(worst < 1e-5, "graph replay: output of unit {u} off by {worst}");
-        }
+        // the last step's rows and outputs as the first run's: the same rows, the outputs up to
+        // the order in which rows are summed
+        let same_as_first = |what: &str| {
+            let again_state: Vec<u8> = buf.state.read(units * stride).unwrap();
+            let again_rows: Vec<i32> = buf.rows.read(units * n).unwrap();
+            let again_out: Vec<f32> = gout.read(units * g * d).unwrap();
+            for u in 0..units {
+                // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
+                let (a, b): (UnitState, UnitState) = unsafe {
+                    (
+                        std::ptr::read_unaligned(state[u * stride..].as_ptr() as *const UnitState),
+                        std::ptr::read_unaligned(again_state[u * stride..].as_ptr() as *const UnitState),
+                    )
+                };
+                let set =
+                    |r: &[i32], m: i32| r[u * n..][..m as usize].iter().copied().collect::<BTreeSet<i32>>();
+                assert_eq!(set(&again_rows, b.n_rows), set(&rows_all, a.n_rows), "{what}: rows of unit {u}");
+                let (got, want) = (&again_out[u * g * d..][..g * d], &out[u * g * d..][..g * d]);
+                let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+                let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "{what}: output of unit {u} off by {worst}");
+            }
+        };
+        same_as_first("graph replay");
 
         // A row cache (as under offload): steps that find an earlier step's rows there (the
         // refine's K rows, the attention's K and V rows) select the same rows, with the same
@@ -806,56 +808,15 @@ mod step {
         for step in 0..2 {
             run(module, &grot, &params, &cached, buf, &Stream::null()).unwrap();
             driver::synchronize().unwrap();
-            let c_state: Vec<u8> = buf.state.read(units * stride).unwrap();
-            let c_rows: Vec<i32> = buf.rows.read(units * n).unwrap();
-            let c_out: Vec<f32> = gout.read(units * g * d).unwrap();
-            for u in 0..units {
-                // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
-                let (a, b): (UnitState, UnitState) = unsafe {
-                    (
-                        std::ptr::read_unaligned(state[u * stride..].as_ptr() as *const UnitState),
-                        std::ptr::read_unaligned(c_state[u * stride..].as_ptr() as *const UnitState),
-                    )
-                };
-                let set =
-                    |r: &[i32], m: i32| r[u * n..][..m as usize].iter().copied().collect::<BTreeSet<i32>>();
-                assert_eq!(
-                    set(&c_rows, b.n_rows),
-                    set(&rows_all, a.n_rows),
-                    "row cache step {step}: rows of unit {u}"
-                );
-                let (got, want) = (&c_out[u * g * d..][..g * d], &out[u * g * d..][..g * d]);
-                let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-                let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);
-                assert!(worst < 1e-5, "row cache step {step}: output of unit {u} off by {worst}");
-            }
+            same_as_first(&format!("row cache step {step}"));
             assert!(sorted_cand() == clean_cand, "row cache step {step}: exact scores differ");
         }
         let hits: u64 = cache.stats().unwrap().iter().map(|s| s.hits).sum();
         assert!(hits > 0, "the second step read rows from the cache");
         let held = cache.contents().unwrap();
-        let slots = cache.shape.slots;
         let mut zeroed = held.clone();
-        for t in 0..kv {
-            for s in 0..slots {
-                let tag = held.tag[t * slots + s];
-                if tag == 0 {
-                    continue;
-                }
-                let (cell, at) = ((tag - 1) as usize, (t * slots + s) * held.row_bytes);
-                let src = (cell * kv + t) * row_bytes;
-                assert_eq!(
-                    held.data[at..][..row_bytes],
-                    kb[src..][..row_bytes],
-                    "slot {s} of head {t}: K of cell {cell}"
-                );
-                assert_eq!(
-                    held.data[at + held.v_off..][..row_bytes],
-                    vb[src..][..row_bytes],
-                    "slot {s} of head {t}: V of cell {cell}"
-                );
-                zeroed.data[at..][..row_bytes].fill(0);
-            }
+        for (_, at, _) in held_slots(&held, row_bytes, &kb, &vb, "row cache after two steps") {
+            zeroed.data[at..][..row_bytes].fill(0);
         }
         // (where some retrieval refined: a zone of up to top-k cells is attended whole)
         let refined = (0..units).any(|u| {
@@ -1583,6 +1544,44 @@ fn pinned_host_memory_fast_path() {
     drop(small);
 }
 
+/// Every slot a row cache holds, as (table, byte offset of its rows in `c.data`, cell), after
+/// checking that each holds its cell's K and V rows of its table's KV head (`k`, `v`: the
+/// cache's rows, `[cell][table][row]` bytes).
+fn held_slots(
+    c: &pariskv::cuda::row_cache::Contents,
+    row: usize,
+    k: &[u8],
+    v: &[u8],
+    what: &str,
+) -> Vec<(usize, usize, usize)> {
+    let tables = c.clock.len();
+    let slots = c.tag.len() / tables;
+    let mut held = Vec::new();
+    for t in 0..tables {
+        for s in 0..slots {
+            let tag = c.tag[t * slots + s];
+            if tag == 0 {
+                continue;
+            }
+            let (cell, at) = ((tag - 1) as usize, (t * slots + s) * c.row_bytes);
+            let src = (cell * tables + t) * row;
+            let stamp = c.stamp[t * slots + s];
+            assert_eq!(
+                c.data[at..][..row],
+                k[src..][..row],
+                "{what}: slot {s} of table {t}: K of cell {cell} (stamp {stamp})"
+            );
+            assert_eq!(
+                c.data[at + c.v_off..][..row],
+                v[src..][..row],
+                "{what}: slot {s} of table {t}: V of cell {cell} (stamp {stamp})"
+            );
+            held.push((t, at, cell));
+        }
+    }
+    held
+}
+
 /// The row cache (src/cuda/row_cache.rs) with K/V in pinned host memory: attention outputs
 /// bitwise equal with and without it, step after step over overlapping rows; the second step
 /// over the same rows reads them from the cache; cells rewritten and encoded are forgotten
@@ -1681,38 +1680,17 @@ fn row_cache_keeps_answers_and_forgets_rewritten_cells() {
     // once a table
     let held_rows_match = |cache: &RowCache, step: usize| {
         let c = cache.contents().unwrap();
-        let slots = cache.shape.slots;
-        let (mut wrong, mut twice, mut held) = (0, 0, 0);
-        for t in 0..kv {
-            let mut seen = std::collections::HashSet::new();
-            for s in 0..slots {
-                let tag = c.tag[t * slots + s];
-                if tag == 0 {
-                    continue;
-                }
-                held += 1;
-                let cell = (tag - 1) as usize;
-                twice += !seen.insert(cell) as usize;
-                let at = (t * slots + s) * c.row_bytes;
-                let host = |p: &PinnedHost| {
-                    // SAFETY (test): cell < n, its head-t row lies inside the buffer.
-                    unsafe {
-                        std::slice::from_raw_parts((p.host as *const u8).add(cell * kv * row + t * row), row)
-                    }
-                };
-                let same = c.data[at..at + row] == *host(&k)
-                    && c.data[at + c.v_off..at + c.v_off + row] == *host(&v);
-                if !same && wrong < 5 {
-                    eprintln!(
-                        "  table {t} slot {s}: cell {cell} (stamp {}) holds other rows",
-                        c.stamp[t * slots + s]
-                    );
-                }
-                wrong += !same as usize;
-            }
-        }
-        eprintln!("  clocks {:?}: {held} slots held, {twice} cells twice, {wrong} with other rows", c.clock);
-        assert_eq!(wrong, 0, "step {step}: slots hold rows other than their cells'");
+        // SAFETY (test): k and v hold n cells of kv rows each.
+        let host = |p: &PinnedHost| unsafe { std::slice::from_raw_parts(p.host as *const u8, n * kv * row) };
+        let held = held_slots(&c, row, host(&k), host(&v), &format!("step {step}"));
+        let distinct: std::collections::HashSet<(usize, usize)> =
+            held.iter().map(|&(t, _, cell)| (t, cell)).collect();
+        let twice = held.len() - distinct.len();
+        eprintln!(
+            "  clocks {:?}: {} slots held, each with its cell's rows, {twice} cells twice",
+            c.clock,
+            held.len()
+        );
         assert_eq!(twice, 0, "step {step}: cells held twice in a table");
     };
     let run = |layer: &GpuLayer| -> Vec<f32> {
