@@ -34,8 +34,9 @@ static void ggml_compute_forward_pariskv_encode(const ggml_compute_params * para
     const ggml_tensor * nibbles = dst->src[3];
     const ggml_tensor * weights = dst->src[4];
     const ggml_tensor * centers = dst->src[5];
-    const ggml_tensor * kept    = dst->src[6]; // the kept code histogram, or NULL (src[7], a
-                                               // device's row cache, is not the CPU's)
+    // the kept code histogram, or NULL (a device's row cache, GGML_PARISKV_ENCODE_ROWS, is
+    // not the CPU's)
+    const ggml_tensor * kept    = dst->src[GGML_PARISKV_ENCODE_KEPT];
 
     const int64_t n_cells   = codes->ne[1];
     const int64_t n_head_kv = codes->ne[2];

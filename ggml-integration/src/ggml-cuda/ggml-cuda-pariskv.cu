@@ -78,7 +78,7 @@ static void ggml_cuda_op_pariskv_encode(ggml_backend_cuda_context & ctx, ggml_te
     const ggml_tensor * nibbles = dst->src[3];
     const ggml_tensor * weights = dst->src[4];
     const ggml_tensor * centers = dst->src[5];
-    const ggml_tensor * kept    = dst->src[6]; // the kept histogram and its flags, or null
+    const ggml_tensor * kept    = dst->src[GGML_PARISKV_ENCODE_KEPT]; // the kept histogram and its flags, or null
 
     const int64_t n = ggml_nelements(idxs);
     if (n == 0) {

@@ -180,10 +180,6 @@ size_t ggml_pariskv_kept_flags_offset(const struct ggml_tensor * codes) {
     return (size_t) codes->ne[0]*PARISKV_N_CENTROIDS*sizeof(int32_t);
 }
 
-// the sources an op's kept histogram and row cache take: encode's after its centres,
-// attention's after its index views (ggml's GGML_MAX_SRC = 10 are all used then)
-enum { GGML_PARISKV_ENCODE_KEPT = 6, GGML_PARISKV_ENCODE_ROWS = 7, GGML_PARISKV_ATTN_KEPT = 8, GGML_PARISKV_ATTN_ROWS = 9 };
-
 struct ggml_tensor * ggml_pariskv_keep_histogram(
         struct ggml_tensor * op,
         struct ggml_tensor * kept) {

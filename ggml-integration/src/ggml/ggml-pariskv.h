@@ -76,6 +76,10 @@ GGML_API struct ggml_tensor * ggml_pariskv_attn(
         float                           scale,
         float                           softcap);
 
+// the sources an op's kept histogram and row cache take: encode's after its centres,
+// attention's after its index views (ggml's GGML_MAX_SRC = 10 are all used then)
+enum { GGML_PARISKV_ENCODE_KEPT = 6, GGML_PARISKV_ENCODE_ROWS = 7, GGML_PARISKV_ATTN_KEPT = 8, GGML_PARISKV_ATTN_ROWS = 9 };
+
 // elements of a kept histogram row (above) for code blocks of n_blocks bytes, n_cells cells
 GGML_API int64_t ggml_pariskv_kept_ne0(int64_t n_blocks, int64_t n_cells);
 
