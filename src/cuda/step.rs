@@ -333,6 +333,9 @@ fn search(
         k: layer.k,
         k_dtype: dtype_code(layer.k_dtype),
         k_stride: layer.k_stride as i64,
+        v: layer.v,
+        v_stride: layer.v_stride as i64,
+        v_bytes: layer.v_dtype.bytes(buf.dv) as i32,
         group: (params.gqa == GqaPolicy::Group) as i32,
         scale: params.attn.scale,
         softcap: params.attn.softcap,
@@ -410,7 +413,15 @@ fn search(
             let mut pitch = refine_pitch(row) as i32;
             let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
             let smem = refine_smem(shape.head_dim, row) as u32;
-            launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+            launch(
+                module,
+                refine_kernel(layer.row_cache.is_some()),
+                tiles,
+                REFINE_WARPS * 32,
+                smem,
+                stream,
+                &mut rp,
+            )?;
             top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
         }
     }
@@ -462,7 +473,15 @@ fn group_select(
         let mut pitch = refine_pitch(row) as i32;
         let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
         let smem = group_refine_smem(n_ret, shape.head_dim, row) as u32;
-        launch(module, GROUP_REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+        launch(
+            module,
+            group_refine_kernel(layer.row_cache.is_some()),
+            tiles,
+            REFINE_WARPS * 32,
+            smem,
+            stream,
+            &mut rp,
+        )?;
         stage = 1;
         let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
         launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
