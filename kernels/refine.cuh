@@ -32,16 +32,24 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
 
 // The row cache slots of a warp's four shortlisted cells (lanes 8t..8t+7 hold row t's cell,
 // -1: none): each row taken by its first lane (pk_row_take; claims where `may_claim`), every
-// lane given all four answers.
+// lane given all four answers; counted in the cache's stats.
 __device__ __forceinline__ void pk_take_key_rows(const pk_step_args & a, int u, int cell, bool may_claim, int (&p)[4]) {
     const int lane = threadIdx.x % 32;
+    const int t = pk_row_table(a.L.n_h, u);
     int mine = -1;
-    if (cell >= 0 && lane % 8 == 0) {
-        const int t = pk_row_table(a.L.n_h, u);
-        mine = pk_row_take(a.cache, t, cell, pk_row_pin(a.cache, t), may_claim);
-    }
+    if (cell >= 0 && lane % 8 == 0) mine = pk_row_take(a.cache, t, cell, pk_row_pin(a.cache, t), may_claim);
 #pragma unroll
     for (int row_t = 0; row_t < 4; ++row_t) p[row_t] = __shfl_sync(0xFFFFFFFFu, mine, 8 * row_t);
+    // the rows read from the cache and from host memory (fills included), one atomic each a warp
+    int hits = 0, misses = 0;
+#pragma unroll
+    for (int row_t = 0; row_t < 4; ++row_t) {
+        const bool row = __shfl_sync(0xFFFFFFFFu, cell, 8 * row_t) >= 0;
+        hits += row && p[row_t] >= 0;
+        misses += row && p[row_t] < 0;
+    }
+    if (lane == 0 && hits) atomicAdd(a.cache.stats + 2 * t, (unsigned long long) hits);
+    if (lane == 0 && misses) atomicAdd(a.cache.stats + 2 * t + 1, (unsigned long long) misses);
 }
 
 // a load past L1 where a row cache's slot may have been written this step (CACHED)

@@ -38,6 +38,7 @@ struct pk_row_cache {
     unsigned int * stamp;       // [tables][slots]: 2 * step pinned, 2 * step + 1 claimed
     char * data;                // [tables][slots][row_bytes]: the K row, then the V row at v_off
     unsigned long long * stats; // [tables][2]: rows read from the cache, rows read from the host
+                                // (by the refine, K rows, and the attention, K and V rows)
     int tables;                 // KV heads times streams
     int slots;                  // per table, a power of two, at least 4; 0: no cache
     int row_bytes;
