@@ -231,7 +231,7 @@ pub fn run_marked(
 /// The search stages of a step alone, each retrieval taking its share of `params.top_k`
 /// whatever the zone's size (a step attends zones up to top-k whole instead): for callers
 /// that read the candidates' keys (`cand`) and counts back, like the index handle's search.
-/// Returns the retrievals per unit.
+/// A row cache of `layer` is not used. Returns the retrievals per unit.
 pub fn select(
     module: &Module,
     rotation: &GpuRotation,
@@ -240,7 +240,10 @@ pub fn select(
     buf: &StepBuffers,
     stream: &Stream,
 ) -> Result<usize> {
-    search(module, rotation, params, layer, buf, stream, &mut NoMarks, 0, true)
+    // without the row cache: its refine would pin slots for a step that only the attention
+    // ends (kernels/row_cache.cuh)
+    let layer = GpuLayer { row_cache: RowCacheArgs::default(), ..*layer };
+    search(module, rotation, params, &layer, buf, stream, &mut NoMarks, 0, true)
 }
 
 /// Launches the stages up to the top-k and the rows; zones of up to `dense_zone` cells are
