@@ -82,6 +82,10 @@ pub struct GroupScratch {
     queries: Vec<QueryI8>,
     /// Candidate cells of every retrieval of the last call (for measuring the coarse stage).
     pub candidates: Vec<u32>,
+    /// Each retrieval's refine shortlist of the last call (the cells whose key rows the
+    /// refine read), best estimate first; none without a refine. For measuring what a row
+    /// cache holds.
+    pub shortlists: Vec<Vec<u32>>,
 }
 
 /// What the exact stages of a group's retrieval read: the key rows for rescoring a shortlist
@@ -129,6 +133,8 @@ pub fn select_group<F: Fn(usize) -> bool>(
     let g = heads.len();
     scratch.lists.resize_with(g, Vec::new);
     scratch.candidates.clear();
+    scratch.shortlists.resize_with(if refine.factor > 1 { g } else { 0 }, Vec::new);
+    scratch.shortlists.iter_mut().for_each(Vec::clear);
     // The zone is the same for every head: count its clusters once.
     let zone_hist = match zone_hist {
         Some(h) => Some(h),
@@ -163,6 +169,7 @@ pub fn select_group<F: Fn(usize) -> bool>(
             // group_query left the unrotated retrieval query (the head's own, or the mean) in
             // `mean`; the estimated scores are replaced by exact ones
             s.n_refined = scratch.search.top.len();
+            scratch.shortlists[h].extend(scratch.search.top.iter().map(|&(_, c)| c));
             rescore(refine.keys, &scratch.mean, &mut scratch.row, &mut scratch.search.top)?;
             top_k_in_place(&mut scratch.search.top, k_h);
         }
@@ -221,6 +228,9 @@ fn select_group_rows<F: Fn(usize) -> bool>(
         }
     };
     let refining = p.refine.factor > 1;
+    if !refining {
+        scratch.shortlists.clear();
+    }
     let shortlist = if refining { p.k.saturating_mul(p.refine.factor) } else { p.k };
     // 1. every head's candidates (the coarse stage), their union, and every head's query in
     //    the estimate's form
@@ -267,6 +277,8 @@ fn select_group_rows<F: Fn(usize) -> bool>(
         scratch.lists.resize_with(g, Vec::new);
         let cells: Vec<u32> = scratch.pool.iter().map(|&(_, c)| c).collect();
         total.n_refined = cells.len();
+        scratch.shortlists.resize_with(1, Vec::new);
+        scratch.shortlists[0].clone_from(&cells);
         for list in &mut scratch.scored[..g] {
             list.clear();
         }
@@ -519,6 +531,13 @@ mod tests {
         };
         let st = run(n, &mut s, &mut out);
         assert_eq!(st.n_refined, zone.len() * 4, "every zone cell rescored by each of the 4 heads");
+        // each head's shortlist is reported: here the whole zone
+        assert_eq!(s.shortlists.len(), 4);
+        for list in &s.shortlists {
+            let mut cells = list.clone();
+            cells.sort_unstable();
+            assert_eq!(cells, zone);
+        }
         let lists: Vec<Vec<u32>> =
             q.chunks_exact(d).map(|qh| crate::eval::exact_top_k(&keys, qh, &zone, k / 4)).collect();
         let mut exact = Vec::new();
@@ -529,6 +548,7 @@ mod tests {
         // comparison above can fail.
         let st = run(1, &mut s, &mut out);
         assert_eq!(st.n_refined, 0);
+        assert!(s.shortlists.iter().all(Vec::is_empty), "no refine, no shortlist");
         assert_ne!(out, exact, "the estimator alone is not exact here");
     }
 
@@ -571,6 +591,12 @@ mod tests {
             assert!(out.iter().all(|&c| valid(c as usize)), "refine {factor}: zone rows only");
             assert!([10, 2000, 3500].iter().all(|t| out.contains(t)), "refine {factor}: every head's key");
             assert_eq!(st.n_refined, if factor > 1 { factor * k } else { 0 }, "the shortlist, rescored once");
+            // one shortlist for the group, holding the rows chosen
+            assert_eq!(s.shortlists.len(), usize::from(factor > 1));
+            if let Some(list) = s.shortlists.first() {
+                assert_eq!(list.len(), factor * k);
+                assert!(out.iter().all(|c| list.contains(c)), "the top-k comes from the shortlist");
+            }
         }
     }
 

@@ -216,6 +216,7 @@ impl Index {
                 Ok(Retrieved {
                     top: s.top.clone(),
                     candidates: s.group.candidates.clone(),
+                    shortlists: s.group.shortlists.clone(),
                     stats: self.last[h],
                 })
             })

@@ -27,6 +27,9 @@ pub struct Retrieved {
     pub top: Vec<u32>,
     /// Candidate positions passed to the reranks (of every head of the group), in position order.
     pub candidates: Vec<u32>,
+    /// Each retrieval's refine shortlist (the cells whose key rows the refine read), best
+    /// estimate first; empty without a refine.
+    pub shortlists: Vec<Vec<u32>>,
     pub stats: SearchStats,
 }
 

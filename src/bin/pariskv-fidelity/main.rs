@@ -36,7 +36,8 @@
 //!
 //! `--reuse STEPS` measures instead how many of a decode step's retrieved rows the steps just
 //! before it retrieved too (`reuse.rs`): the hit rate a cache of recent rows would have, and
-//! that of a simulated set-associative slot table of k, 2k and 4k rows.
+//! that of a simulated set-associative slot table of k, 2k and 4k rows, and the GPU row
+//! cache's whole step protocol under offload, refine shortlists included (`row_cache.rs`).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -52,6 +53,7 @@ use pariskv::eval::{
 use pariskv::{Config, DType, Index, Result, RowData};
 
 mod reuse;
+mod row_cache;
 
 struct Args {
     capture: PathBuf,

@@ -5,12 +5,14 @@
 //! `--pariskv-offload` those rows cross PCIe; a GPU-memory cache holding the rows of the
 //! last m steps would serve that share of them, and needs room for the union of those m
 //! steps' rows (reported as a multiple of k). Sink and window rows are not counted (every
-//! step reads them), nor the refine shortlist's rows (the index does not report them), nor
-//! steps whose zone is attended whole.
+//! step reads them), nor the refine shortlist's rows (only the step protocol below counts
+//! them), nor steps whose zone is attended whole.
 //!
 //! Besides the ideal history, a slot table like the one a GPU row cache would keep is
 //! simulated (`SlotCache`): k, 2k and 4k slots per layer and KV head, 4-way set associative,
-//! a miss filling its set's least recently used slot; "cache" is its hit rate.
+//! a miss filling its set's least recently used slot; "cache" is its hit rate. And the
+//! device's whole step protocol, the refine's shortlists included (`row_cache.rs`), with 2k
+//! and 4k slots.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -18,6 +20,7 @@ use std::fmt::Write as _;
 use pariskv::algorithm::gqa::GqaPolicy;
 use pariskv::{Index, Result, RowData};
 
+use crate::row_cache::{StepRows, StepTable, PROTOCOLS};
 use crate::{append_until, config, positions, replay_len, Args, Layer};
 
 /// The histories compared: the rows of the last m steps.
@@ -26,7 +29,9 @@ const DEEPEST: usize = HISTORIES[HISTORIES.len() - 1];
 /// The slot tables simulated: slots as multiples of k.
 const CAPACITIES: [usize; 3] = [1, 2, 4];
 /// Slots of a set of the slot table.
-const WAYS: usize = 4;
+pub const WAYS: usize = 4;
+/// The step protocol's tables: slots as multiples of k.
+const PROTOCOL_SLOTS: [usize; 2] = [2, 4];
 
 /// Sums of one (layer, policy, k) configuration over the measured steps and KV heads.
 #[derive(Default, Clone)]
@@ -39,6 +44,8 @@ pub struct ReuseSums {
     held: [f64; HISTORIES.len()],
     /// the share of a step's rows the slot table held, per capacity
     cached: [f64; CAPACITIES.len()],
+    /// the step protocol's rows, per capacity (PROTOCOL_SLOTS) and protocol
+    protocol: [[StepRows; PROTOCOLS.len()]; PROTOCOL_SLOTS.len()],
 }
 
 impl ReuseSums {
@@ -51,6 +58,9 @@ impl ReuseSums {
         }
         for i in 0..CAPACITIES.len() {
             self.cached[i] += o.cached[i];
+        }
+        for (mine, theirs) in self.protocol.iter_mut().flatten().zip(o.protocol.iter().flatten()) {
+            mine.add(theirs);
         }
     }
 
@@ -103,7 +113,7 @@ impl ReuseSums {
         format!(
             "  {{\"layer\": {il}, \"gqa\": \"{}\", \"k\": {k}, \"steps\": {}, \"rows\": {:.1}, \"histories\": {:?}, \
              \"hit\": [{}], \"held_over_k\": [{}], \"cache_slots_over_k\": {:?}, \"cache_ways\": {WAYS}, \
-             \"cache_hit\": [{}]}},",
+             \"cache_hit\": [{}], \"protocol\": [{}]}},",
             policy.name(),
             self.n,
             self.mean(self.rows),
@@ -111,8 +121,55 @@ impl ReuseSums {
             list(&self.hits),
             list(&self.held),
             CAPACITIES,
-            list(&self.cached)
+            list(&self.cached),
+            self.protocol_json(k)
         )
+    }
+
+    /// The step protocol's report: one line per protocol and capacity.
+    pub fn protocol_header() {
+        println!(
+            "{:>5} {:>9} {:>5} | {:>12} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>7}",
+            "layer", "gqa", "k", "protocol", "slots", "refine", "r-hit", "attn", "a-hit", "pcie"
+        );
+    }
+
+    fn print_protocol(&self, layer: &str, policy: GqaPolicy, k: usize) {
+        for (ci, &c) in PROTOCOL_SLOTS.iter().enumerate() {
+            for (pi, name) in PROTOCOLS.iter().enumerate() {
+                let r = &self.protocol[ci][pi];
+                println!(
+                    "{layer:>5} {:>9} {k:>5} | {name:>12} {:>6} | {:>8.1} {:>8.3} {:>8.1} {:>8.3} | {:>7.3}",
+                    policy.name(),
+                    c * k,
+                    self.mean(r.refine),
+                    r.refine_hit_rate(),
+                    self.mean(r.attention),
+                    r.attention_hit_rate(),
+                    r.pcie_share()
+                );
+            }
+        }
+    }
+
+    fn protocol_json(&self, k: usize) -> String {
+        let mut rows = Vec::new();
+        for (ci, &c) in PROTOCOL_SLOTS.iter().enumerate() {
+            for (pi, name) in PROTOCOLS.iter().enumerate() {
+                let r = &self.protocol[ci][pi];
+                rows.push(format!(
+                    "{{\"protocol\": \"{name}\", \"slots\": {}, \"refine_rows\": {:.1}, \"refine_hit\": {:.6}, \
+                     \"attention_rows\": {:.1}, \"attention_hit\": {:.6}, \"pcie_share\": {:.6}}}",
+                    c * k,
+                    self.mean(r.refine),
+                    r.refine_hit_rate(),
+                    self.mean(r.attention),
+                    r.attention_hit_rate(),
+                    r.pcie_share()
+                ));
+            }
+        }
+        rows.join(", ")
     }
 }
 
@@ -182,6 +239,17 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
         a.ks.iter()
             .map(|&k| vec![CAPACITIES.iter().map(|&c| SlotCache::new(c * k)).collect(); nkv])
             .collect();
+    // [k][KV head][capacity][protocol]
+    let mut tables: Vec<Vec<Vec<Vec<StepTable>>>> =
+        a.ks.iter()
+            .map(|&k| {
+                let per_capacity = PROTOCOL_SLOTS
+                    .iter()
+                    .map(|&c| (0..PROTOCOLS.len()).map(|pi| StepTable::new(c * k, pi == 1)).collect())
+                    .collect();
+                vec![per_capacity; nkv]
+            })
+            .collect();
     let (mut appended, mut last) = (0, None);
     let all = steps(a, n);
     for (i, &s) in all.iter().enumerate() {
@@ -189,6 +257,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
             // a gap since the last step: the history starts again
             history.iter_mut().flatten().for_each(|h| h.clear());
             caches.iter_mut().flatten().flatten().for_each(SlotCache::clear);
+            tables.iter_mut().flatten().flatten().flatten().for_each(StepTable::clear);
         }
         last = Some(s);
         append_until(a, layer, &mut index, &mut appended, s)?;
@@ -199,6 +268,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
             if zone.len() <= k {
                 history[ki].iter_mut().for_each(|h| h.clear());
                 caches[ki].iter_mut().flatten().for_each(SlotCache::clear);
+                tables[ki].iter_mut().flatten().flatten().for_each(StepTable::clear);
                 continue;
             }
             let found = index.search_detailed(RowData::F32(q), k)?;
@@ -208,11 +278,21 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
                     .iter_mut()
                     .map(|c| r.top.iter().filter(|&&cell| c.access(cell, stamp)).count())
                     .collect();
+                // the step's attention rows: sink, top-k, window
+                let attended =
+                    || (0..zone.start as u32).chain(r.top.iter().copied()).chain(zone.end as u32..=s as u32);
+                let protocol: Vec<Vec<StepRows>> = tables[ki][h]
+                    .iter_mut()
+                    .map(|per| per.iter_mut().map(|t| t.step(stamp, &r.shortlists, attended())).collect())
+                    .collect();
                 let past = &mut history[ki][h];
                 if past.len() == DEEPEST {
                     measure(&mut sums[ki], past, &r.top, k);
                     for (sum, hits) in sums[ki].cached.iter_mut().zip(&cached) {
                         *sum += *hits as f64 / r.top.len().max(1) as f64;
+                    }
+                    for (sum, rows) in sums[ki].protocol.iter_mut().flatten().zip(protocol.iter().flatten()) {
+                        sum.add(rows);
                     }
                 }
                 past.push_back(r.top.iter().copied().collect());
@@ -270,6 +350,15 @@ pub fn run(
     }
     for ((policy, k), s) in &overall {
         s.print_row("all", *policy, *k);
+    }
+    println!(
+        "\nthe row cache's step protocol (sink, window and the refine's shortlists included), per layer and KV head: \
+         rows a step took (refine: K rows of its shortlists; attn: K and V rows) and their hit rates; pcie: rows \
+         over PCIe against no cache"
+    );
+    ReuseSums::protocol_header();
+    for ((policy, k), s) in &overall {
+        s.print_protocol("all", *policy, *k);
     }
     Ok(())
 }
