@@ -136,7 +136,7 @@ impl ReuseSums {
 
     fn print_protocol(&self, layer: &str, policy: GqaPolicy, k: usize) {
         for (ci, &c) in PROTOCOL_SLOTS.iter().enumerate() {
-            for (pi, name) in PROTOCOLS.iter().enumerate() {
+            for (pi, (name, _)) in PROTOCOLS.iter().enumerate() {
                 let r = &self.protocol[ci][pi];
                 println!(
                     "{layer:>5} {:>9} {k:>5} | {name:>12} {:>6} | {:>8.1} {:>8.3} {:>8.1} {:>8.3} | {:>7.3}",
@@ -155,7 +155,7 @@ impl ReuseSums {
     fn protocol_json(&self, k: usize) -> String {
         let mut rows = Vec::new();
         for (ci, &c) in PROTOCOL_SLOTS.iter().enumerate() {
-            for (pi, name) in PROTOCOLS.iter().enumerate() {
+            for (pi, (name, _)) in PROTOCOLS.iter().enumerate() {
                 let r = &self.protocol[ci][pi];
                 rows.push(format!(
                     "{{\"protocol\": \"{name}\", \"slots\": {}, \"refine_rows\": {:.1}, \"refine_hit\": {:.6}, \
@@ -214,7 +214,7 @@ impl SlotCache {
     /// Looks `cell` up at `step` (> 0): true on a hit; a miss takes the slot.
     fn access(&mut self, cell: u32, step: u32) -> bool {
         let sets = self.tags.len() / WAYS;
-        let set = (((cell as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % sets as u64) as usize;
+        let set = set_of(cell, sets);
         let (tags, used) = (&mut self.tags[set * WAYS..][..WAYS], &mut self.used[set * WAYS..][..WAYS]);
         if let Some(w) = tags.iter().position(|&t| t == cell) {
             used[w] = step;
@@ -225,6 +225,12 @@ impl SlotCache {
         used[victim] = step;
         false
     }
+}
+
+/// The set of `cell` in a table of `sets` sets: a multiplicative hash, so that neighbouring
+/// cells spread over the sets.
+pub fn set_of(cell: u32, sets: usize) -> usize {
+    (((cell as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % sets as u64) as usize
 }
 
 /// Replays one layer's decode steps under one GQA policy, for every k.
@@ -245,7 +251,7 @@ fn replay(a: &Args, layer: &Layer, policy: GqaPolicy) -> Result<Vec<ReuseSums>> 
             .map(|&k| {
                 let per_capacity = PROTOCOL_SLOTS
                     .iter()
-                    .map(|&c| (0..PROTOCOLS.len()).map(|pi| StepTable::new(c * k, pi == 1)).collect())
+                    .map(|&c| PROTOCOLS.iter().map(|&(_, fills)| StepTable::new(c * k, fills)).collect())
                     .collect();
                 vec![per_capacity; nkv]
             })

@@ -19,10 +19,10 @@
 //! every shortlist's K rows and the attention's K and V rows. Steps run in order; the
 //! device takes a stage's rows in parallel, so which claim gets a contended slot may differ.
 
-use super::reuse::WAYS;
+use super::reuse::{set_of, WAYS};
 
-/// The protocols compared, in report order.
-pub const PROTOCOLS: [&str; 2] = ["attention", "refine fills"];
+/// The protocols compared, in report order: their names, and whether the refine fills slots.
+pub const PROTOCOLS: [(&str, bool); 2] = [("attention", false), ("refine fills", true)];
 
 /// What taking a row cost.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -95,7 +95,7 @@ impl StepTable {
     /// when `claim`.
     fn take(&mut self, cell: u32, step: u32, pin: bool, claim: bool) -> Take {
         let sets = self.tags.len() / WAYS;
-        let set = (((cell as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % sets as u64) as usize;
+        let set = set_of(cell, sets);
         let (tags, used) = (&mut self.tags[set * WAYS..][..WAYS], &mut self.used[set * WAYS..][..WAYS]);
         if let Some(w) = tags.iter().position(|&t| t == cell) {
             if pin {
@@ -178,8 +178,8 @@ mod tests {
         let r = t.step(1, &list, [0u32, 50, 51].into_iter());
         assert_eq!((r.refine_hits, r.attention_hits, r.attention), (0.0, 1.0, 3.0));
         assert_eq!(r.pcie, 2.0 * WAYS as f64 + 4.0);
-        // the next step: row 50 evicts the least recently used slot (cells 1..WAYS were taken
-        // at step 1, cell 0 at step 1 too: the first of them)
+        // the next step: row 50 evicts a least recently used slot (all taken at step 1: the
+        // first, cell 0's)
         let r = t.step(2, &[], [50u32].into_iter());
         assert_eq!(r.pcie, 2.0);
         assert_eq!(t.step(3, &[], [50u32, 1].into_iter()).attention_hits, 2.0);
