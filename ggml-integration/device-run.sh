@@ -17,7 +17,8 @@
 #                                                    a depth / tok/s table in bench.md)
 #                                                    (PARISKV_BENCH_MODES: dense pariskv offload
 #                                                    offload-v paper nkvo, and offload-nc
-#                                                    offload-v-nc: without the row cache;
+#                                                    offload-v-nc: without the row cache,
+#                                                    offload-rc8k offload-v-rc8k: 8192 slots;
 #                                                    PARISKV_BENCH_SHAPE: llama8b qwen7b;
 #                                                    PARISKV_BENCH_KV: f16 q8_0; PARISKV_BENCH_REPS,
 #                                                    PARISKV_BENCH_UBATCH, PARISKV_BENCH_FILL;
@@ -117,6 +118,8 @@ bench)
                 "offload-v:-pkt 2048 -pko 1 --pariskv-offload-keys device" \
                 "offload-nc:-pkt 2048 -pko 1 --pariskv-row-cache 0" \
                 "offload-v-nc:-pkt 2048 -pko 1 --pariskv-offload-keys device --pariskv-row-cache 0" \
+                "offload-rc8k:-pkt 2048 -pko 1 --pariskv-row-cache 8192" \
+                "offload-v-rc8k:-pkt 2048 -pko 1 --pariskv-offload-keys device --pariskv-row-cache 8192" \
                 "paper:$forced --pariskv-gqa mean --pariskv-ratios reference --pariskv-refine 1 --pariskv-center off" \
                 "nkvo:-pkt 0 -nkvo 1"; do
         name=${mode%%:*}

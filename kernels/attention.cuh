@@ -42,10 +42,9 @@ __device__ __forceinline__ long long pk_att_off(const pk_attend_args & a, int u,
     return (long long) (u / a.L.n_h) * sa + (long long) (u % a.L.n_h) * sh;
 }
 
-// Every row of each unit looked up in its row cache table (row_cache.cuh): a hit pins its
-// slot, a miss claims the least recently used slot of its set not taken this step (or
-// none); the answers go to a.plan. grid (blocks, 1, units), PK_CHUNK_THREADS threads, a
-// thread per row
+// Every row of each unit taken from its row cache table (pk_row_take; a miss claims a slot
+// where its set has one free this step, which the attention fills); the answers go to
+// a.plan. grid (blocks, 1, units), PK_CHUNK_THREADS threads, a thread per row
 extern "C" __global__ void pk_row_plan(pk_attend_args a) {
     pk_grid_order();
     const pk_row_cache & C = a.cache;
@@ -53,39 +52,11 @@ extern "C" __global__ void pk_row_plan(pk_attend_args a) {
     const long long t = pk_row_table(a.L.n_h, u);
     const int n_rows = a.n_rows[u * a.n_rows_stride];
     const int * rows = a.rows + u * a.row_stride;
-    const unsigned int pin = 2 * (C.clock[t] + 1), claim = pin + 1;
+    const unsigned int pin = pk_row_pin(C, t);
     int * plan = a.plan + u * a.row_stride;
     unsigned long long hits = 0, misses = 0;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_rows; i += gridDim.x * blockDim.x) {
-        const int c = rows[i], set = pk_cache_set(C, c);
-        volatile int * tag = C.tag + t * C.slots + set;
-        unsigned int * stamp = C.stamp + t * C.slots + set;
-        int p = -1;
-        for (int w = 0; w < PK_CACHE_WAYS; ++w) {
-            if (tag[w] == c + 1) { // a hit, unless a miss claimed the slot first this step
-                if (atomicMax(stamp + w, pin) != claim) p = set + w;
-                break;
-            }
-        }
-        // a miss: the least recently used way not pinned or claimed this step, taken by
-        // compare-and-swap (another row of the set may take it first: look again); p stays
-        // -1 until a hit or a claim (a fill's plan entry is negative too)
-        for (int attempt = 0; p == -1 && attempt < PK_CACHE_WAYS; ++attempt) {
-            int victim = -1;
-            unsigned int oldest = pin;
-            for (int w = 0; w < PK_CACHE_WAYS; ++w) {
-                const unsigned int s = ((volatile unsigned int *) stamp)[w];
-                if (s < oldest) {
-                    oldest = s;
-                    victim = w;
-                }
-            }
-            if (victim < 0) break; // every way taken this step: host memory only
-            if (atomicCAS(stamp + victim, oldest, claim) == oldest) {
-                tag[victim] = c + 1;
-                p = pk_plan_fill(set + victim);
-            }
-        }
+        const int p = pk_row_take(C, t, rows[i], pin, true);
         plan[i] = p;
         hits += p >= 0;
         misses += p < 0;

@@ -322,8 +322,8 @@ extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
 // the group, as pk_refine stages it); grid (shortlist tiles of PK_REFINE_WARPS * 4, 1,
 // units), PK_REFINE_WARPS warps, dynamic shared memory n_ret * d floats (the heads' queries)
 // then the warps' rows
-extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
-    pk_grid_order();
+template <bool CACHED>
+__device__ __forceinline__ void pk_group_refine_rows(const pk_step_args & a, int pitch) {
     extern __shared__ float pk_refine_smem[];
     __shared__ pk_block_extremes B;
     const int u = blockIdx.z, n_refined = pk_group_len(a, u, 1);
@@ -343,7 +343,7 @@ extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
     const int i0 = first + warp * 4, t = lane / 8;
     const bool valid = i0 + t < n_refined;
     const int cell = valid ? (int) (list[i0 + t] & 0xFFFFFFFFull) : -1;
-    pk_stage_key_rows(a, u, cell, stage, pitch);
+    pk_stage_key_rows<CACHED>(a, u, cell, true, stage, pitch);
     for (int h = 0; h < a.n_ret; ++h) {
         const float dot = pk_exact_dot_8(qs + h * a.d, stage + t * pitch, a.k_dtype, a.d, lane % 8);
         const float logit = pk_selection_logit(dot, a.scale, a.softcap);
@@ -354,4 +354,13 @@ extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
         pk_block_extremes_add(B, h, e);
     }
     pk_block_extremes_flush(B, a, u, 0, a.n_ret, 1);
+}
+extern "C" __global__ void pk_group_refine(pk_step_args a, int pitch) {
+    pk_grid_order();
+    pk_group_refine_rows<false>(a, pitch);
+}
+// through the stream's row cache (a.cache)
+extern "C" __global__ void pk_group_refine_cached(pk_step_args a, int pitch) {
+    pk_grid_order();
+    pk_group_refine_rows<true>(a, pitch);
 }

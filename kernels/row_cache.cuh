@@ -1,25 +1,27 @@
 // A device cache of K/V rows across decode steps, for caches whose rows live in host memory
 // (read through UVA): consecutive steps retrieve largely the same rows (the sink and window
-// every step, most of the top-k again), so a row read once over PCIe is kept in GPU memory
-// and the next step reads it there. A table of `slots` slots, 4-way set associative (a
-// cell's set by a multiplicative hash), each slot the raw bytes of one cell's K row and V
-// row, tagged by the cell, stamped with the last step that used it (LRU).
+// every step, most of the shortlist and top-k again), so a row read once over PCIe is kept in
+// GPU memory and the next step reads it there. A table of `slots` slots, 4-way set
+// associative (a cell's set by a multiplicative hash), each slot the raw bytes of one cell's
+// K row and V row, tagged by the cell, stamped with the last step that used it (LRU).
 //
 // Tables are per KV head of a stream; a step reads one stream, its tokens' units sharing
-// their KV head's table (pk_row_table). Two units of one step may then
-// plan the same cell, which at worst tags it in two slots, both filled with its rows.
+// their KV head's table (pk_row_table). Two units of one step may then take the same cell,
+// which at worst tags it in two slots, both filled with its rows.
 //
-// The refine, before the plan, reads a cell's K row from its slot where one holds it
-// (pk_row_cache_find): only the attention's fills change slots.
-//
-// A step plans before its attention (pk_row_plan, a thread per row): a row whose cell is
-// tagged in its set is a hit and pins its slot for the step (stamp 2 * step); a miss claims
-// the least recently used slot of its set not pinned or claimed this step (stamp 2 * step +
-// 1, by compare-and-swap, so that a slot is never both read and overwritten in one step),
-// retags it and is filled by the attention, which copies the row from host memory into the
-// slot and reads it there; a miss whose set is all taken this step reads host memory only.
+// A row is taken for a step by pk_row_take: a row whose cell is tagged in its set is a hit and
+// pins its slot for the step (stamp 2 * step + 2); a miss may claim the least recently used
+// slot of its set not pinned or claimed this step (stamp 2 * step + 3, by compare-and-swap,
+// so that a slot is never both read and overwritten in one step), retag it and fill it; a
+// miss that may not claim, or whose set is all taken this step, reads host memory only, as
+// does a row whose cell another row claimed and is still filling.
+//   - The refine (refine.cuh: pk_stage_key_rows) takes its shortlist's K rows: a fill copies
+//     the cell's K and V rows into the slot and then pins it, so that the attention, which
+//     reads most of the shortlist again, finds them.
+//   - The attention plans its rows first (pk_row_plan, a thread per row); its fills are
+//     copied in by the attention as it reads them, and stay claimed for the step.
 // The attention's last block of a unit advances its table's step clock. Rows are unique per
-// unit and step.
+// unit and stage.
 //
 // Coherence: the encode op, which runs for every K/V row written, untags the cells it
 // encodes (pk_row_cache_forget); every other change of rows in place (a K-shift, a state
@@ -36,6 +38,7 @@ struct pk_row_cache {
     unsigned int * stamp;       // [tables][slots]: 2 * step pinned, 2 * step + 1 claimed
     char * data;                // [tables][slots][row_bytes]: the K row, then the V row at v_off
     unsigned long long * stats; // [tables][2]: rows read from the cache, rows read from the host
+                                // (by the refine, K rows, and the attention, K and V rows)
     int tables;                 // KV heads times streams
     int slots;                  // per table, a power of two, at least 4; 0: no cache
     int row_bytes;
@@ -66,13 +69,50 @@ __device__ __forceinline__ char * pk_row_table_data(const pk_row_cache & C, long
     return C.data + t * C.slots * C.row_bytes;
 }
 
-// The slot of table t holding cell c's rows, or -1. For readers before the step's plan (the
-// refine): no slot changes between the step's encodes and its attention's fills.
-__device__ __forceinline__ int pk_row_cache_find(const pk_row_cache & C, long long t, long long c) {
+// This step's pin stamp of table t (a claim is the pin + 1); the clock moves only at the
+// attention's end, so every stage of a step sees the same
+__device__ __forceinline__ unsigned int pk_row_pin(const pk_row_cache & C, long long t) {
+    return 2 * (((volatile unsigned int *) C.clock)[t] + 1);
+}
+
+// Cell c's slot in table t for this step (the header's protocol): a hit's slot (pinned), a
+// claim's pk_plan_fill(slot) where `may_claim` (the caller fills it), or -1: host memory.
+__device__ __forceinline__ int pk_row_take(const pk_row_cache & C, long long t, int c, unsigned int pin, bool may_claim) {
     const int set = pk_cache_set(C, c);
-    const int4 tags = *(const int4 *) (C.tag + t * C.slots + set); // a set's ways, 16-byte aligned
-    const int want = (int) c + 1;
-    return tags.x == want ? set : tags.y == want ? set + 1 : tags.z == want ? set + 2 : tags.w == want ? set + 3 : -1;
+    volatile int * tag = C.tag + t * C.slots + set;
+    unsigned int * stamp = C.stamp + t * C.slots + set;
+    const unsigned int claim = pin + 1;
+    for (int w = 0; w < PK_CACHE_WAYS; ++w) {
+        if (tag[w] != c + 1) continue;
+        const unsigned int was = atomicMax(stamp + w, pin);
+        if (was == claim) return -1; // being filled this step
+        if (was == pin) {
+            // pinned this step before: perhaps by a fill of another cell that retagged the
+            // slot after the tag was read here (its tag and rows precede its pin)
+            __threadfence();
+            if (tag[w] != c + 1) return -1;
+        }
+        return set + w;
+    }
+    // a miss: the least recently used way not pinned or claimed this step, taken by
+    // compare-and-swap (another row of the set may take it first: look again)
+    for (int attempt = 0; may_claim && attempt < PK_CACHE_WAYS; ++attempt) {
+        int victim = -1;
+        unsigned int oldest = pin;
+        for (int w = 0; w < PK_CACHE_WAYS; ++w) {
+            const unsigned int s = ((volatile unsigned int *) stamp)[w];
+            if (s < oldest) {
+                oldest = s;
+                victim = w;
+            }
+        }
+        if (victim < 0) break; // every way taken this step
+        if (atomicCAS(stamp + victim, oldest, claim) == oldest) {
+            tag[victim] = c + 1;
+            return pk_plan_fill(set + victim);
+        }
+    }
+    return -1;
 }
 
 // Untags cell c of table t (its rows are being rewritten); no-op without a cache

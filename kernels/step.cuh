@@ -102,13 +102,16 @@ struct pk_step_args {
     const char * k;             // key row of cell c of unit u at k + off(u) + c*k_stride
     int k_dtype;
     long long k_stride;
+    const char * v;             // value rows, as k: the refine's row cache fills copy them
+    long long v_stride;
+    int v_bytes;                // a value row's bytes
     int group;                  // the group policy: one candidate union per unit (group.cuh)
     float scale, softcap;       // of the attention, for the group's selection logits
     float * logits;             // [units][n_ret][n]: per head, over the unit's union or shortlist
     struct pk_group_stat * gstat; // [units][n_ret][2]: per head, over the union and the shortlist
     unsigned int * done;        // [units][PK_DONE_SLOTS]: blocks finished (pk_last_block)
-    pk_row_cache cache;         // the stream's row cache (cache.slots 0: none): the refine reads
-                                // the key rows earlier steps left there (row_cache.cuh)
+    pk_row_cache cache;         // the stream's row cache (cache.slots 0: none): the refine takes
+                                // its key rows there (row_cache.cuh)
 };
 
 // Chunks of PK_CHUNK cells of a cell pass (at least one, as src/cuda/step.rs counts them).

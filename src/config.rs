@@ -25,10 +25,12 @@ pub const DEFAULT_REFINE: usize = 2;
 /// mass lost (docs/FIDELITY.md, "Retrieval beyond the paper").
 pub const DEFAULT_CENTER: bool = true;
 /// Slots of the device row cache per KV head and stream under offload (K/V in host memory):
-/// twice the default top-k. Simulated on Gemma 3 270M and Qwen2.5-Coder-1.5B at top-k 2048,
-/// 2k slots serve 0.81-0.84 of the retrieved rows and 4k 0.92 (docs/FIDELITY.md, "A slot
-/// table, simulated").
-pub const DEFAULT_ROW_CACHE: usize = 2 * DEFAULT_TOP_K;
+/// four times the default top-k, since a step at refine 2 takes 2 x top-k shortlist rows plus
+/// sink and window. The device's step protocol replayed on Gemma 3 270M and
+/// Qwen2.5-Coder-1.5B captures at top-k 2048 moves 0.08 of a step's rows over PCIe with 4k
+/// slots, 0.34-0.38 with 2k, which thrash (docs/FIDELITY.md, "The device's step protocol,
+/// simulated").
+pub const DEFAULT_ROW_CACHE: usize = 4 * DEFAULT_TOP_K;
 /// Largest row cache accepted, slots per KV head and stream.
 pub const MAX_ROW_CACHE: usize = 1 << 24;
 /// Largest refine factor accepted.

@@ -788,7 +788,8 @@ mod step {
         same_as_first("graph replay");
 
         // A row cache (as under offload): steps that find an earlier step's rows there (the
-        // refine's K rows, the attention's K and V rows) select the same rows, with the same
+        // refine's K rows, the attention's K and V rows; the refine fills its shortlist's rows,
+        // which the attention then finds in the same step) select the same rows, with the same
         // exact scores and outputs equal up to the order rows are summed; every slot holds its
         // cell's rows. Then every held K row zeroed: the refine's exact scores change, so it
         // reads them there.
@@ -805,19 +806,6 @@ mod step {
             keys.sort_unstable();
             keys
         };
-        for step in 0..2 {
-            run(module, &grot, &params, &cached, buf, &Stream::null()).unwrap();
-            driver::synchronize().unwrap();
-            same_as_first(&format!("row cache step {step}"));
-            assert!(sorted_cand() == clean_cand, "row cache step {step}: exact scores differ");
-        }
-        let hits: u64 = cache.stats().unwrap().iter().map(|s| s.hits).sum();
-        assert!(hits > 0, "the second step read rows from the cache");
-        let held = cache.contents().unwrap();
-        let mut zeroed = held.clone();
-        for (_, at, _) in held_slots(&held, row_bytes, &kb, &vb, "row cache after two steps") {
-            zeroed.data[at..][..row_bytes].fill(0);
-        }
         // (where some retrieval refined: a zone of up to top-k cells is attended whole)
         let refined = (0..units).any(|u| {
             // SAFETY (test): the state holds, per unit, a UnitState and n_ret Retrievals.
@@ -828,6 +816,23 @@ mod step {
             };
             ret.n_refined > 0
         });
+        let hits = || cache.stats().unwrap().iter().map(|s| s.hits).sum::<u64>();
+        for step in 0..2 {
+            run(module, &grot, &params, &cached, buf, &Stream::null()).unwrap();
+            driver::synchronize().unwrap();
+            same_as_first(&format!("row cache step {step}"));
+            assert!(sorted_cand() == clean_cand, "row cache step {step}: exact scores differ");
+            if step == 0 && refined {
+                // the refine filled its shortlist's rows, the top-k among them
+                assert!(hits() > 0, "the first step's attention read the rows its refine filled");
+            }
+        }
+        assert!(hits() > 0, "the second step read rows from the cache");
+        let held = cache.contents().unwrap();
+        let mut zeroed = held.clone();
+        for (_, at, _) in held_slots(&held, row_bytes, &kb, &vb, "row cache after two steps") {
+            zeroed.data[at..][..row_bytes].fill(0);
+        }
         if refined {
             cache.write_data(&zeroed.data).unwrap();
             run(module, &grot, &params, &cached, buf, &Stream::null()).unwrap();

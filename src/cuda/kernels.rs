@@ -125,6 +125,18 @@ pub const fn refine_smem(head_dim: usize, row_bytes: usize) -> usize {
 
 pub const REFINE: Kernel =
     Kernel { name: "pk_refine", dynamic_smem: refine_smem(MAX_HEAD_DIM, MAX_HEAD_DIM * 4) };
+/// pk_refine taking its key rows through a row cache (a kernel of its own: its fills cost
+/// registers that steps without one would pay for)
+pub const REFINE_CACHED: Kernel = Kernel { name: "pk_refine_cached", ..REFINE };
+
+/// The exact rescoring kernel of a step with or without a row cache.
+pub fn refine_kernel(cached: bool) -> Kernel {
+    if cached {
+        REFINE_CACHED
+    } else {
+        REFINE
+    }
+}
 pub const REFINE_PICK: Kernel = k("pk_refine_pick");
 
 /// Blocks of a cluster of the clustered top-k, and the longest shortlist it compacts.
@@ -177,6 +189,17 @@ pub const GROUP_REFINE: Kernel = Kernel {
     name: "pk_group_refine",
     dynamic_smem: group_refine_smem(GPU_MAX_GROUP, MAX_HEAD_DIM, MAX_HEAD_DIM * 4),
 };
+/// pk_group_refine taking its key rows through a row cache (as `REFINE_CACHED`)
+pub const GROUP_REFINE_CACHED: Kernel = Kernel { name: "pk_group_refine_cached", ..GROUP_REFINE };
+
+/// The group's exact rescoring kernel of a step with or without a row cache.
+pub fn group_refine_kernel(cached: bool) -> Kernel {
+    if cached {
+        GROUP_REFINE_CACHED
+    } else {
+        GROUP_REFINE
+    }
+}
 pub const UNMARK: Kernel = k("pk_unmark");
 /// One of kernels/attention.cuh's attention kernels: rows of up to 128 `slices` elements, a
 /// head batch of up to `batch`, its `plain` kernel and the one that reads through a row
@@ -225,6 +248,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     SELECT_RERANK,
     TOPK,
     REFINE,
+    REFINE_CACHED,
     REFINE_PICK,
     TOPK_BY_CLUSTER,
     REFINE_PICK_BY_CLUSTER,
@@ -234,6 +258,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,
+    GROUP_REFINE_CACHED,
     UNMARK,
     GATHER,
     ROW_PLAN,

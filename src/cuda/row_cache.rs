@@ -1,8 +1,9 @@
 //! A device cache of K/V rows across decode steps, for K/V caches in host memory read through
 //! UVA (kernels/row_cache.cuh has the protocol): per KV head of each stream, `slots` slots of
 //! one cell's raw K and V rows, 4-way set associative, least recently used first. A step
-//! given a stream's tables (`GpuLayer::row_cache`) plans its rows first and its attention
-//! reads hits from GPU memory, copying misses in as it reads them; an encode given every
+//! given a stream's tables (`GpuLayer::row_cache`) takes its refine's shortlisted K rows
+//! there (copying the K and V rows of misses in), then plans the attention's rows, whose
+//! hits it reads from GPU memory, copying misses in as it reads them; an encode given every
 //! table (`EncodeTarget::row_cache`) forgets the cells it encodes, so a cell rewritten is
 //! never read stale. Rows changed in place by anything else (a K-shift, a state load, a copy
 //! between sequences) need a clear.
@@ -32,7 +33,8 @@ pub struct RowCacheShape {
     pub v_bytes: usize,
 }
 
-/// Rows read from the cache and from host memory, per table, since the last clear.
+/// Rows read from the cache and from host memory (the refine's K rows, the attention's K and
+/// V rows), per table, since the last clear.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub hits: u64,

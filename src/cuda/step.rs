@@ -231,7 +231,7 @@ pub fn run_marked(
 /// The search stages of a step alone, each retrieval taking its share of `params.top_k`
 /// whatever the zone's size (a step attends zones up to top-k whole instead): for callers
 /// that read the candidates' keys (`cand`) and counts back, like the index handle's search.
-/// Returns the retrievals per unit.
+/// A row cache of `layer` is not used. Returns the retrievals per unit.
 pub fn select(
     module: &Module,
     rotation: &GpuRotation,
@@ -240,7 +240,10 @@ pub fn select(
     buf: &StepBuffers,
     stream: &Stream,
 ) -> Result<usize> {
-    search(module, rotation, params, layer, buf, stream, &mut NoMarks, 0, true)
+    // without the row cache: its refine would pin slots for a step that only the attention
+    // ends (kernels/row_cache.cuh)
+    let layer = GpuLayer { row_cache: RowCacheArgs::default(), ..*layer };
+    search(module, rotation, params, &layer, buf, stream, &mut NoMarks, 0, true)
 }
 
 /// Launches the stages up to the top-k and the rows; zones of up to `dense_zone` cells are
@@ -333,6 +336,9 @@ fn search(
         k: layer.k,
         k_dtype: dtype_code(layer.k_dtype),
         k_stride: layer.k_stride as i64,
+        v: layer.v,
+        v_stride: layer.v_stride as i64,
+        v_bytes: layer.v_dtype.bytes(buf.dv) as i32,
         group: (params.gqa == GqaPolicy::Group) as i32,
         scale: params.attn.scale,
         softcap: params.attn.softcap,
@@ -410,7 +416,15 @@ fn search(
             let mut pitch = refine_pitch(row) as i32;
             let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
             let smem = refine_smem(shape.head_dim, row) as u32;
-            launch(module, REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+            launch(
+                module,
+                refine_kernel(layer.row_cache.is_some()),
+                tiles,
+                REFINE_WARPS * 32,
+                smem,
+                stream,
+                &mut rp,
+            )?;
             top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
         }
     }
@@ -462,7 +476,15 @@ fn group_select(
         let mut pitch = refine_pitch(row) as i32;
         let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
         let smem = group_refine_smem(n_ret, shape.head_dim, row) as u32;
-        launch(module, GROUP_REFINE, tiles, REFINE_WARPS * 32, smem, stream, &mut rp)?;
+        launch(
+            module,
+            group_refine_kernel(layer.row_cache.is_some()),
+            tiles,
+            REFINE_WARPS * 32,
+            smem,
+            stream,
+            &mut rp,
+        )?;
         stage = 1;
         let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
         launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
