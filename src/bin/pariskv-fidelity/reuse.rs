@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use pariskv::algorithm::gqa::GqaPolicy;
 use pariskv::{Index, Result, RowData};
 
-use crate::row_cache::{StepRows, StepTable, PROTOCOLS};
+use crate::row_cache::{Slots, StepRows, StepTable, PROTOCOLS, WAYS};
 use crate::{append_until, config, positions, replay_len, Args, Layer};
 
 /// The histories compared: the rows of the last m steps.
@@ -28,8 +28,6 @@ const HISTORIES: [usize; 3] = [1, 2, 4];
 const DEEPEST: usize = HISTORIES[HISTORIES.len() - 1];
 /// The slot tables simulated: slots as multiples of k.
 const CAPACITIES: [usize; 3] = [1, 2, 4];
-/// Slots of a set of the slot table.
-pub const WAYS: usize = 4;
 /// The step protocol's tables: slots as multiples of k.
 const PROTOCOL_SLOTS: [usize; 2] = [2, 4];
 
@@ -134,41 +132,43 @@ impl ReuseSums {
         );
     }
 
-    fn print_protocol(&self, layer: &str, policy: GqaPolicy, k: usize) {
-        for (ci, &c) in PROTOCOL_SLOTS.iter().enumerate() {
-            for (pi, (name, _)) in PROTOCOLS.iter().enumerate() {
+    /// Each capacity's and protocol's figures: protocol, slots, then the step's refine rows
+    /// and their hit rate, attention rows and their hit rate, and the share over PCIe.
+    fn protocol_rows(&self, k: usize) -> impl Iterator<Item = (&'static str, usize, [f64; 5])> + '_ {
+        PROTOCOL_SLOTS.iter().enumerate().flat_map(move |(ci, &c)| {
+            PROTOCOLS.iter().enumerate().map(move |(pi, &(name, _))| {
                 let r = &self.protocol[ci][pi];
-                println!(
-                    "{layer:>5} {:>9} {k:>5} | {name:>12} {:>6} | {:>8.1} {:>8.3} {:>8.1} {:>8.3} | {:>7.3}",
-                    policy.name(),
-                    c * k,
+                let figures = [
                     self.mean(r.refine),
                     r.refine_hit_rate(),
                     self.mean(r.attention),
                     r.attention_hit_rate(),
-                    r.pcie_share()
-                );
-            }
+                    r.pcie_share(),
+                ];
+                (name, c * k, figures)
+            })
+        })
+    }
+
+    fn print_protocol(&self, layer: &str, policy: GqaPolicy, k: usize) {
+        for (name, slots, [refine, r_hit, attn, a_hit, pcie]) in self.protocol_rows(k) {
+            println!(
+                "{layer:>5} {:>9} {k:>5} | {name:>12} {slots:>6} | {refine:>8.1} {r_hit:>8.3} {attn:>8.1} {a_hit:>8.3} | {pcie:>7.3}",
+                policy.name()
+            );
         }
     }
 
     fn protocol_json(&self, k: usize) -> String {
-        let mut rows = Vec::new();
-        for (ci, &c) in PROTOCOL_SLOTS.iter().enumerate() {
-            for (pi, (name, _)) in PROTOCOLS.iter().enumerate() {
-                let r = &self.protocol[ci][pi];
-                rows.push(format!(
-                    "{{\"protocol\": \"{name}\", \"slots\": {}, \"refine_rows\": {:.1}, \"refine_hit\": {:.6}, \
-                     \"attention_rows\": {:.1}, \"attention_hit\": {:.6}, \"pcie_share\": {:.6}}}",
-                    c * k,
-                    self.mean(r.refine),
-                    r.refine_hit_rate(),
-                    self.mean(r.attention),
-                    r.attention_hit_rate(),
-                    r.pcie_share()
-                ));
-            }
-        }
+        let rows: Vec<String> = self
+            .protocol_rows(k)
+            .map(|(name, slots, [refine, r_hit, attn, a_hit, pcie])| {
+                format!(
+                    "{{\"protocol\": \"{name}\", \"slots\": {slots}, \"refine_rows\": {refine:.1}, \"refine_hit\": {r_hit:.6}, \
+                     \"attention_rows\": {attn:.1}, \"attention_hit\": {a_hit:.6}, \"pcie_share\": {pcie:.6}}}"
+                )
+            })
+            .collect();
         rows.join(", ")
     }
 }
@@ -188,34 +188,23 @@ fn steps(a: &Args, n: usize) -> Vec<usize> {
 /// One KV head's recent top-k sets, newest last.
 type History = VecDeque<HashSet<u32>>;
 
-/// A set-associative table of cells, as a GPU row cache would keep one per layer and KV
-/// head: WAYS slots a set, the set from a multiplicative hash of the cell (neighbouring
-/// cells spread over the sets), a miss filling the set's least recently used slot.
+/// A slot table of top-k rows alone (`Slots`), a miss filling its set's least recently
+/// used slot.
 #[derive(Clone)]
-struct SlotCache {
-    tags: Vec<u32>,
-    /// the step that last used each slot (0: empty)
-    used: Vec<u32>,
-}
+struct SlotCache(Slots);
 
 impl SlotCache {
-    const EMPTY: u32 = u32::MAX;
-
     fn new(slots: usize) -> SlotCache {
-        let slots = slots.div_ceil(WAYS).max(1) * WAYS;
-        SlotCache { tags: vec![Self::EMPTY; slots], used: vec![0; slots] }
+        SlotCache(Slots::new(slots))
     }
 
     fn clear(&mut self) {
-        self.tags.fill(Self::EMPTY);
-        self.used.fill(0);
+        self.0.clear();
     }
 
     /// Looks `cell` up at `step` (> 0): true on a hit; a miss takes the slot.
     fn access(&mut self, cell: u32, step: u32) -> bool {
-        let sets = self.tags.len() / WAYS;
-        let set = set_of(cell, sets);
-        let (tags, used) = (&mut self.tags[set * WAYS..][..WAYS], &mut self.used[set * WAYS..][..WAYS]);
+        let (tags, used) = self.0.set(cell);
         if let Some(w) = tags.iter().position(|&t| t == cell) {
             used[w] = step;
             return true;
@@ -225,12 +214,6 @@ impl SlotCache {
         used[victim] = step;
         false
     }
-}
-
-/// The set of `cell` in a table of `sets` sets: a multiplicative hash, so that neighbouring
-/// cells spread over the sets.
-pub fn set_of(cell: u32, sets: usize) -> usize {
-    (((cell as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % sets as u64) as usize
 }
 
 /// Replays one layer's decode steps under one GQA policy, for every k.

@@ -19,7 +19,8 @@
 //! every shortlist's K rows and the attention's K and V rows. Steps run in order; the
 //! device takes a stage's rows in parallel, so which claim gets a contended slot may differ.
 
-use super::reuse::{set_of, WAYS};
+/// Slots of a set of a slot table.
+pub const WAYS: usize = 4;
 
 /// The protocols compared, in report order: their names, and whether the refine fills slots.
 pub const PROTOCOLS: [(&str, bool); 2] = [("attention", false), ("refine fills", true)];
@@ -33,14 +34,44 @@ enum Take {
     Host,
 }
 
-/// One layer's and KV head's slot table under one protocol.
+/// A set-associative table of cells, as the GPU row cache keeps one per layer and KV head:
+/// WAYS slots a set, the set from a multiplicative hash of the cell (neighbouring cells
+/// spread over the sets), each slot tagged by its cell and stamped with the step that last
+/// used it. The rules that take and evict slots are the users'.
+#[derive(Clone)]
+pub struct Slots {
+    tags: Vec<u32>,
+    /// the step that last used each slot (0: never)
+    used: Vec<u32>,
+}
+
+impl Slots {
+    const EMPTY: u32 = u32::MAX;
+
+    pub fn new(slots: usize) -> Slots {
+        let slots = slots.div_ceil(WAYS).max(1) * WAYS;
+        Slots { tags: vec![Self::EMPTY; slots], used: vec![0; slots] }
+    }
+
+    pub fn clear(&mut self) {
+        self.tags.fill(Self::EMPTY);
+        self.used.fill(0);
+    }
+
+    /// The tags and stamps of `cell`'s set.
+    pub fn set(&mut self, cell: u32) -> (&mut [u32], &mut [u32]) {
+        let sets = self.tags.len() / WAYS;
+        let set = (((cell as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % sets as u64) as usize;
+        (&mut self.tags[set * WAYS..][..WAYS], &mut self.used[set * WAYS..][..WAYS])
+    }
+}
+
+/// One layer's and KV head's slot table under one protocol: a slot taken this step is
+/// neither evicted nor claimed again.
 #[derive(Clone)]
 pub struct StepTable {
     refine_fills: bool,
-    tags: Vec<u32>,
-    /// the step that last took each slot (0: never); a slot taken this step is neither
-    /// evicted nor claimed again
-    used: Vec<u32>,
+    slots: Slots,
 }
 
 /// Rows a step took and where from, summed over measured steps.
@@ -82,21 +113,17 @@ impl StepRows {
 
 impl StepTable {
     pub fn new(slots: usize, refine_fills: bool) -> StepTable {
-        let slots = slots.div_ceil(WAYS).max(1) * WAYS;
-        StepTable { refine_fills, tags: vec![u32::MAX; slots], used: vec![0; slots] }
+        StepTable { refine_fills, slots: Slots::new(slots) }
     }
 
     pub fn clear(&mut self) {
-        self.tags.fill(u32::MAX);
-        self.used.fill(0);
+        self.slots.clear();
     }
 
     /// Takes `cell` at `step` (> 0): a hit pins its slot when `pin`, a miss claims a slot
     /// when `claim`.
     fn take(&mut self, cell: u32, step: u32, pin: bool, claim: bool) -> Take {
-        let sets = self.tags.len() / WAYS;
-        let set = set_of(cell, sets);
-        let (tags, used) = (&mut self.tags[set * WAYS..][..WAYS], &mut self.used[set * WAYS..][..WAYS]);
+        let (tags, used) = self.slots.set(cell);
         if let Some(w) = tags.iter().position(|&t| t == cell) {
             if pin {
                 used[w] = step;
