@@ -316,7 +316,8 @@ in pinned host memory: the least GPU memory) or device (in GPU memory: the step 
 speed and only V rows cross PCIe, for the GPU memory of K; the same results)"),
     count_spec!(c"row-cache", row_cache, 0, MAX_ROW_CACHE as u32, c"ParisKV, with --pariskv-offload: slots per KV head and sequence of a cache in GPU memory of the\n\
 K/V rows decode steps read (rounded up to a power of two; 0 = none): a row retrieved again is read\n\
-from GPU memory instead of over PCIe; the same results"),
+from GPU memory instead of over PCIe; the same results. About 4 x top-k (the default fits 2048): a step\n\
+reads the refine's shortlist, then the attention's rows"),
     pair_spec!(c"fill", fill, "exact" => Fill::Exact, "local" => Fill::Local,
         c"ParisKV, llama-bench only, speed only: how prompt ubatches attend while the cache is filled to\n\
 its depth (-d): exact, or local (each prompt token only over its own ubatch's cells: a D-token\n\
