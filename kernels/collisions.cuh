@@ -52,6 +52,15 @@ __device__ void pk_cutoff(const pk_step_args & a, int u, int r) {
     }
 }
 
+// four words of four bytes each (tables 0-3, entries e..e+3) as the four words of entries
+// e..e+3, byte j of each from table j
+__device__ __forceinline__ uint4 pk_interleave4(unsigned int a, unsigned int b, unsigned int c, unsigned int d) {
+    const unsigned int ab_lo = __byte_perm(a, b, 0x5140), cd_lo = __byte_perm(c, d, 0x5140); // a0 b0 a1 b1
+    const unsigned int ab_hi = __byte_perm(a, b, 0x7362), cd_hi = __byte_perm(c, d, 0x7362); // a2 b2 a3 b3
+    return make_uint4(__byte_perm(ab_lo, cd_lo, 0x5410), __byte_perm(ab_lo, cd_lo, 0x7632),
+                      __byte_perm(ab_hi, cd_hi, 0x5410), __byte_perm(ab_hi, cd_hi, 0x7632));
+}
+
 // collision counts per cell and their histogram, for `r_batch` retrievals per block (each
 // cell's codes loaded once for all of them, into registers); grid (blocks striding over the
 // chunks, retrieval batches, units): a block loads the tier tables and flushes its
@@ -66,7 +75,7 @@ __device__ void pk_cutoff(const pk_step_args & a, int u, int r) {
 static_assert(PK_PACKED_BLOCKS * PK_N_TIERS < 256, "packed levels overflow a byte");
 extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     pk_grid_order();
-    extern __shared__ unsigned int pk_lv_words[];
+    extern __shared__ __align__(16) unsigned int pk_lv_words[];
     constexpr int MAX_WORDS = PK_MAX_HEAD_DIM / PK_BLOCK / 4;
     const int u = blockIdx.z, r0 = blockIdx.y * r_batch, nr = min(r_batch, a.n_ret - r0);
     const int n_lv = a.nb * PK_N_CENTROIDS, n_ch = a.max_collisions + 1, n_quads = (nr + 3) / 4;
@@ -76,16 +85,22 @@ extern "C" __global__ void pk_collisions(pk_step_args a, int r_batch) {
     unsigned int * in_chunk = local + nr * n_ch;
     const unsigned char * lv = a.levels + ((long long) u * a.n_ret + r0) * n_lv;
     // (loops by quad and entry, not a flat index split by a run-time division: the block's
-    // fixed cost was mostly that arithmetic)
+    // fixed cost was mostly that arithmetic). Sixteen entries of each of a quad's tables per
+    // thread and round, one 16-byte load each (n_lv is a multiple of 256 and every table
+    // 256-byte aligned), interleaved into their sixteen words by byte permutes: the loads of
+    // a round are in flight together
     for (int q = 0; q < n_quads; ++q) {
-        const unsigned char * lq = lv + (long long) 4 * q * n_lv;
-        const int nj = min(4, nr - 4 * q);
-        for (int e = threadIdx.x; e < n_lv; e += blockDim.x) {
-            unsigned int w = lq[e];
-            if (nj > 1) w |= (unsigned int) lq[n_lv + e] << 8;
-            if (nj > 2) w |= (unsigned int) lq[2 * n_lv + e] << 16;
-            if (nj > 3) w |= (unsigned int) lq[3 * n_lv + e] << 24;
-            pk_lv_words[q * n_lv + e] = w;
+        const uint4 * lq = (const uint4 *) (lv + (long long) 4 * q * n_lv);
+        const int nj = min(4, nr - 4 * q), n16 = n_lv / 16;
+        for (int e = threadIdx.x; e < n16; e += blockDim.x) {
+            const uint4 zero = make_uint4(0, 0, 0, 0);
+            const uint4 t0 = lq[e], t1 = nj > 1 ? lq[n16 + e] : zero, t2 = nj > 2 ? lq[2 * n16 + e] : zero,
+                        t3 = nj > 3 ? lq[3 * n16 + e] : zero;
+            uint4 * out = (uint4 *) (pk_lv_words + q * n_lv + 16 * e);
+            out[0] = pk_interleave4(t0.x, t1.x, t2.x, t3.x);
+            out[1] = pk_interleave4(t0.y, t1.y, t2.y, t3.y);
+            out[2] = pk_interleave4(t0.z, t1.z, t2.z, t3.z);
+            out[3] = pk_interleave4(t0.w, t1.w, t2.w, t3.w);
         }
     }
     for (int i = threadIdx.x; i < 2 * nr * n_ch; i += blockDim.x) local[i] = 0;
