@@ -412,19 +412,9 @@ fn search(
         top_k(module, TopK::Select, if refining { shortlist } else { 0 }, (n_ret, units), stream, &mut p)?;
         if refining {
             let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, n_ret as u32, u);
-            let row = layer.k_dtype.bytes(shape.head_dim);
-            let mut pitch = refine_pitch(row) as i32;
-            let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
-            let smem = refine_smem(shape.head_dim, row) as u32;
-            launch(
-                module,
-                refine_kernel(layer.row_cache.is_some()),
-                tiles,
-                REFINE_WARPS * 32,
-                smem,
-                stream,
-                &mut rp,
-            )?;
+            let kernel = refine_kernel(layer.row_cache.is_some());
+            let smem = |row| refine_smem(shape.head_dim, row);
+            launch_refine(module, layer, shape.head_dim, kernel, smem, tiles, stream, ap)?;
             top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
         }
     }
@@ -472,19 +462,9 @@ fn group_select(
     top_k(module, TopK::Select, if refining { shortlist } else { 0 }, (n_ret, units), stream, &mut p)?;
     if refining {
         let tiles = (shortlist.div_ceil(REFINE_ROWS).max(1) as u32, 1, u);
-        let row = layer.k_dtype.bytes(shape.head_dim);
-        let mut pitch = refine_pitch(row) as i32;
-        let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
-        let smem = group_refine_smem(n_ret, shape.head_dim, row) as u32;
-        launch(
-            module,
-            group_refine_kernel(layer.row_cache.is_some()),
-            tiles,
-            REFINE_WARPS * 32,
-            smem,
-            stream,
-            &mut rp,
-        )?;
+        let kernel = group_refine_kernel(layer.row_cache.is_some());
+        let smem = |row| group_refine_smem(n_ret, shape.head_dim, row);
+        launch_refine(module, layer, shape.head_dim, kernel, smem, tiles, stream, ap)?;
         stage = 1;
         let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
         launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
@@ -492,6 +472,26 @@ fn group_select(
         top_k(module, TopK::Pick, 0, (n_ret, units), stream, &mut p)?;
     }
     Ok(())
+}
+
+/// Launches an exact rescoring kernel over `tiles` of a shortlist: its argument after the
+/// step's is the pitch of its staged K rows (`refine_pitch` of the layer's row bytes), and
+/// `smem` gives its shared memory for those row bytes.
+#[allow(clippy::too_many_arguments)]
+fn launch_refine(
+    module: &Module,
+    layer: &GpuLayer,
+    head_dim: usize,
+    kernel: Kernel,
+    smem: impl FnOnce(usize) -> usize,
+    tiles: (u32, u32, u32),
+    stream: &Stream,
+    ap: *mut c_void,
+) -> Result<()> {
+    let row = layer.k_dtype.bytes(head_dim);
+    let mut pitch = refine_pitch(row) as i32;
+    let mut rp = [ap, &mut pitch as *mut i32 as *mut c_void];
+    launch(module, kernel, tiles, REFINE_WARPS * 32, smem(row) as u32, stream, &mut rp)
 }
 
 /// Which top-k stage `top_k` launches.
