@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Decode speed against context depth from llama-bench markdown tables (-o md), as a PNG with
-one line per mode: dense (pkt 0), ParisKV with K/V in GPU memory (pkt > 0), ParisKV offload
-(pkt > 0, pko 1). Rows are tg tests ("tg128 @ d32768"); a table's pkt/pko columns, when
-absent, take llama-bench's defaults (0). Prints the points and the ParisKV/dense ratios.
+"""Decode speed against context depth from llama-bench results, markdown tables (-o md) or
+JSON (-o json, files ending in .json), as a PNG with one line per mode: dense (pkt 0),
+ParisKV with K/V in GPU memory (pkt > 0), ParisKV offload (pkt > 0, pko 1), and stock
+llama.cpp with the K/V in host memory (pkt 0, nkvo 1; JSON only). Rows are tg tests ("tg128
+@ d32768"); a table's pkt/pko columns, when absent, take llama-bench's defaults (0). Prints
+the points and the ratios to dense.
 
-  plot_bench.py OUT.png TABLE.md [TABLE.md ...] [--title TEXT]
+  plot_bench.py OUT.png RESULTS [RESULTS ...] [--title TEXT] [--log-y]
 """
 
 import argparse
+import json
 import re
 
 import matplotlib
@@ -15,7 +18,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-MODES = ["dense (flash attention)", "ParisKV, K/V in GPU memory", "ParisKV offload, K/V in host RAM"]
+MODES = [
+    "dense (flash attention)",
+    "ParisKV, K/V in GPU memory",
+    "ParisKV offload, K/V in host RAM",
+    "stock -nkvo, K/V in host RAM",
+]
+
+
+def mode_of(pkt, pko, nkvo=False):
+    if pkt == 0:
+        return MODES[3] if nkvo else MODES[0]
+    return MODES[2] if pko else MODES[1]
+
+
+def json_rows(path):
+    """The same from llama-bench's JSON: one record per test."""
+    for r in json.load(open(path)):
+        if r.get("n_prompt", 0) or not r.get("n_gen", 0):
+            continue
+        mode = mode_of(r.get("pariskv_topk", 0), r.get("pariskv_offload", False), r.get("no_kv_offload", False))
+        yield mode, r["n_depth"], r["avg_ts"], r["stddev_ts"]
 
 
 def rows(path):
@@ -32,8 +55,7 @@ def rows(path):
         m = re.fullmatch(r"tg\d+(?: @ d(\d+))?", r["test"])
         if not m:
             continue
-        pkt, pko = int(r.get("pkt", 0)), int(r.get("pko", 0))
-        mode = MODES[0] if pkt == 0 else MODES[2] if pko else MODES[1]
+        mode = mode_of(int(r.get("pkt", 0)), int(r.get("pko", 0)))
         ts, sd = (float(x) for x in r["t/s"].split("±"))
         yield mode, int(m.group(1) or 0), ts, sd
 
@@ -43,10 +65,11 @@ def main():
     ap.add_argument("out")
     ap.add_argument("tables", nargs="+")
     ap.add_argument("--title", default="")
+    ap.add_argument("--log-y", action="store_true", help="tok/s on a log scale (modes far apart)")
     a = ap.parse_args()
     points = {}
     for path in a.tables:
-        for mode, depth, ts, sd in rows(path):
+        for mode, depth, ts, sd in (json_rows if path.endswith(".json") else rows)(path):
             points.setdefault(mode, {})[depth] = (ts, sd)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for mode in MODES:
@@ -62,7 +85,10 @@ def main():
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context depth (tokens; depth 0 drawn at 1K)")
     ax.set_ylabel("decode tok/s (tg128)")
-    ax.set_ylim(bottom=0)
+    if a.log_y:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(a.title, fontsize=9)
