@@ -1,5 +1,6 @@
 //! GPU benchmark (feature `cuda`): one decode step as llama.cpp would run it for an
-//! 8B-shaped model (d = 128, 8 KV heads of 4 query heads each, 32 layers; top-k 2048,
+//! 8B-shaped model (d = 128, 8 KV heads of 4 query heads each, 32 layers; `--shape qwen7b`:
+//! the Qwen2.5-7B-1M shape, 4 KV heads of 7 query heads each, 28 layers; top-k 2048,
 //! sink 4, window 512), at N cells, with K/V in device memory and in pinned host memory
 //! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
 //! The step starts from the zone histogram the encodes keep, as in llama.cpp; the row
@@ -13,7 +14,8 @@
 //! per-head with the first tuned table (share 0.1 above 30K keys) and with today's (0.2),
 //! each without and with refine 2 (the defaults: today's table and refine 2).
 //!
-//!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only | --offload] [N ...]
+//!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only | --offload]
+//!       [--shape llama8b|qwen7b] [N ...]
 //!
 //! `--defaults-only`: only the default settings with K/V in HBM, kept, recounting, with the
 //! one-block top-k and with plain launches (for profilers). `--offload`: only the default
@@ -35,9 +37,25 @@ use pariskv::shape::Shape;
 use pariskv::step::StepParams;
 
 const D: usize = 128;
-const KV_HEADS: usize = 8;
-const GROUP: usize = 4;
-const LAYERS: usize = 32;
+
+/// The model shape a step is timed for (the head dimension is D for both).
+#[derive(Clone, Copy)]
+struct Model {
+    kv_heads: usize,
+    /// query heads per KV head
+    group: usize,
+    layers: usize,
+}
+
+impl Model {
+    fn named(name: &str) -> Model {
+        match name {
+            "llama8b" => Model { kv_heads: 8, group: 4, layers: 32 },
+            "qwen7b" => Model { kv_heads: 4, group: 7, layers: 28 },
+            _ => panic!("--shape: llama8b or qwen7b, not {name}"),
+        }
+    }
+}
 /// Graph replays timed per configuration: about 200 ms of them, 1 to 10.
 fn graph_replays(step_ms: f64) -> usize {
     ((200.0 / step_ms) as usize).clamp(1, 10)
@@ -73,8 +91,14 @@ fn main() -> pariskv::Result<()> {
     } else {
         Mode::All
     };
-    let sizes: Vec<usize> =
-        args.iter().filter(|a| !a.starts_with("--")).map(|a| a.parse().expect("N")).collect();
+    let shape_at = args.iter().position(|a| a == "--shape");
+    let model = Model::named(shape_at.and_then(|i| args.get(i + 1)).map_or("llama8b", |s| s.as_str()));
+    let sizes: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|&(i, a)| !a.starts_with("--") && shape_at.is_none_or(|s| i != s + 1))
+        .map(|(_, a)| a.parse().expect("N"))
+        .collect();
     let sizes = if sizes.is_empty() { vec![32_768, 131_072, 1_048_576] } else { sizes };
     driver::use_primary_context(0)?;
     let stream = Stream::null();
@@ -82,9 +106,10 @@ fn main() -> pariskv::Result<()> {
     let shape = Shape::new(D)?;
     let rot = Rotation::new(shape, pariskv::config::DEFAULT_SEED);
     let grot = GpuRotation::new(&rot)?;
-    println!("decode step for d={D}, {KV_HEADS} KV heads x {GROUP} query heads, {LAYERS} layers, top-k 2048, sink 4, window 512");
+    let Model { kv_heads, group, layers } = model;
+    println!("decode step for d={D}, {kv_heads} KV heads x {group} query heads, {layers} layers, top-k 2048, sink 4, window 512");
     for n in sizes {
-        bench(n, mode, module, &grot, &stream)?;
+        bench(n, model, mode, module, &grot, &stream)?;
     }
     Ok(())
 }
@@ -99,15 +124,17 @@ enum Mode {
 
 fn bench(
     n: usize,
+    model: Model,
     mode: Mode,
     module: &driver::Module,
     grot: &GpuRotation,
     stream: &Stream,
 ) -> pariskv::Result<()> {
     let shape = grot.shape;
+    let Model { kv_heads, group, layers } = model;
     let mut rng = Rng::new(n as u64);
-    // one layer's cache: [N][KV_HEADS][D] f16 K and V, random
-    let kv: Vec<u16> = (0..n * KV_HEADS * D).map(|_| half::f16::from_f32(rng.normal()).to_bits()).collect();
+    // one layer's cache: [N][kv_heads][D] f16 K and V, random
+    let kv: Vec<u16> = (0..n * kv_heads * D).map(|_| half::f16::from_f32(rng.normal()).to_bits()).collect();
     let k_dev = DeviceBuffer::from_slice(&kv)?;
     let v_dev = DeviceBuffer::from_slice(&kv)?;
     let bytes = kv.len() * 2;
@@ -118,19 +145,19 @@ fn bench(
         std::ptr::copy_nonoverlapping(kv.as_ptr() as *const u8, v_host.host as *mut u8, bytes);
     }
     let (cb, nb, nw) = (shape.code_bytes(), shape.nibble_bytes(), shape.n_weights() * 2);
-    let codes = DeviceBuffer::new(KV_HEADS * n * cb)?;
-    let nibbles = DeviceBuffer::new(KV_HEADS * n * nb)?;
-    let weights = DeviceBuffer::new(KV_HEADS * n * nw)?;
+    let codes = DeviceBuffer::new(kv_heads * n * cb)?;
+    let nibbles = DeviceBuffer::new(kv_heads * n * nb)?;
+    let weights = DeviceBuffer::new(kv_heads * n * nw)?;
     // the zone's code histogram as the encodes keep it (and its flags), zero before them
     let hist_bytes = shape.n_blocks * 256 * 4;
-    let hist = DeviceBuffer::from_slice(&vec![0u8; KV_HEADS * hist_bytes])?;
-    let counted = DeviceBuffer::from_slice(&vec![0u8; KV_HEADS * n])?;
+    let hist = DeviceBuffer::from_slice(&vec![0u8; kv_heads * hist_bytes])?;
+    let counted = DeviceBuffer::from_slice(&vec![0u8; kv_heads * n])?;
     let cells: Vec<i64> = (0..n as i64).collect();
     let (gcells, gn) = (DeviceBuffer::from_slice(&cells)?, DeviceBuffer::from_slice(&[n as i32])?);
     let target = EncodeTarget {
         keys: k_dev.ptr,
         key_dtype: DType::F16,
-        key_row_stride: KV_HEADS * D * 2,
+        key_row_stride: kv_heads * D * 2,
         key_head_stride: D * 2,
         codes: codes.ptr,
         nibbles: nibbles.ptr,
@@ -139,7 +166,7 @@ fn bench(
         counted: counted.ptr,
         kept_stride: 0,
         kv_size: n,
-        n_heads: KV_HEADS,
+        n_heads: kv_heads,
         center: 0,
         row_cache: Default::default(),
     };
@@ -150,18 +177,18 @@ fn bench(
 
     let pos: Vec<i32> = (0..n as i32).collect();
     let (gpos, gmask) = (DeviceBuffer::from_slice(&pos)?, DeviceBuffer::from_slice(&vec![0.0f32; n])?);
-    let q: Vec<f32> = (0..KV_HEADS * GROUP * D).map(|_| rng.normal()).collect();
+    let q: Vec<f32> = (0..kv_heads * group * D).map(|_| rng.normal()).collect();
     let gq = DeviceBuffer::from_slice(&q)?;
     let gout = DeviceBuffer::new(q.len() * 4)?;
-    let buf = StepBuffers::new(shape, D, n, GROUP, KV_HEADS)?;
+    let buf = StepBuffers::new(shape, D, n, group, kv_heads)?;
     let iota = DeviceBuffer::from_slice(&(0..n as i32).collect::<Vec<_>>())?;
     let gall = DeviceBuffer::from_slice(&[n as i32])?;
     let attn = AttnParams { scale: 1.0 / (D as f32).sqrt(), softcap: 0.0 };
     println!(
         "\nN = {n}: encode {:.2} ms for {} keys ({:.1} M keys/s)",
         enc_ms,
-        n * KV_HEADS,
-        (n * KV_HEADS) as f64 / enc_ms as f64 / 1e3
+        n * kv_heads,
+        (n * kv_heads) as f64 / enc_ms as f64 / 1e3
     );
     // the step as llama.cpp runs it (with the encodes' kept histogram), and counting the
     // zone's histogram itself every step, with the one-block top-k kernels instead of the
@@ -172,7 +199,7 @@ fn bench(
     // window): every "layer" here is the same layer with the same query, so after the first
     // step every row the cache has room for is a hit: an upper bound (real prompts hit
     // 0.8-0.84 of their top-k rows with 2k slots: docs/FIDELITY.md, "A slot table, simulated").
-    let row_cache = |slots: usize| RowCache::new(RowCacheShape::new((1, KV_HEADS, slots), (D * 2, D * 2))?);
+    let row_cache = |slots: usize| RowCache::new(RowCacheShape::new((1, kv_heads, slots), (D * 2, D * 2))?);
     let (cache_2k, cache_4k) = (row_cache(4096)?, row_cache(8192)?);
     let places = [
         ("K/V in HBM", k_dev.ptr, v_dev.ptr, true, true, true, None),
@@ -195,15 +222,15 @@ fn bench(
         // one layer: the 8 KV heads of one token are the units
         let layer = GpuLayer {
             layout: UnitLayout {
-                n_units: KV_HEADS as i32,
-                n_h: KV_HEADS as i32,
+                n_units: kv_heads as i32,
+                n_h: kv_heads as i32,
                 k_h: (D * 2) as i64,
                 v_h: (D * 2) as i64,
                 codes_h: (n * cb) as i64,
                 nib_h: (n * nb) as i64,
                 w_h: (n * nw) as i64,
-                q_h: (GROUP * D * 4) as i64,
-                out_h: (GROUP * D * 4) as i64,
+                q_h: (group * D * 4) as i64,
+                out_h: (group * D * 4) as i64,
                 kept_h: hist_bytes as i64,
                 counted_h: n as i64,
                 ..UnitLayout::default()
@@ -211,10 +238,10 @@ fn bench(
             n,
             k: kptr,
             k_dtype: DType::F16,
-            k_stride: KV_HEADS * D * 2,
+            k_stride: kv_heads * D * 2,
             v: vptr,
             v_dtype: DType::F16,
-            v_stride: KV_HEADS * D * 2,
+            v_stride: kv_heads * D * 2,
             codes: codes.ptr,
             nibbles: nibbles.ptr,
             weights: weights.ptr,
@@ -225,7 +252,7 @@ fn bench(
             pos: gpos.ptr,
             q: gq.ptr,
             q_stride: D * 4,
-            n_heads: GROUP,
+            n_heads: group,
             out: gout.ptr,
             out_stride: D * 4,
             row_cache: match cached {
@@ -254,24 +281,25 @@ fn bench(
             let params = StepParams { top_k: 2048, n_sink: 4, n_local: 512, ratios, gqa, refine, attn };
             run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             driver::synchronize()?;
-            // 32 layers back to back
+            // the layers back to back
             let whole = Timer::new()?;
             whole.start(stream)?;
-            for _ in 0..LAYERS {
+            for _ in 0..layers {
                 run_marked(module, grot, &params, &layer, &buf, stream, &mut NoOp)?;
             }
             let step_ms = whole.stop(stream)? as f64;
-            let graph_ms =
-                graph_ms(step_ms, |gs| run_marked(module, grot, &params, &layer, &buf, gs, &mut NoOp))?;
+            let graph_ms = graph_ms(step_ms, layers, |gs| {
+                run_marked(module, grot, &params, &layer, &buf, gs, &mut NoOp)
+            })?;
             // again, waiting at each stage's end to time it
             let mut ev = Events { start: Timer::new()?, stages: Vec::new(), totals: Vec::new() };
-            for _ in 0..LAYERS {
+            for _ in 0..layers {
                 ev.start.start(stream)?;
                 run_marked(module, grot, &params, &layer, &buf, stream, &mut ev)?;
             }
             let stages: Vec<String> = ev.totals.iter().map(|(s, ms)| format!("{s} {ms:.2} ms")).collect();
             println!(
-                "  {where_:<31} ParisKV ({gqa:?}, {ratios:?}, refine {refine}): {step_ms:.2} ms per decode step ({LAYERS} layers x {KV_HEADS} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
+                "  {where_:<31} ParisKV ({gqa:?}, {ratios:?}, refine {refine}): {step_ms:.2} ms per decode step ({layers} layers x {kv_heads} KV heads), {graph_ms:.2} ms as a CUDA graph; stages: {}",
                 stages.join(", ")
             );
         }
@@ -293,12 +321,13 @@ fn bench(
         driver::synchronize()?;
         let whole = Timer::new()?;
         whole.start(stream)?;
-        for _ in 0..LAYERS {
+        for _ in 0..layers {
             attend(module, &buf, &layer, &params, &all, n, stream)?;
         }
         let dense_ms = whole.stop(stream)? as f64;
-        let dense_graph_ms = graph_ms(dense_ms, |gs| attend(module, &buf, &layer, &params, &all, n, gs))?;
-        let kv_bytes = (n * KV_HEADS * D * 2 * 2 * LAYERS) as f64;
+        let dense_graph_ms =
+            graph_ms(dense_ms, layers, |gs| attend(module, &buf, &layer, &params, &all, n, gs))?;
+        let kv_bytes = (n * kv_heads * D * 2 * 2 * layers) as f64;
         println!(
             "  {where_:<31} dense attention over all {n} cells: {dense_ms:.2} ms per decode step ({:.0} GB/s of K/V), {dense_graph_ms:.2} ms as a CUDA graph",
             kv_bytes / (dense_ms / 1e3) / 1e9
@@ -307,12 +336,16 @@ fn bench(
     Ok(())
 }
 
-/// Milliseconds per step when the `LAYERS` launches of `layer` are captured once in a CUDA
+/// Milliseconds per step when the `layers` launches of `layer` are captured once in a CUDA
 /// graph on a created stream and replayed (no launch gaps); `step_ms` sizes the replays.
-fn graph_ms(step_ms: f64, layer: impl Fn(&Stream) -> pariskv::Result<()>) -> pariskv::Result<f64> {
+fn graph_ms(
+    step_ms: f64,
+    layers: usize,
+    layer: impl Fn(&Stream) -> pariskv::Result<()>,
+) -> pariskv::Result<f64> {
     let owned = driver::OwnedStream::new()?;
     let gs = owned.stream();
-    let graph = driver::Graph::capture(&gs, || (0..LAYERS).try_for_each(|_| layer(&gs)))?;
+    let graph = driver::Graph::capture(&gs, || (0..layers).try_for_each(|_| layer(&gs)))?;
     graph.launch(&gs)?;
     let replay = Timer::new()?;
     replay.start(&gs)?;

@@ -8,7 +8,8 @@
 #
 #   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
 #
-# SIZES (default "32768 131072") sets the cache sizes; TEST_TIMEOUT and BENCH_TIMEOUT (240 s
+# SIZES (default "32768 131072") sets the cache sizes, SHAPE (llama8b, gpu_bench's
+# default, or qwen7b) its model shape; TEST_TIMEOUT and BENCH_TIMEOUT (240 s
 # each) bound each build's tests and each benchmark run. Logs go to OUT; a summary is printed.
 set -uo pipefail
 out=${1:?usage: run-gpu-lib.sh OUT [NAME ...]}
@@ -16,6 +17,8 @@ shift
 carry=build/gpu-builds
 [ $# -gt 0 ] || set -- $(cd "$carry" && ls -d */ | tr -d /)
 sizes=${SIZES:-32768 131072}
+# (only where set: builds before the option would take it for a size)
+shape=(); [ -z "${SHAPE:-}" ] || shape=(--shape "$SHAPE")
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 for b in "$@"; do
@@ -26,7 +29,7 @@ done
 for i in 1 2; do
     for b in "$@"; do
         echo "== $b ($(cat "$carry/$b/REV")) run $i"
-        timeout "${BENCH_TIMEOUT:-240}" "$carry/$b/gpu_bench" --defaults-only $sizes
+        timeout "${BENCH_TIMEOUT:-240}" "$carry/$b/gpu_bench" --defaults-only "${shape[@]}" $sizes
     done
 done > "$out/gpu_bench.log" 2>&1
 grep -E '^==|^N =|ParisKV' "$out/gpu_bench.log" | sed -E 's/ per decode step.*, ([0-9.]+ ms as a CUDA graph).*/: \1/'
@@ -34,7 +37,7 @@ if [ "${PROFILE:-0}" != 0 ]; then
     for n in $sizes; do
         ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 40 \
             --metrics gpu__time_duration.sum,dram__bytes.sum,launch__grid_size --csv \
-            "$carry/$1/gpu_bench" --defaults-only "$n" > "$out/ncu-$1-$n.csv" 2>> "$out/ncu.err"
+            "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$out/ncu-$1-$n.csv" 2>> "$out/ncu.err"
         echo "ncu $1 at $n: rc $?"
     done
 fi
@@ -44,7 +47,7 @@ if [ "${PROFILE:-0}" = full ]; then
         ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 15 \
             --section SpeedOfLight --section Occupancy --section LaunchStats \
             --section WarpStateStats --section SchedulerStats --page details --csv \
-            "$carry/$1/gpu_bench" --defaults-only "$n" > "$out/ncu-full-$1-$n.csv" 2>> "$out/ncu.err"
+            "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$out/ncu-full-$1-$n.csv" 2>> "$out/ncu.err"
         echo "ncu sections $1 at $n: rc $?"
     done
 fi
