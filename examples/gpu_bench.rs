@@ -92,7 +92,9 @@ fn main() -> pariskv::Result<()> {
         Mode::All
     };
     let shape_at = args.iter().position(|a| a == "--shape");
-    let model = Model::named(shape_at.and_then(|i| args.get(i + 1)).map_or("llama8b", |s| s.as_str()));
+    let model = Model::named(
+        shape_at.map_or("llama8b", |i| args.get(i + 1).map(String::as_str).expect("--shape llama8b|qwen7b")),
+    );
     let sizes: Vec<usize> = args
         .iter()
         .enumerate()
@@ -219,7 +221,7 @@ fn bench(
     {
         driver::allow_clusters(clusters);
         driver::allow_programmatic_launch(programmatic);
-        // one layer: the 8 KV heads of one token are the units
+        // one layer: the KV heads of one token are the units
         let layer = GpuLayer {
             layout: UnitLayout {
                 n_units: kv_heads as i32,
