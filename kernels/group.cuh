@@ -146,34 +146,115 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
 }
 
 // Every union cell estimated for every head as a logit (pk_estimate's integers and sums),
-// its codes read once per batch of `hb` heads and their signed int8 levels expanded once
-// for the batch; the heads' maxima and +inf counts. A thread per list entry, the grid
-// striding over the list, so that every lane works. grid (blocks, 1, units),
-// PK_CHUNK_THREADS threads, dynamic shared memory hb queries in the estimate's form (the
-// heads' int8 coordinates, then their factors: group_estimate_smem)
+// its codes read once per batch of heads and their signed int8 levels expanded once for the
+// batch; the heads' maxima and +inf counts. A thread per list entry, the grid striding over
+// the list, so that every lane works. grid (blocks, 1, units), PK_CHUNK_THREADS threads,
+// dynamic shared memory HB queries in the estimate's form (the heads' int8 coordinates, then
+// their factors: group_estimate_smem of the kernel's HB).
 // groups of four blocks whose codes and weights a thread loads before using them
 #define PK_ESTIMATE_GROUPS 2
 
-// HB: the most heads a thread holds sums and extremes for (the registers it needs); hb <= HB
+// The batch's nh queries, padded with zero heads up to HB: the hot loop then runs over HB
+// heads with no test and no branch between them (a zero head's terms are zero and its
+// logits are never kept), so the compiler interleaves the heads' shared loads and products.
+template <int HB>
+__device__ __forceinline__ void pk_load_group_queries(const pk_step_args & a, long long ur0, int nh, signed char * qs,
+                                                      float * fs) {
+    for (int i = threadIdx.x; i < HB * a.dp; i += blockDim.x) qs[i] = i < nh * a.dp ? a.q_i8[ur0 * a.dp + i] : 0;
+    for (int i = threadIdx.x; i < HB * a.nb; i += blockDim.x) fs[i] = i < nh * a.nb ? a.q_factor[ur0 * a.nb + i] : 0.0f;
+}
+
+// One cell's sums for the HB heads, four blocks at a time (acc[j][b % 4] a register).
+// WIDE: the rows allow 16-byte code words and 8-byte weight words per four blocks, and the
+// blocks come in whole groups (nb % (4 * PK_ESTIMATE_GROUPS) == 0); then the heads' queries
+// and factors are read as 16-byte words too, and no test is left in the loop.
+template <int HB, bool WIDE>
+__device__ __forceinline__ void pk_group_estimate_cell(const pk_step_args & a, const unsigned char * nib, const __half * w,
+                                                       const signed char * qs, const float * fs, float (&acc)[HB][4]) {
+    for (int g0 = 0; g0 < a.nb; g0 += 4 * PK_ESTIMATE_GROUPS) {
+        uint4 codes4[PK_ESTIMATE_GROUPS];
+        uint2 w4[PK_ESTIMATE_GROUPS];
+#pragma unroll
+        for (int s = 0; s < PK_ESTIMATE_GROUPS; ++s) {
+            const int b0 = g0 + 4 * s;
+            if (WIDE) {
+                codes4[s] = ((const uint4 *) nib)[b0 / 4];
+                w4[s] = ((const uint2 *) w)[b0 / 4];
+            } else {
+                unsigned int word[4] = {0, 0, 0, 0};
+                unsigned short half[4] = {0, 0, 0, 0};
+                for (int bb = 0; bb < 4 && b0 + bb < a.nb; ++bb) {
+                    const unsigned char * x = nib + 4 * (b0 + bb);
+                    word[bb] = x[0] | x[1] << 8 | x[2] << 16 | (unsigned int) x[3] << 24;
+                    half[bb] = __half_as_ushort(w[b0 + bb]);
+                }
+                codes4[s] = make_uint4(word[0], word[1], word[2], word[3]);
+                w4[s] = make_uint2(half[0] | (unsigned int) half[1] << 16, half[2] | (unsigned int) half[3] << 16);
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < PK_ESTIMATE_GROUPS; ++s) {
+            const int b0 = g0 + 4 * s;
+            if (!WIDE && b0 >= a.nb) break;
+            // the four blocks' signed levels (coordinates 0-3 and 4-7) and weights, once for all heads
+            int lv_lo[4], lv_hi[4];
+            float wb[4];
+#pragma unroll
+            for (int bb = 0; bb < 4; ++bb) {
+                const unsigned int by4 = bb == 0 ? codes4[s].x : bb == 1 ? codes4[s].y : bb == 2 ? codes4[s].z : codes4[s].w;
+                const unsigned int wpair = bb < 2 ? w4[s].x : w4[s].y;
+                wb[bb] = __half2float(__ushort_as_half((unsigned short) (wpair >> (16 * (bb % 2)))));
+                lv_lo[bb] = pk_signed_levels(by4 & 0xFFFFu);
+                lv_hi[bb] = pk_signed_levels(by4 >> 16);
+            }
+#pragma unroll
+            for (int j = 0; j < HB; ++j) {
+                int2 q[4];
+                float f[4];
+                if (WIDE) {
+                    // blocks b0..b0+3 of head j: 32 bytes of coordinates, 16 of factors
+                    const int4 q01 = *(const int4 *) (qs + j * a.dp + b0 * PK_BLOCK);
+                    const int4 q23 = *(const int4 *) (qs + j * a.dp + (b0 + 2) * PK_BLOCK);
+                    const float4 f4 = *(const float4 *) (fs + j * a.nb + b0);
+                    q[0] = make_int2(q01.x, q01.y), q[1] = make_int2(q01.z, q01.w);
+                    q[2] = make_int2(q23.x, q23.y), q[3] = make_int2(q23.z, q23.w);
+                    f[0] = f4.x, f[1] = f4.y, f[2] = f4.z, f[3] = f4.w;
+                }
+#pragma unroll
+                for (int bb = 0; bb < 4; ++bb) {
+                    const int b = b0 + bb;
+                    if (!WIDE) {
+                        if (b >= a.nb) break;
+                        q[bb] = *(const int2 *) (qs + j * a.dp + b * PK_BLOCK);
+                        f[bb] = fs[j * a.nb + b];
+                    }
+                    const int dot = pk_block_dot(lv_lo[bb], lv_hi[bb], q[bb]);
+                    acc[j][bb] = __fadd_rn(acc[j][bb], pk_block_term(wb[bb], f[bb], dot));
+                }
+            }
+        }
+    }
+}
+
+// HB: the heads a thread holds sums and extremes for (the registers it needs); hb <= HB
 template <int HB>
 __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, int hb) {
-    extern __shared__ int2 pk_group_q[];
+    extern __shared__ __align__(16) signed char pk_group_q[];
     const int u = blockIdx.z, g = a.n_ret, lane = threadIdx.x % 32;
     const int n_list = pk_ret(a, u, 0).n_cand;
     if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
     const unsigned long long * list = a.cand + (long long) u * g * a.n;
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
     const __half * weights = (const __half *) (a.weights + pk_off(a, u, a.L.w_a, a.L.w_h));
-    // 16-byte code words and 8-byte weight words per four blocks, where every row allows
     const bool wide = (unsigned long long) nibbles % 16 == 0 && (a.dp / 2) % 16 == 0 &&
-                      (unsigned long long) weights % 8 == 0 && a.nb % 4 == 0;
+                      (unsigned long long) weights % 8 == 0 && a.nb % (4 * PK_ESTIMATE_GROUPS) == 0;
     __shared__ pk_block_extremes B;
-    signed char * qs = (signed char *) pk_group_q;
-    float * fs = (float *) (qs + hb * a.dp);
+    signed char * qs = pk_group_q;
+    float * fs = (float *) (qs + HB * a.dp);
     for (int h0 = 0; h0 < g; h0 += hb) {
         const int nh = min(hb, g - h0);
         __syncthreads(); // the previous batch's queries and extremes are no longer read
-        pk_load_queries_i8(a, (long long) u * g + h0, nh, qs, fs);
+        pk_load_group_queries<HB>(a, (long long) u * g + h0, nh, qs, fs);
         pk_block_extremes_clear(B);
         __syncthreads();
         pk_extremes ext[HB];
@@ -189,50 +270,10 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
                 const long long c = (long long) (list[i] & 0xFFFFFFFFull);
                 const unsigned char * nib = nibbles + c * (a.dp / 2);
                 const __half * w = weights + c * a.nb;
-                // four blocks at a time (acc[j][b % 4] a register): their 4-bit codes one
-                // 16-byte word, their weights one 8-byte word where the rows allow, and up to
-                // PK_ESTIMATE_GROUPS such groups loaded before any is used
-                for (int g0 = 0; g0 < a.nb; g0 += 4 * PK_ESTIMATE_GROUPS) {
-                    uint4 codes4[PK_ESTIMATE_GROUPS];
-                    uint2 w4[PK_ESTIMATE_GROUPS];
-#pragma unroll
-                    for (int s = 0; s < PK_ESTIMATE_GROUPS; ++s) {
-                        const int b0 = g0 + 4 * s;
-                        if (b0 >= a.nb) break;
-                        if (wide) {
-                            codes4[s] = ((const uint4 *) nib)[b0 / 4];
-                            w4[s] = ((const uint2 *) w)[b0 / 4];
-                        } else {
-                            unsigned int word[4] = {0, 0, 0, 0};
-                            unsigned short half[4] = {0, 0, 0, 0};
-                            for (int bb = 0; bb < 4 && b0 + bb < a.nb; ++bb) {
-                                const unsigned char * x = nib + 4 * (b0 + bb);
-                                word[bb] = x[0] | x[1] << 8 | x[2] << 16 | (unsigned int) x[3] << 24;
-                                half[bb] = __half_as_ushort(w[b0 + bb]);
-                            }
-                            codes4[s] = make_uint4(word[0], word[1], word[2], word[3]);
-                            w4[s] = make_uint2(half[0] | (unsigned int) half[1] << 16, half[2] | (unsigned int) half[3] << 16);
-                        }
-                    }
-#pragma unroll
-                    for (int s = 0; s < PK_ESTIMATE_GROUPS; ++s) {
-#pragma unroll
-                        for (int bb = 0; bb < 4; ++bb) {
-                            const int b = g0 + 4 * s + bb;
-                            if (b >= a.nb) break;
-                            const unsigned int by4 = bb == 0 ? codes4[s].x : bb == 1 ? codes4[s].y : bb == 2 ? codes4[s].z : codes4[s].w;
-                            const unsigned int wpair = bb < 2 ? w4[s].x : w4[s].y;
-                            const float wb = __half2float(__ushort_as_half((unsigned short) (wpair >> (16 * (bb % 2)))));
-                            // the block's signed levels, coordinates 0-3 and 4-7, for every head
-                            const int lv_lo = pk_signed_levels(by4 & 0xFFFFu), lv_hi = pk_signed_levels(by4 >> 16);
-#pragma unroll
-                            for (int j = 0; j < HB; ++j) {
-                                if (j >= nh) break;
-                                const int dot = pk_block_dot(lv_lo, lv_hi, *(const int2 *) (qs + j * a.dp + b * PK_BLOCK));
-                                acc[j][bb] = __fadd_rn(acc[j][bb], pk_block_term(wb, fs[j * a.nb + b], dot));
-                            }
-                        }
-                    }
+                if (wide) {
+                    pk_group_estimate_cell<HB, true>(a, nib, w, qs, fs, acc);
+                } else {
+                    pk_group_estimate_cell<HB, false>(a, nib, w, qs, fs, acc);
                 }
             }
 #pragma unroll
@@ -255,12 +296,13 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
     }
 }
 
-// pk_group_estimate_rows for batches of up to 4 heads (a group of 4 does not pay the
-// registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs: group_estimate_kernel)
-// (four blocks an SM: 64 registers, no spill, with two groups of blocks loaded at once)
-extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_4(pk_step_args a, int hb) {
+// pk_group_estimate_rows for batches of up to PK_GROUP_HEAD_BATCH_SMALL heads (a group of 4
+// does not pay the registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs:
+// group_estimate_kernel) (four blocks an SM: 64 registers, no spill, with two groups of
+// blocks loaded at once)
+extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_small(pk_step_args a, int hb) {
     pk_grid_order();
-    pk_group_estimate_rows<4>(a, hb);
+    pk_group_estimate_rows<PK_GROUP_HEAD_BATCH_SMALL>(a, hb);
 }
 extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
     pk_grid_order();

@@ -5,8 +5,8 @@
 use crate::constants::{
     GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CELL_BLOCKS, GPU_CHUNK,
     GPU_CHUNK_THREADS, GPU_DONE_SLOTS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH,
-    GPU_LIST_BLOCKS, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_CLUSTER, GPU_TOPK_CLUSTER_SMEM,
-    GPU_TOPK_STASH, GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_GROUP_HEAD_BATCH_SMALL, GPU_LIST_BLOCKS, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_CLUSTER,
+    GPU_TOPK_CLUSTER_SMEM, GPU_TOPK_STASH, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -154,9 +154,10 @@ pub fn group_head_batch(heads: usize) -> usize {
     heads.clamp(1, GPU_GROUP_HEAD_BATCH)
 }
 
-/// Dynamic shared memory of pk_group_estimate: the queries of a batch of heads.
-pub const fn group_estimate_smem(head_batch: usize, padded_dim: usize) -> usize {
-    head_batch * query_i8_smem(padded_dim)
+/// Dynamic shared memory of a pk_group_estimate kernel: the queries of the batch it holds
+/// (its capacity: the kernel pads a smaller batch with zero heads).
+pub const fn group_estimate_smem(capacity: usize, padded_dim: usize) -> usize {
+    capacity * query_i8_smem(padded_dim)
 }
 
 pub const GROUP_UNION: Kernel = k("pk_group_union");
@@ -164,16 +165,19 @@ pub const GROUP_ESTIMATE: Kernel = Kernel {
     name: "pk_group_estimate",
     dynamic_smem: group_estimate_smem(GPU_GROUP_HEAD_BATCH, MAX_HEAD_DIM),
 };
-/// pk_group_estimate compiled for head batches of up to 4 (fewer registers).
-pub const GROUP_ESTIMATE_4: Kernel =
-    Kernel { name: "pk_group_estimate_4", dynamic_smem: group_estimate_smem(4, MAX_HEAD_DIM) };
+/// pk_group_estimate compiled for the smaller head batches (fewer registers).
+pub const GROUP_ESTIMATE_SMALL: Kernel = Kernel {
+    name: "pk_group_estimate_small",
+    dynamic_smem: group_estimate_smem(GPU_GROUP_HEAD_BATCH_SMALL, MAX_HEAD_DIM),
+};
 
-/// The group estimate kernel for a head batch of `hb` (from `group_head_batch`).
-pub fn group_estimate_kernel(hb: usize) -> Kernel {
-    if hb <= 4 {
-        GROUP_ESTIMATE_4
+/// The group estimate kernel for a head batch of `hb` (from `group_head_batch`), and its
+/// capacity: the heads it computes, the batch padded with zero heads up to them.
+pub fn group_estimate_kernel(hb: usize) -> (Kernel, usize) {
+    if hb <= GPU_GROUP_HEAD_BATCH_SMALL {
+        (GROUP_ESTIMATE_SMALL, GPU_GROUP_HEAD_BATCH_SMALL)
     } else {
-        GROUP_ESTIMATE
+        (GROUP_ESTIMATE, GPU_GROUP_HEAD_BATCH)
     }
 }
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
@@ -254,7 +258,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     REFINE_PICK_BY_CLUSTER,
     GROUP_UNION,
     GROUP_ESTIMATE,
-    GROUP_ESTIMATE_4,
+    GROUP_ESTIMATE_SMALL,
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,

@@ -450,8 +450,9 @@ fn group_select(
     // lists' lengths are known on the device only: blocks stride over a bound of them
     let blocks =
         |per_unit: usize| layer.n.div_ceil(THREADS as usize).clamp(1, (LIST_BLOCKS / per_unit).max(1)) as u32;
-    let smem = group_estimate_smem(hb, shape.padded_dim) as u32;
-    launch(module, group_estimate_kernel(hb), (blocks(units), 1, u), THREADS, smem, stream, &mut ep)?;
+    let (estimate, capacity) = group_estimate_kernel(hb);
+    let smem = group_estimate_smem(capacity, shape.padded_dim) as u32;
+    launch(module, estimate, (blocks(units), 1, u), THREADS, smem, stream, &mut ep)?;
     let mut stage = 0i32;
     let mut sp = [ap, &mut stage as *mut i32 as *mut c_void];
     launch(module, GROUP_NORM, (blocks(units * n_ret), r, u), THREADS, 0, stream, &mut sp)?;
