@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Decode speed against context depth from llama-bench results, markdown tables (-o md) or
 JSON (-o json, files ending in .json), as a PNG with one line per mode: dense (pkt 0),
-ParisKV with K/V in GPU memory (pkt > 0), ParisKV offload (pkt > 0, pko 1), and stock
-llama.cpp with the K/V in host memory (pkt 0, nkvo 1; JSON only). Rows are tg tests ("tg128
+ParisKV with K/V in GPU memory (pkt > 0), ParisKV offload (pkt > 0, pko 1), stock
+llama.cpp with the K/V in host memory (pkt 0, nkvo 1; JSON only), and ParisKV with one
+retrieval per KV head (`--pariskv-gqa mean`, the paper's configuration; JSON only). Rows are tg tests ("tg128
 @ d32768"); a table's pkt/pko columns, when absent, take llama-bench's defaults (0). Prints
 the points and the ratios to dense.
 
@@ -23,12 +24,15 @@ MODES = [
     "ParisKV, K/V in GPU memory",
     "ParisKV offload, K/V in host RAM",
     "stock -nkvo, K/V in host RAM",
+    "ParisKV, group-mean query (paper), K/V in GPU memory",
 ]
 
 
-def mode_of(pkt, pko, nkvo=False):
+def mode_of(pkt, pko, nkvo=False, mean=False):
     if pkt == 0:
         return MODES[3] if nkvo else MODES[0]
+    if mean and not pko:
+        return MODES[4]
     return MODES[2] if pko else MODES[1]
 
 
@@ -37,7 +41,8 @@ def json_rows(path):
     for r in json.load(open(path)):
         if r.get("n_prompt", 0) or not r.get("n_gen", 0):
             continue
-        mode = mode_of(r.get("pariskv_topk", 0), r.get("pariskv_offload", False), r.get("no_kv_offload", False))
+        mode = mode_of(r.get("pariskv_topk", 0), r.get("pariskv_offload", False), r.get("no_kv_offload", False),
+                       r.get("pariskv_gqa") == "mean")
         yield mode, r["n_depth"], r["avg_ts"], r["stddev_ts"]
 
 
