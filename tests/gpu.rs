@@ -933,6 +933,11 @@ mod step {
                 ..Case::BASE
             },
             Case { g: 6, n: 30_000, gqa: Group, top_k: 1024, refine: 2, tuned: true, ..Case::BASE },
+            // the estimate's head batches padded with zero heads: 12 heads in batches of 8
+            // and 4 (the second padded in the 8-head kernel), and d 32, whose 4 blocks take
+            // the estimate's path for rows not in whole groups of 8 blocks
+            Case { g: 12, n: 6000, gqa: Group, top_k: 256, kv: 1, refine: 2, tuned: true, ..Case::BASE },
+            Case { d: 32, g: 3, n: 3000, gqa: Group, top_k: 128, refine: 2, tuned: true, ..Case::BASE },
             Case { d: 256, n: 20_000, gqa: Group, top_k: 2048, kv: 1, refine: 4, tuned: true, ..Case::BASE },
             Case { d: 256, n: 2000, gqa: Group, top_k: 4096, kv: 1, refine: 2, tuned: true, ..Case::BASE },
             Case {
