@@ -298,8 +298,9 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
 
 // pk_group_estimate_rows for batches of up to PK_GROUP_HEAD_BATCH_SMALL heads (a group of 4
 // does not pay the registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs:
-// group_estimate_kernel) (four blocks an SM: 64 registers, no spill, with two groups of
-// blocks loaded at once)
+// group_estimate_kernel). The small one runs four blocks an SM: 64 registers, with two
+// groups of blocks loaded at once; the few values it spills are reloaded once a batch,
+// outside the loop over cells.
 extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_small(pk_step_args a, int hb) {
     pk_grid_order();
     pk_group_estimate_rows<PK_GROUP_HEAD_BATCH_SMALL>(a, hb);

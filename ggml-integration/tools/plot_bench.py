@@ -3,9 +3,9 @@
 JSON (-o json, files ending in .json), as a PNG with one line per mode: dense (pkt 0),
 ParisKV with K/V in GPU memory (pkt > 0), ParisKV offload (pkt > 0, pko 1), stock
 llama.cpp with the K/V in host memory (pkt 0, nkvo 1; JSON only), and ParisKV with one
-retrieval per KV head (`--pariskv-gqa mean`, the paper's configuration; JSON only). Rows are tg tests ("tg128
-@ d32768"); a table's pkt/pko columns, when absent, take llama-bench's defaults (0). Prints
-the points and the ratios to dense.
+retrieval per KV head (`--pariskv-gqa mean`, the paper's configuration; JSON only). Rows
+are tg tests ("tg128 @ d32768"); a table's pkt/pko columns, when absent, take llama-bench's
+defaults (0). Prints the points and the ratios to dense.
 
   plot_bench.py OUT.png RESULTS [RESULTS ...] [--title TEXT] [--log-y]
 """
