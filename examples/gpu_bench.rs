@@ -1,6 +1,7 @@
 //! GPU benchmark (feature `cuda`): one decode step as llama.cpp would run it for an
 //! 8B-shaped model (d = 128, 8 KV heads of 4 query heads each, 32 layers; `--shape qwen7b`:
-//! the Qwen2.5-7B-1M shape, 4 KV heads of 7 query heads each, 28 layers; top-k 2048,
+//! the Qwen2.5-7B-1M shape, 4 KV heads of 7 query heads each, 28 layers; `--shape mha7b`:
+//! a multi-head 7B (Llama-2-7B), 32 KV heads of one query head, 32 layers; top-k 2048,
 //! sink 4, window 512), at N cells, with K/V in device memory and in pinned host memory
 //! (UVA); time per stage from CUDA events, and dense attention over all N in the same run.
 //! The step starts from the zone histogram the encodes keep, as in llama.cpp; the row
@@ -15,7 +16,7 @@
 //! each without and with refine 2 (the defaults: today's table and refine 2).
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- [--defaults-only | --offload]
-//!       [--shape llama8b|qwen7b] [N ...]
+//!       [--shape llama8b|qwen7b|mha7b] [N ...]
 //!
 //! `--defaults-only`: only the default settings with K/V in HBM, kept, recounting, with the
 //! one-block top-k and with plain launches (for profilers). `--offload`: only the default
@@ -38,7 +39,7 @@ use pariskv::step::StepParams;
 
 const D: usize = 128;
 
-/// The model shape a step is timed for (the head dimension is D for both).
+/// The model shape a step is timed for (the head dimension is D for all).
 #[derive(Clone, Copy)]
 struct Model {
     kv_heads: usize,
@@ -52,7 +53,8 @@ impl Model {
         match name {
             "llama8b" => Model { kv_heads: 8, group: 4, layers: 32 },
             "qwen7b" => Model { kv_heads: 4, group: 7, layers: 28 },
-            _ => panic!("--shape: llama8b or qwen7b, not {name}"),
+            "mha7b" => Model { kv_heads: 32, group: 1, layers: 32 },
+            _ => panic!("--shape: llama8b, qwen7b or mha7b, not {name}"),
         }
     }
 }
@@ -92,9 +94,10 @@ fn main() -> pariskv::Result<()> {
         Mode::All
     };
     let shape_at = args.iter().position(|a| a == "--shape");
-    let model = Model::named(
-        shape_at.map_or("llama8b", |i| args.get(i + 1).map(String::as_str).expect("--shape llama8b|qwen7b")),
-    );
+    let model =
+        Model::named(shape_at.map_or("llama8b", |i| {
+            args.get(i + 1).map(String::as_str).expect("--shape llama8b|qwen7b|mha7b")
+        }));
     let sizes: Vec<usize> = args
         .iter()
         .enumerate()

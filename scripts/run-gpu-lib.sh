@@ -9,7 +9,7 @@
 #   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
 #
 # SIZES (default "32768 131072") sets the cache sizes, SHAPE (llama8b, gpu_bench's
-# default, or qwen7b) its model shape; TEST_TIMEOUT and BENCH_TIMEOUT (240 s
+# default, qwen7b or mha7b) its model shape; TEST_TIMEOUT and BENCH_TIMEOUT (240 s
 # each) bound each build's tests and each benchmark run. Logs go to OUT; a summary is printed.
 set -uo pipefail
 out=${1:?usage: run-gpu-lib.sh OUT [NAME ...]}
