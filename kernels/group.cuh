@@ -154,16 +154,6 @@ extern "C" __global__ void pk_group_union(pk_step_args a) {
 // groups of four blocks whose codes and weights a thread loads before using them
 #define PK_ESTIMATE_GROUPS 2
 
-// The batch's nh queries, padded with zero heads up to HB: the hot loop then runs over HB
-// heads with no test and no branch between them (a zero head's terms are zero and its
-// logits are never kept), so the compiler interleaves the heads' shared loads and products.
-template <int HB>
-__device__ __forceinline__ void pk_load_group_queries(const pk_step_args & a, long long ur0, int nh, signed char * qs,
-                                                      float * fs) {
-    for (int i = threadIdx.x; i < HB * a.dp; i += blockDim.x) qs[i] = i < nh * a.dp ? a.q_i8[ur0 * a.dp + i] : 0;
-    for (int i = threadIdx.x; i < HB * a.nb; i += blockDim.x) fs[i] = i < nh * a.nb ? a.q_factor[ur0 * a.nb + i] : 0.0f;
-}
-
 // One cell's sums for the HB heads, four blocks at a time (acc[j][b % 4] a register).
 // WIDE: the rows allow 16-byte code words and 8-byte weight words per four blocks, and the
 // blocks come in whole groups (nb % (4 * PK_ESTIMATE_GROUPS) == 0); then the heads' queries
@@ -254,7 +244,10 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
     for (int h0 = 0; h0 < g; h0 += hb) {
         const int nh = min(hb, g - h0);
         __syncthreads(); // the previous batch's queries and extremes are no longer read
-        pk_load_group_queries<HB>(a, (long long) u * g + h0, nh, qs, fs);
+        // padded with zero heads up to HB: the hot loop then runs over HB heads with no
+        // test and no branch between them (a zero head's terms are zero and its logits are
+        // never kept), so the compiler interleaves the heads' shared loads and products
+        pk_load_queries_i8(a, (long long) u * g + h0, nh, HB, qs, fs);
         pk_block_extremes_clear(B);
         __syncthreads();
         pk_extremes ext[HB];

@@ -14,10 +14,12 @@ __device__ __forceinline__ float pk_head_mean(const char * q0, long long q_strid
 }
 
 // the rotated queries of retrievals ur0..ur0 + n - 1 (consecutive) in int8 and their factors
-// into shared memory (qi: n * dp bytes, factor: n * nb floats), by the block
-__device__ __forceinline__ void pk_load_queries_i8(const pk_step_args & a, long long ur0, int n, signed char * qi, float * factor) {
-    for (int i = threadIdx.x; i < n * a.dp; i += blockDim.x) qi[i] = a.q_i8[ur0 * a.dp + i];
-    for (int i = threadIdx.x; i < n * a.nb; i += blockDim.x) factor[i] = a.q_factor[ur0 * a.nb + i];
+// into shared memory (qi: padded * dp bytes, factor: padded * nb floats), then zero queries
+// up to `padded` heads (padded >= n), by the block
+__device__ __forceinline__ void pk_load_queries_i8(const pk_step_args & a, long long ur0, int n, int padded, signed char * qi,
+                                                   float * factor) {
+    for (int i = threadIdx.x; i < padded * a.dp; i += blockDim.x) qi[i] = i < n * a.dp ? a.q_i8[ur0 * a.dp + i] : 0;
+    for (int i = threadIdx.x; i < padded * a.nb; i += blockDim.x) factor[i] = i < n * a.nb ? a.q_factor[ur0 * a.nb + i] : 0.0f;
 }
 
 // Tier level of every centroid, with the retrieval queries rotated on the way: grid

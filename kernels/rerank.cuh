@@ -50,7 +50,7 @@ extern "C" __global__ void pk_select_rerank(pk_step_args a) {
     const int r = blockIdx.y, u = blockIdx.z, ur = u * a.n_ret + r;
     signed char * qi = (signed char *) pk_rerank_query;
     float * factor = (float *) (qi + a.dp);
-    pk_load_queries_i8(a, ur, 1, qi, factor);
+    pk_load_queries_i8(a, ur, 1, 1, qi, factor);
     pk_retrieval & x = pk_ret(a, u, r);
     unsigned long long * cand = a.cand + (long long) ur * a.n;
     const unsigned char * nibbles = (const unsigned char *) (a.nibbles + pk_off(a, u, a.L.nib_a, a.L.nib_h));
