@@ -76,52 +76,67 @@ __device__ __forceinline__ void pk_block_extremes_flush(const pk_block_extremes 
 // One pass over a chunk of cells for all heads of the unit: each cell is in the union when
 // any head chose it (pk_for_candidates' rule, every head's tie rank kept); union cells are
 // appended to retrieval 0's list (in no particular order: the list is ranked by key), with
-// one atomic on its length per block. grid (chunks, 1, units), PK_CHUNK_THREADS threads
+// one atomic on its length per block. grid (chunks, 1, units), PK_CHUNK_THREADS threads.
+// One barrier a round: the warps' tie counts and the heads' running tie bases are double
+// buffered by the round's parity, so a warp that runs ahead into the next round writes the
+// other buffer; each warp sums the earlier warps' ties once a head (a lane a head) and hands
+// the sums out by shuffles only where the head has ties in the warp.
 extern "C" __global__ void pk_group_union(pk_step_args a) {
     pk_grid_order();
-    __shared__ int warp_ties[PK_MAX_GROUP][PK_CHUNK_THREADS / 32];
-    __shared__ int base[PK_MAX_GROUP];
-    __shared__ int warp_union[PK_CHUNK_THREADS / 32];
+    constexpr int WARPS = PK_CHUNK_THREADS / 32;
+    static_assert(PK_MAX_GROUP <= 32, "a lane a head");
+    __shared__ int warp_ties[2][PK_MAX_GROUP][WARPS];
+    __shared__ int base[2][PK_MAX_GROUP];
+    __shared__ int cutoff[PK_MAX_GROUP], ties_left[PK_MAX_GROUP];
+    __shared__ int warp_union[WARPS];
     __shared__ int block_slot;
     const int u = blockIdx.z, g = a.n_ret;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int r = threadIdx.x; r < g; r += blockDim.x) {
-        base[r] = a.chunk_ties[((long long) u * g + r) * (pk_n_chunks(a) + 1) + blockIdx.x];
+        const pk_retrieval & x = pk_ret(a, u, r);
+        base[0][r] = a.chunk_ties[((long long) u * g + r) * (pk_n_chunks(a) + 1) + blockIdx.x];
+        // a head that keeps nothing: no count reaches its cutoff, and none ties
+        cutoff[r] = x.k > 0 ? x.cutoff : INT_MAX;
+        ties_left[r] = x.ties_left;
     }
     __syncthreads();
     pk_retrieval & x0 = pk_ret(a, u, 0);
     unsigned long long * list = a.cand + (long long) u * g * a.n;
     const int end = min(a.n, (blockIdx.x + 1) * PK_CHUNK);
+    const unsigned int lanes_before = (1u << lane) - 1;
     unsigned int mine = 0; // bit round: this thread's cell of that round is in the union
     for (int round = 0; round < PK_CHUNK_ROUNDS; ++round) {
+        const int buf = round & 1;
         const int c = blockIdx.x * PK_CHUNK + round * PK_CHUNK_THREADS + threadIdx.x;
         unsigned int chosen = 0; // bit r: head r chose c
         unsigned int tie = 0;
-        for (int r = 0; r < g; ++r) {
-            const pk_retrieval & x = pk_ret(a, u, r);
-            const int count = c < end ? a.counts[((long long) u * g + r) * a.n + c] : PK_NOT_IN_ZONE;
-            const bool t = count == x.cutoff;
+        const unsigned short * count_of = a.counts + (long long) u * g * a.n + c; // head 0's count of c
+        for (int r = 0; r < g; ++r, count_of += a.n) {
+            const int count = c < end ? *count_of : PK_NOT_IN_ZONE;
+            const int cut = cutoff[r];
+            const bool t = count == cut;
             const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, t);
-            if (lane == 0) warp_ties[r][warp] = __popc(ballot);
+            if (lane == 0) warp_ties[buf][r][warp] = __popc(ballot);
             tie |= (unsigned int) t << r;
-            if (count != PK_NOT_IN_ZONE && count > x.cutoff && x.k > 0) chosen |= 1u << r;
+            if (count != PK_NOT_IN_ZONE && count > cut) chosen |= 1u << r;
         }
         __syncthreads();
-        // rank of each tie among the ties before it: the warp's earlier lanes, the block's
-        // earlier warps, the chunk's earlier rounds and the earlier chunks
+        // lane r: head r's ties before this warp (the chunk's earlier rounds and chunks in
+        // base, the block's earlier warps)
+        int before = 0;
+        if (lane < g) {
+            before = base[buf][lane];
+            for (int w = 0; w < warp; ++w) before += warp_ties[buf][lane][w];
+        }
         for (int r = 0; r < g; ++r) {
             const unsigned int ballot = __ballot_sync(0xFFFFFFFFu, tie >> r & 1);
-            int rank = base[r] + __popc(ballot & ((1u << lane) - 1));
-            for (int w = 0; w < warp; ++w) rank += warp_ties[r][w];
-            const pk_retrieval & x = pk_ret(a, u, r);
-            if ((tie >> r & 1) && rank < x.ties_left && x.k > 0) chosen |= 1u << r;
+            if (ballot == 0) continue; // warp-uniform: no tie of head r here
+            const int rank = __shfl_sync(0xFFFFFFFFu, before, r) + __popc(ballot & lanes_before);
+            if ((tie >> r & 1) && rank < ties_left[r]) chosen |= 1u << r;
         }
-        __syncthreads();
-        for (int r = threadIdx.x; r < g; r += blockDim.x) {
-            for (int w = 0; w < PK_CHUNK_THREADS / 32; ++w) base[r] += warp_ties[r][w];
-        }
+        // the next round's bases, by the last warp (its sums cover every earlier warp)
+        if (warp == WARPS - 1 && lane < g) base[buf ^ 1][lane] = before + warp_ties[buf][lane][warp];
         mine |= (unsigned int) (chosen != 0) << round;
-        __syncthreads();
     }
     // the block's union cells: a scan over its threads, one atomic for the block
     const int n_mine = __popc(mine);
