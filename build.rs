@@ -289,7 +289,6 @@ fn constants_header() -> String {
     writeln!(h, "#define PK_MAX_GROUP {GPU_MAX_GROUP}").unwrap();
     writeln!(h, "#define PK_DONE_SLOTS {GPU_DONE_SLOTS}").unwrap();
     writeln!(h, "#define PK_GROUP_HEAD_BATCH {GPU_GROUP_HEAD_BATCH}").unwrap();
-    writeln!(h, "#define PK_GROUP_HEAD_BATCH_SMALL {GPU_GROUP_HEAD_BATCH_SMALL}").unwrap();
     writeln!(h, "__constant__ const float PK_LEVELS[{N_LEVELS}] = {{{}}};", list(&LEVELS)).unwrap();
     // the int8 magnitudes, 4 to a word (byte i of word w: level 4w + i), for __byte_perm
     const _: () = assert!(N_LEVELS == 8);

@@ -304,16 +304,20 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
     }
 }
 
-// pk_group_estimate_rows for batches of up to PK_GROUP_HEAD_BATCH_SMALL heads (a group of 4
-// does not pay the registers of 8) and of up to PK_GROUP_HEAD_BATCH (src/cuda/kernels.rs:
-// group_estimate_kernel). The small one runs four blocks an SM: 64 registers, with two
-// groups of blocks loaded at once; the few values it spills are reloaded once a batch,
-// outside the loop over cells.
-extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_small(pk_step_args a, int hb) {
-    pk_grid_order();
-    pk_group_estimate_rows<PK_GROUP_HEAD_BATCH_SMALL>(a, hb);
-}
-extern "C" __global__ void pk_group_estimate(pk_step_args a, int hb) {
+// pk_group_estimate_rows by capacity (src/cuda/kernels.rs: GROUP_ESTIMATE): 1, 2 and 4 heads
+// with four blocks an SM (64 registers, with two groups of blocks loaded at once; the few
+// values the 4-head one spills are reloaded once a batch, outside the loop over cells), and
+// PK_GROUP_HEAD_BATCH
+#define PK_GROUP_ESTIMATE_SMALL(HB)                                                                        \
+    extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_##HB(pk_step_args a, int hb) { \
+        pk_grid_order();                                                                                   \
+        pk_group_estimate_rows<HB>(a, hb);                                                                 \
+    }
+PK_GROUP_ESTIMATE_SMALL(1)
+PK_GROUP_ESTIMATE_SMALL(2)
+PK_GROUP_ESTIMATE_SMALL(4)
+static_assert(PK_GROUP_HEAD_BATCH == 8, "pk_group_estimate_8");
+extern "C" __global__ void pk_group_estimate_8(pk_step_args a, int hb) {
     pk_grid_order();
     pk_group_estimate_rows<PK_GROUP_HEAD_BATCH>(a, hb);
 }

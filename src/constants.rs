@@ -115,9 +115,6 @@ pub const GPU_DONE_SLOTS: usize = GPU_MAX_GROUP;
 /// Most heads one block of the group policy's candidate pass estimates at once (their
 /// accumulators live in registers, their rotated queries in shared memory).
 pub const GPU_GROUP_HEAD_BATCH: usize = 8;
-/// The smaller batch of the group estimate (a group of 4 does not pay the registers of 8;
-/// a batch is padded with zero heads up to its kernel's).
-pub const GPU_GROUP_HEAD_BATCH_SMALL: usize = 4;
 
 // Portable exp (`portable::exp`): Cody-Waite reduction x = n ln2 + r and a degree-5
 // polynomial for e^r (the classic single-precision minimax coefficients of Cephes' expf,

@@ -5,8 +5,8 @@
 use crate::constants::{
     GPU_ATT_BLOCKS, GPU_ATT_ROWS, GPU_ATT_STATE_HEAD, GPU_ATT_WARPS, GPU_CELL_BLOCKS, GPU_CHUNK,
     GPU_CHUNK_THREADS, GPU_DONE_SLOTS, GPU_ENCODE_WARPS, GPU_GATHER_WARPS, GPU_GROUP_HEAD_BATCH,
-    GPU_GROUP_HEAD_BATCH_SMALL, GPU_LIST_BLOCKS, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_CLUSTER,
-    GPU_TOPK_CLUSTER_SMEM, GPU_TOPK_STASH, GPU_TOPK_THREADS, MAX_HEAD_DIM,
+    GPU_LIST_BLOCKS, GPU_MAX_GROUP, GPU_REFINE_WARPS, GPU_TOPK_CLUSTER, GPU_TOPK_CLUSTER_SMEM,
+    GPU_TOPK_STASH, GPU_TOPK_THREADS, MAX_HEAD_DIM,
 };
 use crate::shape::{BLOCK, N_CENTROIDS};
 
@@ -161,24 +161,25 @@ pub const fn group_estimate_smem(capacity: usize, padded_dim: usize) -> usize {
 }
 
 pub const GROUP_UNION: Kernel = k("pk_group_union");
-pub const GROUP_ESTIMATE: Kernel = Kernel {
-    name: "pk_group_estimate",
-    dynamic_smem: group_estimate_smem(GPU_GROUP_HEAD_BATCH, MAX_HEAD_DIM),
-};
-/// pk_group_estimate compiled for the smaller head batches (fewer registers).
-pub const GROUP_ESTIMATE_SMALL: Kernel = Kernel {
-    name: "pk_group_estimate_small",
-    dynamic_smem: group_estimate_smem(GPU_GROUP_HEAD_BATCH_SMALL, MAX_HEAD_DIM),
-};
+const fn group_estimate(capacity: usize, name: &'static str) -> (usize, Kernel) {
+    (capacity, Kernel { name, dynamic_smem: group_estimate_smem(capacity, MAX_HEAD_DIM) })
+}
+/// pk_group_estimate by capacity: the heads it computes, a batch padded with zero heads up
+/// to the smallest capacity that holds it (fewer heads, fewer registers and no wasted work
+/// for small groups).
+pub const GROUP_ESTIMATE: [(usize, Kernel); 4] = [
+    group_estimate(1, "pk_group_estimate_1"),
+    group_estimate(2, "pk_group_estimate_2"),
+    group_estimate(4, "pk_group_estimate_4"),
+    group_estimate(GPU_GROUP_HEAD_BATCH, "pk_group_estimate_8"),
+];
+const _: () = assert!(GPU_GROUP_HEAD_BATCH == 8, "the largest capacity is pk_group_estimate_8");
 
 /// The group estimate kernel for a head batch of `hb` (from `group_head_batch`), and its
-/// capacity: the heads it computes, the batch padded with zero heads up to them.
+/// capacity.
 pub fn group_estimate_kernel(hb: usize) -> (Kernel, usize) {
-    if hb <= GPU_GROUP_HEAD_BATCH_SMALL {
-        (GROUP_ESTIMATE_SMALL, GPU_GROUP_HEAD_BATCH_SMALL)
-    } else {
-        (GROUP_ESTIMATE, GPU_GROUP_HEAD_BATCH)
-    }
+    let (capacity, kernel) = *GROUP_ESTIMATE.iter().find(|(c, _)| *c >= hb).unwrap_or(&GROUP_ESTIMATE[3]);
+    (kernel, capacity)
 }
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
 pub const GROUP_SCORE: Kernel = k("pk_group_score");
@@ -257,8 +258,10 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TOPK_BY_CLUSTER,
     REFINE_PICK_BY_CLUSTER,
     GROUP_UNION,
-    GROUP_ESTIMATE,
-    GROUP_ESTIMATE_SMALL,
+    GROUP_ESTIMATE[0].1,
+    GROUP_ESTIMATE[1].1,
+    GROUP_ESTIMATE[2].1,
+    GROUP_ESTIMATE[3].1,
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,
