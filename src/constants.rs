@@ -70,9 +70,10 @@ pub const GPU_CHUNK_THREADS: usize = 256;
 /// Rows per block of the attention kernel at the least (when its bound on a unit's rows is
 /// small), which also sizes its partial results.
 pub const GPU_ATT_ROWS: usize = 64;
-/// Blocks one attention launch aims at, all units and head batches together: a unit's rows
-/// are split evenly over its share of them. Also the most blocks the last block of a unit
-/// combines.
+/// Blocks one attention launch aims at, all units and head batches together, where the GPU
+/// holds that many at once (else as many as it holds: `Module::resident_blocks`): a unit's
+/// rows are split evenly over its share of them. Also the most blocks the last block of a
+/// unit combines.
 pub const GPU_ATT_BLOCKS: usize = 256;
 /// Floats before a head's accumulator in a block's attention state (max, sum and padding
 /// that keeps the accumulator 16-byte aligned for vector loads).

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys;
 
-use super::kernels::{Kernel, ALL_KERNELS, ATTEND};
+use super::kernels::{Kernel, ALL_KERNELS, ATTEND, ATT_WARPS};
 use crate::error::{Error, Result};
 
 pub use sys::{CUcontext, CUdeviceptr, CUstream};
@@ -172,6 +172,8 @@ pub struct Module {
     /// The context's device has thread-block clusters and programmatic dependent launch
     /// (compute capability 9.0 on).
     sm90: bool,
+    /// Each attention kernel's blocks the whole GPU holds at once (`resident_blocks`).
+    resident: HashMap<&'static str, usize>,
 }
 
 /// Whether launches may use thread-block clusters where the device has them (the default);
@@ -204,6 +206,13 @@ impl Module {
         self.functions[k.name]
     }
 
+    /// How many blocks of attention kernel `k` (ATT_WARPS warps, its largest dynamic shared
+    /// memory) the GPU runs at once: a launch of more runs in waves, each wave's blocks
+    /// paying the whole latency chain of a block again.
+    pub fn resident_blocks(&self, k: Kernel) -> usize {
+        self.resident[k.name]
+    }
+
     /// Whether a stage may launch its cluster kernel (kernels/topk_cluster.cuh).
     pub fn clusters(&self) -> bool {
         self.sm90 && CLUSTERS_ALLOWED.load(Ordering::Relaxed)
@@ -217,14 +226,18 @@ impl Module {
 
 /// The compute capability's major number of the current context's device.
 fn compute_major() -> Result<i32> {
+    device_attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+}
+
+/// An attribute of the current context's device.
+fn device_attribute(attr: sys::CUdevice_attribute) -> Result<i32> {
     let mut dev: sys::CUdevice = 0;
     // SAFETY: writes the current context's device.
     check(unsafe { sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
-    let mut major = 0;
-    let attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR;
+    let mut value = 0;
     // SAFETY: `dev` is a device ordinal the driver returned; writes one int.
-    check(unsafe { sys::cuDeviceGetAttribute(&mut major, attr, dev) }, "cuDeviceGetAttribute")?;
-    Ok(major)
+    check(unsafe { sys::cuDeviceGetAttribute(&mut value, attr, dev) }, "cuDeviceGetAttribute")?;
+    Ok(value)
 }
 
 /// The module of the context `stream` belongs to (the null stream: the current context),
@@ -261,7 +274,19 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
         functions.insert(k.name, f);
     }
     let sm90 = compute_major()? >= 9;
-    let m: &'static Module = Box::leak(Box::new(Module { functions, sm90 }));
+    let sms = device_attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let mut resident = HashMap::new();
+    for k in ATTEND.iter().flat_map(|v| [&v.plain, &v.cached]) {
+        let mut per_sm = 0;
+        let threads = (ATT_WARPS * 32) as i32;
+        // SAFETY: `functions[k.name]` is a function of the loaded module; writes one int.
+        let r = unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, functions[k.name], threads, k.dynamic_smem)
+        };
+        check(r, "cuOccupancyMaxActiveBlocksPerMultiprocessor")?;
+        resident.insert(k.name, (per_sm.max(1) * sms.max(1)) as usize);
+    }
+    let m: &'static Module = Box::leak(Box::new(Module { functions, sm90, resident }));
     modules.insert(ctx as usize, m);
     Ok(m)
 }

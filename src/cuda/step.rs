@@ -564,8 +564,10 @@ pub fn attend(
     check_rows(layer.v_dtype, buf.dv, "V")?;
     let (kernel, hb) = attend_variant(shape.head_dim, buf.dv, layer.n_heads, layer.row_cache.is_some());
     let batches = layer.n_heads.div_ceil(hb);
-    // blocks per unit: the rows split evenly, at least ATT_ROWS each where the bound is small
-    let max_chunks = max_rows.div_ceil(ATT_ROWS).clamp(1, (ATT_BLOCKS / (units * batches)).max(1));
+    // blocks per unit: the rows split evenly, at least ATT_ROWS each where the bound is small,
+    // all units' blocks in one wave (a second wave would pay a block's latency chain again)
+    let blocks = ATT_BLOCKS.min(module.resident_blocks(kernel));
+    let max_chunks = max_rows.div_ceil(ATT_ROWS).clamp(1, (blocks / (units * batches)).max(1));
     let mut att = AttendArgs {
         layout: layer.layout,
         rows: rows.rows,
