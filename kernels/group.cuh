@@ -5,7 +5,8 @@
 //                        chose (the union, in retrieval 0's list);
 //   pk_group_estimate    each union cell estimated for every head as a logit, its codes read
 //                        once per batch of heads; the heads' maxima and +inf counts;
-//   pk_group_norm        each head's softmax normaliser, in fixed point (portable.rs);
+//   pk_group_norm        each head's softmax normaliser, in fixed point (portable.rs); it
+//                        replaces each logit by its exp(logit - max), which the score reuses;
 //   pk_group_score       each cell's mean probability over the heads, as its key;
 // pk_topk keeps the best (or the shortlist when refining); refining runs pk_group_refine
 // (exact logits of the shortlist for every head), then norm and score again, and
@@ -330,27 +331,34 @@ extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
     if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
     pk_group_stat & st = pk_gstat(a, u, h, stage);
     const float mx = pk_unord(st.max_ord);
-    const float * logits = pk_logits(a, u, h);
+    float * logits = pk_logits(a, u, h);
     unsigned long long sum = 0; // fixed point: the same total in any order
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_list; i += gridDim.x * blockDim.x) {
         const float l = logits[i];
-        if (isfinite(l)) sum += pk_to_fixed(pk_exp_nonpositive(__fsub_rn(l, mx)));
+        // what pk_group_score needs of the logit: its exp for a finite one, +inf kept, 0 else
+        float e = l == INFINITY ? INFINITY : 0.0f;
+        if (isfinite(l)) {
+            e = pk_exp_nonpositive(__fsub_rn(l, mx));
+            sum += pk_to_fixed(e);
+        }
+        logits[i] = e;
     }
     for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
     if (threadIdx.x % 32 == 0 && sum) atomicAdd(&st.norm, sum);
 }
 
 // grid (blocks, 1, units), PK_CHUNK_THREADS threads; each head's statistics converted once
-// per block
+// per block. The list holds pk_group_norm's exps: a head's probability of a finite logit
+// is its exp over the normaliser (at least 1 where any logit is finite: the largest has exp
+// 1), of +inf an equal share, of anything else 0
 extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
     pk_grid_order();
-    __shared__ float head_max[PK_MAX_GROUP], head_norm[PK_MAX_GROUP];
+    __shared__ float head_norm[PK_MAX_GROUP];
     __shared__ int head_inf[PK_MAX_GROUP];
     const int u = blockIdx.z, n_list = pk_group_len(a, u, stage);
     if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
     for (int h = threadIdx.x; h < a.n_ret; h += blockDim.x) {
         const pk_group_stat & st = pk_gstat(a, u, h, stage);
-        head_max[h] = pk_unord(st.max_ord);
         head_norm[h] = pk_from_fixed(st.norm);
         head_inf[h] = st.n_inf;
     }
@@ -360,11 +368,11 @@ extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_list; i += gridDim.x * blockDim.x) {
         float score = 0.0f;
         for (int h = 0; h < a.n_ret; ++h) {
-            const float l = pk_logits(a, u, h)[i];
+            const float e = pk_logits(a, u, h)[i];
             float prob = 0.0f;
-            if (head_inf[h] == 0 && isfinite(l)) {
-                prob = __fdiv_rn(pk_exp_nonpositive(__fsub_rn(l, head_max[h])), head_norm[h]);
-            } else if (l == INFINITY) {
+            if (head_inf[h] == 0 && e > 0.0f) {
+                prob = __fdiv_rn(e, head_norm[h]);
+            } else if (e == INFINITY) {
                 prob = __fdiv_rn(1.0f, (float) head_inf[h]);
             }
             score = __fadd_rn(score, __fdiv_rn(prob, g));
