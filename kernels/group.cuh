@@ -350,32 +350,39 @@ extern "C" __global__ void pk_group_norm(pk_step_args a, int stage) {
 // grid (blocks, 1, units), PK_CHUNK_THREADS threads; each head's statistics converted once
 // per block. The list holds pk_group_norm's exps: a head's probability of a finite logit
 // is its exp over the normaliser (at least 1 where any logit is finite: the largest has exp
-// 1), of +inf an equal share, of anything else 0
+// 1), of +inf (in a head with any) 1 over their count, of anything else 0. A cell's heads
+// are loaded PK_SCORE_LOADS at a time, their loads in flight together, and divided without
+// a branch (the dividend is 0 where the probability is).
+#define PK_SCORE_LOADS 8
 extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
     pk_grid_order();
-    __shared__ float head_norm[PK_MAX_GROUP];
+    __shared__ float head_den[PK_MAX_GROUP];
     __shared__ int head_inf[PK_MAX_GROUP];
     const int u = blockIdx.z, n_list = pk_group_len(a, u, stage);
     if ((int) (blockIdx.x * blockDim.x) >= n_list) return;
     for (int h = threadIdx.x; h < a.n_ret; h += blockDim.x) {
         const pk_group_stat & st = pk_gstat(a, u, h, stage);
-        head_norm[h] = pk_from_fixed(st.norm);
+        head_den[h] = st.n_inf ? (float) st.n_inf : pk_from_fixed(st.norm);
         head_inf[h] = st.n_inf;
     }
     __syncthreads();
     unsigned long long * list = a.cand + (long long) u * a.n_ret * a.n;
     const float g = (float) a.n_ret;
+    const float * logits = pk_logits(a, u, 0);
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_list; i += gridDim.x * blockDim.x) {
         float score = 0.0f;
-        for (int h = 0; h < a.n_ret; ++h) {
-            const float e = pk_logits(a, u, h)[i];
-            float prob = 0.0f;
-            if (head_inf[h] == 0 && e > 0.0f) {
-                prob = __fdiv_rn(e, head_norm[h]);
-            } else if (e == INFINITY) {
-                prob = __fdiv_rn(1.0f, (float) head_inf[h]);
+        for (int h0 = 0; h0 < a.n_ret; h0 += PK_SCORE_LOADS) {
+            float e[PK_SCORE_LOADS];
+#pragma unroll
+            for (int j = 0; j < PK_SCORE_LOADS; ++j) e[j] = h0 + j < a.n_ret ? logits[(long long) (h0 + j) * a.n + i] : 0.0f;
+#pragma unroll
+            for (int j = 0; j < PK_SCORE_LOADS; ++j) {
+                const int h = h0 + j;
+                if (h >= a.n_ret) break;
+                const float x = head_inf[h] ? (e[j] == INFINITY ? 1.0f : 0.0f) : e[j];
+                const float prob = __fdiv_rn(x, head_den[h]);
+                score = __fadd_rn(score, __fdiv_rn(x > 0.0f ? prob : 0.0f, g));
             }
-            score = __fadd_rn(score, __fdiv_rn(prob, g));
         }
         list[i] = pk_key(score, (int) (list[i] & 0xFFFFFFFFull));
     }
