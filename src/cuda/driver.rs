@@ -277,11 +277,10 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
     let sms = device_attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let mut resident = HashMap::new();
     for k in ATTEND.iter().flat_map(|v| [&v.plain, &v.cached]) {
-        let mut per_sm = 0;
-        let threads = (ATT_WARPS * 32) as i32;
-        // SAFETY: `functions[k.name]` is a function of the loaded module; writes one int.
+        let (f, threads, mut per_sm) = (functions[k.name], (ATT_WARPS * 32) as i32, 0);
+        // SAFETY: `f` is a function of the loaded module; writes one int.
         let r = unsafe {
-            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, functions[k.name], threads, k.dynamic_smem)
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, f, threads, k.dynamic_smem)
         };
         check(r, "cuOccupancyMaxActiveBlocksPerMultiprocessor")?;
         resident.insert(k.name, (per_sm.max(1) * sms.max(1)) as usize);
