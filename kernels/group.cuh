@@ -309,10 +309,11 @@ __device__ __forceinline__ void pk_group_estimate_rows(const pk_step_args & a, i
 // with four blocks an SM (64 registers, with two groups of blocks loaded at once; the few
 // values the 4-head one spills are reloaded once a batch, outside the loop over cells), and
 // PK_GROUP_HEAD_BATCH
-#define PK_GROUP_ESTIMATE_SMALL(HB)                                                                        \
-    extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) pk_group_estimate_##HB(pk_step_args a, int hb) { \
-        pk_grid_order();                                                                                   \
-        pk_group_estimate_rows<HB>(a, hb);                                                                 \
+#define PK_GROUP_ESTIMATE_SMALL(HB)                                   \
+    extern "C" __global__ void __launch_bounds__(PK_CHUNK_THREADS, 4) \
+    pk_group_estimate_##HB(pk_step_args a, int hb) {                  \
+        pk_grid_order();                                              \
+        pk_group_estimate_rows<HB>(a, hb);                            \
     }
 PK_GROUP_ESTIMATE_SMALL(1)
 PK_GROUP_ESTIMATE_SMALL(2)

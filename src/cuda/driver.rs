@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys;
 
-use super::kernels::{Kernel, ALL_KERNELS, ATTEND, ATT_WARPS};
+use super::kernels::{Kernel, ALL_KERNELS, ATTEND, ATT_WARPS, GROUP_ESTIMATE};
 use crate::error::{Error, Result};
 
 pub use sys::{CUcontext, CUdeviceptr, CUstream};
@@ -261,7 +261,8 @@ pub fn module_for(stream: &Stream) -> Result<&'static Module> {
         "cuModuleLoadData",
     )?;
     let mut functions = HashMap::new();
-    for k in ALL_KERNELS.iter().chain(ATTEND.iter().flat_map(|v| [&v.plain, &v.cached])) {
+    let estimates = GROUP_ESTIMATE.iter().map(|(_, k)| k);
+    for k in ALL_KERNELS.iter().chain(estimates).chain(ATTEND.iter().flat_map(|v| [&v.plain, &v.cached])) {
         let name = CString::new(k.name).unwrap();
         let mut f: sys::CUfunction = std::ptr::null_mut();
         // SAFETY: `module` was loaded above; `name` is NUL-terminated.

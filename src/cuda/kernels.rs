@@ -178,7 +178,8 @@ const _: () = assert!(GPU_GROUP_HEAD_BATCH == 8, "the largest capacity is pk_gro
 /// The group estimate kernel for a head batch of `hb` (from `group_head_batch`), and its
 /// capacity.
 pub fn group_estimate_kernel(hb: usize) -> (Kernel, usize) {
-    let (capacity, kernel) = *GROUP_ESTIMATE.iter().find(|(c, _)| *c >= hb).unwrap_or(&GROUP_ESTIMATE[3]);
+    let (capacity, kernel) =
+        *GROUP_ESTIMATE.iter().find(|(c, _)| *c >= hb).unwrap_or(&GROUP_ESTIMATE[GROUP_ESTIMATE.len() - 1]);
     (kernel, capacity)
 }
 pub const GROUP_NORM: Kernel = k("pk_group_norm");
@@ -241,7 +242,8 @@ pub const GATHER: Kernel = k("pk_gather");
 /// A step's rows looked up in its row cache before the attention (kernels/attention.cuh)
 pub const ROW_PLAN: Kernel = k("pk_row_plan");
 
-/// Every kernel but the attention variants (ATTEND).
+/// Every kernel but the group estimate's capacities (GROUP_ESTIMATE) and the attention
+/// variants (ATTEND).
 pub const ALL_KERNELS: &[Kernel] = &[
     ENCODE,
     CENTER_INIT,
@@ -258,10 +260,6 @@ pub const ALL_KERNELS: &[Kernel] = &[
     TOPK_BY_CLUSTER,
     REFINE_PICK_BY_CLUSTER,
     GROUP_UNION,
-    GROUP_ESTIMATE[0].1,
-    GROUP_ESTIMATE[1].1,
-    GROUP_ESTIMATE[2].1,
-    GROUP_ESTIMATE[3].1,
     GROUP_NORM,
     GROUP_SCORE,
     GROUP_REFINE,
