@@ -78,9 +78,10 @@ __device__ __forceinline__ float pk_load(const void * row, int dtype, int i) {
 // the Walsh-Hadamard transform of dp (a power of two) floats in shared memory, by one warp:
 // the same butterflies in the same stages as rotation::fwht, so results are bitwise equal
 __device__ __forceinline__ void pk_fwht_warp(float * y, int dp, int lane) {
-    for (int half = 1; half < dp; half *= 2) {
+    // half is a power of two: the pair's index by shifts and masks, not run-time divisions
+    for (int s = 0, half = 1; half < dp; ++s, half *= 2) {
         for (int p = lane; p < dp / 2; p += 32) {
-            const int lo = (p / half) * 2 * half + p % half, hi = lo + half;
+            const int lo = (p >> s << (s + 1)) | (p & (half - 1)), hi = lo + half;
             const float x0 = y[lo], x1 = y[hi];
             y[lo] = __fadd_rn(x0, x1);
             y[hi] = __fsub_rn(x0, x1);
