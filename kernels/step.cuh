@@ -194,11 +194,12 @@ __device__ __forceinline__ const unsigned char * pk_counted_of(const pk_step_arg
 __device__ __forceinline__ bool pk_kept_exact(const pk_step_args & a, const pk_unit_state & s) {
     return a.kept && s.n_uncounted == 0 && (unsigned int) s.n_counted == s.kept_total;
 }
-__device__ __forceinline__ float pk_mask_of(const pk_step_args & a, int u, int c) {
-    return pk_load(a.mask + (u / a.L.n_h) * a.L.mask_a, a.mask_dtype, c);
+// unit u's mask row (a.mask_dtype) and cell positions
+__device__ __forceinline__ const char * pk_mask_row(const pk_step_args & a, int u) {
+    return a.mask + (u / a.L.n_h) * a.L.mask_a;
 }
-__device__ __forceinline__ int pk_pos_of(const pk_step_args & a, int u, int c) {
-    return ((const int *) (a.pos + (u / a.L.n_h) * a.L.pos_a))[c];
+__device__ __forceinline__ const int * pk_pos_row(const pk_step_args & a, int u) {
+    return (const int *) (a.pos + (u / a.L.n_h) * a.L.pos_a);
 }
 
 // f(c, mask, pos) for every cell c of this block's chunks in a strided cell pass of
@@ -208,6 +209,10 @@ __device__ __forceinline__ int pk_pos_of(const pk_step_args & a, int u, int c) {
 // memory PK_CHUNK_ROUNDS times as long)
 template <typename F>
 __device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, int u, F f) {
+    // the rows once: the compiler did not hoist their division by n_h out of the branches
+    // around each cell's loads
+    const char * mask_row = pk_mask_row(a, u);
+    const int * pos_row = pk_pos_row(a, u);
     for (int chunk = blockIdx.x; chunk < pk_n_chunks(a); chunk += gridDim.x) {
         const int c0 = chunk * PK_CHUNK + threadIdx.x;
         float mask[PK_CHUNK_ROUNDS];
@@ -215,8 +220,8 @@ __device__ __forceinline__ void pk_for_block_cells(const pk_step_args & a, int u
 #pragma unroll
         for (int r = 0; r < PK_CHUNK_ROUNDS; ++r) {
             const int c = c0 + r * PK_CHUNK_THREADS;
-            mask[r] = c < a.n ? pk_mask_of(a, u, c) : -INFINITY;
-            pos[r] = c < a.n ? pk_pos_of(a, u, c) : 0;
+            mask[r] = c < a.n ? pk_load(mask_row, a.mask_dtype, c) : -INFINITY;
+            pos[r] = c < a.n ? pos_row[c] : 0;
         }
 #pragma unroll
         for (int r = 0; r < PK_CHUNK_ROUNDS; ++r) {
