@@ -1,0 +1,2 @@
+# call 3 (same warm machine as call 2, its build reused), carry ["build/device-carry", "build/libs", "build/next-session"]
+tar czf $OUT/nh-rest.tgz -C /tmp nh/b8 nh/llama/e2e-cuda-gpu.log nh/llama/e2e-cuda-offload-rc4.log nh/llama/e2e-cuda-offload.log nh/llama/test-backend-ops.log; r=/tmp/nh; PARISKV_BENCH_MODES="dense pariskv" PARISKV_BENCH_REPS=1 timeout 330 ggml-integration/device-run.sh bench $r/b128 131072 > $r/b128.log 2>&1; echo "b128 rc $?"; tar czf $OUT/b128.tgz -C /tmp nh/b128 nh/b128.log; grep -h tg128 $r/b128.log
