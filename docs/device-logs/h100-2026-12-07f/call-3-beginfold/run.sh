@@ -1,0 +1,3 @@
+# call 3 (same warm H100), carry ["build/gpu-builds/beginfold"] (branch begin-fold 8462dca,
+# `scripts/stage-gpu-lib.sh beginfold=.` in its worktree; main's build from call 1 still there)
+g=build/gpu-builds; timeout 40 $g/beginfold/gpu --test-threads 1 > $OUT/tests-bf.log 2>&1; echo "tests rc $? $(grep -h 'test result' $OUT/tests-bf.log)"; for b in beginfold main beginfold; do echo "== $b ($(cat $g/$b/REV))"; timeout 20 $g/$b/gpu_bench --defaults-only 32768 131072; done > $OUT/b.log 2>&1; grep -E '^==|HBM   .*ParisKV' $OUT/b.log | sed -E 's/ per decode step.*, ([0-9.]+ ms as a CUDA graph).*/: \1/'
