@@ -4,7 +4,10 @@
 # kernels), then `gpu_bench --defaults-only` of all of them interleaved, twice, and with
 # PROFILE=1 Nsight Compute's per-kernel times of the first build at each size (PROFILE=full:
 # also one layer's kernels with their speed-of-light, occupancy, launch, warp-state and
-# scheduler sections, where the stall reasons say what a latency-bound kernel waits on):
+# scheduler sections, where the stall reasons say what a latency-bound kernel waits on;
+# PROFILE=source: one layer's kernels with their warp-state and source counters, the stall
+# samples of every SASS instruction in ncu-source-NAME-SIZE.csv, the report itself beside it,
+# scripts/ncu-source-summary.py's digest of them in ncu-source-NAME-SIZE-summary.txt):
 #
 #   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
 #
@@ -49,5 +52,17 @@ if [ "${PROFILE:-0}" = full ]; then
             --section WarpStateStats --section SchedulerStats --page details --csv \
             "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$out/ncu-full-$1-$n.csv" 2>> "$out/ncu.err"
         echo "ncu sections $1 at $n: rc $?"
+    done
+fi
+if [ "${PROFILE:-0}" = source ]; then
+    for n in $sizes; do
+        rep=$out/ncu-source-$1-$n
+        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 15 \
+            --section WarpStateStats --section SourceCounters --import-source no -f -o "$rep" \
+            "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$rep.log" 2>&1
+        echo "ncu source counters $1 at $n: rc $?"
+        ncu -i "$rep.ncu-rep" --page source --print-source sass --csv > "$rep.csv" 2>> "$out/ncu.err"
+        ncu -i "$rep.ncu-rep" --page details --csv > "$rep-details.csv" 2>> "$out/ncu.err"
+        python3 scripts/ncu-source-summary.py "$rep.csv" --top 4 > "$rep-summary.txt"
     done
 fi
