@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, with build/gpu-builds staged by
-# scripts/stage-gpu-lib.sh: every staged build's GPU tests (the CPU oracle against the
-# kernels), then `gpu_bench --defaults-only` of all of them interleaved, twice, and with
-# PROFILE=1 Nsight Compute's per-kernel times of the first build at each size (PROFILE=full:
-# also one layer's kernels with their speed-of-light, occupancy, launch, warp-state and
-# scheduler sections, where the stall reasons say what a latency-bound kernel waits on;
-# PROFILE=source: one layer's kernels with their warp-state and source counters, the stall
-# samples of every SASS instruction in ncu-source-NAME-SIZE.csv, the report itself beside it,
-# scripts/ncu-source-summary.py's digest of them in ncu-source-NAME-SIZE-summary.txt):
+# scripts/stage-gpu-lib.sh (or build/gpu-builds.tar.xz, packed by its --pack): every staged
+# build's GPU tests (the CPU oracle against the kernels), then `gpu_bench --defaults-only` of
+# all of them interleaved, twice. PROFILE=1 adds Nsight Compute's per-kernel times of the
+# first build at each size; PROFILE=full also one layer's kernels with their speed-of-light,
+# occupancy, launch, warp-state and scheduler sections, where the stall reasons say what a
+# latency-bound kernel waits on; PROFILE=source one layer's kernels with their warp-state and
+# source counters: the stall samples of every SASS instruction in ncu-source-NAME-SIZE.csv,
+# the report itself beside it, scripts/ncu-source-summary.py's digest of them in
+# ncu-source-NAME-SIZE-summary.txt:
 #
 #   scripts/run-gpu-lib.sh OUT [NAME ...]       (default: every staged build)
 #
@@ -18,6 +19,10 @@ set -uo pipefail
 out=${1:?usage: run-gpu-lib.sh OUT [NAME ...]}
 shift
 carry=build/gpu-builds
+# builds packed by `scripts/stage-gpu-lib.sh --pack` (what a call can carry)
+if [ -f build/gpu-builds.tar.xz ]; then
+    mkdir -p "$carry" && tar -xJf build/gpu-builds.tar.xz -C "$carry" || exit 1
+fi
 [ $# -gt 0 ] || set -- $(cd "$carry" && ls -d */ | tr -d /)
 sizes=${SIZES:-32768 131072}
 # (only where set: builds before the option would take it for a size)

@@ -4,11 +4,16 @@
 # and timed side by side in one device call:
 #
 #   scripts/stage-gpu-lib.sh [NAME=REV ...]     (default: head=HEAD; REV "." = the working tree)
+#   scripts/stage-gpu-lib.sh --pack NAME ...     (staged builds into one archive, below)
 #
-# writes build/gpu-builds/NAME/{gpu,gpu_bench,REV} (stripped; about 11 MB a build). Carry
+# writes build/gpu-builds/NAME/{gpu,gpu_bench,REV} (stripped; about 20 MB a build). Carry
 # build/gpu-builds and run, from the repository root on the GPU machine:
 #
 #   scripts/run-gpu-lib.sh OUT [NAME ...]
+#
+# More than two builds exceed what a device call carries (64 MiB with the tree): `--pack`
+# writes the named ones to build/gpu-builds.tar.xz (about 3.5 MB a build), which
+# run-gpu-lib.sh unpacks into build/gpu-builds first; carry that file instead.
 #
 # Revisions are built in a worktree under build/stage-gpu/ with the pinned CUDA toolchain
 # (scripts/cuda-toolchain.sh), all sharing one target directory, so later builds are
@@ -16,8 +21,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-eval "$(scripts/cuda-toolchain.sh)"
 carry=$root/build/gpu-builds
+if [ "${1:-}" = --pack ]; then
+    shift
+    [ $# -gt 0 ] || { echo "--pack: name the staged builds to pack" >&2; exit 2; }
+    for name in "$@"; do
+        [ -f "$carry/$name/REV" ] || { echo "no staged build $name in $carry" >&2; exit 1; }
+    done
+    tar -cf - -C "$carry" "$@" | xz -T0 -6 > "$root/build/gpu-builds.tar.xz"
+    ls -l "$root/build/gpu-builds.tar.xz"
+    exit 0
+fi
+eval "$(scripts/cuda-toolchain.sh)"
 export CARGO_TARGET_DIR=$root/build/stage-gpu/target
 [ $# -gt 0 ] || set -- head=HEAD
 for spec in "$@"; do
