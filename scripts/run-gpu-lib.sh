@@ -41,31 +41,38 @@ for i in 1 2; do
     done
 done > "$out/gpu_bench.log" 2>&1
 grep -E '^==|^N =|ParisKV' "$out/gpu_bench.log" | sed -E 's/ per decode step.*, ([0-9.]+ ms as a CUDA graph).*/: \1/'
+# Nsight Compute over the pk_ kernels of the first build's gpu_bench at size $1, past its
+# first 20 launches (the warm-up); the other arguments are ncu's
+first=$1
+pk_ncu() {
+    local n=$1
+    shift
+    ncu --clock-control none -k 'regex:pk_' --launch-skip 20 "$@" \
+        "$carry/$first/gpu_bench" --defaults-only "${shape[@]}" "$n"
+}
+# a layer under the defaults is 15 kernels (group policy with refining, then attention)
+layer=15
 if [ "${PROFILE:-0}" != 0 ]; then
     for n in $sizes; do
-        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 40 \
-            --metrics gpu__time_duration.sum,dram__bytes.sum,launch__grid_size --csv \
-            "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$out/ncu-$1-$n.csv" 2>> "$out/ncu.err"
-        echo "ncu $1 at $n: rc $?"
+        pk_ncu "$n" --launch-count 40 --metrics gpu__time_duration.sum,dram__bytes.sum,launch__grid_size --csv \
+            > "$out/ncu-$first-$n.csv" 2>> "$out/ncu.err"
+        echo "ncu $first at $n: rc $?"
     done
 fi
 if [ "${PROFILE:-0}" = full ]; then
     for n in $sizes; do
-        # a layer under the defaults is 15 kernels (group policy with refining, then attention)
-        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 15 \
-            --section SpeedOfLight --section Occupancy --section LaunchStats \
+        pk_ncu "$n" --launch-count $layer --section SpeedOfLight --section Occupancy --section LaunchStats \
             --section WarpStateStats --section SchedulerStats --page details --csv \
-            "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$out/ncu-full-$1-$n.csv" 2>> "$out/ncu.err"
-        echo "ncu sections $1 at $n: rc $?"
+            > "$out/ncu-full-$first-$n.csv" 2>> "$out/ncu.err"
+        echo "ncu sections $first at $n: rc $?"
     done
 fi
 if [ "${PROFILE:-0}" = source ]; then
     for n in $sizes; do
-        rep=$out/ncu-source-$1-$n
-        ncu --clock-control none -k 'regex:pk_' --launch-skip 20 --launch-count 15 \
-            --section WarpStateStats --section SourceCounters --import-source no -f -o "$rep" \
-            "$carry/$1/gpu_bench" --defaults-only "${shape[@]}" "$n" > "$rep.log" 2>&1
-        echo "ncu source counters $1 at $n: rc $?"
+        rep=$out/ncu-source-$first-$n
+        pk_ncu "$n" --launch-count $layer --section WarpStateStats --section SourceCounters --import-source no \
+            -f -o "$rep" > "$rep.log" 2>&1
+        echo "ncu source counters $first at $n: rc $?"
         ncu -i "$rep.ncu-rep" --page source --print-source sass --csv > "$rep.csv" 2>> "$out/ncu.err"
         ncu -i "$rep.ncu-rep" --page details --csv > "$rep-details.csv" 2>> "$out/ncu.err"
         python3 scripts/ncu-source-summary.py "$rep.csv" --top 4 > "$rep-summary.txt"
