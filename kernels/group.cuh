@@ -389,6 +389,9 @@ extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
     }
 }
 
+// heads whose exact dots pk_group_refine sums together (each staged element read once for them)
+#define PK_REFINE_HEADS 4
+
 // The shortlist's exact logits for every head (pk_exact_dot_8; each key row staged once for
 // the group, as pk_refine stages it); grid (shortlist tiles of PK_REFINE_WARPS * 4, 1,
 // units), PK_REFINE_WARPS warps, dynamic shared memory n_ret * d floats (the heads' queries)
@@ -415,14 +418,20 @@ __device__ __forceinline__ void pk_group_refine_rows(const pk_step_args & a, int
     const bool valid = i0 + t < n_refined;
     const int cell = valid ? (int) (list[i0 + t] & 0xFFFFFFFFull) : -1;
     pk_stage_key_rows<CACHED>(a, u, cell, true, stage, pitch);
-    for (int h = 0; h < a.n_ret; ++h) {
-        const float dot = pk_exact_dot_8(qs + h * a.d, stage + t * pitch, a.k_dtype, a.d, lane % 8);
-        const float logit = pk_selection_logit(dot, a.scale, a.softcap);
-        if (valid && lane % 8 == 0) pk_logits(a, u, h)[i0 + t] = logit;
-        // each row's 8 lanes hold its logit: count the row once
-        pk_extremes e = pk_no_extremes();
-        pk_extremes_take(e, logit, valid && lane % 8 == 0);
-        pk_block_extremes_add(B, h, e);
+    for (int h0 = 0; h0 < a.n_ret; h0 += PK_REFINE_HEADS) {
+        const int nh = min(PK_REFINE_HEADS, a.n_ret - h0);
+        float dot[PK_REFINE_HEADS];
+        pk_exact_dots_8<PK_REFINE_HEADS>(qs + h0 * a.d, nh, stage + t * pitch, a.k_dtype, a.d, lane % 8, dot);
+#pragma unroll
+        for (int j = 0; j < PK_REFINE_HEADS; ++j) {
+            if (j >= nh) break;
+            const float logit = pk_selection_logit(dot[j], a.scale, a.softcap);
+            if (valid && lane % 8 == 0) pk_logits(a, u, h0 + j)[i0 + t] = logit;
+            // each row's 8 lanes hold its logit: count the row once
+            pk_extremes e = pk_no_extremes();
+            pk_extremes_take(e, logit, valid && lane % 8 == 0);
+            pk_block_extremes_add(B, h0 + j, e);
+        }
     }
     pk_block_extremes_flush(B, a, u, 0, a.n_ret, 1);
 }

@@ -30,6 +30,42 @@ __device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned 
     }
 }
 
+// pk_exact_dot_8 of up to HB heads' queries (q, then d floats apart) at once: each element of
+// the row read and converted once for all of them, each head's sum in pk_exact_dot_8's order
+// (so each result is bitwise its). nh <= HB heads; nh is uniform over the warp.
+template <int DT, int HB>
+__device__ __forceinline__ void pk_exact_dots_8_as(const float * q, int nh, const unsigned char * row, int d, int i,
+                                                   float (&out)[HB]) {
+    float acc[HB];
+#pragma unroll
+    for (int h = 0; h < HB; ++h) acc[h] = 0.0f;
+    for (int j = i; j < d; j += 8) {
+        const float x = pk_load_as<DT>(row, j);
+#pragma unroll
+        for (int h = 0; h < HB; ++h) {
+            if (h < nh) acc[h] = __fadd_rn(acc[h], __fmul_rn(q[h * d + j], x));
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < HB; ++h) {
+        const float pair = __fadd_rn(acc[h], __shfl_down_sync(0xFFFFFFFFu, acc[h], 4, 8));
+        const float half = __fadd_rn(pair, __shfl_down_sync(0xFFFFFFFFu, pair, 1, 8));
+        const float total = __fadd_rn(half, __shfl_down_sync(0xFFFFFFFFu, half, 2, 8));
+        out[h] = __fadd_rn(__shfl_sync(0xFFFFFFFFu, total, 0, 8), 0.0f);
+    }
+}
+
+template <int HB>
+__device__ __forceinline__ void pk_exact_dots_8(const float * q, int nh, const unsigned char * row, int dtype, int d, int i,
+                                                float (&out)[HB]) {
+    switch (dtype) {
+        case PK_F16:  pk_exact_dots_8_as<PK_F16, HB>(q, nh, row, d, i, out); break;
+        case PK_BF16: pk_exact_dots_8_as<PK_BF16, HB>(q, nh, row, d, i, out); break;
+        case PK_Q8_0: pk_exact_dots_8_as<PK_Q8_0, HB>(q, nh, row, d, i, out); break;
+        default:      pk_exact_dots_8_as<PK_F32, HB>(q, nh, row, d, i, out); break;
+    }
+}
+
 // The row cache slots of a warp's four shortlisted cells (lanes 8t..8t+7 hold row t's cell,
 // -1: none): each row taken by its first lane (pk_row_take; claims where `may_claim`), every
 // lane given all four answers; counted in the cache's stats.
