@@ -148,14 +148,19 @@ __device__ __forceinline__ void pk_append(bool emit, T value, int * n, T * list,
 // atomics: not through L1). Every thread of the block calls it.
 __device__ __forceinline__ bool pk_last_block(unsigned int * done, unsigned int blocks) {
     __shared__ unsigned int ticket;
-    __threadfence();
+    // one thread fences and takes the ticket (as cooperative groups' grid sync does): the
+    // barriers order the block's writes before its fence and the last block's reads after
     __syncthreads();
-    if (threadIdx.x == 0) ticket = atomicAdd(done, 1u);
+    if (threadIdx.x == 0) {
+        __threadfence();
+        ticket = atomicAdd(done, 1u);
+        if (ticket == blocks - 1) {
+            __threadfence();
+            *done = 0;
+        }
+    }
     __syncthreads();
-    if (ticket != blocks - 1) return false;
-    __threadfence();
-    if (threadIdx.x == 0) *done = 0;
-    return true;
+    return ticket == blocks - 1;
 }
 
 // One head's softmax statistics over a list of logits (gqa::rank_by_group_probability):
