@@ -42,9 +42,13 @@ extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * sign
     __shared__ unsigned int swap_size[PK_N_CENTROIDS], warp_total[PK_N_CENTROIDS / 32], before_of[PK_N_CENTROIDS];
     __shared__ long long budget[PK_N_TIERS];
     const int b = blockIdx.x, r = blockIdx.y, u = blockIdx.z, c = threadIdx.x, dp = a.dp;
-    if (c < 32) {
+    // every load of the prologue in flight together: the centroid's zone cells, the query's
+    // coordinates (by the whole block; warp 0 then rotates them), the zone's size (warp 1
+    // sets the tier budgets while warp 0 rotates)
+    const unsigned int size = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + c];
+    {
         const char * q0 = a.q + pk_off(a, u, a.L.q_a, a.L.q_h);
-        for (int j = c; j < dp; j += 32) {
+        for (int j = c; j < dp; j += blockDim.x) {
             float v = 0.0f;
             if (j < d) {
                 v = mean ? pk_head_mean(q0, a.q_stride, 0, a.n_heads, j) : ((const float *) (q0 + r * a.q_stride))[j];
@@ -52,7 +56,9 @@ extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * sign
             }
             y[j] = v;
         }
-        __syncwarp();
+    }
+    __syncthreads();
+    if (c < 32) {
         pk_fwht_warp(y, dp, c);
         for (int j = c; j < dp; j += 32) y[j] = __fmul_rn(y[j], scale);
         __syncwarp();
@@ -63,13 +69,12 @@ extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * sign
             if (c == 0) a.q_factor[ur * a.nb + b] = factor;
         }
     }
-    if (c == 0) {
+    if (c == 32) {
         const int n_zone = pk_unit(a, u).n_zone;
         double cand, coll;
         pk_ratios(a, n_zone, cand, coll);
         for (int t = 0; t < PK_N_TIERS; ++t) budget[t] = pk_ceil_count(n_zone, coll, PK_TIER_FRACTIONS[t]);
     }
-    const unsigned int size = a.hist[((long long) u * a.nb + b) * PK_N_CENTROIDS + c];
     __syncthreads();
     const float * q = y + b * PK_BLOCK;
     float s = 0.0f;
