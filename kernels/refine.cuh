@@ -6,33 +6,13 @@
 #include "query.cuh"
 #include "topk.cuh"
 
-// <q, key> over the d values (a multiple of 8) of the row at `row` (shared memory), summed
-// as attention::dot by 8 lanes of a warp: lane i runs the sum of values j = i mod 8 in
-// order, then ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + 0 (the empty tail). Every
-// lane of the 8 returns the result; all 32 lanes must call it. The key type is a template
-// argument so that the type is switched on once per dot, not once per element.
-template <int DT>
-__device__ __forceinline__ float pk_exact_dot_8_as(const float * q, const unsigned char * row, int d, int i) {
-    float acc = 0.0f;
-    for (int j = i; j < d; j += 8) acc = __fadd_rn(acc, __fmul_rn(q[j], pk_load_as<DT>(row, j)));
-    const float pair = __fadd_rn(acc, __shfl_down_sync(0xFFFFFFFFu, acc, 4, 8));   // i: a_i + a_(i+4)
-    const float half = __fadd_rn(pair, __shfl_down_sync(0xFFFFFFFFu, pair, 1, 8)); // 0: lo, 2: hi
-    const float total = __fadd_rn(half, __shfl_down_sync(0xFFFFFFFFu, half, 2, 8)); // 0: lo + hi
-    return __fadd_rn(__shfl_sync(0xFFFFFFFFu, total, 0, 8), 0.0f);
-}
-
-__device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned char * row, int dtype, int d, int i) {
-    switch (dtype) {
-        case PK_F16:  return pk_exact_dot_8_as<PK_F16>(q, row, d, i);
-        case PK_BF16: return pk_exact_dot_8_as<PK_BF16>(q, row, d, i);
-        case PK_Q8_0: return pk_exact_dot_8_as<PK_Q8_0>(q, row, d, i);
-        default:      return pk_exact_dot_8_as<PK_F32>(q, row, d, i);
-    }
-}
-
-// pk_exact_dot_8 of up to HB heads' queries (q, then d floats apart) at once: each element of
-// the row read and converted once for all of them, each head's sum in pk_exact_dot_8's order
-// (so each result is bitwise its). nh <= HB heads; nh is uniform over the warp.
+// <q, key> for up to HB heads' queries (q, then d floats apart) over the d values (a
+// multiple of 8) of the row at `row` (shared memory), summed as attention::dot by 8 lanes of
+// a warp: lane i runs each head's sum of values j = i mod 8 in order, then ((a0 + a4) +
+// (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + 0 (the empty tail). Each element of the row is read
+// and converted once for all heads. Every lane of the 8 gets the results; all 32 lanes must
+// call it, with the same nh <= HB. The key type is a template argument so that the type is
+// switched on once per row, not once per element.
 template <int DT, int HB>
 __device__ __forceinline__ void pk_exact_dots_8_as(const float * q, int nh, const unsigned char * row, int d, int i,
                                                    float (&out)[HB]) {
@@ -48,9 +28,9 @@ __device__ __forceinline__ void pk_exact_dots_8_as(const float * q, int nh, cons
     }
 #pragma unroll
     for (int h = 0; h < HB; ++h) {
-        const float pair = __fadd_rn(acc[h], __shfl_down_sync(0xFFFFFFFFu, acc[h], 4, 8));
-        const float half = __fadd_rn(pair, __shfl_down_sync(0xFFFFFFFFu, pair, 1, 8));
-        const float total = __fadd_rn(half, __shfl_down_sync(0xFFFFFFFFu, half, 2, 8));
+        const float pair = __fadd_rn(acc[h], __shfl_down_sync(0xFFFFFFFFu, acc[h], 4, 8)); // i: a_i + a_(i+4)
+        const float half = __fadd_rn(pair, __shfl_down_sync(0xFFFFFFFFu, pair, 1, 8));     // 0: lo, 2: hi
+        const float total = __fadd_rn(half, __shfl_down_sync(0xFFFFFFFFu, half, 2, 8));    // 0: lo + hi
         out[h] = __fadd_rn(__shfl_sync(0xFFFFFFFFu, total, 0, 8), 0.0f);
     }
 }
@@ -64,6 +44,13 @@ __device__ __forceinline__ void pk_exact_dots_8(const float * q, int nh, const u
         case PK_Q8_0: pk_exact_dots_8_as<PK_Q8_0, HB>(q, nh, row, d, i, out); break;
         default:      pk_exact_dots_8_as<PK_F32, HB>(q, nh, row, d, i, out); break;
     }
+}
+
+// one head's pk_exact_dots_8
+__device__ __forceinline__ float pk_exact_dot_8(const float * q, const unsigned char * row, int dtype, int d, int i) {
+    float out[1];
+    pk_exact_dots_8<1>(q, 1, row, dtype, d, i, out);
+    return out[0];
 }
 
 // The row cache slots of a warp's four shortlisted cells (lanes 8t..8t+7 hold row t's cell,
