@@ -401,6 +401,29 @@ def test_flags(a):
     check("--pariskv-fill" not in helps, "the depth fill is llama-bench's only (not a llama-server flag)")
 
 
+def test_bench_depth_state(a):
+    print("llama-bench: the context state after a depth fill kept only where a later run restores it")
+    bench = [os.path.join(a.bin, "llama-bench"), "-m", a.tiny, "-p", "0", "-n", "4", "-d", "256", "-t", "2", "--progress"]
+    err = subprocess.run(bench + ["-r", "2"], capture_output=True, text=True).stderr
+    check("depth run 2/2 (cached)" in err, "llama-bench -r 2: the second repetition restores the first's depth")
+    # where the state exceeds the host's MemAvailable (here a /proc/meminfo that says 1 kB, in
+    # a mount namespace of this process alone) it is not copied, and later runs fill again
+    fake = os.path.join(LOG_DIR, "meminfo-1k")
+    with open("/proc/meminfo") as f, open(fake, "w") as g:
+        g.write("".join("MemAvailable:          1 kB\n" if l.startswith("MemAvailable:") else l for l in f))
+    script = 'mount --bind "$0" /proc/meminfo && exec "$@"'
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", script, fake, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(f"  SKIPPED (not a failure): the low-memory case needs unshare -m and mount (root): {probe.stderr.strip()}")
+        return
+    for reps, told in (("2", True), ("1", False)):
+        err = subprocess.run(["unshare", "-m", "sh", "-c", script, fake] + bench + ["-r", reps],
+                             capture_output=True, text=True).stderr
+        said = "exceeds the host memory available" in err
+        check(said == told and "(cached)" not in err and f"depth run {reps}/{reps}" in err,
+              f"llama-bench -r {reps} with 1 kB available: {'no copy, the second fill again' if told else 'no copy needed, none tried'}")
+
+
 def test_offload(a):
     print("--pariskv-offload: K/V (or V alone) in pinned host memory read in place by the GPU, answers equal dense")
     with Server(a.bin, a.tiny, ["-c", "4096"], name="dense") as s:
@@ -508,7 +531,7 @@ def main():
     server.RECORD = a.record
     tests = [test_identity, test_small_topk_prefix, test_two_slots, test_context_shift_and_cache_reuse,
              test_kept_after_erase, test_state_restore, test_fallbacks, test_q8_0_cache, test_cpu_threshold, test_visible_state, test_flags,
-             test_offload]
+             test_bench_depth_state, test_offload]
     tests += ([test_gemma_passkey] if a.gemma else []) + ([test_qwen_passkey] if a.qwen else [])
     run_tests(tests, a, set(a.only.split(",")) if a.only else None)
 
