@@ -392,8 +392,8 @@ extern "C" __global__ void pk_group_score(pk_step_args a, int stage) {
 // heads whose exact dots pk_group_refine sums together (each staged element read once for them)
 #define PK_REFINE_HEADS 4
 
-// The shortlist's exact logits for every head (pk_exact_dot_8; each key row staged once for
-// the group, as pk_refine stages it); grid (shortlist tiles of PK_REFINE_WARPS * 4, 1,
+// The shortlist's exact logits for every head (pk_exact_dots_8, PK_REFINE_HEADS heads an
+// element read; each key row staged once for the group, as pk_refine stages it); grid (shortlist tiles of PK_REFINE_WARPS * 4, 1,
 // units), PK_REFINE_WARPS warps, dynamic shared memory n_ret * d floats (the heads' queries)
 // then the warps' rows
 template <bool CACHED>

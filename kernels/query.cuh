@@ -24,16 +24,15 @@ __device__ __forceinline__ void pk_load_queries_i8(const pk_step_args & a, long 
 
 // Tier level of every centroid, with the retrieval queries rotated on the way: grid
 // (blocks, retrievals, units), PK_N_CENTROIDS threads, dynamic shared memory dp floats.
-// Warp 0 rotates retrieval r of unit u (query head r, or the mean of the group's heads:
-// pk_head_mean) with the Walsh-Hadamard butterflies of rotation::fwht; block b writes code
-// block b of it, rounded to int8 (pk_round_query_block), to q_i8 and q_factor for the
-// estimates. Thread c scores centroid c (its sign pattern against the block's 8
-// coordinates); the block sorts the 256 centroids by key (pk_key:
-// higher score first, NaN as -inf, -0 == +0, ties by lower index, as rank::rank_order) with
-// a bitonic sort, one centroid a thread, and an exclusive scan of their zone cells in that
-// order gives each centroid the cells of those before it (integers: the same sum as the
-// serial walk's). Its level counts the tiers whose budget that sum has not used up: the
-// serial walk of search::tiers.
+// The block loads retrieval r of unit u (query head r, or the mean of the group's heads:
+// pk_head_mean), warp 0 rotates it with the Walsh-Hadamard butterflies of rotation::fwht and
+// block b writes code block b of it, rounded to int8 (pk_round_query_block), to q_i8 and
+// q_factor for the estimates. Thread c scores centroid c (its sign pattern against the block's
+// 8 coordinates); the block sorts the 256 centroids by key (pk_key: higher score first, NaN as
+// -inf, -0 == +0, ties by lower index, as rank::rank_order) with a bitonic sort, one centroid
+// a thread, and an exclusive scan of their zone cells in that order gives each centroid the
+// cells of those before it (integers: the same sum as the serial walk's). Its level counts the
+// tiers whose budget that sum has not used up: the serial walk of search::tiers.
 extern "C" __global__ void pk_tiers(pk_step_args a, int mean, const float * signs, float scale, int d) {
     pk_grid_order();
     extern __shared__ float y[];
